@@ -1,0 +1,20 @@
+//! # mqbridge
+//!
+//! An MQTT 3.1.1/5.0 gateway with durable sessions, bridged to Kafka and RabbitMQ.
+//!
+//! ## Layout
+//! - [`config`]: load (file + `MQBRIDGE__SECTION__KEY` env), validate, documented defaults.
+//! - [`mqtt`]: listener, per-client connection task, codec glue, router
+//!   (subscriptions, retained, shared groups, sessions), wills.
+//! - [`store`]: the durable session store (redb, group commit).
+//! - [`metrics`]: Prometheus metrics, one typed struct registered into a registry.
+//! - [`admin`]: HTTP endpoint for `/metrics`, `/healthz`, `/readyz`.
+//! - [`app`]: wires the parts together and owns start-up and shutdown.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod metrics;
+pub mod mqtt;
+pub mod store;

@@ -1,0 +1,2 @@
+//! The embedded MQTT broker.
+pub mod message;

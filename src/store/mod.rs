@@ -1,0 +1,112 @@
+//! Durable session store: persistent sessions, their offline queues and
+//! retained messages, in an embedded crash-safe key-value store (redb).
+//!
+//! One writer thread applies submitted [`Op`]s in FIFO order and commits them
+//! in groups (group commit): every op that arrived while the previous commit
+//! was being fsynced goes into the next transaction, so the fsync cost is
+//! shared. A [`Commit`] resolves once the ops it belongs to are durable.
+//!
+//! THIS FILE IS THE API CONTRACT; the implementation lives in sibling files.
+
+use serde::{Deserialize, Serialize};
+
+use crate::mqtt::message::Message;
+
+/// One persistent subscription as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionRecord {
+    pub filter: String,
+    /// Granted QoS (0..=2).
+    pub qos: u8,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    /// 5.0 Retain Handling (0, 1 or 2).
+    pub retain_handling: u8,
+    pub subscription_id: Option<u32>,
+}
+
+/// Durable metadata of one persistent session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// Protocol level of the last connection (4 = 3.1.1, 5 = 5.0).
+    pub protocol: u8,
+    /// Effective Session Expiry Interval in seconds (already capped by config).
+    pub expiry_secs: u32,
+    /// When the client disconnected (unix ms); `None` while connected.
+    pub disconnected_at_ms: Option<u64>,
+    pub subscriptions: Vec<SubscriptionRecord>,
+}
+
+/// Delivery state of a queued message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryState {
+    /// Not yet sent to the client.
+    Queued,
+    /// PUBLISH sent, not acknowledged: resend with DUP on reconnect.
+    Sent,
+    /// QoS 2: PUBREC received, PUBREL sent: resend PUBREL on reconnect.
+    Released,
+}
+
+/// A message queued for one session. `message.qos` and `message.retain` are
+/// already the values to deliver with (effective QoS, Retain As Published).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedEntry {
+    pub message: Message,
+    pub subscription_ids: Vec<u32>,
+    pub state: EntryState,
+}
+
+/// A change to the store.
+#[derive(Debug, Clone)]
+pub enum Op {
+    PutSession { client_id: String, record: SessionRecord },
+    /// Removes the session record, all its queue entries and incoming QoS 2 ids.
+    DeleteSession { client_id: String },
+    Enqueue { client_id: String, seq: u64, entry: QueuedEntry },
+    /// Sets the state of an existing entry; a missing entry is ignored.
+    SetState { client_id: String, seq: u64, state: EntryState },
+    /// Removes an entry; a missing entry is ignored.
+    RemoveEntry { client_id: String, seq: u64 },
+    /// A QoS 2 PUBLISH received and PUBRECed, awaiting PUBREL (exactly-once across restarts).
+    AddIncomingQos2 { client_id: String, pkid: u16 },
+    RemoveIncomingQos2 { client_id: String, pkid: u16 },
+    /// Sets (replaces) the retained message of `message.topic`.
+    PutRetained { message: Message },
+    DeleteRetained { topic: String },
+}
+
+/// One queue entry as known at start-up: no message body, only what limits need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub seq: u64,
+    /// `Message::size()` of the entry.
+    pub size: u32,
+    pub state: EntryState,
+}
+
+#[derive(Debug, Clone)]
+pub struct RecoveredSession {
+    pub client_id: String,
+    pub record: SessionRecord,
+    /// Queue index in ascending seq order.
+    pub index: Vec<IndexEntry>,
+    pub incoming_qos2: Vec<u16>,
+}
+
+/// What start-up reads: session metadata and queue indexes, never queued bodies.
+#[derive(Debug, Clone, Default)]
+pub struct Recovered {
+    pub sessions: Vec<RecoveredSession>,
+    pub retained: Vec<Message>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store I/O or database error: {0}")]
+    Database(String),
+    #[error("stored record could not be decoded: {0}")]
+    Corrupt(String),
+    #[error("store is closed")]
+    Closed,
+}
