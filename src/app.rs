@@ -1,1 +1,113 @@
-//! Wiring and shutdown (stub).
+//! Wires the parts together and owns start-up and shutdown.
+//!
+//! Start-up order: (config already validated) → open the store and recover
+//! sessions → start the router → bind the MQTT and admin listeners. Shutdown:
+//! stop accepting → the router detaches every client, records session state
+//! and closes (flushes) the store — bounded by the configured grace period.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::mqtt::connection::Shared;
+use crate::mqtt::router::{Router, ROUTER_CHANNEL};
+use crate::store::{Store, StoreOptions};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("opening the store at {path}: {source}")]
+    Store { path: String, source: crate::store::StoreError },
+    #[error("binding {what} on {addr}: {source}")]
+    Bind { what: &'static str, addr: String, source: std::io::Error },
+}
+
+/// A running gateway.
+pub struct Gateway {
+    /// Where the MQTT listener is bound (useful with port 0).
+    pub mqtt_addr: SocketAddr,
+    /// Where the admin endpoint is bound, if enabled.
+    pub admin_addr: Option<SocketAddr>,
+    stop: watch::Sender<bool>,
+    router: JoinHandle<()>,
+    grace: Duration,
+}
+
+fn stopped(mut rx: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
+    async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }
+}
+
+impl Gateway {
+    /// Opens the store, starts the router and binds the listeners.
+    pub async fn start(cfg: Config) -> Result<Gateway, AppError> {
+        let cfg = Arc::new(cfg);
+        let mut registry = Registry::default();
+        let metrics = Arc::new(Metrics::new(&mut registry));
+        let opts = StoreOptions {
+            path: cfg.store.path.clone(),
+            max_batch_ops: cfg.store.max_batch_ops,
+            queue_capacity: cfg.store.queue_capacity,
+            cache_bytes: cfg.store.cache_mb * 1024 * 1024,
+        };
+        let path = cfg.store.path.display().to_string();
+        let (store, recovered) = tokio::task::spawn_blocking(move || Store::open(&opts))
+            .await
+            .map_err(|e| AppError::Store { path: path.clone(), source: crate::store::StoreError::Database(e.to_string()) })?
+            .map_err(|source| AppError::Store { path, source })?;
+        let (stop, stop_rx) = watch::channel(false);
+        let (router_tx, router_rx) = mpsc::channel(ROUTER_CHANNEL);
+        let router = Router::new(cfg.clone(), metrics.clone(), store.clone(), recovered, router_tx.downgrade());
+        let router = tokio::spawn(router.run(router_rx, stopped(stop_rx.clone())));
+
+        let listen = cfg.mqtt.listen.clone();
+        let listener = TcpListener::bind(&listen)
+            .await
+            .map_err(|source| AppError::Bind { what: "MQTT listener", addr: listen.clone(), source })?;
+        let mqtt_addr = listener.local_addr().map_err(|source| AppError::Bind { what: "MQTT listener", addr: listen, source })?;
+        let ready = Arc::new(AtomicBool::new(false));
+        let admin_addr = if cfg.admin.listen.is_empty() {
+            None
+        } else {
+            let addr = cfg.admin.listen.clone();
+            let l = TcpListener::bind(&addr)
+                .await
+                .map_err(|source| AppError::Bind { what: "admin endpoint", addr: addr.clone(), source })?;
+            let bound = l.local_addr().map_err(|source| AppError::Bind { what: "admin endpoint", addr, source })?;
+            let registry = Arc::new(registry);
+            tokio::spawn(crate::admin::serve(l, registry, ready.clone(), stopped(stop_rx.clone())));
+            Some(bound)
+        };
+        let shared = Arc::new(Shared { cfg: cfg.clone(), metrics, router: router_tx });
+        tokio::spawn(crate::mqtt::listener::run(listener, shared, stopped(stop_rx)));
+        ready.store(true, Ordering::Release);
+        tracing::info!(%mqtt_addr, ?admin_addr, store = %cfg.store.path.display(), "mqbridge started");
+        Ok(Gateway { mqtt_addr, admin_addr, stop, router, grace: Duration::from_secs(cfg.server.shutdown_grace_secs) })
+    }
+
+    /// Stops accepting, detaches clients, flushes and closes the store.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        match tokio::time::timeout(self.grace, self.router).await {
+            Ok(_) => tracing::info!("mqbridge stopped"),
+            Err(_) => tracing::error!(grace = ?self.grace, "shutdown grace period exceeded; exiting anyway"),
+        }
+    }
+}
+
+/// Runs the gateway until `shutdown` resolves.
+pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AppError> {
+    let gw = Gateway::start(cfg).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    gw.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,221 @@
+//! The CONNECT exchange: read the first packet within the connect timeout,
+//! validate it, attach to the router and answer CONNACK.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttc::v5::mqttbytes::v5 as p5;
+use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as Code;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{ConnError, Shared};
+use crate::metrics::ProtocolErrorReason as Why;
+use crate::mqtt::codec::{self, Version};
+use crate::mqtt::message::{now_ms, Message, MessageProps};
+use crate::mqtt::router::{ConnectOutcome, ConnectRequest, Kick, Outbound, RouterMsg, Will};
+
+/// What the main loop needs after a successful CONNECT.
+pub struct Attached {
+    pub version: Version,
+    pub client_id: Arc<str>,
+    pub keep_alive: u16,
+    pub expiry_secs: u32,
+    /// The client's Maximum Packet Size for what we send it.
+    pub client_max_packet: u32,
+    pub rx: mpsc::Receiver<Outbound>,
+    pub rx0: mpsc::Receiver<Outbound>,
+    pub kick: oneshot::Receiver<Kick>,
+}
+
+/// Reads bytes until a whole CONNECT is buffered; returns its version.
+async fn read_connect(stream: &mut TcpStream, buf: &mut BytesMut, sh: &Shared) -> Result<Version, ConnError> {
+    let max = sh.cfg.mqtt.max_packet_size;
+    loop {
+        match codec::sniff_connect(buf, max) {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(codec::DecodeError::UnsupportedProtocol(level)) => {
+                // 3.1.1 format CONNACK 0x01 is understood by every version (MQTT-3.1.2-2).
+                let _ = super::write_raw(stream, &[0x20, 0x02, 0x00, 0x01]).await;
+                return Err(ConnError::protocol(Why::UnsupportedProtocol, format!("protocol level {level}")));
+            }
+            Err(e) => return Err(ConnError::decode(e)),
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Err(ConnError::Closed);
+        }
+    }
+}
+
+pub async fn handshake(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    sh: &Shared,
+    conn_id: u64,
+) -> Result<Attached, ConnError> {
+    let timeout = Duration::from_secs(sh.cfg.mqtt.connect_timeout_secs);
+    let version = match tokio::time::timeout(timeout, read_connect(stream, buf, sh)).await {
+        Ok(v) => v?,
+        Err(_) => return Err(ConnError::protocol(Why::ConnectTimeout, "no CONNECT within the connect timeout".into())),
+    };
+    let packet = codec::decode(buf, version, sh.cfg.mqtt.max_packet_size).map_err(ConnError::decode)?;
+    let Some(p5::Packet::Connect(connect, will, _login)) = packet else {
+        return Err(ConnError::protocol(Why::NotConnectFirst, "first packet is not CONNECT".into()));
+    };
+    let mut out = BytesMut::new();
+    let refuse = |code: Code, out: &mut BytesMut| {
+        let ack = p5::ConnAck { session_present: false, code, properties: None };
+        let _ = codec::encode(&p5::Packet::ConnAck(ack), version, out);
+    };
+    let props = connect.properties.clone().unwrap_or_default_props();
+    if props.authentication_method.is_some() {
+        refuse(Code::BadAuthenticationMethod, &mut out);
+        super::write_raw(stream, &out).await?;
+        return Err(ConnError::protocol(Why::ProtocolError, "enhanced authentication is not supported".into()));
+    }
+    // Client identifier rules (MQTT-3.1.3-6..9, 5.0 3.1.3.1).
+    let mut assigned = None;
+    let client_id: Arc<str> = if connect.client_id.is_empty() {
+        if version == Version::V311 && !connect.clean_start {
+            refuse(Code::ClientIdentifierNotValid, &mut out);
+            super::write_raw(stream, &out).await?;
+            return Err(ConnError::protocol(Why::ClientIdInvalid, "empty client id with CleanSession=0".into()));
+        }
+        let id = format!("mqb-{:016x}", rand::random::<u64>());
+        assigned = Some(id.clone());
+        id.into()
+    } else {
+        connect.client_id.as_str().into()
+    };
+    let will = match will.map(|w| make_will(w, version)) {
+        Some(Err(why)) => {
+            refuse(Code::TopicNameInvalid, &mut out);
+            super::write_raw(stream, &out).await?;
+            return Err(ConnError::protocol(Why::ProtocolError, why.into()));
+        }
+        Some(Ok(w)) => Some(w),
+        None => None,
+    };
+    let mqtt = &sh.cfg.mqtt;
+    let expiry_secs = match version {
+        Version::V5 => props.session_expiry_interval.unwrap_or(0).min(sh.cfg.session.max_session_expiry_secs),
+        Version::V311 if connect.clean_start => 0,
+        Version::V311 => sh.cfg.session.v311_session_expiry_secs,
+    };
+    let window = props.receive_maximum.unwrap_or(u16::MAX).min(mqtt.max_inflight) as usize;
+    let (tx, rx) = mpsc::channel(window + 2);
+    // QoS 0 deliveries buffered towards a slow client; beyond this they are dropped and counted.
+    let (tx0, rx0) = mpsc::channel(window.max(64));
+    let (kick_tx, kick) = oneshot::channel();
+    let req = ConnectRequest {
+        conn_id,
+        client_id: client_id.clone(),
+        clean_start: connect.clean_start,
+        expiry_secs,
+        protocol: if version == Version::V5 { 5 } else { 4 },
+        will,
+        window,
+        tx,
+        tx0,
+        kick: kick_tx,
+    };
+    let (reply_tx, reply) = oneshot::channel();
+    sh.router.send(RouterMsg::Connect { req, reply: reply_tx }).await.map_err(|_| ConnError::ShuttingDown)?;
+    let outcome = reply.await.map_err(|_| ConnError::ShuttingDown)?;
+    let session_present = match outcome {
+        ConnectOutcome::Accepted { session_present } => session_present,
+        ConnectOutcome::QuotaExceeded | ConnectOutcome::StoreFailed => {
+            let code = if outcome == ConnectOutcome::QuotaExceeded { Code::QuotaExceeded } else { Code::ServerUnavailable };
+            refuse(code, &mut out);
+            super::write_raw(stream, &out).await?;
+            return Err(ConnError::Refused(format!("{outcome:?}")));
+        }
+    };
+    let keep_alive = if mqtt.server_keep_alive_secs > 0 { mqtt.server_keep_alive_secs } else { connect.keep_alive };
+    let properties = (version == Version::V5).then(|| p5::ConnAckProperties {
+        session_expiry_interval: (props.session_expiry_interval.unwrap_or(0) != expiry_secs).then_some(expiry_secs),
+        receive_max: Some(mqtt.receive_maximum),
+        max_qos: None,
+        retain_available: (!mqtt.retain_available).then_some(0),
+        max_packet_size: Some(mqtt.max_packet_size),
+        assigned_client_identifier: assigned,
+        topic_alias_max: Some(mqtt.topic_alias_maximum),
+        reason_string: None,
+        user_properties: Vec::new(),
+        wildcard_subscription_available: None,
+        subscription_identifiers_available: None,
+        shared_subscription_available: None,
+        server_keep_alive: (mqtt.server_keep_alive_secs > 0).then_some(mqtt.server_keep_alive_secs),
+        response_information: None,
+        server_reference: None,
+        authentication_method: None,
+        authentication_data: None,
+    });
+    let ack = p5::ConnAck { session_present, code: Code::Success, properties };
+    codec::encode(&p5::Packet::ConnAck(ack), version, &mut out).map_err(|e| ConnError::Io(std::io::Error::other(e)))?;
+    super::write_raw(stream, &out).await?;
+    tracing::debug!(client_id = %client_id, ?version, session_present, expiry_secs, "client connected");
+    Ok(Attached {
+        version,
+        client_id,
+        keep_alive,
+        expiry_secs,
+        client_max_packet: props.max_packet_size.unwrap_or(u32::MAX),
+        rx,
+        rx0,
+        kick,
+    })
+}
+
+trait PropsDefault {
+    fn unwrap_or_default_props(self) -> p5::ConnectProperties;
+}
+
+impl PropsDefault for Option<p5::ConnectProperties> {
+    fn unwrap_or_default_props(self) -> p5::ConnectProperties {
+        self.unwrap_or(p5::ConnectProperties {
+            session_expiry_interval: None,
+            receive_maximum: None,
+            max_packet_size: None,
+            topic_alias_max: None,
+            request_response_info: None,
+            request_problem_info: None,
+            user_properties: Vec::new(),
+            authentication_method: None,
+            authentication_data: None,
+        })
+    }
+}
+
+/// Builds the will message; an invalid will topic is a refused CONNECT.
+fn make_will(w: p5::LastWill, version: Version) -> Result<Will, &'static str> {
+    let topic = std::str::from_utf8(&w.topic).map_err(|_| "will topic is not UTF-8")?;
+    if !crate::mqtt::topic::valid_topic_name(topic) {
+        return Err("will topic is not a valid topic name");
+    }
+    let p = w.properties;
+    let delay_secs = p.as_ref().and_then(|p| p.delay_interval).unwrap_or(0);
+    let expiry = p.as_ref().and_then(|p| p.message_expiry_interval);
+    let props = match p {
+        Some(p) if version == Version::V5 => MessageProps {
+            payload_format_indicator: p.payload_format_indicator,
+            content_type: p.content_type,
+            response_topic: p.response_topic,
+            correlation_data: p.correlation_data,
+            user_properties: p.user_properties,
+        },
+        _ => MessageProps::default(),
+    };
+    let message = Message {
+        topic: topic.to_string(),
+        payload: w.message,
+        qos: codec::qos_u8(w.qos),
+        retain: w.retain,
+        props,
+        expires_at_ms: expiry.map(|s| now_ms() + s as u64 * 1000),
+    };
+    Ok(Will { message, delay_secs })
+}

@@ -1,0 +1,255 @@
+//! Packets from the client after CONNECT, and the answers to them.
+
+use rumqttc::v5::mqttbytes::v5 as p5;
+use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode as Reason;
+use tokio::sync::oneshot;
+
+use super::{Conn, ConnError, Pending, Ready};
+use crate::metrics::ProtocolErrorReason as Why;
+use crate::mqtt::codec::{self, Version};
+use crate::mqtt::message::{now_ms, Message, MessageProps};
+use crate::mqtt::router::{PublishOutcome, RouterMsg, SubRequest};
+use crate::mqtt::topic::{parse_shared, valid_filter, valid_topic_name, SubOpts};
+
+impl Conn<'_> {
+    pub(super) fn handle(&mut self, packet: p5::Packet) -> Result<(), ConnError> {
+        use p5::Packet as P;
+        match packet {
+            P::Publish(p) => self.on_publish(p)?,
+            P::PubAck(a) => self.on_ack(a.pkid),
+            P::PubComp(a) => self.on_ack(a.pkid),
+            P::PubRec(a) => self.on_pubrec(a.pkid),
+            P::PubRel(r) => {
+                if self.qos2_in.remove(&r.pkid) {
+                    self.incoming_unacked = self.incoming_unacked.saturating_sub(1);
+                }
+                let (tx, rx) = oneshot::channel();
+                self.send(RouterMsg::PubRel { client_id: self.client_id.clone(), pkid: r.pkid, reply: tx })?;
+                self.pending.push_back(Pending::Rel { pkid: r.pkid, rx });
+            }
+            P::Subscribe(s) => self.on_subscribe(s)?,
+            P::Unsubscribe(u) => {
+                if u.filters.is_empty() {
+                    return Err(ConnError::protocol(Why::ProtocolError, "UNSUBSCRIBE without filters".into()));
+                }
+                let (tx, rx) = oneshot::channel();
+                let msg = RouterMsg::Unsubscribe { client_id: self.client_id.clone(), filters: u.filters, reply: tx };
+                self.send(msg)?;
+                self.pending.push_back(Pending::Unsub { pkid: u.pkid, rx });
+            }
+            P::PingReq(_) => {
+                let _ = codec::encode(&P::PingResp(p5::PingResp), self.version, &mut self.out);
+            }
+            P::Disconnect(d) => self.on_disconnect(d)?,
+            P::Connect(..) => return Err(ConnError::protocol(Why::ProtocolError, "second CONNECT".into())),
+            P::Auth(_) => return Err(ConnError::protocol(Why::ProtocolError, "AUTH is not supported".into())),
+            _ => return Err(ConnError::protocol(Why::ProtocolError, "server-to-client packet from client".into())),
+        }
+        Ok(())
+    }
+
+    /// Sends to the router without waiting; a full router channel is the
+    /// publisher's backpressure, so wait for room in that case.
+    fn send(&self, msg: RouterMsg) -> Result<(), ConnError> {
+        match self.sh.router.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(tokio::sync::mpsc::error::TrySendError::Full(msg)) => {
+                let router = self.sh.router.clone();
+                // Order per connection is kept by the pending-reply queue, not by this send.
+                tokio::spawn(async move {
+                    let _ = router.send(msg).await;
+                });
+                Ok(())
+            }
+            Err(_) => Err(ConnError::ShuttingDown),
+        }
+    }
+
+    fn on_publish(&mut self, p: p5::Publish) -> Result<(), ConnError> {
+        let qos = codec::qos_u8(p.qos);
+        let props = p.properties.unwrap_or_default();
+        let topic = self.resolve_topic(&p.topic, props.topic_alias)?;
+        if !valid_topic_name(&topic) {
+            return Err(ConnError::with_reason(Why::ProtocolError, format!("invalid topic name {topic:?}"), Reason::TopicNameInvalid));
+        }
+        if p.retain && !self.sh.cfg.mqtt.retain_available {
+            return Err(ConnError::with_reason(Why::ProtocolError, "retain not available".into(), Reason::RetainNotSupported));
+        }
+        if props.payload_format_indicator == Some(1) && std::str::from_utf8(&p.payload).is_err() {
+            return Err(ConnError::with_reason(Why::Malformed, "payload is not UTF-8".into(), Reason::PayloadFormatInvalid));
+        }
+        if qos == 1 || (qos == 2 && self.qos2_in.insert(p.pkid)) {
+            self.incoming_unacked += 1;
+            if self.version == Version::V5 && self.incoming_unacked > self.sh.cfg.mqtt.receive_maximum as usize {
+                return Err(ConnError::protocol(Why::ReceiveMaximumExceeded, "client exceeded our Receive Maximum".into()));
+            }
+        }
+        self.sh.metrics.received(qos);
+        let msg = Message {
+            topic,
+            payload: p.payload,
+            qos,
+            retain: p.retain,
+            props: MessageProps {
+                payload_format_indicator: props.payload_format_indicator,
+                content_type: props.content_type,
+                response_topic: props.response_topic,
+                correlation_data: props.correlation_data,
+                user_properties: props.user_properties,
+            },
+            expires_at_ms: props.message_expiry_interval.map(|s| now_ms() + s as u64 * 1000),
+        };
+        let (reply, rx) = if qos > 0 {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let qos2_pkid = (qos == 2).then_some(p.pkid);
+        self.send(RouterMsg::Publish { conn_id: self.conn_id, client_id: self.client_id.clone(), msg, qos2_pkid, reply })?;
+        if let Some(rx) = rx {
+            self.pending.push_back(Pending::Pub { pkid: p.pkid, qos, rx });
+        }
+        Ok(())
+    }
+
+    /// Applies an incoming 5.0 Topic Alias (3.3.2.3.4).
+    fn resolve_topic(&mut self, raw: &[u8], alias: Option<u16>) -> Result<String, ConnError> {
+        let topic = std::str::from_utf8(raw)
+            .map_err(|_| ConnError::with_reason(Why::Malformed, "topic is not UTF-8".into(), Reason::TopicNameInvalid))?;
+        let Some(alias) = alias else {
+            return Ok(topic.to_string());
+        };
+        if alias == 0 || alias > self.sh.cfg.mqtt.topic_alias_maximum {
+            return Err(ConnError::protocol(Why::TopicAliasInvalid, format!("topic alias {alias} out of range")));
+        }
+        if topic.is_empty() {
+            return self
+                .aliases
+                .get(&alias)
+                .cloned()
+                .ok_or_else(|| ConnError::protocol(Why::ProtocolError, format!("unknown topic alias {alias}")));
+        }
+        self.aliases.insert(alias, topic.to_string());
+        Ok(topic.to_string())
+    }
+
+    fn on_ack(&mut self, pkid: u16) {
+        if let Some(seq) = self.inflight.remove(&pkid) {
+            self.acked(seq);
+        }
+    }
+
+    fn on_pubrec(&mut self, pkid: u16) {
+        let rel = p5::PubRel { pkid, reason: p5::PubRelReason::Success, properties: None };
+        let _ = codec::encode(&p5::Packet::PubRel(rel), self.version, &mut self.out);
+        if let Some(&seq) = self.inflight.get(&pkid) {
+            let _ = self.send(RouterMsg::Received { client_id: self.client_id.clone(), seq });
+        }
+    }
+
+    fn on_subscribe(&mut self, s: p5::Subscribe) -> Result<(), ConnError> {
+        if s.filters.is_empty() {
+            return Err(ConnError::protocol(Why::ProtocolError, "SUBSCRIBE without filters".into()));
+        }
+        let sub_id = s.properties.as_ref().and_then(|p| p.id).map(|id| id as u32);
+        let mut reqs = Vec::with_capacity(s.filters.len());
+        let mut invalid = Vec::new();
+        for (i, f) in s.filters.into_iter().enumerate() {
+            let shared = parse_shared(&f.path);
+            let ok = valid_filter(&f.path) && shared.is_ok();
+            // No Local on a shared subscription is a protocol error (MQTT-3.8.3-4); refuse the filter.
+            if !ok || (f.nolocal && matches!(shared, Ok(Some(_)))) {
+                invalid.push(i);
+                continue;
+            }
+            let retain_handling = match f.retain_forward_rule {
+                p5::RetainForwardRule::OnEverySubscribe => 0,
+                p5::RetainForwardRule::OnNewSubscribe => 1,
+                p5::RetainForwardRule::Never => 2,
+            };
+            let opts = SubOpts {
+                qos: codec::qos_u8(f.qos),
+                no_local: f.nolocal,
+                retain_as_published: f.preserve_retain,
+                retain_handling,
+                subscription_id: sub_id,
+            };
+            reqs.push((i, SubRequest { filter: f.path, opts }));
+        }
+        let (tx, rx) = oneshot::channel();
+        let indexes: Vec<usize> = reqs.iter().map(|(i, _)| *i).collect();
+        let filters = reqs.into_iter().map(|(_, r)| r).collect();
+        self.send(RouterMsg::Subscribe { conn_id: self.conn_id, client_id: self.client_id.clone(), filters, reply: tx })?;
+        // Re-insert the refused filters' slots when the answer comes (see `answer`).
+        self.invalid_filters.push_back((indexes, invalid));
+        self.pending.push_back(Pending::Sub { pkid: s.pkid, rx });
+        Ok(())
+    }
+
+    fn on_disconnect(&mut self, d: p5::Disconnect) -> Result<(), ConnError> {
+        let new_expiry = d.properties.and_then(|p| p.session_expiry_interval);
+        if new_expiry.is_some_and(|e| e > 0) && self.expiry_secs == 0 {
+            return Err(ConnError::protocol(Why::ProtocolError, "session expiry set on DISCONNECT after 0".into()));
+        }
+        let with_will = d.reason_code == Reason::DisconnectWithWillMessage;
+        self.disconnect = Some((with_will, new_expiry));
+        Ok(())
+    }
+
+    /// Answers a router reply in the order the requests arrived.
+    pub(super) fn answer(&mut self, r: Ready) -> Result<(), ConnError> {
+        use p5::Packet as P;
+        let v5 = self.version == Version::V5;
+        let packet = match r {
+            Ready::Pub(pkid, qos, outcome) => {
+                let outcome = outcome.ok_or(ConnError::ShuttingDown)?;
+                if outcome == PublishOutcome::StoreFailed {
+                    // Never acknowledge what was not stored; the client will resend.
+                    return Err(ConnError::with_reason(Why::ProtocolError, "store failure".into(), Reason::UnspecifiedError));
+                }
+                if qos == 1 {
+                    self.incoming_unacked = self.incoming_unacked.saturating_sub(1);
+                    let reason = match outcome {
+                        PublishOutcome::NoSubscribers if v5 => p5::PubAckReason::NoMatchingSubscribers,
+                        PublishOutcome::QuotaExceeded if v5 => p5::PubAckReason::QuotaExceeded,
+                        _ => p5::PubAckReason::Success,
+                    };
+                    P::PubAck(p5::PubAck { pkid, reason, properties: None })
+                } else {
+                    let reason = match outcome {
+                        PublishOutcome::NoSubscribers if v5 => p5::PubRecReason::NoMatchingSubscribers,
+                        PublishOutcome::QuotaExceeded if v5 => p5::PubRecReason::QuotaExceeded,
+                        _ => p5::PubRecReason::Success,
+                    };
+                    P::PubRec(p5::PubRec { pkid, reason, properties: None })
+                }
+            }
+            Ready::Rel(pkid) => {
+                P::PubComp(p5::PubComp { pkid, reason: p5::PubCompReason::Success, properties: None })
+            }
+            Ready::Sub(pkid, results) => {
+                let results = results.ok_or(ConnError::ShuttingDown)?;
+                let (indexes, invalid) = self.invalid_filters.pop_front().unwrap_or_default();
+                let mut codes = vec![p5::SubscribeReasonCode::TopicFilterInvalid; indexes.len() + invalid.len()];
+                for (i, r) in indexes.into_iter().zip(results) {
+                    codes[i] = match r {
+                        Ok(q) => p5::SubscribeReasonCode::Success(codec::qos_from(q)),
+                        Err(_) => p5::SubscribeReasonCode::QuotaExceeded,
+                    };
+                }
+                P::SubAck(p5::SubAck { pkid, return_codes: codes, properties: None })
+            }
+            Ready::Unsub(pkid, results) => {
+                let results = results.ok_or(ConnError::ShuttingDown)?;
+                let reasons = results
+                    .into_iter()
+                    .map(|existed| if existed { p5::UnsubAckReason::Success } else { p5::UnsubAckReason::NoSubscriptionExisted })
+                    .collect();
+                P::UnsubAck(p5::UnsubAck { pkid, reasons, properties: None })
+            }
+        };
+        let _ = codec::encode(&packet, self.version, &mut self.out);
+        Ok(())
+    }
+}

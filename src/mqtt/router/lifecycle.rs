@@ -1,0 +1,302 @@
+//! Session lifecycle: restore at start-up, connect (new, resumed, taken
+//! over), disconnect, wills, expiry and shutdown.
+
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+use super::queue::{pump, Ctx};
+use super::session::{Body, Conn, Entry, Session};
+use super::{ConnId, ConnectOutcome, ConnectRequest, Kick, Router, RouterMsg, Will};
+use crate::mqtt::message::now_ms;
+use crate::mqtt::topic::{parse_shared, SubEntry, SubOpts};
+use crate::store::{Op, QueuedEntry, Recovered};
+
+impl Router {
+    /// Rebuilds sessions, subscriptions and retained messages from the store.
+    /// Queue bodies stay on disk until their client connects.
+    pub(super) fn restore(&mut self, rec: Recovered) {
+        let now = now_ms();
+        for r in rec.sessions {
+            let client: Arc<str> = r.client_id.into();
+            let mut s = Session::new(client.clone());
+            s.expiry_secs = r.record.expiry_secs;
+            s.protocol = r.record.protocol;
+            s.stored = true;
+            // A session that was connected when the gateway died starts its expiry now.
+            s.disconnected_at_ms = Some(r.record.disconnected_at_ms.unwrap_or(now));
+            s.incoming_qos2 = r.incoming_qos2.into_iter().collect();
+            for i in &r.index {
+                s.queue.push_back(Entry { seq: i.seq, size: i.size, qos: 1, retain: false, state: i.state, body: None });
+                s.queued_bytes += i.size as usize;
+                self.stored_bytes += i.size as u64;
+            }
+            s.next_seq = r.index.last().map_or(1, |i| i.seq + 1);
+            for sub in r.record.subscriptions {
+                let opts = SubOpts {
+                    qos: sub.qos,
+                    no_local: sub.no_local,
+                    retain_as_published: sub.retain_as_published,
+                    retain_handling: sub.retain_handling,
+                    subscription_id: sub.subscription_id,
+                };
+                self.insert_sub(&client, &sub.filter, opts);
+                s.subs.insert(sub.filter, opts);
+            }
+            self.persistent += 1;
+            self.sessions.insert(client, s);
+        }
+        for m in rec.retained {
+            self.retained.insert(m.topic.clone(), Arc::new(m));
+        }
+        tracing::info!(sessions = self.persistent, retained = self.retained.len(), "store recovered");
+        self.update_gauges();
+    }
+
+    fn insert_sub(&mut self, client: &Arc<str>, filter: &str, opts: SubOpts) {
+        let (group, filter) = match parse_shared(filter) {
+            Ok(Some((g, f))) => (Some(Arc::<str>::from(g)), f),
+            _ => (None, filter),
+        };
+        self.tree.insert(SubEntry { client: client.clone(), group, filter: filter.into(), opts });
+    }
+
+    fn remove_subs(&mut self, s: &Session) {
+        for f in s.subs.keys() {
+            let (group, filter) = match parse_shared(f) {
+                Ok(Some((g, f))) => (Some(g), f),
+                _ => (None, f.as_str()),
+            };
+            self.tree.remove(filter, &s.client_id, group);
+        }
+    }
+
+    pub(super) fn connect(&mut self, req: ConnectRequest, reply: oneshot::Sender<ConnectOutcome>) {
+        let client = req.client_id.clone();
+        let mut present = false;
+        if let Some(mut s) = self.sessions.remove(&client) {
+            if let Some(mut old) = s.detach() {
+                if let Some(k) = old.kick.take() {
+                    let _ = k.send(Kick::TakenOver);
+                }
+                self.metrics.session_takeovers.inc();
+                tracing::info!(client_id = %client, "session taken over by a new connection");
+                // The old connection's will goes out now, unless it has a delay and the
+                // session is resumed (5.0 3.1.2.5; applied to 3.1.1 alike).
+                if let Some(w) = s.will.take() {
+                    if w.delay_secs == 0 {
+                        self.publish_will(w);
+                    } else {
+                        s.pending_will = Some((w.clone(), now_ms() + w.delay_secs as u64 * 1000));
+                    }
+                }
+            }
+            if req.clean_start {
+                self.end_session(s);
+            } else {
+                present = true;
+                // Resuming cancels a will still waiting for its delay (MQTT-3.1.3-9).
+                s.pending_will = None;
+                self.sessions.insert(client.clone(), s);
+            }
+        }
+        // A persistent session that is new counts against the global limit.
+        let new_persistent = req.expiry_secs > 0 && !self.sessions.get(&client).is_some_and(|s| s.persistent());
+        if new_persistent && self.persistent >= self.cfg.session.max_persistent_sessions {
+            self.metrics.dropped(crate::metrics::DropReason::SessionsFull);
+            tracing::warn!(client_id = %client, limit = self.persistent, "persistent session limit reached; connection refused");
+            let _ = reply.send(ConnectOutcome::QuotaExceeded);
+            return;
+        }
+        let s = self.sessions.entry(client.clone()).or_insert_with(|| Session::new(client.clone()));
+        if new_persistent {
+            self.persistent += 1;
+        } else if s.persistent() && req.expiry_secs == 0 {
+            self.persistent -= 1;
+        }
+        s.expiry_secs = req.expiry_secs;
+        s.protocol = req.protocol;
+        s.will = req.will;
+        s.disconnected_at_ms = None;
+        s.conn = Some(Conn {
+            id: req.conn_id,
+            tx: req.tx,
+            tx0: req.tx0,
+            kick: Some(req.kick),
+            window: req.window.max(1),
+            inflight: 0,
+        });
+        if s.needs_load() {
+            s.loading = true;
+            self.start_load(client.clone(), req.conn_id, s.next_seq);
+        }
+        self.save_session(&client);
+        let (mut cx, sessions) = self.ctx();
+        if let Some(s) = sessions.get_mut(&client) {
+            pump(s, &mut cx);
+        }
+        self.after_commit(move |ok| {
+            let _ = reply.send(if ok {
+                ConnectOutcome::Accepted { session_present: present }
+            } else {
+                ConnectOutcome::StoreFailed
+            });
+        });
+        self.update_gauges();
+    }
+
+    /// Reads the bodies of entries below `below` in a task; the answer comes back as
+    /// [`RouterMsg::Loaded`]. The store's FIFO guarantees the read sees every op
+    /// the router submitted before it.
+    fn start_load(&self, client: Arc<str>, conn_id: ConnId, below: u64) {
+        let store = self.store.clone();
+        let Some(tx) = self.self_tx.upgrade() else { return };
+        tokio::spawn(async move {
+            let entries = store.load_queue(&client, below).await.map_err(|e| e.to_string());
+            let _ = tx.send(RouterMsg::Loaded { client_id: client, conn_id, entries }).await;
+        });
+    }
+
+    pub(super) fn loaded(&mut self, client: &Arc<str>, conn_id: ConnId, entries: Result<Vec<(u64, QueuedEntry)>, String>) {
+        let (mut cx, sessions) = self.ctx();
+        let Some(s) = sessions.get_mut(client) else { return };
+        if !s.conn.as_ref().is_some_and(|c| c.id == conn_id) {
+            return;
+        }
+        let entries = match entries {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(client_id = %client, error = %e, "reading the offline queue failed; disconnecting");
+                if let Some(k) = s.conn.as_mut().and_then(|c| c.kick.take()) {
+                    let _ = k.send(Kick::ShuttingDown);
+                }
+                return;
+            }
+        };
+        for (seq, qe) in entries {
+            if let Some(idx) = s.find(seq) {
+                let e = &mut s.queue[idx];
+                e.qos = qe.message.qos;
+                e.retain = qe.message.retain;
+                e.body = Some(Body { msg: Arc::new(qe.message), sub_ids: qe.subscription_ids.into() });
+            }
+        }
+        // Entries the store did not have cannot be delivered: forget them.
+        let missing: Vec<usize> = (0..s.queue.len()).rev().filter(|&i| s.queue[i].body.is_none()).collect();
+        for idx in missing {
+            tracing::warn!(client_id = %client, seq = s.queue[idx].seq, "queued entry missing from store");
+            super::queue::remove_entry(s, &mut cx, idx);
+        }
+        s.loading = false;
+        pump(s, &mut cx);
+    }
+
+    pub(super) fn disconnect(&mut self, client: &Arc<str>, conn_id: ConnId, publish_will: bool, new_expiry: Option<u32>) {
+        let Some(s) = self.sessions.get_mut(client) else { return };
+        if !s.conn.as_ref().is_some_and(|c| c.id == conn_id) {
+            return; // A connection that was already taken over.
+        }
+        s.detach();
+        s.loading = false;
+        if let Some(e) = new_expiry {
+            let cap = self.cfg.session.max_session_expiry_secs;
+            if s.persistent() && e == 0 {
+                self.persistent -= 1;
+            }
+            s.expiry_secs = e.min(cap);
+        }
+        let will = s.will.take().filter(|_| publish_will);
+        if let Some(w) = will {
+            if w.delay_secs > 0 && s.persistent() {
+                s.pending_will = Some((w.clone(), now_ms() + w.delay_secs as u64 * 1000));
+            } else {
+                self.publish_will(w);
+            }
+        }
+        let Some(s) = self.sessions.get_mut(client) else { return };
+        if s.persistent() {
+            s.disconnected_at_ms = Some(now_ms());
+            s.unload();
+            self.save_session(client);
+        } else if let Some(s) = self.sessions.remove(client) {
+            self.end_session(s);
+        }
+        self.update_gauges();
+    }
+
+    pub(super) fn publish_will(&mut self, w: Will) {
+        let msg = w.message;
+        tracing::debug!(topic = %msg.topic, "publishing will message");
+        if msg.retain {
+            self.set_retained(&msg);
+        }
+        self.route(Arc::new(msg), None);
+    }
+
+    /// Ends a session for good: its will (if pending), subscriptions and stored state.
+    pub(super) fn end_session(&mut self, mut s: Session) {
+        if let Some((w, _)) = s.pending_will.take() {
+            self.publish_will(w);
+        }
+        self.remove_subs(&s);
+        if s.persistent() {
+            self.persistent = self.persistent.saturating_sub(1);
+        }
+        if s.stored {
+            self.ops.push(Op::DeleteSession { client_id: s.client_id.to_string() });
+            let bytes: u64 = s.queue.iter().map(|e| e.size as u64).sum();
+            self.stored_bytes = self.stored_bytes.saturating_sub(bytes);
+        }
+    }
+
+    /// Periodic work: delayed wills whose time came, sessions that expired.
+    pub(super) fn tick(&mut self) {
+        let now = now_ms();
+        let mut wills = Vec::new();
+        let mut expired = Vec::new();
+        for (id, s) in self.sessions.iter_mut() {
+            if s.pending_will.as_ref().is_some_and(|(_, at)| *at <= now) {
+                wills.extend(s.pending_will.take().map(|(w, _)| w));
+            }
+            if s.conn.is_none() {
+                let at = s.disconnected_at_ms.unwrap_or(now) + s.expiry_secs as u64 * 1000;
+                if at <= now {
+                    expired.push(id.clone());
+                }
+            }
+        }
+        for w in wills {
+            self.publish_will(w);
+        }
+        for id in expired {
+            if let Some(s) = self.sessions.remove(&id) {
+                tracing::info!(client_id = %id, "session expired");
+                self.metrics.session_expired_sessions.inc();
+                self.end_session(s);
+            }
+        }
+        self.update_gauges();
+    }
+
+    /// Detaches every client and records when persistent sessions went offline.
+    pub(super) async fn shutdown(&mut self) {
+        let now = now_ms();
+        let ids: Vec<Arc<str>> = self.sessions.keys().cloned().collect();
+        for id in ids {
+            let Some(s) = self.sessions.get_mut(&id) else { continue };
+            if let Some(mut c) = s.detach() {
+                if let Some(k) = c.kick.take() {
+                    let _ = k.send(Kick::ShuttingDown);
+                }
+                if s.persistent() {
+                    s.disconnected_at_ms = Some(now);
+                    self.save_session(&id);
+                }
+            }
+        }
+        self.flush().await;
+        if let Err(e) = self.store.close().await {
+            tracing::error!(error = %e, "closing the store failed");
+        }
+    }
+}

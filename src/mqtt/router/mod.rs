@@ -1,0 +1,301 @@
+//! The router: one task that owns every session, the subscription tree and
+//! the retained messages.
+//!
+//! Connection tasks talk to it over one bounded channel ([`RouterMsg`]); it
+//! answers over oneshots and pushes deliveries into each connection's
+//! credit-limited outbound channel. A single owner means no locks on the
+//! routing path and a total order of store operations: every op goes to the
+//! store's FIFO in the order the router decided it, so an ack can never
+//! overtake the enqueue it acknowledges. Work is taken in batches: all
+//! messages waiting in the channel are handled, their store ops submitted as
+//! one group, and the replies that promised durability are released when
+//! that group commits.
+
+mod lifecycle;
+mod publish;
+mod queue;
+mod session;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::mqtt::message::Message;
+use crate::mqtt::topic::{SubOpts, SubTree};
+use crate::store::{Op, QueuedEntry, Recovered, Store};
+
+pub use session::pkid_of;
+use session::Session;
+
+/// Identifies one network connection (a client id can have several over time).
+pub type ConnId = u64;
+
+/// Capacity of the router's inbound channel. Full => connection tasks wait
+/// (backpressure on publishers); nothing is dropped.
+pub const ROUTER_CHANNEL: usize = 4096;
+/// Most messages handled before their store ops are submitted as one group.
+const BATCH: usize = 512;
+
+/// A will message and its 5.0 delay.
+#[derive(Debug, Clone)]
+pub struct Will {
+    pub message: Message,
+    pub delay_secs: u32,
+}
+
+/// What the router sends to a connection.
+#[derive(Debug)]
+pub enum Outbound {
+    /// Deliver a message; `seq` identifies it in the session (the packet id derives from it).
+    Publish {
+        seq: u64,
+        msg: Arc<Message>,
+        qos: u8,
+        retain: bool,
+        dup: bool,
+        sub_ids: Arc<[u32]>,
+    },
+    /// Resend PUBREL for a QoS 2 message whose PUBREC arrived before a reconnect.
+    PubRel { seq: u64 },
+}
+
+/// Why the router closes a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    TakenOver,
+    ShuttingDown,
+}
+
+/// Everything the router needs to attach a connection to a session.
+pub struct ConnectRequest {
+    pub conn_id: ConnId,
+    pub client_id: Arc<str>,
+    pub clean_start: bool,
+    /// Effective session expiry (0 = the session ends with the connection).
+    pub expiry_secs: u32,
+    pub protocol: u8,
+    pub will: Option<Will>,
+    /// Outgoing inflight window (QoS>0 deliveries not yet acknowledged).
+    pub window: usize,
+    /// Credit-limited channel for QoS>0 deliveries and PUBRELs.
+    pub tx: mpsc::Sender<Outbound>,
+    /// QoS 0 deliveries to an online client; full => dropped and counted.
+    pub tx0: mpsc::Sender<Outbound>,
+    pub kick: oneshot::Sender<Kick>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectOutcome {
+    Accepted { session_present: bool },
+    /// Refused because a global limit (persistent sessions) is reached.
+    QuotaExceeded,
+    /// The store failed to persist the session.
+    StoreFailed,
+}
+
+/// Result of a PUBLISH, given once every durable copy is committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishOutcome {
+    Delivered,
+    NoSubscribers,
+    /// Every matching session refused it (queue or store full).
+    QuotaExceeded,
+    /// The store failed: the message must not be acknowledged as delivered.
+    StoreFailed,
+}
+
+/// One subscription request, already validated by the connection.
+#[derive(Debug, Clone)]
+pub struct SubRequest {
+    /// The filter as sent, including any `$share/group/` prefix.
+    pub filter: String,
+    pub opts: SubOpts,
+}
+
+/// Per-filter SUBACK result: granted QoS or a 5.0 reason code.
+pub type SubResult = Result<u8, u8>;
+
+pub enum RouterMsg {
+    Connect { req: ConnectRequest, reply: oneshot::Sender<ConnectOutcome> },
+    Publish {
+        conn_id: ConnId,
+        client_id: Arc<str>,
+        msg: Message,
+        /// Packet id of a QoS 2 PUBLISH, for exactly-once de-duplication.
+        qos2_pkid: Option<u16>,
+        reply: Option<oneshot::Sender<PublishOutcome>>,
+    },
+    /// Incoming QoS 2 PUBREL: the packet id may be reused.
+    PubRel { client_id: Arc<str>, pkid: u16, reply: oneshot::Sender<()> },
+    Subscribe {
+        conn_id: ConnId,
+        client_id: Arc<str>,
+        filters: Vec<SubRequest>,
+        reply: oneshot::Sender<Vec<SubResult>>,
+    },
+    Unsubscribe {
+        client_id: Arc<str>,
+        filters: Vec<String>,
+        reply: oneshot::Sender<Vec<bool>>,
+    },
+    /// The client acknowledged (PUBACK/PUBCOMP) or was sent (QoS 0) delivery `seq`.
+    Acked { conn_id: ConnId, client_id: Arc<str>, seq: u64 },
+    /// PUBREC for delivery `seq` arrived; the connection has sent PUBREL.
+    Received { client_id: Arc<str>, seq: u64 },
+    Disconnect {
+        conn_id: ConnId,
+        client_id: Arc<str>,
+        /// Publish the will (abnormal close or 5.0 reason 0x04).
+        publish_will: bool,
+        /// 5.0 DISCONNECT may change the session expiry.
+        new_expiry: Option<u32>,
+    },
+    /// A session's queue bodies read back from the store.
+    Loaded {
+        client_id: Arc<str>,
+        conn_id: ConnId,
+        entries: Result<Vec<(u64, QueuedEntry)>, String>,
+    },
+}
+
+type Waiter = Box<dyn FnOnce(bool) + Send>;
+
+pub struct Router {
+    cfg: Arc<Config>,
+    metrics: Arc<Metrics>,
+    store: Store,
+    sessions: HashMap<Arc<str>, Session>,
+    tree: SubTree,
+    retained: HashMap<String, Arc<Message>>,
+    /// Round-robin position per shared group (group, filter).
+    shared_rr: HashMap<(Arc<str>, Arc<str>), usize>,
+    self_tx: mpsc::WeakSender<RouterMsg>,
+    /// Persistent sessions and their queued bytes, for the global limits.
+    persistent: usize,
+    stored_bytes: u64,
+    /// Store ops of the current batch and the replies waiting for their commit.
+    ops: Vec<Op>,
+    waiters: Vec<Waiter>,
+}
+
+impl Router {
+    pub fn new(
+        cfg: Arc<Config>,
+        metrics: Arc<Metrics>,
+        store: Store,
+        recovered: Recovered,
+        self_tx: mpsc::WeakSender<RouterMsg>,
+    ) -> Router {
+        let mut router = Router {
+            cfg,
+            metrics,
+            store,
+            sessions: HashMap::new(),
+            tree: SubTree::default(),
+            retained: HashMap::new(),
+            shared_rr: HashMap::new(),
+            self_tx,
+            persistent: 0,
+            stored_bytes: 0,
+            ops: Vec::new(),
+            waiters: Vec::new(),
+        };
+        router.restore(recovered);
+        router
+    }
+
+    /// Runs until `shutdown` resolves, then detaches every client and closes the store.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<RouterMsg>, shutdown: impl std::future::Future<Output = ()>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(self.cfg.session.expiry_check_interval_secs));
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                msg = rx.recv() => {
+                    let Some(msg) = msg else { break };
+                    self.handle(msg);
+                    for _ in 1..BATCH {
+                        match rx.try_recv() {
+                            Ok(msg) => self.handle(msg),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = tick.tick() => self.tick(),
+                _ = &mut shutdown => break,
+            }
+            self.flush().await;
+        }
+        self.shutdown().await;
+    }
+
+    fn handle(&mut self, msg: RouterMsg) {
+        match msg {
+            RouterMsg::Connect { req, reply } => self.connect(req, reply),
+            RouterMsg::Publish { conn_id: _, client_id, msg, qos2_pkid, reply } => {
+                self.publish(&client_id, msg, qos2_pkid, reply)
+            }
+            RouterMsg::PubRel { client_id, pkid, reply } => self.pubrel(&client_id, pkid, reply),
+            RouterMsg::Subscribe { conn_id: _, client_id, filters, reply } => {
+                self.subscribe(&client_id, filters, reply)
+            }
+            RouterMsg::Unsubscribe { client_id, filters, reply } => self.unsubscribe(&client_id, filters, reply),
+            RouterMsg::Acked { conn_id, client_id, seq } => self.acked(&client_id, conn_id, seq),
+            RouterMsg::Received { client_id, seq } => self.received(&client_id, seq),
+            RouterMsg::Disconnect { conn_id, client_id, publish_will, new_expiry } => {
+                self.disconnect(&client_id, conn_id, publish_will, new_expiry)
+            }
+            RouterMsg::Loaded { client_id, conn_id, entries } => self.loaded(&client_id, conn_id, entries),
+        }
+    }
+
+    /// Registers a reply to send once the current batch is durable.
+    fn after_commit(&mut self, f: impl FnOnce(bool) + Send + 'static) {
+        self.waiters.push(Box::new(f));
+    }
+
+    /// Submits the batch's store ops as one group and releases the waiting
+    /// replies when it commits (in a task, so the router moves on meanwhile).
+    async fn flush(&mut self) {
+        let waiters = std::mem::take(&mut self.waiters);
+        if self.ops.is_empty() {
+            waiters.into_iter().for_each(|w| w(true));
+            return;
+        }
+        let ops = std::mem::take(&mut self.ops);
+        match self.store.submit(ops).await {
+            Ok(commit) => {
+                if !waiters.is_empty() {
+                    tokio::spawn(async move {
+                        let ok = commit.await.is_ok();
+                        waiters.into_iter().for_each(|w| w(ok));
+                    });
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store rejected a batch; replies report failure");
+                waiters.into_iter().for_each(|w| w(false));
+            }
+        }
+    }
+
+    /// The router state the queue code works on, split from the session map.
+    fn ctx(&mut self) -> (queue::Ctx<'_>, &mut HashMap<Arc<str>, Session>) {
+        let cx = queue::Ctx {
+            cfg: &self.cfg,
+            metrics: &self.metrics,
+            ops: &mut self.ops,
+            stored_bytes: &mut self.stored_bytes,
+        };
+        (cx, &mut self.sessions)
+    }
+
+    fn update_gauges(&self) {
+        self.metrics.session_persistent_sessions.set(self.persistent as i64);
+        self.metrics.session_queued_bytes.set(self.stored_bytes as i64);
+        self.metrics.retained_messages.set(self.retained.len() as i64);
+    }
+}

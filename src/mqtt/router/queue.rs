@@ -1,0 +1,164 @@
+//! Putting messages into a session's queue and handing them to its
+//! connection within the inflight window.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc::error::TrySendError;
+
+use super::session::{Body, Entry, Session};
+use super::Outbound;
+use crate::config::{Config, QueueFullPolicy};
+use crate::metrics::{DropReason, Metrics};
+use crate::mqtt::message::{now_ms, Message};
+use crate::store::{EntryState, Op, QueuedEntry};
+
+/// What the queue code needs from the router besides the session.
+pub struct Ctx<'a> {
+    pub cfg: &'a Config,
+    pub metrics: &'a Metrics,
+    pub ops: &'a mut Vec<Op>,
+    pub stored_bytes: &'a mut u64,
+}
+
+/// One delivery of a message to one session.
+pub struct Delivery<'a> {
+    pub msg: &'a Arc<Message>,
+    pub qos: u8,
+    pub retain: bool,
+    pub sub_ids: Arc<[u32]>,
+}
+
+/// Queues (or, for QoS 0 to an online client, sends) a message.
+/// Returns false if the session refused it (the drop is counted and logged).
+pub fn enqueue(s: &mut Session, cx: &mut Ctx<'_>, d: Delivery<'_>) -> bool {
+    if d.qos == 0 && !s.loading {
+        if let Some(conn) = s.conn.as_ref() {
+            let out = Outbound::Publish {
+                seq: 0,
+                msg: d.msg.clone(),
+                qos: 0,
+                retain: d.retain,
+                dup: false,
+                sub_ids: d.sub_ids,
+            };
+            return match conn.tx0.try_send(out) {
+                Ok(()) => true,
+                Err(_) => drop_one(cx, s, DropReason::QueueFull),
+            };
+        }
+    }
+    if d.qos == 0 && !(s.online() || cx.cfg.session.queue_qos0_offline) {
+        return drop_one(cx, s, DropReason::Qos0Offline);
+    }
+    let size = d.msg.size() as u32;
+    if !make_room(s, cx, size) {
+        return drop_one(cx, s, DropReason::QueueFull);
+    }
+    let persistent = s.persistent();
+    if persistent && *cx.stored_bytes + size as u64 > cx.cfg.session.max_stored_bytes {
+        return drop_one(cx, s, DropReason::StoreFull);
+    }
+    let seq = s.next_seq;
+    s.next_seq += 1;
+    if persistent {
+        let mut message = (**d.msg).clone();
+        message.qos = d.qos;
+        message.retain = d.retain;
+        let entry = QueuedEntry { message, subscription_ids: d.sub_ids.to_vec(), state: EntryState::Queued };
+        cx.ops.push(Op::Enqueue { client_id: s.client_id.to_string(), seq, entry });
+        *cx.stored_bytes += size as u64;
+    }
+    let body = s.online().then(|| Body { msg: d.msg.clone(), sub_ids: d.sub_ids });
+    s.queue.push_back(Entry { seq, size, qos: d.qos, retain: d.retain, state: EntryState::Queued, body });
+    s.queued_bytes += size as usize;
+    pump(s, cx);
+    true
+}
+
+/// Applies the per-session limits before adding `size` bytes.
+fn make_room(s: &mut Session, cx: &mut Ctx<'_>, size: u32) -> bool {
+    let limits = &cx.cfg.session;
+    let full = |s: &Session| {
+        s.queue.len() >= limits.max_queued_messages || s.queued_bytes + size as usize > limits.max_queued_bytes
+    };
+    while full(s) {
+        if limits.queue_full_policy == QueueFullPolicy::RejectNew {
+            return false;
+        }
+        let Some(idx) = s.oldest_droppable() else {
+            return false;
+        };
+        remove_entry(s, cx, idx);
+        drop_one(cx, s, DropReason::QueueFull);
+    }
+    true
+}
+
+/// Removes an entry from the queue and, for a stored session, from the store.
+pub fn remove_entry(s: &mut Session, cx: &mut Ctx<'_>, idx: usize) {
+    if let Some(e) = s.remove_at(idx) {
+        if s.persistent() || s.stored {
+            cx.ops.push(Op::RemoveEntry { client_id: s.client_id.to_string(), seq: e.seq });
+            *cx.stored_bytes = cx.stored_bytes.saturating_sub(e.size as u64);
+        }
+    }
+}
+
+/// Counts and logs one dropped message; returns false for the caller's convenience.
+fn drop_one(cx: &Ctx<'_>, s: &Session, reason: DropReason) -> bool {
+    cx.metrics.dropped(reason);
+    tracing::debug!(client_id = %s.client_id, ?reason, "message dropped for session");
+    false
+}
+
+/// Hands queued entries to the connection while the inflight window allows.
+pub fn pump(s: &mut Session, cx: &mut Ctx<'_>) {
+    if s.loading || s.conn.is_none() {
+        return;
+    }
+    let now = now_ms();
+    while s.handed < s.queue.len() {
+        let Some(conn) = s.conn.as_ref() else { return };
+        if conn.inflight >= conn.window {
+            return;
+        }
+        let idx = s.handed;
+        let e = &s.queue[idx];
+        let Some(body) = e.body.clone() else {
+            // Not loaded yet: wait for the load to fill it in.
+            return;
+        };
+        if e.state == EntryState::Queued && body.msg.is_expired(now) {
+            remove_entry(s, cx, idx);
+            drop_one(cx, s, DropReason::Expired);
+            continue;
+        }
+        let out = match e.state {
+            EntryState::Released => Outbound::PubRel { seq: e.seq },
+            state => Outbound::Publish {
+                seq: e.seq,
+                msg: body.msg,
+                qos: e.qos,
+                retain: e.retain,
+                dup: state == EntryState::Sent,
+                sub_ids: body.sub_ids,
+            },
+        };
+        match conn.tx.try_send(out) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Closed(_)) => return,
+        }
+        let (seq, was_queued) = (e.seq, e.state == EntryState::Queued);
+        if let Some(c) = s.conn.as_mut() {
+            c.inflight += 1;
+        }
+        s.handed += 1;
+        if was_queued {
+            s.queue[idx].state = EntryState::Sent;
+            if s.persistent() {
+                // Lazily durable: a crash before this commits only loses the DUP flag.
+                cx.ops.push(Op::SetState { client_id: s.client_id.to_string(), seq, state: EntryState::Sent });
+            }
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! One client's session as the router holds it: subscriptions, the ordered
+//! queue of messages not yet acknowledged, and the attached connection.
+//!
+//! The queue keeps every entry's seq, size and state; message bodies are in
+//! memory only while a client is connected (offline persistent sessions keep
+//! just this index, the bodies stay in the store). Entries handed to the
+//! connection always form a prefix of the queue (`handed`), because they are
+//! handed out in order and removals keep the order.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{ConnId, Kick, Outbound, Will};
+use crate::mqtt::message::Message;
+use crate::mqtt::topic::SubOpts;
+use crate::store::{EntryState, SessionRecord, SubscriptionRecord};
+
+/// Packet id of delivery `seq`. Deriving it from the seq means a resend after
+/// a restart uses the original packet id without storing it (MQTT-4.4.0-1),
+/// and a QoS 2 receiver recognises the resend as a duplicate.
+pub fn pkid_of(seq: u64) -> u16 {
+    ((seq.saturating_sub(1)) % 65535 + 1) as u16
+}
+
+/// The message of a queue entry with the per-subscriber delivery values.
+#[derive(Debug, Clone)]
+pub struct Body {
+    pub msg: Arc<Message>,
+    pub sub_ids: Arc<[u32]>,
+}
+
+#[derive(Debug)]
+pub struct Entry {
+    pub seq: u64,
+    pub size: u32,
+    pub qos: u8,
+    pub retain: bool,
+    pub state: EntryState,
+    /// `None` while the body lives only in the store.
+    pub body: Option<Body>,
+}
+
+/// The connection currently attached to a session.
+pub struct Conn {
+    pub id: ConnId,
+    pub tx: mpsc::Sender<Outbound>,
+    pub tx0: mpsc::Sender<Outbound>,
+    pub kick: Option<oneshot::Sender<Kick>>,
+    pub window: usize,
+    /// Entries handed to this connection and not yet acknowledged.
+    pub inflight: usize,
+}
+
+pub struct Session {
+    pub client_id: Arc<str>,
+    pub expiry_secs: u32,
+    pub protocol: u8,
+    /// Subscriptions by filter as sent (with any `$share/` prefix).
+    pub subs: HashMap<String, SubOpts>,
+    pub queue: VecDeque<Entry>,
+    /// Length of the queue prefix handed to the current connection.
+    pub handed: usize,
+    pub queued_bytes: usize,
+    pub next_seq: u64,
+    pub incoming_qos2: HashSet<u16>,
+    pub conn: Option<Conn>,
+    /// Bodies are being read back from the store; nothing is handed out until then.
+    pub loading: bool,
+    /// Whether the store holds a record of this session.
+    pub stored: bool,
+    pub disconnected_at_ms: Option<u64>,
+    /// The will of the current connection.
+    pub will: Option<Will>,
+    /// A will waiting for its delay after the connection closed (5.0).
+    pub pending_will: Option<(Will, u64)>,
+}
+
+impl Session {
+    pub fn new(client_id: Arc<str>) -> Session {
+        Session {
+            client_id,
+            expiry_secs: 0,
+            protocol: 4,
+            subs: HashMap::new(),
+            queue: VecDeque::new(),
+            handed: 0,
+            queued_bytes: 0,
+            next_seq: 1,
+            incoming_qos2: HashSet::new(),
+            conn: None,
+            loading: false,
+            stored: false,
+            disconnected_at_ms: None,
+            will: None,
+            pending_will: None,
+        }
+    }
+
+    pub fn persistent(&self) -> bool {
+        self.expiry_secs > 0
+    }
+
+    pub fn online(&self) -> bool {
+        self.conn.is_some()
+    }
+
+    pub fn record(&self) -> SessionRecord {
+        SessionRecord {
+            protocol: self.protocol,
+            expiry_secs: self.expiry_secs,
+            disconnected_at_ms: self.disconnected_at_ms,
+            subscriptions: self
+                .subs
+                .iter()
+                .map(|(filter, o)| SubscriptionRecord {
+                    filter: filter.clone(),
+                    qos: o.qos,
+                    no_local: o.no_local,
+                    retain_as_published: o.retain_as_published,
+                    retain_handling: o.retain_handling,
+                    subscription_id: o.subscription_id,
+                })
+                .collect(),
+        }
+    }
+
+    /// Index of the entry with `seq` (the queue is ordered by seq).
+    pub fn find(&self, seq: u64) -> Option<usize> {
+        let (a, b) = self.queue.as_slices();
+        match a.binary_search_by_key(&seq, |e| e.seq) {
+            Ok(i) => Some(i),
+            Err(_) => b.binary_search_by_key(&seq, |e| e.seq).ok().map(|i| i + a.len()),
+        }
+    }
+
+    /// Removes the entry at `idx`, keeping `handed` and the byte count right.
+    pub fn remove_at(&mut self, idx: usize) -> Option<Entry> {
+        let e = self.queue.remove(idx)?;
+        if idx < self.handed {
+            self.handed -= 1;
+            if let Some(c) = self.conn.as_mut() {
+                c.inflight = c.inflight.saturating_sub(1);
+            }
+        }
+        self.queued_bytes = self.queued_bytes.saturating_sub(e.size as usize);
+        Some(e)
+    }
+
+    /// Index of the oldest entry that may be dropped (not handed to a client,
+    /// not mid-flight from an earlier connection).
+    pub fn oldest_droppable(&self) -> Option<usize> {
+        (self.handed..self.queue.len()).find(|&i| self.queue[i].state == EntryState::Queued)
+    }
+
+    /// Forgets what was handed to a connection that is gone: those entries are
+    /// resent (PUBLISH with DUP, or PUBREL) to the next one.
+    pub fn detach(&mut self) -> Option<Conn> {
+        self.handed = 0;
+        self.conn.take()
+    }
+
+    /// Drops message bodies of an offline persistent session: they are in the store.
+    pub fn unload(&mut self) {
+        for e in self.queue.iter_mut() {
+            e.body = None;
+        }
+    }
+
+    pub fn needs_load(&self) -> bool {
+        self.queue.iter().any(|e| e.body.is_none())
+    }
+}
