@@ -347,8 +347,9 @@ pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
 
 /// [`load`] with the environment taken from `env` instead of the process
 /// environment when `env` is `Some` (keys are full variable names such as
-/// `MQBRIDGE__MQTT__LISTEN`).
-pub(crate) fn load_with_env(
+/// `MQBRIDGE__MQTT__LISTEN`). Lets tests set "environment" values without
+/// touching the process environment.
+pub fn load_with_env(
     file: Option<&Path>,
     env: Option<config::Map<String, String>>,
 ) -> Result<Config, ConfigError> {
@@ -357,15 +358,16 @@ pub(crate) fn load_with_env(
         config::FileFormat::Toml,
     ));
     if let Some(path) = file {
-        if !path.is_file() {
-            let reason = if path.exists() {
-                "not a regular file"
-            } else {
-                "not found"
-            };
+        let problem = match std::fs::metadata(path) {
+            Ok(meta) if meta.is_file() => None,
+            Ok(_) => Some("not a regular file".to_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("not found".to_owned()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(reason) = problem {
             return Err(ConfigError::File {
                 path: path.to_owned(),
-                reason: reason.to_owned(),
+                reason,
             });
         }
         builder = builder.add_source(
@@ -374,6 +376,12 @@ pub(crate) fn load_with_env(
                 .required(true),
         );
     }
+    // try_parsing stays off: with it, the config crate turns every value
+    // that looks like a number or boolean into one before it knows the
+    // field's type, so string fields lose their text ("0012" -> "12",
+    // "1e3" -> "1000") and integer fields silently round floats ("1.5" -> 2).
+    // Without it, numeric, boolean and enum fields are still converted from
+    // the string when deserialized, and bad values are reported with the key.
     let environment = config::Environment::with_prefix(ENV_PREFIX)
         .prefix_separator(ENV_SEPARATOR)
         .separator(ENV_SEPARATOR)
