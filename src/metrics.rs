@@ -1,1 +1,626 @@
-//! Prometheus metrics (stub).
+//! Prometheus metrics: one typed struct, registered into a [`Registry`] that
+//! the caller owns (no globals).
+//!
+//! Every metric value is an atomic, so [`Metrics`] can be shared (e.g. in an
+//! `Arc`) and updated from any task without a lock. Labels are small enums,
+//! never client ids or topics. The label values of every family are created
+//! up front, so all series are exported from start-up (at 0) and the helper
+//! methods are a plain atomic add, without a lookup or an allocation.
+//!
+//! Counters are registered without the `_total` suffix; prometheus-client
+//! appends it, so the exposed sample names are exactly the documented ones
+//! (e.g. `mqbridge_mqtt_connections_total`).
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+/// Declares a label-value enum with its `&'static str` values, an `ALL`
+/// list (in discriminant order) and an allocation-free `EncodeLabelValue`.
+macro_rules! label_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $value:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The label value as exported.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $value,)+
+                }
+            }
+        }
+
+        impl EncodeLabelValue for $name {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+                encoder.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+label_enum! {
+    /// Outcome of an incoming connection (`result` label).
+    ConnectionResult {
+        /// CONNECT accepted.
+        Accepted => "accepted",
+        /// Connection refused (limit reached, bad CONNECT, ...).
+        Rejected => "rejected",
+    }
+}
+
+label_enum! {
+    /// MQTT QoS level (`qos` label).
+    Qos {
+        /// QoS 0, at most once.
+        AtMostOnce => "0",
+        /// QoS 1, at least once.
+        AtLeastOnce => "1",
+        /// QoS 2, exactly once.
+        ExactlyOnce => "2",
+    }
+}
+
+impl Qos {
+    /// The QoS for a wire value 0..=2; `None` otherwise.
+    pub const fn from_u8(qos: u8) -> Option<Qos> {
+        match qos {
+            0 => Some(Qos::AtMostOnce),
+            1 => Some(Qos::AtLeastOnce),
+            2 => Some(Qos::ExactlyOnce),
+            _ => None,
+        }
+    }
+}
+
+label_enum! {
+    /// Why a client connection was closed for misbehaving (`reason` label).
+    ProtocolErrorReason {
+        /// A packet could not be decoded.
+        Malformed => "malformed",
+        /// A decodable packet broke a protocol rule.
+        ProtocolError => "protocol_error",
+        /// A packet exceeded `mqtt.max_packet_size`.
+        PacketTooLarge => "packet_too_large",
+        /// Nothing was received within 1.5 times the keep-alive.
+        KeepaliveTimeout => "keepalive_timeout",
+        /// No CONNECT within `mqtt.connect_timeout_secs`.
+        ConnectTimeout => "connect_timeout",
+        /// More unacknowledged QoS>0 PUBLISHes than our Receive Maximum.
+        ReceiveMaximumExceeded => "receive_maximum_exceeded",
+        /// A topic alias of 0, above our maximum, or unknown.
+        TopicAliasInvalid => "topic_alias_invalid",
+        /// The first packet was not CONNECT.
+        NotConnectFirst => "not_connect_first",
+        /// CONNECT named a protocol level other than 3.1.1 or 5.0.
+        UnsupportedProtocol => "unsupported_protocol",
+        /// The client identifier was refused.
+        ClientIdInvalid => "client_id_invalid",
+    }
+}
+
+label_enum! {
+    /// Why a message meant for a session was discarded (`reason` label).
+    DropReason {
+        /// The session queue was full (see `session.queue_full_policy`).
+        QueueFull => "queue_full",
+        /// The message expired before delivery.
+        Expired => "expired",
+        /// `session.max_stored_bytes` was reached.
+        StoreFull => "store_full",
+        /// A QoS 0 message for an offline session (`session.queue_qos0_offline` off).
+        Qos0Offline => "qos0_offline",
+        /// `session.max_persistent_sessions` was reached.
+        SessionsFull => "sessions_full",
+    }
+}
+
+/// Label set `{result=...}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// Connection outcome.
+    pub result: ConnectionResult,
+}
+
+/// Label set `{qos=...}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct QosLabels {
+    /// QoS level.
+    pub qos: Qos,
+}
+
+/// Label set `{reason=...}` of protocol errors.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ProtocolErrorLabels {
+    /// Error reason.
+    pub reason: ProtocolErrorReason,
+}
+
+/// Label set `{reason=...}` of dropped messages.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DropLabels {
+    /// Drop reason.
+    pub reason: DropReason,
+}
+
+/// Start of the store commit duration buckets: 100 µs.
+pub const COMMIT_BUCKET_START_SECS: f64 = 0.000_1;
+/// Factor between successive commit duration buckets.
+pub const COMMIT_BUCKET_FACTOR: f64 = 2.0;
+/// Number of commit duration buckets (100 µs .. ~3.3 s, then +Inf).
+pub const COMMIT_BUCKET_COUNT: u16 = 16;
+
+/// All mqbridge metrics. Gauges are meant to be set directly
+/// (`m.queued_messages.set(n)`); counters mostly through the helper methods.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// `mqbridge_mqtt_connections_active`: open client connections.
+    pub connections_active: Gauge,
+    /// `mqbridge_mqtt_connections_total{result}`: connection attempts by outcome.
+    pub connections: Family<ResultLabels, Counter>,
+    /// `mqbridge_mqtt_messages_received_total{qos}`: PUBLISH packets received from clients.
+    pub messages_received: Family<QosLabels, Counter>,
+    /// `mqbridge_mqtt_messages_sent_total{qos}`: PUBLISH packets sent to clients.
+    pub messages_sent: Family<QosLabels, Counter>,
+    /// `mqbridge_mqtt_bytes_received_total`: bytes read from client connections.
+    pub bytes_received: Counter,
+    /// `mqbridge_mqtt_bytes_sent_total`: bytes written to client connections.
+    pub bytes_sent: Counter,
+    /// `mqbridge_mqtt_protocol_errors_total{reason}`: connections closed for a protocol error.
+    pub protocol_errors: Family<ProtocolErrorLabels, Counter>,
+    /// `mqbridge_session_persistent_sessions`: persistent sessions held.
+    pub persistent_sessions: Gauge,
+    /// `mqbridge_session_queued_messages`: messages queued or inflight across sessions.
+    pub queued_messages: Gauge,
+    /// `mqbridge_session_queued_bytes`: bytes of those messages.
+    pub queued_bytes: Gauge,
+    /// `mqbridge_session_dropped_messages_total{reason}`: messages discarded.
+    pub dropped_messages: Family<DropLabels, Counter>,
+    /// `mqbridge_session_expired_sessions_total`: sessions removed by expiry.
+    pub expired_sessions: Counter,
+    /// `mqbridge_session_takeovers_total`: connections that replaced a live
+    /// connection with the same client id.
+    pub takeovers: Counter,
+    /// `mqbridge_retained_messages`: topics holding a retained message.
+    pub retained_messages: Gauge,
+    /// `mqbridge_retained_refused_total`: retained messages not stored
+    /// because `mqtt.max_retained_messages` was reached.
+    pub retained_refused: Counter,
+    /// `mqbridge_store_commits_total`: store transactions committed.
+    pub store_commits: Counter,
+    /// `mqbridge_store_ops_total`: operations in those transactions.
+    pub store_ops: Counter,
+    /// `mqbridge_store_commit_duration_seconds`: commit latency.
+    pub store_commit_duration: Histogram,
+
+    // Handles into the families above, one per label value, indexed by the
+    // enum's discriminant; they share the families' atomics.
+    by_result: Vec<Counter>,
+    received_by_qos: Vec<Counter>,
+    sent_by_qos: Vec<Counter>,
+    by_protocol_error: Vec<Counter>,
+    by_drop_reason: Vec<Counter>,
+}
+
+fn handles<L, S>(family: &Family<S, Counter>, all: &[L], label: impl Fn(L) -> S) -> Vec<Counter>
+where
+    L: Copy,
+    S: Clone + std::hash::Hash + Eq,
+{
+    all.iter()
+        .map(|&l| family.get_or_create(&label(l)).clone())
+        .collect()
+}
+
+fn inc_at(counters: &[Counter], index: usize, by: u64) {
+    if let Some(counter) = counters.get(index) {
+        counter.inc_by(by);
+    }
+}
+
+impl Metrics {
+    /// Creates every metric and registers it into `registry`.
+    pub fn new(registry: &mut Registry) -> Metrics {
+        let connections = Family::<ResultLabels, Counter>::default();
+        let messages_received = Family::<QosLabels, Counter>::default();
+        let messages_sent = Family::<QosLabels, Counter>::default();
+        let protocol_errors = Family::<ProtocolErrorLabels, Counter>::default();
+        let dropped_messages = Family::<DropLabels, Counter>::default();
+
+        let m = Metrics {
+            by_result: handles(&connections, ConnectionResult::ALL, |result| ResultLabels {
+                result,
+            }),
+            received_by_qos: handles(&messages_received, Qos::ALL, |qos| QosLabels { qos }),
+            sent_by_qos: handles(&messages_sent, Qos::ALL, |qos| QosLabels { qos }),
+            by_protocol_error: handles(&protocol_errors, ProtocolErrorReason::ALL, |reason| {
+                ProtocolErrorLabels { reason }
+            }),
+            by_drop_reason: handles(&dropped_messages, DropReason::ALL, |reason| DropLabels {
+                reason,
+            }),
+            connections_active: Gauge::default(),
+            connections,
+            messages_received,
+            messages_sent,
+            bytes_received: Counter::default(),
+            bytes_sent: Counter::default(),
+            protocol_errors,
+            persistent_sessions: Gauge::default(),
+            queued_messages: Gauge::default(),
+            queued_bytes: Gauge::default(),
+            dropped_messages,
+            expired_sessions: Counter::default(),
+            takeovers: Counter::default(),
+            retained_messages: Gauge::default(),
+            retained_refused: Counter::default(),
+            store_commits: Counter::default(),
+            store_ops: Counter::default(),
+            store_commit_duration: Histogram::new(exponential_buckets(
+                COMMIT_BUCKET_START_SECS,
+                COMMIT_BUCKET_FACTOR,
+                COMMIT_BUCKET_COUNT,
+            )),
+        };
+
+        let r = registry;
+        r.register(
+            "mqbridge_mqtt_connections_active",
+            "Open MQTT client connections",
+            m.connections_active.clone(),
+        );
+        r.register(
+            "mqbridge_mqtt_connections",
+            "MQTT connection attempts by result",
+            m.connections.clone(),
+        );
+        r.register(
+            "mqbridge_mqtt_messages_received",
+            "PUBLISH packets received from clients, by QoS",
+            m.messages_received.clone(),
+        );
+        r.register(
+            "mqbridge_mqtt_messages_sent",
+            "PUBLISH packets sent to clients, by QoS",
+            m.messages_sent.clone(),
+        );
+        r.register(
+            "mqbridge_mqtt_bytes_received",
+            "Bytes read from MQTT client connections",
+            m.bytes_received.clone(),
+        );
+        r.register(
+            "mqbridge_mqtt_bytes_sent",
+            "Bytes written to MQTT client connections",
+            m.bytes_sent.clone(),
+        );
+        r.register(
+            "mqbridge_mqtt_protocol_errors",
+            "MQTT connections closed for a protocol error, by reason",
+            m.protocol_errors.clone(),
+        );
+        r.register(
+            "mqbridge_session_persistent_sessions",
+            "Persistent sessions held",
+            m.persistent_sessions.clone(),
+        );
+        r.register(
+            "mqbridge_session_queued_messages",
+            "Messages queued or in flight across all sessions",
+            m.queued_messages.clone(),
+        );
+        r.register(
+            "mqbridge_session_queued_bytes",
+            "Bytes of messages queued or in flight across all sessions",
+            m.queued_bytes.clone(),
+        );
+        r.register(
+            "mqbridge_session_dropped_messages",
+            "Messages for sessions that were discarded, by reason",
+            m.dropped_messages.clone(),
+        );
+        r.register(
+            "mqbridge_session_expired_sessions",
+            "Sessions removed because they expired",
+            m.expired_sessions.clone(),
+        );
+        r.register(
+            "mqbridge_session_takeovers",
+            "Connections that took over a session from a live connection",
+            m.takeovers.clone(),
+        );
+        r.register(
+            "mqbridge_retained_messages",
+            "Topics holding a retained message",
+            m.retained_messages.clone(),
+        );
+        r.register(
+            "mqbridge_retained_refused",
+            "Retained messages not stored because the retained store was full",
+            m.retained_refused.clone(),
+        );
+        r.register(
+            "mqbridge_store_commits",
+            "Session store transactions committed",
+            m.store_commits.clone(),
+        );
+        r.register(
+            "mqbridge_store_ops",
+            "Operations written in session store transactions",
+            m.store_ops.clone(),
+        );
+        r.register_with_unit(
+            "mqbridge_store_commit_duration",
+            "Duration of session store commits",
+            Unit::Seconds,
+            m.store_commit_duration.clone(),
+        );
+        m
+    }
+
+    /// Counts a connection attempt by its outcome.
+    pub fn connection(&self, result: ConnectionResult) {
+        inc_at(&self.by_result, result as usize, 1);
+    }
+
+    /// Counts a PUBLISH received from a client. Values above 2 are ignored.
+    pub fn received(&self, qos: u8) {
+        if let Some(qos) = Qos::from_u8(qos) {
+            inc_at(&self.received_by_qos, qos as usize, 1);
+        }
+    }
+
+    /// Counts a PUBLISH sent to a client. Values above 2 are ignored.
+    pub fn sent(&self, qos: u8) {
+        if let Some(qos) = Qos::from_u8(qos) {
+            inc_at(&self.sent_by_qos, qos as usize, 1);
+        }
+    }
+
+    /// Adds bytes read from a client connection.
+    pub fn bytes_in(&self, bytes: usize) {
+        self.bytes_received.inc_by(bytes as u64);
+    }
+
+    /// Adds bytes written to a client connection.
+    pub fn bytes_out(&self, bytes: usize) {
+        self.bytes_sent.inc_by(bytes as u64);
+    }
+
+    /// Counts a connection closed for a protocol error.
+    pub fn protocol_error(&self, reason: ProtocolErrorReason) {
+        inc_at(&self.by_protocol_error, reason as usize, 1);
+    }
+
+    /// Counts one discarded message.
+    pub fn dropped(&self, reason: DropReason) {
+        self.dropped_n(reason, 1);
+    }
+
+    /// Counts `count` discarded messages.
+    pub fn dropped_n(&self, reason: DropReason, count: u64) {
+        inc_at(&self.by_drop_reason, reason as usize, count);
+    }
+
+    /// Records one committed store transaction of `ops` operations.
+    pub fn store_commit(&self, ops: usize, duration: Duration) {
+        self.store_commits.inc();
+        self.store_ops.inc_by(ops as u64);
+        self.store_commit_duration.observe(duration.as_secs_f64());
+    }
+}
+
+/// Renders `registry` in the text exposition format (OpenMetrics text, which
+/// Prometheus also reads as its 0.0.4 text format; ends with `# EOF`).
+pub fn render(registry: &Registry) -> String {
+    let mut out = String::with_capacity(8 * 1024);
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, registry) {
+        // Writing to a String cannot fail; a label encoder could in theory.
+        tracing::warn!(error = %e, "encoding metrics failed; output is incomplete");
+        let _ = writeln!(out, "# encoding error: {e}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rendered() -> (Metrics, Registry) {
+        let mut registry = Registry::default();
+        let m = Metrics::new(&mut registry);
+        (m, registry)
+    }
+
+    #[test]
+    fn type_lines_and_names() {
+        let (m, registry) = rendered();
+        m.connections_active.set(3);
+        m.store_commit(10, Duration::from_micros(150));
+        let text = render(&registry);
+
+        let expected_types = [
+            ("mqbridge_mqtt_connections_active", "gauge"),
+            ("mqbridge_mqtt_connections", "counter"),
+            ("mqbridge_mqtt_messages_received", "counter"),
+            ("mqbridge_mqtt_messages_sent", "counter"),
+            ("mqbridge_mqtt_bytes_received", "counter"),
+            ("mqbridge_mqtt_bytes_sent", "counter"),
+            ("mqbridge_mqtt_protocol_errors", "counter"),
+            ("mqbridge_session_persistent_sessions", "gauge"),
+            ("mqbridge_session_queued_messages", "gauge"),
+            ("mqbridge_session_queued_bytes", "gauge"),
+            ("mqbridge_session_dropped_messages", "counter"),
+            ("mqbridge_session_expired_sessions", "counter"),
+            ("mqbridge_session_takeovers", "counter"),
+            ("mqbridge_retained_messages", "gauge"),
+            ("mqbridge_retained_refused", "counter"),
+            ("mqbridge_store_commits", "counter"),
+            ("mqbridge_store_ops", "counter"),
+            ("mqbridge_store_commit_duration_seconds", "histogram"),
+        ];
+        for (name, kind) in expected_types {
+            let line = format!("# TYPE {name} {kind}\n");
+            assert!(text.contains(&line), "missing {line:?} in\n{text}");
+        }
+        assert_eq!(
+            text.matches("# TYPE ").count(),
+            expected_types.len(),
+            "unexpected metrics in\n{text}"
+        );
+
+        // Exposed sample names, exactly as documented.
+        let samples = [
+            "mqbridge_mqtt_connections_active 3",
+            "mqbridge_mqtt_connections_total{result=\"accepted\"} 0",
+            "mqbridge_mqtt_connections_total{result=\"rejected\"} 0",
+            "mqbridge_mqtt_messages_received_total{qos=\"0\"} 0",
+            "mqbridge_mqtt_messages_sent_total{qos=\"2\"} 0",
+            "mqbridge_mqtt_bytes_received_total 0",
+            "mqbridge_mqtt_bytes_sent_total 0",
+            "mqbridge_mqtt_protocol_errors_total{reason=\"receive_maximum_exceeded\"} 0",
+            "mqbridge_session_persistent_sessions 0",
+            "mqbridge_session_queued_messages 0",
+            "mqbridge_session_queued_bytes 0",
+            "mqbridge_session_dropped_messages_total{reason=\"qos0_offline\"} 0",
+            "mqbridge_session_expired_sessions_total 0",
+            "mqbridge_session_takeovers_total 0",
+            "mqbridge_retained_messages 0",
+            "mqbridge_retained_refused_total 0",
+            "mqbridge_store_commits_total 1",
+            "mqbridge_store_ops_total 10",
+            "mqbridge_store_commit_duration_seconds_count 1",
+            "mqbridge_store_commit_duration_seconds_bucket{le=\"0.0001\"} 0",
+            "mqbridge_store_commit_duration_seconds_bucket{le=\"0.0002\"} 1",
+        ];
+        for sample in samples {
+            assert!(
+                text.lines().any(|l| l == sample),
+                "missing sample {sample:?} in\n{text}"
+            );
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn every_label_value_is_exported() {
+        let (_m, registry) = rendered();
+        let text = render(&registry);
+        for r in ConnectionResult::ALL {
+            let s = format!(
+                "mqbridge_mqtt_connections_total{{result=\"{}\"}} 0",
+                r.as_str()
+            );
+            assert!(text.contains(&s), "{s}");
+        }
+        for q in Qos::ALL {
+            for dir in ["received", "sent"] {
+                let s = format!(
+                    "mqbridge_mqtt_messages_{dir}_total{{qos=\"{}\"}} 0",
+                    q.as_str()
+                );
+                assert!(text.contains(&s), "{s}");
+            }
+        }
+        for r in ProtocolErrorReason::ALL {
+            let s = format!(
+                "mqbridge_mqtt_protocol_errors_total{{reason=\"{}\"}} 0",
+                r.as_str()
+            );
+            assert!(text.contains(&s), "{s}");
+        }
+        for r in DropReason::ALL {
+            let s = format!(
+                "mqbridge_session_dropped_messages_total{{reason=\"{}\"}} 0",
+                r.as_str()
+            );
+            assert!(text.contains(&s), "{s}");
+        }
+    }
+
+    #[test]
+    fn helpers_count_into_the_right_series() {
+        let (m, registry) = rendered();
+        m.connection(ConnectionResult::Accepted);
+        m.connection(ConnectionResult::Accepted);
+        m.connection(ConnectionResult::Rejected);
+        m.received(0);
+        m.received(1);
+        m.received(1);
+        m.received(7); // ignored
+        m.sent(2);
+        m.bytes_in(100);
+        m.bytes_out(40);
+        m.protocol_error(ProtocolErrorReason::ClientIdInvalid);
+        m.dropped(DropReason::QueueFull);
+        m.dropped_n(DropReason::SessionsFull, 5);
+        m.expired_sessions.inc();
+        m.takeovers.inc();
+        m.retained_refused.inc();
+        m.retained_messages.set(9);
+
+        let text = render(&registry);
+        for sample in [
+            "mqbridge_mqtt_connections_total{result=\"accepted\"} 2",
+            "mqbridge_mqtt_connections_total{result=\"rejected\"} 1",
+            "mqbridge_mqtt_messages_received_total{qos=\"0\"} 1",
+            "mqbridge_mqtt_messages_received_total{qos=\"1\"} 2",
+            "mqbridge_mqtt_messages_received_total{qos=\"2\"} 0",
+            "mqbridge_mqtt_messages_sent_total{qos=\"2\"} 1",
+            "mqbridge_mqtt_bytes_received_total 100",
+            "mqbridge_mqtt_bytes_sent_total 40",
+            "mqbridge_mqtt_protocol_errors_total{reason=\"client_id_invalid\"} 1",
+            "mqbridge_mqtt_protocol_errors_total{reason=\"malformed\"} 0",
+            "mqbridge_session_dropped_messages_total{reason=\"queue_full\"} 1",
+            "mqbridge_session_dropped_messages_total{reason=\"sessions_full\"} 5",
+            "mqbridge_session_expired_sessions_total 1",
+            "mqbridge_session_takeovers_total 1",
+            "mqbridge_retained_refused_total 1",
+            "mqbridge_retained_messages 9",
+        ] {
+            assert!(
+                text.lines().any(|l| l == sample),
+                "missing sample {sample:?} in\n{text}"
+            );
+        }
+        // The family handles and the cached handles are the same series.
+        assert_eq!(
+            m.messages_received
+                .get_or_create(&QosLabels {
+                    qos: Qos::AtLeastOnce
+                })
+                .get(),
+            2
+        );
+    }
+
+    #[test]
+    fn enums_index_their_handles() {
+        for (i, r) in ConnectionResult::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        for (i, q) in Qos::ALL.iter().enumerate() {
+            assert_eq!(*q as usize, i);
+            assert_eq!(Qos::from_u8(i as u8), Some(*q));
+        }
+        for (i, r) in ProtocolErrorReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        assert_eq!(Qos::from_u8(3), None);
+    }
+}

@@ -1,1 +1,516 @@
-//! Configuration (stub).
+//! Configuration: built-in defaults, an optional TOML file, then the
+//! environment.
+//!
+//! Sources, lowest precedence first:
+//! 1. `config/default.toml`, compiled into the binary ([`DEFAULT_TOML`]), so
+//!    mqbridge runs with no file at all;
+//! 2. an optional TOML file given to [`load`];
+//! 3. environment variables `MQBRIDGE__<SECTION>__<KEY>`, e.g.
+//!    `MQBRIDGE__MQTT__LISTEN=127.0.0.1:1999`.
+//!
+//! Every struct rejects unknown keys, and [`Config::validate`] checks ranges
+//! and addresses; every error names the offending key.
+//!
+//! [`Config::default`] is the same configuration as `config/default.toml`
+//! (a test keeps the two in step).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use config::Source as _;
+use serde::{Deserialize, Serialize};
+
+#[cfg(test)]
+mod tests;
+
+/// The built-in defaults (`config/default.toml`), the base of every load.
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+
+/// Prefix of the environment variables read by [`load`]: `MQBRIDGE__<SECTION>__<KEY>`.
+pub const ENV_PREFIX: &str = "MQBRIDGE";
+
+/// Separator between the prefix, the section and the key in environment variable names.
+pub const ENV_SEPARATOR: &str = "__";
+
+/// Upper bound for the `*_secs` durations held in a `u64`, one year: keeps
+/// `Instant + Duration` arithmetic elsewhere far from overflow.
+pub const MAX_DURATION_SECS: u64 = 365 * 24 * 60 * 60;
+
+/// Smallest accepted `mqtt.max_packet_size`, in bytes.
+pub const MIN_PACKET_SIZE: u32 = 64;
+
+/// Largest packet size MQTT can express (remaining length 268435455), in bytes.
+pub const MAX_PACKET_SIZE: u32 = 268_435_455;
+
+/// Why a configuration could not be loaded or is not valid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A source could not be read or merged, or a value has the wrong type,
+    /// or a key is unknown. The message from the `config` crate names the key
+    /// and the source (file or environment) where it can.
+    #[error("{0}")]
+    Load(#[from] config::ConfigError),
+    /// The configuration file given to [`load`] does not exist or is not a file.
+    #[error("config file {path:?}: {reason}")]
+    File {
+        /// The path as given.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A key that mqbridge does not know (often a misspelling).
+    #[error("{key}: unknown key{}", origin.as_deref().map(|o| format!(" (set in {o})")).unwrap_or_default())]
+    UnknownKey {
+        /// Dotted key as written, e.g. `mqtt.listen_port`.
+        key: String,
+        /// Where it was set (file name or "the environment"), when known.
+        origin: Option<String>,
+    },
+    /// A value has the right type but is not acceptable.
+    #[error("{key}: {reason}")]
+    Invalid {
+        /// Dotted key, e.g. `mqtt.listen`.
+        key: &'static str,
+        /// What is wrong, including the offending value.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(key: &'static str, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key,
+            reason: reason.into(),
+        }
+    }
+
+    /// The dotted key an [`ConfigError::Invalid`] or [`ConfigError::UnknownKey`]
+    /// error is about.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            ConfigError::UnknownKey { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+/// Whole mqbridge configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Logging (`[log]`).
+    pub log: LogConfig,
+    /// MQTT listener and protocol limits (`[mqtt]`).
+    pub mqtt: MqttConfig,
+    /// Sessions and their queues (`[session]`).
+    pub session: SessionConfig,
+    /// Durable session store (`[store]`).
+    pub store: StoreConfig,
+    /// Admin HTTP endpoint (`[admin]`).
+    pub admin: AdminConfig,
+    /// Process-level settings (`[server]`).
+    pub server: ServerConfig,
+}
+
+/// `[log]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// tracing `EnvFilter` directive, e.g. `"info"` or
+    /// `"info,mqbridge::store=debug"`. `RUST_LOG`, when set, replaces it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// `[mqtt]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// MQTT TCP listener address, `IP:PORT`.
+    pub listen: String,
+    /// Seconds a new connection has to send CONNECT (> 0).
+    pub connect_timeout_secs: u64,
+    /// Largest accepted packet in bytes, 64..=268435455.
+    pub max_packet_size: u32,
+    /// MQTT 5.0 Receive Maximum we announce: QoS>0 PUBLISHes a client may
+    /// have unacknowledged towards us (> 0).
+    pub receive_maximum: u16,
+    /// Outgoing window of unacknowledged QoS>0 messages toward a client; also
+    /// caps a 5.0 client's own Receive Maximum (> 0).
+    pub max_inflight: u16,
+    /// 0 = accept the client's keep-alive; otherwise the keep-alive used for
+    /// every client and sent to 5.0 clients as Server Keep Alive.
+    pub server_keep_alive_secs: u16,
+    /// MQTT 5.0 Topic Alias Maximum for client-to-server aliases; 0 disables them.
+    pub topic_alias_maximum: u16,
+    /// Largest number of simultaneous connections (> 0).
+    pub max_connections: usize,
+    /// Whether retained messages are supported.
+    pub retain_available: bool,
+    /// Largest number of topics with a retained message; when full, new
+    /// retained topics are refused and counted.
+    pub max_retained_messages: usize,
+    /// Largest number of subscriptions one client may hold.
+    pub max_subscriptions_per_client: usize,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            listen: "0.0.0.0:1883".to_owned(),
+            connect_timeout_secs: 10,
+            max_packet_size: 1_048_576,
+            receive_maximum: 64,
+            max_inflight: 64,
+            server_keep_alive_secs: 0,
+            topic_alias_maximum: 32,
+            max_connections: 100_000,
+            retain_available: true,
+            max_retained_messages: 100_000,
+            max_subscriptions_per_client: 1000,
+        }
+    }
+}
+
+impl MqttConfig {
+    /// `listen` as a socket address.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        parse_addr("mqtt.listen", &self.listen)
+    }
+
+    /// `connect_timeout_secs` as a [`Duration`].
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+
+    /// The keep-alive imposed on all clients, or `None` when each client's own is used.
+    pub fn server_keep_alive(&self) -> Option<u16> {
+        (self.server_keep_alive_secs != 0).then_some(self.server_keep_alive_secs)
+    }
+}
+
+/// What to do when a session queue is full.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueFullPolicy {
+    /// Discard the oldest queued (not yet sent) message to make room.
+    #[default]
+    DropOldest,
+    /// Discard the new message.
+    RejectNew,
+}
+
+/// `[session]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionConfig {
+    /// Cap, in seconds, on a 5.0 client's Session Expiry Interval.
+    pub max_session_expiry_secs: u32,
+    /// Expiry, in seconds, of 3.1.1 CleanSession=0 sessions (> 0).
+    pub v311_session_expiry_secs: u32,
+    /// Per session: largest number of messages queued plus inflight (> 0).
+    pub max_queued_messages: usize,
+    /// Per session: largest total queued payload in bytes (> 0).
+    pub max_queued_bytes: usize,
+    /// What to do when a session queue is full.
+    pub queue_full_policy: QueueFullPolicy,
+    /// Whether QoS 0 messages are queued for offline persistent sessions.
+    pub queue_qos0_offline: bool,
+    /// Largest number of persistent sessions.
+    pub max_persistent_sessions: usize,
+    /// Largest total queued bytes across all sessions.
+    pub max_stored_bytes: u64,
+    /// Seconds between sweeps for expired sessions and messages (> 0).
+    pub expiry_check_interval_secs: u64,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            max_session_expiry_secs: 604_800,
+            v311_session_expiry_secs: 7200,
+            max_queued_messages: 1000,
+            max_queued_bytes: 16_777_216,
+            queue_full_policy: QueueFullPolicy::DropOldest,
+            queue_qos0_offline: false,
+            max_persistent_sessions: 100_000,
+            max_stored_bytes: 1_073_741_824,
+            expiry_check_interval_secs: 5,
+        }
+    }
+}
+
+impl SessionConfig {
+    /// `expiry_check_interval_secs` as a [`Duration`].
+    pub fn expiry_check_interval(&self) -> Duration {
+        Duration::from_secs(self.expiry_check_interval_secs)
+    }
+}
+
+/// `[store]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Directory of the durable store (non-empty).
+    pub path: PathBuf,
+    /// Largest number of operations per store transaction (> 0).
+    pub max_batch_ops: usize,
+    /// Capacity of the pending store operation queue (> 0).
+    pub queue_capacity: usize,
+    /// Store page cache size in MiB.
+    pub cache_mb: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: PathBuf::from("./data"),
+            max_batch_ops: 4096,
+            queue_capacity: 1024,
+            cache_mb: 64,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// `cache_mb` in bytes (saturating).
+    pub fn cache_bytes(&self) -> usize {
+        self.cache_mb.saturating_mul(1024 * 1024)
+    }
+}
+
+/// `[admin]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Admin HTTP listener address, `IP:PORT`; empty disables the endpoint.
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:9090".to_owned(),
+        }
+    }
+}
+
+impl AdminConfig {
+    /// `listen` as a socket address, or `None` when the endpoint is disabled.
+    pub fn listen_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if self.listen.is_empty() {
+            Ok(None)
+        } else {
+            parse_addr("admin.listen", &self.listen).map(Some)
+        }
+    }
+}
+
+/// `[server]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Seconds given to connections and the store to finish on shutdown (> 0).
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// `shutdown_grace_secs` as a [`Duration`].
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+/// Loads the configuration: built-in defaults, then `file` if given (it must
+/// exist), then `MQBRIDGE__<SECTION>__<KEY>` environment variables; then
+/// validates it.
+pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+    load_with_env(file, None)
+}
+
+/// [`load`] with the environment taken from `env` instead of the process
+/// environment when `env` is `Some` (keys are full variable names such as
+/// `MQBRIDGE__MQTT__LISTEN`). Lets tests set "environment" values without
+/// touching the process environment.
+pub fn load_with_env(
+    file: Option<&Path>,
+    env: Option<config::Map<String, String>>,
+) -> Result<Config, ConfigError> {
+    let mut builder = config::Config::builder().add_source(config::File::from_str(
+        DEFAULT_TOML,
+        config::FileFormat::Toml,
+    ));
+    if let Some(path) = file {
+        let problem = match std::fs::metadata(path) {
+            Ok(meta) if meta.is_file() => None,
+            Ok(_) => Some("not a regular file".to_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("not found".to_owned()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(reason) = problem {
+            return Err(ConfigError::File {
+                path: path.to_owned(),
+                reason,
+            });
+        }
+        builder = builder.add_source(
+            config::File::from(path)
+                .format(config::FileFormat::Toml)
+                .required(true),
+        );
+    }
+    // try_parsing stays off: with it, the config crate turns every value
+    // that looks like a number or boolean into one before it knows the
+    // field's type, so string fields lose their text ("0012" -> "12",
+    // "1e3" -> "1000") and integer fields silently round floats ("1.5" -> 2).
+    // Without it, numeric, boolean and enum fields are still converted from
+    // the string when deserialized, and bad values are reported with the key.
+    let environment = config::Environment::with_prefix(ENV_PREFIX)
+        .prefix_separator(ENV_SEPARATOR)
+        .separator(ENV_SEPARATOR)
+        .try_parsing(false)
+        .source(env);
+    let merged = builder.add_source(environment).build()?;
+    check_unknown_keys(&merged)?;
+    let config: Config = merged.try_deserialize()?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// Reports the first unknown `section` or `section.key` (in sorted order)
+/// with where it was set. `deny_unknown_fields` would catch these too, but
+/// its message neither gives the dotted key nor the source.
+fn check_unknown_keys(merged: &config::Config) -> Result<(), ConfigError> {
+    let known = config::Config::try_from(&Config::default())?.collect()?;
+    let mut sections: Vec<(String, config::Value)> = merged.collect()?.into_iter().collect();
+    sections.sort_by(|a, b| a.0.cmp(&b.0));
+    for (section, value) in sections {
+        let Some(known_section) = known.get(&section) else {
+            return Err(unknown_key(section, &value));
+        };
+        let (Ok(table), Ok(known_table)) = (value.into_table(), known_section.clone().into_table())
+        else {
+            // Not a table: deserialization reports the type mismatch.
+            continue;
+        };
+        let mut keys: Vec<(String, config::Value)> = table.into_iter().collect();
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        for (key, value) in keys {
+            if !known_table.contains_key(&key) {
+                return Err(unknown_key(format!("{section}.{key}"), &value));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn unknown_key(key: String, value: &config::Value) -> ConfigError {
+    ConfigError::UnknownKey {
+        key,
+        origin: value.origin().map(str::to_owned),
+    }
+}
+
+fn parse_addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| {
+        ConfigError::invalid(
+            key,
+            format!("invalid socket address {value:?} (expected IP:PORT, e.g. \"0.0.0.0:1883\")"),
+        )
+    })
+}
+
+fn positive<T: PartialEq + Default>(key: &'static str, value: T) -> Result<(), ConfigError> {
+    if value == T::default() {
+        Err(ConfigError::invalid(key, "must be greater than 0"))
+    } else {
+        Ok(())
+    }
+}
+
+fn duration_secs(key: &'static str, value: u64) -> Result<(), ConfigError> {
+    positive(key, value)?;
+    if value > MAX_DURATION_SECS {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{value} is too large (at most {MAX_DURATION_SECS} seconds)"),
+        ));
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Checks ranges and addresses; the error names the first bad key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let level = &self.log.level;
+        if level.trim().is_empty() {
+            return Err(ConfigError::invalid("log.level", "must not be empty"));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(level) {
+            return Err(ConfigError::invalid(
+                "log.level",
+                format!("invalid filter directive {level:?}: {e}"),
+            ));
+        }
+
+        let m = &self.mqtt;
+        m.listen_addr()?;
+        duration_secs("mqtt.connect_timeout_secs", m.connect_timeout_secs)?;
+        if !(MIN_PACKET_SIZE..=MAX_PACKET_SIZE).contains(&m.max_packet_size) {
+            return Err(ConfigError::invalid(
+                "mqtt.max_packet_size",
+                format!(
+                    "{} is out of range {MIN_PACKET_SIZE}..={MAX_PACKET_SIZE}",
+                    m.max_packet_size
+                ),
+            ));
+        }
+        positive("mqtt.receive_maximum", m.receive_maximum)?;
+        positive("mqtt.max_inflight", m.max_inflight)?;
+        positive("mqtt.max_connections", m.max_connections)?;
+
+        let s = &self.session;
+        positive(
+            "session.v311_session_expiry_secs",
+            s.v311_session_expiry_secs,
+        )?;
+        positive("session.max_queued_messages", s.max_queued_messages)?;
+        positive("session.max_queued_bytes", s.max_queued_bytes)?;
+        duration_secs(
+            "session.expiry_check_interval_secs",
+            s.expiry_check_interval_secs,
+        )?;
+
+        let st = &self.store;
+        if st.path.as_os_str().is_empty() {
+            return Err(ConfigError::invalid("store.path", "must not be empty"));
+        }
+        positive("store.max_batch_ops", st.max_batch_ops)?;
+        positive("store.queue_capacity", st.queue_capacity)?;
+
+        self.admin.listen_addr()?;
+
+        duration_secs(
+            "server.shutdown_grace_secs",
+            self.server.shutdown_grace_secs,
+        )?;
+        Ok(())
+    }
+}

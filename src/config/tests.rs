@@ -1,0 +1,392 @@
+use std::io::Write;
+use std::sync::Mutex;
+
+use super::*;
+
+/// Serializes the tests that change the process environment.
+static ENV_LOCK: Mutex<()> = Mutex::new(());
+
+fn env(pairs: &[(&str, &str)]) -> Option<config::Map<String, String>> {
+    Some(
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    )
+}
+
+/// Loads with no process environment involved.
+fn load_isolated(file: Option<&Path>) -> Result<Config, ConfigError> {
+    load_with_env(file, env(&[]))
+}
+
+fn toml_file(contents: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::Builder::new()
+        .suffix(".toml")
+        .tempfile()
+        .expect("create temp file");
+    f.write_all(contents.as_bytes()).expect("write temp file");
+    f.flush().expect("flush temp file");
+    f
+}
+
+fn err_of(file: &str) -> String {
+    let f = toml_file(file);
+    match load_isolated(Some(f.path())) {
+        Ok(c) => panic!("expected an error for {file:?}, got {c:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn default_toml_equals_default() {
+    let loaded = load_isolated(None).expect("defaults load");
+    assert_eq!(loaded, Config::default());
+
+    // The embedded file on its own, without validation, says the same.
+    let raw: Config = config::Config::builder()
+        .add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ))
+        .build()
+        .expect("default.toml parses")
+        .try_deserialize()
+        .expect("default.toml deserializes");
+    assert_eq!(raw, Config::default());
+}
+
+#[test]
+fn default_validates() {
+    Config::default().validate().expect("defaults are valid");
+}
+
+#[test]
+fn default_toml_comments_every_key() {
+    let lines: Vec<&str> = DEFAULT_TOML.lines().map(str::trim).collect();
+    let mut keys = 0;
+    for (i, line) in lines.iter().enumerate() {
+        if line.is_empty() || line.starts_with('#') || line.starts_with('[') {
+            continue;
+        }
+        keys += 1;
+        let key = line.split('=').next().unwrap_or(line).trim();
+        assert!(
+            i > 0 && lines[i - 1].starts_with('#'),
+            "key {key:?} in default.toml has no comment right above it"
+        );
+        let comment_block: Vec<&str> = lines[..i]
+            .iter()
+            .rev()
+            .take_while(|l| l.starts_with('#'))
+            .copied()
+            .collect();
+        assert!(
+            comment_block.iter().any(|l| l.contains("Default")),
+            "comment of key {key:?} in default.toml does not state the default"
+        );
+    }
+    // 1 + 11 + 9 + 4 + 1 + 1 fields.
+    assert_eq!(keys, 27, "unexpected number of keys in default.toml");
+}
+
+#[test]
+fn process_env_overrides() {
+    let _guard = ENV_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let vars = [
+        ("MQBRIDGE__MQTT__LISTEN", "127.0.0.1:1999"),
+        ("MQBRIDGE__MQTT__MAX_CONNECTIONS", "42"),
+        ("MQBRIDGE__SESSION__QUEUE_FULL_POLICY", "reject_new"),
+        ("MQBRIDGE__SESSION__QUEUE_QOS0_OFFLINE", "true"),
+    ];
+    for (k, v) in vars {
+        std::env::set_var(k, v);
+    }
+    let result = load(None);
+    for (k, _) in vars {
+        std::env::remove_var(k);
+    }
+    let c = result.expect("env overrides load");
+    assert_eq!(c.mqtt.listen, "127.0.0.1:1999");
+    assert_eq!(
+        c.mqtt.listen_addr().expect("valid"),
+        "127.0.0.1:1999".parse::<SocketAddr>().expect("literal")
+    );
+    assert_eq!(c.mqtt.max_connections, 42);
+    assert_eq!(c.session.queue_full_policy, QueueFullPolicy::RejectNew);
+    assert!(c.session.queue_qos0_offline);
+    // Untouched keys keep their defaults.
+    assert_eq!(c.mqtt.max_inflight, MqttConfig::default().max_inflight);
+}
+
+#[test]
+fn process_env_bad_value_names_key() {
+    let _guard = ENV_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    std::env::set_var("MQBRIDGE__MQTT__LISTEN", "abc");
+    let result = load(None);
+    std::env::remove_var("MQBRIDGE__MQTT__LISTEN");
+    let e = result.expect_err("bad listen address must fail");
+    assert_eq!(e.key(), Some("mqtt.listen"));
+    assert!(
+        e.to_string()
+            .starts_with("mqtt.listen: invalid socket address \"abc\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn env_beats_file_beats_defaults() {
+    let f = toml_file("[mqtt]\nmax_inflight = 10\nmax_connections = 5\n");
+    let c = load_with_env(
+        Some(f.path()),
+        env(&[("MQBRIDGE__MQTT__MAX_CONNECTIONS", "7")]),
+    )
+    .expect("loads");
+    assert_eq!(c.mqtt.max_inflight, 10);
+    assert_eq!(c.mqtt.max_connections, 7);
+    assert_eq!(
+        c.mqtt.receive_maximum,
+        MqttConfig::default().receive_maximum
+    );
+}
+
+#[test]
+fn env_string_values_are_kept_verbatim() {
+    // Values that look like numbers, floats or booleans must reach string
+    // fields unchanged, and empty strings must stay empty.
+    let c = load_with_env(
+        None,
+        env(&[
+            ("MQBRIDGE__STORE__PATH", "0012"),
+            ("MQBRIDGE__ADMIN__LISTEN", ""),
+            ("MQBRIDGE__LOG__LEVEL", "warn,mqbridge=debug"),
+            ("MQBRIDGE__MQTT__LISTEN", "[::1]:1883"),
+        ]),
+    )
+    .expect("loads");
+    assert_eq!(c.store.path, PathBuf::from("0012"));
+    assert_eq!(c.admin.listen, "");
+    assert_eq!(c.admin.listen_addr().expect("valid"), None);
+    assert_eq!(c.log.level, "warn,mqbridge=debug");
+    assert_eq!(c.mqtt.listen, "[::1]:1883");
+
+    let c = load_with_env(None, env(&[("MQBRIDGE__STORE__PATH", "1e3")])).expect("loads");
+    assert_eq!(c.store.path, PathBuf::from("1e3"));
+}
+
+#[test]
+fn env_numbers_bools_and_enums_parse() {
+    let c = load_with_env(
+        None,
+        env(&[
+            ("MQBRIDGE__MQTT__MAX_PACKET_SIZE", "65536"),
+            ("MQBRIDGE__SESSION__MAX_STORED_BYTES", "2147483648"),
+            ("MQBRIDGE__MQTT__RETAIN_AVAILABLE", "false"),
+            ("MQBRIDGE__SESSION__QUEUE_FULL_POLICY", "drop_oldest"),
+        ]),
+    )
+    .expect("loads");
+    assert_eq!(c.mqtt.max_packet_size, 65536);
+    assert_eq!(c.session.max_stored_bytes, 2_147_483_648);
+    assert!(!c.mqtt.retain_available);
+    assert_eq!(c.session.queue_full_policy, QueueFullPolicy::DropOldest);
+}
+
+#[test]
+fn env_non_integer_for_integer_key_is_rejected() {
+    for value in ["1.5", "lots", "-1", "70000"] {
+        let e = load_with_env(None, env(&[("MQBRIDGE__MQTT__MAX_INFLIGHT", value)]))
+            .expect_err("must fail");
+        let msg = e.to_string();
+        assert!(msg.contains("mqtt.max_inflight"), "{value}: {msg}");
+    }
+}
+
+#[test]
+fn env_bad_enum_is_rejected() {
+    let e = load_with_env(
+        None,
+        env(&[("MQBRIDGE__SESSION__QUEUE_FULL_POLICY", "drop_newest")]),
+    )
+    .expect_err("must fail");
+    let msg = e.to_string();
+    assert!(msg.contains("drop_newest"), "{msg}");
+    assert!(msg.contains("session.queue_full_policy"), "{msg}");
+}
+
+#[test]
+fn unknown_keys_are_rejected() {
+    let f = toml_file("[mqtt]\nlisten_port = 1883\n");
+    let name = f
+        .path()
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("utf-8 temp name")
+        .to_owned();
+    let e = load_isolated(Some(f.path())).expect_err("unknown key must fail");
+    assert_eq!(e.key(), Some("mqtt.listen_port"), "{e}");
+    let msg = e.to_string();
+    assert!(msg.starts_with("mqtt.listen_port: unknown key"), "{msg}");
+    assert!(msg.contains(&name), "{msg}");
+
+    let msg = err_of("[kafka]\nbrokers = \"x\"\n");
+    assert!(msg.starts_with("kafka: unknown key"), "{msg}");
+
+    let msg = err_of("top_level = 1\n");
+    assert!(msg.starts_with("top_level: unknown key"), "{msg}");
+
+    let e = load_with_env(None, env(&[("MQBRIDGE__SESSION__MAX_QUEUE", "5")]))
+        .expect_err("unknown env key must fail");
+    assert_eq!(
+        e.to_string(),
+        "session.max_queue: unknown key (set in the environment)"
+    );
+
+    // A section given as a plain value is a type error naming the section.
+    let e = load_with_env(None, env(&[("MQBRIDGE__MQTT", "x")])).expect_err("must fail");
+    assert!(e.to_string().contains("`mqtt`"), "{e}");
+}
+
+#[test]
+fn wrong_type_in_file_names_key() {
+    let msg = err_of("[mqtt]\nmax_connections = \"lots\"\n");
+    assert!(msg.contains("mqtt.max_connections"), "{msg}");
+    let msg = err_of("[session]\nqueue_qos0_offline = \"maybe\"\n");
+    assert!(msg.contains("session.queue_qos0_offline"), "{msg}");
+}
+
+#[test]
+fn bad_toml_is_reported_with_file() {
+    let f = toml_file("[mqtt\nlisten = \n");
+    let e = load_isolated(Some(f.path())).expect_err("must fail");
+    let name = f
+        .path()
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("utf-8 temp name");
+    assert!(e.to_string().contains(name), "{e}");
+}
+
+#[test]
+fn missing_file_is_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("nope.toml");
+    let e = load_isolated(Some(&path)).expect_err("must fail");
+    assert!(matches!(e, ConfigError::File { .. }), "{e:?}");
+    assert!(e.to_string().contains("nope.toml"), "{e}");
+    assert!(e.to_string().contains("not found"), "{e}");
+
+    let e = load_isolated(Some(dir.path())).expect_err("a directory must fail");
+    assert!(matches!(e, ConfigError::File { .. }), "{e:?}");
+}
+
+#[test]
+fn each_validation_error_names_its_key() {
+    type Mutate = fn(&mut Config);
+    let cases: &[(&str, Mutate)] = &[
+        ("log.level", |c| c.log.level = " ".into()),
+        ("log.level", |c| c.log.level = "info,foo=notalevel".into()),
+        ("mqtt.listen", |c| c.mqtt.listen = "abc".into()),
+        ("mqtt.listen", |c| c.mqtt.listen = "".into()),
+        ("mqtt.listen", |c| c.mqtt.listen = "localhost:1883".into()),
+        ("mqtt.connect_timeout_secs", |c| {
+            c.mqtt.connect_timeout_secs = 0
+        }),
+        ("mqtt.connect_timeout_secs", |c| {
+            c.mqtt.connect_timeout_secs = u64::MAX
+        }),
+        ("mqtt.max_packet_size", |c| c.mqtt.max_packet_size = 63),
+        ("mqtt.max_packet_size", |c| {
+            c.mqtt.max_packet_size = 268_435_456
+        }),
+        ("mqtt.receive_maximum", |c| c.mqtt.receive_maximum = 0),
+        ("mqtt.max_inflight", |c| c.mqtt.max_inflight = 0),
+        ("mqtt.max_connections", |c| c.mqtt.max_connections = 0),
+        ("session.v311_session_expiry_secs", |c| {
+            c.session.v311_session_expiry_secs = 0
+        }),
+        ("session.max_queued_messages", |c| {
+            c.session.max_queued_messages = 0
+        }),
+        ("session.max_queued_bytes", |c| {
+            c.session.max_queued_bytes = 0
+        }),
+        ("session.expiry_check_interval_secs", |c| {
+            c.session.expiry_check_interval_secs = 0
+        }),
+        ("store.path", |c| c.store.path = PathBuf::new()),
+        ("store.max_batch_ops", |c| c.store.max_batch_ops = 0),
+        ("store.queue_capacity", |c| c.store.queue_capacity = 0),
+        ("admin.listen", |c| c.admin.listen = "9090".into()),
+        ("server.shutdown_grace_secs", |c| {
+            c.server.shutdown_grace_secs = 0
+        }),
+    ];
+    for (key, mutate) in cases {
+        let mut c = Config::default();
+        mutate(&mut c);
+        let e = c.validate().expect_err(key);
+        assert_eq!(e.key(), Some(*key), "{e}");
+        assert!(e.to_string().starts_with(&format!("{key}: ")), "{e}");
+    }
+}
+
+#[test]
+fn boundary_values_are_accepted() {
+    let mut c = Config::default();
+    c.mqtt.max_packet_size = MIN_PACKET_SIZE;
+    c.validate().expect("min packet size");
+    c.mqtt.max_packet_size = MAX_PACKET_SIZE;
+    c.validate().expect("max packet size");
+    c.mqtt.topic_alias_maximum = 0;
+    c.mqtt.server_keep_alive_secs = 0;
+    c.mqtt.max_retained_messages = 0;
+    c.session.max_session_expiry_secs = 0;
+    c.session.max_persistent_sessions = 0;
+    c.store.cache_mb = 0;
+    c.admin.listen = String::new();
+    c.validate().expect("zero where zero is allowed");
+}
+
+#[test]
+fn invalid_file_value_fails_load_with_key() {
+    let msg = err_of("[mqtt]\nlisten = \"abc\"\n");
+    assert!(
+        msg.starts_with("mqtt.listen: invalid socket address \"abc\""),
+        "{msg}"
+    );
+}
+
+#[test]
+fn helpers() {
+    let c = Config::default();
+    assert_eq!(c.mqtt.connect_timeout(), Duration::from_secs(10));
+    assert_eq!(c.mqtt.server_keep_alive(), None);
+    assert_eq!(c.session.expiry_check_interval(), Duration::from_secs(5));
+    assert_eq!(c.server.shutdown_grace(), Duration::from_secs(10));
+    assert_eq!(c.store.cache_bytes(), 64 * 1024 * 1024);
+    assert_eq!(
+        c.admin.listen_addr().expect("valid"),
+        Some("127.0.0.1:9090".parse().expect("literal"))
+    );
+}
+
+#[test]
+fn every_repo_config_file_loads_and_validates() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut checked = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("config/ exists") {
+        let path = entry.expect("dir entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        if let Err(e) = load_isolated(Some(&path)) {
+            panic!("{}: {e}", path.display());
+        }
+        checked.push(path);
+    }
+    assert!(
+        checked.iter().any(|p| p.ends_with("default.toml")),
+        "default.toml not found among {checked:?}"
+    );
+}
