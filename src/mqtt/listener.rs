@@ -30,7 +30,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std:
             }
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            shared.metrics.connection_rejected();
+            shared.metrics.connection(crate::metrics::ConnectionResult::Rejected);
             tracing::warn!(%peer, "connection limit reached; connection closed");
             continue;
         };

@@ -135,11 +135,12 @@ pub async fn serve(mut stream: TcpStream, sh: Arc<Shared>, conn_id: u64) {
         Ok(a) => a,
         Err(e) => {
             report(&sh, &e, "-", peer);
-            sh.metrics.connection_rejected();
+            sh.metrics.connection(crate::metrics::ConnectionResult::Rejected);
             return;
         }
     };
-    sh.metrics.connection_accepted();
+    sh.metrics.connection(crate::metrics::ConnectionResult::Accepted);
+    sh.metrics.connections_active.inc();
     let mut c = Conn {
         sh: &sh,
         conn_id,

@@ -79,7 +79,7 @@ impl Router {
                 if let Some(k) = old.kick.take() {
                     let _ = k.send(Kick::TakenOver);
                 }
-                self.metrics.session_takeovers.inc();
+                self.metrics.takeovers.inc();
                 tracing::info!(client_id = %client, "session taken over by a new connection");
                 // The old connection's will goes out now, unless it has a delay and the
                 // session is resumed (5.0 3.1.2.5; applied to 3.1.1 alike).
@@ -268,10 +268,12 @@ impl Router {
         for w in wills {
             self.publish_will(w);
         }
+        let queued: usize = self.sessions.values().map(|s| s.queue.len()).sum();
+        self.metrics.queued_messages.set(queued as i64);
         for id in expired {
             if let Some(s) = self.sessions.remove(&id) {
                 tracing::info!(client_id = %id, "session expired");
-                self.metrics.session_expired_sessions.inc();
+                self.metrics.expired_sessions.inc();
                 self.end_session(s);
             }
         }

@@ -294,8 +294,8 @@ impl Router {
     }
 
     fn update_gauges(&self) {
-        self.metrics.session_persistent_sessions.set(self.persistent as i64);
-        self.metrics.session_queued_bytes.set(self.stored_bytes as i64);
+        self.metrics.persistent_sessions.set(self.persistent as i64);
+        self.metrics.queued_bytes.set(self.stored_bytes as i64);
         self.metrics.retained_messages.set(self.retained.len() as i64);
     }
 }
