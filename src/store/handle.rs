@@ -72,7 +72,11 @@ impl Store {
         let recovered = recover(&txn)?;
         txn.commit()?;
 
-        let (tx, rx) = mpsc::channel(opts.queue_capacity.max(1));
+        // tokio panics on 0 or on more than MAX_PERMITS; a config value must not.
+        let capacity = opts
+            .queue_capacity
+            .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        let (tx, rx) = mpsc::channel(capacity);
         let counters = Arc::new(Counters::default());
         let writer = Writer {
             db,
