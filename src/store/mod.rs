@@ -12,6 +12,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::mqtt::message::Message;
 
+mod handle;
+mod recover;
+mod tables;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+pub use handle::{Commit, Store, StoreOptions, StoreStats, DB_FILE};
+
 /// One persistent subscription as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubscriptionRecord {
@@ -60,20 +70,46 @@ pub struct QueuedEntry {
 /// A change to the store.
 #[derive(Debug, Clone)]
 pub enum Op {
-    PutSession { client_id: String, record: SessionRecord },
+    PutSession {
+        client_id: String,
+        record: SessionRecord,
+    },
     /// Removes the session record, all its queue entries and incoming QoS 2 ids.
-    DeleteSession { client_id: String },
-    Enqueue { client_id: String, seq: u64, entry: QueuedEntry },
+    DeleteSession {
+        client_id: String,
+    },
+    Enqueue {
+        client_id: String,
+        seq: u64,
+        entry: QueuedEntry,
+    },
     /// Sets the state of an existing entry; a missing entry is ignored.
-    SetState { client_id: String, seq: u64, state: EntryState },
+    SetState {
+        client_id: String,
+        seq: u64,
+        state: EntryState,
+    },
     /// Removes an entry; a missing entry is ignored.
-    RemoveEntry { client_id: String, seq: u64 },
+    RemoveEntry {
+        client_id: String,
+        seq: u64,
+    },
     /// A QoS 2 PUBLISH received and PUBRECed, awaiting PUBREL (exactly-once across restarts).
-    AddIncomingQos2 { client_id: String, pkid: u16 },
-    RemoveIncomingQos2 { client_id: String, pkid: u16 },
+    AddIncomingQos2 {
+        client_id: String,
+        pkid: u16,
+    },
+    RemoveIncomingQos2 {
+        client_id: String,
+        pkid: u16,
+    },
     /// Sets (replaces) the retained message of `message.topic`.
-    PutRetained { message: Message },
-    DeleteRetained { topic: String },
+    PutRetained {
+        message: Message,
+    },
+    DeleteRetained {
+        topic: String,
+    },
 }
 
 /// One queue entry as known at start-up: no message body, only what limits need.
@@ -101,7 +137,8 @@ pub struct Recovered {
     pub retained: Vec<Message>,
 }
 
-#[derive(Debug, thiserror::Error)]
+// Clone: one failed group commit reports the same error to every waiter.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("store I/O or database error: {0}")]
     Database(String),

@@ -1,0 +1,298 @@
+//! Store behaviour tests on temporary directories. The kill -9 test is in
+//! `tests/crash.rs`, start-up corner cases in `tests/recovery.rs`.
+
+use bytes::Bytes;
+use tempfile::TempDir;
+
+use super::*;
+use crate::mqtt::message::{Message, MessageProps};
+
+mod crash;
+mod recovery;
+
+pub(super) fn opts(path: impl Into<std::path::PathBuf>) -> StoreOptions {
+    StoreOptions {
+        path: path.into(),
+        max_batch_ops: 256,
+        queue_capacity: 64,
+        cache_bytes: 1 << 20,
+    }
+}
+
+pub(super) fn message(topic: &str, payload: &'static [u8]) -> Message {
+    Message {
+        topic: topic.to_owned(),
+        payload: Bytes::from_static(payload),
+        qos: 1,
+        retain: false,
+        props: MessageProps::default(),
+        expires_at_ms: None,
+    }
+}
+
+pub(super) fn record(expiry_secs: u32) -> SessionRecord {
+    SessionRecord {
+        protocol: 5,
+        expiry_secs,
+        disconnected_at_ms: Some(1_700_000_000_000),
+        subscriptions: vec![SubscriptionRecord {
+            filter: "a/#".into(),
+            qos: 2,
+            no_local: false,
+            retain_as_published: true,
+            retain_handling: 0,
+            subscription_id: Some(7),
+        }],
+    }
+}
+
+pub(super) fn entry(topic: &str, payload: &'static [u8]) -> QueuedEntry {
+    QueuedEntry {
+        message: message(topic, payload),
+        subscription_ids: vec![7],
+        state: EntryState::Queued,
+    }
+}
+
+pub(super) fn put(client: &str) -> Op {
+    Op::PutSession {
+        client_id: client.into(),
+        record: record(3600),
+    }
+}
+
+pub(super) fn enqueue(client: &str, seq: u64, e: QueuedEntry) -> Op {
+    Op::Enqueue {
+        client_id: client.into(),
+        seq,
+        entry: e,
+    }
+}
+
+/// Submits and waits for durability.
+pub(super) async fn commit(store: &Store, ops: Vec<Op>) {
+    store
+        .submit(ops)
+        .await
+        .expect("submit")
+        .await
+        .expect("commit");
+}
+
+pub(super) fn session<'a>(recovered: &'a Recovered, client: &str) -> Option<&'a RecoveredSession> {
+    recovered.sessions.iter().find(|s| s.client_id == client)
+}
+
+fn seqs(session: &RecoveredSession) -> Vec<u64> {
+    session.index.iter().map(|e| e.seq).collect()
+}
+
+#[tokio::test]
+async fn round_trip_survives_close_and_reopen() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("store"); // does not exist yet: open creates it
+    let (store, recovered) = Store::open(&opts(&path)).unwrap();
+    assert!(recovered.sessions.is_empty() && recovered.retained.is_empty());
+
+    let e2 = entry("a/2", b"two!");
+    let ops = vec![
+        put("c1"),
+        enqueue("c1", 1, entry("a/1", b"one")),
+        enqueue("c1", 2, e2.clone()),
+        enqueue("c1", 3, entry("a/3", b"three")),
+        Op::SetState {
+            client_id: "c1".into(),
+            seq: 2,
+            state: EntryState::Sent,
+        },
+        Op::SetState {
+            client_id: "c1".into(),
+            seq: 99,
+            state: EntryState::Sent,
+        }, // missing: ignored
+        Op::RemoveEntry {
+            client_id: "c1".into(),
+            seq: 1,
+        },
+        Op::AddIncomingQos2 {
+            client_id: "c1".into(),
+            pkid: 10,
+        },
+        Op::AddIncomingQos2 {
+            client_id: "c1".into(),
+            pkid: 11,
+        },
+        Op::RemoveIncomingQos2 {
+            client_id: "c1".into(),
+            pkid: 10,
+        },
+        Op::PutRetained {
+            message: message("r/1", b"kept"),
+        },
+        Op::PutRetained {
+            message: message("r/2", b"gone"),
+        },
+        Op::DeleteRetained {
+            topic: "r/2".into(),
+        },
+    ];
+    commit(&store, ops).await;
+    store.close().await.unwrap();
+    drop(store);
+
+    let (store, recovered) = Store::open(&opts(&path)).unwrap();
+    let s = session(&recovered, "c1").expect("session c1");
+    assert_eq!(s.record, record(3600));
+    let expected_index = vec![
+        IndexEntry {
+            seq: 2,
+            size: e2.message.size() as u32,
+            state: EntryState::Sent,
+        },
+        IndexEntry {
+            seq: 3,
+            size: entry("a/3", b"three").message.size() as u32,
+            state: EntryState::Queued,
+        },
+    ];
+    assert_eq!(s.index, expected_index);
+    assert_eq!(s.incoming_qos2, vec![11]);
+    assert_eq!(recovered.retained, vec![message("r/1", b"kept")]);
+
+    let all = store.load_queue("c1", u64::MAX).await.unwrap();
+    let sent_e2 = QueuedEntry {
+        state: EntryState::Sent,
+        ..e2
+    };
+    assert_eq!(all, vec![(2, sent_e2.clone()), (3, entry("a/3", b"three"))]);
+    assert_eq!(store.load_queue("c1", 3).await.unwrap(), vec![(2, sent_e2)]);
+    assert!(store.load_queue("c1", 2).await.unwrap().is_empty());
+    assert!(store
+        .load_queue("nobody", u64::MAX)
+        .await
+        .unwrap()
+        .is_empty());
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn load_queue_sees_ops_submitted_before_it() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = Store::open(&opts(dir.path())).unwrap();
+    // The commits are dropped unawaited: that must not cancel the ops.
+    drop(
+        store
+            .submit(vec![put("c"), enqueue("c", 5, entry("t", b"x"))])
+            .await
+            .unwrap(),
+    );
+    drop(
+        store
+            .submit(vec![enqueue("c", 6, entry("t", b"y"))])
+            .await
+            .unwrap(),
+    );
+    let loaded = store.load_queue("c", u64::MAX).await.unwrap();
+    assert_eq!(
+        loaded.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+        vec![5, 6]
+    );
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn delete_session_removes_only_that_client() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = Store::open(&opts(dir.path())).unwrap();
+    let mut ops = Vec::new();
+    for client in ["a", "ab", "b"] {
+        ops.push(put(client));
+        ops.push(enqueue(client, 0, entry("t", b"0")));
+        ops.push(enqueue(client, u64::MAX, entry("t", b"max")));
+        ops.push(Op::AddIncomingQos2 {
+            client_id: client.into(),
+            pkid: u16::MAX,
+        });
+    }
+    commit(&store, ops).await;
+    commit(
+        &store,
+        vec![Op::DeleteSession {
+            client_id: "a".into(),
+        }],
+    )
+    .await;
+    assert!(store.load_queue("a", u64::MAX).await.unwrap().is_empty());
+    store.close().await.unwrap();
+
+    let (store, recovered) = Store::open(&opts(dir.path())).unwrap();
+    assert!(session(&recovered, "a").is_none());
+    for client in ["ab", "b"] {
+        let s = session(&recovered, client).expect("other client kept");
+        assert_eq!(seqs(s), vec![0, u64::MAX]);
+        assert_eq!(s.incoming_qos2, vec![u16::MAX]);
+        assert_eq!(store.load_queue(client, u64::MAX).await.unwrap().len(), 1); // u64::MAX is excluded
+    }
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_batches_concurrent_submits() {
+    const TASKS: u64 = 20;
+    const PER_TASK: u64 = 100;
+    let dir = TempDir::new().unwrap();
+    let (store, _) = Store::open(&opts(dir.path())).unwrap();
+    commit(&store, vec![put("c")]).await;
+    let before = store.stats();
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..TASKS {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let mut commits = Vec::new();
+            for i in 0..PER_TASK {
+                let op = enqueue("c", t * PER_TASK + i, entry("t", b"payload"));
+                commits.push(store.submit(vec![op]).await.unwrap());
+            }
+            for c in commits {
+                c.await.unwrap();
+            }
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.unwrap();
+    }
+
+    let stats = store.stats();
+    let commits = stats.commits - before.commits;
+    assert_eq!(stats.ops - before.ops, TASKS * PER_TASK);
+    assert!(
+        commits < TASKS * PER_TASK,
+        "{commits} commits for {} submits",
+        TASKS * PER_TASK
+    );
+    assert!(stats.last_batch_ops <= 256);
+    assert_eq!(
+        store.load_queue("c", u64::MAX).await.unwrap().len() as u64,
+        TASKS * PER_TASK
+    );
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn calls_after_close_return_closed() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = Store::open(&opts(dir.path())).unwrap();
+    let other = store.clone();
+    store.close().await.unwrap();
+    store.close().await.unwrap(); // idempotent
+    assert!(matches!(
+        other.submit(vec![put("c")]).await,
+        Err(StoreError::Closed)
+    ));
+    assert!(matches!(other.flush().await, Err(StoreError::Closed)));
+    assert!(matches!(
+        other.load_queue("c", 1).await,
+        Err(StoreError::Closed)
+    ));
+}
