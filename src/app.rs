@@ -24,9 +24,16 @@ use crate::store::{Store, StoreOptions};
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("opening the store at {path}: {source}")]
-    Store { path: String, source: crate::store::StoreError },
+    Store {
+        path: String,
+        source: crate::store::StoreError,
+    },
     #[error("binding {what} on {addr}: {source}")]
-    Bind { what: &'static str, addr: String, source: std::io::Error },
+    Bind {
+        what: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
 }
 
 /// A running gateway.
@@ -40,7 +47,9 @@ pub struct Gateway {
     grace: Duration,
 }
 
-fn stopped(mut rx: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
+fn stopped(
+    mut rx: watch::Receiver<bool>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     async move {
         let _ = rx.wait_for(|s| *s).await;
     }
@@ -61,18 +70,35 @@ impl Gateway {
         let path = cfg.store.path.display().to_string();
         let (store, recovered) = tokio::task::spawn_blocking(move || Store::open(&opts))
             .await
-            .map_err(|e| AppError::Store { path: path.clone(), source: crate::store::StoreError::Database(e.to_string()) })?
+            .map_err(|e| AppError::Store {
+                path: path.clone(),
+                source: crate::store::StoreError::Database(e.to_string()),
+            })?
             .map_err(|source| AppError::Store { path, source })?;
         let (stop, stop_rx) = watch::channel(false);
         let (router_tx, router_rx) = mpsc::channel(ROUTER_CHANNEL);
-        let router = Router::new(cfg.clone(), metrics.clone(), store.clone(), recovered, router_tx.downgrade());
+        let router = Router::new(
+            cfg.clone(),
+            metrics.clone(),
+            store.clone(),
+            recovered,
+            router_tx.downgrade(),
+        );
         let router = tokio::spawn(router.run(router_rx, stopped(stop_rx.clone())));
 
         let listen = cfg.mqtt.listen.clone();
         let listener = TcpListener::bind(&listen)
             .await
-            .map_err(|source| AppError::Bind { what: "MQTT listener", addr: listen.clone(), source })?;
-        let mqtt_addr = listener.local_addr().map_err(|source| AppError::Bind { what: "MQTT listener", addr: listen, source })?;
+            .map_err(|source| AppError::Bind {
+                what: "MQTT listener",
+                addr: listen.clone(),
+                source,
+            })?;
+        let mqtt_addr = listener.local_addr().map_err(|source| AppError::Bind {
+            what: "MQTT listener",
+            addr: listen,
+            source,
+        })?;
         let ready = Arc::new(AtomicBool::new(false));
         let admin_addr = if cfg.admin.listen.is_empty() {
             None
@@ -80,17 +106,44 @@ impl Gateway {
             let addr = cfg.admin.listen.clone();
             let l = TcpListener::bind(&addr)
                 .await
-                .map_err(|source| AppError::Bind { what: "admin endpoint", addr: addr.clone(), source })?;
-            let bound = l.local_addr().map_err(|source| AppError::Bind { what: "admin endpoint", addr, source })?;
+                .map_err(|source| AppError::Bind {
+                    what: "admin endpoint",
+                    addr: addr.clone(),
+                    source,
+                })?;
+            let bound = l.local_addr().map_err(|source| AppError::Bind {
+                what: "admin endpoint",
+                addr,
+                source,
+            })?;
             let registry = Arc::new(registry);
-            tokio::spawn(crate::admin::serve(l, registry, ready.clone(), stopped(stop_rx.clone())));
+            tokio::spawn(crate::admin::serve(
+                l,
+                registry,
+                ready.clone(),
+                stopped(stop_rx.clone()),
+            ));
             Some(bound)
         };
-        let shared = Arc::new(Shared { cfg: cfg.clone(), metrics, router: router_tx });
-        tokio::spawn(crate::mqtt::listener::run(listener, shared, stopped(stop_rx)));
+        let shared = Arc::new(Shared {
+            cfg: cfg.clone(),
+            metrics,
+            router: router_tx,
+        });
+        tokio::spawn(crate::mqtt::listener::run(
+            listener,
+            shared,
+            stopped(stop_rx),
+        ));
         ready.store(true, Ordering::Release);
         tracing::info!(%mqtt_addr, ?admin_addr, store = %cfg.store.path.display(), "mqbridge started");
-        Ok(Gateway { mqtt_addr, admin_addr, stop, router, grace: Duration::from_secs(cfg.server.shutdown_grace_secs) })
+        Ok(Gateway {
+            mqtt_addr,
+            admin_addr,
+            stop,
+            router,
+            grace: Duration::from_secs(cfg.server.shutdown_grace_secs),
+        })
     }
 
     /// Stops accepting, detaches clients, flushes and closes the store.
@@ -98,13 +151,18 @@ impl Gateway {
         let _ = self.stop.send(true);
         match tokio::time::timeout(self.grace, self.router).await {
             Ok(_) => tracing::info!("mqbridge stopped"),
-            Err(_) => tracing::error!(grace = ?self.grace, "shutdown grace period exceeded; exiting anyway"),
+            Err(_) => {
+                tracing::error!(grace = ?self.grace, "shutdown grace period exceeded; exiting anyway")
+            }
         }
     }
 }
 
 /// Runs the gateway until `shutdown` resolves.
-pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AppError> {
+pub async fn run(
+    cfg: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AppError> {
     let gw = Gateway::start(cfg).await?;
     shutdown.await;
     tracing::info!("shutting down");

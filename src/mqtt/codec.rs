@@ -59,14 +59,23 @@ fn frame(buf: &[u8], max_size: u32) -> Result<Option<Frame>, DecodeError> {
             break;
         }
         if i > 4 {
-            return Err(DecodeError::Malformed("remaining length over 4 bytes".into()));
+            return Err(DecodeError::Malformed(
+                "remaining length over 4 bytes".into(),
+            ));
         }
     }
     let total = i + remaining;
     if total > max_size as usize {
-        return Err(DecodeError::TooLarge { size: total, max: max_size });
+        return Err(DecodeError::TooLarge {
+            size: total,
+            max: max_size,
+        });
     }
-    Ok(Some(Frame { byte1: buf[0], header_len: i, remaining }))
+    Ok(Some(Frame {
+        byte1: buf[0],
+        header_len: i,
+        remaining,
+    }))
 }
 
 /// Reserved flag bits of the fixed header (MQTT-2.2.2-1/2).
@@ -81,7 +90,9 @@ fn check_flags(byte1: u8) -> Result<(), DecodeError> {
     if ok {
         Ok(())
     } else {
-        Err(DecodeError::Malformed(format!("invalid fixed header flags {byte1:#04x}")))
+        Err(DecodeError::Malformed(format!(
+            "invalid fixed header flags {byte1:#04x}"
+        )))
     }
 }
 
@@ -190,7 +201,10 @@ fn from_v4(p: p4::Packet) -> p5::Packet {
                 retain: w.retain,
                 properties: None,
             });
-            let login = c.login.map(|l| p5::Login { username: l.username, password: l.password });
+            let login = c.login.map(|l| p5::Login {
+                username: l.username,
+                password: l.password,
+            });
             let connect = p5::Connect {
                 keep_alive: c.keep_alive,
                 client_id: c.client_id,
@@ -267,7 +281,11 @@ pub struct EncodeError(String);
 
 /// Encodes a control packet (not PUBLISH, see [`encode_publish`]) for `version`.
 /// Packets that 3.1.1 does not have (server DISCONNECT) encode to nothing.
-pub fn encode(packet: &p5::Packet, version: Version, out: &mut BytesMut) -> Result<(), EncodeError> {
+pub fn encode(
+    packet: &p5::Packet,
+    version: Version,
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
     let res = match version {
         Version::V5 => packet.write(out, None).map_err(|e| e.to_string()),
         Version::V311 => match to_v4(packet) {
@@ -368,13 +386,26 @@ fn publish_props_len(p: &OutPublish<'_>, expiry: Option<u32>) -> usize {
     n += props.content_type.as_ref().map_or(0, |s| 3 + s.len());
     n += props.response_topic.as_ref().map_or(0, |s| 3 + s.len());
     n += props.correlation_data.as_ref().map_or(0, |s| 3 + s.len());
-    n += p.subscription_ids.iter().map(|id| 1 + varint_len(*id as usize)).sum::<usize>();
-    n += props.user_properties.iter().map(|(k, v)| 5 + k.len() + v.len()).sum::<usize>();
+    n += p
+        .subscription_ids
+        .iter()
+        .map(|id| 1 + varint_len(*id as usize))
+        .sum::<usize>();
+    n += props
+        .user_properties
+        .iter()
+        .map(|(k, v)| 5 + k.len() + v.len())
+        .sum::<usize>();
     n
 }
 
 /// Encodes a PUBLISH. Returns `false` (and writes nothing) if it would exceed `max_size`.
-pub fn encode_publish(p: &OutPublish<'_>, version: Version, max_size: u32, out: &mut BytesMut) -> bool {
+pub fn encode_publish(
+    p: &OutPublish<'_>,
+    version: Version,
+    max_size: u32,
+    out: &mut BytesMut,
+) -> bool {
     let msg = p.msg;
     let expiry = msg.remaining_expiry_secs(p.now_ms);
     let props_len = match version {

@@ -11,7 +11,11 @@ use super::connection::{serve, Shared};
 
 /// Accepts until `shutdown` resolves. Connections beyond `max_connections`
 /// are closed at once and counted.
-pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std::future::Future<Output = ()>) {
+pub async fn run(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     let limit = Arc::new(Semaphore::new(shared.cfg.mqtt.max_connections));
     let ids = AtomicU64::new(1);
     tokio::pin!(shutdown);
@@ -30,7 +34,9 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std:
             }
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            shared.metrics.connection(crate::metrics::ConnectionResult::Rejected);
+            shared
+                .metrics
+                .connection(crate::metrics::ConnectionResult::Rejected);
             tracing::warn!(%peer, "connection limit reached; connection closed");
             continue;
         };

@@ -40,7 +40,11 @@ impl Message {
             + props.content_type.as_ref().map_or(0, String::len)
             + props.response_topic.as_ref().map_or(0, String::len)
             + props.correlation_data.as_ref().map_or(0, Bytes::len)
-            + props.user_properties.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+            + props
+                .user_properties
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
             + 16
     }
 

@@ -98,8 +98,15 @@ impl SubTree {
     pub fn insert(&mut self, entry: SubEntry) -> bool {
         let filter = entry.filter.clone();
         let (node, multi) = Self::walk_mut(&mut self.root, &filter);
-        let list = if multi { &mut node.multi } else { &mut node.exact };
-        if let Some(e) = list.iter_mut().find(|e| e.client == entry.client && e.group == entry.group) {
+        let list = if multi {
+            &mut node.multi
+        } else {
+            &mut node.exact
+        };
+        if let Some(e) = list
+            .iter_mut()
+            .find(|e| e.client == entry.client && e.group == entry.group)
+        {
             *e = entry;
             return true;
         }

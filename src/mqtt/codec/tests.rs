@@ -3,7 +3,9 @@ use bytes::Bytes;
 
 fn connect_bytes(level: u8) -> Vec<u8> {
     // CONNECT, protocol "MQTT", level, flags clean, keepalive 60, client id "c"
-    vec![0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', level, 0x02, 0, 60, 0, 1, b'c']
+    vec![
+        0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', level, 0x02, 0, 60, 0, 1, b'c',
+    ]
 }
 
 #[test]
@@ -12,11 +14,20 @@ fn sniffs_versions() {
     // 5.0 CONNECT has a properties length byte after keepalive.
     v5.insert(12, 0);
     v5[1] += 1;
-    assert_eq!(sniff_connect(&connect_bytes(4), 1024), Ok(Some(Version::V311)));
+    assert_eq!(
+        sniff_connect(&connect_bytes(4), 1024),
+        Ok(Some(Version::V311))
+    );
     assert_eq!(sniff_connect(&v5, 1024), Ok(Some(Version::V5)));
     assert_eq!(sniff_connect(&connect_bytes(4)[..5], 1024), Ok(None));
-    assert_eq!(sniff_connect(&connect_bytes(3), 1024), Err(DecodeError::UnsupportedProtocol(3)));
-    assert_eq!(sniff_connect(&[0xc0, 0x00], 1024), Err(DecodeError::Protocol("first packet is not CONNECT")));
+    assert_eq!(
+        sniff_connect(&connect_bytes(3), 1024),
+        Err(DecodeError::UnsupportedProtocol(3))
+    );
+    assert_eq!(
+        sniff_connect(&[0xc0, 0x00], 1024),
+        Err(DecodeError::Protocol("first packet is not CONNECT"))
+    );
 }
 
 #[test]
@@ -38,18 +49,30 @@ fn decodes_v4_connect_into_v5_model() {
 fn refuses_oversized_remaining_length_before_buffering() {
     // PUBLISH announcing 2 MB with only the header present.
     let mut buf = BytesMut::from(&[0x30u8, 0x80, 0x80, 0x80, 0x01][..]);
-    assert!(matches!(decode(&mut buf, Version::V311, 1024), Err(DecodeError::TooLarge { .. })));
+    assert!(matches!(
+        decode(&mut buf, Version::V311, 1024),
+        Err(DecodeError::TooLarge { .. })
+    ));
     let mut bad = BytesMut::from(&[0x30u8, 0xff, 0xff, 0xff, 0xff, 0x01][..]);
-    assert!(matches!(decode(&mut bad, Version::V311, u32::MAX), Err(DecodeError::Malformed(_))));
+    assert!(matches!(
+        decode(&mut bad, Version::V311, u32::MAX),
+        Err(DecodeError::Malformed(_))
+    ));
 }
 
 #[test]
 fn refuses_bad_flags_and_qos3() {
     // SUBSCRIBE with flags 0 instead of 0b0010.
     let mut buf = BytesMut::from(&[0x80u8, 0x06, 0, 1, 0, 1, b'a', 0][..]);
-    assert!(matches!(decode(&mut buf, Version::V311, 1024), Err(DecodeError::Malformed(_))));
+    assert!(matches!(
+        decode(&mut buf, Version::V311, 1024),
+        Err(DecodeError::Malformed(_))
+    ));
     let mut q3 = BytesMut::from(&[0x36u8, 0x05, 0, 1, b'a', 0, 1][..]);
-    assert!(matches!(decode(&mut q3, Version::V311, 1024), Err(DecodeError::Malformed(_))));
+    assert!(matches!(
+        decode(&mut q3, Version::V311, 1024),
+        Err(DecodeError::Malformed(_))
+    ));
 }
 
 #[test]
@@ -57,7 +80,11 @@ fn truncated_packets_wait_for_more() {
     let full = connect_bytes(4);
     for cut in 0..full.len() {
         let mut buf = BytesMut::from(&full[..cut]);
-        assert_eq!(decode(&mut buf, Version::V311, 1024), Ok(None), "cut at {cut}");
+        assert_eq!(
+            decode(&mut buf, Version::V311, 1024),
+            Ok(None),
+            "cut at {cut}"
+        );
     }
 }
 
@@ -99,22 +126,46 @@ fn publish_encoding_round_trips_through_rumqttc() {
         },
         expires_at_ms: Some(10_500),
     };
-    let out = OutPublish { msg: &msg, qos: 1, retain: true, dup: true, pkid: 7, subscription_ids: &[3, 300], now_ms: 1000 };
+    let out = OutPublish {
+        msg: &msg,
+        qos: 1,
+        retain: true,
+        dup: true,
+        pkid: 7,
+        subscription_ids: &[3, 300],
+        now_ms: 1000,
+    };
     let mut buf = BytesMut::new();
     assert!(encode_publish(&out, Version::V5, 1 << 20, &mut buf));
     let p = p5::Packet::read(&mut buf, None).unwrap();
-    let p5::Packet::Publish(p) = p else { panic!("not a publish") };
-    assert_eq!((p.dup, p.retain, p.pkid, &p.topic[..], &p.payload[..]), (true, true, 7, &b"a/b"[..], &b"hello"[..]));
+    let p5::Packet::Publish(p) = p else {
+        panic!("not a publish")
+    };
+    assert_eq!(
+        (p.dup, p.retain, p.pkid, &p.topic[..], &p.payload[..]),
+        (true, true, 7, &b"a/b"[..], &b"hello"[..])
+    );
     let props = p.properties.unwrap();
     assert_eq!(props.message_expiry_interval, Some(10));
     assert_eq!(props.subscription_identifiers, vec![3, 300]);
     assert_eq!(props.content_type.as_deref(), Some("text/plain"));
-    assert_eq!(props.user_properties, vec![("k".to_string(), "v".to_string())]);
+    assert_eq!(
+        props.user_properties,
+        vec![("k".to_string(), "v".to_string())]
+    );
 
     let mut buf = BytesMut::new();
     assert!(encode_publish(&out, Version::V311, 1 << 20, &mut buf));
     let p = p4::Packet::read(&mut buf, 1 << 20).unwrap();
-    let p4::Packet::Publish(p) = p else { panic!("not a publish") };
-    assert_eq!((p.topic.as_str(), p.pkid, p.qos), ("a/b", 7, Q4::AtLeastOnce));
-    assert!(!encode_publish(&out, Version::V311, 10, &mut BytesMut::new()), "over the client's maximum");
+    let p4::Packet::Publish(p) = p else {
+        panic!("not a publish")
+    };
+    assert_eq!(
+        (p.topic.as_str(), p.pkid, p.qos),
+        ("a/b", 7, Q4::AtLeastOnce)
+    );
+    assert!(
+        !encode_publish(&out, Version::V311, 10, &mut BytesMut::new()),
+        "over the client's maximum"
+    );
 }

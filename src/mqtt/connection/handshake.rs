@@ -31,7 +31,11 @@ pub struct Attached {
 }
 
 /// Reads bytes until a whole CONNECT is buffered; returns its version.
-async fn read_connect(stream: &mut TcpStream, buf: &mut BytesMut, sh: &Shared) -> Result<Version, ConnError> {
+async fn read_connect(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    sh: &Shared,
+) -> Result<Version, ConnError> {
     let max = sh.cfg.mqtt.max_packet_size;
     loop {
         match codec::sniff_connect(buf, max) {
@@ -40,7 +44,10 @@ async fn read_connect(stream: &mut TcpStream, buf: &mut BytesMut, sh: &Shared) -
             Err(codec::DecodeError::UnsupportedProtocol(level)) => {
                 // 3.1.1 format CONNACK 0x01 is understood by every version (MQTT-3.1.2-2).
                 let _ = super::write_raw(stream, &[0x20, 0x02, 0x00, 0x01]).await;
-                return Err(ConnError::protocol(Why::UnsupportedProtocol, format!("protocol level {level}")));
+                return Err(ConnError::protocol(
+                    Why::UnsupportedProtocol,
+                    format!("protocol level {level}"),
+                ));
             }
             Err(e) => return Err(ConnError::decode(e)),
         }
@@ -59,22 +66,38 @@ pub async fn handshake(
     let timeout = Duration::from_secs(sh.cfg.mqtt.connect_timeout_secs);
     let version = match tokio::time::timeout(timeout, read_connect(stream, buf, sh)).await {
         Ok(v) => v?,
-        Err(_) => return Err(ConnError::protocol(Why::ConnectTimeout, "no CONNECT within the connect timeout".into())),
+        Err(_) => {
+            return Err(ConnError::protocol(
+                Why::ConnectTimeout,
+                "no CONNECT within the connect timeout".into(),
+            ))
+        }
     };
-    let packet = codec::decode(buf, version, sh.cfg.mqtt.max_packet_size).map_err(ConnError::decode)?;
+    let packet =
+        codec::decode(buf, version, sh.cfg.mqtt.max_packet_size).map_err(ConnError::decode)?;
     let Some(p5::Packet::Connect(connect, will, _login)) = packet else {
-        return Err(ConnError::protocol(Why::NotConnectFirst, "first packet is not CONNECT".into()));
+        return Err(ConnError::protocol(
+            Why::NotConnectFirst,
+            "first packet is not CONNECT".into(),
+        ));
     };
     let mut out = BytesMut::new();
     let refuse = |code: Code, out: &mut BytesMut| {
-        let ack = p5::ConnAck { session_present: false, code, properties: None };
+        let ack = p5::ConnAck {
+            session_present: false,
+            code,
+            properties: None,
+        };
         let _ = codec::encode(&p5::Packet::ConnAck(ack), version, out);
     };
     let props = connect.properties.clone().unwrap_or_default_props();
     if props.authentication_method.is_some() {
         refuse(Code::BadAuthenticationMethod, &mut out);
         super::write_raw(stream, &out).await?;
-        return Err(ConnError::protocol(Why::ProtocolError, "enhanced authentication is not supported".into()));
+        return Err(ConnError::protocol(
+            Why::ProtocolError,
+            "enhanced authentication is not supported".into(),
+        ));
     }
     // Client identifier rules (MQTT-3.1.3-6..9, 5.0 3.1.3.1).
     let mut assigned = None;
@@ -82,7 +105,10 @@ pub async fn handshake(
         if version == Version::V311 && !connect.clean_start {
             refuse(Code::ClientIdentifierNotValid, &mut out);
             super::write_raw(stream, &out).await?;
-            return Err(ConnError::protocol(Why::ClientIdInvalid, "empty client id with CleanSession=0".into()));
+            return Err(ConnError::protocol(
+                Why::ClientIdInvalid,
+                "empty client id with CleanSession=0".into(),
+            ));
         }
         let id = format!("mqb-{:016x}", rand::random::<u64>());
         assigned = Some(id.clone());
@@ -101,11 +127,17 @@ pub async fn handshake(
     };
     let mqtt = &sh.cfg.mqtt;
     let expiry_secs = match version {
-        Version::V5 => props.session_expiry_interval.unwrap_or(0).min(sh.cfg.session.max_session_expiry_secs),
+        Version::V5 => props
+            .session_expiry_interval
+            .unwrap_or(0)
+            .min(sh.cfg.session.max_session_expiry_secs),
         Version::V311 if connect.clean_start => 0,
         Version::V311 => sh.cfg.session.v311_session_expiry_secs,
     };
-    let window = props.receive_maximum.unwrap_or(u16::MAX).min(mqtt.max_inflight) as usize;
+    let window = props
+        .receive_maximum
+        .unwrap_or(u16::MAX)
+        .min(mqtt.max_inflight) as usize;
     let (tx, rx) = mpsc::channel(window + 2);
     // QoS 0 deliveries buffered towards a slow client; beyond this they are dropped and counted.
     let (tx0, rx0) = mpsc::channel(window.max(64));
@@ -123,20 +155,35 @@ pub async fn handshake(
         kick: kick_tx,
     };
     let (reply_tx, reply) = oneshot::channel();
-    sh.router.send(RouterMsg::Connect { req, reply: reply_tx }).await.map_err(|_| ConnError::ShuttingDown)?;
+    sh.router
+        .send(RouterMsg::Connect {
+            req,
+            reply: reply_tx,
+        })
+        .await
+        .map_err(|_| ConnError::ShuttingDown)?;
     let outcome = reply.await.map_err(|_| ConnError::ShuttingDown)?;
     let session_present = match outcome {
         ConnectOutcome::Accepted { session_present } => session_present,
         ConnectOutcome::QuotaExceeded | ConnectOutcome::StoreFailed => {
-            let code = if outcome == ConnectOutcome::QuotaExceeded { Code::QuotaExceeded } else { Code::ServerUnavailable };
+            let code = if outcome == ConnectOutcome::QuotaExceeded {
+                Code::QuotaExceeded
+            } else {
+                Code::ServerUnavailable
+            };
             refuse(code, &mut out);
             super::write_raw(stream, &out).await?;
             return Err(ConnError::Refused(format!("{outcome:?}")));
         }
     };
-    let keep_alive = if mqtt.server_keep_alive_secs > 0 { mqtt.server_keep_alive_secs } else { connect.keep_alive };
+    let keep_alive = if mqtt.server_keep_alive_secs > 0 {
+        mqtt.server_keep_alive_secs
+    } else {
+        connect.keep_alive
+    };
     let properties = (version == Version::V5).then(|| p5::ConnAckProperties {
-        session_expiry_interval: (props.session_expiry_interval.unwrap_or(0) != expiry_secs).then_some(expiry_secs),
+        session_expiry_interval: (props.session_expiry_interval.unwrap_or(0) != expiry_secs)
+            .then_some(expiry_secs),
         receive_max: Some(mqtt.receive_maximum),
         max_qos: None,
         retain_available: (!mqtt.retain_available).then_some(0),
@@ -154,8 +201,13 @@ pub async fn handshake(
         authentication_method: None,
         authentication_data: None,
     });
-    let ack = p5::ConnAck { session_present, code: Code::Success, properties };
-    codec::encode(&p5::Packet::ConnAck(ack), version, &mut out).map_err(|e| ConnError::Io(std::io::Error::other(e)))?;
+    let ack = p5::ConnAck {
+        session_present,
+        code: Code::Success,
+        properties,
+    };
+    codec::encode(&p5::Packet::ConnAck(ack), version, &mut out)
+        .map_err(|e| ConnError::Io(std::io::Error::other(e)))?;
     super::write_raw(stream, &out).await?;
     tracing::debug!(client_id = %client_id, ?version, session_present, expiry_secs, "client connected");
     Ok(Attached {
@@ -217,5 +269,8 @@ fn make_will(w: p5::LastWill, version: Version) -> Result<Will, &'static str> {
         props,
         expires_at_ms: expiry.map(|s| now_ms() + s as u64 * 1000),
     };
-    Ok(Will { message, delay_secs })
+    Ok(Will {
+        message,
+        delay_secs,
+    })
 }

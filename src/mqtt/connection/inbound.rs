@@ -24,16 +24,27 @@ impl Conn<'_> {
                     self.incoming_unacked = self.incoming_unacked.saturating_sub(1);
                 }
                 let (tx, rx) = oneshot::channel();
-                self.send(RouterMsg::PubRel { client_id: self.client_id.clone(), pkid: r.pkid, reply: tx })?;
+                self.send(RouterMsg::PubRel {
+                    client_id: self.client_id.clone(),
+                    pkid: r.pkid,
+                    reply: tx,
+                })?;
                 self.pending.push_back(Pending::Rel { pkid: r.pkid, rx });
             }
             P::Subscribe(s) => self.on_subscribe(s)?,
             P::Unsubscribe(u) => {
                 if u.filters.is_empty() {
-                    return Err(ConnError::protocol(Why::ProtocolError, "UNSUBSCRIBE without filters".into()));
+                    return Err(ConnError::protocol(
+                        Why::ProtocolError,
+                        "UNSUBSCRIBE without filters".into(),
+                    ));
                 }
                 let (tx, rx) = oneshot::channel();
-                let msg = RouterMsg::Unsubscribe { client_id: self.client_id.clone(), filters: u.filters, reply: tx };
+                let msg = RouterMsg::Unsubscribe {
+                    client_id: self.client_id.clone(),
+                    filters: u.filters,
+                    reply: tx,
+                };
                 self.send(msg)?;
                 self.pending.push_back(Pending::Unsub { pkid: u.pkid, rx });
             }
@@ -41,9 +52,24 @@ impl Conn<'_> {
                 let _ = codec::encode(&P::PingResp(p5::PingResp), self.version, &mut self.out);
             }
             P::Disconnect(d) => self.on_disconnect(d)?,
-            P::Connect(..) => return Err(ConnError::protocol(Why::ProtocolError, "second CONNECT".into())),
-            P::Auth(_) => return Err(ConnError::protocol(Why::ProtocolError, "AUTH is not supported".into())),
-            _ => return Err(ConnError::protocol(Why::ProtocolError, "server-to-client packet from client".into())),
+            P::Connect(..) => {
+                return Err(ConnError::protocol(
+                    Why::ProtocolError,
+                    "second CONNECT".into(),
+                ))
+            }
+            P::Auth(_) => {
+                return Err(ConnError::protocol(
+                    Why::ProtocolError,
+                    "AUTH is not supported".into(),
+                ))
+            }
+            _ => {
+                return Err(ConnError::protocol(
+                    Why::ProtocolError,
+                    "server-to-client packet from client".into(),
+                ))
+            }
         }
         Ok(())
     }
@@ -70,18 +96,35 @@ impl Conn<'_> {
         let props = p.properties.unwrap_or_default();
         let topic = self.resolve_topic(&p.topic, props.topic_alias)?;
         if !valid_topic_name(&topic) {
-            return Err(ConnError::with_reason(Why::ProtocolError, format!("invalid topic name {topic:?}"), Reason::TopicNameInvalid));
+            return Err(ConnError::with_reason(
+                Why::ProtocolError,
+                format!("invalid topic name {topic:?}"),
+                Reason::TopicNameInvalid,
+            ));
         }
         if p.retain && !self.sh.cfg.mqtt.retain_available {
-            return Err(ConnError::with_reason(Why::ProtocolError, "retain not available".into(), Reason::RetainNotSupported));
+            return Err(ConnError::with_reason(
+                Why::ProtocolError,
+                "retain not available".into(),
+                Reason::RetainNotSupported,
+            ));
         }
         if props.payload_format_indicator == Some(1) && std::str::from_utf8(&p.payload).is_err() {
-            return Err(ConnError::with_reason(Why::Malformed, "payload is not UTF-8".into(), Reason::PayloadFormatInvalid));
+            return Err(ConnError::with_reason(
+                Why::Malformed,
+                "payload is not UTF-8".into(),
+                Reason::PayloadFormatInvalid,
+            ));
         }
         if qos == 1 || (qos == 2 && self.qos2_in.insert(p.pkid)) {
             self.incoming_unacked += 1;
-            if self.version == Version::V5 && self.incoming_unacked > self.sh.cfg.mqtt.receive_maximum as usize {
-                return Err(ConnError::protocol(Why::ReceiveMaximumExceeded, "client exceeded our Receive Maximum".into()));
+            if self.version == Version::V5
+                && self.incoming_unacked > self.sh.cfg.mqtt.receive_maximum as usize
+            {
+                return Err(ConnError::protocol(
+                    Why::ReceiveMaximumExceeded,
+                    "client exceeded our Receive Maximum".into(),
+                ));
             }
         }
         self.sh.metrics.received(qos);
@@ -97,7 +140,9 @@ impl Conn<'_> {
                 correlation_data: props.correlation_data,
                 user_properties: props.user_properties,
             },
-            expires_at_ms: props.message_expiry_interval.map(|s| now_ms() + s as u64 * 1000),
+            expires_at_ms: props
+                .message_expiry_interval
+                .map(|s| now_ms() + s as u64 * 1000),
         };
         let (reply, rx) = if qos > 0 {
             let (tx, rx) = oneshot::channel();
@@ -106,29 +151,45 @@ impl Conn<'_> {
             (None, None)
         };
         let qos2_pkid = (qos == 2).then_some(p.pkid);
-        self.send(RouterMsg::Publish { conn_id: self.conn_id, client_id: self.client_id.clone(), msg, qos2_pkid, reply })?;
+        self.send(RouterMsg::Publish {
+            conn_id: self.conn_id,
+            client_id: self.client_id.clone(),
+            msg,
+            qos2_pkid,
+            reply,
+        })?;
         if let Some(rx) = rx {
-            self.pending.push_back(Pending::Pub { pkid: p.pkid, qos, rx });
+            self.pending.push_back(Pending::Pub {
+                pkid: p.pkid,
+                qos,
+                rx,
+            });
         }
         Ok(())
     }
 
     /// Applies an incoming 5.0 Topic Alias (3.3.2.3.4).
     fn resolve_topic(&mut self, raw: &[u8], alias: Option<u16>) -> Result<String, ConnError> {
-        let topic = std::str::from_utf8(raw)
-            .map_err(|_| ConnError::with_reason(Why::Malformed, "topic is not UTF-8".into(), Reason::TopicNameInvalid))?;
+        let topic = std::str::from_utf8(raw).map_err(|_| {
+            ConnError::with_reason(
+                Why::Malformed,
+                "topic is not UTF-8".into(),
+                Reason::TopicNameInvalid,
+            )
+        })?;
         let Some(alias) = alias else {
             return Ok(topic.to_string());
         };
         if alias == 0 || alias > self.sh.cfg.mqtt.topic_alias_maximum {
-            return Err(ConnError::protocol(Why::TopicAliasInvalid, format!("topic alias {alias} out of range")));
+            return Err(ConnError::protocol(
+                Why::TopicAliasInvalid,
+                format!("topic alias {alias} out of range"),
+            ));
         }
         if topic.is_empty() {
-            return self
-                .aliases
-                .get(&alias)
-                .cloned()
-                .ok_or_else(|| ConnError::protocol(Why::ProtocolError, format!("unknown topic alias {alias}")));
+            return self.aliases.get(&alias).cloned().ok_or_else(|| {
+                ConnError::protocol(Why::ProtocolError, format!("unknown topic alias {alias}"))
+            });
         }
         self.aliases.insert(alias, topic.to_string());
         Ok(topic.to_string())
@@ -141,16 +202,26 @@ impl Conn<'_> {
     }
 
     fn on_pubrec(&mut self, pkid: u16) {
-        let rel = p5::PubRel { pkid, reason: p5::PubRelReason::Success, properties: None };
+        let rel = p5::PubRel {
+            pkid,
+            reason: p5::PubRelReason::Success,
+            properties: None,
+        };
         let _ = codec::encode(&p5::Packet::PubRel(rel), self.version, &mut self.out);
         if let Some(&seq) = self.inflight.get(&pkid) {
-            let _ = self.send(RouterMsg::Received { client_id: self.client_id.clone(), seq });
+            let _ = self.send(RouterMsg::Received {
+                client_id: self.client_id.clone(),
+                seq,
+            });
         }
     }
 
     fn on_subscribe(&mut self, s: p5::Subscribe) -> Result<(), ConnError> {
         if s.filters.is_empty() {
-            return Err(ConnError::protocol(Why::ProtocolError, "SUBSCRIBE without filters".into()));
+            return Err(ConnError::protocol(
+                Why::ProtocolError,
+                "SUBSCRIBE without filters".into(),
+            ));
         }
         let sub_id = s.properties.as_ref().and_then(|p| p.id).map(|id| id as u32);
         let mut reqs = Vec::with_capacity(s.filters.len());
@@ -175,12 +246,23 @@ impl Conn<'_> {
                 retain_handling,
                 subscription_id: sub_id,
             };
-            reqs.push((i, SubRequest { filter: f.path, opts }));
+            reqs.push((
+                i,
+                SubRequest {
+                    filter: f.path,
+                    opts,
+                },
+            ));
         }
         let (tx, rx) = oneshot::channel();
         let indexes: Vec<usize> = reqs.iter().map(|(i, _)| *i).collect();
         let filters = reqs.into_iter().map(|(_, r)| r).collect();
-        self.send(RouterMsg::Subscribe { conn_id: self.conn_id, client_id: self.client_id.clone(), filters, reply: tx })?;
+        self.send(RouterMsg::Subscribe {
+            conn_id: self.conn_id,
+            client_id: self.client_id.clone(),
+            filters,
+            reply: tx,
+        })?;
         // Re-insert the refused filters' slots when the answer comes (see `answer`).
         self.invalid_filters.push_back((indexes, invalid));
         self.pending.push_back(Pending::Sub { pkid: s.pkid, rx });
@@ -190,7 +272,10 @@ impl Conn<'_> {
     fn on_disconnect(&mut self, d: p5::Disconnect) -> Result<(), ConnError> {
         let new_expiry = d.properties.and_then(|p| p.session_expiry_interval);
         if new_expiry.is_some_and(|e| e > 0) && self.expiry_secs == 0 {
-            return Err(ConnError::protocol(Why::ProtocolError, "session expiry set on DISCONNECT after 0".into()));
+            return Err(ConnError::protocol(
+                Why::ProtocolError,
+                "session expiry set on DISCONNECT after 0".into(),
+            ));
         }
         let with_will = d.reason_code == Reason::DisconnectWithWillMessage;
         self.disconnect = Some((with_will, new_expiry));
@@ -206,47 +291,82 @@ impl Conn<'_> {
                 let outcome = outcome.ok_or(ConnError::ShuttingDown)?;
                 if outcome == PublishOutcome::StoreFailed {
                     // Never acknowledge what was not stored; the client will resend.
-                    return Err(ConnError::with_reason(Why::ProtocolError, "store failure".into(), Reason::UnspecifiedError));
+                    return Err(ConnError::with_reason(
+                        Why::ProtocolError,
+                        "store failure".into(),
+                        Reason::UnspecifiedError,
+                    ));
                 }
                 if qos == 1 {
                     self.incoming_unacked = self.incoming_unacked.saturating_sub(1);
                     let reason = match outcome {
-                        PublishOutcome::NoSubscribers if v5 => p5::PubAckReason::NoMatchingSubscribers,
+                        PublishOutcome::NoSubscribers if v5 => {
+                            p5::PubAckReason::NoMatchingSubscribers
+                        }
                         PublishOutcome::QuotaExceeded if v5 => p5::PubAckReason::QuotaExceeded,
                         _ => p5::PubAckReason::Success,
                     };
-                    P::PubAck(p5::PubAck { pkid, reason, properties: None })
+                    P::PubAck(p5::PubAck {
+                        pkid,
+                        reason,
+                        properties: None,
+                    })
                 } else {
                     let reason = match outcome {
-                        PublishOutcome::NoSubscribers if v5 => p5::PubRecReason::NoMatchingSubscribers,
+                        PublishOutcome::NoSubscribers if v5 => {
+                            p5::PubRecReason::NoMatchingSubscribers
+                        }
                         PublishOutcome::QuotaExceeded if v5 => p5::PubRecReason::QuotaExceeded,
                         _ => p5::PubRecReason::Success,
                     };
-                    P::PubRec(p5::PubRec { pkid, reason, properties: None })
+                    P::PubRec(p5::PubRec {
+                        pkid,
+                        reason,
+                        properties: None,
+                    })
                 }
             }
-            Ready::Rel(pkid) => {
-                P::PubComp(p5::PubComp { pkid, reason: p5::PubCompReason::Success, properties: None })
-            }
+            Ready::Rel(pkid) => P::PubComp(p5::PubComp {
+                pkid,
+                reason: p5::PubCompReason::Success,
+                properties: None,
+            }),
             Ready::Sub(pkid, results) => {
                 let results = results.ok_or(ConnError::ShuttingDown)?;
                 let (indexes, invalid) = self.invalid_filters.pop_front().unwrap_or_default();
-                let mut codes = vec![p5::SubscribeReasonCode::TopicFilterInvalid; indexes.len() + invalid.len()];
+                let mut codes = vec![
+                    p5::SubscribeReasonCode::TopicFilterInvalid;
+                    indexes.len() + invalid.len()
+                ];
                 for (i, r) in indexes.into_iter().zip(results) {
                     codes[i] = match r {
                         Ok(q) => p5::SubscribeReasonCode::Success(codec::qos_from(q)),
                         Err(_) => p5::SubscribeReasonCode::QuotaExceeded,
                     };
                 }
-                P::SubAck(p5::SubAck { pkid, return_codes: codes, properties: None })
+                P::SubAck(p5::SubAck {
+                    pkid,
+                    return_codes: codes,
+                    properties: None,
+                })
             }
             Ready::Unsub(pkid, results) => {
                 let results = results.ok_or(ConnError::ShuttingDown)?;
                 let reasons = results
                     .into_iter()
-                    .map(|existed| if existed { p5::UnsubAckReason::Success } else { p5::UnsubAckReason::NoSubscriptionExisted })
+                    .map(|existed| {
+                        if existed {
+                            p5::UnsubAckReason::Success
+                        } else {
+                            p5::UnsubAckReason::NoSubscriptionExisted
+                        }
+                    })
                     .collect();
-                P::UnsubAck(p5::UnsubAck { pkid, reasons, properties: None })
+                P::UnsubAck(p5::UnsubAck {
+                    pkid,
+                    reasons,
+                    properties: None,
+                })
             }
         };
         let _ = codec::encode(&packet, self.version, &mut self.out);

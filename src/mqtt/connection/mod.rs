@@ -37,7 +37,11 @@ pub enum ConnError {
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
     #[error("{why:?}: {detail}")]
-    Protocol { why: Why, detail: String, reason: Reason },
+    Protocol {
+        why: Why,
+        detail: String,
+        reason: Reason,
+    },
     #[error("connect refused: {0}")]
     Refused(String),
     #[error("server shutting down")]
@@ -54,18 +58,28 @@ impl ConnError {
             Why::TopicAliasInvalid => Reason::TopicAliasInvalid,
             _ => Reason::ProtocolError,
         };
-        ConnError::Protocol { why, detail, reason }
+        ConnError::Protocol {
+            why,
+            detail,
+            reason,
+        }
     }
 
     fn with_reason(why: Why, detail: String, reason: Reason) -> ConnError {
-        ConnError::Protocol { why, detail, reason }
+        ConnError::Protocol {
+            why,
+            detail,
+            reason,
+        }
     }
 
     fn decode(e: DecodeError) -> ConnError {
         match e {
             DecodeError::TooLarge { .. } => ConnError::protocol(Why::PacketTooLarge, e.to_string()),
             DecodeError::Protocol(_) => ConnError::protocol(Why::ProtocolError, e.to_string()),
-            DecodeError::UnsupportedProtocol(_) => ConnError::protocol(Why::UnsupportedProtocol, e.to_string()),
+            DecodeError::UnsupportedProtocol(_) => {
+                ConnError::protocol(Why::UnsupportedProtocol, e.to_string())
+            }
             DecodeError::Malformed(_) => ConnError::protocol(Why::Malformed, e.to_string()),
         }
     }
@@ -77,10 +91,23 @@ pub(super) async fn write_raw(stream: &mut TcpStream, bytes: &[u8]) -> std::io::
 
 /// A reply from the router the client is waiting for, answered in order.
 enum Pending {
-    Pub { pkid: u16, qos: u8, rx: oneshot::Receiver<PublishOutcome> },
-    Rel { pkid: u16, rx: oneshot::Receiver<()> },
-    Sub { pkid: u16, rx: oneshot::Receiver<Vec<SubResult>> },
-    Unsub { pkid: u16, rx: oneshot::Receiver<Vec<bool>> },
+    Pub {
+        pkid: u16,
+        qos: u8,
+        rx: oneshot::Receiver<PublishOutcome>,
+    },
+    Rel {
+        pkid: u16,
+        rx: oneshot::Receiver<()>,
+    },
+    Sub {
+        pkid: u16,
+        rx: oneshot::Receiver<Vec<SubResult>>,
+    },
+    Unsub {
+        pkid: u16,
+        rx: oneshot::Receiver<Vec<bool>>,
+    },
 }
 
 enum Ready {
@@ -135,11 +162,13 @@ pub async fn serve(mut stream: TcpStream, sh: Arc<Shared>, conn_id: u64) {
         Ok(a) => a,
         Err(e) => {
             report(&sh, &e, "-", peer);
-            sh.metrics.connection(crate::metrics::ConnectionResult::Rejected);
+            sh.metrics
+                .connection(crate::metrics::ConnectionResult::Rejected);
             return;
         }
     };
-    sh.metrics.connection(crate::metrics::ConnectionResult::Accepted);
+    sh.metrics
+        .connection(crate::metrics::ConnectionResult::Accepted);
     sh.metrics.connections_active.inc();
     let mut c = Conn {
         sh: &sh,
@@ -172,7 +201,12 @@ pub async fn serve(mut stream: TcpStream, sh: Arc<Shared>, conn_id: u64) {
     let _ = stream.write_all(&c.out).await;
     let _ = stream.shutdown().await;
     sh.metrics.connections_active.dec();
-    let msg = RouterMsg::Disconnect { conn_id, client_id: c.client_id.clone(), publish_will, new_expiry };
+    let msg = RouterMsg::Disconnect {
+        conn_id,
+        client_id: c.client_id.clone(),
+        publish_will,
+        new_expiry,
+    };
     let _ = sh.router.send(msg).await;
 }
 
@@ -190,8 +224,19 @@ fn report(sh: &Shared, e: &ConnError, client_id: &str, peer: Option<std::net::So
 }
 
 impl Conn<'_> {
-    async fn run(&mut self, stream: &mut TcpStream, buf: &mut BytesMut, a: handshake::Attached) -> Result<(), ConnError> {
-        let handshake::Attached { mut rx, mut rx0, mut kick, keep_alive, .. } = a;
+    async fn run(
+        &mut self,
+        stream: &mut TcpStream,
+        buf: &mut BytesMut,
+        a: handshake::Attached,
+    ) -> Result<(), ConnError> {
+        let handshake::Attached {
+            mut rx,
+            mut rx0,
+            mut kick,
+            keep_alive,
+            ..
+        } = a;
         // Keepalive: the client must send something within 1.5x the interval (MQTT-3.1.2-24).
         let grace = (keep_alive > 0).then(|| Duration::from_millis(keep_alive as u64 * 1500));
         let far = Duration::from_secs(86400 * 365);
@@ -249,12 +294,18 @@ impl Conn<'_> {
                 break;
             }
         }
-        self.sh.metrics.bytes_received.inc_by((before - buf.len()) as u64);
+        self.sh
+            .metrics
+            .bytes_received
+            .inc_by((before - buf.len()) as u64);
         Ok(())
     }
 
     fn send_disconnect(&mut self, reason: Reason) {
-        let d = p5::Disconnect { reason_code: reason, properties: None };
+        let d = p5::Disconnect {
+            reason_code: reason,
+            properties: None,
+        };
         let _ = codec::encode(&p5::Packet::Disconnect(d), self.version, &mut self.out);
     }
 
@@ -264,16 +315,38 @@ impl Conn<'_> {
             Outbound::PubRel { seq } => {
                 let pkid = pkid_of(seq);
                 self.inflight.insert(pkid, seq);
-                let rel = p5::PubRel { pkid, reason: p5::PubRelReason::Success, properties: None };
+                let rel = p5::PubRel {
+                    pkid,
+                    reason: p5::PubRelReason::Success,
+                    properties: None,
+                };
                 let _ = codec::encode(&p5::Packet::PubRel(rel), self.version, &mut self.out);
             }
-            Outbound::Publish { seq, msg, qos, retain, dup, sub_ids } => {
+            Outbound::Publish {
+                seq,
+                msg,
+                qos,
+                retain,
+                dup,
+                sub_ids,
+            } => {
                 let pkid = if qos > 0 { pkid_of(seq) } else { 0 };
-                let p = OutPublish { msg: &msg, qos, retain, dup, pkid, subscription_ids: &sub_ids, now_ms: now_ms() };
-                let written = codec::encode_publish(&p, self.version, self.client_max_packet, &mut self.out);
+                let p = OutPublish {
+                    msg: &msg,
+                    qos,
+                    retain,
+                    dup,
+                    pkid,
+                    subscription_ids: &sub_ids,
+                    now_ms: now_ms(),
+                };
+                let written =
+                    codec::encode_publish(&p, self.version, self.client_max_packet, &mut self.out);
                 if !written {
                     // Over the client's Maximum Packet Size: discarded as if delivered (5.0 3.1.2.11).
-                    self.sh.metrics.dropped(crate::metrics::DropReason::QueueFull);
+                    self.sh
+                        .metrics
+                        .dropped(crate::metrics::DropReason::QueueFull);
                     tracing::debug!(client_id = %self.client_id, "message larger than client's maximum packet size discarded");
                 }
                 if written {
@@ -290,7 +363,11 @@ impl Conn<'_> {
     }
 
     fn acked(&self, seq: u64) {
-        let msg = RouterMsg::Acked { conn_id: self.conn_id, client_id: self.client_id.clone(), seq };
+        let msg = RouterMsg::Acked {
+            conn_id: self.conn_id,
+            client_id: self.client_id.clone(),
+            seq,
+        };
         if let Err(mpsc::error::TrySendError::Full(msg)) = self.sh.router.try_send(msg) {
             // The router is saturated: deliver the ack from a task rather than drop it.
             let router = self.sh.router.clone();

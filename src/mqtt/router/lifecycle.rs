@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
-use super::queue::{pump, Ctx};
+use super::queue::pump;
 use super::session::{Body, Conn, Entry, Session};
 use super::{ConnId, ConnectOutcome, ConnectRequest, Kick, Router, RouterMsg, Will};
 use crate::mqtt::message::now_ms;
@@ -27,7 +27,14 @@ impl Router {
             s.disconnected_at_ms = Some(r.record.disconnected_at_ms.unwrap_or(now));
             s.incoming_qos2 = r.incoming_qos2.into_iter().collect();
             for i in &r.index {
-                s.queue.push_back(Entry { seq: i.seq, size: i.size, qos: 1, retain: false, state: i.state, body: None });
+                s.queue.push_back(Entry {
+                    seq: i.seq,
+                    size: i.size,
+                    qos: 1,
+                    retain: false,
+                    state: i.state,
+                    body: None,
+                });
                 s.queued_bytes += i.size as usize;
                 self.stored_bytes += i.size as u64;
             }
@@ -49,7 +56,11 @@ impl Router {
         for m in rec.retained {
             self.retained.insert(m.topic.clone(), Arc::new(m));
         }
-        tracing::info!(sessions = self.persistent, retained = self.retained.len(), "store recovered");
+        tracing::info!(
+            sessions = self.persistent,
+            retained = self.retained.len(),
+            "store recovered"
+        );
         self.update_gauges();
     }
 
@@ -58,7 +69,12 @@ impl Router {
             Ok(Some((g, f))) => (Some(Arc::<str>::from(g)), f),
             _ => (None, filter),
         };
-        self.tree.insert(SubEntry { client: client.clone(), group, filter: filter.into(), opts });
+        self.tree.insert(SubEntry {
+            client: client.clone(),
+            group,
+            filter: filter.into(),
+            opts,
+        });
     }
 
     fn remove_subs(&mut self, s: &Session) {
@@ -101,14 +117,19 @@ impl Router {
             }
         }
         // A persistent session that is new counts against the global limit.
-        let new_persistent = req.expiry_secs > 0 && !self.sessions.get(&client).is_some_and(|s| s.persistent());
+        let new_persistent =
+            req.expiry_secs > 0 && !self.sessions.get(&client).is_some_and(|s| s.persistent());
         if new_persistent && self.persistent >= self.cfg.session.max_persistent_sessions {
-            self.metrics.dropped(crate::metrics::DropReason::SessionsFull);
+            self.metrics
+                .dropped(crate::metrics::DropReason::SessionsFull);
             tracing::warn!(client_id = %client, limit = self.persistent, "persistent session limit reached; connection refused");
             let _ = reply.send(ConnectOutcome::QuotaExceeded);
             return;
         }
-        let s = self.sessions.entry(client.clone()).or_insert_with(|| Session::new(client.clone()));
+        let s = self
+            .sessions
+            .entry(client.clone())
+            .or_insert_with(|| Session::new(client.clone()));
         if new_persistent {
             self.persistent += 1;
         } else if s.persistent() && req.expiry_secs == 0 {
@@ -128,7 +149,8 @@ impl Router {
         });
         if s.needs_load() {
             s.loading = true;
-            self.start_load(client.clone(), req.conn_id, s.next_seq);
+            let below = s.next_seq;
+            self.start_load(client.clone(), req.conn_id, below);
         }
         self.save_session(&client);
         let (mut cx, sessions) = self.ctx();
@@ -137,7 +159,9 @@ impl Router {
         }
         self.after_commit(move |ok| {
             let _ = reply.send(if ok {
-                ConnectOutcome::Accepted { session_present: present }
+                ConnectOutcome::Accepted {
+                    session_present: present,
+                }
             } else {
                 ConnectOutcome::StoreFailed
             });
@@ -150,16 +174,34 @@ impl Router {
     /// the router submitted before it.
     fn start_load(&self, client: Arc<str>, conn_id: ConnId, below: u64) {
         let store = self.store.clone();
-        let Some(tx) = self.self_tx.upgrade() else { return };
+        let Some(tx) = self.self_tx.upgrade() else {
+            return;
+        };
         tokio::spawn(async move {
-            let entries = store.load_queue(&client, below).await.map_err(|e| e.to_string());
-            let _ = tx.send(RouterMsg::Loaded { client_id: client, conn_id, entries }).await;
+            let entries = store
+                .load_queue(&client, below)
+                .await
+                .map_err(|e| e.to_string());
+            let _ = tx
+                .send(RouterMsg::Loaded {
+                    client_id: client,
+                    conn_id,
+                    entries,
+                })
+                .await;
         });
     }
 
-    pub(super) fn loaded(&mut self, client: &Arc<str>, conn_id: ConnId, entries: Result<Vec<(u64, QueuedEntry)>, String>) {
+    pub(super) fn loaded(
+        &mut self,
+        client: &Arc<str>,
+        conn_id: ConnId,
+        entries: Result<Vec<(u64, QueuedEntry)>, String>,
+    ) {
         let (mut cx, sessions) = self.ctx();
-        let Some(s) = sessions.get_mut(client) else { return };
+        let Some(s) = sessions.get_mut(client) else {
+            return;
+        };
         if !s.conn.as_ref().is_some_and(|c| c.id == conn_id) {
             return;
         }
@@ -178,11 +220,17 @@ impl Router {
                 let e = &mut s.queue[idx];
                 e.qos = qe.message.qos;
                 e.retain = qe.message.retain;
-                e.body = Some(Body { msg: Arc::new(qe.message), sub_ids: qe.subscription_ids.into() });
+                e.body = Some(Body {
+                    msg: Arc::new(qe.message),
+                    sub_ids: qe.subscription_ids.into(),
+                });
             }
         }
         // Entries the store did not have cannot be delivered: forget them.
-        let missing: Vec<usize> = (0..s.queue.len()).rev().filter(|&i| s.queue[i].body.is_none()).collect();
+        let missing: Vec<usize> = (0..s.queue.len())
+            .rev()
+            .filter(|&i| s.queue[i].body.is_none())
+            .collect();
         for idx in missing {
             tracing::warn!(client_id = %client, seq = s.queue[idx].seq, "queued entry missing from store");
             super::queue::remove_entry(s, &mut cx, idx);
@@ -191,8 +239,16 @@ impl Router {
         pump(s, &mut cx);
     }
 
-    pub(super) fn disconnect(&mut self, client: &Arc<str>, conn_id: ConnId, publish_will: bool, new_expiry: Option<u32>) {
-        let Some(s) = self.sessions.get_mut(client) else { return };
+    pub(super) fn disconnect(
+        &mut self,
+        client: &Arc<str>,
+        conn_id: ConnId,
+        publish_will: bool,
+        new_expiry: Option<u32>,
+    ) {
+        let Some(s) = self.sessions.get_mut(client) else {
+            return;
+        };
         if !s.conn.as_ref().is_some_and(|c| c.id == conn_id) {
             return; // A connection that was already taken over.
         }
@@ -213,7 +269,9 @@ impl Router {
                 self.publish_will(w);
             }
         }
-        let Some(s) = self.sessions.get_mut(client) else { return };
+        let Some(s) = self.sessions.get_mut(client) else {
+            return;
+        };
         if s.persistent() {
             s.disconnected_at_ms = Some(now_ms());
             s.unload();
@@ -243,7 +301,9 @@ impl Router {
             self.persistent = self.persistent.saturating_sub(1);
         }
         if s.stored {
-            self.ops.push(Op::DeleteSession { client_id: s.client_id.to_string() });
+            self.ops.push(Op::DeleteSession {
+                client_id: s.client_id.to_string(),
+            });
             let bytes: u64 = s.queue.iter().map(|e| e.size as u64).sum();
             self.stored_bytes = self.stored_bytes.saturating_sub(bytes);
         }
@@ -285,7 +345,9 @@ impl Router {
         let now = now_ms();
         let ids: Vec<Arc<str>> = self.sessions.keys().cloned().collect();
         for id in ids {
-            let Some(s) = self.sessions.get_mut(&id) else { continue };
+            let Some(s) = self.sessions.get_mut(&id) else {
+                continue;
+            };
             if let Some(mut c) = s.detach() {
                 if let Some(k) = c.kick.take() {
                     let _ = k.send(Kick::ShuttingDown);

@@ -90,7 +90,9 @@ pub struct ConnectRequest {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectOutcome {
-    Accepted { session_present: bool },
+    Accepted {
+        session_present: bool,
+    },
     /// Refused because a global limit (persistent sessions) is reached.
     QuotaExceeded,
     /// The store failed to persist the session.
@@ -120,7 +122,10 @@ pub struct SubRequest {
 pub type SubResult = Result<u8, u8>;
 
 pub enum RouterMsg {
-    Connect { req: ConnectRequest, reply: oneshot::Sender<ConnectOutcome> },
+    Connect {
+        req: ConnectRequest,
+        reply: oneshot::Sender<ConnectOutcome>,
+    },
     Publish {
         conn_id: ConnId,
         client_id: Arc<str>,
@@ -130,7 +135,11 @@ pub enum RouterMsg {
         reply: Option<oneshot::Sender<PublishOutcome>>,
     },
     /// Incoming QoS 2 PUBREL: the packet id may be reused.
-    PubRel { client_id: Arc<str>, pkid: u16, reply: oneshot::Sender<()> },
+    PubRel {
+        client_id: Arc<str>,
+        pkid: u16,
+        reply: oneshot::Sender<()>,
+    },
     Subscribe {
         conn_id: ConnId,
         client_id: Arc<str>,
@@ -143,7 +152,11 @@ pub enum RouterMsg {
         reply: oneshot::Sender<Vec<bool>>,
     },
     /// The client acknowledged (PUBACK/PUBCOMP) or was sent (QoS 0) delivery `seq`.
-    Acked { conn_id: ConnId, client_id: Arc<str>, seq: u64 },
+    Acked {
+        conn_id: ConnId,
+        client_id: Arc<str>,
+        seq: u64,
+    },
     /// PUBREC for delivery `seq` arrived; the connection has sent PUBREL.
     Received { client_id: Arc<str>, seq: u64 },
     Disconnect {
@@ -209,8 +222,14 @@ impl Router {
     }
 
     /// Runs until `shutdown` resolves, then detaches every client and closes the store.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<RouterMsg>, shutdown: impl std::future::Future<Output = ()>) {
-        let mut tick = tokio::time::interval(Duration::from_secs(self.cfg.session.expiry_check_interval_secs));
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<RouterMsg>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_secs(
+            self.cfg.session.expiry_check_interval_secs,
+        ));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -235,20 +254,46 @@ impl Router {
     fn handle(&mut self, msg: RouterMsg) {
         match msg {
             RouterMsg::Connect { req, reply } => self.connect(req, reply),
-            RouterMsg::Publish { conn_id: _, client_id, msg, qos2_pkid, reply } => {
-                self.publish(&client_id, msg, qos2_pkid, reply)
-            }
-            RouterMsg::PubRel { client_id, pkid, reply } => self.pubrel(&client_id, pkid, reply),
-            RouterMsg::Subscribe { conn_id: _, client_id, filters, reply } => {
-                self.subscribe(&client_id, filters, reply)
-            }
-            RouterMsg::Unsubscribe { client_id, filters, reply } => self.unsubscribe(&client_id, filters, reply),
-            RouterMsg::Acked { conn_id, client_id, seq } => self.acked(&client_id, conn_id, seq),
+            RouterMsg::Publish {
+                conn_id: _,
+                client_id,
+                msg,
+                qos2_pkid,
+                reply,
+            } => self.publish(&client_id, msg, qos2_pkid, reply),
+            RouterMsg::PubRel {
+                client_id,
+                pkid,
+                reply,
+            } => self.pubrel(&client_id, pkid, reply),
+            RouterMsg::Subscribe {
+                conn_id: _,
+                client_id,
+                filters,
+                reply,
+            } => self.subscribe(&client_id, filters, reply),
+            RouterMsg::Unsubscribe {
+                client_id,
+                filters,
+                reply,
+            } => self.unsubscribe(&client_id, filters, reply),
+            RouterMsg::Acked {
+                conn_id,
+                client_id,
+                seq,
+            } => self.acked(&client_id, conn_id, seq),
             RouterMsg::Received { client_id, seq } => self.received(&client_id, seq),
-            RouterMsg::Disconnect { conn_id, client_id, publish_will, new_expiry } => {
-                self.disconnect(&client_id, conn_id, publish_will, new_expiry)
-            }
-            RouterMsg::Loaded { client_id, conn_id, entries } => self.loaded(&client_id, conn_id, entries),
+            RouterMsg::Disconnect {
+                conn_id,
+                client_id,
+                publish_will,
+                new_expiry,
+            } => self.disconnect(&client_id, conn_id, publish_will, new_expiry),
+            RouterMsg::Loaded {
+                client_id,
+                conn_id,
+                entries,
+            } => self.loaded(&client_id, conn_id, entries),
         }
     }
 
@@ -296,6 +341,8 @@ impl Router {
     fn update_gauges(&self) {
         self.metrics.persistent_sessions.set(self.persistent as i64);
         self.metrics.queued_bytes.set(self.stored_bytes as i64);
-        self.metrics.retained_messages.set(self.retained.len() as i64);
+        self.metrics
+            .retained_messages
+            .set(self.retained.len() as i64);
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
-use super::queue::{enqueue, pump, remove_entry, Ctx, Delivery};
+use super::queue::{enqueue, pump, remove_entry, Delivery};
 use super::{PublishOutcome, Router, SubRequest, SubResult};
 use crate::mqtt::message::Message;
 use crate::mqtt::topic::{filter_matches, parse_shared, SubEntry, SubOpts};
@@ -32,7 +32,9 @@ impl Router {
         reply: Option<oneshot::Sender<PublishOutcome>>,
     ) {
         if let Some(pkid) = qos2_pkid {
-            let Some(s) = self.sessions.get_mut(client_id) else { return };
+            let Some(s) = self.sessions.get_mut(client_id) else {
+                return;
+            };
             if !s.incoming_qos2.insert(pkid) {
                 // A resent QoS 2 PUBLISH we already took: acknowledge, don't route again.
                 if let Some(r) = reply {
@@ -41,7 +43,10 @@ impl Router {
                 return;
             }
             if s.persistent() {
-                self.ops.push(Op::AddIncomingQos2 { client_id: client_id.to_string(), pkid });
+                self.ops.push(Op::AddIncomingQos2 {
+                    client_id: client_id.to_string(),
+                    pkid,
+                });
             }
         }
         if msg.retain {
@@ -50,7 +55,11 @@ impl Router {
         let outcome = self.route(Arc::new(msg), Some(client_id));
         if let Some(r) = reply {
             self.after_commit(move |ok| {
-                let _ = r.send(if ok { outcome } else { PublishOutcome::StoreFailed });
+                let _ = r.send(if ok {
+                    outcome
+                } else {
+                    PublishOutcome::StoreFailed
+                });
             });
         }
         self.update_gauges();
@@ -65,7 +74,10 @@ impl Router {
         let mut groups: HashMap<(Arc<str>, Arc<str>), Vec<&SubEntry>> = HashMap::new();
         for e in &matched {
             if let Some(g) = &e.group {
-                groups.entry((g.clone(), e.filter.clone())).or_default().push(e);
+                groups
+                    .entry((g.clone(), e.filter.clone()))
+                    .or_default()
+                    .push(e);
                 continue;
             }
             if e.opts.no_local && from.is_some_and(|f| *f == e.client) {
@@ -85,7 +97,9 @@ impl Router {
         let total = targets.len();
         for (client, t) in targets {
             let (mut cx, sessions) = self.ctx();
-            let Some(s) = sessions.get_mut(&client) else { continue };
+            let Some(s) = sessions.get_mut(&client) else {
+                continue;
+            };
             let d = Delivery {
                 msg: &msg,
                 qos: msg.qos.min(t.qos),
@@ -102,9 +116,15 @@ impl Router {
     }
 
     /// One member of a shared group, round robin, preferring connected members.
-    fn pick_shared<'a>(&mut self, key: (Arc<str>, Arc<str>), members: &[&'a SubEntry]) -> Option<&'a SubEntry> {
-        let online: Vec<&&SubEntry> =
-            members.iter().filter(|e| self.sessions.get(&e.client).is_some_and(|s| s.online())).collect();
+    fn pick_shared<'a>(
+        &mut self,
+        key: (Arc<str>, Arc<str>),
+        members: &[&'a SubEntry],
+    ) -> Option<&'a SubEntry> {
+        let online: Vec<&&SubEntry> = members
+            .iter()
+            .filter(|e| self.sessions.get(&e.client).is_some_and(|s| s.online()))
+            .collect();
         let pos = self.shared_rr.entry(key).or_insert(0);
         *pos = pos.wrapping_add(1);
         if online.is_empty() {
@@ -117,24 +137,35 @@ impl Router {
     pub(super) fn set_retained(&mut self, msg: &Message) {
         if msg.payload.is_empty() {
             if self.retained.remove(&msg.topic).is_some() {
-                self.ops.push(Op::DeleteRetained { topic: msg.topic.clone() });
+                self.ops.push(Op::DeleteRetained {
+                    topic: msg.topic.clone(),
+                });
             }
             return;
         }
-        if !self.retained.contains_key(&msg.topic) && self.retained.len() >= self.cfg.mqtt.max_retained_messages {
+        if !self.retained.contains_key(&msg.topic)
+            && self.retained.len() >= self.cfg.mqtt.max_retained_messages
+        {
             self.metrics.retained_refused.inc();
-            tracing::warn!(limit = self.cfg.mqtt.max_retained_messages, "retained message store full; new retained topic refused");
+            tracing::warn!(
+                limit = self.cfg.mqtt.max_retained_messages,
+                "retained message store full; new retained topic refused"
+            );
             return;
         }
         let mut stored = msg.clone();
         stored.retain = true;
-        self.ops.push(Op::PutRetained { message: stored.clone() });
+        self.ops.push(Op::PutRetained {
+            message: stored.clone(),
+        });
         self.retained.insert(msg.topic.clone(), Arc::new(stored));
     }
 
     pub(super) fn acked(&mut self, client_id: &Arc<str>, conn_id: super::ConnId, seq: u64) {
         let (mut cx, sessions) = self.ctx();
-        let Some(s) = sessions.get_mut(client_id) else { return };
+        let Some(s) = sessions.get_mut(client_id) else {
+            return;
+        };
         if let Some(idx) = s.find(seq) {
             let handed_here = s.conn.as_ref().is_some_and(|c| c.id == conn_id) && idx < s.handed;
             if handed_here || s.conn.is_none() || idx >= s.handed {
@@ -145,18 +176,27 @@ impl Router {
     }
 
     pub(super) fn received(&mut self, client_id: &Arc<str>, seq: u64) {
-        let Some(s) = self.sessions.get_mut(client_id) else { return };
+        let Some(s) = self.sessions.get_mut(client_id) else {
+            return;
+        };
         let Some(idx) = s.find(seq) else { return };
         s.queue[idx].state = EntryState::Released;
         if s.persistent() {
-            self.ops.push(Op::SetState { client_id: client_id.to_string(), seq, state: EntryState::Released });
+            self.ops.push(Op::SetState {
+                client_id: client_id.to_string(),
+                seq,
+                state: EntryState::Released,
+            });
         }
     }
 
     pub(super) fn pubrel(&mut self, client_id: &Arc<str>, pkid: u16, reply: oneshot::Sender<()>) {
         if let Some(s) = self.sessions.get_mut(client_id) {
             if s.incoming_qos2.remove(&pkid) && s.persistent() {
-                self.ops.push(Op::RemoveIncomingQos2 { client_id: client_id.to_string(), pkid });
+                self.ops.push(Op::RemoveIncomingQos2 {
+                    client_id: client_id.to_string(),
+                    pkid,
+                });
             }
         }
         self.after_commit(move |_| {
@@ -173,7 +213,9 @@ impl Router {
         let mut results = Vec::with_capacity(filters.len());
         let max_subs = self.cfg.mqtt.max_subscriptions_per_client;
         for req in filters {
-            let Some(s) = self.sessions.get_mut(client_id) else { return };
+            let Some(s) = self.sessions.get_mut(client_id) else {
+                return;
+            };
             if !s.subs.contains_key(&req.filter) && s.subs.len() >= max_subs {
                 results.push(Err(QUOTA_EXCEEDED));
                 continue;
@@ -183,8 +225,12 @@ impl Router {
                 _ => (None, req.filter.clone()),
             };
             s.subs.insert(req.filter.clone(), req.opts);
-            let entry =
-                SubEntry { client: client_id.clone(), group: group.clone(), filter: filter.as_str().into(), opts: req.opts };
+            let entry = SubEntry {
+                client: client_id.clone(),
+                group: group.clone(),
+                filter: filter.as_str().into(),
+                opts: req.opts,
+            };
             let existed = self.tree.insert(entry);
             results.push(Ok(req.opts.qos));
             let send_retained = group.is_none()
@@ -201,21 +247,39 @@ impl Router {
 
     /// Queues the retained messages matching a new subscription (RETAIN set).
     fn send_retained(&mut self, client_id: &Arc<str>, filter: &str, opts: SubOpts) {
-        let matching: Vec<Arc<Message>> =
-            self.retained.values().filter(|m| filter_matches(filter, &m.topic)).cloned().collect();
+        let matching: Vec<Arc<Message>> = self
+            .retained
+            .values()
+            .filter(|m| filter_matches(filter, &m.topic))
+            .cloned()
+            .collect();
         let sub_ids: Arc<[u32]> = opts.subscription_id.into_iter().collect();
         for msg in matching {
             let (mut cx, sessions) = self.ctx();
-            let Some(s) = sessions.get_mut(client_id) else { return };
-            let d = Delivery { msg: &msg, qos: msg.qos.min(opts.qos), retain: true, sub_ids: sub_ids.clone() };
+            let Some(s) = sessions.get_mut(client_id) else {
+                return;
+            };
+            let d = Delivery {
+                msg: &msg,
+                qos: msg.qos.min(opts.qos),
+                retain: true,
+                sub_ids: sub_ids.clone(),
+            };
             enqueue(s, &mut cx, d);
         }
     }
 
-    pub(super) fn unsubscribe(&mut self, client_id: &Arc<str>, filters: Vec<String>, reply: oneshot::Sender<Vec<bool>>) {
+    pub(super) fn unsubscribe(
+        &mut self,
+        client_id: &Arc<str>,
+        filters: Vec<String>,
+        reply: oneshot::Sender<Vec<bool>>,
+    ) {
         let mut results = Vec::with_capacity(filters.len());
         for f in filters {
-            let Some(s) = self.sessions.get_mut(client_id) else { return };
+            let Some(s) = self.sessions.get_mut(client_id) else {
+                return;
+            };
             let existed = s.subs.remove(&f).is_some();
             if existed {
                 let (group, filter) = match parse_shared(&f) {
@@ -234,16 +298,25 @@ impl Router {
 
     /// Writes the session record if the session is persistent.
     pub(super) fn save_session(&mut self, client_id: &Arc<str>) {
-        let Some(s) = self.sessions.get_mut(client_id) else { return };
+        let Some(s) = self.sessions.get_mut(client_id) else {
+            return;
+        };
         if s.persistent() {
             s.stored = true;
-            self.ops.push(Op::PutSession { client_id: client_id.to_string(), record: s.record() });
+            self.ops.push(Op::PutSession {
+                client_id: client_id.to_string(),
+                record: s.record(),
+            });
         }
     }
 }
 
 fn add_target(targets: &mut HashMap<Arc<str>, Target>, e: &SubEntry) {
-    let t = targets.entry(e.client.clone()).or_insert(Target { qos: 0, retain_as_published: false, sub_ids: Vec::new() });
+    let t = targets.entry(e.client.clone()).or_insert(Target {
+        qos: 0,
+        retain_as_published: false,
+        sub_ids: Vec::new(),
+    });
     t.qos = t.qos.max(e.opts.qos);
     t.retain_as_published |= e.opts.retain_as_published;
     if let Some(id) = e.opts.subscription_id {

@@ -64,12 +64,30 @@ pub fn enqueue(s: &mut Session, cx: &mut Ctx<'_>, d: Delivery<'_>) -> bool {
         let mut message = (**d.msg).clone();
         message.qos = d.qos;
         message.retain = d.retain;
-        let entry = QueuedEntry { message, subscription_ids: d.sub_ids.to_vec(), state: EntryState::Queued };
-        cx.ops.push(Op::Enqueue { client_id: s.client_id.to_string(), seq, entry });
+        let entry = QueuedEntry {
+            message,
+            subscription_ids: d.sub_ids.to_vec(),
+            state: EntryState::Queued,
+        };
+        cx.ops.push(Op::Enqueue {
+            client_id: s.client_id.to_string(),
+            seq,
+            entry,
+        });
         *cx.stored_bytes += size as u64;
     }
-    let body = s.online().then(|| Body { msg: d.msg.clone(), sub_ids: d.sub_ids });
-    s.queue.push_back(Entry { seq, size, qos: d.qos, retain: d.retain, state: EntryState::Queued, body });
+    let body = s.online().then(|| Body {
+        msg: d.msg.clone(),
+        sub_ids: d.sub_ids,
+    });
+    s.queue.push_back(Entry {
+        seq,
+        size,
+        qos: d.qos,
+        retain: d.retain,
+        state: EntryState::Queued,
+        body,
+    });
     s.queued_bytes += size as usize;
     pump(s, cx);
     true
@@ -79,7 +97,8 @@ pub fn enqueue(s: &mut Session, cx: &mut Ctx<'_>, d: Delivery<'_>) -> bool {
 fn make_room(s: &mut Session, cx: &mut Ctx<'_>, size: u32) -> bool {
     let limits = &cx.cfg.session;
     let full = |s: &Session| {
-        s.queue.len() >= limits.max_queued_messages || s.queued_bytes + size as usize > limits.max_queued_bytes
+        s.queue.len() >= limits.max_queued_messages
+            || s.queued_bytes + size as usize > limits.max_queued_bytes
     };
     while full(s) {
         if limits.queue_full_policy == QueueFullPolicy::RejectNew {
@@ -98,7 +117,10 @@ fn make_room(s: &mut Session, cx: &mut Ctx<'_>, size: u32) -> bool {
 pub fn remove_entry(s: &mut Session, cx: &mut Ctx<'_>, idx: usize) {
     if let Some(e) = s.remove_at(idx) {
         if s.persistent() || s.stored {
-            cx.ops.push(Op::RemoveEntry { client_id: s.client_id.to_string(), seq: e.seq });
+            cx.ops.push(Op::RemoveEntry {
+                client_id: s.client_id.to_string(),
+                seq: e.seq,
+            });
             *cx.stored_bytes = cx.stored_bytes.saturating_sub(e.size as u64);
         }
     }
@@ -157,7 +179,11 @@ pub fn pump(s: &mut Session, cx: &mut Ctx<'_>) {
             s.queue[idx].state = EntryState::Sent;
             if s.persistent() {
                 // Lazily durable: a crash before this commits only loses the DUP flag.
-                cx.ops.push(Op::SetState { client_id: s.client_id.to_string(), seq, state: EntryState::Sent });
+                cx.ops.push(Op::SetState {
+                    client_id: s.client_id.to_string(),
+                    seq,
+                    state: EntryState::Sent,
+                });
             }
         }
     }

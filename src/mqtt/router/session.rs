@@ -131,7 +131,10 @@ impl Session {
         let (a, b) = self.queue.as_slices();
         match a.binary_search_by_key(&seq, |e| e.seq) {
             Ok(i) => Some(i),
-            Err(_) => b.binary_search_by_key(&seq, |e| e.seq).ok().map(|i| i + a.len()),
+            Err(_) => b
+                .binary_search_by_key(&seq, |e| e.seq)
+                .ok()
+                .map(|i| i + a.len()),
         }
     }
 

@@ -5,21 +5,32 @@ fn entry(client: &str, filter: &str, qos: u8) -> SubEntry {
         client: client.into(),
         group: None,
         filter: filter.into(),
-        opts: SubOpts { qos, no_local: false, retain_as_published: false, retain_handling: 0, subscription_id: None },
+        opts: SubOpts {
+            qos,
+            no_local: false,
+            retain_as_published: false,
+            retain_handling: 0,
+            subscription_id: None,
+        },
     }
 }
 
 fn matched(tree: &SubTree, topic: &str) -> Vec<String> {
     let mut out = Vec::new();
     tree.matches(topic, &mut out);
-    let mut v: Vec<String> = out.iter().map(|e| format!("{}:{}", e.client, e.filter)).collect();
+    let mut v: Vec<String> = out
+        .iter()
+        .map(|e| format!("{}:{}", e.client, e.filter))
+        .collect();
     v.sort();
     v
 }
 
 #[test]
 fn filter_validation() {
-    for ok in ["a", "a/b", "+", "#", "a/+/b", "a/#", "+/+", "/", "a//b", "$SYS/#"] {
+    for ok in [
+        "a", "a/b", "+", "#", "a/+/b", "a/#", "+/+", "/", "a//b", "$SYS/#",
+    ] {
         assert!(valid_filter(ok), "{ok} should be valid");
     }
     for bad in ["", "a#", "a/#/b", "a+", "a/b+/c", "##", "a/\0"] {
@@ -43,10 +54,20 @@ fn shared_syntax() {
 #[test]
 fn tree_matches_wildcards() {
     let mut t = SubTree::default();
-    for (c, f) in [("1", "a/b"), ("2", "a/+"), ("3", "a/#"), ("4", "#"), ("5", "+/b"), ("6", "a/b/c")] {
+    for (c, f) in [
+        ("1", "a/b"),
+        ("2", "a/+"),
+        ("3", "a/#"),
+        ("4", "#"),
+        ("5", "+/b"),
+        ("6", "a/b/c"),
+    ] {
         t.insert(entry(c, f, 1));
     }
-    assert_eq!(matched(&t, "a/b"), ["1:a/b", "2:a/+", "3:a/#", "4:#", "5:+/b"]);
+    assert_eq!(
+        matched(&t, "a/b"),
+        ["1:a/b", "2:a/+", "3:a/#", "4:#", "5:+/b"]
+    );
     assert_eq!(matched(&t, "a"), ["3:a/#", "4:#"]);
     assert_eq!(matched(&t, "a/b/c"), ["3:a/#", "4:#", "6:a/b/c"]);
     assert_eq!(matched(&t, "x/y"), ["4:#"]);
@@ -86,7 +107,11 @@ fn filter_matches_agrees_with_tree() {
         let mut t = SubTree::default();
         t.insert(entry("c", f, 0));
         for topic in topics {
-            assert_eq!(!matched(&t, topic).is_empty(), filter_matches(f, topic), "filter {f} topic {topic}");
+            assert_eq!(
+                !matched(&t, topic).is_empty(),
+                filter_matches(f, topic),
+                "filter {f} topic {topic}"
+            );
         }
     }
 }
