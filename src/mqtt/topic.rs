@@ -27,15 +27,19 @@ pub fn valid_filter(f: &str) -> bool {
     true
 }
 
-/// Splits `$share/{group}/{filter}` into `(group, filter)`.
-/// `Err(())` for a `$share/` filter that is malformed.
-pub fn parse_shared(f: &str) -> Result<Option<(&str, &str)>, ()> {
+/// A `$share/` filter without a valid group name or filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidSharedFilter;
+
+/// Splits `$share/{group}/{filter}` into `(group, filter)`; `Ok(None)` for a
+/// plain filter.
+pub fn parse_shared(f: &str) -> Result<Option<(&str, &str)>, InvalidSharedFilter> {
     let Some(rest) = f.strip_prefix("$share/") else {
         return Ok(None);
     };
-    let (group, filter) = rest.split_once('/').ok_or(())?;
+    let (group, filter) = rest.split_once('/').ok_or(InvalidSharedFilter)?;
     if group.is_empty() || group.contains(['+', '#']) || !valid_filter(filter) {
-        return Err(());
+        return Err(InvalidSharedFilter);
     }
     Ok(Some((group, filter)))
 }

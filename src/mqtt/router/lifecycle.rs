@@ -202,7 +202,7 @@ impl Router {
         let Some(s) = sessions.get_mut(client) else {
             return;
         };
-        if !s.conn.as_ref().is_some_and(|c| c.id == conn_id) {
+        if s.conn.as_ref().is_none_or(|c| c.id != conn_id) {
             return;
         }
         let entries = match entries {
@@ -249,7 +249,7 @@ impl Router {
         let Some(s) = self.sessions.get_mut(client) else {
             return;
         };
-        if !s.conn.as_ref().is_some_and(|c| c.id == conn_id) {
+        if s.conn.as_ref().is_none_or(|c| c.id != conn_id) {
             return; // A connection that was already taken over.
         }
         s.detach();
