@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{ConnError, Shared};
 use crate::metrics::ProtocolErrorReason as Why;
 use crate::mqtt::codec::{self, Version};
-use crate::mqtt::message::{now_ms, Message, MessageProps};
+use crate::mqtt::message::{Message, MessageProps};
 use crate::mqtt::router::{ConnectOutcome, ConnectRequest, Kick, Outbound, RouterMsg, Will};
 
 /// What the main loop needs after a successful CONNECT.
@@ -267,10 +267,11 @@ fn make_will(w: p5::LastWill, version: Version) -> Result<Will, &'static str> {
         qos: codec::qos_u8(w.qos),
         retain: w.retain,
         props,
-        expires_at_ms: expiry.map(|s| now_ms() + s as u64 * 1000),
+        expires_at_ms: None,
     };
     Ok(Will {
         message,
         delay_secs,
+        expiry_secs: expiry,
     })
 }

@@ -74,21 +74,11 @@ impl Conn<'_> {
         Ok(())
     }
 
-    /// Sends to the router without waiting; a full router channel is the
-    /// publisher's backpressure, so wait for room in that case.
-    fn send(&self, msg: RouterMsg) -> Result<(), ConnError> {
-        match self.sh.router.try_send(msg) {
-            Ok(()) => Ok(()),
-            Err(tokio::sync::mpsc::error::TrySendError::Full(msg)) => {
-                let router = self.sh.router.clone();
-                // Order per connection is kept by the pending-reply queue, not by this send.
-                tokio::spawn(async move {
-                    let _ = router.send(msg).await;
-                });
-                Ok(())
-            }
-            Err(_) => Err(ConnError::ShuttingDown),
-        }
+    /// Queues a message for the router; the run loop sends the outbox in
+    /// order (awaiting room, which is the publisher's backpressure).
+    fn send(&mut self, msg: RouterMsg) -> Result<(), ConnError> {
+        self.outbox.push(msg);
+        Ok(())
     }
 
     fn on_publish(&mut self, p: p5::Publish) -> Result<(), ConnError> {

@@ -150,6 +150,8 @@ pub(crate) struct Conn<'a> {
     qos2_in: HashSet<u16>,
     /// Per pending SUBSCRIBE: positions of the accepted and of the refused filters.
     invalid_filters: VecDeque<(Vec<usize>, Vec<usize>)>,
+    /// Messages for the router produced while handling packets (sent in order).
+    outbox: Vec<RouterMsg>,
     /// Set by a DISCONNECT from the client.
     disconnect: Option<(bool, Option<u32>)>,
 }
@@ -183,6 +185,7 @@ pub async fn serve(mut stream: TcpStream, sh: Arc<Shared>, conn_id: u64) {
         incoming_unacked: 0,
         aliases: HashMap::new(),
         qos2_in: HashSet::new(),
+        outbox: Vec::new(),
         invalid_filters: VecDeque::new(),
         disconnect: None,
     };
@@ -194,10 +197,12 @@ pub async fn serve(mut stream: TcpStream, sh: Arc<Shared>, conn_id: u64) {
     };
     if let Err(e) = &result {
         report(&sh, e, &c.client_id, peer);
-        if let (ConnError::Protocol { reason, .. }, Version::V5) = (e, c.version) {
-            c.send_disconnect(*reason);
+        if let (ConnError::Protocol { reason, detail, .. }, Version::V5) = (e, c.version) {
+            c.send_disconnect(*reason, Some(detail));
         }
     }
+    // Acks decoded before the failure still count.
+    let _ = c.flush_outbox().await;
     let _ = stream.write_all(&c.out).await;
     let _ = stream.shutdown().await;
     sh.metrics.connections_active.dec();
@@ -243,12 +248,19 @@ impl Conn<'_> {
         let mut deadline = Instant::now() + grace.unwrap_or(far);
         // Anything that arrived with the CONNECT.
         self.process(buf)?;
+        self.flush_outbox().await?;
         loop {
             if self.disconnect.is_some() {
                 return Ok(());
             }
-            // 3.1.1 has no Receive Maximum: stop reading instead while too many replies are pending.
-            let may_read = self.pending.len() < self.sh.cfg.mqtt.receive_maximum as usize;
+            // Bound the replies a client can have us owe: 3.1.1 has no Receive Maximum,
+            // so stop reading instead; a 5.0 client is held to it in `on_publish`
+            // (read on, so that a violation is seen and answered with 0x93).
+            let limit = self.sh.cfg.mqtt.receive_maximum as usize;
+            let may_read = match self.version {
+                Version::V311 => self.pending.len() < limit,
+                Version::V5 => self.pending.len() < limit * 2,
+            };
             tokio::select! {
                 biased;
                 k = &mut kick => {
@@ -256,7 +268,7 @@ impl Conn<'_> {
                         Ok(Kick::TakenOver) => Reason::SessionTakenOver,
                         _ => Reason::ServerShuttingDown,
                     };
-                    self.send_disconnect(reason);
+                    self.send_disconnect(reason, None);
                     return Err(ConnError::ShuttingDown);
                 }
                 r = next_reply(&mut self.pending) => {
@@ -276,6 +288,7 @@ impl Conn<'_> {
                     return Err(ConnError::protocol(Why::KeepaliveTimeout, format!("no packet within 1.5 x {keep_alive} s")));
                 }
             }
+            self.flush_outbox().await?;
             if !self.out.is_empty() {
                 stream.write_all(&self.out).await?;
                 self.sh.metrics.bytes_sent.inc_by(self.out.len() as u64);
@@ -301,10 +314,17 @@ impl Conn<'_> {
         Ok(())
     }
 
-    fn send_disconnect(&mut self, reason: Reason) {
+    /// Queues a 5.0 DISCONNECT (nothing for 3.1.1) with an optional reason string.
+    fn send_disconnect(&mut self, reason: Reason, why: Option<&str>) {
+        let properties = why.map(|w| p5::DisconnectProperties {
+            session_expiry_interval: None,
+            reason_string: Some(w.to_string()),
+            user_properties: Vec::new(),
+            server_reference: None,
+        });
         let d = p5::Disconnect {
             reason_code: reason,
-            properties: None,
+            properties,
         };
         let _ = codec::encode(&p5::Packet::Disconnect(d), self.version, &mut self.out);
     }
@@ -362,18 +382,16 @@ impl Conn<'_> {
         }
     }
 
-    fn acked(&self, seq: u64) {
-        let msg = RouterMsg::Acked {
-            conn_id: self.conn_id,
-            client_id: self.client_id.clone(),
-            seq,
-        };
-        if let Err(mpsc::error::TrySendError::Full(msg)) = self.sh.router.try_send(msg) {
-            // The router is saturated: deliver the ack from a task rather than drop it.
-            let router = self.sh.router.clone();
-            tokio::spawn(async move {
-                let _ = router.send(msg).await;
-            });
+    fn acked(&mut self, seq: u64) {
+        let msg = RouterMsg::Acked { conn_id: self.conn_id, client_id: self.client_id.clone(), seq };
+        self.outbox.push(msg);
+    }
+
+    /// Sends what the packets just handled produced for the router, in order.
+    async fn flush_outbox(&mut self) -> Result<(), ConnError> {
+        for msg in self.outbox.drain(..) {
+            self.sh.router.send(msg).await.map_err(|_| ConnError::ShuttingDown)?;
         }
+        Ok(())
     }
 }

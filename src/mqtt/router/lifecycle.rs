@@ -283,7 +283,8 @@ impl Router {
     }
 
     pub(super) fn publish_will(&mut self, w: Will) {
-        let msg = w.message;
+        let mut msg = w.message;
+        msg.expires_at_ms = w.expiry_secs.map(|s| now_ms() + s as u64 * 1000);
         tracing::debug!(topic = %msg.topic, "publishing will message");
         if msg.retain {
             self.set_retained(&msg);

@@ -45,6 +45,8 @@ const BATCH: usize = 512;
 pub struct Will {
     pub message: Message,
     pub delay_secs: u32,
+    /// 5.0 Message Expiry Interval, counted from when the will is published.
+    pub expiry_secs: Option<u32>,
 }
 
 /// What the router sends to a connection.
