@@ -67,3 +67,430 @@ pub async fn within<T>(secs: u64, fut: impl std::future::Future<Output = T>) -> 
         .await
         .expect("timed out")
 }
+
+// ---------------------------------------------------------------------------
+// Helpers for the broker_* behaviour tests.
+//
+// A connected client is a rumqttc client whose event loop is polled by a
+// background task. Incoming PUBLISHes go to one channel, every other event
+// (and the error that ends the connection) to another, so a test can wait
+// for an acknowledgement without losing messages. The task stops at the
+// first error, so a closed connection is never silently re-established.
+// ---------------------------------------------------------------------------
+
+/// Installs a test-friendly tracing subscriber (honours RUST_LOG).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// How long a test listens to conclude that nothing (more) arrives.
+pub const QUIET: Duration = Duration::from_millis(1000);
+
+/// Waits up to `dur` for the next item of `rx`; `None` on timeout or close.
+async fn recv_for<T>(rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>, dur: Duration) -> Option<T> {
+    tokio::time::timeout(dur, rx.recv()).await.ok().flatten()
+}
+
+/// MQTT 3.1.1 clients.
+pub mod b4 {
+    use std::time::Duration;
+
+    use rumqttc::{
+        AsyncClient, ConnAck, ConnectionError, Event, EventLoop, MqttOptions, Packet, Publish,
+        QoS, SubAck,
+    };
+    use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+    use tokio::task::JoinHandle;
+
+    pub struct Client {
+        pub client: AsyncClient,
+        pub connack: ConnAck,
+        pub publishes: UnboundedReceiver<Publish>,
+        pub events: UnboundedReceiver<Result<Event, ConnectionError>>,
+        task: JoinHandle<()>,
+    }
+
+    /// Connects and returns the CONNACK or the error that refused it.
+    pub async fn try_connect(opts: MqttOptions) -> Result<Client, ConnectionError> {
+        let (client, mut ev) = AsyncClient::new(opts, 100);
+        let connack = loop {
+            match super::within(10, ev.poll()).await? {
+                Event::Incoming(Packet::ConnAck(c)) => break c,
+                _ => continue,
+            }
+        };
+        Ok(spawn(client, ev, connack))
+    }
+
+    pub async fn connect(opts: MqttOptions) -> Client {
+        try_connect(opts).await.expect("client connects")
+    }
+
+    /// Connects and polls only up to CONNACK: afterwards the client sends
+    /// nothing (no PINGREQ) although its socket stays open.
+    pub async fn connect_frozen(opts: MqttOptions) -> (AsyncClient, EventLoop, ConnAck) {
+        let (client, mut ev) = AsyncClient::new(opts, 100);
+        loop {
+            if let Event::Incoming(Packet::ConnAck(c)) =
+                super::within(10, ev.poll()).await.expect("client connects")
+            {
+                return (client, ev, c);
+            }
+        }
+    }
+
+    fn spawn(client: AsyncClient, mut ev: EventLoop, connack: ConnAck) -> Client {
+        let (ptx, publishes) = unbounded_channel();
+        let (etx, events) = unbounded_channel();
+        let task = tokio::spawn(async move {
+            loop {
+                match ev.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let _ = ptx.send(p);
+                    }
+                    Ok(e) => {
+                        let _ = etx.send(Ok(e));
+                    }
+                    Err(e) => {
+                        let _ = etx.send(Err(e));
+                        return;
+                    }
+                }
+            }
+        });
+        Client {
+            client,
+            connack,
+            publishes,
+            events,
+            task,
+        }
+    }
+
+    impl Client {
+        pub fn session_present(&self) -> bool {
+            self.connack.session_present
+        }
+
+        /// Next non-publish event; panics if the connection ended.
+        async fn next_event(&mut self) -> Event {
+            match self.events.recv().await {
+                Some(Ok(e)) => e,
+                Some(Err(e)) => panic!("connection ended: {e:?}"),
+                None => panic!("connection ended"),
+            }
+        }
+
+        pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> SubAck {
+            self.client.subscribe(filter, qos).await.unwrap();
+            super::within(10, async {
+                loop {
+                    if let Event::Incoming(Packet::SubAck(s)) = self.next_event().await {
+                        return s;
+                    }
+                }
+            })
+            .await
+        }
+
+        /// Publishes and, for QoS 1/2, waits for the PUBACK/PUBCOMP.
+        pub async fn publish(&mut self, topic: &str, qos: QoS, retain: bool, payload: &[u8]) {
+            self.client
+                .publish(topic, qos, retain, payload.to_vec())
+                .await
+                .unwrap();
+            super::within(10, async {
+                loop {
+                    match self.next_event().await {
+                        Event::Outgoing(rumqttc::Outgoing::Publish(_)) if qos == QoS::AtMostOnce => {
+                            return
+                        }
+                        Event::Incoming(Packet::PubAck(_)) if qos == QoS::AtLeastOnce => return,
+                        Event::Incoming(Packet::PubComp(_)) if qos == QoS::ExactlyOnce => return,
+                        _ => {}
+                    }
+                }
+            })
+            .await
+        }
+
+        /// The next `n` messages; fails the test if they don't come.
+        pub async fn expect_publishes(&mut self, n: usize) -> Vec<Publish> {
+            let mut v = Vec::with_capacity(n);
+            super::within(10, async {
+                while v.len() < n {
+                    match self.publishes.recv().await {
+                        Some(p) => v.push(p),
+                        None => panic!("connection ended after {} of {n} messages", v.len()),
+                    }
+                }
+            })
+            .await;
+            v
+        }
+
+        /// Every message that arrives until nothing has come for `super::QUIET`.
+        pub async fn drain(&mut self) -> Vec<Publish> {
+            let mut v = Vec::new();
+            while let Some(p) = super::recv_for(&mut self.publishes, super::QUIET).await {
+                v.push(p);
+            }
+            v
+        }
+
+        /// Waits for the server to close the connection; returns the error seen.
+        pub async fn closed(&mut self) -> ConnectionError {
+            super::within(10, async {
+                loop {
+                    match self.events.recv().await {
+                        Some(Ok(_)) => continue,
+                        Some(Err(e)) => return e,
+                        None => panic!("event task ended without an error"),
+                    }
+                }
+            })
+            .await
+        }
+
+        /// Sends DISCONNECT and waits until the connection is closed.
+        pub async fn disconnect(mut self) {
+            self.client.disconnect().await.unwrap();
+            self.closed().await;
+            let _ = self.task.await;
+        }
+
+        /// Drops the connection without DISCONNECT (an abnormal close).
+        pub async fn kill(self) {
+            self.task.abort();
+            let _ = self.task.await;
+        }
+    }
+
+    /// Payloads as strings, for readable assertions.
+    pub fn payloads(v: &[Publish]) -> Vec<String> {
+        v.iter()
+            .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+            .collect()
+    }
+
+    /// Connects a clean publisher, publishes every payload to `topic` (each
+    /// acknowledged for QoS 1/2) and disconnects.
+    pub async fn publish_all(
+        addr: std::net::SocketAddr,
+        topic: &str,
+        qos: QoS,
+        payloads: &[String],
+    ) {
+        let id = format!("pub-{}", rand::random::<u32>());
+        let mut p = connect(super::opts_v4(addr, &id, true)).await;
+        for m in payloads {
+            p.publish(topic, qos, false, m.as_bytes()).await;
+        }
+        p.disconnect().await;
+    }
+
+    /// `prefix00`, `prefix01`, ...
+    pub fn numbered(prefix: &str, n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("{prefix}{i:02}")).collect()
+    }
+
+    pub fn keep_alive(opts: &mut MqttOptions, secs: u64) {
+        opts.set_keep_alive(Duration::from_secs(secs));
+    }
+}
+
+/// MQTT 5.0 clients.
+pub mod b5 {
+    use rumqttc::v5::mqttbytes::v5::{
+        ConnAck, Filter, Packet, Publish, PublishProperties, SubAck, SubscribeProperties,
+    };
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
+    use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+    use tokio::task::JoinHandle;
+
+    pub struct Client {
+        pub client: AsyncClient,
+        pub connack: ConnAck,
+        pub publishes: UnboundedReceiver<Publish>,
+        pub events: UnboundedReceiver<Result<Event, ConnectionError>>,
+        task: JoinHandle<()>,
+    }
+
+    pub async fn try_connect(opts: MqttOptions) -> Result<Client, ConnectionError> {
+        let (client, mut ev) = AsyncClient::new(opts, 100);
+        let connack = loop {
+            match super::within(10, ev.poll()).await? {
+                Event::Incoming(Packet::ConnAck(c)) => break c,
+                _ => continue,
+            }
+        };
+        Ok(spawn(client, ev, connack))
+    }
+
+    pub async fn connect(opts: MqttOptions) -> Client {
+        try_connect(opts).await.expect("client connects")
+    }
+
+    fn spawn(client: AsyncClient, mut ev: EventLoop, connack: ConnAck) -> Client {
+        let (ptx, publishes) = unbounded_channel();
+        let (etx, events) = unbounded_channel();
+        let task = tokio::spawn(async move {
+            loop {
+                match ev.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let _ = ptx.send(p);
+                    }
+                    Ok(e) => {
+                        let _ = etx.send(Ok(e));
+                    }
+                    Err(e) => {
+                        let _ = etx.send(Err(e));
+                        return;
+                    }
+                }
+            }
+        });
+        Client {
+            client,
+            connack,
+            publishes,
+            events,
+            task,
+        }
+    }
+
+    impl Client {
+        pub fn session_present(&self) -> bool {
+            self.connack.session_present
+        }
+
+        async fn next_event(&mut self) -> Event {
+            match self.events.recv().await {
+                Some(Ok(e)) => e,
+                Some(Err(e)) => panic!("connection ended: {e:?}"),
+                None => panic!("connection ended"),
+            }
+        }
+
+        pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> SubAck {
+            self.subscribe_with(Filter::new(filter, qos), None).await
+        }
+
+        /// SUBSCRIBE with full options and an optional subscription identifier.
+        pub async fn subscribe_with(&mut self, filter: Filter, sub_id: Option<usize>) -> SubAck {
+            let props = sub_id.map(|id| SubscribeProperties {
+                id: Some(id),
+                user_properties: Vec::new(),
+            });
+            match props {
+                Some(p) => self
+                    .client
+                    .subscribe_many_with_properties([filter], p)
+                    .await
+                    .unwrap(),
+                None => self.client.subscribe_many([filter]).await.unwrap(),
+            }
+            super::within(10, async {
+                loop {
+                    if let Event::Incoming(Packet::SubAck(s)) = self.next_event().await {
+                        return s;
+                    }
+                }
+            })
+            .await
+        }
+
+        pub async fn publish(&mut self, topic: &str, qos: QoS, retain: bool, payload: &[u8]) {
+            self.publish_with(topic, qos, retain, payload, PublishProperties::default())
+                .await
+        }
+
+        /// Publishes with properties and, for QoS 1/2, waits for the PUBACK/PUBCOMP.
+        pub async fn publish_with(
+            &mut self,
+            topic: &str,
+            qos: QoS,
+            retain: bool,
+            payload: &[u8],
+            props: PublishProperties,
+        ) {
+            self.client
+                .publish_with_properties(topic, qos, retain, payload.to_vec(), props)
+                .await
+                .unwrap();
+            super::within(10, async {
+                loop {
+                    match self.next_event().await {
+                        Event::Outgoing(rumqttc::Outgoing::Publish(_)) if qos == QoS::AtMostOnce => {
+                            return
+                        }
+                        Event::Incoming(Packet::PubAck(_)) if qos == QoS::AtLeastOnce => return,
+                        Event::Incoming(Packet::PubComp(_)) if qos == QoS::ExactlyOnce => return,
+                        _ => {}
+                    }
+                }
+            })
+            .await
+        }
+
+        pub async fn expect_publishes(&mut self, n: usize) -> Vec<Publish> {
+            let mut v = Vec::with_capacity(n);
+            super::within(10, async {
+                while v.len() < n {
+                    match self.publishes.recv().await {
+                        Some(p) => v.push(p),
+                        None => panic!("connection ended after {} of {n} messages", v.len()),
+                    }
+                }
+            })
+            .await;
+            v
+        }
+
+        pub async fn drain(&mut self) -> Vec<Publish> {
+            let mut v = Vec::new();
+            while let Some(p) = super::recv_for(&mut self.publishes, super::QUIET).await {
+                v.push(p);
+            }
+            v
+        }
+
+        pub async fn closed(&mut self) -> ConnectionError {
+            super::within(10, async {
+                loop {
+                    match self.events.recv().await {
+                        Some(Ok(_)) => continue,
+                        Some(Err(e)) => return e,
+                        None => panic!("event task ended without an error"),
+                    }
+                }
+            })
+            .await
+        }
+
+        pub async fn disconnect(mut self) {
+            self.client.disconnect().await.unwrap();
+            self.closed().await;
+            let _ = self.task.await;
+        }
+
+        pub async fn kill(self) {
+            self.task.abort();
+            let _ = self.task.await;
+        }
+    }
+
+    pub fn payloads(v: &[Publish]) -> Vec<String> {
+        v.iter()
+            .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+            .collect()
+    }
+
+    pub fn topic(p: &Publish) -> String {
+        String::from_utf8_lossy(&p.topic).into_owned()
+    }
+}

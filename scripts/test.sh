@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: installs what the tests need
+# (Debian packages, the tansu Kafka-protocol broker), starts RabbitMQ and
+# tansu when they are not already running, waits until they answer, runs
+# every test, and stops what it started.
+#
+# Usage: scripts/test.sh [extra cargo test args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '[test.sh] %s\n' "$*" >&2; }
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+# 1. Debian packages: cmake + curl headers build librdkafka (rdkafka's
+#    cmake-build), rabbitmq-server is the AMQP broker, mosquitto-clients are
+#    third-party MQTT clients used by tests.
+need=()
+command -v cmake >/dev/null || need+=(cmake)
+dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || need+=(libcurl4-openssl-dev)
+command -v rabbitmq-server >/dev/null || need+=(rabbitmq-server)
+command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
+if [ "${#need[@]}" -gt 0 ]; then
+  log "installing ${need[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# 2. tansu (Kafka protocol), built once and reused. Without `dynostore` it has
+#    no working storage engine.
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v tansu >/dev/null; then
+  log "installing tansu 0.6.0 (one-off, several minutes)"
+  cargo install tansu --version 0.6.0 --locked --features dynostore
+fi
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_port() { # port seconds name
+  for _ in $(seq 1 "$(($2 * 10))"); do
+    port_open "$1" && return 0
+    sleep 0.1
+  done
+  log "$3 did not answer on port $1 within $2 s"
+  return 1
+}
+
+started_rabbit=0
+started_tansu=0
+tansu_pid=""
+workdir=$(mktemp -d)
+cleanup() {
+  if [ "$started_tansu" = 1 ] && [ -n "$tansu_pid" ]; then
+    log "stopping tansu"
+    kill "$tansu_pid" 2>/dev/null || true
+  fi
+  if [ "$started_rabbit" = 1 ]; then
+    log "stopping RabbitMQ"
+    rabbitmqctl stop >/dev/null 2>&1 || true
+  fi
+  rm -rf "$workdir"
+}
+trap cleanup EXIT
+
+# 3. RabbitMQ on 127.0.0.1:5672 (guest/guest). No systemd here: start it ourselves.
+if ! port_open 5672; then
+  log "starting RabbitMQ"
+  rabbitmq-server -detached >/dev/null 2>&1 || true
+  started_rabbit=1
+  wait_port 5672 60 RabbitMQ
+  rabbitmqctl await_startup >/dev/null
+fi
+
+# 4. tansu on 127.0.0.1:9092 with in-memory storage (run from an empty dir:
+#    it reads a .env file from its working directory).
+if ! port_open 9092; then
+  log "starting tansu"
+  (cd "$workdir" && exec tansu broker \
+    --listener-url tcp://127.0.0.1:9092 \
+    --advertised-listener-url tcp://127.0.0.1:9092 \
+    --storage-engine memory://tansu/ >"$workdir/tansu.log" 2>&1) &
+  tansu_pid=$!
+  started_tansu=1
+  wait_port 9092 30 tansu
+fi
+
+# 5. Every test. Tests that need a service fail (not skip) when it is missing
+#    and CI=true.
+export MQBRIDGE_TEST_AMQP_URI="${MQBRIDGE_TEST_AMQP_URI:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+export MQBRIDGE_TEST_KAFKA="${MQBRIDGE_TEST_KAFKA:-127.0.0.1:9092}"
+log "running the test suite"
+cargo test --all-targets "$@"
