@@ -125,7 +125,9 @@ fn invalid_value_stops_before_the_listener_is_bound() {
 fn check_config_accepts_the_default_file() {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = mqbridge(dir.path());
-    cmd.arg("--check-config").arg("--config").arg(default_toml());
+    cmd.arg("--check-config")
+        .arg("--config")
+        .arg(default_toml());
     let (out, _) = run_bounded(cmd, 10);
     assert!(
         out.status.success(),
@@ -169,7 +171,11 @@ fn check_config_rejects_an_invalid_env_value() {
 fn unknown_key_in_file_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.toml");
-    std::fs::write(&file, "[mqtt]\nlisten = \"127.0.0.1:0\"\nlisten_port = 1883\n").unwrap();
+    std::fs::write(
+        &file,
+        "[mqtt]\nlisten = \"127.0.0.1:0\"\nlisten_port = 1883\n",
+    )
+    .unwrap();
     let mut cmd = mqbridge(dir.path());
     cmd.arg("--config").arg(&file);
     let (out, _) = run_bounded(cmd, 10);
