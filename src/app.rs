@@ -62,6 +62,10 @@ impl Gateway {
             max_batch_ops: cfg.store.max_batch_ops,
             queue_capacity: cfg.store.queue_capacity,
             cache_bytes: cfg.store.cache_mb * 1024 * 1024,
+            observer: Some({
+                let m = metrics.clone();
+                Arc::new(move |ops, took| m.store_commit(ops, took))
+            }),
         };
         let path = cfg.store.path.display().to_string();
         let (store, recovered) = tokio::task::spawn_blocking(move || Store::open(&opts))

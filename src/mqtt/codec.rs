@@ -137,11 +137,22 @@ pub fn decode(
         return Ok(None);
     }
     check_flags(f.byte1)?;
-    // 5.0 DISCONNECT may have no body (normal disconnection); the parser below refuses that.
-    if f.byte1 == 0xe0 && f.remaining == 0 {
-        let _ = buf.split_to(f.header_len);
+    // 5.0 DISCONNECT may omit the reason code (remaining 0) or the property
+    // length (remaining 1); the parser below accepts neither.
+    if f.byte1 == 0xe0 && f.remaining <= 1 {
+        let code = if f.remaining == 1 {
+            buf[f.header_len]
+        } else {
+            0
+        };
+        let _ = buf.split_to(f.header_len + f.remaining);
+        let reason_code = match code {
+            0x00 => p5::DisconnectReasonCode::NormalDisconnection,
+            0x04 => p5::DisconnectReasonCode::DisconnectWithWillMessage,
+            _ => p5::DisconnectReasonCode::UnspecifiedError,
+        };
         return Ok(Some(p5::Packet::Disconnect(p5::Disconnect {
-            reason_code: p5::DisconnectReasonCode::NormalDisconnection,
+            reason_code,
             properties: None,
         })));
     }

@@ -18,7 +18,11 @@ use super::{Op, QueuedEntry, Recovered, StoreError};
 /// Name of the database file inside [`StoreOptions::path`].
 pub const DB_FILE: &str = "sessions.redb";
 
-#[derive(Debug, Clone)]
+/// Called by the writer thread after each successful commit with the number
+/// of ops and how long applying + committing took (feeds metrics).
+pub type CommitObserver = Arc<dyn Fn(usize, std::time::Duration) + Send + Sync>;
+
+#[derive(Clone)]
 pub struct StoreOptions {
     /// Directory of the store; created if missing.
     pub path: PathBuf,
@@ -30,6 +34,19 @@ pub struct StoreOptions {
     pub queue_capacity: usize,
     /// redb page cache size in bytes.
     pub cache_bytes: usize,
+    /// Optional per-commit observer.
+    pub observer: Option<CommitObserver>,
+}
+
+impl std::fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreOptions")
+            .field("path", &self.path)
+            .field("max_batch_ops", &self.max_batch_ops)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("cache_bytes", &self.cache_bytes)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Cheap snapshot of the writer's counters (successful commits only).
@@ -83,6 +100,7 @@ impl Store {
             rx,
             counters: Arc::clone(&counters),
             max_batch_ops: opts.max_batch_ops.max(1),
+            observer: opts.observer.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("store-writer".into())

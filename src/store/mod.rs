@@ -20,7 +20,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
-pub use handle::{Commit, Store, StoreOptions, StoreStats, DB_FILE};
+pub use handle::{Commit, CommitObserver, Store, StoreOptions, StoreStats, DB_FILE};
 
 /// One persistent subscription as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

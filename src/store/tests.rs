@@ -16,6 +16,7 @@ pub(super) fn opts(path: impl Into<std::path::PathBuf>) -> StoreOptions {
         max_batch_ops: 256,
         queue_capacity: 64,
         cache_bytes: 1 << 20,
+        observer: None,
     }
 }
 

@@ -48,6 +48,7 @@ pub(super) struct Writer {
     pub rx: mpsc::Receiver<Request>,
     pub counters: Arc<Counters>,
     pub max_batch_ops: usize,
+    pub observer: Option<super::handle::CommitObserver>,
 }
 
 impl Writer {
@@ -131,6 +132,9 @@ impl Writer {
                     .commit_nanos_total
                     .fetch_add(nanos, Ordering::Relaxed);
                 self.counters.last_batch_ops.store(n, Ordering::Relaxed);
+                if let Some(observe) = &self.observer {
+                    observe(batch.ops.len(), started.elapsed());
+                }
             }
             Err(e) => {
                 tracing::error!(ops = batch.ops.len(), waiters = batch.waiters.len(), error = %e, "store commit failed");

@@ -169,3 +169,22 @@ fn publish_encoding_round_trips_through_rumqttc() {
         "over the client's maximum"
     );
 }
+
+#[test]
+fn short_v5_disconnect_forms() {
+    for (bytes, with_will) in [
+        (&[0xe0u8, 0x00][..], false),
+        (&[0xe0, 0x01, 0x04][..], true),
+        (&[0xe0, 0x01, 0x00][..], false),
+    ] {
+        let mut buf = BytesMut::from(bytes);
+        let Some(p5::Packet::Disconnect(d)) = decode(&mut buf, Version::V5, 1024).unwrap() else {
+            panic!("not a disconnect")
+        };
+        assert_eq!(
+            d.reason_code == p5::DisconnectReasonCode::DisconnectWithWillMessage,
+            with_will
+        );
+        assert!(buf.is_empty());
+    }
+}

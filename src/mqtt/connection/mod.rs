@@ -383,14 +383,22 @@ impl Conn<'_> {
     }
 
     fn acked(&mut self, seq: u64) {
-        let msg = RouterMsg::Acked { conn_id: self.conn_id, client_id: self.client_id.clone(), seq };
+        let msg = RouterMsg::Acked {
+            conn_id: self.conn_id,
+            client_id: self.client_id.clone(),
+            seq,
+        };
         self.outbox.push(msg);
     }
 
     /// Sends what the packets just handled produced for the router, in order.
     async fn flush_outbox(&mut self) -> Result<(), ConnError> {
         for msg in self.outbox.drain(..) {
-            self.sh.router.send(msg).await.map_err(|_| ConnError::ShuttingDown)?;
+            self.sh
+                .router
+                .send(msg)
+                .await
+                .map_err(|_| ConnError::ShuttingDown)?;
         }
         Ok(())
     }
