@@ -99,8 +99,8 @@ pub mod b4 {
     use std::time::Duration;
 
     use rumqttc::{
-        AsyncClient, ConnAck, ConnectionError, Event, EventLoop, MqttOptions, Packet, Publish,
-        QoS, SubAck,
+        AsyncClient, ConnAck, ConnectionError, Event, EventLoop, MqttOptions, Packet, Publish, QoS,
+        SubAck,
     };
     use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
     use tokio::task::JoinHandle;
@@ -205,7 +205,9 @@ pub mod b4 {
             super::within(10, async {
                 loop {
                     match self.next_event().await {
-                        Event::Outgoing(rumqttc::Outgoing::Publish(_)) if qos == QoS::AtMostOnce => {
+                        Event::Outgoing(rumqttc::Outgoing::Publish(_))
+                            if qos == QoS::AtMostOnce =>
+                        {
                             return
                         }
                         Event::Incoming(Packet::PubAck(_)) if qos == QoS::AtLeastOnce => return,
@@ -425,7 +427,9 @@ pub mod b5 {
             super::within(10, async {
                 loop {
                     match self.next_event().await {
-                        Event::Outgoing(rumqttc::Outgoing::Publish(_)) if qos == QoS::AtMostOnce => {
+                        Event::Outgoing(rumqttc::Outgoing::Publish(_))
+                            if qos == QoS::AtMostOnce =>
+                        {
                             return
                         }
                         Event::Incoming(Packet::PubAck(_)) if qos == QoS::AtLeastOnce => return,
@@ -492,5 +496,65 @@ pub mod b5 {
 
     pub fn topic(p: &Publish) -> String {
         String::from_utf8_lossy(&p.topic).into_owned()
+    }
+}
+
+/// Raw packets, for checks a client library would hide.
+pub mod raw {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// A CONNECT packet: protocol level 4 (3.1.1) or 5, no will, no login,
+    /// keep-alive 60 s, empty 5.0 properties.
+    pub fn connect_packet(level: u8, client_id: &str, clean: bool) -> Vec<u8> {
+        let mut body = vec![0x00, 0x04, b'M', b'Q', b'T', b'T', level];
+        body.push(if clean { 0x02 } else { 0x00 });
+        body.extend_from_slice(&60u16.to_be_bytes());
+        if level == 5 {
+            body.push(0x00);
+        }
+        body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+        body.extend_from_slice(client_id.as_bytes());
+        assert!(body.len() < 128, "keep the test packet short");
+        let mut p = vec![0x10, body.len() as u8];
+        p.extend(body);
+        p
+    }
+
+    /// Connects, sends `packet` and returns the socket.
+    pub async fn send(addr: std::net::SocketAddr, packet: &[u8]) -> TcpStream {
+        let mut s = TcpStream::connect(addr).await.expect("tcp connect");
+        s.write_all(packet).await.expect("write");
+        s
+    }
+
+    /// Reads one whole packet (fixed header included); `None` at end of stream.
+    pub async fn read_packet(s: &mut TcpStream) -> Option<Vec<u8>> {
+        let mut first = [0u8; 1];
+        if s.read_exact(&mut first).await.is_err() {
+            return None;
+        }
+        let mut packet = vec![first[0]];
+        let mut len = 0usize;
+        for shift in 0..4 {
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.ok()?;
+            packet.push(b[0]);
+            len |= ((b[0] & 0x7f) as usize) << (7 * shift);
+            if b[0] & 0x80 == 0 {
+                break;
+            }
+        }
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).await.ok()?;
+        packet.extend(body);
+        Some(packet)
+    }
+
+    /// Everything the server sends until it closes the connection.
+    pub async fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
+        let mut all = Vec::new();
+        let _ = s.read_to_end(&mut all).await;
+        all
     }
 }
