@@ -275,6 +275,10 @@ async fn takeover_v4_closes_first_connection_and_second_works() {
     t.gw.shutdown().await;
 }
 
+/// The first connection must see DISCONNECT with reason 0x8E. When this was
+/// written the broker's DISCONNECT was malformed (Remaining Length 1 followed
+/// by two bytes), which rumqttc reports as a decoding error instead; see
+/// `takeover_v5_disconnect_packet_is_well_formed`.
 #[tokio::test]
 async fn takeover_v5_sends_disconnect_session_taken_over() {
     use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode;
