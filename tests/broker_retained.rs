@@ -1,0 +1,189 @@
+//! Retained messages: set, replace, clear, delivery on subscribe, and the
+//! MQTT 5.0 subscription options Retain Handling and Retain As Published.
+
+mod common;
+
+use common::*;
+use rumqttc::v5::mqttbytes::v5::{Filter, RetainForwardRule};
+use rumqttc::v5::mqttbytes::QoS as V5QoS;
+use rumqttc::QoS;
+
+async fn set_retained(addr: std::net::SocketAddr, topic: &str, payload: &[u8]) {
+    let mut p = b4::connect(opts_v4(addr, "retainer", true)).await;
+    p.publish(topic, QoS::AtLeastOnce, true, payload).await;
+    p.disconnect().await;
+}
+
+#[tokio::test]
+async fn retained_message_delivered_on_subscribe_with_retain_flag() {
+    init_tracing();
+    let t = start().await;
+    set_retained(t.addr, "ret/a", b"v1").await;
+
+    let mut sub = b4::connect(opts_v4(t.addr, "rsub1", true)).await;
+    sub.subscribe("ret/#", QoS::AtLeastOnce).await;
+    let mut got = sub.expect_publishes(1).await;
+    got.extend(sub.drain().await);
+    assert_eq!(b4::payloads(&got), ["v1"]);
+    assert_eq!(got[0].topic, "ret/a");
+    assert!(
+        got[0].retain,
+        "a retained message sent on subscribe has RETAIN=1"
+    );
+    sub.disconnect().await;
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn retained_message_is_replaced_by_a_newer_one() {
+    init_tracing();
+    let t = start().await;
+    set_retained(t.addr, "ret/b", b"old").await;
+    set_retained(t.addr, "ret/b", b"new").await;
+
+    let mut sub = b4::connect(opts_v4(t.addr, "rsub2", true)).await;
+    sub.subscribe("ret/b", QoS::AtLeastOnce).await;
+    let mut got = sub.expect_publishes(1).await;
+    got.extend(sub.drain().await);
+    assert_eq!(
+        b4::payloads(&got),
+        ["new"],
+        "only the latest retained message"
+    );
+    sub.disconnect().await;
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn retained_message_is_cleared_by_empty_payload() {
+    init_tracing();
+    let t = start().await;
+    set_retained(t.addr, "ret/c", b"gone-soon").await;
+    set_retained(t.addr, "ret/c", b"").await;
+
+    let mut sub = b4::connect(opts_v4(t.addr, "rsub3", true)).await;
+    sub.subscribe("ret/c", QoS::AtLeastOnce).await;
+    let got = sub.drain().await;
+    assert!(
+        got.is_empty(),
+        "cleared topic still sent {:?}",
+        b4::payloads(&got)
+    );
+    sub.disconnect().await;
+    t.gw.shutdown().await;
+}
+
+/// 3.1.1: a message forwarded to an existing subscription has RETAIN=0 even
+/// when it was published retained (MQTT-3.3.1-9).
+#[tokio::test]
+async fn live_retained_publish_has_retain_cleared_for_existing_subscriber_v4() {
+    init_tracing();
+    let t = start().await;
+    let mut sub = b4::connect(opts_v4(t.addr, "rsub4", true)).await;
+    sub.subscribe("ret/live", QoS::AtLeastOnce).await;
+    set_retained(t.addr, "ret/live", b"now").await;
+    let got = sub.expect_publishes(1).await;
+    assert_eq!(b4::payloads(&got), ["now"]);
+    assert!(!got[0].retain, "RETAIN must be 0 on a live delivery");
+    sub.disconnect().await;
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn retain_handling_2_does_not_send_retained_messages_v5() {
+    init_tracing();
+    let t = start().await;
+    set_retained(t.addr, "ret/rh2", b"stored").await;
+
+    let mut sub = b5::connect(opts_v5(t.addr, "rh2", true, None)).await;
+    let mut f = Filter::new("ret/rh2", V5QoS::AtLeastOnce);
+    f.retain_forward_rule = RetainForwardRule::Never;
+    sub.subscribe_with(f, None).await;
+    let got = sub.drain().await;
+    assert!(
+        got.is_empty(),
+        "Retain Handling 2 but got {:?}",
+        b5::payloads(&got)
+    );
+
+    // The subscription itself works.
+    set_retained(t.addr, "ret/rh2", b"live").await;
+    let got = sub.expect_publishes(1).await;
+    assert_eq!(b5::payloads(&got), ["live"]);
+    sub.disconnect().await;
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn retain_handling_1_sends_retained_only_for_a_new_subscription_v5() {
+    init_tracing();
+    let t = start().await;
+    set_retained(t.addr, "ret/rh1", b"stored").await;
+
+    let mut sub = b5::connect(opts_v5(t.addr, "rh1", true, None)).await;
+    let mut f = Filter::new("ret/rh1", V5QoS::AtLeastOnce);
+    f.retain_forward_rule = RetainForwardRule::OnNewSubscribe;
+    sub.subscribe_with(f.clone(), None).await;
+    let mut got = sub.expect_publishes(1).await;
+    got.extend(sub.drain().await);
+    assert_eq!(b5::payloads(&got), ["stored"], "new subscription gets it");
+    // Subscribing again to the same filter replaces the subscription: no resend.
+    sub.subscribe_with(f, None).await;
+    let got = sub.drain().await;
+    assert!(
+        got.is_empty(),
+        "re-subscribe resent {:?}",
+        b5::payloads(&got)
+    );
+    sub.disconnect().await;
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn retain_handling_0_resends_retained_on_every_subscribe_v5() {
+    init_tracing();
+    let t = start().await;
+    set_retained(t.addr, "ret/rh0", b"stored").await;
+
+    let mut sub = b5::connect(opts_v5(t.addr, "rh0", true, None)).await;
+    let f = Filter::new("ret/rh0", V5QoS::AtLeastOnce);
+    sub.subscribe_with(f.clone(), None).await;
+    assert_eq!(b5::payloads(&sub.expect_publishes(1).await), ["stored"]);
+    sub.subscribe_with(f, None).await;
+    let got = sub.expect_publishes(1).await;
+    assert_eq!(b5::payloads(&got), ["stored"]);
+    assert!(got[0].retain);
+    sub.disconnect().await;
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn retain_as_published_keeps_retain_flag_on_live_delivery_v5() {
+    init_tracing();
+    let t = start().await;
+    let mut rap = b5::connect(opts_v5(t.addr, "rap1", true, None)).await;
+    let mut f = Filter::new("ret/rap", V5QoS::AtLeastOnce);
+    f.preserve_retain = true;
+    rap.subscribe_with(f, None).await;
+    let mut plain = b5::connect(opts_v5(t.addr, "rap0", true, None)).await;
+    plain
+        .subscribe_with(Filter::new("ret/rap", V5QoS::AtLeastOnce), None)
+        .await;
+
+    set_retained(t.addr, "ret/rap", b"r").await;
+    let a = rap.expect_publishes(1).await;
+    let b = plain.expect_publishes(1).await;
+    assert!(a[0].retain, "Retain As Published=1 keeps RETAIN=1");
+    assert!(!b[0].retain, "Retain As Published=0 clears RETAIN");
+
+    // A message published without RETAIN stays RETAIN=0 either way.
+    let mut p = b4::connect(opts_v4(t.addr, "rap-pub", true)).await;
+    p.publish("ret/rap", QoS::AtLeastOnce, false, b"n").await;
+    p.disconnect().await;
+    let a = rap.expect_publishes(1).await;
+    assert_eq!(b5::payloads(&a), ["n"]);
+    assert!(!a[0].retain);
+    rap.disconnect().await;
+    plain.disconnect().await;
+    t.gw.shutdown().await;
+}

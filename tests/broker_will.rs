@@ -1,0 +1,191 @@
+//! Will messages: published on an abnormal close (dropped connection or
+//! keep-alive expiry), not on DISCONNECT; the 5.0 Will Delay Interval.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use rumqttc::v5::mqttbytes::v5::{LastWill as LastWill5, LastWillProperties};
+use rumqttc::v5::mqttbytes::QoS as V5QoS;
+use rumqttc::{LastWill, QoS};
+
+/// A subscriber to the will topic.
+async fn watcher(addr: std::net::SocketAddr, id: &str, topic: &str) -> b4::Client {
+    let mut w = b4::connect(opts_v4(addr, id, true)).await;
+    w.subscribe(topic, QoS::AtLeastOnce).await;
+    w
+}
+
+/// Proves the watcher is still subscribed: a control message gets through.
+async fn assert_watcher_alive(addr: std::net::SocketAddr, w: &mut b4::Client, topic: &str) {
+    b4::publish_all(addr, topic, QoS::AtLeastOnce, &["control".to_string()]).await;
+    assert_eq!(b4::payloads(&w.expect_publishes(1).await), ["control"]);
+}
+
+#[tokio::test]
+async fn will_published_when_connection_drops_v4() {
+    init_tracing();
+    let t = start().await;
+    let mut w = watcher(t.addr, "w4-watch", "will/drop4").await;
+    let mut o = opts_v4(t.addr, "w4", true);
+    o.set_last_will(LastWill::new("will/drop4", "gone", QoS::AtLeastOnce, false));
+    let c = b4::connect(o).await;
+    c.kill().await;
+
+    let got = w.expect_publishes(1).await;
+    assert_eq!(got[0].topic, "will/drop4");
+    assert_eq!(b4::payloads(&got), ["gone"]);
+    w.disconnect().await;
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn will_published_when_keepalive_expires_v4() {
+    init_tracing();
+    let t = start().await;
+    let mut w = watcher(t.addr, "wka-watch", "will/ka").await;
+    let mut o = opts_v4(t.addr, "wka", true);
+    b4::keep_alive(&mut o, 1);
+    o.set_last_will(LastWill::new(
+        "will/ka",
+        "timed out",
+        QoS::AtLeastOnce,
+        false,
+    ));
+    // Connected, socket open, but the client never sends PINGREQ.
+    let (_client, _ev, connack) = b4::connect_frozen(o).await;
+    assert_eq!(connack.code, rumqttc::ConnectReturnCode::Success);
+
+    let got = w.expect_publishes(1).await;
+    assert_eq!(b4::payloads(&got), ["timed out"]);
+    w.disconnect().await;
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn will_not_published_on_normal_disconnect_v4() {
+    init_tracing();
+    let t = start().await;
+    let mut w = watcher(t.addr, "wn-watch", "will/normal").await;
+    let mut o = opts_v4(t.addr, "wn", true);
+    o.set_last_will(LastWill::new(
+        "will/normal",
+        "gone",
+        QoS::AtLeastOnce,
+        false,
+    ));
+    let c = b4::connect(o).await;
+    c.disconnect().await;
+
+    let got = w.drain().await;
+    assert!(
+        got.is_empty(),
+        "will sent after DISCONNECT: {:?}",
+        b4::payloads(&got)
+    );
+    assert_watcher_alive(t.addr, &mut w, "will/normal").await;
+    w.disconnect().await;
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn will_published_when_connection_drops_v5() {
+    init_tracing();
+    let t = start().await;
+    let mut w = watcher(t.addr, "w5-watch", "will/drop5").await;
+    let mut o = opts_v5(t.addr, "w5", true, None);
+    let props = LastWillProperties {
+        content_type: Some("text/plain".into()),
+        user_properties: vec![("why".into(), "test".into())],
+        ..no_will_props()
+    };
+    o.set_last_will(LastWill5::new(
+        "will/drop5",
+        "gone5",
+        V5QoS::AtLeastOnce,
+        false,
+        Some(props),
+    ));
+    let c = b5::connect(o).await;
+    c.kill().await;
+
+    let got = w.expect_publishes(1).await;
+    assert_eq!(b4::payloads(&got), ["gone5"]);
+    w.disconnect().await;
+    t.gw.shutdown().await;
+}
+
+fn no_will_props() -> LastWillProperties {
+    LastWillProperties {
+        delay_interval: None,
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        content_type: None,
+        response_topic: None,
+        correlation_data: None,
+        user_properties: Vec::new(),
+    }
+}
+
+fn delayed_will_opts(
+    addr: std::net::SocketAddr,
+    id: &str,
+    topic: &str,
+) -> rumqttc::v5::MqttOptions {
+    let mut o = opts_v5(addr, id, false, Some(60));
+    let props = LastWillProperties {
+        delay_interval: Some(2),
+        ..no_will_props()
+    };
+    o.set_last_will(LastWill5::new(
+        topic,
+        "late",
+        V5QoS::AtLeastOnce,
+        false,
+        Some(props),
+    ));
+    o
+}
+
+#[tokio::test]
+async fn will_delay_interval_delays_the_will_v5() {
+    init_tracing();
+    let t = start().await;
+    let mut w = watcher(t.addr, "wd-watch", "will/delay").await;
+    let c = b5::connect(delayed_will_opts(t.addr, "wd", "will/delay")).await;
+    c.kill().await;
+
+    // Not before the 2 s delay (checked for the first second only)...
+    let early = tokio::time::timeout(Duration::from_secs(1), w.publishes.recv()).await;
+    assert!(early.is_err(), "will sent before its delay: {early:?}");
+    // ...but after it.
+    let got = w.expect_publishes(1).await;
+    assert_eq!(b4::payloads(&got), ["late"]);
+    w.disconnect().await;
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn will_delay_cancelled_by_reconnect_within_delay_v5() {
+    init_tracing();
+    let t = start().await;
+    let mut w = watcher(t.addr, "wr-watch", "will/resume").await;
+    let c = b5::connect(delayed_will_opts(t.addr, "wr", "will/resume")).await;
+    c.kill().await;
+    // Back at once, resuming the session (Clean Start=0).
+    let c = b5::connect(opts_v5(t.addr, "wr", false, Some(60))).await;
+    assert!(c.session_present());
+
+    // Well past the delay: still nothing.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let got = w.drain().await;
+    assert!(
+        got.is_empty(),
+        "will sent despite reconnect: {:?}",
+        b4::payloads(&got)
+    );
+    assert_watcher_alive(t.addr, &mut w, "will/resume").await;
+    c.disconnect().await;
+    t.gw.shutdown().await;
+}
