@@ -15,7 +15,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::bridge::metrics::BridgeMetrics;
+use crate::bridge::uplink::Uplink;
+use crate::bridge::{RunningSink, SinkHandle};
+use crate::config::{BackendConfig, Config};
 use crate::metrics::Metrics;
 use crate::mqtt::connection::Shared;
 use crate::mqtt::router::{Router, ROUTER_CHANNEL};
@@ -28,6 +31,8 @@ pub enum AppError {
         path: String,
         source: crate::store::StoreError,
     },
+    #[error("starting the bridge: {0}")]
+    Bridge(#[from] crate::bridge::BridgeError),
     #[error("binding {what} on {addr}: {source}")]
     Bind {
         what: &'static str,
@@ -44,7 +49,44 @@ pub struct Gateway {
     pub admin_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     router: JoinHandle<()>,
+    /// Sink tasks; each ends once every connection (holding its handle) is gone
+    /// and what it holds is confirmed.
+    sinks: Vec<JoinHandle<()>>,
     grace: Duration,
+}
+
+/// Starts one sink per configured backend.
+async fn start_sinks(
+    cfg: &Config,
+    metrics: &BridgeMetrics,
+) -> Result<(Vec<SinkHandle>, Vec<JoinHandle<()>>), AppError> {
+    let cap = cfg.bridge.queue_capacity;
+    let mut handles = Vec::new();
+    let mut tasks = Vec::new();
+    for b in &cfg.bridge.backends {
+        let counters = metrics.backend(b.name());
+        let RunningSink { handle, task } = match b {
+            BackendConfig::File(f) => crate::bridge::file::start(f, counters, cap)?,
+            BackendConfig::Kafka(k) => {
+                let topics = cfg
+                    .bridge
+                    .uplink
+                    .iter()
+                    .filter(|r| r.backend == k.name)
+                    .filter_map(|r| {
+                        crate::bridge::template::Template::parse(&r.target)
+                            .ok()?
+                            .literal()
+                    })
+                    .collect();
+                crate::bridge::kafka::start(k, topics, counters, cap).await?
+            }
+            BackendConfig::Amqp(a) => crate::bridge::amqp::start(a, counters, cap).await?,
+        };
+        handles.push(handle);
+        tasks.push(task);
+    }
+    Ok((handles, tasks))
 }
 
 async fn stopped(mut rx: watch::Receiver<bool>) {
@@ -57,6 +99,7 @@ impl Gateway {
         let cfg = Arc::new(cfg);
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::new(&mut registry));
+        let bridge_metrics = BridgeMetrics::new(&mut registry);
         let opts = StoreOptions {
             path: cfg.store.path.clone(),
             max_batch_ops: cfg.store.max_batch_ops,
@@ -125,7 +168,11 @@ impl Gateway {
             ));
             Some(bound)
         };
+        let (sinks, sink_tasks) = start_sinks(&cfg, &bridge_metrics).await?;
+        let uplink = Uplink::new(&cfg.bridge, &sinks, &bridge_metrics);
+        drop(sinks);
         let shared = Arc::new(Shared {
+            uplink,
             cfg: cfg.clone(),
             metrics,
             router: router_tx,
@@ -142,6 +189,7 @@ impl Gateway {
             admin_addr,
             stop,
             router,
+            sinks: sink_tasks,
             grace: Duration::from_secs(cfg.server.shutdown_grace_secs),
         })
     }
@@ -149,7 +197,15 @@ impl Gateway {
     /// Stops accepting, detaches clients, flushes and closes the store.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        match tokio::time::timeout(self.grace, self.router).await {
+        let sinks = self.sinks;
+        let all = async move {
+            let _ = self.router.await;
+            // Connections are gone with the router's kicks; the sinks drain what they hold.
+            for s in sinks {
+                let _ = s.await;
+            }
+        };
+        match tokio::time::timeout(self.grace, all).await {
             Ok(_) => tracing::info!("mqbridge stopped"),
             Err(_) => {
                 tracing::error!(grace = ?self.grace, "shutdown grace period exceeded; exiting anyway")

@@ -7,6 +7,7 @@
 //! - [`mqtt`]: listener, per-client connection task, codec glue, router
 //!   (subscriptions, retained, shared groups, sessions), wills.
 //! - [`store`]: the durable session store (redb, group commit).
+//! - [`bridge`]: uplink routes and the backend sinks (Kafka, AMQP, file).
 //! - [`metrics`]: Prometheus metrics, one typed struct registered into a registry.
 //! - [`admin`]: HTTP endpoint for `/metrics`, `/healthz`, `/readyz`.
 //! - [`app`]: wires the parts together and owns start-up and shutdown.
@@ -14,6 +15,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod bridge;
 pub mod config;
 pub mod metrics;
 pub mod mqtt;

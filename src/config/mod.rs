@@ -21,8 +21,13 @@ use std::time::Duration;
 use config::Source as _;
 use serde::{Deserialize, Serialize};
 
+mod bridge;
 #[cfg(test)]
 mod tests;
+
+pub use bridge::{
+    AckMode, AmqpBackend, BackendConfig, BridgeConfig, FileBackend, KafkaBackend, UplinkRoute,
+};
 
 /// The built-in defaults (`config/default.toml`), the base of every load.
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
@@ -67,6 +72,14 @@ pub enum ConfigError {
         /// Where it was set (file name or "the environment"), when known.
         origin: Option<String>,
     },
+    /// A value inside an array entry (e.g. `bridge.uplink[2].filter`) is not acceptable.
+    #[error("{key}: {reason}")]
+    InvalidAt {
+        /// Dotted key with the array index.
+        key: String,
+        /// What is wrong, including the offending value.
+        reason: String,
+    },
     /// A value has the right type but is not acceptable.
     #[error("{key}: {reason}")]
     Invalid {
@@ -78,6 +91,13 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
+    fn at(key: String, reason: impl Into<String>) -> Self {
+        ConfigError::InvalidAt {
+            key,
+            reason: reason.into(),
+        }
+    }
+
     fn invalid(key: &'static str, reason: impl Into<String>) -> Self {
         ConfigError::Invalid {
             key,
@@ -90,6 +110,7 @@ impl ConfigError {
     pub fn key(&self) -> Option<&str> {
         match self {
             ConfigError::Invalid { key, .. } => Some(key),
+            ConfigError::InvalidAt { key, .. } => Some(key),
             ConfigError::UnknownKey { key, .. } => Some(key),
             _ => None,
         }
@@ -112,6 +133,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Process-level settings (`[server]`).
     pub server: ServerConfig,
+    /// The bridge to Kafka / AMQP / files (`[bridge]`).
+    pub bridge: BridgeConfig,
 }
 
 /// `[log]` section.
@@ -511,6 +534,7 @@ impl Config {
             "server.shutdown_grace_secs",
             self.server.shutdown_grace_secs,
         )?;
+        self.bridge.validate()?;
         Ok(())
     }
 }

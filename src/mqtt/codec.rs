@@ -349,6 +349,23 @@ fn connack_v4(code: p5::ConnectReturnCode) -> p4::ConnectReturnCode {
     }
 }
 
+/// Encodes a 5.0 DISCONNECT with an optional reason string. Written here
+/// because rumqttc 0.25 adds a stray property-length byte when a DISCONNECT
+/// has no properties (its Remaining Length then disagrees with the body).
+pub fn encode_disconnect(reason: u8, reason_string: Option<&str>, out: &mut BytesMut) {
+    // Keep the reason string within what a small client buffer accepts.
+    let text = reason_string.map(|s| &s[..s.floor_char_boundary(256)]);
+    let props_len = text.map_or(0, |s| 3 + s.len());
+    out.put_u8(0xe0);
+    put_varint(out, 1 + varint_len(props_len) + props_len);
+    out.put_u8(reason);
+    put_varint(out, props_len);
+    if let Some(s) = text {
+        out.put_u8(0x1f);
+        put_str(out, s.as_bytes());
+    }
+}
+
 /// Per-delivery fields of an outgoing PUBLISH.
 pub struct OutPublish<'a> {
     pub msg: &'a Message,

@@ -20,6 +20,12 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     cfg.mqtt.listen = "127.0.0.1:0".into();
     cfg.admin.listen = String::new();
     cfg.store.path = dir.to_path_buf();
+    // The default file backend writes under the test's own directory.
+    for b in &mut cfg.bridge.backends {
+        if let mqbridge::config::BackendConfig::File(f) = b {
+            f.path = dir.join("uplink");
+        }
+    }
     cfg.session.expiry_check_interval_secs = 1;
     cfg
 }

@@ -188,3 +188,28 @@ fn short_v5_disconnect_forms() {
         assert!(buf.is_empty());
     }
 }
+
+#[test]
+fn disconnect_encoding_is_well_formed() {
+    for why in [None, Some("bad topic"), Some("x".repeat(1000).as_str())] {
+        let mut out = BytesMut::new();
+        encode_disconnect(0x8e, why, &mut out);
+        assert_eq!(out[0], 0xe0);
+        let Some(p5::Packet::Disconnect(d)) =
+            decode(&mut out.clone(), Version::V5, 1 << 20).unwrap()
+        else {
+            panic!("not a disconnect")
+        };
+        assert_eq!(d.reason_code, p5::DisconnectReasonCode::SessionTakenOver);
+        if let Some(w) = why {
+            let got = d
+                .properties
+                .and_then(|p| p.reason_string)
+                .unwrap_or_default();
+            assert!(w.starts_with(&got) && !got.is_empty());
+        }
+    }
+    let mut out = BytesMut::new();
+    encode_disconnect(0x8e, None, &mut out);
+    assert_eq!(&out[..], &[0xe0, 0x02, 0x8e, 0x00]);
+}

@@ -25,6 +25,8 @@ pub struct Attached {
     pub expiry_secs: u32,
     /// The client's Maximum Packet Size for what we send it.
     pub client_max_packet: u32,
+    /// User name from CONNECT (for uplink templates).
+    pub username: Option<String>,
     pub rx: mpsc::Receiver<Outbound>,
     pub rx0: mpsc::Receiver<Outbound>,
     pub kick: oneshot::Receiver<Kick>,
@@ -75,7 +77,7 @@ pub async fn handshake(
     };
     let packet =
         codec::decode(buf, version, sh.cfg.mqtt.max_packet_size).map_err(ConnError::decode)?;
-    let Some(p5::Packet::Connect(connect, will, _login)) = packet else {
+    let Some(p5::Packet::Connect(connect, will, login)) = packet else {
         return Err(ConnError::protocol(
             Why::NotConnectFirst,
             "first packet is not CONNECT".into(),
@@ -216,6 +218,7 @@ pub async fn handshake(
         keep_alive,
         expiry_secs,
         client_max_packet: props.max_packet_size.unwrap_or(u32::MAX),
+        username: login.map(|l| l.username).filter(|u| !u.is_empty()),
         rx,
         rx0,
         kick,

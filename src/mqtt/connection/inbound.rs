@@ -4,7 +4,9 @@ use rumqttc::v5::mqttbytes::v5 as p5;
 use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode as Reason;
 use tokio::sync::oneshot;
 
-use super::{Conn, ConnError, Pending, Ready};
+use super::pending::{BridgeSummary, PubWait, Ready};
+use super::{Conn, ConnError, Pending};
+use crate::bridge::uplink::{Origin, Wait};
 use crate::metrics::ProtocolErrorReason as Why;
 use crate::mqtt::codec::{self, Version};
 use crate::mqtt::message::{now_ms, Message, MessageProps};
@@ -134,6 +136,7 @@ impl Conn<'_> {
                 .message_expiry_interval
                 .map(|s| now_ms() + s as u64 * 1000),
         };
+        let bridge = self.dispatch_uplink(&msg);
         let (reply, rx) = if qos > 0 {
             let (tx, rx) = oneshot::channel();
             (Some(tx), Some(rx))
@@ -149,13 +152,50 @@ impl Conn<'_> {
             reply,
         })?;
         if let Some(rx) = rx {
-            self.pending.push_back(Pending::Pub {
+            let (waits, summary) = bridge;
+            self.pending.push_back(Pending::Pub(Box::new(PubWait {
                 pkid: p.pkid,
                 qos,
                 rx,
-            });
+                outcome: None,
+                bridge: waits.into_iter().map(|w| (w, None)).collect(),
+                summary,
+            })));
         }
         Ok(())
+    }
+
+    /// Hands the message to every matching uplink route: QoS 0 best effort
+    /// (dropped and counted when a sink's queue is full), QoS 1/2 in order
+    /// through the outbox, with confirmations for the acknowledgement to wait on.
+    fn dispatch_uplink(&mut self, msg: &Message) -> (Vec<Wait>, BridgeSummary) {
+        if self.sh.uplink.is_empty() {
+            return (Vec::new(), BridgeSummary::default());
+        }
+        let origin = Origin {
+            client_id: &self.client_id,
+            username: self.username.as_deref(),
+            received_at_ms: now_ms(),
+        };
+        let d = self.sh.uplink.dispatch(msg, &origin);
+        let summary = BridgeSummary {
+            unresolved: d.unresolved,
+            routes: d.waits.len(),
+            ..Default::default()
+        };
+        for (tx, env) in d.sends {
+            if env.confirm.is_some() {
+                self.sink_outbox.push((tx, env));
+            } else if let Err(e) = tx.try_send(env) {
+                let env = match e {
+                    tokio::sync::mpsc::error::TrySendError::Full(env) => env,
+                    tokio::sync::mpsc::error::TrySendError::Closed(env) => env,
+                };
+                env.record.counters.dropped.inc();
+                tracing::debug!(route = %env.record.route, client_id = %self.client_id, "QoS 0 message dropped: backend queue full");
+            }
+        }
+        (d.waits, summary)
     }
 
     /// Applies an incoming 5.0 Topic Alias (3.3.2.3.4).
@@ -275,47 +315,13 @@ impl Conn<'_> {
     /// Answers a router reply in the order the requests arrived.
     pub(super) fn answer(&mut self, r: Ready) -> Result<(), ConnError> {
         use p5::Packet as P;
-        let v5 = self.version == Version::V5;
         let packet = match r {
-            Ready::Pub(pkid, qos, outcome) => {
-                let outcome = outcome.ok_or(ConnError::ShuttingDown)?;
-                if outcome == PublishOutcome::StoreFailed {
-                    // Never acknowledge what was not stored; the client will resend.
-                    return Err(ConnError::with_reason(
-                        Why::ProtocolError,
-                        "store failure".into(),
-                        Reason::UnspecifiedError,
-                    ));
-                }
-                if qos == 1 {
-                    self.incoming_unacked = self.incoming_unacked.saturating_sub(1);
-                    let reason = match outcome {
-                        PublishOutcome::NoSubscribers if v5 => {
-                            p5::PubAckReason::NoMatchingSubscribers
-                        }
-                        PublishOutcome::QuotaExceeded if v5 => p5::PubAckReason::QuotaExceeded,
-                        _ => p5::PubAckReason::Success,
-                    };
-                    P::PubAck(p5::PubAck {
-                        pkid,
-                        reason,
-                        properties: None,
-                    })
-                } else {
-                    let reason = match outcome {
-                        PublishOutcome::NoSubscribers if v5 => {
-                            p5::PubRecReason::NoMatchingSubscribers
-                        }
-                        PublishOutcome::QuotaExceeded if v5 => p5::PubRecReason::QuotaExceeded,
-                        _ => p5::PubRecReason::Success,
-                    };
-                    P::PubRec(p5::PubRec {
-                        pkid,
-                        reason,
-                        properties: None,
-                    })
-                }
-            }
+            Ready::Pub {
+                pkid,
+                qos,
+                outcome,
+                bridge,
+            } => self.pub_reply(pkid, qos, outcome, bridge)?,
             Ready::Rel(pkid) => P::PubComp(p5::PubComp {
                 pkid,
                 reason: p5::PubCompReason::Success,
@@ -361,5 +367,87 @@ impl Conn<'_> {
         };
         let _ = codec::encode(&packet, self.version, &mut self.out);
         Ok(())
+    }
+}
+
+impl Conn<'_> {
+    /// The PUBACK/PUBREC for a PUBLISH once the router and every uplink route
+    /// answered. What was not stored or not confirmed is never acknowledged
+    /// as a success.
+    fn pub_reply(
+        &mut self,
+        pkid: u16,
+        qos: u8,
+        outcome: Option<PublishOutcome>,
+        bridge: BridgeSummary,
+    ) -> Result<p5::Packet, ConnError> {
+        let outcome = outcome.ok_or(ConnError::ShuttingDown)?;
+        let v5 = self.version == Version::V5;
+        if outcome == PublishOutcome::StoreFailed || (bridge.gave_up > 0 && !v5) {
+            // 3.1.1 cannot say "failed": close without acknowledging, the device resends.
+            let why = if bridge.gave_up > 0 {
+                "backend did not confirm in time"
+            } else {
+                "store failure"
+            };
+            return Err(ConnError::with_reason(
+                Why::ProtocolError,
+                why.into(),
+                Reason::UnspecifiedError,
+            ));
+        }
+        // 5.0 reason code: 0x80 gave up, 0x83 refused by a backend or a route's
+        // template unresolved, then what the router said.
+        let code: u8 = if bridge.gave_up > 0 {
+            0x80
+        } else if bridge.rejected > 0 || bridge.unresolved {
+            0x83
+        } else {
+            match outcome {
+                PublishOutcome::NoSubscribers if bridge.routes == 0 => 0x10,
+                PublishOutcome::QuotaExceeded if bridge.routes == 0 => 0x97,
+                _ => 0x00,
+            }
+        };
+        let code = if v5 { code } else { 0 };
+        if qos == 1 {
+            self.incoming_unacked = self.incoming_unacked.saturating_sub(1);
+            let reason = match code {
+                0x10 => p5::PubAckReason::NoMatchingSubscribers,
+                0x80 => p5::PubAckReason::UnspecifiedError,
+                0x83 => p5::PubAckReason::ImplementationSpecificError,
+                0x97 => p5::PubAckReason::QuotaExceeded,
+                _ => p5::PubAckReason::Success,
+            };
+            return Ok(p5::Packet::PubAck(p5::PubAck {
+                pkid,
+                reason,
+                properties: None,
+            }));
+        }
+        if code >= 0x80 {
+            // A failed PUBREC ends the QoS 2 flow: no PUBREL will come for this id.
+            if self.qos2_in.remove(&pkid) {
+                self.incoming_unacked = self.incoming_unacked.saturating_sub(1);
+            }
+            let (tx, _rx) = oneshot::channel();
+            self.send(RouterMsg::PubRel {
+                client_id: self.client_id.clone(),
+                pkid,
+                reply: tx,
+            })?;
+        }
+        let reason = match code {
+            0x10 => p5::PubRecReason::NoMatchingSubscribers,
+            0x80 => p5::PubRecReason::UnspecifiedError,
+            0x83 => p5::PubRecReason::ImplementationSpecificError,
+            0x97 => p5::PubRecReason::QuotaExceeded,
+            _ => p5::PubRecReason::Success,
+        };
+        Ok(p5::Packet::PubRec(p5::PubRec {
+            pkid,
+            reason,
+            properties: None,
+        }))
     }
 }

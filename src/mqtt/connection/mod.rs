@@ -4,6 +4,7 @@
 
 mod handshake;
 mod inbound;
+mod pending;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -14,18 +15,21 @@ use rumqttc::v5::mqttbytes::v5 as p5;
 use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode as Reason;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::metrics::{Metrics, ProtocolErrorReason as Why};
 use crate::mqtt::codec::{self, DecodeError, OutPublish, Version};
 use crate::mqtt::message::now_ms;
-use crate::mqtt::router::{pkid_of, Kick, Outbound, PublishOutcome, RouterMsg, SubResult};
+use crate::mqtt::router::{pkid_of, Kick, Outbound, RouterMsg};
+use pending::{next_reply, Pending};
 
 /// What every connection task shares.
 pub struct Shared {
     pub cfg: Arc<Config>,
+    /// Uplink routes to the bridge's backends.
+    pub uplink: crate::bridge::uplink::Uplink,
     pub metrics: Arc<Metrics>,
     pub router: mpsc::Sender<RouterMsg>,
 }
@@ -89,47 +93,6 @@ pub(super) async fn write_raw(stream: &mut TcpStream, bytes: &[u8]) -> std::io::
     stream.write_all(bytes).await
 }
 
-/// A reply from the router the client is waiting for, answered in order.
-enum Pending {
-    Pub {
-        pkid: u16,
-        qos: u8,
-        rx: oneshot::Receiver<PublishOutcome>,
-    },
-    Rel {
-        pkid: u16,
-        rx: oneshot::Receiver<()>,
-    },
-    Sub {
-        pkid: u16,
-        rx: oneshot::Receiver<Vec<SubResult>>,
-    },
-    Unsub {
-        pkid: u16,
-        rx: oneshot::Receiver<Vec<bool>>,
-    },
-}
-
-enum Ready {
-    Pub(u16, u8, Option<PublishOutcome>),
-    Rel(u16),
-    Sub(u16, Option<Vec<SubResult>>),
-    Unsub(u16, Option<Vec<bool>>),
-}
-
-async fn next_reply(p: &mut VecDeque<Pending>) -> Ready {
-    match p.front_mut() {
-        Some(Pending::Pub { pkid, qos, rx }) => Ready::Pub(*pkid, *qos, rx.await.ok()),
-        Some(Pending::Rel { pkid, rx }) => {
-            let _ = rx.await;
-            Ready::Rel(*pkid)
-        }
-        Some(Pending::Sub { pkid, rx }) => Ready::Sub(*pkid, rx.await.ok()),
-        Some(Pending::Unsub { pkid, rx }) => Ready::Unsub(*pkid, rx.await.ok()),
-        None => std::future::pending().await,
-    }
-}
-
 /// State of one attached connection.
 pub(crate) struct Conn<'a> {
     sh: &'a Shared,
@@ -152,6 +115,12 @@ pub(crate) struct Conn<'a> {
     invalid_filters: VecDeque<(Vec<usize>, Vec<usize>)>,
     /// Messages for the router produced while handling packets (sent in order).
     outbox: Vec<RouterMsg>,
+    /// QoS 1/2 envelopes for uplink sinks, sent in order after `outbox`.
+    sink_outbox: Vec<(
+        mpsc::Sender<crate::bridge::Envelope>,
+        crate::bridge::Envelope,
+    )>,
+    username: Option<String>,
     /// Set by a DISCONNECT from the client.
     disconnect: Option<(bool, Option<u32>)>,
 }
@@ -186,6 +155,8 @@ pub async fn serve(mut stream: TcpStream, sh: Arc<Shared>, conn_id: u64) {
         aliases: HashMap::new(),
         qos2_in: HashSet::new(),
         outbox: Vec::new(),
+        sink_outbox: Vec::new(),
+        username: attached.username.clone(),
         invalid_filters: VecDeque::new(),
         disconnect: None,
     };
@@ -316,17 +287,9 @@ impl Conn<'_> {
 
     /// Queues a 5.0 DISCONNECT (nothing for 3.1.1) with an optional reason string.
     fn send_disconnect(&mut self, reason: Reason, why: Option<&str>) {
-        let properties = why.map(|w| p5::DisconnectProperties {
-            session_expiry_interval: None,
-            reason_string: Some(w.to_string()),
-            user_properties: Vec::new(),
-            server_reference: None,
-        });
-        let d = p5::Disconnect {
-            reason_code: reason,
-            properties,
-        };
-        let _ = codec::encode(&p5::Packet::Disconnect(d), self.version, &mut self.out);
+        if self.version == Version::V5 {
+            codec::encode_disconnect(reason as u8, why, &mut self.out);
+        }
     }
 
     /// Writes one delivery from the router.

@@ -1,0 +1,118 @@
+//! Bridge metrics, labelled by route or backend name (operator-chosen,
+//! few), never by client id or topic. Per-route counters are resolved once
+//! when routes are built ([`RouteCounters`]), so the hot path is an atomic add.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteResult {
+    pub route: String,
+    pub result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabel {
+    pub backend: String,
+}
+
+/// Registered bridge metric families.
+pub struct BridgeMetrics {
+    /// `mqbridge_bridge_messages_total{route,result}`: result is delivered
+    /// (backend confirmed), rejected (backend refused for good), failed
+    /// (gave up / backend closed), dropped (QoS 0 buffer full), unresolved
+    /// (template could not be resolved).
+    pub messages: Family<RouteResult, Counter>,
+    /// `mqbridge_bridge_backend_up{backend}`: 1 while connected.
+    pub backend_up: Family<BackendLabel, Gauge>,
+    /// `mqbridge_bridge_backend_retries_total{backend}`: reconnects and re-sends.
+    pub retries: Family<BackendLabel, Counter>,
+    /// `mqbridge_bridge_confirm_duration_seconds{backend}`: hand-off to confirmation.
+    pub confirm_duration: Family<BackendLabel, Histogram>,
+}
+
+impl BridgeMetrics {
+    pub fn new(registry: &mut Registry) -> BridgeMetrics {
+        let m = BridgeMetrics {
+            messages: Family::default(),
+            backend_up: Family::default(),
+            retries: Family::default(),
+            confirm_duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+            }),
+        };
+        registry.register(
+            "mqbridge_bridge_messages",
+            "Uplink messages by route and result",
+            m.messages.clone(),
+        );
+        registry.register(
+            "mqbridge_bridge_backend_up",
+            "1 while the backend is connected",
+            m.backend_up.clone(),
+        );
+        registry.register(
+            "mqbridge_bridge_backend_retries",
+            "Backend reconnects and re-sends",
+            m.retries.clone(),
+        );
+        registry.register_with_unit(
+            "mqbridge_bridge_confirm_duration",
+            "Time from hand-off to backend confirmation",
+            Unit::Seconds,
+            m.confirm_duration.clone(),
+        );
+        m
+    }
+
+    pub fn route(&self, route: &str) -> RouteCounters {
+        let c = |result| {
+            self.messages
+                .get_or_create(&RouteResult {
+                    route: route.to_string(),
+                    result,
+                })
+                .clone()
+        };
+        RouteCounters {
+            delivered: c("delivered"),
+            rejected: c("rejected"),
+            failed: c("failed"),
+            dropped: c("dropped"),
+            unresolved: c("unresolved"),
+        }
+    }
+
+    pub fn backend(&self, backend: &str) -> BackendCounters {
+        let l = BackendLabel {
+            backend: backend.to_string(),
+        };
+        BackendCounters {
+            up: self.backend_up.get_or_create(&l).clone(),
+            retries: self.retries.get_or_create(&l).clone(),
+            confirm: self.confirm_duration.get_or_create(&l).clone(),
+        }
+    }
+}
+
+/// Counters of one route.
+#[derive(Clone, Debug)]
+pub struct RouteCounters {
+    pub delivered: Counter,
+    pub rejected: Counter,
+    pub failed: Counter,
+    pub dropped: Counter,
+    pub unresolved: Counter,
+}
+
+/// Metrics of one backend.
+#[derive(Clone, Debug)]
+pub struct BackendCounters {
+    pub up: Gauge,
+    pub retries: Counter,
+    pub confirm: Histogram,
+}

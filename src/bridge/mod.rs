@@ -1,0 +1,86 @@
+//! The bridge between MQTT and the backends.
+//!
+//! - [`uplink`]: routes that mirror MQTT PUBLISHes to backends; the device's
+//!   PUBACK/PUBREC waits for every matching route's confirmation.
+//! - [`file`], [`kafka`], [`amqp`]: one sink task per configured backend. A
+//!   sink takes [`Envelope`]s from a bounded channel in order and answers each
+//!   envelope's `confirm` once the backend confirmed it (or refused it for
+//!   good). It never confirms what the backend has not confirmed.
+//! - [`template`]: target/key templates.
+
+pub mod amqp;
+pub mod file;
+pub mod kafka;
+pub mod metrics;
+pub mod template;
+pub mod uplink;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use self::metrics::RouteCounters;
+
+/// One message for a backend.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Route name, for logs.
+    pub route: Arc<str>,
+    /// Counters of the route, bumped by the sink with the outcome.
+    pub counters: RouteCounters,
+    pub client_id: Arc<str>,
+    /// Kafka topic, AMQP exchange, or file stem.
+    pub target: String,
+    /// Kafka message key or AMQP routing key.
+    pub key: Option<String>,
+    /// The MQTT payload, byte for byte.
+    pub payload: Bytes,
+    /// Metadata as headers: mqtt_topic, mqtt_client_id, mqtt_qos,
+    /// mqtt_retain, mqtt_received_at_ms, then the 5.0 user properties.
+    pub headers: Vec<(String, String)>,
+    /// 5.0 content type, if any (AMQP content_type / Kafka header).
+    pub content_type: Option<String>,
+}
+
+/// Outcome a sink reports for one record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SinkError {
+    /// The backend refused this message for good (unknown topic, unroutable,
+    /// too large): retrying would not help.
+    #[error("rejected by the backend: {0}")]
+    Rejected(String),
+    /// The sink stopped before the backend confirmed the message.
+    #[error("backend closed before confirming")]
+    Closed,
+}
+
+pub type ConfirmTx = oneshot::Sender<Result<(), SinkError>>;
+
+/// A record and, for QoS 1/2, where to report its outcome.
+#[derive(Debug)]
+pub struct Envelope {
+    pub record: Record,
+    pub confirm: Option<ConfirmTx>,
+}
+
+/// The sending side of a sink.
+#[derive(Clone, Debug)]
+pub struct SinkHandle {
+    pub backend: Arc<str>,
+    pub tx: mpsc::Sender<Envelope>,
+}
+
+/// A started sink: its input and its task. The task ends after every
+/// handle is dropped and what it holds is confirmed or failed.
+pub struct RunningSink {
+    pub handle: SinkHandle,
+    pub task: JoinHandle<()>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    #[error("backend {backend}: {reason}")]
+    Backend { backend: String, reason: String },
+}
