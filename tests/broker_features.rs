@@ -399,3 +399,25 @@ async fn empty_client_id_v4_with_clean_session_1_is_accepted() {
     c.disconnect().await;
     t.gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn subscription_identifier_sent_with_retained_message_v5() {
+    init_tracing();
+    let t = start().await;
+    let mut p = b4::connect(opts_v4(t.addr, "sidr-pub", true)).await;
+    p.publish("sidr/t", QoS::AtLeastOnce, true, b"kept").await;
+    p.disconnect().await;
+    let mut s = b5::connect(opts_v5(t.addr, "sidr", true, None)).await;
+    s.subscribe_with(Filter::new("sidr/#", V5QoS::AtLeastOnce), Some(42))
+        .await;
+    let got = s.expect_publishes(1).await;
+    assert!(got[0].retain);
+    let ids = got[0]
+        .properties
+        .as_ref()
+        .map(|p| p.subscription_identifiers.clone())
+        .unwrap_or_default();
+    assert_eq!(ids, [42]);
+    s.disconnect().await;
+    t.gw.shutdown().await;
+}

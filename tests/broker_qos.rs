@@ -196,3 +196,59 @@ async fn offline_queue_full_reject_new_keeps_oldest() {
     let got = queue_ten_to_offline_session(QueueFullPolicy::RejectNew).await;
     assert_eq!(got, ["m00", "m01", "m02", "m03", "m04"]);
 }
+
+// ----- outgoing inflight window ----------------------------------------------
+
+#[tokio::test]
+async fn small_inflight_window_still_delivers_whole_queue_in_order() {
+    init_tracing();
+    let t = start_with(|cfg| cfg.mqtt.max_inflight = 3).await;
+    let mut sub = b4::connect(opts_v4(t.addr, "window", false)).await;
+    sub.subscribe("win/t", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    let sent = b4::numbered("w", 20);
+    b4::publish_all(t.addr, "win/t", QoS::AtLeastOnce, &sent).await;
+
+    let mut sub = b4::connect(opts_v4(t.addr, "window", false)).await;
+    let mut got = sub.expect_publishes(20).await;
+    got.extend(sub.drain().await);
+    assert_eq!(b4::payloads(&got), sent);
+    sub.disconnect().await;
+    t.gw.shutdown().await;
+}
+
+/// With a client Receive Maximum of 2, no more than 2 QoS 1 deliveries are
+/// unacknowledged at a time; acknowledging lets the next ones through.
+#[tokio::test]
+async fn client_receive_maximum_limits_unacked_deliveries_v5() {
+    init_tracing();
+    let t = start().await;
+    let mut o = opts_v5(t.addr, "recvmax", true, None);
+    o.set_receive_maximum(Some(2));
+    o.set_manual_acks(true);
+    let mut sub = b5::connect(o).await;
+    sub.subscribe("rm/t", V5QoS::AtLeastOnce).await;
+    let sent = b4::numbered("r", 5);
+    b4::publish_all(t.addr, "rm/t", QoS::AtLeastOnce, &sent).await;
+
+    let first = sub.expect_publishes(2).await;
+    let held = sub.drain().await;
+    assert!(
+        held.is_empty(),
+        "beyond Receive Maximum: {:?}",
+        b5::payloads(&held)
+    );
+    for p in &first {
+        sub.client.ack(p).await.unwrap();
+    }
+    let mut rest = sub.expect_publishes(2).await;
+    for p in &rest {
+        sub.client.ack(p).await.unwrap();
+    }
+    rest.extend(sub.expect_publishes(1).await);
+    let mut all = b5::payloads(&first);
+    all.extend(b5::payloads(&rest));
+    assert_eq!(all, sent, "all delivered, in order");
+    sub.disconnect().await;
+    t.gw.shutdown().await;
+}

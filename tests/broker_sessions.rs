@@ -379,3 +379,80 @@ async fn session_within_its_expiry_interval_is_present_v5() {
     c.disconnect().await;
     t.gw.shutdown().await;
 }
+
+// ----- 2b. QoS 2 redelivery: PUBLISH with DUP before PUBREC, PUBREL after ----
+
+#[tokio::test]
+async fn unacked_qos2_message_resent_with_dup_v4() {
+    init_tracing();
+    let t = start().await;
+    let mut o = opts_v4(t.addr, "dupq2", false);
+    o.set_manual_acks(true);
+    let mut sub = b4::connect(o).await;
+    sub.subscribe("dupq2/t", QoS::ExactlyOnce).await;
+    b4::publish_all(t.addr, "dupq2/t", QoS::ExactlyOnce, &b4::numbered("e", 2)).await;
+    let first = sub.expect_publishes(2).await;
+    assert!(first.iter().all(|p| !p.dup && p.qos == QoS::ExactlyOnce));
+    // No PUBREC; the connection drops.
+    sub.kill().await;
+
+    let mut sub = b4::connect(opts_v4(t.addr, "dupq2", false)).await;
+    assert!(sub.session_present());
+    let mut again = sub.expect_publishes(2).await;
+    assert_eq!(b4::payloads(&again), b4::numbered("e", 2));
+    assert!(again.iter().all(|p| p.dup), "resent with DUP=1");
+    // Now acknowledged (automatically): delivered exactly once more, no further copies.
+    again.extend(sub.drain().await);
+    assert_eq!(again.len(), 2, "extra copies: {:?}", b4::payloads(&again));
+    sub.disconnect().await;
+    t.gw.shutdown().await;
+}
+
+/// A QoS 2 delivery whose PUBREC arrived but whose PUBCOMP did not is
+/// resumed with PUBREL (not a new PUBLISH) on the next connection.
+#[tokio::test]
+async fn qos2_delivery_after_pubrec_resumes_with_pubrel_v4() {
+    use tokio::io::AsyncWriteExt;
+    init_tracing();
+    let t = start().await;
+    let mut s = raw::send(t.addr, &raw::connect_packet(4, "relq2", false)).await;
+    let connack = within(5, raw::read_packet(&mut s)).await.expect("CONNACK");
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
+    // SUBSCRIBE packet id 1, "rel/t" at QoS 2.
+    let mut sub = vec![0x82, 0x00, 0x00, 0x01, 0x00, 0x05];
+    sub.extend_from_slice(b"rel/t");
+    sub.push(0x02);
+    sub[1] = (sub.len() - 2) as u8;
+    s.write_all(&sub).await.unwrap();
+    let suback = within(5, raw::read_packet(&mut s)).await.expect("SUBACK");
+    assert_eq!(suback, [0x90, 0x03, 0x00, 0x01, 0x02]);
+
+    b4::publish_all(t.addr, "rel/t", QoS::ExactlyOnce, &["r".to_string()]).await;
+    let publish = within(5, raw::read_packet(&mut s)).await.expect("PUBLISH");
+    assert_eq!(publish[0] & 0xF6, 0x34, "PUBLISH QoS 2: {publish:02x?}");
+    // Topic length 5 + "rel/t" starts at 2; packet id follows the topic.
+    let pkid = [publish[9], publish[10]];
+    s.write_all(&[0x50, 0x02, pkid[0], pkid[1]]).await.unwrap();
+    let pubrel = within(5, raw::read_packet(&mut s)).await.expect("PUBREL");
+    assert_eq!(pubrel, [0x62, 0x02, pkid[0], pkid[1]]);
+    // Gone without PUBCOMP.
+    drop(s);
+
+    let mut s = raw::send(t.addr, &raw::connect_packet(4, "relq2", false)).await;
+    let connack = within(5, raw::read_packet(&mut s)).await.expect("CONNACK");
+    assert_eq!(connack, [0x20, 0x02, 0x01, 0x00], "session present");
+    let next = within(5, raw::read_packet(&mut s)).await.expect("a resend");
+    assert_eq!(
+        next,
+        [0x62, 0x02, pkid[0], pkid[1]],
+        "PUBREL resent, not PUBLISH"
+    );
+    s.write_all(&[0x70, 0x02, pkid[0], pkid[1]]).await.unwrap();
+    // Nothing else is pending for this session.
+    let more = tokio::time::timeout(QUIET, raw::read_packet(&mut s)).await;
+    assert!(
+        more.is_err(),
+        "unexpected packet after PUBCOMP: {more:02x?}"
+    );
+    t.gw.shutdown().await;
+}

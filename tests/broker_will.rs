@@ -189,3 +189,51 @@ async fn will_delay_cancelled_by_reconnect_within_delay_v5() {
     c.disconnect().await;
     t.gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn will_with_retain_flag_becomes_the_retained_message() {
+    init_tracing();
+    let t = start().await;
+    let mut o = opts_v4(t.addr, "wret", true);
+    o.set_last_will(LastWill::new("will/ret", "offline", QoS::AtLeastOnce, true));
+    let mut live = watcher(t.addr, "wret-live", "will/ret").await;
+    let c = b4::connect(o).await;
+    c.kill().await;
+    // Once the will has gone out, a new subscriber finds it retained.
+    assert_eq!(b4::payloads(&live.expect_publishes(1).await), ["offline"]);
+    let mut w = watcher(t.addr, "wret-watch", "will/ret").await;
+    let got = w.expect_publishes(1).await;
+    assert_eq!(b4::payloads(&got), ["offline"]);
+    assert!(got[0].retain, "sent as a retained message");
+    w.disconnect().await;
+    live.disconnect().await;
+    t.gw.shutdown().await;
+}
+
+/// The will goes out when the session ends even if its delay is longer
+/// (5.0 3.1.3.2.2: whichever happens first).
+#[tokio::test]
+async fn will_published_when_session_ends_before_will_delay_v5() {
+    init_tracing();
+    let t = start().await;
+    let mut w = watcher(t.addr, "wse-watch", "will/sessend").await;
+    let mut o = opts_v5(t.addr, "wse", false, Some(1));
+    let props = LastWillProperties {
+        delay_interval: Some(300),
+        ..no_will_props()
+    };
+    o.set_last_will(LastWill5::new(
+        "will/sessend",
+        "session over",
+        V5QoS::AtLeastOnce,
+        false,
+        Some(props),
+    ));
+    let c = b5::connect(o).await;
+    c.kill().await;
+    // Session expiry 1 s, checked every second: well before the 300 s delay.
+    let got = w.expect_publishes(1).await;
+    assert_eq!(b4::payloads(&got), ["session over"]);
+    w.disconnect().await;
+    t.gw.shutdown().await;
+}
