@@ -363,6 +363,14 @@ impl Conn<'_> {
                 .await
                 .map_err(|_| ConnError::ShuttingDown)?;
         }
+        // A full sink queue makes this wait: the device is slowed, not lied to.
+        for (tx, env) in self.sink_outbox.drain(..) {
+            if let Err(e) = tx.send(env).await {
+                if let Some(c) = e.0.confirm {
+                    let _ = c.send(Err(crate::bridge::SinkError::Closed));
+                }
+            }
+        }
         Ok(())
     }
 }
