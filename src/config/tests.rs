@@ -390,3 +390,18 @@ fn every_repo_config_file_loads_and_validates() {
         "default.toml not found among {checked:?}"
     );
 }
+
+/// A file's `[[bridge.*]]` arrays replace the defaults' (the `config` crate
+/// must not merge array entries by index into mixed backends).
+#[test]
+fn example_configs_replace_the_default_bridge() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let kafka = load_isolated(Some(&dir.join("kafka.toml"))).expect("kafka.toml loads");
+    assert_eq!(kafka.bridge.backends.len(), 1);
+    assert!(matches!(&kafka.bridge.backends[0], BackendConfig::Kafka(k) if k.bootstrap_servers == "127.0.0.1:9092"));
+    assert_eq!(kafka.bridge.uplink.len(), 1);
+    assert_eq!(kafka.bridge.uplink[0].target, "mqbridge.telemetry");
+    let rabbit = load_isolated(Some(&dir.join("rabbitmq.toml"))).expect("rabbitmq.toml loads");
+    assert!(matches!(&rabbit.bridge.backends[0], BackendConfig::Amqp(a) if a.exchange == "mqbridge.telemetry"));
+    assert_eq!(rabbit.bridge.uplink[0].routing_key.as_deref(), Some("{topic_dotted}"));
+}
