@@ -187,3 +187,33 @@ async fn retain_as_published_keeps_retain_flag_on_live_delivery_v5() {
     plain.disconnect().await;
     t.gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn expired_retained_message_not_sent_to_new_subscriber_v5() {
+    use rumqttc::v5::mqttbytes::v5::PublishProperties;
+    init_tracing();
+    let t = start().await;
+    let mut p = b5::connect(opts_v5(t.addr, "rexp-pub", true, None)).await;
+    let short = PublishProperties {
+        message_expiry_interval: Some(1),
+        ..PublishProperties::default()
+    };
+    p.publish_with("ret/exp/short", V5QoS::AtLeastOnce, true, b"short", short)
+        .await;
+    p.publish("ret/exp/keep", V5QoS::AtLeastOnce, true, b"keep")
+        .await;
+    p.disconnect().await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+
+    let mut sub = b5::connect(opts_v5(t.addr, "rexp-sub", true, None)).await;
+    sub.subscribe("ret/exp/#", V5QoS::AtLeastOnce).await;
+    let mut got = sub.expect_publishes(1).await;
+    got.extend(sub.drain().await);
+    assert_eq!(
+        b5::payloads(&got),
+        ["keep"],
+        "the expired retained message is gone"
+    );
+    sub.disconnect().await;
+    t.gw.shutdown().await;
+}
