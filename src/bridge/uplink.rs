@@ -60,7 +60,7 @@ impl Uplink {
     pub fn new(cfg: &BridgeConfig, sinks: &[SinkHandle], metrics: &BridgeMetrics) -> Uplink {
         let mut routes = Vec::new();
         for r in &cfg.uplink {
-            let Some(sink) = sinks.iter().find(|s| &*s.backend == r.backend) else {
+            let Some(sink) = sinks.iter().find(|s| *s.backend == r.backend) else {
                 continue;
             };
             let amqp = cfg

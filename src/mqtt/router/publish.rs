@@ -85,17 +85,22 @@ impl Router {
             }
             add_target(&mut targets, e);
         }
+        // Each shared group delivers its own copy, even to a client that also
+        // matched through a non-shared subscription (5.0 4.8.2).
+        let mut deliveries: Vec<(Arc<str>, Target)> = targets.into_iter().collect();
         for (key, members) in groups {
             if let Some(e) = self.pick_shared(key, &members) {
-                add_target(&mut targets, e);
+                let mut one = HashMap::new();
+                add_target(&mut one, e);
+                deliveries.extend(one);
             }
         }
-        if targets.is_empty() {
+        if deliveries.is_empty() {
             return PublishOutcome::NoSubscribers;
         }
         let mut accepted = 0;
-        let total = targets.len();
-        for (client, t) in targets {
+        let total = deliveries.len();
+        for (client, t) in deliveries {
             let (mut cx, sessions) = self.ctx();
             let Some(s) = sessions.get_mut(&client) else {
                 continue;
