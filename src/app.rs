@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use crate::bridge::metrics::BridgeMetrics;
 use crate::bridge::uplink::Uplink;
 use crate::bridge::{RunningSink, SinkHandle};
-use crate::config::{BackendConfig, Config};
+use crate::config::{AckMode, BackendConfig, Config};
 use crate::metrics::Metrics;
 use crate::mqtt::connection::Shared;
 use crate::mqtt::router::{Router, ROUTER_CHANNEL};
@@ -53,6 +53,38 @@ pub struct Gateway {
     /// and what it holds is confirmed.
     sinks: Vec<JoinHandle<()>>,
     grace: Duration,
+}
+
+/// Where each uplink route sends: its backend's sink, or (ack = "spool") a
+/// spool in front of it under `<store.path>/spool/`.
+fn route_sinks(
+    cfg: &Config,
+    sinks: &[SinkHandle],
+    metrics: &BridgeMetrics,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Result<Vec<SinkHandle>, AppError> {
+    let mut out = Vec::new();
+    for r in &cfg.bridge.uplink {
+        let Some(backend) = sinks.iter().find(|s| *s.backend == r.backend) else {
+            continue; // validated: cannot happen
+        };
+        if r.ack != AckMode::Spool {
+            out.push(backend.clone());
+            continue;
+        }
+        let RunningSink { handle, task } = crate::bridge::spool::start(
+            &r.name,
+            &cfg.store.path.join("spool"),
+            r.spool_max_bytes,
+            backend.clone(),
+            metrics.route(&r.name),
+            metrics.spool_full(&r.name),
+            cfg.bridge.queue_capacity,
+        )?;
+        out.push(handle);
+        tasks.push(task);
+    }
+    Ok(out)
 }
 
 /// Starts one sink per configured backend.
@@ -168,9 +200,10 @@ impl Gateway {
             ));
             Some(bound)
         };
-        let (sinks, sink_tasks) = start_sinks(&cfg, &bridge_metrics).await?;
-        let uplink = Uplink::new(&cfg.bridge, &sinks, &bridge_metrics);
-        drop(sinks);
+        let (sinks, mut sink_tasks) = start_sinks(&cfg, &bridge_metrics).await?;
+        let route_sinks = route_sinks(&cfg, &sinks, &bridge_metrics, &mut sink_tasks)?;
+        let uplink = Uplink::new(&cfg.bridge, &route_sinks, &bridge_metrics);
+        drop((sinks, route_sinks));
         let shared = Arc::new(Shared {
             uplink,
             cfg: cfg.clone(),

@@ -35,6 +35,7 @@ fn rabbit(cfg: &mut Config, exchange: &str) {
         routing_key: None,
         ack: AckMode::Backend,
         give_up_secs: 0,
+        spool_max_bytes: 1 << 30,
     }];
 }
 

@@ -85,6 +85,7 @@ async fn puback_waits_through_a_broker_outage_and_nothing_acked_is_lost() {
             routing_key: None,
             ack: AckMode::Backend,
             give_up_secs: 0,
+            spool_max_bytes: 1 << 30,
         }];
     })
     .await;

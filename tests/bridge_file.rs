@@ -116,6 +116,7 @@ async fn unresolvable_template_is_refused_without_blocking_others() {
             routing_key: None,
             ack: AckMode::Backend,
             give_up_secs: 0,
+            spool_max_bytes: 1 << 30,
         });
     })
     .await;

@@ -16,6 +16,11 @@ pub struct RouteResult {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendLabel {
     pub backend: String,
 }
@@ -31,6 +36,9 @@ pub struct BridgeMetrics {
     pub backend_up: Family<BackendLabel, Gauge>,
     /// `mqbridge_bridge_backend_retries_total{backend}`: reconnects and re-sends.
     pub retries: Family<BackendLabel, Counter>,
+    /// `mqbridge_bridge_spool_full_total{route}`: times a route's spool was full
+    /// and acknowledgements fell back to waiting for the backend.
+    pub spool_full: Family<RouteLabel, Counter>,
     /// `mqbridge_bridge_confirm_duration_seconds{backend}`: hand-off to confirmation.
     pub confirm_duration: Family<BackendLabel, Histogram>,
 }
@@ -41,6 +49,7 @@ impl BridgeMetrics {
             messages: Family::default(),
             backend_up: Family::default(),
             retries: Family::default(),
+            spool_full: Family::default(),
             confirm_duration: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 16))
             }),
@@ -59,6 +68,11 @@ impl BridgeMetrics {
             "mqbridge_bridge_backend_retries",
             "Backend reconnects and re-sends",
             m.retries.clone(),
+        );
+        registry.register(
+            "mqbridge_bridge_spool_full",
+            "Times a route's spool was full (acks waited for the backend)",
+            m.spool_full.clone(),
         );
         registry.register_with_unit(
             "mqbridge_bridge_confirm_duration",
@@ -85,6 +99,14 @@ impl BridgeMetrics {
             dropped: c("dropped"),
             unresolved: c("unresolved"),
         }
+    }
+
+    pub fn spool_full(&self, route: &str) -> Counter {
+        self.spool_full
+            .get_or_create(&RouteLabel {
+                route: route.to_string(),
+            })
+            .clone()
     }
 
     pub fn backend(&self, backend: &str) -> BackendCounters {

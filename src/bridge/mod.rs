@@ -12,6 +12,7 @@ pub mod amqp;
 pub mod file;
 pub mod kafka;
 pub mod metrics;
+pub mod spool;
 pub mod template;
 pub mod uplink;
 

@@ -55,28 +55,23 @@ pub struct Origin<'a> {
 }
 
 impl Uplink {
-    /// Compiles the routes against the started sinks (validated config: every
-    /// backend a route names has a sink).
+    /// Compiles the routes; `sinks[i]` is where route `i` sends (its
+    /// backend, or its spool in front of the backend).
     pub fn new(cfg: &BridgeConfig, sinks: &[SinkHandle], metrics: &BridgeMetrics) -> Uplink {
         let mut routes = Vec::new();
-        for r in &cfg.uplink {
-            let Some(sink) = sinks.iter().find(|s| *s.backend == r.backend) else {
-                continue;
-            };
+        for (r, sink) in cfg.uplink.iter().zip(sinks) {
             let amqp = cfg
                 .backends
                 .iter()
                 .any(|b| b.name() == r.backend && matches!(b, BackendConfig::Amqp(_)));
             let key = match (amqp, &r.key, &r.routing_key) {
-                (false, Some(k), _) => Some(k.as_str()),
-                (false, None, _) => Some("{client_id}"),
-                (true, _, Some(k)) => Some(k.as_str()),
-                (true, _, None) => Some("{topic_dotted}"),
+                (false, Some(k), _) => k.as_str(),
+                (false, None, _) => "{client_id}",
+                (true, _, Some(k)) => k.as_str(),
+                (true, _, None) => "{topic_dotted}",
             };
             // Templates were validated with the config; a failure here cannot happen.
-            let (Ok(target), Some(Ok(key))) =
-                (Template::parse(&r.target), key.map(Template::parse))
-            else {
+            let (Ok(target), Ok(key)) = (Template::parse(&r.target), Template::parse(key)) else {
                 continue;
             };
             routes.push(Route {

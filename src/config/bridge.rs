@@ -40,6 +40,7 @@ impl Default for BridgeConfig {
                 routing_key: None,
                 ack: AckMode::Backend,
                 give_up_secs: 0,
+                spool_max_bytes: default_spool_bytes(),
             }],
         }
     }
@@ -174,6 +175,10 @@ pub struct UplinkRoute {
     /// it failed (5.0 reason code); 0 = wait as long as it takes.
     #[serde(default)]
     pub give_up_secs: u64,
+    /// With `ack = "spool"`: bound of the route's spool in bytes. When full,
+    /// acknowledgements wait for the backend as in `backend` mode.
+    #[serde(default = "default_spool_bytes")]
+    pub spool_max_bytes: u64,
 }
 
 fn default_compression() -> String {
@@ -190,6 +195,9 @@ fn default_exchange_kind() -> String {
 }
 fn yes() -> bool {
     true
+}
+fn default_spool_bytes() -> u64 {
+    1 << 30
 }
 fn default_ack() -> AckMode {
     AckMode::Backend
@@ -271,11 +279,8 @@ impl BridgeConfig {
                         .map_err(|e| ConfigError::at(at(what), e.to_string()))?;
                 }
             }
-            if r.ack == AckMode::Spool {
-                return Err(ConfigError::at(
-                    at("ack"),
-                    "spool mode is not implemented yet; use \"backend\"",
-                ));
+            if r.ack == AckMode::Spool && r.spool_max_bytes == 0 {
+                return Err(ConfigError::at(at("spool_max_bytes"), "must be > 0"));
             }
         }
         Ok(())

@@ -1,0 +1,259 @@
+//! The `spool` acknowledgement mode: a route's messages are appended to a
+//! local fsynced spool before the device is acknowledged, then drained to
+//! the backend in order. Survives restarts and `kill -9`: whatever was
+//! acknowledged is on disk until the backend confirmed it.
+//!
+//! One redb file per route (`<store.path>/spool/<route>.redb`), keyed by a
+//! sequence number. A writer thread appends in groups (one fsync per
+//! batch) and confirms the batch; a drain task ([`drain`]) reads in order,
+//! hands each record to the backend sink and deletes it once confirmed.
+//! The spool is bounded in bytes: when full, the writer stops taking new
+//! messages, so devices wait for their acknowledgement as in `backend` mode
+//! (logged once per episode and counted in `mqbridge_bridge_spool_full_total`).
+
+mod drain;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use redb::{Database, Durability, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, Notify};
+
+use super::metrics::RouteCounters;
+use super::{BridgeError, Envelope, Record, RunningSink, SinkHandle};
+
+const SPOOL: TableDefinition<u64, &[u8]> = TableDefinition::new("spool");
+
+/// A spool database error, as text (redb's error types are large).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SpoolError(String);
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for SpoolError {
+            fn from(e: $t) -> Self {
+                SpoolError(e.to_string())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+/// Most envelopes appended per fsync.
+const BATCH: usize = 1024;
+
+/// A record as spooled (counters are re-attached when drained).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Spooled {
+    route: String,
+    client_id: String,
+    target: String,
+    key: Option<String>,
+    payload: Bytes,
+    headers: Vec<(String, String)>,
+    content_type: Option<String>,
+}
+
+impl Spooled {
+    fn from_record(r: &Record) -> Spooled {
+        Spooled {
+            route: r.route.to_string(),
+            client_id: r.client_id.to_string(),
+            target: r.target.clone(),
+            key: r.key.clone(),
+            payload: r.payload.clone(),
+            headers: r.headers.clone(),
+            content_type: r.content_type.clone(),
+        }
+    }
+
+    fn into_record(self, counters: &RouteCounters) -> Record {
+        Record {
+            route: self.route.into(),
+            counters: counters.clone(),
+            client_id: self.client_id.into(),
+            target: self.target,
+            key: self.key,
+            payload: self.payload,
+            headers: self.headers,
+            content_type: self.content_type,
+        }
+    }
+}
+
+/// State shared by the writer and the drain task.
+struct Shared {
+    db: Database,
+    /// Bytes currently spooled (approximate: encoded sizes).
+    bytes: AtomicU64,
+    max_bytes: u64,
+    /// Wakes the drain task after an append.
+    appended: Notify,
+    route: String,
+    spool_full: prometheus_client::metrics::counter::Counter,
+}
+
+/// Starts the spool of one route in front of `backend`. Returns the
+/// handle devices' envelopes go to.
+pub fn start(
+    route: &str,
+    dir: &Path,
+    max_bytes: u64,
+    backend: SinkHandle,
+    counters: RouteCounters,
+    spool_full: prometheus_client::metrics::counter::Counter,
+    capacity: usize,
+) -> Result<RunningSink, BridgeError> {
+    let err = |reason: String| BridgeError::Backend {
+        backend: format!("spool of route {route}"),
+        reason,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| err(format!("creating {}: {e}", dir.display())))?;
+    let path = dir.join(format!("{}.redb", sanitize(route)));
+    let db =
+        Database::create(&path).map_err(|e| err(format!("opening {}: {e}", path.display())))?;
+    let bytes = spooled_bytes(&db).map_err(|e| err(e.to_string()))?;
+    if bytes > 0 {
+        tracing::info!(
+            route,
+            bytes,
+            "spool holds messages from before the restart; draining them first"
+        );
+    }
+    let shared = Arc::new(Shared {
+        db,
+        bytes: AtomicU64::new(bytes),
+        max_bytes,
+        appended: Notify::new(),
+        route: route.to_string(),
+        spool_full,
+    });
+    let (tx, rx) = mpsc::channel(capacity);
+    let writer_shared = shared.clone();
+    let writer = std::thread::Builder::new()
+        .name(format!("spool-{route}"))
+        .spawn(move || write_loop(writer_shared, rx))
+        .map_err(|e| err(format!("spawning the spool writer: {e}")))?;
+    let drain = tokio::spawn(drain::run(shared, backend, counters));
+    let task = tokio::spawn(async move {
+        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        // The drain task ends when the spool is empty and the writer is gone.
+        let _ = drain.await;
+    });
+    Ok(RunningSink {
+        handle: SinkHandle {
+            backend: Arc::from(route),
+            tx,
+        },
+        task,
+    })
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_alphanumeric() || "-_".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn spooled_bytes(db: &Database) -> Result<u64, SpoolError> {
+    let txn = db.begin_write()?;
+    txn.open_table(SPOOL)?;
+    txn.commit()?;
+    let read = db.begin_read()?;
+    let table = read.open_table(SPOOL)?;
+    let mut total = 0;
+    for row in table.iter()? {
+        total += row?.1.value().len() as u64;
+    }
+    Ok(total)
+}
+
+/// Appends batches durably, then confirms them; waits while the spool is full.
+fn write_loop(sh: Arc<Shared>, mut rx: mpsc::Receiver<Envelope>) {
+    let mut next = match last_seq(&sh.db) {
+        Ok(s) => s + 1,
+        Err(e) => {
+            tracing::error!(route = %sh.route, error = %e, "spool unreadable; route stopped");
+            return;
+        }
+    };
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(e) => batch.push(e),
+                Err(_) => break,
+            }
+        }
+        wait_for_room(&sh);
+        while let Err(e) = append(&sh, next, &batch) {
+            tracing::error!(route = %sh.route, error = %e, "spool append failed; retrying");
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        next += batch.len() as u64;
+        sh.appended.notify_one();
+        for env in batch {
+            if let Some(c) = env.confirm {
+                let _ = c.send(Ok(()));
+            }
+        }
+    }
+    // Wake the drain task so it notices the input is gone.
+    sh.appended.notify_one();
+}
+
+/// Blocks the writer while the spool is over its bound; devices' acks wait meanwhile.
+fn wait_for_room(sh: &Shared) {
+    if sh.bytes.load(Ordering::Acquire) < sh.max_bytes {
+        return;
+    }
+    sh.spool_full.inc();
+    tracing::warn!(route = %sh.route, max_bytes = sh.max_bytes, "spool full: acknowledgements wait for the backend (as in ack=backend)");
+    while sh.bytes.load(Ordering::Acquire) >= sh.max_bytes {
+        // `Notify` is async; a short sleep keeps this plain thread simple.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    tracing::info!(route = %sh.route, "spool has room again");
+}
+
+fn last_seq(db: &Database) -> Result<u64, SpoolError> {
+    let read = db.begin_read()?;
+    let table = read.open_table(SPOOL)?;
+    let last = table.last()?.map_or(0, |(k, _)| k.value());
+    Ok(last)
+}
+
+fn append(sh: &Shared, first: u64, batch: &[Envelope]) -> Result<(), SpoolError> {
+    let mut txn = sh.db.begin_write()?;
+    txn.set_durability(Durability::Immediate);
+    let mut added = 0u64;
+    {
+        let mut table = txn.open_table(SPOOL)?;
+        for (i, env) in batch.iter().enumerate() {
+            let bytes = postcard::to_stdvec(&Spooled::from_record(&env.record))
+                .map_err(|e| SpoolError(e.to_string()))?;
+            added += bytes.len() as u64;
+            table.insert(first + i as u64, bytes.as_slice())?;
+        }
+    }
+    txn.commit()?;
+    sh.bytes.fetch_add(added, Ordering::AcqRel);
+    Ok(())
+}
