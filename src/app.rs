@@ -52,6 +52,8 @@ pub struct Gateway {
     /// Sink tasks; each ends once every connection (holding its handle) is gone
     /// and what it holds is confirmed.
     sinks: Vec<JoinHandle<()>>,
+    /// Downlink sources; they stop consuming on the stop signal.
+    sources: Vec<JoinHandle<()>>,
     grace: Duration,
 }
 
@@ -85,6 +87,56 @@ fn route_sinks(
         tasks.push(task);
     }
     Ok(out)
+}
+
+/// Starts each downlink route: its processor (command → router), its source
+/// (Kafka consumer group or AMQP queue), and the receipts task if any route
+/// wants delivery receipts.
+async fn start_downlink(
+    cfg: &Config,
+    sinks: &[SinkHandle],
+    metrics: &BridgeMetrics,
+    router: &mpsc::Sender<crate::mqtt::router::RouterMsg>,
+    receipts: mpsc::Receiver<crate::mqtt::router::ReceiptEvent>,
+    stop: &watch::Receiver<bool>,
+) -> Result<Vec<JoinHandle<()>>, AppError> {
+    use crate::bridge::downlink;
+    let mut tasks = Vec::new();
+    let mut receipt_targets = std::collections::HashMap::new();
+    for r in &cfg.bridge.downlink {
+        let sink = sinks.iter().find(|s| *s.backend == r.backend).cloned();
+        let counters = metrics.downlink(&r.name);
+        let Some(p) = downlink::start(
+            r,
+            router.clone(),
+            cfg.mqtt.max_packet_size,
+            sink.clone(),
+            counters.clone(),
+            metrics.route(&r.name),
+            cfg.bridge.queue_capacity.min(4096),
+        ) else {
+            continue; // templates validated with the config
+        };
+        tasks.push(p.task);
+        if let (Some(target), Some(sink)) = (&r.receipt_target, sink) {
+            receipt_targets.insert(
+                r.name.clone(),
+                (sink, target.clone(), metrics.route(&r.name), counters),
+            );
+        }
+        let source = match cfg.bridge.backends.iter().find(|b| b.name() == r.backend) {
+            Some(BackendConfig::Kafka(k)) => {
+                downlink::kafka::start(k, r, p.tx, stop.clone()).await?
+            }
+            Some(BackendConfig::Amqp(a)) => downlink::amqp::start(a, r, p.tx, stop.clone()).await?,
+            _ => continue,
+        };
+        tasks.push(source);
+    }
+    if !receipt_targets.is_empty() {
+        tasks.push(downlink::start_receipts(receipt_targets, receipts));
+    }
+    Ok(tasks)
 }
 
 /// Starts one sink per configured backend.
@@ -152,13 +204,24 @@ impl Gateway {
             .map_err(|source| AppError::Store { path, source })?;
         let (stop, stop_rx) = watch::channel(false);
         let (router_tx, router_rx) = mpsc::channel(ROUTER_CHANNEL);
-        let router = Router::new(
+        // Delivery receipts: acknowledged commands reported by the router. Bounded;
+        // when full the router drops the receipt with a warning.
+        let (receipt_tx, receipt_rx) = mpsc::channel(4096);
+        let mut router = Router::new(
             cfg.clone(),
             metrics.clone(),
             store.clone(),
             recovered,
             router_tx.downgrade(),
         );
+        if cfg
+            .bridge
+            .downlink
+            .iter()
+            .any(|r| r.receipt_target.is_some())
+        {
+            router = router.with_receipts(receipt_tx);
+        }
         let router = tokio::spawn(router.run(router_rx, stopped(stop_rx.clone())));
 
         let listen = cfg.mqtt.listen.clone();
@@ -203,6 +266,15 @@ impl Gateway {
         let (sinks, mut sink_tasks) = start_sinks(&cfg, &bridge_metrics).await?;
         let route_sinks = route_sinks(&cfg, &sinks, &bridge_metrics, &mut sink_tasks)?;
         let uplink = Uplink::new(&cfg.bridge, &route_sinks, &bridge_metrics);
+        let sources = start_downlink(
+            &cfg,
+            &sinks,
+            &bridge_metrics,
+            &router_tx,
+            receipt_rx,
+            &stop_rx,
+        )
+        .await?;
         drop((sinks, route_sinks));
         let shared = Arc::new(Shared {
             uplink,
@@ -223,6 +295,7 @@ impl Gateway {
             stop,
             router,
             sinks: sink_tasks,
+            sources,
             grace: Duration::from_secs(cfg.server.shutdown_grace_secs),
         })
     }
@@ -231,7 +304,12 @@ impl Gateway {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let sinks = self.sinks;
+        let sources = self.sources;
         let all = async move {
+            // Sources stop consuming first; what they did not commit is consumed again later.
+            for s in sources {
+                let _ = s.await;
+            }
             let _ = self.router.await;
             // Connections are gone with the router's kicks; the sinks drain what they hold.
             for s in sinks {

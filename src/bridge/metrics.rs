@@ -32,6 +32,13 @@ pub struct BridgeMetrics {
     /// (gave up / backend closed), dropped (QoS 0 buffer full), unresolved
     /// (template could not be resolved).
     pub messages: Family<RouteResult, Counter>,
+    /// `mqbridge_bridge_commands_total{route,result}`: downlink commands by
+    /// outcome: stored, no_session, rejected (session limits), expired,
+    /// invalid (bad topic/client id/size), dead_lettered, retried (not stored,
+    /// consumed again).
+    pub commands: Family<RouteResult, Counter>,
+    /// `mqbridge_bridge_receipts_total{route,result}`: delivery receipts sent or dropped.
+    pub receipts: Family<RouteResult, Counter>,
     /// `mqbridge_bridge_backend_up{backend}`: 1 while connected.
     pub backend_up: Family<BackendLabel, Gauge>,
     /// `mqbridge_bridge_backend_retries_total{backend}`: reconnects and re-sends.
@@ -47,6 +54,8 @@ impl BridgeMetrics {
     pub fn new(registry: &mut Registry) -> BridgeMetrics {
         let m = BridgeMetrics {
             messages: Family::default(),
+            commands: Family::default(),
+            receipts: Family::default(),
             backend_up: Family::default(),
             retries: Family::default(),
             spool_full: Family::default(),
@@ -58,6 +67,16 @@ impl BridgeMetrics {
             "mqbridge_bridge_messages",
             "Uplink messages by route and result",
             m.messages.clone(),
+        );
+        registry.register(
+            "mqbridge_bridge_commands",
+            "Downlink commands by route and outcome",
+            m.commands.clone(),
+        );
+        registry.register(
+            "mqbridge_bridge_receipts",
+            "Delivery receipts by route and result",
+            m.receipts.clone(),
         );
         registry.register(
             "mqbridge_bridge_backend_up",
@@ -101,6 +120,36 @@ impl BridgeMetrics {
         }
     }
 
+    pub fn downlink(&self, route: &str) -> CommandCounters {
+        let c = |result| {
+            self.commands
+                .get_or_create(&RouteResult {
+                    route: route.to_string(),
+                    result,
+                })
+                .clone()
+        };
+        let r = |result| {
+            self.receipts
+                .get_or_create(&RouteResult {
+                    route: route.to_string(),
+                    result,
+                })
+                .clone()
+        };
+        CommandCounters {
+            stored: c("stored"),
+            no_session: c("no_session"),
+            rejected: c("rejected"),
+            expired: c("expired"),
+            invalid: c("invalid"),
+            dead_lettered: c("dead_lettered"),
+            retried: c("retried"),
+            receipts_sent: r("sent"),
+            receipts_failed: r("failed"),
+        }
+    }
+
     pub fn spool_full(&self, route: &str) -> Counter {
         self.spool_full
             .get_or_create(&RouteLabel {
@@ -137,4 +186,18 @@ pub struct BackendCounters {
     pub up: Gauge,
     pub retries: Counter,
     pub confirm: Histogram,
+}
+
+/// Counters of one downlink route.
+#[derive(Clone, Debug)]
+pub struct CommandCounters {
+    pub stored: Counter,
+    pub no_session: Counter,
+    pub rejected: Counter,
+    pub expired: Counter,
+    pub invalid: Counter,
+    pub dead_lettered: Counter,
+    pub retried: Counter,
+    pub receipts_sent: Counter,
+    pub receipts_failed: Counter,
 }

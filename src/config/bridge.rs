@@ -19,6 +19,9 @@ pub struct BridgeConfig {
     pub backends: Vec<BackendConfig>,
     /// Uplink routes, MQTT → backend (`[[bridge.uplink]]`).
     pub uplink: Vec<UplinkRoute>,
+    /// Downlink routes, backend commands → devices (`[[bridge.downlink]]`).
+    #[serde(default)]
+    pub downlink: Vec<DownlinkRoute>,
 }
 
 impl Default for BridgeConfig {
@@ -42,6 +45,7 @@ impl Default for BridgeConfig {
                 give_up_secs: 0,
                 spool_max_bytes: default_spool_bytes(),
             }],
+            downlink: Vec::new(),
         }
     }
 }
@@ -181,6 +185,78 @@ pub struct UplinkRoute {
     pub spool_max_bytes: u64,
 }
 
+/// One `[[bridge.downlink]]` route: commands consumed from a Kafka topic
+/// (consumer group) or an AMQP queue, published into the broker. A command
+/// is committed (Kafka) / acked (AMQP) only once it is durably stored in
+/// every session it is for. Templates may use `{key}` (Kafka message key),
+/// `{routing_key}` (AMQP routing key with `.` → `/`) and `{header.NAME}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DownlinkRoute {
+    /// Route name (logs, metric label, default consumer group suffix).
+    pub name: String,
+    /// A `kafka` or `amqp` backend's name.
+    pub backend: String,
+    /// Kafka: topics to consume.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// Kafka: consumer group id; default `mqbridge-<name>`.
+    #[serde(default)]
+    pub group_id: Option<String>,
+    /// AMQP: queue to consume.
+    #[serde(default)]
+    pub queue: String,
+    /// AMQP: declare the queue (durable) at start-up.
+    #[serde(default)]
+    pub declare_queue: bool,
+    /// AMQP: with `declare_queue`, bind it to this exchange (declared durable,
+    /// kind topic) with `binding_key`.
+    #[serde(default)]
+    pub bind_exchange: String,
+    /// AMQP: binding key for `bind_exchange`.
+    #[serde(default)]
+    pub binding_key: String,
+    /// AMQP: unacknowledged deliveries at most (basic.qos prefetch).
+    #[serde(default = "default_prefetch")]
+    pub prefetch: u16,
+    /// MQTT topic template of the delivered command.
+    pub topic: String,
+    /// QoS of the delivered command (0, 1 or 2).
+    #[serde(default = "default_command_qos")]
+    pub qos: u8,
+    /// RETAIN flag of the delivered command.
+    #[serde(default)]
+    pub retain: bool,
+    /// Client-addressed commands: template of the target client id. The
+    /// command is queued in that client's session only (whatever it subscribed).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// With `client_id`: create a persistent session for a client that has
+    /// none yet, which the device takes over when it connects with
+    /// CleanSession=0 / Clean Start=0.
+    #[serde(default)]
+    pub create_sessions: bool,
+    /// Message expiry (seconds) for commands without an `mqtt_message_expiry`
+    /// header; 0 = none. An expired command is not delivered and is counted.
+    #[serde(default)]
+    pub expiry_secs: u32,
+    /// Publish a delivery receipt to this target (Kafka topic / AMQP exchange
+    /// of the same backend) when the device acknowledges a command.
+    #[serde(default)]
+    pub receipt_target: Option<String>,
+    /// Send commands that cannot be delivered (bad topic, too large) to this
+    /// target of the same backend, besides counting and logging them.
+    #[serde(default)]
+    pub dead_letter_target: Option<String>,
+}
+
+fn default_prefetch() -> u16 {
+    100
+}
+fn default_command_qos() -> u8 {
+    1
+}
+
 fn default_compression() -> String {
     "lz4".into()
 }
@@ -281,6 +357,51 @@ impl BridgeConfig {
             }
             if r.ack == AckMode::Spool && r.spool_max_bytes == 0 {
                 return Err(ConfigError::at(at("spool_max_bytes"), "must be > 0"));
+            }
+        }
+        for (i, r) in self.downlink.iter().enumerate() {
+            self.validate_downlink(i, r)?;
+        }
+        Ok(())
+    }
+
+    fn validate_downlink(&self, i: usize, r: &DownlinkRoute) -> Result<(), ConfigError> {
+        let at = |what: &str| format!("bridge.downlink[{i}].{what}");
+        let backend = self.backends.iter().find(|b| b.name() == r.backend);
+        match backend {
+            Some(BackendConfig::Kafka(_)) if r.topics.is_empty() => {
+                return Err(ConfigError::at(
+                    at("topics"),
+                    "a Kafka downlink needs at least one topic",
+                ));
+            }
+            Some(BackendConfig::Amqp(_)) if r.queue.is_empty() => {
+                return Err(ConfigError::at(
+                    at("queue"),
+                    "an AMQP downlink needs a queue",
+                ));
+            }
+            Some(BackendConfig::Kafka(_)) | Some(BackendConfig::Amqp(_)) => {}
+            _ => {
+                return Err(ConfigError::at(
+                    at("backend"),
+                    format!("no kafka or amqp backend named {:?}", r.backend),
+                ))
+            }
+        }
+        if r.qos > 2 {
+            return Err(ConfigError::at(at("qos"), "must be 0, 1 or 2"));
+        }
+        if r.create_sessions && r.client_id.is_none() {
+            return Err(ConfigError::at(at("create_sessions"), "needs client_id"));
+        }
+        for (what, t) in [
+            ("topic", Some(&r.topic)),
+            ("client_id", r.client_id.as_ref()),
+        ] {
+            if let Some(t) = t {
+                crate::bridge::downlink::CommandTemplate::parse(t)
+                    .map_err(|e| ConfigError::at(at(what), e.to_string()))?;
             }
         }
         Ok(())

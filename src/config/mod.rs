@@ -26,7 +26,8 @@ mod bridge;
 mod tests;
 
 pub use bridge::{
-    AckMode, AmqpBackend, BackendConfig, BridgeConfig, FileBackend, KafkaBackend, UplinkRoute,
+    AckMode, AmqpBackend, BackendConfig, BridgeConfig, DownlinkRoute, FileBackend, KafkaBackend,
+    UplinkRoute,
 };
 
 /// The built-in defaults (`config/default.toml`), the base of every load.
@@ -417,6 +418,10 @@ pub fn load_with_env(
     Ok(config)
 }
 
+/// Keys whose default is an empty array: the `config` crate drops those
+/// when the defaults are serialized, so they are listed here as known.
+const EMPTY_BY_DEFAULT: &[&str] = &["bridge.downlink"];
+
 /// Reports the first unknown `section` or `section.key` (in sorted order)
 /// with where it was set. `deny_unknown_fields` would catch these too, but
 /// its message neither gives the dotted key nor the source.
@@ -436,7 +441,8 @@ fn check_unknown_keys(merged: &config::Config) -> Result<(), ConfigError> {
         let mut keys: Vec<(String, config::Value)> = table.into_iter().collect();
         keys.sort_by(|a, b| a.0.cmp(&b.0));
         for (key, value) in keys {
-            if !known_table.contains_key(&key) {
+            let dotted = format!("{section}.{key}");
+            if !known_table.contains_key(&key) && !EMPTY_BY_DEFAULT.contains(&dotted.as_str()) {
                 return Err(unknown_key(format!("{section}.{key}"), &value));
             }
         }

@@ -398,10 +398,17 @@ fn example_configs_replace_the_default_bridge() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
     let kafka = load_isolated(Some(&dir.join("kafka.toml"))).expect("kafka.toml loads");
     assert_eq!(kafka.bridge.backends.len(), 1);
-    assert!(matches!(&kafka.bridge.backends[0], BackendConfig::Kafka(k) if k.bootstrap_servers == "127.0.0.1:9092"));
+    assert!(
+        matches!(&kafka.bridge.backends[0], BackendConfig::Kafka(k) if k.bootstrap_servers == "127.0.0.1:9092")
+    );
     assert_eq!(kafka.bridge.uplink.len(), 1);
     assert_eq!(kafka.bridge.uplink[0].target, "mqbridge.telemetry");
     let rabbit = load_isolated(Some(&dir.join("rabbitmq.toml"))).expect("rabbitmq.toml loads");
-    assert!(matches!(&rabbit.bridge.backends[0], BackendConfig::Amqp(a) if a.exchange == "mqbridge.telemetry"));
-    assert_eq!(rabbit.bridge.uplink[0].routing_key.as_deref(), Some("{topic_dotted}"));
+    assert!(
+        matches!(&rabbit.bridge.backends[0], BackendConfig::Amqp(a) if a.exchange == "mqbridge.telemetry")
+    );
+    assert_eq!(
+        rabbit.bridge.uplink[0].routing_key.as_deref(),
+        Some("{topic_dotted}")
+    );
 }

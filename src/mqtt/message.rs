@@ -29,6 +29,20 @@ pub struct Message {
     /// Absolute expiry in unix milliseconds, from the 5.0 Message Expiry Interval.
     /// Kept absolute so that time spent offline or across a restart counts.
     pub expires_at_ms: Option<u64>,
+    /// For a downlink command whose route wants a delivery receipt: where it
+    /// came from. Stored with the message so a receipt survives restarts.
+    pub receipt: Option<Receipt>,
+}
+
+/// What a delivery receipt names (see `bridge::downlink`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// Downlink route name.
+    pub route: String,
+    /// Source position: `topic/partition/offset` or `queue/delivery-tag`.
+    pub position: String,
+    /// The command's correlation data, if any.
+    pub correlation: Option<Bytes>,
 }
 
 impl Message {

@@ -28,6 +28,7 @@ pub(super) fn message(topic: &str, payload: &'static [u8]) -> Message {
         retain: false,
         props: MessageProps::default(),
         expires_at_ms: None,
+        receipt: None,
     }
 }
 

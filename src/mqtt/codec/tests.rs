@@ -125,6 +125,7 @@ fn publish_encoding_round_trips_through_rumqttc() {
             ..Default::default()
         },
         expires_at_ms: Some(10_500),
+        receipt: None,
     };
     let out = OutPublish {
         msg: &msg,

@@ -271,6 +271,7 @@ fn make_will(w: p5::LastWill, version: Version) -> Result<Will, &'static str> {
         retain: w.retain,
         props,
         expires_at_ms: None,
+        receipt: None,
     };
     Ok(Will {
         message,

@@ -135,6 +135,7 @@ impl Conn<'_> {
             expires_at_ms: props
                 .message_expiry_interval
                 .map(|s| now_ms() + s as u64 * 1000),
+            receipt: None,
         };
         let bridge = self.dispatch_uplink(&msg);
         let (reply, rx) = if qos > 0 {

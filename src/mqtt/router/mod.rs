@@ -11,6 +11,7 @@
 //! one group, and the replies that promised durability are released when
 //! that group commits.
 
+mod command;
 mod lifecycle;
 mod publish;
 mod queue;
@@ -28,6 +29,7 @@ use crate::mqtt::message::Message;
 use crate::mqtt::topic::{SubOpts, SubTree};
 use crate::store::{Op, QueuedEntry, Recovered, Store};
 
+pub use command::CommandResult;
 pub use session::pkid_of;
 use session::Session;
 
@@ -169,6 +171,15 @@ pub enum RouterMsg {
         /// 5.0 DISCONNECT may change the session expiry.
         new_expiry: Option<u32>,
     },
+    /// A downlink command (see [`CommandResult`]).
+    Command {
+        msg: Message,
+        /// Client-addressed: only this client's session.
+        client_id: Option<Arc<str>>,
+        /// Create a preset session if the client has none.
+        create_session: bool,
+        reply: oneshot::Sender<CommandResult>,
+    },
     /// A session's queue bodies read back from the store.
     Loaded {
         client_id: Arc<str>,
@@ -178,6 +189,15 @@ pub enum RouterMsg {
 }
 
 type Waiter = Box<dyn FnOnce(bool) + Send>;
+
+/// A device acknowledged a command that asked for a delivery receipt.
+#[derive(Debug, Clone)]
+pub struct ReceiptEvent {
+    pub client_id: Arc<str>,
+    pub topic: String,
+    pub receipt: crate::mqtt::message::Receipt,
+    pub acked_at_ms: u64,
+}
 
 pub struct Router {
     cfg: Arc<Config>,
@@ -192,6 +212,9 @@ pub struct Router {
     /// Persistent sessions and their queued bytes, for the global limits.
     persistent: usize,
     stored_bytes: u64,
+    /// Where acknowledged commands that want a delivery receipt are reported
+    /// (bounded; full => the receipt is dropped and counted by the receiver's owner).
+    receipts: Option<mpsc::Sender<ReceiptEvent>>,
     /// Store ops of the current batch and the replies waiting for their commit.
     ops: Vec<Op>,
     waiters: Vec<Waiter>,
@@ -216,11 +239,18 @@ impl Router {
             self_tx,
             persistent: 0,
             stored_bytes: 0,
+            receipts: None,
             ops: Vec::new(),
             waiters: Vec::new(),
         };
         router.restore(recovered);
         router
+    }
+
+    /// Reports acknowledged commands with a receipt request to `tx`.
+    pub fn with_receipts(mut self, tx: mpsc::Sender<ReceiptEvent>) -> Router {
+        self.receipts = Some(tx);
+        self
     }
 
     /// Runs until `shutdown` resolves, then detaches every client and closes the store.
@@ -285,6 +315,12 @@ impl Router {
                 seq,
             } => self.acked(&client_id, conn_id, seq),
             RouterMsg::Received { client_id, seq } => self.received(&client_id, seq),
+            RouterMsg::Command {
+                msg,
+                client_id,
+                create_session,
+                reply,
+            } => self.command(msg, client_id, create_session, reply),
             RouterMsg::Disconnect {
                 conn_id,
                 client_id,

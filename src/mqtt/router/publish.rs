@@ -167,6 +167,7 @@ impl Router {
     }
 
     pub(super) fn acked(&mut self, client_id: &Arc<str>, conn_id: super::ConnId, seq: u64) {
+        self.report_receipt(client_id, seq);
         let (mut cx, sessions) = self.ctx();
         let Some(s) = sessions.get_mut(client_id) else {
             return;
@@ -178,6 +179,31 @@ impl Router {
             }
         }
         pump(s, &mut cx);
+    }
+
+    /// A command that asked for a delivery receipt was acknowledged by the device.
+    fn report_receipt(&self, client_id: &Arc<str>, seq: u64) {
+        let Some(tx) = self.receipts.as_ref() else {
+            return;
+        };
+        let Some(s) = self.sessions.get(client_id) else {
+            return;
+        };
+        let Some(body) = s.find(seq).and_then(|i| s.queue[i].body.as_ref()) else {
+            return;
+        };
+        let Some(receipt) = body.msg.receipt.clone() else {
+            return;
+        };
+        let ev = super::ReceiptEvent {
+            client_id: client_id.clone(),
+            topic: body.msg.topic.clone(),
+            receipt,
+            acked_at_ms: crate::mqtt::message::now_ms(),
+        };
+        if tx.try_send(ev).is_err() {
+            tracing::warn!(client_id = %client_id, "receipt queue full; delivery receipt dropped");
+        }
     }
 
     pub(super) fn received(&mut self, client_id: &Arc<str>, seq: u64) {
