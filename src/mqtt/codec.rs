@@ -115,11 +115,23 @@ pub fn sniff_connect(buf: &[u8], max_size: u32) -> Result<Option<Version>, Decod
     let name_len = u16::from_be_bytes([body[0], body[1]]) as usize;
     let name = body.get(2..2 + name_len);
     let level = body.get(2 + name_len).copied().unwrap_or(0);
-    match (name, level) {
-        (Some(b"MQTT"), 4) => Ok(Some(Version::V311)),
-        (Some(b"MQTT"), 5) => Ok(Some(Version::V5)),
-        (_, level) => Err(DecodeError::UnsupportedProtocol(level)),
+    let version = match (name, level) {
+        (Some(b"MQTT"), 4) => Version::V311,
+        (Some(b"MQTT"), 5) => Version::V5,
+        (_, level) => return Err(DecodeError::UnsupportedProtocol(level)),
+    };
+    let flags = body.get(3 + name_len).copied().unwrap_or(0);
+    // The parser ignores the reserved flag bit and a password without a user
+    // name; both are malformed (MQTT-3.1.2-3, 3.1.1's MQTT-3.1.2-22).
+    if flags & 0x01 != 0 {
+        return Err(DecodeError::Malformed("CONNECT reserved flag set".into()));
     }
+    if version == Version::V311 && flags & 0x40 != 0 && flags & 0x80 == 0 {
+        return Err(DecodeError::Malformed(
+            "password flag without user name flag".into(),
+        ));
+    }
+    Ok(Some(version))
 }
 
 /// Decodes the next packet from `buf` (consuming it), or `Ok(None)` if incomplete.

@@ -202,11 +202,8 @@ impl Conn<'_> {
     /// Applies an incoming 5.0 Topic Alias (3.3.2.3.4).
     fn resolve_topic(&mut self, raw: &[u8], alias: Option<u16>) -> Result<String, ConnError> {
         let topic = std::str::from_utf8(raw).map_err(|_| {
-            ConnError::with_reason(
-                Why::Malformed,
-                "topic is not UTF-8".into(),
-                Reason::TopicNameInvalid,
-            )
+            // Invalid UTF-8 is a malformed packet (MQTT-1.5.4-1), not a bad topic.
+            ConnError::protocol(Why::Malformed, "topic is not UTF-8".into())
         })?;
         let Some(alias) = alias else {
             return Ok(topic.to_string());
