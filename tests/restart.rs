@@ -8,8 +8,8 @@
 //! and the subscriber comes back: every acknowledged message must arrive, in
 //! publish order (and exactly once for QoS 2).
 //!
-//! Every child writes its log (`RUST_LOG=mqbridge=debug`) to a file in the
-//! test's directory; failures print it.
+//! Every child writes its log (`RUST_LOG=mqbridge=debug`, stdout and
+//! stderr) to a file in the test's directory; failures print its end.
 
 mod common;
 
@@ -81,12 +81,27 @@ impl Node {
         self.child.as_ref().expect("gateway is running").id()
     }
 
-    /// Starts the binary (again) on the same port and store and waits until
-    /// the port accepts connections.
+    /// Starts the binary (again) on the same store and waits until it is
+    /// listening. The port stays the same unless something else took it
+    /// while the gateway was down (other tests bind ephemeral ports too):
+    /// then the gateway fails to bind and is started on a new port.
     async fn run(&mut self) {
+        for _ in 0..5 {
+            if self.try_run().await {
+                return;
+            }
+            eprintln!("port {} was taken meanwhile; using another", self.port);
+            self.port = free_port();
+        }
+        panic!("could not bind a port in 5 attempts\n{}", self.logs());
+    }
+
+    /// One start attempt; `false` if the listener port could not be bound.
+    async fn try_run(&mut self) -> bool {
         assert!(self.child.is_none(), "gateway already running");
         self.runs += 1;
-        let log = std::fs::File::create(self.log_path(self.runs)).expect("log file");
+        let log_path = self.log_path(self.runs);
+        let log = std::fs::File::create(&log_path).expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mqbridge"));
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("MQBRIDGE__") {
@@ -94,26 +109,35 @@ impl Node {
             }
         }
         cmd.env("RUST_LOG", "mqbridge=debug")
+            .env("NO_COLOR", "1")
             .env("MQBRIDGE__MQTT__LISTEN", format!("127.0.0.1:{}", self.port))
             .env("MQBRIDGE__STORE__PATH", self.dir.path().join("store"))
             .env("MQBRIDGE__ADMIN__LISTEN", "")
             .env("MQBRIDGE__SERVER__SHUTDOWN_GRACE_SECS", GRACE_SECS)
             .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            // The log goes to stdout, errors to stderr: keep both, in order.
+            .stdout(log.try_clone().expect("clone log file"))
             .stderr(log);
         self.child = Some(cmd.spawn().expect("spawn mqbridge"));
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 self.child = None;
+                if log.contains("binding MQTT listener") {
+                    return false;
+                }
                 panic!("mqbridge exited at start-up: {status}\n{}", self.logs());
             }
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
+            // The log line (after the bind) tells our gateway from any other
+            // process that might answer on the port.
+            if log.contains("mqbridge started")
+                && tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                    .await
+                    .is_ok()
             {
-                return;
+                return true;
             }
             if Instant::now() > deadline {
                 panic!("mqbridge did not listen within 20 s\n{}", self.logs());
@@ -162,6 +186,10 @@ impl Node {
         );
         let last = std::fs::read_to_string(self.log_path(self.runs)).unwrap_or_default();
         assert!(
+            last.contains("mqbridge stopped"),
+            "SIG{signal}: no orderly shutdown in the log\n{logs}"
+        );
+        assert!(
             !last.contains("grace period exceeded"),
             "SIG{signal}: shutdown ran out of its grace period ({took:?})\n{logs}"
         );
@@ -184,6 +212,18 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The test failed: show the gateway's side (the end of each run's log).
+            for run in 1..=self.runs {
+                let text = std::fs::read_to_string(self.log_path(run)).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(300)..];
+                eprintln!("----- mqbridge run {run} (last {} lines) -----", tail.len());
+                for l in tail {
+                    eprintln!("{l}");
+                }
+            }
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -290,6 +330,17 @@ async fn receive_until(
     topic: &str,
     done: impl Fn(&[u32]) -> bool,
 ) -> Vec<u32> {
+    receive_until_quiet(node, ev, topic, done, Duration::from_millis(1500)).await
+}
+
+/// [`receive_until`] with the listening time after `done` given.
+async fn receive_until_quiet(
+    node: &Node,
+    ev: &mut EventLoop,
+    topic: &str,
+    done: impl Fn(&[u32]) -> bool,
+    quiet: Duration,
+) -> Vec<u32> {
     let mut got = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     // After `done`, keep listening a little to catch duplicates and extras.
@@ -315,7 +366,7 @@ async fn receive_until(
             got.push(n);
         }
         if quiet_until.is_none() && done(&got) {
-            quiet_until = Some(tokio::time::Instant::now() + Duration::from_millis(1500));
+            quiet_until = Some(tokio::time::Instant::now() + quiet);
         }
     }
 }
@@ -505,7 +556,8 @@ async fn crash_mid_stream(qos: QoS) {
                 .expect("ack for a known packet id");
             acked.insert(idx);
         }
-        if !killed && acked.len() >= KILL_AFTER {
+        // Kill with messages on the wire (sent, not yet acknowledged).
+        if !killed && acked.len() >= KILL_AFTER && !outstanding.is_empty() {
             node.crash();
             killed = true;
             // Acks already in our socket buffer are still read below: they were
@@ -514,11 +566,6 @@ async fn crash_mid_stream(qos: QoS) {
     }
     publishing.abort();
     drop(c);
-    assert!(
-        (next_index as usize) > acked.len(),
-        "the kill should interrupt the stream (sent {next_index}, acked {})",
-        acked.len()
-    );
     eprintln!(
         "sent {next_index}, acknowledged {} before the kill",
         acked.len()
@@ -670,4 +717,126 @@ async fn sigint_exits_cleanly() {
 #[tokio::test]
 async fn sigterm_exits_cleanly_with_client_connected() {
     signal_with_client_connected("TERM").await;
+}
+
+/// Messages delivered to an online subscriber that never acknowledged them
+/// (manual acks, never given) are delivered again after the restart.
+async fn unacked_deliveries_survive(how: Stop) {
+    const N: u32 = 20;
+    let mut node = Node::start().await;
+    let mut o = node.opts("sub-5", false);
+    o.set_manual_acks(true);
+    let (c, mut ev) = AsyncClient::new(o, 64);
+    connack(&mut ev).await;
+    subscribe(&c, &mut ev, "u/t", QoS::AtLeastOnce).await;
+    let (publisher, pub_ev) = publish_numbered(&node, "pub-5", "u/t", QoS::AtLeastOnce, N).await;
+    let first = receive_until(&node, &mut ev, "u/t", |g| g.len() >= N as usize).await;
+    check_received(&first, &(0..N).collect(), true);
+    bring_down(&mut node, how).await;
+    drop((publisher, pub_ev, c, ev));
+    node.run().await;
+
+    let (c, mut ev, present) = connect(&node, "sub-5", false).await;
+    assert!(
+        present,
+        "session not present after {how:?}\n{}",
+        node.logs()
+    );
+    let again = receive_until(&node, &mut ev, "u/t", |g| {
+        g.iter().copied().collect::<HashSet<_>>().len() >= N as usize
+    })
+    .await;
+    check_received(&again, &(0..N).collect(), false);
+    disconnect(c, ev).await;
+    node.stop("TERM").await;
+}
+
+#[tokio::test]
+async fn unacked_deliveries_survive_graceful_restart() {
+    unacked_deliveries_survive(Stop::Term).await;
+}
+
+#[tokio::test]
+async fn unacked_deliveries_survive_crash() {
+    unacked_deliveries_survive(Stop::Kill).await;
+}
+
+/// Recovery is repeatable: killed again right after a restart (before any
+/// client came back), the store still holds the queue.
+#[tokio::test]
+async fn repeated_crashes_keep_queue() {
+    const N: u32 = 50;
+    let mut node = Node::start().await;
+    persistent_subscriber(&node, "sub-6", "c/t", QoS::ExactlyOnce).await;
+    let (publisher, pub_ev) = publish_numbered(&node, "pub-6", "c/t", QoS::ExactlyOnce, N).await;
+    node.crash();
+    drop((publisher, pub_ev));
+    for _ in 0..3 {
+        node.run().await;
+        node.crash();
+    }
+    node.run().await;
+    let (c, mut ev, present) = connect(&node, "sub-6", false).await;
+    assert!(present, "session lost\n{}", node.logs());
+    let got = receive_until(&node, &mut ev, "c/t", |g| g.len() >= N as usize).await;
+    check_received(&got, &(0..N).collect(), true);
+    disconnect(c, ev).await;
+    node.stop("TERM").await;
+}
+
+/// Many persistent sessions, each with its own queue, all come back after a crash.
+#[tokio::test]
+async fn many_sessions_survive_crash() {
+    const SESSIONS: u32 = 40;
+    const PER: u32 = 10;
+    let mut node = Node::start().await;
+    for s in 0..SESSIONS {
+        persistent_subscriber(
+            &node,
+            &format!("many-{s}"),
+            &format!("m/{s}"),
+            QoS::AtLeastOnce,
+        )
+        .await;
+    }
+    let (c, mut ev, _) = connect(&node, "pub-7", true).await;
+    let sender = c.clone();
+    tokio::spawn(async move {
+        for i in 0..PER {
+            for s in 0..SESSIONS {
+                sender
+                    .publish(format!("m/{s}"), QoS::AtLeastOnce, false, i.to_string())
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    let mut acks = 0;
+    common::within(60, async {
+        while acks < SESSIONS * PER {
+            if let Event::Incoming(Packet::PubAck(_)) = ev.poll().await.expect("publisher") {
+                acks += 1;
+            }
+        }
+    })
+    .await;
+    node.crash();
+    drop((c, ev));
+    node.run().await;
+    for s in 0..SESSIONS {
+        let (c, mut ev, present) = connect(&node, &format!("many-{s}"), false).await;
+        assert!(present, "session many-{s} lost\n{}", node.logs());
+        let topic = format!("m/{s}");
+        let got = receive_until_quiet(
+            &node,
+            &mut ev,
+            &topic,
+            |g| g.len() >= PER as usize,
+            Duration::from_millis(200),
+        )
+        .await;
+        check_received(&got, &(0..PER).collect(), false);
+        disconnect(c, ev).await;
+    }
+    node.stop("TERM").await;
 }
