@@ -295,8 +295,34 @@ async fn connected(addr: SocketAddr, level: u8, id: &str) -> Raw {
     r
 }
 
-/// A well-behaved client still gets a QoS 1 round trip through the gateway.
-async fn assert_still_serves(addr: SocketAddr) {
+/// The in-process gateway with the admin endpoint on an ephemeral port (to
+/// read its metrics), after `f` adjusted the test configuration.
+async fn start_h(f: impl FnOnce(&mut mqbridge::config::Config)) -> TestGateway {
+    start_with(|c| {
+        c.admin.listen = "127.0.0.1:0".into();
+        f(c);
+    })
+    .await
+}
+
+/// The value of an unlabelled sample from `GET /metrics`.
+async fn metric(t: &TestGateway, name: &str) -> Option<f64> {
+    let admin = t.gw.admin_addr.expect("admin endpoint enabled");
+    let mut s = TcpStream::connect(admin).await.ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut body = String::new();
+    within(5, s.read_to_string(&mut body)).await.ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// A well-behaved client still gets a QoS 1 round trip through the gateway,
+/// and afterwards no connection task is left over: the active connections
+/// gauge returns to 0 (a task stuck on a hostile connection would keep it up).
+async fn assert_still_serves(t: &TestGateway) {
+    let addr = t.addr;
     let id = format!("healthy-{}", rand_suffix());
     let topic = format!("health/{id}");
     let (c, mut ev) = AsyncClient::new(opts_v4(addr, &id, true), 10);
@@ -323,6 +349,19 @@ async fn assert_still_serves(addr: SocketAddr) {
         while ev.poll().await.is_ok() {}
     })
     .await;
+    let name = "mqbridge_mqtt_connections_active";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let active = metric(t, name).await;
+        if active == Some(0.0) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} is {active:?} 5 s after every client left"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn rand_suffix() -> u64 {
@@ -343,28 +382,28 @@ fn publish_with_overlong_topic_length() -> Vec<u8> {
 
 #[tokio::test]
 async fn malformed_packet_after_connect_v311_closes() {
-    let t = start().await;
+    let t = start_h(|_| {}).await;
     let mut r = connected(t.addr, V311, "mal-4").await;
     let _ = r.send(&publish_with_overlong_topic_length()).await;
     r.expect_closed_silently().await;
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
 #[tokio::test]
 async fn malformed_packet_after_connect_v5_disconnects() {
-    let t = start().await;
+    let t = start_h(|_| {}).await;
     let mut r = connected(t.addr, V5, "mal-5").await;
     // 5.0 PUBLISH: topic "a", then a property length (5) larger than what is left.
     let _ = r.send(&[0x30, 0x05, 0x00, 0x01, b'a', 0x05, 0x01]).await;
     r.expect_disconnect(MALFORMED, &[]).await;
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
 #[tokio::test]
 async fn truncated_packet_then_close_is_not_delivered() {
-    let t = start().await;
+    let t = start_h(|_| {}).await;
     // A subscriber for the topic of the truncated PUBLISH: nothing may reach it.
     let (sub, mut sub_ev) = AsyncClient::new(opts_v4(t.addr, "trunc-sub", true), 10);
     sub.subscribe("trunc/t", QoS::AtLeastOnce).await.unwrap();
@@ -393,19 +432,20 @@ async fn truncated_packet_then_close_is_not_delivered() {
     })
     .await;
     assert!(leaked.is_err(), "truncated PUBLISH delivered: {leaked:?}");
-    assert_still_serves(t.addr).await;
+    drop((sub, sub_ev));
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
 #[tokio::test]
 async fn truncated_connect_then_close() {
-    let t = start().await;
+    let t = start_h(|_| {}).await;
     let mut r = Raw::open(t.addr).await;
     let c = connect(V311, "half", true, &[]);
     r.send(&c[..c.len() / 2]).await.unwrap();
     r.s.shutdown().await.unwrap();
     r.expect_closed_silently().await;
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
@@ -413,34 +453,34 @@ async fn truncated_connect_then_close() {
 /// alone: the body is never sent, so the gateway must not wait for it.
 #[tokio::test]
 async fn packet_too_large_v5_disconnects_with_0x95() {
-    let t = start_with(|c| c.mqtt.max_packet_size = 1024).await;
+    let t = start_h(|c| c.mqtt.max_packet_size = 1024).await;
     let mut r = connected(t.addr, V5, "big-5").await;
     let mut header = vec![0x30];
     header.extend(varint(100_000));
     header.extend([0x00, 0x01, b'a']);
     r.send(&header).await.unwrap();
     r.expect_disconnect(PACKET_TOO_LARGE, &[]).await;
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
 #[tokio::test]
 async fn packet_too_large_v311_closes() {
-    let t = start_with(|c| c.mqtt.max_packet_size = 1024).await;
+    let t = start_h(|c| c.mqtt.max_packet_size = 1024).await;
     let mut r = connected(t.addr, V311, "big-4").await;
     let mut header = vec![0x30];
     header.extend(varint(100_000));
     header.extend([0x00, 0x01, b'a']);
     r.send(&header).await.unwrap();
     r.expect_closed_silently().await;
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
 /// A full-size packet one byte over the limit is refused too.
 #[tokio::test]
 async fn packet_one_byte_over_the_limit_v5() {
-    let t = start_with(|c| c.mqtt.max_packet_size = 1024).await;
+    let t = start_h(|c| c.mqtt.max_packet_size = 1024).await;
     let mut r = connected(t.addr, V5, "edge-5").await;
     // Whole packet = 1 + 2 (remaining length) + 1021 = 1024: accepted.
     let ok = publish(b"edge", 1, 7, Some(&[]), &[b'x'; 1021 - 2 - 4 - 2 - 1]);
@@ -454,7 +494,7 @@ async fn packet_one_byte_over_the_limit_v5() {
     assert_eq!(over.len(), 1025);
     let _ = r.send(&over).await;
     r.expect_disconnect(PACKET_TOO_LARGE, &[]).await;
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
@@ -462,13 +502,13 @@ async fn packet_one_byte_over_the_limit_v5() {
 /// without waiting for its body.
 #[tokio::test]
 async fn oversized_connect_is_refused() {
-    let t = start_with(|c| c.mqtt.max_packet_size = 1024).await;
+    let t = start_h(|c| c.mqtt.max_packet_size = 1024).await;
     let mut r = Raw::open(t.addr).await;
     let mut header = vec![0x10];
     header.extend(varint(10_000_000));
     r.send(&header).await.unwrap();
     r.expect_closed_silently().await;
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
@@ -476,31 +516,31 @@ const FIVE_BYTE_LENGTH: [u8; 6] = [0x30, 0xff, 0xff, 0xff, 0xff, 0x7f];
 
 #[tokio::test]
 async fn five_byte_remaining_length_v311_closes() {
-    let t = start().await;
+    let t = start_h(|_| {}).await;
     let mut r = connected(t.addr, V311, "len5-4").await;
     let _ = r.send(&FIVE_BYTE_LENGTH).await;
     r.expect_closed_silently().await;
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
 #[tokio::test]
 async fn five_byte_remaining_length_v5_is_malformed() {
-    let t = start().await;
+    let t = start_h(|_| {}).await;
     let mut r = connected(t.addr, V5, "len5-5").await;
     let _ = r.send(&FIVE_BYTE_LENGTH).await;
     r.expect_disconnect(MALFORMED, &[]).await;
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
 #[tokio::test]
 async fn five_byte_remaining_length_as_first_packet_closes() {
-    let t = start().await;
+    let t = start_h(|_| {}).await;
     let mut r = Raw::open(t.addr).await;
     let _ = r.send(&[0x10, 0xff, 0xff, 0xff, 0xff, 0x7f]).await;
     r.expect_closed_silently().await;
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
@@ -513,30 +553,30 @@ async fn five_byte_remaining_length_as_first_packet_closes() {
 /// is "not malformed, but is not accepted".
 #[tokio::test]
 async fn invalid_utf8_topic_v5_is_malformed() {
-    let t = start().await;
+    let t = start_h(|_| {}).await;
     let mut r = connected(t.addr, V5, "utf8-5").await;
     let _ = r
         .send(&publish(b"bad/\xff\xfe", 1, 1, Some(&[]), b"x"))
         .await;
     r.expect_disconnect(MALFORMED, &[]).await;
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
 #[tokio::test]
 async fn invalid_utf8_topic_v311_closes() {
-    let t = start().await;
+    let t = start_h(|_| {}).await;
     let mut r = connected(t.addr, V311, "utf8-4").await;
     let _ = r.send(&publish(b"bad/\xc3\x28", 1, 1, None, b"x")).await;
     r.expect_closed_silently().await;
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
 /// U+0000 in a UTF-8 string is not allowed (MQTT-1.5.4-2): malformed.
 #[tokio::test]
 async fn nul_in_topic_v5_is_refused() {
-    let t = start().await;
+    let t = start_h(|_| {}).await;
     let mut r = connected(t.addr, V5, "nul-5").await;
     let _ = r.send(&publish(b"a\0b", 0, 0, Some(&[]), b"x")).await;
     let got = r.until_closed(5).await;
@@ -550,13 +590,13 @@ async fn nul_in_topic_v5_is_refused() {
         "expected DISCONNECT 0x81 or 0x90, got {}",
         describe(&got)
     );
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
 #[tokio::test]
 async fn wildcard_in_publish_topic_v5_is_0x90() {
-    let t = start().await;
+    let t = start_h(|_| {}).await;
     for (i, topic) in [&b"a/+"[..], b"a/#", b"+", b"#", b"a/b+"]
         .iter()
         .enumerate()
@@ -565,25 +605,25 @@ async fn wildcard_in_publish_topic_v5_is_0x90() {
         let _ = r.send(&publish(topic, 1, 1, Some(&[]), b"x")).await;
         r.expect_disconnect(TOPIC_NAME_INVALID, &[]).await;
     }
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
 #[tokio::test]
 async fn wildcard_in_publish_topic_v311_closes() {
-    let t = start().await;
+    let t = start_h(|_| {}).await;
     for (i, topic) in [&b"a/+"[..], b"#"].iter().enumerate() {
         let mut r = connected(t.addr, V311, &format!("wild-4-{i}")).await;
         let _ = r.send(&publish(topic, 1, 1, None, b"x")).await;
         r.expect_closed_silently().await;
     }
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
 #[tokio::test]
 async fn empty_topic_without_alias_v5_is_refused() {
-    let t = start().await;
+    let t = start_h(|_| {}).await;
     let mut r = connected(t.addr, V5, "empty-5").await;
     let _ = r.send(&publish(b"", 1, 1, Some(&[]), b"x")).await;
     let got = r.until_closed(5).await;
@@ -596,7 +636,7 @@ async fn empty_topic_without_alias_v5_is_refused() {
         "expected DISCONNECT 0x82 or 0x90, got {}",
         describe(&got)
     );
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
@@ -606,7 +646,7 @@ async fn empty_topic_without_alias_v5_is_refused() {
 
 #[tokio::test]
 async fn first_packet_not_connect_closes() {
-    let t = start().await;
+    let t = start_h(|_| {}).await;
     for first in [
         vec![0xc0, 0x00],                    // PINGREQ
         publish(b"a/b", 0, 0, None, b"x"),   // PUBLISH
@@ -617,34 +657,34 @@ async fn first_packet_not_connect_closes() {
         let _ = r.send(&first).await;
         r.expect_closed_silently().await;
     }
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
 #[tokio::test]
 async fn second_connect_v311_closes() {
-    let t = start().await;
+    let t = start_h(|_| {}).await;
     let mut r = connected(t.addr, V311, "twice-4").await;
     let _ = r.send(&connect(V311, "twice-4", true, &[])).await;
     r.expect_closed_silently().await;
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
 #[tokio::test]
 async fn second_connect_v5_is_protocol_error() {
-    let t = start().await;
+    let t = start_h(|_| {}).await;
     let mut r = connected(t.addr, V5, "twice-5").await;
     let _ = r.send(&connect(V5, "twice-5", true, &[])).await;
     r.expect_disconnect(PROTOCOL_ERROR, &[]).await;
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
 /// An unsupported protocol level gets CONNACK 0x01 (3.1.1 format) and a close.
 #[tokio::test]
 async fn unknown_protocol_level_gets_connack_0x01() {
-    let t = start().await;
+    let t = start_h(|_| {}).await;
     for level in [3u8, 6, 0, 255] {
         let mut r = Raw::open(t.addr).await;
         r.send(&connect(level, "old", true, &[])).await.unwrap();
@@ -656,14 +696,14 @@ async fn unknown_protocol_level_gets_connack_0x01() {
             describe(&got)
         );
     }
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
 /// The 3.1 protocol name "MQIsdp" (level 3) is not supported either.
 #[tokio::test]
 async fn mqisdp_protocol_name_gets_connack_0x01() {
-    let t = start().await;
+    let t = start_h(|_| {}).await;
     let mut body = mqtt_str(b"MQIsdp");
     body.extend([3, 0x02, 0, 60]);
     body.extend(mqtt_str(b"old31"));
@@ -671,13 +711,13 @@ async fn mqisdp_protocol_name_gets_connack_0x01() {
     r.send(&packet(0x10, &body)).await.unwrap();
     let got = r.until_closed(5).await;
     assert_eq!(got, vec![(0x20, vec![0x00, 0x01])], "{}", describe(&got));
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
 #[tokio::test]
 async fn connect_timeout_closes_silent_connection() {
-    let t = start_with(|c| c.mqtt.connect_timeout_secs = 1).await;
+    let t = start_h(|c| c.mqtt.connect_timeout_secs = 1).await;
     let started = tokio::time::Instant::now();
     let mut r = Raw::open(t.addr).await;
     let got = r.until_closed(3).await;
@@ -687,13 +727,13 @@ async fn connect_timeout_closes_silent_connection() {
         "closed before the connect timeout: {:?}",
         started.elapsed()
     );
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
 #[tokio::test]
 async fn connect_timeout_closes_half_connect() {
-    let t = start_with(|c| c.mqtt.connect_timeout_secs = 1).await;
+    let t = start_h(|c| c.mqtt.connect_timeout_secs = 1).await;
     let mut r = Raw::open(t.addr).await;
     let c = connect(V5, "slow", true, &[]);
     r.send(&c[..5]).await.unwrap();
@@ -702,7 +742,7 @@ async fn connect_timeout_closes_half_connect() {
     r.send(&c[5..8]).await.unwrap();
     let got = r.until_closed(3).await;
     assert!(got.is_empty(), "{}", describe(&got));
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
@@ -737,27 +777,27 @@ async fn assert_connect_refused(addr: SocketAddr, bytes: &[u8], what: &str) {
 /// The reserved bit of the CONNECT flags must be 0 (MQTT-3.1.2-3).
 #[tokio::test]
 async fn connect_reserved_flag_v311_is_refused() {
-    let t = start().await;
+    let t = start_h(|_| {}).await;
     let bytes = connect_with_flags(V311, 0x03, &mqtt_str(b"resv"));
     assert_connect_refused(t.addr, &bytes, "3.1.1 CONNECT flags 0x03").await;
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
 /// 5.0: a non-zero reserved flag is a Malformed Packet (3.1.2.3).
 #[tokio::test]
 async fn connect_reserved_flag_v5_is_refused() {
-    let t = start().await;
+    let t = start_h(|_| {}).await;
     let bytes = connect_with_flags(V5, 0x03, &mqtt_str(b"resv"));
     assert_connect_refused(t.addr, &bytes, "5.0 CONNECT flags 0x03").await;
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
 /// Will QoS or Will Retain without the Will Flag (MQTT-3.1.2-11, -13, -15).
 #[tokio::test]
 async fn connect_will_bits_without_will_flag_are_refused() {
-    let t = start().await;
+    let t = start_h(|_| {}).await;
     for (level, flags) in [(V311, 0x0a), (V311, 0x22), (V5, 0x12), (V5, 0x22)] {
         let bytes = connect_with_flags(level, flags, &mqtt_str(b"nowill"));
         assert_connect_refused(
@@ -767,38 +807,38 @@ async fn connect_will_bits_without_will_flag_are_refused() {
         )
         .await;
     }
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
 /// Password without user name is not allowed in 3.1.1 (MQTT-3.1.2-22).
 #[tokio::test]
 async fn connect_password_without_username_v311_is_refused() {
-    let t = start().await;
+    let t = start_h(|_| {}).await;
     let mut payload = mqtt_str(b"pw-only");
     payload.extend(mqtt_str(b"secret"));
     let bytes = connect_with_flags(V311, 0x42, &payload);
     assert_connect_refused(t.addr, &bytes, "password flag without user name flag").await;
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
 /// Ill-formed UTF-8 in the client identifier (MQTT-1.5.3-1 / 1.5.4-1).
 #[tokio::test]
 async fn connect_invalid_utf8_client_id_is_refused() {
-    let t = start().await;
+    let t = start_h(|_| {}).await;
     for level in [V311, V5] {
         let bytes = connect_with_flags(level, 0x02, &mqtt_str(b"id\xff"));
         assert_connect_refused(t.addr, &bytes, &format!("level {level}")).await;
     }
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
 /// QoS > 0 PUBLISH must carry a non-zero packet identifier (MQTT-2.2.1-3).
 #[tokio::test]
 async fn publish_qos1_with_packet_id_zero_v5_is_refused() {
-    let t = start().await;
+    let t = start_h(|_| {}).await;
     let mut r = connected(t.addr, V5, "pkid0").await;
     let _ = r.send(&publish(b"a/b", 1, 0, Some(&[]), b"x")).await;
     let got = r.until_closed(5).await;
@@ -811,21 +851,21 @@ async fn publish_qos1_with_packet_id_zero_v5_is_refused() {
         "expected DISCONNECT 0x81 or 0x82, got {}",
         describe(&got)
     );
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
 /// Ill-formed UTF-8 in a SUBSCRIBE topic filter: malformed.
 #[tokio::test]
 async fn subscribe_invalid_utf8_filter_v5_is_malformed() {
-    let t = start().await;
+    let t = start_h(|_| {}).await;
     let mut r = connected(t.addr, V5, "subutf8").await;
     let mut body = vec![0x00, 0x01, 0x00];
     body.extend(mqtt_str(b"a/\xff"));
     body.push(1);
     let _ = r.send(&packet(0x82, &body)).await;
     r.expect_disconnect(MALFORMED, &[]).await;
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
@@ -835,7 +875,7 @@ async fn subscribe_invalid_utf8_filter_v5_is_malformed() {
 
 #[tokio::test]
 async fn subscribe_with_wrong_flags_v311_closes() {
-    let t = start().await;
+    let t = start_h(|_| {}).await;
     for byte1 in [0x80u8, 0x83, 0x8a] {
         let mut r = connected(t.addr, V311, "flags-4").await;
         let _ = r.send(&subscribe(byte1, 1, "a/#", 1, false)).await;
@@ -846,43 +886,43 @@ async fn subscribe_with_wrong_flags_v311_closes() {
             describe(&got)
         );
     }
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
 #[tokio::test]
 async fn subscribe_with_wrong_flags_v5_is_malformed() {
-    let t = start().await;
+    let t = start_h(|_| {}).await;
     let mut r = connected(t.addr, V5, "flags-5").await;
     let _ = r.send(&subscribe(0x80, 1, "a/#", 1, true)).await;
     r.expect_disconnect(MALFORMED, &[]).await;
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
 /// PUBLISH with both QoS bits set (QoS 3) is malformed (MQTT-3.3.1-4).
 #[tokio::test]
 async fn publish_qos3_v5_is_malformed() {
-    let t = start().await;
+    let t = start_h(|_| {}).await;
     let mut r = connected(t.addr, V5, "qos3-5").await;
     let mut p = publish(b"a/b", 1, 1, Some(&[]), b"x");
     p[0] = 0x36;
     let _ = r.send(&p).await;
     r.expect_disconnect(MALFORMED, &[]).await;
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
 /// Reserved packet type 0 and 15 (AUTH is 15 in 5.0, but 3.1.1 reserves it).
 #[tokio::test]
 async fn reserved_packet_types_v311_close() {
-    let t = start().await;
+    let t = start_h(|_| {}).await;
     for byte1 in [0x00u8, 0xf0] {
         let mut r = connected(t.addr, V311, "reserved-4").await;
         let _ = r.send(&[byte1, 0x00]).await;
         r.expect_closed_silently().await;
     }
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
@@ -897,7 +937,7 @@ async fn reserved_packet_types_v311_close() {
 /// PUBACKs.
 #[tokio::test]
 async fn receive_maximum_exceeded_v5() {
-    let t = start_with(|c| c.mqtt.receive_maximum = 2).await;
+    let t = start_h(|c| c.mqtt.receive_maximum = 2).await;
     let mut r = Raw::open(t.addr).await;
     r.send(&connect(V5, "flood-5", true, &[])).await.unwrap();
     let Next::Packet(0x20, connack) = r.next(Duration::from_secs(5)).await else {
@@ -919,14 +959,14 @@ async fn receive_maximum_exceeded_v5() {
         "{} PUBACKs before the DISCONNECT",
         before.len()
     );
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
 /// The same burst within the limit, one PUBLISH at a time: all acknowledged.
 #[tokio::test]
 async fn receive_maximum_respected_v5() {
-    let t = start_with(|c| c.mqtt.receive_maximum = 2).await;
+    let t = start_h(|c| c.mqtt.receive_maximum = 2).await;
     let mut r = connected(t.addr, V5, "polite-5").await;
     for i in 1..=20u16 {
         r.send(&publish(b"polite/t", 1, i, Some(&[]), b"x"))
@@ -944,7 +984,7 @@ async fn receive_maximum_respected_v5() {
 /// reading), never refused; every PUBLISH gets its PUBACK in order.
 #[tokio::test]
 async fn burst_v311_is_fully_acknowledged() {
-    let t = start_with(|c| c.mqtt.receive_maximum = 2).await;
+    let t = start_h(|c| c.mqtt.receive_maximum = 2).await;
     let mut r = connected(t.addr, V311, "flood-4").await;
     let mut burst = Vec::new();
     for i in 1..=200u16 {
@@ -962,19 +1002,19 @@ async fn burst_v311_is_fully_acknowledged() {
 
 #[tokio::test]
 async fn topic_alias_zero_v5() {
-    let t = start().await;
+    let t = start_h(|_| {}).await;
     let mut r = connected(t.addr, V5, "alias0").await;
     let _ = r
         .send(&publish(b"a/b", 1, 1, Some(&prop_topic_alias(0)), b"x"))
         .await;
     r.expect_disconnect(TOPIC_ALIAS_INVALID, &[]).await;
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
 #[tokio::test]
 async fn topic_alias_above_maximum_v5() {
-    let t = start_with(|c| c.mqtt.topic_alias_maximum = 4).await;
+    let t = start_h(|c| c.mqtt.topic_alias_maximum = 4).await;
     let mut r = connected(t.addr, V5, "alias-max").await;
     // Alias 4 (the maximum) is fine...
     r.send(&publish(b"a/b", 1, 1, Some(&prop_topic_alias(4)), b"x"))
@@ -997,32 +1037,32 @@ async fn topic_alias_above_maximum_v5() {
         .send(&publish(b"a/c", 1, 3, Some(&prop_topic_alias(5)), b"z"))
         .await;
     r.expect_disconnect(TOPIC_ALIAS_INVALID, &[]).await;
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
 #[tokio::test]
 async fn topic_alias_when_disabled_v5() {
-    let t = start_with(|c| c.mqtt.topic_alias_maximum = 0).await;
+    let t = start_h(|c| c.mqtt.topic_alias_maximum = 0).await;
     let mut r = connected(t.addr, V5, "alias-off").await;
     let _ = r
         .send(&publish(b"a/b", 1, 1, Some(&prop_topic_alias(1)), b"x"))
         .await;
     r.expect_disconnect(TOPIC_ALIAS_INVALID, &[]).await;
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
 /// An alias that was never set, used with an empty topic: protocol error.
 #[tokio::test]
 async fn unknown_topic_alias_v5() {
-    let t = start().await;
+    let t = start_h(|_| {}).await;
     let mut r = connected(t.addr, V5, "alias-unknown").await;
     let _ = r
         .send(&publish(b"", 1, 1, Some(&prop_topic_alias(3)), b"x"))
         .await;
     r.expect_disconnect(PROTOCOL_ERROR, &[]).await;
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
@@ -1099,7 +1139,7 @@ async fn victim_gets_queue(addr: SocketAddr) {
 /// Same client id, a valid CONNECT (taking the session over), then garbage.
 #[tokio::test]
 async fn hostile_takeover_then_garbage_keeps_queued_messages() {
-    let t = start().await;
+    let t = start_h(|_| {}).await;
     victim_with_queue(t.addr).await;
 
     let mut r = Raw::open(t.addr).await;
@@ -1119,7 +1159,7 @@ async fn hostile_takeover_then_garbage_keeps_queued_messages() {
     let _ = r.send(&FIVE_BYTE_LENGTH).await;
     r.expect_closed_silently().await;
 
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     victim_gets_queue(t.addr).await;
     t.gw.shutdown().await;
 }
@@ -1127,7 +1167,7 @@ async fn hostile_takeover_then_garbage_keeps_queued_messages() {
 /// Same client id with garbage in the same write as the CONNECT.
 #[tokio::test]
 async fn hostile_connect_with_trailing_garbage_keeps_queued_messages() {
-    let t = start().await;
+    let t = start_h(|_| {}).await;
     victim_with_queue(t.addr).await;
 
     let mut r = Raw::open(t.addr).await;
@@ -1136,7 +1176,7 @@ async fn hostile_connect_with_trailing_garbage_keeps_queued_messages() {
     let _ = r.send(&bytes).await;
     let _ = r.until_closed(5).await; // CONNACK and PUBLISHes may come first
 
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     victim_gets_queue(t.addr).await;
     t.gw.shutdown().await;
 }
@@ -1145,7 +1185,7 @@ async fn hostile_connect_with_trailing_garbage_keeps_queued_messages() {
 /// touches the session.
 #[tokio::test]
 async fn malformed_connect_with_same_id_keeps_session() {
-    let t = start().await;
+    let t = start_h(|_| {}).await;
     victim_with_queue(t.addr).await;
 
     let mut r = Raw::open(t.addr).await;
@@ -1156,7 +1196,7 @@ async fn malformed_connect_with_same_id_keeps_session() {
     let _ = r.send(&packet(0x10, &body)).await;
     r.expect_closed_silently().await;
 
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
     victim_gets_queue(t.addr).await;
     t.gw.shutdown().await;
 }
@@ -1166,7 +1206,7 @@ async fn malformed_connect_with_same_id_keeps_session() {
 /// connection starts with no session and works.
 #[tokio::test]
 async fn hostile_clean_takeover_v5_leaves_consistent_state() {
-    let t = start().await;
+    let t = start_h(|_| {}).await;
     victim_with_queue(t.addr).await;
 
     let mut r = Raw::open(t.addr).await;
@@ -1188,8 +1228,8 @@ async fn hostile_clean_takeover_v5_leaves_consistent_state() {
     })
     .await;
     assert!(!present, "clean start must have discarded the session");
-    drop(c);
-    assert_still_serves(t.addr).await;
+    drop((c, ev));
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
 
@@ -1197,7 +1237,7 @@ async fn hostile_clean_takeover_v5_leaves_consistent_state() {
 /// gets stuck.
 #[tokio::test]
 async fn many_broken_connections_in_parallel() {
-    let t = start_with(|c| c.mqtt.connect_timeout_secs = 2).await;
+    let t = start_h(|c| c.mqtt.connect_timeout_secs = 2).await;
     let mut tasks = Vec::new();
     for i in 0..60u32 {
         let addr = t.addr;
@@ -1226,6 +1266,87 @@ async fn many_broken_connections_in_parallel() {
     for task in tasks {
         task.await.expect("broken connection closed in time");
     }
-    assert_still_serves(t.addr).await;
+    assert_still_serves(&t).await;
+    t.gw.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// Clients that stop cooperating
+// ---------------------------------------------------------------------------
+
+/// A subscriber that never reads its socket while a publisher floods its
+/// topic: the gateway keeps serving everyone else, and once the subscriber's
+/// socket is closed its connection task ends.
+#[tokio::test]
+async fn slow_reader_does_not_stall_others() {
+    let t = start_h(|_| {}).await;
+    let mut r = connected(t.addr, V311, "never-reads").await;
+    r.send(&subscribe(0x82, 1, "flood/#", 0, false))
+        .await
+        .unwrap();
+    match r.next(Duration::from_secs(5)).await {
+        Next::Packet(0x90, _) => {}
+        other => panic!("expected SUBACK, got {other:?}"),
+    }
+    // From now on `r` is never read: its receive buffer and then the
+    // gateway's send buffer fill up.
+    let (p, mut pev) = AsyncClient::new(opts_v4(t.addr, "flooder", true), 100);
+    let sender = p.clone();
+    let flood = tokio::spawn(async move {
+        let payload = vec![b'x'; 4096];
+        for _ in 0..5000 {
+            if sender
+                .publish("flood/t", QoS::AtMostOnce, false, payload.clone())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let pumping = tokio::spawn(async move { while pev.poll().await.is_ok() {} });
+    // Meanwhile a healthy client's QoS 1 round trip (on another topic) works.
+    within(20, async {
+        let id = "bystander";
+        let (c, mut ev) = AsyncClient::new(opts_v4(t.addr, id, true), 10);
+        c.subscribe("other/t", QoS::AtLeastOnce).await.unwrap();
+        c.publish("other/t", QoS::AtLeastOnce, false, "hi")
+            .await
+            .unwrap();
+        loop {
+            if let Event::Incoming(Packet::Publish(p)) = ev.poll().await.unwrap() {
+                assert_eq!(&p.payload[..], b"hi");
+                break;
+            }
+        }
+    })
+    .await;
+    within(60, flood).await.unwrap();
+    drop(p);
+    pumping.abort();
+    drop(r);
+    assert_still_serves(&t).await;
+    t.gw.shutdown().await;
+}
+
+/// A client that goes silent gets closed after 1.5 x its keep-alive.
+#[tokio::test]
+async fn keepalive_silence_closes() {
+    let t = start_h(|_| {}).await;
+    let mut body = mqtt_str(b"MQTT");
+    body.extend([V311, 0x02, 0, 1]); // keep-alive 1 s
+    body.extend(mqtt_str(b"silent"));
+    let mut r = Raw::open(t.addr).await;
+    r.send(&packet(0x10, &body)).await.unwrap();
+    let (_, code) = r.connack().await;
+    assert_eq!(code, 0);
+    let started = tokio::time::Instant::now();
+    r.expect_closed_silently().await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_secs(4),
+        "closed after {took:?}, expected about 1.5 s"
+    );
+    assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
