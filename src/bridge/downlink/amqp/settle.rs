@@ -1,0 +1,65 @@
+//! Settles deliveries in consumption order as the processor answers: ack
+//! once stored (or dropped for good), nack back to the queue on `Retry`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::Acker;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::super::CommandOutcome;
+use super::backoff::jitter;
+
+/// Wait before returning a command that could not be stored: an immediate
+/// redelivery would most likely fail the same way.
+const RETRY_BASE: Duration = Duration::from_millis(200);
+/// Longest such wait while failures go on.
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// A delivery handed to the processor, awaiting its outcome.
+pub(super) struct Pending {
+    pub acker: Acker,
+    pub outcome: oneshot::Receiver<CommandOutcome>,
+}
+
+/// Runs until `rx` is closed and drained (the session ends or stops).
+pub(super) async fn run(
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+    mut stop: watch::Receiver<bool>,
+    route: Arc<str>,
+) {
+    let mut delay = RETRY_BASE;
+    while let Some(p) = rx.recv().await {
+        // The processor dropping `done` means it did not store the command.
+        let outcome = p.outcome.await.unwrap_or(CommandOutcome::Retry);
+        let settled = match outcome {
+            CommandOutcome::Stored | CommandOutcome::Dropped => {
+                delay = RETRY_BASE;
+                p.acker.ack(BasicAckOptions::default()).await
+            }
+            CommandOutcome::Retry => {
+                // While stopping, hand it back at once: the next run takes it.
+                if !*stop.borrow() {
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => {}
+                        _ = tokio::time::sleep(jitter(delay)) => {}
+                    }
+                    delay = (delay * 2).min(RETRY_MAX);
+                }
+                tracing::debug!(%route, "command not stored; returned to the queue");
+                let requeue = BasicNackOptions {
+                    multiple: false,
+                    requeue: true,
+                };
+                p.acker.nack(requeue).await
+            }
+        };
+        match settled {
+            Ok(true) => {}
+            // The channel is gone: the broker redelivers the command.
+            Ok(false) => tracing::debug!(%route, "delivery could not be settled (channel closed)"),
+            Err(e) => tracing::debug!(%route, "delivery could not be settled: {e}"),
+        }
+    }
+}
