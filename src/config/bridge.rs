@@ -209,8 +209,8 @@ pub struct DownlinkRoute {
     /// AMQP: declare the queue (durable) at start-up.
     #[serde(default)]
     pub declare_queue: bool,
-    /// AMQP: with `declare_queue`, bind it to this exchange (declared durable,
-    /// kind topic) with `binding_key`.
+    /// AMQP: bind the queue to this exchange (declared durable, kind topic)
+    /// with `binding_key`; empty = no binding.
     #[serde(default)]
     pub bind_exchange: String,
     /// AMQP: binding key for `bind_exchange`.
@@ -388,6 +388,10 @@ impl BridgeConfig {
                     format!("no kafka or amqp backend named {:?}", r.backend),
                 ))
             }
+        }
+        if matches!(backend, Some(BackendConfig::Amqp(_))) && r.prefetch == 0 {
+            // 0 means "unlimited" to the broker: nothing would bound what is in flight.
+            return Err(ConfigError::at(at("prefetch"), "must be > 0"));
         }
         if r.qos > 2 {
             return Err(ConfigError::at(at("qos"), "must be 0, 1 or 2"));
