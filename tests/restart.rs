@@ -103,6 +103,8 @@ impl Node {
         let log_path = self.log_path(self.runs);
         let log = std::fs::File::create(&log_path).expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mqbridge"));
+        // Relative default paths (the file backend's ./data/uplink) stay in the test directory.
+        cmd.current_dir(self.dir.path());
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("MQBRIDGE__") {
                 cmd.env_remove(key);
