@@ -1,0 +1,105 @@
+//! The consumer's context: librdkafka's logs and errors into `tracing`, and
+//! the rebalance hook that commits settled offsets before partitions go.
+
+use std::sync::Arc;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::TopicPartitionList;
+
+use super::ledger::Shared;
+
+pub(super) struct SourceContext {
+    pub(super) route: Arc<str>,
+    pub(super) ledger: Arc<Shared>,
+}
+
+fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
+}
+
+impl ClientContext for SourceContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        let route = &*self.route;
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
+                tracing::error!(route, "librdkafka {fac}: {message}")
+            }
+            // A broker being away is logged at "error" on every reconnect
+            // attempt; the source keeps waiting for it, nothing is at risk.
+            RDKafkaLogLevel::Error | RDKafkaLogLevel::Warning => {
+                tracing::warn!(route, "librdkafka {fac}: {message}")
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(route, "librdkafka {fac}: {message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(route, "librdkafka {fac}: {message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(route = &*self.route, "Kafka consumer: {error} ({reason})");
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    /// Before partitions are taken away, commit what was settled for them
+    /// (synchronously, so that their next owner starts after it), then
+    /// forget them. Runs on the thread that polls the consumer.
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(revoked) = rebalance else {
+            return;
+        };
+        // The lock is not held across the commit: librdkafka may call back
+        // into this context meanwhile.
+        let settled = self.ledger.lock().all();
+        // Lost (not revoked) partitions may already belong to another
+        // member; a commit would be refused or move its position back.
+        if let (Some(tpl), false) = (settled, consumer.assignment_lost()) {
+            match consumer.commit(&tpl, CommitMode::Sync) {
+                Ok(()) => tracing::debug!(route = &*self.route, "committed before rebalance"),
+                Err(e) => tracing::warn!(
+                    route = &*self.route,
+                    "commit before rebalance failed: {e}; the next owner consumes those commands again"
+                ),
+            }
+        }
+        self.ledger.lock().revoke(partitions(revoked));
+        tracing::info!(
+            route = &*self.route,
+            partitions = revoked.count(),
+            "partitions revoked"
+        );
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                self.ledger.lock().assign(partitions(tpl));
+                tracing::info!(
+                    route = &*self.route,
+                    partitions = tpl.count(),
+                    "partitions assigned"
+                );
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => tracing::warn!(route = &*self.route, "rebalance failed: {e}"),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            // Not lost: the offsets stay in the ledger and go with the next commit.
+            tracing::warn!(
+                route = &*self.route,
+                "offset commit failed: {e}; will retry"
+            );
+            self.ledger.lock().commit_failed();
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! Kafka command source: a consumer group on the route's topics hands each
+//! message to the route's processor as a [`Command`] and commits an offset
+//! only once that command and every earlier one of its partition were
+//! answered `Stored` or `Dropped` (at least once: duplicates, never loss).
+//!
+//! - this file: start-up, the consumer's configuration, topic creation,
+//!   message → [`Command`].
+//! - [`source`]: the task — consume, keep what is in flight in order, commit.
+//! - [`inflight`]: commands handed over and not answered yet, in order.
+//! - [`ledger`]: the offsets that may be committed.
+//! - [`context`]: librdkafka logs and the commit-before-rebalance hook.
+
+mod context;
+mod inflight;
+mod ledger;
+mod source;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::Rng;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::message::{Headers, Message};
+use rdkafka::types::RDKafkaErrorCode;
+
+use super::{Command, CommandTx};
+use crate::bridge::BridgeError;
+use crate::config::{DownlinkRoute, KafkaBackend};
+
+/// Starts consuming `route.topics` with a consumer group; hands commands to
+/// `tx`. Fails only on a configuration librdkafka refuses: a broker that is
+/// down is waited for (and topics created) by the task.
+pub async fn start(
+    backend: &KafkaBackend,
+    route: &DownlinkRoute,
+    tx: CommandTx,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, BridgeError> {
+    let config = consumer_config(backend, route);
+    // Create (and drop) one consumer now so that a bad property fails the
+    // start-up instead of the task; this does not contact the broker.
+    source::create(&config, route)
+        .map_err(|e| BridgeError::Backend {
+            backend: backend.name.clone(),
+            reason: format!(
+                "cannot create the Kafka consumer of route {}: {e}",
+                route.name
+            ),
+        })
+        .map(drop)?;
+    let mut topics = route.topics.clone();
+    // The sink creates only uplink targets; the route's own targets are
+    // created here so that receipts and dead letters are not refused.
+    topics.extend(route.receipt_target.iter().cloned());
+    topics.extend(route.dead_letter_target.iter().cloned());
+    let src = source::Source {
+        route: route.clone(),
+        config,
+        admin: backend.create_topics.then(|| Admin {
+            config: admin_config(backend),
+            topics,
+            partitions: backend.topic_partitions,
+            replication: backend.topic_replication,
+        }),
+        tx,
+        stop,
+    };
+    Ok(tokio::spawn(src.run()))
+}
+
+/// Settings we decide, whatever `properties` say: offsets are committed by
+/// the source only (auto-commit would commit commands not stored yet), and
+/// the group is the route's.
+const FORCED: [&str; 3] = ["enable.auto.commit", "auto.commit.enable", "group.id"];
+
+fn consumer_config(backend: &KafkaBackend, route: &DownlinkRoute) -> ClientConfig {
+    let group = route
+        .group_id
+        .clone()
+        .unwrap_or_else(|| format!("mqbridge-{}", route.name));
+    let mut c = ClientConfig::new();
+    c.set_log_level(RDKafkaLogLevel::Warning);
+    c.set("bootstrap.servers", &backend.bootstrap_servers)
+        .set(
+            "client.id",
+            format!("mqbridge-{}-{}", backend.name, route.name),
+        )
+        .set("group.id", &group)
+        // The classic protocol: what tansu and most brokers speak.
+        .set("group.protocol", "classic")
+        .set("enable.auto.commit", "false")
+        // Deliberate: a group with no committed offset (new, or expired)
+        // starts at the oldest retained command. A command produced before
+        // the gateway first joined must not be skipped; a duplicate is
+        // better than a lost command.
+        .set("auto.offset.reset", "earliest");
+    for p in &backend.properties {
+        let Some((key, value)) = p.split_once('=') else {
+            continue; // validated with the config
+        };
+        let (key, value) = (key.trim(), value.trim());
+        if key == "group.id" {
+            tracing::warn!(route = %route.name, "Kafka property group.id={value} ignored by the downlink: the route's group is {group}");
+        } else if FORCED.contains(&key) && !value.eq_ignore_ascii_case("false") {
+            tracing::warn!(route = %route.name, "Kafka property {key}={value} ignored: the downlink commits offsets itself, once commands are stored");
+        } else {
+            if key == "auto.offset.reset" && !value.eq_ignore_ascii_case("earliest") {
+                tracing::warn!(route = %route.name, "auto.offset.reset={value}: a new consumer group may skip commands produced before it joined");
+            }
+            c.set(key, value);
+        }
+    }
+    c
+}
+
+/// Producer-side client for topic creation: the servers and the operator's
+/// properties (security settings apply to it too).
+fn admin_config(backend: &KafkaBackend) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set_log_level(RDKafkaLogLevel::Error);
+    c.set("bootstrap.servers", &backend.bootstrap_servers);
+    for p in &backend.properties {
+        if let Some((k, v)) = p.split_once('=') {
+            if !FORCED.contains(&k.trim()) {
+                c.set(k.trim(), v.trim());
+            }
+        }
+    }
+    c
+}
+
+/// Topics to create before subscribing (`create_topics`).
+struct Admin {
+    config: ClientConfig,
+    topics: Vec<String>,
+    partitions: i32,
+    replication: i32,
+}
+
+impl Admin {
+    /// Creates the missing topics. `Err` if the broker did not answer (try
+    /// again later); a topic it refuses is logged and left to the operator.
+    async fn create(&self, route: &str) -> Result<(), String> {
+        let admin: AdminClient<DefaultClientContext> =
+            self.config.create().map_err(|e| e.to_string())?;
+        let new: Vec<NewTopic<'_>> = self
+            .topics
+            .iter()
+            .map(|t| {
+                NewTopic::new(
+                    t,
+                    self.partitions,
+                    TopicReplication::Fixed(self.replication),
+                )
+            })
+            .collect();
+        let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+        let results = admin
+            .create_topics(&new, &opts)
+            .await
+            .map_err(|e| e.to_string())?;
+        for r in results {
+            match r {
+                Ok(topic) => tracing::info!(route, %topic, "created Kafka topic"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    tracing::warn!(route, %topic, "cannot create Kafka topic: {code}")
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A consumed message as a command (`position` = `topic/partition/offset`).
+fn command<M: Message>(m: &M) -> Command {
+    let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let headers = m
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| (h.key.to_string(), h.value.map(lossy).unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    Command {
+        key: m.key().map(lossy),
+        routing_key: None,
+        headers,
+        payload: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+        position: format!("{}/{}/{}", m.topic(), m.partition(), m.offset()),
+        timestamp_ms: m
+            .timestamp()
+            .to_millis()
+            .and_then(|t| u64::try_from(t).ok()),
+    }
+}
+
+/// Jittered exponential backoff, 250 ms doubling to 30 s, ±20% so that
+/// several gateways do not retry in lockstep.
+struct Backoff(Duration);
+
+impl Backoff {
+    const BASE: Duration = Duration::from_millis(250);
+    const MAX: Duration = Duration::from_secs(30);
+
+    fn new() -> Backoff {
+        Backoff(Self::BASE)
+    }
+
+    fn reset(&mut self) {
+        self.0 = Self::BASE;
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        let d = self.0;
+        self.0 = (d * 2).min(Self::MAX);
+        d.mul_f64(rand::rng().random_range(0.8..=1.2))
+    }
+}
+
+/// Route name as a cheap shared string for the context.
+fn route_name(route: &DownlinkRoute) -> Arc<str> {
+    Arc::from(route.name.as_str())
+}

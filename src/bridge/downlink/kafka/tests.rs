@@ -1,0 +1,211 @@
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
+use rdkafka::Offset;
+
+use super::ledger::Ledger;
+use super::*;
+
+fn backend(properties: &[&str]) -> KafkaBackend {
+    KafkaBackend {
+        name: "k".into(),
+        bootstrap_servers: "127.0.0.1:1".into(),
+        compression: "lz4".into(),
+        create_topics: false,
+        topic_partitions: 1,
+        topic_replication: 1,
+        properties: properties.iter().map(|p| p.to_string()).collect(),
+    }
+}
+
+fn route(group: Option<&str>) -> DownlinkRoute {
+    DownlinkRoute {
+        name: "cmds".into(),
+        backend: "k".into(),
+        topics: vec!["commands".into()],
+        group_id: group.map(str::to_string),
+        queue: String::new(),
+        declare_queue: false,
+        bind_exchange: String::new(),
+        binding_key: String::new(),
+        prefetch: 100,
+        topic: "devices/{key}/commands".into(),
+        qos: 1,
+        retain: false,
+        client_id: None,
+        create_sessions: false,
+        expiry_secs: 0,
+        receipt_target: None,
+        dead_letter_target: None,
+    }
+}
+
+#[test]
+fn auto_commit_and_group_cannot_be_overridden() {
+    let c = consumer_config(
+        &backend(&[
+            "enable.auto.commit=true",
+            "auto.commit.enable = true",
+            "group.id=other",
+            "fetch.min.bytes=2",
+        ]),
+        &route(None),
+    );
+    assert_eq!(c.get("enable.auto.commit"), Some("false"));
+    assert_eq!(c.get("auto.commit.enable"), None);
+    assert_eq!(c.get("group.id"), Some("mqbridge-cmds"));
+    assert_eq!(c.get("auto.offset.reset"), Some("earliest"));
+    assert_eq!(c.get("group.protocol"), Some("classic"));
+    assert_eq!(c.get("fetch.min.bytes"), Some("2"));
+    let c = consumer_config(&backend(&[]), &route(Some("g1")));
+    assert_eq!(c.get("group.id"), Some("g1"));
+}
+
+#[test]
+fn message_becomes_command() {
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "mqtt_message_expiry",
+            value: Some("5"),
+        })
+        .insert(Header {
+            key: "bad",
+            value: Some(&[0xff, b'x'][..]),
+        })
+        .insert(Header::<&[u8]> {
+            key: "empty",
+            value: None,
+        });
+    let m = OwnedMessage::new(
+        Some(b"payload".to_vec()),
+        Some(b"dev-1".to_vec()),
+        "commands".into(),
+        Timestamp::CreateTime(1_700_000_000_000),
+        2,
+        41,
+        Some(headers),
+    );
+    let c = command(&m);
+    assert_eq!(c.key.as_deref(), Some("dev-1"));
+    assert_eq!(c.routing_key, None);
+    assert_eq!(&c.payload[..], b"payload");
+    assert_eq!(c.position, "commands/2/41");
+    assert_eq!(c.timestamp_ms, Some(1_700_000_000_000));
+    assert_eq!(c.header("mqtt_message_expiry"), Some("5"));
+    assert_eq!(c.header("bad"), Some("\u{fffd}x"));
+    assert_eq!(c.header("empty"), Some(""));
+
+    let m = OwnedMessage::new(None, None, "t".into(), Timestamp::NotAvailable, 0, 0, None);
+    let c = command(&m);
+    assert_eq!((c.key, c.timestamp_ms, c.payload.len()), (None, None, 0));
+    assert!(c.headers.is_empty());
+}
+
+#[test]
+fn ledger_commits_only_settled_offsets_of_owned_partitions() {
+    let mut l = Ledger::default();
+    l.settled("t", 0, 5); // not assigned yet: ignored
+    assert!(l.take_changes().is_none());
+    l.assign([("t".to_string(), 0), ("t".to_string(), 1)]);
+    l.settled("t", 0, 5);
+    l.settled("t", 0, 6);
+    l.settled("t", 1, 0);
+    assert_eq!(l.since_commit(), 3);
+    let tpl = l.take_changes().expect("changes");
+    assert_eq!(
+        tpl.find_partition("t", 0).map(|e| e.offset()),
+        Some(Offset::Offset(7))
+    );
+    assert_eq!(
+        tpl.find_partition("t", 1).map(|e| e.offset()),
+        Some(Offset::Offset(1))
+    );
+    assert!(l.take_changes().is_none(), "nothing new");
+    l.commit_failed();
+    assert!(l.take_changes().is_some(), "a failed commit is retried");
+    // Redelivered older offsets never move the position back.
+    l.settled("t", 0, 3);
+    assert_eq!(l.next_offset("t", 0), Some(7));
+    l.revoke([("t".to_string(), 0)]);
+    assert_eq!(l.next_offset("t", 0), None);
+    l.settled("t", 0, 8);
+    assert_eq!(l.next_offset("t", 0), None, "no longer ours");
+}
+
+/// With no broker, `start` returns at once, the task keeps waiting for one
+/// (creating topics with backoff), and stop ends it promptly.
+#[tokio::test]
+async fn starts_and_stops_without_a_broker() {
+    for create_topics in [true, false] {
+        start_and_stop_without_broker(create_topics).await;
+    }
+}
+
+async fn start_and_stop_without_broker(create_topics: bool) {
+    let mut b = backend(&[]);
+    b.create_topics = create_topics;
+    let (tx, _rx) = tokio::sync::mpsc::channel(8);
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let begun = std::time::Instant::now();
+    let task = start(&b, &route(None), tx, stop).await.expect("starts");
+    assert!(
+        begun.elapsed() < Duration::from_secs(2),
+        "start took {:?}",
+        begun.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!task.is_finished());
+    let _ = stop_tx.send(true);
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("stops within 5 s")
+        .expect("task ok");
+}
+
+#[tokio::test]
+async fn a_property_librdkafka_refuses_fails_the_start() {
+    let (tx, _rx) = tokio::sync::mpsc::channel(8);
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let err = start(&backend(&["no.such.property=1"]), &route(None), tx, stop).await;
+    assert!(err.is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_flight_settles_in_order_and_stops_at_the_first_retry() {
+    use super::inflight::InFlight;
+    use crate::bridge::downlink::CommandOutcome::{Dropped, Retry, Stored};
+    let ledger = super::ledger::Shared::default();
+    ledger.lock().assign([("t".to_string(), 0)]);
+    let mut f = InFlight::default();
+    let mut answers = Vec::new();
+    for offset in 0..4 {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        f.push("t".into(), 0, offset, rx);
+        answers.push(tx);
+    }
+    let mut answers = answers.into_iter();
+    let (a, b, c, _d) = (
+        answers.next().unwrap(),
+        answers.next().unwrap(),
+        answers.next().unwrap(),
+        answers.next().unwrap(),
+    );
+    b.send(Stored).unwrap(); // out of order: the oldest is still waited for
+    let waited = tokio::time::timeout(Duration::from_secs(1), f.oldest()).await;
+    assert!(waited.is_err(), "offset 0 is unanswered");
+    a.send(Dropped).unwrap();
+    for _ in 0..2 {
+        let answer = f.oldest().await;
+        assert!(f.settle_oldest(answer, &ledger, "r"));
+    }
+    assert_eq!(ledger.lock().next_offset("t", 0), Some(2));
+    c.send(Retry).unwrap();
+    let answer = f.oldest().await;
+    assert!(!f.settle_oldest(answer, &ledger, "r"));
+    assert_eq!(
+        ledger.lock().next_offset("t", 0),
+        Some(2),
+        "nothing from the retry on"
+    );
+    // Offset 3 is never answered: the drain gives up after its limit.
+    f.drain(Duration::from_secs(5), &ledger, "r").await;
+    assert_eq!(ledger.lock().next_offset("t", 0), Some(2));
+}
