@@ -272,6 +272,12 @@ impl Route {
                 self.counters.dead_lettered.inc();
                 CommandOutcome::Dropped
             }
+            // Refused for good (e.g. the dead-letter topic does not exist):
+            // retrying would loop forever and hold up every later command.
+            Ok(Err(crate::bridge::SinkError::Rejected(e))) => {
+                tracing::error!(route = %self.cfg.name, position = %c.position, error = %e, "dead-letter target refused the command; it is dropped");
+                CommandOutcome::Dropped
+            }
             // The dead letter is not safe yet: consume the command again later.
             _ => CommandOutcome::Retry,
         }
