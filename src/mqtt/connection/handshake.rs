@@ -141,8 +141,10 @@ pub async fn handshake(
         .unwrap_or(u16::MAX)
         .min(mqtt.max_inflight) as usize;
     let (tx, rx) = mpsc::channel(window + 2);
-    // QoS 0 deliveries buffered towards a slow client; beyond this they are dropped and counted.
-    let (tx0, rx0) = mpsc::channel(window.max(64));
+    // QoS 0 deliveries buffered towards a slow online client, bounded like a
+    // session queue (session.max_queued_messages); beyond it they are dropped
+    // and counted (reason queue_full).
+    let (tx0, rx0) = mpsc::channel(sh.cfg.session.max_queued_messages.clamp(1, 1 << 20));
     let (kick_tx, kick) = oneshot::channel();
     let req = ConnectRequest {
         conn_id,
