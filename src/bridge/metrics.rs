@@ -33,7 +33,8 @@ pub struct BridgeMetrics {
     /// (template could not be resolved).
     pub messages: Family<RouteResult, Counter>,
     /// `mqbridge_bridge_commands_total{route,result}`: downlink commands by
-    /// outcome: stored, no_session, rejected (session limits), expired,
+    /// outcome: stored, no_session, rejected (one per session whose queue or
+    /// store limit refused it), expired,
     /// invalid (bad topic/client id/size), dead_lettered, retried (not stored,
     /// consumed again).
     pub commands: Family<RouteResult, Counter>,

@@ -130,8 +130,10 @@ async fn answer(mut rx: mpsc::Receiver<Pending>, counters: CommandCounters) {
         let outcome = match result {
             PendingResult::Settled(o) => o,
             PendingResult::Router(rx) => match rx.await {
-                Ok(CommandResult::Stored) => {
+                Ok(CommandResult::Stored { refused }) => {
                     counters.stored.inc();
+                    // Sessions whose queue limits refused it, counted per route.
+                    counters.rejected.inc_by(refused as u64);
                     CommandOutcome::Stored
                 }
                 Ok(CommandResult::NoSession) => {

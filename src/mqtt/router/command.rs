@@ -15,11 +15,12 @@ use crate::mqtt::message::{now_ms, Message};
 /// What became of a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommandResult {
-    /// Stored (or delivered, for clean sessions) in at least one session.
-    Stored,
+    /// Stored (or delivered, for clean sessions) in at least one session;
+    /// `refused` other matching sessions refused it (queue/store limits).
+    Stored { refused: usize },
     /// No subscription matched / the addressed client has no session.
     NoSession,
-    /// Every target refused it (queue or store limits); counted there.
+    /// Every target refused it (queue or store limits).
     Rejected,
     /// The store failed: not stored, must not be committed.
     StoreFailed,
@@ -35,11 +36,11 @@ impl Router {
     ) {
         let msg = Arc::new(msg);
         let result = match client {
-            None => match self.route(msg, None) {
-                PublishOutcome::Delivered => CommandResult::Stored,
-                PublishOutcome::NoSubscribers => CommandResult::NoSession,
-                PublishOutcome::QuotaExceeded => CommandResult::Rejected,
-                PublishOutcome::StoreFailed => CommandResult::StoreFailed,
+            None => match self.route_counted(msg, None) {
+                (PublishOutcome::Delivered, refused) => CommandResult::Stored { refused },
+                (PublishOutcome::NoSubscribers, _) => CommandResult::NoSession,
+                (PublishOutcome::QuotaExceeded, _) => CommandResult::Rejected,
+                (PublishOutcome::StoreFailed, _) => CommandResult::StoreFailed,
             },
             Some(id) => self.command_to(&id, &msg, create),
         };
@@ -86,7 +87,7 @@ impl Router {
             sub_ids: Arc::from([]),
         };
         if enqueue(s, &mut cx, d) {
-            CommandResult::Stored
+            CommandResult::Stored { refused: 0 }
         } else {
             CommandResult::Rejected
         }

@@ -67,6 +67,16 @@ impl Router {
 
     /// Delivers `msg` to every matching session; `from` is the publisher (No Local).
     pub(super) fn route(&mut self, msg: Arc<Message>, from: Option<&Arc<str>>) -> PublishOutcome {
+        self.route_counted(msg, from).0
+    }
+
+    /// [`Router::route`], also returning how many matching sessions refused
+    /// the message (queue or store limits).
+    pub(super) fn route_counted(
+        &mut self,
+        msg: Arc<Message>,
+        from: Option<&Arc<str>>,
+    ) -> (PublishOutcome, usize) {
         let mut found: Vec<&SubEntry> = Vec::new();
         self.tree.matches(&msg.topic, &mut found);
         let matched: Vec<SubEntry> = found.into_iter().cloned().collect();
@@ -96,7 +106,7 @@ impl Router {
             }
         }
         if deliveries.is_empty() {
-            return PublishOutcome::NoSubscribers;
+            return (PublishOutcome::NoSubscribers, 0);
         }
         let mut accepted = 0;
         let total = deliveries.len();
@@ -113,11 +123,12 @@ impl Router {
             };
             accepted += enqueue(s, &mut cx, d) as usize;
         }
-        if accepted == 0 && total > 0 {
+        let outcome = if accepted == 0 && total > 0 {
             PublishOutcome::QuotaExceeded
         } else {
             PublishOutcome::Delivered
-        }
+        };
+        (outcome, total - accepted)
     }
 
     /// One member of a shared group, round robin, preferring connected members.
