@@ -9,6 +9,7 @@
 //! - [`template`]: target/key templates.
 
 pub mod amqp;
+pub mod backoff;
 pub mod downlink;
 pub mod file;
 pub mod kafka;

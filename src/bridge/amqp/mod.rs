@@ -7,13 +7,11 @@
 //! - `pump`: publishes envelopes in order with a bounded window of
 //!   unconfirmed messages and settles their confirms in order.
 //! - `message`: record → exchange, routing key, properties, headers.
-//! - `backoff`: jittered exponential delays between reconnects.
 //!
 //! Delivery is at-least-once: a message is confirmed Ok only on the broker's
 //! ack; anything unconfirmed when a channel or connection fails is published
 //! again, in its original order, before new messages are taken.
 
-mod backoff;
 mod message;
 mod pump;
 mod session;
@@ -28,11 +26,11 @@ use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::ExchangeKind;
 use tokio::sync::mpsc;
 
-use self::backoff::Backoff;
 use self::pump::{End, Pending};
 use self::session::Session;
 use super::metrics::BackendCounters;
 use super::{BridgeError, Envelope, RunningSink, SinkHandle};
+use crate::bridge::backoff::Backoff;
 use crate::config::AmqpBackend;
 
 /// Starts the AMQP sink for `cfg`. Fails only on settings that can never

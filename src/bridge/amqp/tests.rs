@@ -2,13 +2,11 @@
 //! against RabbitMQ in `tests/bridge_amqp_sink.rs`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use lapin::types::{AMQPValue, FieldArray, LongString};
 use prometheus_client::registry::Registry;
 
-use super::backoff::{Backoff, BASE, MAX};
 use super::message::{destination, headers, outgoing};
 use super::{check, exchange_kind};
 use crate::bridge::metrics::BridgeMetrics;
@@ -127,20 +125,4 @@ fn settings_that_cannot_work_fail_at_start() {
     for k in ["direct", "fanout", "topic", "headers"] {
         assert!(exchange_kind(k).is_ok());
     }
-}
-
-#[test]
-fn backoff_doubles_to_the_cap_with_jitter_and_resets() {
-    let mut b = Backoff::new();
-    let within =
-        |d: Duration, nominal: Duration| d >= nominal.mul_f64(0.8) && d <= nominal.mul_f64(1.2);
-    let mut nominal = BASE;
-    for _ in 0..12 {
-        let d = b.next_delay();
-        assert!(within(d, nominal), "{d:?} vs {nominal:?}");
-        nominal = (nominal * 2).min(MAX);
-    }
-    assert_eq!(nominal, MAX);
-    b.reset();
-    assert!(within(b.next_delay(), BASE));
 }

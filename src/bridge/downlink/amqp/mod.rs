@@ -8,13 +8,11 @@
 //! - `convert`: delivery → [`Command`](super::Command).
 //! - `settle`: acks each delivery once the processor says the command is
 //!   stored (or settled for good), nacks it back to the queue on `Retry`.
-//! - `backoff`: jittered exponential delays between reconnects.
 //!
 //! At-least-once: nothing is acked before its outcome is known; whatever is
 //! unacked when a connection ends (or the process dies) is redelivered by
 //! the broker, possibly after later commands were already stored.
 
-mod backoff;
 mod convert;
 mod session;
 mod settle;
@@ -27,10 +25,10 @@ use lapin::uri::{AMQPScheme, AMQPUri};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use self::backoff::Backoff;
 use self::session::Session;
 use self::settle::Pending;
 use super::{CommandEnvelope, CommandTx};
+use crate::bridge::backoff::Backoff;
 use crate::bridge::BridgeError;
 use crate::config::{AmqpBackend, DownlinkRoute};
 

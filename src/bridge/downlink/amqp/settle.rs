@@ -9,7 +9,7 @@ use lapin::Acker;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::super::CommandOutcome;
-use super::backoff::jitter;
+use crate::bridge::backoff::jitter;
 
 /// Wait before returning a command that could not be stored: an immediate
 /// redelivery would most likely fail the same way.

@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rand::Rng;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
@@ -201,27 +200,10 @@ fn command<M: Message>(m: &M) -> Command {
     }
 }
 
-/// Jittered exponential backoff, 250 ms doubling to 30 s, ±20% so that
-/// several gateways do not retry in lockstep.
-struct Backoff(Duration);
-
-impl Backoff {
-    const BASE: Duration = Duration::from_millis(250);
-    const MAX: Duration = Duration::from_secs(30);
-
-    fn new() -> Backoff {
-        Backoff(Self::BASE)
-    }
-
-    fn reset(&mut self) {
-        self.0 = Self::BASE;
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        let d = self.0;
-        self.0 = (d * 2).min(Self::MAX);
-        d.mul_f64(rand::rng().random_range(0.8..=1.2))
-    }
+/// Jittered exponential backoff, 250 ms doubling to 30 s (a consumer group
+/// rejoin is costly; no need to hammer a broker that is down).
+fn backoff() -> crate::bridge::backoff::Backoff {
+    crate::bridge::backoff::Backoff::between(Duration::from_millis(250), Duration::from_secs(30))
 }
 
 /// Route name as a cheap shared string for the context.

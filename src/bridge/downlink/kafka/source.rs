@@ -20,7 +20,7 @@ use tokio::time::{interval, sleep, timeout, MissedTickBehavior};
 use super::context::SourceContext;
 use super::inflight::InFlight;
 use super::ledger::Shared;
-use super::{command, route_name, Admin, Backoff};
+use super::{backoff, command, route_name, Admin};
 use crate::bridge::downlink::{CommandEnvelope, CommandTx};
 use crate::config::DownlinkRoute;
 
@@ -69,7 +69,7 @@ enum Exit {
 impl Source {
     pub(super) async fn run(mut self) {
         let name = self.route.name.clone();
-        let mut backoff = Backoff::new();
+        let mut backoff = backoff();
         if let Some(admin) = self.admin.take() {
             loop {
                 let created = tokio::select! {
