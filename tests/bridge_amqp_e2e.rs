@@ -8,35 +8,16 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use bridge_amqp_support::{broker, header, Fixture};
+use bridge_amqp_support::{broker, gateway_bridge, header, Fixture};
 use common::*;
-use mqbridge::config::{AckMode, AmqpBackend, BackendConfig, Config, UplinkRoute};
+use mqbridge::config::{AckMode, Config};
 use rumqttc::v5::mqttbytes::v5::{Packet as P5, PubAckReason};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event};
 
 /// The gateway configured like config/rabbitmq.toml, on the fixture's exchange.
 fn rabbit(cfg: &mut Config, exchange: &str) {
-    cfg.bridge.backends = vec![BackendConfig::Amqp(AmqpBackend {
-        name: "rabbitmq".into(),
-        uri: bridge_amqp_support::uri(),
-        exchange: exchange.into(),
-        exchange_kind: "topic".into(),
-        declare_exchange: false,
-        persistent: true,
-        mandatory: true,
-    })];
-    cfg.bridge.uplink = vec![UplinkRoute {
-        name: "telemetry".into(),
-        filter: "devices/+/telemetry/#".into(),
-        backend: "rabbitmq".into(),
-        target: exchange.into(),
-        key: None,
-        routing_key: None,
-        ack: AckMode::Backend,
-        give_up_secs: 0,
-        spool_max_bytes: 1 << 30,
-    }];
+    gateway_bridge(cfg, exchange, AckMode::Backend, 0);
 }
 
 /// Publishes `n` QoS 1 messages and returns the PUBACK reasons in order.

@@ -9,24 +9,15 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use bridge_amqp_support::{broker, Fixture};
+use bridge_amqp_support::{broker, gateway_bridge, rabbitmqctl, Fixture};
 use common::*;
-use mqbridge::config::{AckMode, AmqpBackend, BackendConfig, UplinkRoute};
+use mqbridge::config::AckMode;
 use rumqttc::{AsyncClient, Event, Packet, QoS};
 
 const DEVICES: usize = 3;
 const PER_DEVICE: usize = 80;
 const GAP: Duration = Duration::from_millis(40);
 const OUTAGE: Duration = Duration::from_secs(4);
-
-fn rabbitmqctl(args: &[&str]) -> bool {
-    let cmd = std::env::var("MQBRIDGE_TEST_RABBITMQCTL").unwrap_or_else(|_| "rabbitmqctl".into());
-    std::process::Command::new(cmd)
-        .args(args)
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
 
 /// Restarts the broker's app even if the test panics half way.
 struct Restart;
@@ -66,29 +57,7 @@ async fn puback_waits_through_a_broker_outage_and_nothing_acked_is_lost() {
     let fx = Fixture::new(&conn, "devices.#").await;
     drop(conn);
     let exchange = fx.exchange.clone();
-    let t = start_with(|cfg| {
-        cfg.bridge.backends = vec![BackendConfig::Amqp(AmqpBackend {
-            name: "rabbitmq".into(),
-            uri: bridge_amqp_support::uri(),
-            exchange: exchange.clone(),
-            exchange_kind: "topic".into(),
-            declare_exchange: false,
-            persistent: true,
-            mandatory: true,
-        })];
-        cfg.bridge.uplink = vec![UplinkRoute {
-            name: "telemetry".into(),
-            filter: "devices/+/telemetry/#".into(),
-            backend: "rabbitmq".into(),
-            target: exchange.clone(),
-            key: None,
-            routing_key: None,
-            ack: AckMode::Backend,
-            give_up_secs: 0,
-            spool_max_bytes: 1 << 30,
-        }];
-    })
-    .await;
+    let t = start_with(|cfg| gateway_bridge(cfg, &exchange, AckMode::Backend, 0)).await;
     let devices: Vec<_> = (0..DEVICES)
         .map(|d| tokio::spawn(device(t.addr, d)))
         .collect();

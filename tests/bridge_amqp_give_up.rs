@@ -8,57 +8,19 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use bridge_amqp_support::{broker, Fixture};
+use bridge_amqp_support::{broker, gateway_bridge, Blocked, Fixture};
 use common::*;
-use mqbridge::config::{AckMode, AmqpBackend, BackendConfig, UplinkRoute};
+use mqbridge::config::AckMode;
 use rumqttc::v5::mqttbytes::v5::{Packet as P5, PubAckReason};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event};
-
-fn rabbitmqctl(args: &[&str]) -> bool {
-    let cmd = std::env::var("MQBRIDGE_TEST_RABBITMQCTL").unwrap_or_else(|_| "rabbitmqctl".into());
-    std::process::Command::new(cmd)
-        .args(args)
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
-struct Unblock;
-impl Drop for Unblock {
-    fn drop(&mut self) {
-        rabbitmqctl(&["set_vm_memory_high_watermark", "0.4"]);
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v5_device_is_told_when_the_backend_does_not_confirm_in_time() {
     let Some(conn) = broker().await else { return };
     let fx = Fixture::new(&conn, "devices.#").await;
     let exchange = fx.exchange.clone();
-    let t = start_with(|cfg| {
-        cfg.bridge.backends = vec![BackendConfig::Amqp(AmqpBackend {
-            name: "rabbitmq".into(),
-            uri: bridge_amqp_support::uri(),
-            exchange: exchange.clone(),
-            exchange_kind: "topic".into(),
-            declare_exchange: false,
-            persistent: true,
-            mandatory: true,
-        })];
-        cfg.bridge.uplink = vec![UplinkRoute {
-            name: "telemetry".into(),
-            filter: "devices/+/telemetry/#".into(),
-            backend: "rabbitmq".into(),
-            target: exchange.clone(),
-            key: None,
-            routing_key: None,
-            ack: AckMode::Backend,
-            give_up_secs: 1,
-            spool_max_bytes: 1 << 30,
-        }];
-    })
-    .await;
+    let t = start_with(|cfg| gateway_bridge(cfg, &exchange, AckMode::Backend, 1)).await;
     let (c, mut ev) = AsyncClient::new(opts_v5(t.addr, "giveup", true, None), 10);
     // Connected and confirmed once while the broker is healthy.
     c.publish("devices/giveup/telemetry", QoS::AtLeastOnce, false, "ok")
@@ -74,11 +36,7 @@ async fn v5_device_is_told_when_the_backend_does_not_confirm_in_time() {
     .await;
     assert_eq!(first, PubAckReason::Success);
 
-    assert!(
-        rabbitmqctl(&["set_vm_memory_high_watermark", "0"]),
-        "could not block RabbitMQ"
-    );
-    let guard = Unblock;
+    let guard = Blocked::start();
     let sent = Instant::now();
     c.publish("devices/giveup/telemetry", QoS::AtLeastOnce, false, "late")
         .await

@@ -11,25 +11,8 @@ use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bridge_amqp_support::{broker, Fixture};
+use bridge_amqp_support::{broker, Blocked, Fixture};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-
-fn rabbitmqctl(args: &[&str]) -> bool {
-    let cmd = std::env::var("MQBRIDGE_TEST_RABBITMQCTL").unwrap_or_else(|_| "rabbitmqctl".into());
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
-/// Lifts the memory alarm even if the test panics.
-struct Unblock;
-impl Drop for Unblock {
-    fn drop(&mut self) {
-        rabbitmqctl(&["set_vm_memory_high_watermark", "0.4"]);
-    }
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -128,11 +111,7 @@ ack = "spool"
         {
             acked += 1;
             if acked == 100 {
-                assert!(
-                    rabbitmqctl(&["set_vm_memory_high_watermark", "0"]),
-                    "could not block RabbitMQ"
-                );
-                guard = Some(Unblock);
+                guard = Some(Blocked::start());
             }
         }
     }

@@ -217,3 +217,63 @@ pub fn header(d: &Delivery, name: &str) -> Option<String> {
         _ => None,
     }
 }
+
+/// Runs `rabbitmqctl` (override with `MQBRIDGE_TEST_RABBITMQCTL`); true on success.
+pub fn rabbitmqctl(args: &[&str]) -> bool {
+    let cmd = std::env::var("MQBRIDGE_TEST_RABBITMQCTL").unwrap_or_else(|_| "rabbitmqctl".into());
+    std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Blocks publishers with a memory alarm until dropped (even on panic).
+pub struct Blocked;
+
+impl Blocked {
+    pub fn start() -> Blocked {
+        assert!(
+            rabbitmqctl(&["set_vm_memory_high_watermark", "0"]),
+            "could not block RabbitMQ"
+        );
+        Blocked
+    }
+}
+
+impl Drop for Blocked {
+    fn drop(&mut self) {
+        rabbitmqctl(&["set_vm_memory_high_watermark", "0.4"]);
+    }
+}
+
+/// The gateway's bridge as in config/rabbitmq.toml, on `exchange`: one AMQP
+/// backend and the telemetry route with the given ack mode and give-up time.
+pub fn gateway_bridge(
+    cfg: &mut mqbridge::config::Config,
+    exchange: &str,
+    ack: mqbridge::config::AckMode,
+    give_up_secs: u64,
+) {
+    use mqbridge::config::{BackendConfig, UplinkRoute};
+    cfg.bridge.backends = vec![BackendConfig::Amqp(AmqpBackend {
+        name: "rabbitmq".into(),
+        uri: uri(),
+        exchange: exchange.into(),
+        exchange_kind: "topic".into(),
+        declare_exchange: false,
+        persistent: true,
+        mandatory: true,
+    })];
+    cfg.bridge.uplink = vec![UplinkRoute {
+        name: "telemetry".into(),
+        filter: "devices/+/telemetry/#".into(),
+        backend: "rabbitmq".into(),
+        target: exchange.into(),
+        key: None,
+        routing_key: None,
+        ack,
+        give_up_secs,
+        spool_max_bytes: 1 << 30,
+    }];
+}
