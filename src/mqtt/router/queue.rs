@@ -1,6 +1,7 @@
 //! Putting messages into a session's queue and handing them to its
 //! connection within the inflight window.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::mpsc::error::TrySendError;
@@ -127,9 +128,22 @@ pub fn remove_entry(s: &mut Session, cx: &mut Ctx<'_>, idx: usize) {
 }
 
 /// Counts and logs one dropped message; returns false for the caller's convenience.
+/// The warning is rate-limited (a full queue can drop thousands per second);
+/// the counter has every drop, and debug logging every one.
 fn drop_one(cx: &Ctx<'_>, s: &Session, reason: DropReason) -> bool {
+    static LAST_WARN_MS: AtomicU64 = AtomicU64::new(0);
     cx.metrics.dropped(reason);
-    tracing::debug!(client_id = %s.client_id, ?reason, "message dropped for session");
+    let now = now_ms();
+    let last = LAST_WARN_MS.load(Ordering::Relaxed);
+    if now.saturating_sub(last) >= 1000
+        && LAST_WARN_MS
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(client_id = %s.client_id, reason = reason.as_str(), "message dropped for session (see mqbridge_session_dropped_messages_total; further drops this second at debug level)");
+    } else {
+        tracing::debug!(client_id = %s.client_id, reason = reason.as_str(), "message dropped for session");
+    }
     false
 }
 
