@@ -1,0 +1,166 @@
+//! The Kafka-protocol broker frozen (SIGSTOP) for a few seconds while
+//! devices publish through the gateway: PUBACKs wait, and every PUBACKed
+//! message is in the topic afterwards (duplicates counted). A freeze rather
+//! than a restart because tansu's memory storage would lose the topic on a
+//! restart, which would say nothing about the gateway. One test per file.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+use mqbridge::config::{AckMode, BackendConfig, KafkaBackend, UplinkRoute};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{ClientConfig, Message};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
+
+const DEVICES: usize = 3;
+const PER_DEVICE: usize = 80;
+const GAP: Duration = Duration::from_millis(40);
+const OUTAGE: Duration = Duration::from_secs(4);
+
+/// The pid of the local tansu broker, or None (skip; fail in CI).
+fn tansu_pid() -> Option<String> {
+    let out = std::process::Command::new("pgrep")
+        .args(["-f", "tansu broker"])
+        .output()
+        .ok()?;
+    let pid = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()?
+        .trim()
+        .to_string();
+    if pid.is_empty() {
+        None
+    } else {
+        Some(pid)
+    }
+}
+
+fn signal(pid: &str, sig: &str) {
+    let _ = std::process::Command::new("kill").args([sig, pid]).status();
+}
+
+/// Thaws the broker even if the test panics.
+struct Thaw(String);
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        signal(&self.0, "-CONT");
+    }
+}
+
+async fn device(addr: std::net::SocketAddr, d: usize) -> Vec<Instant> {
+    let id = format!("kout{d}");
+    let (c, mut ev) = AsyncClient::new(opts_v4(addr, &id, true), PER_DEVICE + 10);
+    let topic = format!("devices/{id}/telemetry");
+    tokio::spawn(async move {
+        for i in 0..PER_DEVICE {
+            c.publish(topic.as_str(), QoS::AtLeastOnce, false, format!("{id}:{i}"))
+                .await
+                .unwrap();
+            tokio::time::sleep(GAP).await;
+        }
+    });
+    let mut acked = Vec::new();
+    while acked.len() < PER_DEVICE {
+        match ev.poll().await {
+            Ok(Event::Incoming(Packet::PubAck(_))) => acked.push(Instant::now()),
+            Ok(_) => {}
+            Err(e) => panic!("device connection failed: {e}"),
+        }
+    }
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn puback_waits_through_a_frozen_kafka_broker_and_nothing_acked_is_lost() {
+    let addr = std::env::var("MQBRIDGE_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let Some(pid) = tansu_pid() else {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("no local tansu broker to freeze and CI=true");
+        }
+        eprintln!("skipped: no local tansu broker");
+        return;
+    };
+    let topic = format!("mqbridge-test-out-{:016x}", rand::random::<u64>());
+    let t = start_with(|cfg| {
+        cfg.bridge.backends = vec![BackendConfig::Kafka(KafkaBackend {
+            name: "kafka".into(),
+            bootstrap_servers: addr.clone(),
+            compression: "lz4".into(),
+            create_topics: true,
+            topic_partitions: 3,
+            topic_replication: 1,
+            properties: vec![],
+        })];
+        cfg.bridge.uplink = vec![UplinkRoute {
+            name: "telemetry".into(),
+            filter: "devices/+/telemetry/#".into(),
+            backend: "kafka".into(),
+            target: topic.clone(),
+            key: None,
+            routing_key: None,
+            ack: AckMode::Backend,
+            give_up_secs: 0,
+            spool_max_bytes: 1 << 30,
+        }];
+    })
+    .await;
+    let devices: Vec<_> = (0..DEVICES)
+        .map(|d| tokio::spawn(device(t.addr, d)))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    signal(&pid, "-STOP");
+    let thaw = Thaw(pid);
+    let frozen_at = Instant::now();
+    tokio::time::sleep(OUTAGE).await;
+    drop(thaw);
+    let mut acks = Vec::new();
+    for d in devices {
+        acks.push(within(120, d).await.unwrap());
+    }
+    let longest = acks
+        .iter()
+        .flat_map(|a| a.windows(2).map(|w| w[1] - w[0]))
+        .max()
+        .unwrap_or_default();
+    assert!(
+        longest >= OUTAGE / 2,
+        "no PUBACK was held back while the broker was frozen (longest gap {longest:?})"
+    );
+    assert!(
+        acks.iter().flatten().any(|a| *a > frozen_at + OUTAGE),
+        "acks resumed after the freeze"
+    );
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &addr)
+        .set(
+            "group.id",
+            format!("mqbridge-test-{:08x}", rand::random::<u32>()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    let want = DEVICES * PER_DEVICE;
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < want && Instant::now() < deadline {
+        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await {
+            let p = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
+            *seen.entry(p).or_default() += 1;
+        }
+    }
+    drop(consumer);
+    let missing: Vec<String> = (0..DEVICES)
+        .flat_map(|d| (0..PER_DEVICE).map(move |i| format!("kout{d}:{i}")))
+        .filter(|id| !seen.contains_key(id))
+        .collect();
+    let duplicates: usize = seen.values().map(|n| n - 1).sum();
+    eprintln!("kafka freeze: {want} acknowledged, {} distinct received, {} missing, {duplicates} duplicates, longest PUBACK gap {longest:?}", seen.len(), missing.len());
+    assert!(missing.is_empty(), "acknowledged but missing: {missing:?}");
+    t.gw.shutdown().await;
+}
