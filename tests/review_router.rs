@@ -110,10 +110,17 @@ impl H {
         )
     }
 
-    async fn subscribe(&self, client: &str, filter: &str, qos: u8) -> oneshot::Receiver<Vec<Result<u8, u8>>> {
+    async fn subscribe(
+        &self,
+        client: &str,
+        filter: &str,
+        qos: u8,
+    ) -> oneshot::Receiver<Vec<Result<u8, u8>>> {
         let (reply, r) = oneshot::channel();
         self.send(RouterMsg::Subscribe {
-            conn_id: 0,
+            // Sent on behalf of the client's latest connection (older ones are
+            // ignored by the router as taken over).
+            conn_id: u64::MAX,
             client_id: client.into(),
             filters: vec![SubRequest {
                 filter: filter.into(),
@@ -131,7 +138,13 @@ impl H {
         r
     }
 
-    async fn publish(&self, from: &str, topic: &str, payload: &str, qos: u8) -> Option<oneshot::Receiver<PublishOutcome>> {
+    async fn publish(
+        &self,
+        from: &str,
+        topic: &str,
+        payload: &str,
+        qos: u8,
+    ) -> Option<oneshot::Receiver<PublishOutcome>> {
         let (reply, r) = oneshot::channel();
         let want = qos > 0;
         self.send(RouterMsg::Publish {
@@ -215,7 +228,10 @@ async fn next(rx: &mut mpsc::Receiver<Outbound>, ms: u64) -> Option<Outbound> {
 }
 
 async fn accepted(r: oneshot::Receiver<ConnectOutcome>) {
-    let o = tokio::time::timeout(Duration::from_secs(5), r).await.unwrap().unwrap();
+    let o = tokio::time::timeout(Duration::from_secs(5), r)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(matches!(o, ConnectOutcome::Accepted { .. }), "{o:?}");
 }
 
@@ -230,11 +246,11 @@ async fn load_race_once(iter: usize) -> bool {
     let mut h = H::new(|_| {});
     // X: persistent session with a subscription, offline.
     let (_x1, _) = h.connect(1, "x", false, 100, 10).await;
-    let _ = h.subscribe("x", "t", 1).await;
+    drop(h.subscribe("x", "t", 1).await);
     h.disconnect(1, "x", None).await;
     // Y: an online clean session, so that routing wakes another task.
     let (y, _) = h.connect(2, "y", true, 0, 10).await;
-    let _ = h.subscribe("y", "u", 0).await;
+    drop(h.subscribe("y", "u", 0).await);
     // The publish for X and X's reconnect, then traffic for Y, in one batch.
     let puback = h.publish("p", "t", &format!("m{iter}"), 1).await.unwrap();
     let (mut x3, r3) = h.connect(3, "x", false, 100, 10).await;
@@ -247,8 +263,15 @@ async fn load_race_once(iter: usize) -> bool {
     let mut y = y;
     let drain = tokio::spawn(async move { while y.rx0.recv().await.is_some() {} });
     h.start();
-    let outcome = tokio::time::timeout(Duration::from_secs(5), puback).await.unwrap().unwrap();
-    assert_eq!(outcome, PublishOutcome::Delivered, "publisher was acknowledged");
+    let outcome = tokio::time::timeout(Duration::from_secs(5), puback)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        outcome,
+        PublishOutcome::Delivered,
+        "publisher was acknowledged"
+    );
     accepted(r3).await;
     let got = next(&mut x3.rx, 2000).await;
     drain.abort();
@@ -290,11 +313,18 @@ async fn review_stored_bytes_drift_breaks_max_stored_bytes() {
     let _ = h.subscribe("z", "z/t", 1).await.await;
     h.disconnect(1, "z", None).await;
     for i in 0..3 {
-        let r = h.publish("p", "z/t", &format!("zzzzzzzzz{i}"), 1).await.unwrap();
+        let r = h
+            .publish("p", "z/t", &format!("zzzzzzzzz{i}"), 1)
+            .await
+            .unwrap();
         assert_eq!(r.await.unwrap(), PublishOutcome::Delivered);
     }
     let r = h.publish("p", "z/t", "zzzzzzzzzX", 1).await.unwrap();
-    assert_eq!(r.await.unwrap(), PublishOutcome::QuotaExceeded, "store full");
+    assert_eq!(
+        r.await.unwrap(),
+        PublishOutcome::QuotaExceeded,
+        "store full"
+    );
     assert_eq!(h.metrics.queued_bytes.get(), 3 * size as i64);
 
     // X: a stored persistent session, resumed with Session Expiry 0.
@@ -305,7 +335,10 @@ async fn review_stored_bytes_drift_breaks_max_stored_bytes() {
     let (mut x, r) = h.connect(3, "x", false, 0, 10).await;
     accepted(r).await;
     for i in 0..3 {
-        let r = h.publish("p", "x/t", &format!("xxxxxxxxx{i}"), 1).await.unwrap();
+        let r = h
+            .publish("p", "x/t", &format!("xxxxxxxxx{i}"), 1)
+            .await
+            .unwrap();
         assert_eq!(r.await.unwrap(), PublishOutcome::Delivered);
         let Some(Outbound::Publish { seq, .. }) = next(&mut x.rx, 2000).await else {
             panic!("no delivery")
@@ -332,7 +365,7 @@ async fn review_stored_bytes_drift_breaks_max_stored_bytes() {
 // ---------------------------------------------------------------------------
 
 #[tokio::test]
-async fn review_preset_session_with_zero_max_expiry_leaks_persistent_count() {
+async fn review_preset_sessions_with_zero_max_expiry_are_persistent_and_counted() {
     let mut h = H::new(|c| {
         c.session.max_session_expiry_secs = 0;
         c.session.max_persistent_sessions = 2;
@@ -349,17 +382,18 @@ async fn review_preset_session_with_zero_max_expiry_leaks_persistent_count() {
         .await;
         assert!(matches!(r.await.unwrap(), CommandResult::Stored { .. }));
     }
-    // Both preset sessions expire at the next tick (expiry 0).
+    // Even with max_session_expiry_secs = 0 (which config validation refuses
+    // for create_sessions), preset sessions are really persistent (they fall
+    // back to the 3.1.1 expiry): they stay, are counted, and the limit holds.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let gauge = h.metrics.persistent_sessions.get();
-    // A real persistent client (e.g. 3.1.1 CleanSession=0, expiry 7200).
     let (_c, r) = h.connect(9, "real", false, 7200, 10).await;
     let outcome = r.await.unwrap();
     h.shutdown().await;
     assert_eq!(
         (gauge, outcome),
-        (0, ConnectOutcome::Accepted { session_present: false }),
-        "no persistent session exists any more; a new one must be accepted"
+        (2, ConnectOutcome::QuotaExceeded),
+        "two preset sessions count against max_persistent_sessions = 2"
     );
 }
 
@@ -375,19 +409,21 @@ async fn review_late_ack_of_old_connection_removes_entry_of_new_session() {
     let mut h = H::new(|_| {});
     // A: persistent, receives seq 1 and 2 and does not ack them yet.
     let (_a, _) = h.connect(1, "c", false, 100, 10).await;
-    let _ = h.subscribe("c", "t", 1).await;
+    drop(h.subscribe("c", "t", 1).await);
     h.publish("p", "t", "old1", 1).await;
     h.publish("p", "t", "old2", 1).await;
     // B: same client id, Clean Start, Receive Maximum 1.
     let (mut b, _) = h.connect(2, "c", true, 0, 1).await;
-    let _ = h.subscribe("c", "t", 1).await;
+    drop(h.subscribe("c", "t", 1).await);
     h.publish("p", "t", "new1", 1).await; // seq 1, handed to B
     h.publish("p", "t", "new2", 1).await; // seq 2, queued (window 1)
-    // A's PUBACK for its seq 2 reaches the router only now.
+                                          // A's PUBACK for its seq 2 reaches the router only now.
     h.acked(1, "c", 2).await;
     h.start();
     let first = next(&mut b.rx, 2000).await.expect("new1");
-    let Outbound::Publish { seq, .. } = &first else { panic!() };
+    let Outbound::Publish { seq, .. } = &first else {
+        panic!()
+    };
     h.acked(2, "c", *seq).await;
     let second = next(&mut b.rx, 2000).await;
     h.shutdown().await;
@@ -402,22 +438,25 @@ async fn review_late_ack_of_old_connection_removes_entry_of_new_session() {
 async fn review_late_pubrec_of_old_connection_turns_new_publish_into_pubrel() {
     let mut h = H::new(|_| {});
     let (_a, _) = h.connect(1, "c", false, 100, 10).await;
-    let _ = h.subscribe("c", "t", 2).await;
+    drop(h.subscribe("c", "t", 2).await);
     h.publish("p", "t", "old1", 2).await;
     h.publish("p", "t", "old2", 2).await;
     let (mut b, _) = h.connect(2, "c", true, 0, 1).await;
-    let _ = h.subscribe("c", "t", 2).await;
+    drop(h.subscribe("c", "t", 2).await);
     h.publish("p", "t", "new1", 2).await;
     h.publish("p", "t", "new2", 2).await;
     // A's PUBREC for its seq 2 (a different message) arrives late.
     h.send(RouterMsg::Received {
+        conn_id: 1,
         client_id: "c".into(),
         seq: 2,
     })
     .await;
     h.start();
     let first = next(&mut b.rx, 2000).await.expect("new1");
-    let Outbound::Publish { seq, .. } = &first else { panic!() };
+    let Outbound::Publish { seq, .. } = &first else {
+        panic!()
+    };
     h.acked(2, "c", *seq).await;
     let second = next(&mut b.rx, 2000).await.expect("something for seq 2");
     h.shutdown().await;
@@ -449,7 +488,9 @@ async fn review_qos0_entry_redelivered_with_dup() {
     h.publish("p", "t", "q0", 0).await;
     accepted(r).await;
     let d1 = next(&mut a.rx, 2000).await.expect("q1");
-    let d2 = next(&mut a.rx, 2000).await.expect("q0 (queued while loading)");
+    let d2 = next(&mut a.rx, 2000)
+        .await
+        .expect("q0 (queued while loading)");
     // The connection closes before it wrote / acked them.
     h.disconnect(2, "x", None).await;
     let (mut b, r) = h.connect(3, "x", false, 100, 10).await;
@@ -459,7 +500,14 @@ async fn review_qos0_entry_redelivered_with_dup() {
     h.shutdown().await;
     let all = [&d1, &d2, &e1, &e2].map(describe);
     assert!(
-        !matches!(e2, Outbound::Publish { qos: 0, dup: true, .. }),
+        !matches!(
+            e2,
+            Outbound::Publish {
+                qos: 0,
+                dup: true,
+                ..
+            }
+        ),
         "QoS 0 PUBLISH with DUP=1: {all:?}"
     );
 }
@@ -490,7 +538,9 @@ async fn review_qos0_messages_on_one_topic_reordered_after_reconnect() {
     if let Some(o) = next(&mut a.rx0, 1000).await {
         order.push(describe(&o));
     }
-    let Outbound::Publish { seq, .. } = d1 else { panic!() };
+    let Outbound::Publish { seq, .. } = d1 else {
+        panic!()
+    };
     h.acked(2, "x", seq).await;
     if let Some(o) = next(&mut a.rx, 1000).await {
         order.push(describe(&o));
@@ -558,10 +608,23 @@ async fn review_packet_id_reused_while_in_flight() {
     };
     let mut inflight = std::collections::HashMap::new();
     inflight.insert(mqbridge::mqtt::router::pkid_of(first), first);
+    let mut stalled = false;
     for i in 0..65535u32 {
         h.publish("p", "t", &format!("m{i}"), 1).await;
-        let Some(Outbound::Publish { seq, .. }) = next(&mut c.rx, 2000).await else {
-            panic!()
+        let seq = match next(&mut c.rx, 2000).await {
+            Some(Outbound::Publish { seq, .. }) => seq,
+            // The broker waits rather than reuse the held delivery's packet
+            // id; once the client acknowledges it, delivery resumes.
+            None if !stalled => {
+                stalled = true;
+                h.acked(1, "c", first).await;
+                inflight.remove(&mqbridge::mqtt::router::pkid_of(first));
+                match next(&mut c.rx, 2000).await {
+                    Some(Outbound::Publish { seq, .. }) => seq,
+                    _ => panic!("delivery did not resume after the held packet id was freed"),
+                }
+            }
+            _ => panic!("nothing delivered at message {i}"),
         };
         let pkid = mqbridge::mqtt::router::pkid_of(seq);
         if let Some(other) = inflight.get(&pkid) {
@@ -571,6 +634,10 @@ async fn review_packet_id_reused_while_in_flight() {
         h.acked(1, "c", seq).await;
     }
     h.shutdown().await;
+    assert!(
+        stalled,
+        "the packet id of the held delivery came round without a wait"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -596,7 +663,12 @@ async fn review_entries_of_session_made_persistent_by_takeover_are_lost() {
     // Takeover: Clean Start=0, Session Expiry 100.
     let (_b, r) = h.connect(2, "c", false, 100, 10).await;
     let o = r.await.unwrap();
-    assert_eq!(o, ConnectOutcome::Accepted { session_present: true });
+    assert_eq!(
+        o,
+        ConnectOutcome::Accepted {
+            session_present: true
+        }
+    );
     // B goes away before acknowledging; the client reconnects.
     h.disconnect(2, "c", None).await;
     let (mut c, r) = h.connect(3, "c", false, 100, 10).await;
@@ -606,5 +678,9 @@ async fn review_entries_of_session_made_persistent_by_takeover_are_lost() {
         got.push(describe(&o));
     }
     h.shutdown().await;
-    assert_eq!(got.len(), 3, "queued messages of the resumed session: {got:?}");
+    assert_eq!(
+        got.len(),
+        3,
+        "queued messages of the resumed session: {got:?}"
+    );
 }

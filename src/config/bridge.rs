@@ -280,8 +280,9 @@ fn default_ack() -> AckMode {
 }
 
 impl BridgeConfig {
-    /// Checks names, references, filters and templates.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks names, references, filters and templates (`session_max_expiry`:
+    /// `session.max_session_expiry_secs`, the expiry of preset sessions).
+    pub fn validate(&self, session_max_expiry: u32) -> Result<(), ConfigError> {
         if self.queue_capacity == 0 {
             return Err(ConfigError::invalid(
                 "bridge.queue_capacity",
@@ -360,12 +361,17 @@ impl BridgeConfig {
             }
         }
         for (i, r) in self.downlink.iter().enumerate() {
-            self.validate_downlink(i, r)?;
+            self.validate_downlink(i, r, session_max_expiry)?;
         }
         Ok(())
     }
 
-    fn validate_downlink(&self, i: usize, r: &DownlinkRoute) -> Result<(), ConfigError> {
+    fn validate_downlink(
+        &self,
+        i: usize,
+        r: &DownlinkRoute,
+        session_max_expiry: u32,
+    ) -> Result<(), ConfigError> {
         let at = |what: &str| format!("bridge.downlink[{i}].{what}");
         let backend = self.backends.iter().find(|b| b.name() == r.backend);
         match backend {
@@ -395,6 +401,13 @@ impl BridgeConfig {
         }
         if r.qos > 2 {
             return Err(ConfigError::at(at("qos"), "must be 0, 1 or 2"));
+        }
+        if r.create_sessions && session_max_expiry == 0 {
+            // A preset session with expiry 0 would not be persistent: nothing stored.
+            return Err(ConfigError::at(
+                at("create_sessions"),
+                "needs session.max_session_expiry_secs > 0",
+            ));
         }
         if r.create_sessions && r.client_id.is_none() {
             return Err(ConfigError::at(at("create_sessions"), "needs client_id"));

@@ -540,7 +540,7 @@ impl Config {
             "server.shutdown_grace_secs",
             self.server.shutdown_grace_secs,
         )?;
-        self.bridge.validate()?;
+        self.bridge.validate(self.session.max_session_expiry_secs)?;
         Ok(())
     }
 }

@@ -417,6 +417,20 @@ fn put_str(out: &mut BytesMut, s: &[u8]) {
     out.put_slice(s);
 }
 
+/// Whether every string and binary property fits MQTT's 16-bit length
+/// prefix (a downlink header could be longer; it must not be truncated).
+fn fits_mqtt_strings(msg: &Message) -> bool {
+    const MAX: usize = u16::MAX as usize;
+    let p = &msg.props;
+    msg.topic.len() <= MAX
+        && p.content_type.as_ref().is_none_or(|s| s.len() <= MAX)
+        && p.response_topic.as_ref().is_none_or(|s| s.len() <= MAX)
+        && p.correlation_data.as_ref().is_none_or(|s| s.len() <= MAX)
+        && p.user_properties
+            .iter()
+            .all(|(k, v)| k.len() <= MAX && v.len() <= MAX)
+}
+
 /// Length of the 5.0 PUBLISH properties block (without its own length prefix).
 fn publish_props_len(p: &OutPublish<'_>, expiry: Option<u32>) -> usize {
     let props = &p.msg.props;
@@ -446,6 +460,9 @@ pub fn encode_publish(
     max_size: u32,
     out: &mut BytesMut,
 ) -> bool {
+    if !fits_mqtt_strings(p.msg) {
+        return false;
+    }
     let msg = p.msg;
     let expiry = msg.remaining_expiry_secs(p.now_ms);
     let props_len = match version {

@@ -171,10 +171,22 @@ impl Route {
                 "{topic:?} is not a valid MQTT topic name"
             )));
         }
-        if topic.len() + c.payload.len() + 64 > self.max_packet as usize {
+        // MQTT strings are at most 65535 bytes; headers become user properties.
+        if let Some((k, _)) = c
+            .headers
+            .iter()
+            .find(|(k, v)| k.len() > 65535 || v.len() > 65535)
+        {
+            let name: String = k.chars().take(40).collect();
+            return Err(Bad::Invalid(format!(
+                "header {name}... longer than an MQTT string allows"
+            )));
+        }
+        let props: usize = c.headers.iter().map(|(k, v)| k.len() + v.len() + 5).sum();
+        if topic.len() + c.payload.len() + props + 64 > self.max_packet as usize {
             return Err(Bad::Invalid(format!(
                 "{} bytes exceed the maximum packet size",
-                c.payload.len()
+                c.payload.len() + props
             )));
         }
         let client_id = match &self.client_id {

@@ -176,6 +176,10 @@ pub async fn handshake(
                 Code::ServerUnavailable
             };
             refuse(code, &mut out);
+            if outcome == ConnectOutcome::StoreFailed {
+                // The router attached this connection before the store failed.
+                detach(sh, conn_id, &client_id, false).await;
+            }
             super::write_raw(stream, &out).await?;
             return Err(ConnError::Refused(format!("{outcome:?}")));
         }
@@ -210,9 +214,16 @@ pub async fn handshake(
         code: Code::Success,
         properties,
     };
-    codec::encode(&p5::Packet::ConnAck(ack), version, &mut out)
-        .map_err(|e| ConnError::Io(std::io::Error::other(e)))?;
-    super::write_raw(stream, &out).await?;
+    let written = match codec::encode(&p5::Packet::ConnAck(ack), version, &mut out) {
+        Ok(()) => super::write_raw(stream, &out).await,
+        Err(e) => Err(std::io::Error::other(e)),
+    };
+    if let Err(e) = written {
+        // Attached but the client never learned it: end the attachment like any
+        // abnormal close, or the session would stay "online" for ever.
+        detach(sh, conn_id, &client_id, true).await;
+        return Err(ConnError::Io(e));
+    }
     tracing::debug!(client_id = %client_id, ?version, session_present, expiry_secs, "client connected");
     Ok(Attached {
         version,
@@ -225,6 +236,17 @@ pub async fn handshake(
         rx0,
         kick,
     })
+}
+
+/// Tells the router a connection it attached is gone.
+async fn detach(sh: &Shared, conn_id: u64, client_id: &Arc<str>, publish_will: bool) {
+    let msg = RouterMsg::Disconnect {
+        conn_id,
+        client_id: client_id.clone(),
+        publish_will,
+        new_expiry: None,
+    };
+    let _ = sh.router.send(msg).await;
 }
 
 trait PropsDefault {

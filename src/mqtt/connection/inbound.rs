@@ -20,13 +20,14 @@ impl Conn<'_> {
             P::Publish(p) => self.on_publish(p)?,
             P::PubAck(a) => self.on_ack(a.pkid),
             P::PubComp(a) => self.on_ack(a.pkid),
-            P::PubRec(a) => self.on_pubrec(a.pkid),
+            P::PubRec(a) => self.on_pubrec(a.pkid, a.reason),
             P::PubRel(r) => {
                 if self.qos2_in.remove(&r.pkid) {
                     self.incoming_unacked = self.incoming_unacked.saturating_sub(1);
                 }
                 let (tx, rx) = oneshot::channel();
                 self.send(RouterMsg::PubRel {
+                    conn_id: self.conn_id,
                     client_id: self.client_id.clone(),
                     pkid: r.pkid,
                     reply: tx,
@@ -43,6 +44,7 @@ impl Conn<'_> {
                 }
                 let (tx, rx) = oneshot::channel();
                 let msg = RouterMsg::Unsubscribe {
+                    conn_id: self.conn_id,
                     client_id: self.client_id.clone(),
                     filters: u.filters,
                     reply: tx,
@@ -108,7 +110,9 @@ impl Conn<'_> {
                 Reason::PayloadFormatInvalid,
             ));
         }
-        if qos == 1 || (qos == 2 && self.qos2_in.insert(p.pkid)) {
+        // A QoS 2 PUBLISH resent on this connection before PUBREL is a duplicate.
+        let qos2_resent = qos == 2 && !self.qos2_in.insert(p.pkid);
+        if qos == 1 || (qos == 2 && !qos2_resent) {
             self.incoming_unacked += 1;
             if self.version == Version::V5
                 && self.incoming_unacked > self.sh.cfg.mqtt.receive_maximum as usize
@@ -137,7 +141,14 @@ impl Conn<'_> {
                 .map(|s| now_ms() + s as u64 * 1000),
             receipt: None,
         };
-        let bridge = self.dispatch_uplink(&msg);
+        // The router de-duplicates QoS 2 for MQTT subscribers; a resend on this
+        // connection must not reach the backends twice either. (A resend after
+        // a reconnect still can: at least once towards the backends.)
+        let bridge = if qos2_resent {
+            (Vec::new(), BridgeSummary::default())
+        } else {
+            self.dispatch_uplink(&msg)
+        };
         let (reply, rx) = if qos > 0 {
             let (tx, rx) = oneshot::channel();
             (Some(tx), Some(rx))
@@ -229,15 +240,21 @@ impl Conn<'_> {
         }
     }
 
-    fn on_pubrec(&mut self, pkid: u16) {
-        let rel = p5::PubRel {
-            pkid,
-            reason: p5::PubRelReason::Success,
-            properties: None,
-        };
-        let _ = codec::encode(&p5::Packet::PubRel(rel), self.version, &mut self.out);
+    /// PUBREC: the router stores the Released state and then sends the PUBREL
+    /// (so a crash cannot turn a released message back into a resend). A 5.0
+    /// PUBREC with a failure reason ends the flow: no PUBREL (MQTT 5 4.3.3).
+    fn on_pubrec(&mut self, pkid: u16, reason: p5::PubRecReason) {
+        let failed = !matches!(
+            reason,
+            p5::PubRecReason::Success | p5::PubRecReason::NoMatchingSubscribers
+        );
+        if failed {
+            self.on_ack(pkid);
+            return;
+        }
         if let Some(&seq) = self.inflight.get(&pkid) {
             let _ = self.send(RouterMsg::Received {
+                conn_id: self.conn_id,
                 client_id: self.client_id.clone(),
                 seq,
             });
@@ -430,6 +447,7 @@ impl Conn<'_> {
             }
             let (tx, _rx) = oneshot::channel();
             self.send(RouterMsg::PubRel {
+                conn_id: self.conn_id,
                 client_id: self.client_id.clone(),
                 pkid,
                 reply: tx,

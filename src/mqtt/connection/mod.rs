@@ -232,6 +232,10 @@ impl Conn<'_> {
                 Version::V311 => self.pending.len() < limit,
                 Version::V5 => self.pending.len() < limit * 2,
             };
+            if !may_read {
+                // The client's PINGREQs are not being read: keepalive cannot be judged.
+                deadline = Instant::now() + grace.unwrap_or(far);
+            }
             tokio::select! {
                 biased;
                 k = &mut kick => {

@@ -69,7 +69,11 @@ impl Router {
             // A preset session: persistent, offline since now, taken over by the
             // device's first CleanSession=0 connection.
             let mut s = Session::new(id.clone());
-            s.expiry_secs = self.cfg.session.max_session_expiry_secs;
+            // Never 0 (that would not be persistent): fall back to the 3.1.1 expiry.
+            s.expiry_secs = match self.cfg.session.max_session_expiry_secs {
+                0 => self.cfg.session.v311_session_expiry_secs,
+                n => n,
+            };
             s.disconnected_at_ms = Some(now_ms());
             self.sessions.insert(id.clone(), s);
             self.persistent += 1;

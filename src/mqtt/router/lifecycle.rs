@@ -7,7 +7,7 @@ use tokio::sync::oneshot;
 
 use super::queue::pump;
 use super::session::{Body, Conn, Entry, Session};
-use super::{ConnId, ConnectOutcome, ConnectRequest, Kick, Router, RouterMsg, Will};
+use super::{ConnId, ConnectOutcome, ConnectRequest, Kick, Router, Will};
 use crate::mqtt::message::now_ms;
 use crate::mqtt::topic::{parse_shared, SubEntry, SubOpts};
 use crate::store::{Op, QueuedEntry, Recovered};
@@ -34,6 +34,7 @@ impl Router {
                     retain: false,
                     state: i.state,
                     body: None,
+                    stored: true,
                 });
                 s.queued_bytes += i.size as usize;
                 self.stored_bytes += i.size as u64;
@@ -139,6 +140,7 @@ impl Router {
         s.protocol = req.protocol;
         s.will = req.will;
         s.disconnected_at_ms = None;
+        s.conn_gen = req.conn_id;
         s.conn = Some(Conn {
             id: req.conn_id,
             tx: req.tx,
@@ -147,11 +149,15 @@ impl Router {
             window: req.window.max(1),
             inflight: 0,
         });
+        // A load of an earlier connection may still be running: its answer will be
+        // ignored, so the flag is re-derived here.
+        s.loading = false;
         if s.needs_load() {
             s.loading = true;
             let below = s.next_seq;
             self.start_load(client.clone(), req.conn_id, below);
         }
+        self.sync_storage(&client);
         self.save_session(&client);
         let (mut cx, sessions) = self.ctx();
         if let Some(s) = sessions.get_mut(&client) {
@@ -169,27 +175,12 @@ impl Router {
         self.update_gauges();
     }
 
-    /// Reads the bodies of entries below `below` in a task; the answer comes back as
-    /// [`RouterMsg::Loaded`]. The store's FIFO guarantees the read sees every op
-    /// the router submitted before it.
-    fn start_load(&self, client: Arc<str>, conn_id: ConnId, below: u64) {
-        let store = self.store.clone();
-        let Some(tx) = self.self_tx.upgrade() else {
-            return;
-        };
-        tokio::spawn(async move {
-            let entries = store
-                .load_queue(&client, below)
-                .await
-                .map_err(|e| e.to_string());
-            let _ = tx
-                .send(RouterMsg::Loaded {
-                    client_id: client,
-                    conn_id,
-                    entries,
-                })
-                .await;
-        });
+    /// Asks for the bodies of entries below `below`; the answer comes back as
+    /// [`RouterMsg::Loaded`]. The read is sent to the store only after this
+    /// batch's ops were submitted (see `flush`), so the store's FIFO makes it
+    /// see every entry the router queued before it.
+    fn start_load(&mut self, client: Arc<str>, conn_id: ConnId, below: u64) {
+        self.pending_loads.push((client, conn_id, below));
     }
 
     pub(super) fn loaded(
@@ -237,6 +228,49 @@ impl Router {
         }
         s.loading = false;
         pump(s, &mut cx);
+        self.sync_storage(client);
+    }
+
+    /// Keeps the store in step with the session's persistence, which a
+    /// reconnect can change (5.0 Session Expiry set or cleared): a session that
+    /// became persistent writes its in-memory entries; one that is no longer
+    /// persistent leaves the store (its entries stay in memory until it ends).
+    fn sync_storage(&mut self, client: &Arc<str>) {
+        let Some(s) = self.sessions.get_mut(client) else {
+            return;
+        };
+        if s.loading {
+            return; // Done when the bodies are back (`loaded`).
+        }
+        if s.persistent() {
+            for e in s.queue.iter_mut().filter(|e| !e.stored) {
+                let Some(b) = &e.body else { continue };
+                let mut message = (*b.msg).clone();
+                message.qos = e.qos;
+                message.retain = e.retain;
+                let entry = QueuedEntry {
+                    message,
+                    subscription_ids: b.sub_ids.to_vec(),
+                    state: e.state,
+                };
+                self.ops.push(Op::Enqueue {
+                    client_id: client.to_string(),
+                    seq: e.seq,
+                    entry,
+                });
+                e.stored = true;
+                self.stored_bytes += e.size as u64;
+            }
+        } else if s.stored {
+            self.ops.push(Op::DeleteSession {
+                client_id: client.to_string(),
+            });
+            for e in s.queue.iter_mut().filter(|e| e.stored) {
+                e.stored = false;
+                self.stored_bytes = self.stored_bytes.saturating_sub(e.size as u64);
+            }
+            s.stored = false;
+        }
     }
 
     pub(super) fn disconnect(
@@ -305,7 +339,12 @@ impl Router {
             self.ops.push(Op::DeleteSession {
                 client_id: s.client_id.to_string(),
             });
-            let bytes: u64 = s.queue.iter().map(|e| e.size as u64).sum();
+            let bytes: u64 = s
+                .queue
+                .iter()
+                .filter(|e| e.stored)
+                .map(|e| e.size as u64)
+                .sum();
             self.stored_bytes = self.stored_bytes.saturating_sub(bytes);
         }
     }

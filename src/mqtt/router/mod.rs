@@ -140,6 +140,7 @@ pub enum RouterMsg {
     },
     /// Incoming QoS 2 PUBREL: the packet id may be reused.
     PubRel {
+        conn_id: ConnId,
         client_id: Arc<str>,
         pkid: u16,
         reply: oneshot::Sender<()>,
@@ -151,6 +152,7 @@ pub enum RouterMsg {
         reply: oneshot::Sender<Vec<SubResult>>,
     },
     Unsubscribe {
+        conn_id: ConnId,
         client_id: Arc<str>,
         filters: Vec<String>,
         reply: oneshot::Sender<Vec<bool>>,
@@ -161,8 +163,13 @@ pub enum RouterMsg {
         client_id: Arc<str>,
         seq: u64,
     },
-    /// PUBREC for delivery `seq` arrived; the connection has sent PUBREL.
-    Received { client_id: Arc<str>, seq: u64 },
+    /// PUBREC for delivery `seq` arrived; the router answers with PUBREL
+    /// once the Released state is stored.
+    Received {
+        conn_id: ConnId,
+        client_id: Arc<str>,
+        seq: u64,
+    },
     Disconnect {
         conn_id: ConnId,
         client_id: Arc<str>,
@@ -215,6 +222,8 @@ pub struct Router {
     /// Where acknowledged commands that want a delivery receipt are reported
     /// (bounded; full => the receipt is dropped and counted by the receiver's owner).
     receipts: Option<mpsc::Sender<ReceiptEvent>>,
+    /// Queue reads requested in this batch: (client, connection, below seq).
+    pending_loads: Vec<(Arc<str>, ConnId, u64)>,
     /// Store ops of the current batch and the replies waiting for their commit.
     ops: Vec<Op>,
     waiters: Vec<Waiter>,
@@ -240,6 +249,7 @@ impl Router {
             persistent: 0,
             stored_bytes: 0,
             receipts: None,
+            pending_loads: Vec::new(),
             ops: Vec::new(),
             waiters: Vec::new(),
         };
@@ -283,7 +293,43 @@ impl Router {
         self.shutdown().await;
     }
 
+    /// Whether `conn_id` is older than the connection that last attached to
+    /// the session: late packets of a taken-over connection must not act on
+    /// the new session (seqs and packet ids restart after a clean start).
+    fn stale(&self, client: &str, conn_id: ConnId) -> bool {
+        self.sessions
+            .get(client)
+            .is_some_and(|s| conn_id < s.conn_gen)
+    }
+
     fn handle(&mut self, msg: RouterMsg) {
+        let from_conn = match &msg {
+            RouterMsg::Publish {
+                conn_id, client_id, ..
+            }
+            | RouterMsg::PubRel {
+                conn_id, client_id, ..
+            }
+            | RouterMsg::Subscribe {
+                conn_id, client_id, ..
+            }
+            | RouterMsg::Unsubscribe {
+                conn_id, client_id, ..
+            }
+            | RouterMsg::Acked {
+                conn_id, client_id, ..
+            }
+            | RouterMsg::Received {
+                conn_id, client_id, ..
+            } => Some((*conn_id, client_id.clone())),
+            _ => None,
+        };
+        if let Some((conn_id, client)) = from_conn {
+            if self.stale(&client, conn_id) {
+                tracing::debug!(client_id = %client, conn_id, "packet of a taken-over connection ignored");
+                return;
+            }
+        }
         match msg {
             RouterMsg::Connect { req, reply } => self.connect(req, reply),
             RouterMsg::Publish {
@@ -297,6 +343,7 @@ impl Router {
                 client_id,
                 pkid,
                 reply,
+                ..
             } => self.pubrel(&client_id, pkid, reply),
             RouterMsg::Subscribe {
                 conn_id: _,
@@ -308,13 +355,14 @@ impl Router {
                 client_id,
                 filters,
                 reply,
+                ..
             } => self.unsubscribe(&client_id, filters, reply),
             RouterMsg::Acked {
                 conn_id,
                 client_id,
                 seq,
             } => self.acked(&client_id, conn_id, seq),
-            RouterMsg::Received { client_id, seq } => self.received(&client_id, seq),
+            RouterMsg::Received { client_id, seq, .. } => self.received(&client_id, seq),
             RouterMsg::Command {
                 msg,
                 client_id,
@@ -346,6 +394,7 @@ impl Router {
         let waiters = std::mem::take(&mut self.waiters);
         if self.ops.is_empty() {
             waiters.into_iter().for_each(|w| w(true));
+            self.send_loads();
             return;
         }
         let ops = std::mem::take(&mut self.ops);
@@ -362,6 +411,30 @@ impl Router {
                 tracing::error!(error = %e, "store rejected a batch; replies report failure");
                 waiters.into_iter().for_each(|w| w(false));
             }
+        }
+        self.send_loads();
+    }
+
+    /// Sends the queue reads of this batch, after its ops are in the store's FIFO.
+    fn send_loads(&mut self) {
+        for (client, conn_id, below) in self.pending_loads.drain(..) {
+            let store = self.store.clone();
+            let Some(tx) = self.self_tx.upgrade() else {
+                return;
+            };
+            tokio::spawn(async move {
+                let entries = store
+                    .load_queue(&client, below)
+                    .await
+                    .map_err(|e| e.to_string());
+                let _ = tx
+                    .send(RouterMsg::Loaded {
+                        client_id: client,
+                        conn_id,
+                        entries,
+                    })
+                    .await;
+            });
         }
     }
 

@@ -223,13 +223,30 @@ impl Router {
         };
         let Some(idx) = s.find(seq) else { return };
         s.queue[idx].state = EntryState::Released;
-        if s.persistent() {
+        if s.queue[idx].stored {
             self.ops.push(Op::SetState {
                 client_id: client_id.to_string(),
                 seq,
                 state: EntryState::Released,
             });
         }
+        // PUBREL only once Released is durable: after a crash the entry is then
+        // resent as PUBREL, never as a PUBLISH the client already released.
+        let Some(tx) = s.conn.as_ref().map(|c| c.tx.clone()) else {
+            return;
+        };
+        self.after_commit(move |ok| {
+            if !ok {
+                return;
+            }
+            if let Err(tokio::sync::mpsc::error::TrySendError::Full(out)) =
+                tx.try_send(super::Outbound::PubRel { seq })
+            {
+                tokio::spawn(async move {
+                    let _ = tx.send(out).await;
+                });
+            }
+        });
     }
 
     pub(super) fn pubrel(&mut self, client_id: &Arc<str>, pkid: u16, reply: oneshot::Sender<()>) {
@@ -289,6 +306,19 @@ impl Router {
 
     /// Queues the retained messages matching a new subscription (RETAIN set).
     fn send_retained(&mut self, client_id: &Arc<str>, filter: &str, opts: SubOpts) {
+        // Expired retained messages are purged, not sent (and stop counting
+        // against the retained limit).
+        let now = crate::mqtt::message::now_ms();
+        let expired: Vec<String> = self
+            .retained
+            .values()
+            .filter(|m| m.is_expired(now))
+            .map(|m| m.topic.clone())
+            .collect();
+        for topic in expired {
+            self.retained.remove(&topic);
+            self.ops.push(Op::DeleteRetained { topic });
+        }
         let matching: Vec<Arc<Message>> = self
             .retained
             .values()

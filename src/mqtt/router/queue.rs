@@ -32,7 +32,12 @@ pub struct Delivery<'a> {
 /// Queues (or, for QoS 0 to an online client, sends) a message.
 /// Returns false if the session refused it (the drop is counted and logged).
 pub fn enqueue(s: &mut Session, cx: &mut Ctx<'_>, d: Delivery<'_>) -> bool {
-    if d.qos == 0 && !s.loading {
+    // QoS 0 goes straight to an online client only when nothing queued is
+    // waiting ahead of it (order per topic), and not when already expired.
+    if d.msg.is_expired(now_ms()) {
+        return drop_one(cx, s, DropReason::Expired);
+    }
+    if d.qos == 0 && !s.loading && s.handed == s.queue.len() {
         if let Some(conn) = s.conn.as_ref() {
             let out = Outbound::Publish {
                 seq: 0,
@@ -88,6 +93,7 @@ pub fn enqueue(s: &mut Session, cx: &mut Ctx<'_>, d: Delivery<'_>) -> bool {
         retain: d.retain,
         state: EntryState::Queued,
         body,
+        stored: persistent,
     });
     s.queued_bytes += size as usize;
     pump(s, cx);
@@ -117,7 +123,7 @@ fn make_room(s: &mut Session, cx: &mut Ctx<'_>, size: u32) -> bool {
 /// Removes an entry from the queue and, for a stored session, from the store.
 pub fn remove_entry(s: &mut Session, cx: &mut Ctx<'_>, idx: usize) {
     if let Some(e) = s.remove_at(idx) {
-        if s.persistent() || s.stored {
+        if e.stored {
             cx.ops.push(Op::RemoveEntry {
                 client_id: s.client_id.to_string(),
                 seq: e.seq,
@@ -160,6 +166,11 @@ pub fn pump(s: &mut Session, cx: &mut Ctx<'_>) {
         }
         let idx = s.handed;
         let e = &s.queue[idx];
+        // Packet ids derive from seqs and wrap every 65535: wait while the
+        // oldest unacknowledged delivery would share this entry's id.
+        if s.handed > 0 && s.queue[0].seq + 65535 <= e.seq {
+            return;
+        }
         let Some(body) = e.body.clone() else {
             // Not loaded yet: wait for the load to fill it in.
             return;
@@ -176,7 +187,8 @@ pub fn pump(s: &mut Session, cx: &mut Ctx<'_>) {
                 msg: body.msg,
                 qos: e.qos,
                 retain: e.retain,
-                dup: state == EntryState::Sent,
+                // DUP only on a QoS 1/2 resend (MQTT-3.3.1-2).
+                dup: state == EntryState::Sent && e.qos > 0,
                 sub_ids: body.sub_ids,
             },
         };
@@ -191,7 +203,7 @@ pub fn pump(s: &mut Session, cx: &mut Ctx<'_>) {
         s.handed += 1;
         if was_queued {
             s.queue[idx].state = EntryState::Sent;
-            if s.persistent() {
+            if s.queue[idx].stored {
                 // Lazily durable: a crash before this commits only loses the DUP flag.
                 cx.ops.push(Op::SetState {
                     client_id: s.client_id.to_string(),

@@ -40,6 +40,9 @@ pub struct Entry {
     pub state: EntryState,
     /// `None` while the body lives only in the store.
     pub body: Option<Body>,
+    /// Whether the store holds this entry (a session's persistence can change
+    /// while entries are queued: 5.0 expiry set or cleared on reconnect).
+    pub stored: bool,
 }
 
 /// The connection currently attached to a session.
@@ -66,6 +69,8 @@ pub struct Session {
     pub next_seq: u64,
     pub incoming_qos2: HashSet<u16>,
     pub conn: Option<Conn>,
+    /// Id of the connection that last attached (see `Router::stale`).
+    pub conn_gen: ConnId,
     /// Bodies are being read back from the store; nothing is handed out until then.
     pub loading: bool,
     /// Whether the store holds a record of this session.
@@ -90,6 +95,7 @@ impl Session {
             next_seq: 1,
             incoming_qos2: HashSet::new(),
             conn: None,
+            conn_gen: 0,
             loading: false,
             stored: false,
             disconnected_at_ms: None,
