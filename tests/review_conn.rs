@@ -102,13 +102,9 @@ fn publish_qos2(topic: &str, pkid: u16, payload: &[u8], dup: bool) -> Vec<u8> {
     p
 }
 
-/// Known gap, kept visible: a QoS 2 PUBLISH re-sent after a *reconnect*
-/// (PUBREC lost) reaches the uplink backends a second time, because the
-/// uplink is fed before the router's exactly-once check. Towards backends
-/// QoS 2 is at-least-once for now (a re-send on the same connection is
-/// filtered). Run with `--ignored` to see it.
+/// A QoS 2 PUBLISH re-sent after a reconnect (PUBREC lost) must reach the
+/// uplink backend once, like MQTT subscribers.
 #[tokio::test]
-#[ignore = "known gap: QoS 2 re-sent after a reconnect is bridged twice (at-least-once towards backends)"]
 async fn review_qos2_duplicate_from_device_reaches_uplink_twice() {
     init_tracing();
     let t = start().await;

@@ -663,11 +663,15 @@ async fn review_entries_of_session_made_persistent_by_takeover_are_lost() {
     // Takeover: Clean Start=0, Session Expiry 100.
     let (_b, r) = h.connect(2, "c", false, 100, 10).await;
     let o = r.await.unwrap();
-    assert_eq!(
-        o,
-        ConnectOutcome::Accepted {
-            session_present: true
-        }
+    assert!(
+        matches!(
+            o,
+            ConnectOutcome::Accepted {
+                session_present: true,
+                ..
+            }
+        ),
+        "{o:?}"
     );
     // B goes away before acknowledging; the client reconnects.
     h.disconnect(2, "c", None).await;

@@ -27,6 +27,8 @@ pub struct Attached {
     pub client_max_packet: u32,
     /// User name from CONNECT (for uplink templates).
     pub username: Option<String>,
+    /// QoS 2 packet ids of this client still awaiting PUBREL (from its session).
+    pub qos2_pending: Vec<u16>,
     pub rx: mpsc::Receiver<Outbound>,
     pub rx0: mpsc::Receiver<Outbound>,
     pub kick: oneshot::Receiver<Kick>,
@@ -167,8 +169,11 @@ pub async fn handshake(
         .await
         .map_err(|_| ConnError::ShuttingDown)?;
     let outcome = reply.await.map_err(|_| ConnError::ShuttingDown)?;
-    let session_present = match outcome {
-        ConnectOutcome::Accepted { session_present } => session_present,
+    let (session_present, qos2_pending) = match outcome {
+        ConnectOutcome::Accepted {
+            session_present,
+            qos2_pending,
+        } => (session_present, qos2_pending),
         ConnectOutcome::QuotaExceeded | ConnectOutcome::StoreFailed => {
             let code = if outcome == ConnectOutcome::QuotaExceeded {
                 Code::QuotaExceeded
@@ -232,6 +237,7 @@ pub async fn handshake(
         expiry_secs,
         client_max_packet: props.max_packet_size.unwrap_or(u32::MAX),
         username: login.map(|l| l.username).filter(|u| !u.is_empty()),
+        qos2_pending,
         rx,
         rx0,
         kick,

@@ -151,9 +151,11 @@ pub async fn serve(mut stream: TcpStream, sh: Arc<Shared>, conn_id: u64) {
         out: BytesMut::with_capacity(4096),
         pending: VecDeque::new(),
         inflight: HashMap::new(),
-        incoming_unacked: 0,
+        // QoS 2 flows of the session's earlier connection still count
+        // (Receive Maximum) and their re-sends are recognised as duplicates.
+        incoming_unacked: attached.qos2_pending.len(),
         aliases: HashMap::new(),
-        qos2_in: HashSet::new(),
+        qos2_in: attached.qos2_pending.iter().copied().collect(),
         outbox: Vec::new(),
         sink_outbox: Vec::new(),
         username: attached.username.clone(),

@@ -163,10 +163,16 @@ impl Router {
         if let Some(s) = sessions.get_mut(&client) {
             pump(s, &mut cx);
         }
+        let qos2_pending: Vec<u16> = self
+            .sessions
+            .get(&client)
+            .map(|s| s.incoming_qos2.iter().copied().collect())
+            .unwrap_or_default();
         self.after_commit(move |ok| {
             let _ = reply.send(if ok {
                 ConnectOutcome::Accepted {
                     session_present: present,
+                    qos2_pending,
                 }
             } else {
                 ConnectOutcome::StoreFailed

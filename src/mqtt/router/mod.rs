@@ -92,10 +92,13 @@ pub struct ConnectRequest {
     pub kick: oneshot::Sender<Kick>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnectOutcome {
     Accepted {
         session_present: bool,
+        /// Packet ids of the client's QoS 2 PUBLISHes received (PUBRECed) but
+        /// not yet released: a re-send of one of them is a duplicate.
+        qos2_pending: Vec<u16>,
     },
     /// Refused because a global limit (persistent sessions) is reached.
     QuotaExceeded,
