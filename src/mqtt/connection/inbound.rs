@@ -322,7 +322,8 @@ impl Conn<'_> {
                 "session expiry set on DISCONNECT after 0".into(),
             ));
         }
-        let with_will = d.reason_code == Reason::DisconnectWithWillMessage;
+        // Only a normal disconnection (0x00) deletes the will (MQTT 5 3.1.2.5).
+        let with_will = d.reason_code != Reason::NormalDisconnection;
         self.disconnect = Some((with_will, new_expiry));
         Ok(())
     }
