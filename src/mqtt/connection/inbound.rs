@@ -338,9 +338,14 @@ impl Conn<'_> {
                 outcome,
                 bridge,
             } => self.pub_reply(pkid, qos, outcome, bridge)?,
-            Ready::Rel(pkid) => P::PubComp(p5::PubComp {
+            Ready::Rel(pkid, known) => P::PubComp(p5::PubComp {
                 pkid,
-                reason: p5::PubCompReason::Success,
+                // 5.0: 0x92 for a PUBREL of an id that was not awaiting one.
+                reason: if known {
+                    p5::PubCompReason::Success
+                } else {
+                    p5::PubCompReason::PacketIdentifierNotFound
+                },
                 properties: None,
             }),
             Ready::Sub(pkid, results) => {

@@ -41,7 +41,7 @@ pub enum Pending {
     Pub(Box<PubWait>),
     Rel {
         pkid: u16,
-        rx: oneshot::Receiver<()>,
+        rx: oneshot::Receiver<bool>,
     },
     Sub {
         pkid: u16,
@@ -60,7 +60,8 @@ pub enum Ready {
         outcome: Option<PublishOutcome>,
         bridge: BridgeSummary,
     },
-    Rel(u16),
+    /// PUBREL answered; false: the packet id was not awaiting a PUBREL.
+    Rel(u16, bool),
     Sub(u16, Option<Vec<SubResult>>),
     Unsub(u16, Option<Vec<bool>>),
 }
@@ -98,8 +99,8 @@ pub async fn next_reply(p: &mut VecDeque<Pending>) -> Ready {
             }
         }
         Some(Pending::Rel { pkid, rx }) => {
-            let _ = rx.await;
-            Ready::Rel(*pkid)
+            let known = rx.await.unwrap_or(true);
+            Ready::Rel(*pkid, known)
         }
         Some(Pending::Sub { pkid, rx }) => Ready::Sub(*pkid, rx.await.ok()),
         Some(Pending::Unsub { pkid, rx }) => Ready::Unsub(*pkid, rx.await.ok()),

@@ -146,7 +146,8 @@ pub enum RouterMsg {
         conn_id: ConnId,
         client_id: Arc<str>,
         pkid: u16,
-        reply: oneshot::Sender<()>,
+        /// Whether the packet id was awaiting its PUBREL.
+        reply: oneshot::Sender<bool>,
     },
     Subscribe {
         conn_id: ConnId,

@@ -249,9 +249,11 @@ impl Router {
         });
     }
 
-    pub(super) fn pubrel(&mut self, client_id: &Arc<str>, pkid: u16, reply: oneshot::Sender<()>) {
+    pub(super) fn pubrel(&mut self, client_id: &Arc<str>, pkid: u16, reply: oneshot::Sender<bool>) {
+        let mut known = false;
         if let Some(s) = self.sessions.get_mut(client_id) {
-            if s.incoming_qos2.remove(&pkid) && s.persistent() {
+            known = s.incoming_qos2.remove(&pkid);
+            if known && s.persistent() {
                 self.ops.push(Op::RemoveIncomingQos2 {
                     client_id: client_id.to_string(),
                     pkid,
@@ -259,7 +261,7 @@ impl Router {
             }
         }
         self.after_commit(move |_| {
-            let _ = reply.send(());
+            let _ = reply.send(known);
         });
     }
 
