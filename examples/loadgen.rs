@@ -20,7 +20,10 @@ fn qos(n: u8) -> QoS {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let addr = args.get(1).cloned().unwrap_or_else(|| "127.0.0.1:1883".into());
+    let addr = args
+        .get(1)
+        .cloned()
+        .unwrap_or_else(|| "127.0.0.1:1883".into());
     let publishers: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(4);
     let per: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(10_000);
     let q = qos(args.get(4).and_then(|s| s.parse().ok()).unwrap_or(1));
@@ -30,7 +33,9 @@ async fn main() {
     let total = publishers * per;
 
     let mut o = MqttOptions::new(format!("loadgen-sub-{}", std::process::id()), host, port);
-    o.set_clean_session(!persistent).set_keep_alive(Duration::from_secs(60)).set_inflight(1000);
+    o.set_clean_session(!persistent)
+        .set_keep_alive(Duration::from_secs(60))
+        .set_inflight(1000);
     let (sub, mut sub_ev) = AsyncClient::new(o, 1000);
     sub.subscribe("bench/#", q).await.expect("subscribe");
     loop {
@@ -56,14 +61,21 @@ async fn main() {
     });
     let start = Instant::now();
     for p in 0..publishers {
-        let mut o = MqttOptions::new(format!("loadgen-pub-{p}-{}", std::process::id()), host, port);
+        let mut o = MqttOptions::new(
+            format!("loadgen-pub-{p}-{}", std::process::id()),
+            host,
+            port,
+        );
         o.set_keep_alive(Duration::from_secs(60)).set_inflight(100);
         let (c, mut ev) = AsyncClient::new(o, 1000);
         tokio::spawn(async move { while ev.poll().await.is_ok() {} });
         tokio::spawn(async move {
             let payload = vec![b'x'; 64];
             for _ in 0..per {
-                if c.publish(format!("bench/{p}"), q, false, payload.clone()).await.is_err() {
+                if c.publish(format!("bench/{p}"), q, false, payload.clone())
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
