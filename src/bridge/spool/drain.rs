@@ -92,7 +92,7 @@ async fn settle(sh: &Arc<Shared>, inflight: &mut InFlight) {
         Ok(())
     })
     .await
-    .unwrap_or_else(|e| Err(SpoolError(e.to_string())));
+    .unwrap_or_else(|e| Err(SpoolError::Database(e.to_string())));
     match res {
         Ok(()) => {
             sh.bytes.fetch_sub(freed, Ordering::AcqRel);
@@ -127,5 +127,5 @@ async fn read_after(
         Ok(out)
     })
     .await
-    .map_err(|e| SpoolError(e.to_string()))?
+    .map_err(|e| SpoolError::Database(e.to_string()))?
 }

@@ -28,28 +28,9 @@ use super::{BridgeError, Envelope, Record, RunningSink, SinkHandle};
 
 const SPOOL: TableDefinition<u64, &[u8]> = TableDefinition::new("spool");
 
-/// A spool database error, as text (redb's error types are large).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct SpoolError(String);
+/// Spool database errors reuse the store's (redb errors as text).
+pub type SpoolError = crate::store::StoreError;
 
-macro_rules! from_redb {
-    ($($t:ty),*) => {$(
-        impl From<$t> for SpoolError {
-            fn from(e: $t) -> Self {
-                SpoolError(e.to_string())
-            }
-        }
-    )*};
-}
-from_redb!(
-    redb::Error,
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
 /// Most envelopes appended per fsync.
 const BATCH: usize = 1024;
 
@@ -248,7 +229,7 @@ fn append(sh: &Shared, first: u64, batch: &[Envelope]) -> Result<(), SpoolError>
         let mut table = txn.open_table(SPOOL)?;
         for (i, env) in batch.iter().enumerate() {
             let bytes = postcard::to_stdvec(&Spooled::from_record(&env.record))
-                .map_err(|e| SpoolError(e.to_string()))?;
+                .map_err(|e| SpoolError::Database(e.to_string()))?;
             added += bytes.len() as u64;
             table.insert(first + i as u64, bytes.as_slice())?;
         }
