@@ -1,3 +1,4 @@
+//! Regression tests for bugs found in review (each name says the bug it guards against).
 //! Review: router-level tests that drive `Router` directly through its
 //! channel. Messages sent before the router starts are handled as one batch,
 //! which makes interleavings that need load (or a slow router) deterministic.

@@ -1,3 +1,4 @@
+//! Regression tests for bugs found in review (each name says the bug it guards against).
 //! Review: outgoing PUBLISH encoding of strings longer than 65535 bytes.
 
 use bytes::{Bytes, BytesMut};

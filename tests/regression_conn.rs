@@ -1,3 +1,4 @@
+//! Regression tests for bugs found in review (each name says the bug it guards against).
 //! Review: end-to-end checks over TCP against the in-process gateway.
 
 mod common;
