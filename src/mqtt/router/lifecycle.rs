@@ -90,6 +90,19 @@ impl Router {
 
     pub(super) fn connect(&mut self, req: ConnectRequest, reply: oneshot::Sender<ConnectOutcome>) {
         let client = req.client_id.clone();
+        // Refuse over the persistent-session limit before touching anything:
+        // a refused CONNECT must not take over (and end) the current connection.
+        let has_persistent = self.sessions.get(&client).is_some_and(|s| s.persistent());
+        if req.expiry_secs > 0
+            && !has_persistent
+            && self.persistent >= self.cfg.session.max_persistent_sessions
+        {
+            self.metrics
+                .dropped(crate::metrics::DropReason::SessionsFull);
+            tracing::warn!(client_id = %client, limit = self.persistent, "persistent session limit reached; connection refused");
+            let _ = reply.send(ConnectOutcome::QuotaExceeded);
+            return;
+        }
         let mut present = false;
         if let Some(mut s) = self.sessions.remove(&client) {
             if let Some(mut old) = s.detach() {
