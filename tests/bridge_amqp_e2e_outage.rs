@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use bridge_amqp_support::{broker, gateway_bridge, rabbitmqctl, Fixture};
 use common::*;
 use mqbridge::config::AckMode;
-use rumqttc::{AsyncClient, Event, Packet, QoS};
 
 const DEVICES: usize = 3;
 const PER_DEVICE: usize = 80;
@@ -27,30 +26,6 @@ impl Drop for Restart {
     }
 }
 
-/// One device: publishes PER_DEVICE QoS 1 messages, returns when each was acknowledged.
-async fn device(addr: std::net::SocketAddr, d: usize) -> Vec<Instant> {
-    let id = format!("out{d}");
-    let (c, mut ev) = AsyncClient::new(opts_v4(addr, &id, true), PER_DEVICE + 10);
-    let topic = format!("devices/{id}/telemetry");
-    tokio::spawn(async move {
-        for i in 0..PER_DEVICE {
-            c.publish(topic.as_str(), QoS::AtLeastOnce, false, format!("{id}:{i}"))
-                .await
-                .unwrap();
-            tokio::time::sleep(GAP).await;
-        }
-    });
-    let mut acked = Vec::new();
-    while acked.len() < PER_DEVICE {
-        match ev.poll().await {
-            Ok(Event::Incoming(Packet::PubAck(_))) => acked.push(Instant::now()),
-            Ok(_) => {}
-            Err(e) => panic!("device connection failed: {e}"),
-        }
-    }
-    acked
-}
-
 #[tokio::test]
 async fn puback_waits_through_a_broker_outage_and_nothing_acked_is_lost() {
     let Some(conn) = broker().await else { return };
@@ -59,7 +34,7 @@ async fn puback_waits_through_a_broker_outage_and_nothing_acked_is_lost() {
     let exchange = fx.exchange.clone();
     let t = start_with(|cfg| gateway_bridge(cfg, &exchange, AckMode::Backend, 0)).await;
     let devices: Vec<_> = (0..DEVICES)
-        .map(|d| tokio::spawn(device(t.addr, d)))
+        .map(|d| tokio::spawn(paced_device(t.addr, format!("out{d}"), PER_DEVICE, GAP)))
         .collect();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let guard = Restart;
@@ -73,11 +48,7 @@ async fn puback_waits_through_a_broker_outage_and_nothing_acked_is_lost() {
         acks.push(within(120, d).await.unwrap());
     }
     // PUBACKs waited: some device saw a gap of most of the outage between two acks.
-    let longest = acks
-        .iter()
-        .flat_map(|a| a.windows(2).map(|w| w[1] - w[0]))
-        .max()
-        .unwrap_or_default();
+    let longest = longest_gap(&acks);
     assert!(
         longest >= OUTAGE / 2,
         "no PUBACK was held back during the outage (longest gap {longest:?})"

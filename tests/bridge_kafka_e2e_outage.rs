@@ -13,7 +13,6 @@ use common::*;
 use mqbridge::config::{AckMode, BackendConfig, KafkaBackend, UplinkRoute};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{ClientConfig, Message};
-use rumqttc::{AsyncClient, Event, Packet, QoS};
 
 const DEVICES: usize = 3;
 const PER_DEVICE: usize = 80;
@@ -48,29 +47,6 @@ impl Drop for Thaw {
     fn drop(&mut self) {
         signal(&self.0, "-CONT");
     }
-}
-
-async fn device(addr: std::net::SocketAddr, d: usize) -> Vec<Instant> {
-    let id = format!("kout{d}");
-    let (c, mut ev) = AsyncClient::new(opts_v4(addr, &id, true), PER_DEVICE + 10);
-    let topic = format!("devices/{id}/telemetry");
-    tokio::spawn(async move {
-        for i in 0..PER_DEVICE {
-            c.publish(topic.as_str(), QoS::AtLeastOnce, false, format!("{id}:{i}"))
-                .await
-                .unwrap();
-            tokio::time::sleep(GAP).await;
-        }
-    });
-    let mut acked = Vec::new();
-    while acked.len() < PER_DEVICE {
-        match ev.poll().await {
-            Ok(Event::Incoming(Packet::PubAck(_))) => acked.push(Instant::now()),
-            Ok(_) => {}
-            Err(e) => panic!("device connection failed: {e}"),
-        }
-    }
-    acked
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,7 +84,7 @@ async fn puback_waits_through_a_frozen_kafka_broker_and_nothing_acked_is_lost() 
     })
     .await;
     let devices: Vec<_> = (0..DEVICES)
-        .map(|d| tokio::spawn(device(t.addr, d)))
+        .map(|d| tokio::spawn(paced_device(t.addr, format!("kout{d}"), PER_DEVICE, GAP)))
         .collect();
     tokio::time::sleep(Duration::from_secs(1)).await;
     signal(&pid, "-STOP");
@@ -120,11 +96,7 @@ async fn puback_waits_through_a_frozen_kafka_broker_and_nothing_acked_is_lost() 
     for d in devices {
         acks.push(within(120, d).await.unwrap());
     }
-    let longest = acks
-        .iter()
-        .flat_map(|a| a.windows(2).map(|w| w[1] - w[0]))
-        .max()
-        .unwrap_or_default();
+    let longest = longest_gap(&acks);
     assert!(
         longest >= OUTAGE / 2,
         "no PUBACK was held back while the broker was frozen (longest gap {longest:?})"

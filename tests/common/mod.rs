@@ -564,3 +564,41 @@ pub mod raw {
         all
     }
 }
+
+/// A 3.1.1 device publishing `n` QoS 1 messages `"{id}:{i}"` to
+/// `devices/{id}/telemetry`, one every `gap`; returns when each PUBACK came.
+pub async fn paced_device(
+    addr: SocketAddr,
+    id: String,
+    n: usize,
+    gap: Duration,
+) -> Vec<std::time::Instant> {
+    use rumqttc::{AsyncClient, Event, Packet, QoS};
+    let (c, mut ev) = AsyncClient::new(opts_v4(addr, &id, true), n + 10);
+    let topic = format!("devices/{id}/telemetry");
+    tokio::spawn(async move {
+        for i in 0..n {
+            c.publish(topic.as_str(), QoS::AtLeastOnce, false, format!("{id}:{i}"))
+                .await
+                .unwrap();
+            tokio::time::sleep(gap).await;
+        }
+    });
+    let mut acked = Vec::new();
+    while acked.len() < n {
+        match ev.poll().await {
+            Ok(Event::Incoming(Packet::PubAck(_))) => acked.push(std::time::Instant::now()),
+            Ok(_) => {}
+            Err(e) => panic!("device connection failed: {e}"),
+        }
+    }
+    acked
+}
+
+/// The longest time between two consecutive PUBACKs of any device.
+pub fn longest_gap(acks: &[Vec<std::time::Instant>]) -> Duration {
+    acks.iter()
+        .flat_map(|a| a.windows(2).map(|w| w[1] - w[0]))
+        .max()
+        .unwrap_or_default()
+}
