@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
-use mqbridge::config::{AckMode, BackendConfig, KafkaBackend, UplinkRoute};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
 use rdkafka::{ClientConfig, Message};
@@ -44,29 +43,7 @@ fn header(m: &rdkafka::message::BorrowedMessage<'_>, name: &str) -> Option<Strin
 async fn telemetry_from_many_devices_is_keyed_ordered_and_complete() {
     let Some(addr) = kafka().await else { return };
     let topic = format!("mqbridge-test-e2e-{:016x}", rand::random::<u64>());
-    let t = start_with(|cfg| {
-        cfg.bridge.backends = vec![BackendConfig::Kafka(KafkaBackend {
-            name: "kafka".into(),
-            bootstrap_servers: addr.clone(),
-            compression: "lz4".into(),
-            create_topics: true,
-            topic_partitions: 3,
-            topic_replication: 1,
-            properties: vec![],
-        })];
-        cfg.bridge.uplink = vec![UplinkRoute {
-            name: "telemetry".into(),
-            filter: "devices/+/telemetry/#".into(),
-            backend: "kafka".into(),
-            target: topic.clone(),
-            key: None,
-            routing_key: None,
-            ack: AckMode::Backend,
-            give_up_secs: 0,
-            spool_max_bytes: 1 << 30,
-        }];
-    })
-    .await;
+    let t = start_with(|cfg| kafka_bridge(cfg, &addr, &topic)).await;
     let (devices, per) = (10, 20);
     let mut tasks = Vec::new();
     for d in 0..devices {

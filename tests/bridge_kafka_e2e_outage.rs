@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::*;
-use mqbridge::config::{AckMode, BackendConfig, KafkaBackend, UplinkRoute};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{ClientConfig, Message};
 
@@ -60,29 +59,7 @@ async fn puback_waits_through_a_frozen_kafka_broker_and_nothing_acked_is_lost() 
         return;
     };
     let topic = format!("mqbridge-test-out-{:016x}", rand::random::<u64>());
-    let t = start_with(|cfg| {
-        cfg.bridge.backends = vec![BackendConfig::Kafka(KafkaBackend {
-            name: "kafka".into(),
-            bootstrap_servers: addr.clone(),
-            compression: "lz4".into(),
-            create_topics: true,
-            topic_partitions: 3,
-            topic_replication: 1,
-            properties: vec![],
-        })];
-        cfg.bridge.uplink = vec![UplinkRoute {
-            name: "telemetry".into(),
-            filter: "devices/+/telemetry/#".into(),
-            backend: "kafka".into(),
-            target: topic.clone(),
-            key: None,
-            routing_key: None,
-            ack: AckMode::Backend,
-            give_up_secs: 0,
-            spool_max_bytes: 1 << 30,
-        }];
-    })
-    .await;
+    let t = start_with(|cfg| kafka_bridge(cfg, &addr, &topic)).await;
     let devices: Vec<_> = (0..DEVICES)
         .map(|d| tokio::spawn(paced_device(t.addr, format!("kout{d}"), PER_DEVICE, GAP)))
         .collect();
@@ -96,15 +73,7 @@ async fn puback_waits_through_a_frozen_kafka_broker_and_nothing_acked_is_lost() 
     for d in devices {
         acks.push(within(120, d).await.unwrap());
     }
-    let longest = longest_gap(&acks);
-    assert!(
-        longest >= OUTAGE / 2,
-        "no PUBACK was held back while the broker was frozen (longest gap {longest:?})"
-    );
-    assert!(
-        acks.iter().flatten().any(|a| *a > frozen_at + OUTAGE),
-        "acks resumed after the freeze"
-    );
+    let longest = assert_acks_waited(&acks, frozen_at, OUTAGE);
 
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &addr)
@@ -127,11 +96,7 @@ async fn puback_waits_through_a_frozen_kafka_broker_and_nothing_acked_is_lost() 
         }
     }
     drop(consumer);
-    let missing: Vec<String> = (0..DEVICES)
-        .flat_map(|d| (0..PER_DEVICE).map(move |i| format!("kout{d}:{i}")))
-        .filter(|id| !seen.contains_key(id))
-        .collect();
-    let duplicates: usize = seen.values().map(|n| n - 1).sum();
+    let (missing, duplicates) = missing_and_duplicates(&seen, "kout", DEVICES, PER_DEVICE);
     eprintln!("kafka freeze: {want} acknowledged, {} distinct received, {} missing, {duplicates} duplicates, longest PUBACK gap {longest:?}", seen.len(), missing.len());
     assert!(missing.is_empty(), "acknowledged but missing: {missing:?}");
     t.gw.shutdown().await;

@@ -602,3 +602,64 @@ pub fn longest_gap(acks: &[Vec<std::time::Instant>]) -> Duration {
         .max()
         .unwrap_or_default()
 }
+
+/// After an outage that started at `down_at` and lasted `outage`: some
+/// PUBACK was held back for most of it, and PUBACKs resumed afterwards.
+/// Returns the longest gap between two PUBACKs.
+pub fn assert_acks_waited(
+    acks: &[Vec<std::time::Instant>],
+    down_at: std::time::Instant,
+    outage: Duration,
+) -> Duration {
+    let longest = longest_gap(acks);
+    assert!(
+        longest >= outage / 2,
+        "no PUBACK was held back during the outage (longest gap {longest:?})"
+    );
+    assert!(
+        acks.iter().flatten().any(|a| *a > down_at + outage),
+        "acks resumed after the outage"
+    );
+    longest
+}
+
+/// Of the payloads `"{prefix}{d}:{i}"` every paced device sent, those never
+/// received, and how many were received more than once.
+pub fn missing_and_duplicates(
+    seen: &std::collections::HashMap<String, usize>,
+    prefix: &str,
+    devices: usize,
+    per: usize,
+) -> (Vec<String>, usize) {
+    let missing = (0..devices)
+        .flat_map(|d| (0..per).map(move |i| format!("{prefix}{d}:{i}")))
+        .filter(|id| !seen.contains_key(id))
+        .collect();
+    (missing, seen.values().map(|n| n - 1).sum())
+}
+
+/// The gateway's bridge as in config/kafka.toml: one Kafka backend at
+/// `addr` (creating its topics) and the telemetry route to `topic`.
+pub fn kafka_bridge(cfg: &mut mqbridge::config::Config, addr: &str, topic: &str) {
+    use mqbridge::config::{AckMode, BackendConfig, KafkaBackend, UplinkRoute};
+    cfg.bridge.backends = vec![BackendConfig::Kafka(KafkaBackend {
+        name: "kafka".into(),
+        bootstrap_servers: addr.into(),
+        compression: "lz4".into(),
+        create_topics: true,
+        topic_partitions: 3,
+        topic_replication: 1,
+        properties: vec![],
+    })];
+    cfg.bridge.uplink = vec![UplinkRoute {
+        name: "telemetry".into(),
+        filter: "devices/+/telemetry/#".into(),
+        backend: "kafka".into(),
+        target: topic.into(),
+        key: None,
+        routing_key: None,
+        ack: AckMode::Backend,
+        give_up_secs: 0,
+        spool_max_bytes: 1 << 30,
+    }];
+}
