@@ -109,7 +109,10 @@ async fn start_downlink(
         let Some(p) = downlink::start(
             r,
             router.clone(),
-            cfg.mqtt.max_packet_size,
+            downlink::MessageLimits {
+                max_packet: cfg.mqtt.max_packet_size,
+                topic: cfg.mqtt.topic_limits(),
+            },
             sink.clone(),
             counters.clone(),
             metrics.route(&r.name),

@@ -108,6 +108,21 @@ label_enum! {
         UnsupportedProtocol => "unsupported_protocol",
         /// The client identifier was refused.
         ClientIdInvalid => "client_id_invalid",
+        /// A UTF-8 string with U+0000, a control character or a non-character
+        /// (or not UTF-8 where the parser left bytes).
+        InvalidString => "invalid_string",
+        /// A topic name over `mqtt.max_topic_levels` / `mqtt.max_topic_bytes`.
+        TopicLimit => "topic_limit",
+    }
+}
+
+label_enum! {
+    /// Which topic limit refused a topic name or filter (`reason` label).
+    TopicLimitReason {
+        /// More levels than `mqtt.max_topic_levels`.
+        TooManyLevels => "too_many_levels",
+        /// More bytes than `mqtt.max_topic_bytes`.
+        TooLong => "too_long",
     }
 }
 
@@ -148,6 +163,13 @@ pub struct ProtocolErrorLabels {
     pub reason: ProtocolErrorReason,
 }
 
+/// Label set `{reason=...}` of topic limit refusals.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TopicLimitLabels {
+    /// Which limit.
+    pub reason: TopicLimitReason,
+}
+
 /// Label set `{reason=...}` of dropped messages.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct DropLabels {
@@ -180,6 +202,10 @@ pub struct Metrics {
     pub bytes_sent: Counter,
     /// `mqbridge_mqtt_protocol_errors_total{reason}`: connections closed for a protocol error.
     pub protocol_errors: Family<ProtocolErrorLabels, Counter>,
+    /// `mqbridge_mqtt_topics_refused_total{reason}`: topic names and filters
+    /// refused for `mqtt.max_topic_levels` / `mqtt.max_topic_bytes` (PUBLISH,
+    /// SUBSCRIBE, UNSUBSCRIBE, will, and stored ones dropped at start-up).
+    pub topics_refused: Family<TopicLimitLabels, Counter>,
     /// `mqbridge_session_persistent_sessions`: persistent sessions held.
     pub persistent_sessions: Gauge,
     /// `mqbridge_session_queued_messages`: messages queued or inflight across sessions.
@@ -211,6 +237,7 @@ pub struct Metrics {
     received_by_qos: Vec<Counter>,
     sent_by_qos: Vec<Counter>,
     by_protocol_error: Vec<Counter>,
+    by_topic_limit: Vec<Counter>,
     by_drop_reason: Vec<Counter>,
 }
 
@@ -238,6 +265,7 @@ impl Metrics {
         let messages_sent = Family::<QosLabels, Counter>::default();
         let protocol_errors = Family::<ProtocolErrorLabels, Counter>::default();
         let dropped_messages = Family::<DropLabels, Counter>::default();
+        let topics_refused = Family::<TopicLimitLabels, Counter>::default();
 
         let m = Metrics {
             by_result: handles(&connections, ConnectionResult::ALL, |result| ResultLabels {
@@ -251,6 +279,9 @@ impl Metrics {
             by_drop_reason: handles(&dropped_messages, DropReason::ALL, |reason| DropLabels {
                 reason,
             }),
+            by_topic_limit: handles(&topics_refused, TopicLimitReason::ALL, |reason| {
+                TopicLimitLabels { reason }
+            }),
             connections_active: Gauge::default(),
             connections,
             messages_received,
@@ -258,6 +289,7 @@ impl Metrics {
             bytes_received: Counter::default(),
             bytes_sent: Counter::default(),
             protocol_errors,
+            topics_refused,
             persistent_sessions: Gauge::default(),
             queued_messages: Gauge::default(),
             queued_bytes: Gauge::default(),
@@ -310,6 +342,11 @@ impl Metrics {
             "mqbridge_mqtt_protocol_errors",
             "MQTT connections closed for a protocol error, by reason",
             m.protocol_errors.clone(),
+        );
+        r.register(
+            "mqbridge_mqtt_topics_refused",
+            "Topic names and filters refused for the topic level or byte limit, by reason",
+            m.topics_refused.clone(),
         );
         r.register(
             "mqbridge_session_persistent_sessions",
@@ -402,6 +439,11 @@ impl Metrics {
     /// Counts a connection closed for a protocol error.
     pub fn protocol_error(&self, reason: ProtocolErrorReason) {
         inc_at(&self.by_protocol_error, reason as usize, 1);
+    }
+
+    /// Counts a topic name or filter refused for a topic limit.
+    pub fn topic_refused(&self, reason: TopicLimitReason) {
+        inc_at(&self.by_topic_limit, reason as usize, 1);
     }
 
     /// Counts one discarded message.

@@ -185,6 +185,10 @@ pub struct MqttConfig {
     pub max_retained_messages: usize,
     /// Largest number of subscriptions one client may hold.
     pub max_subscriptions_per_client: usize,
+    /// Most `/`-separated levels in a topic name or filter, 1..=65535.
+    pub max_topic_levels: usize,
+    /// Longest topic name or filter in bytes, 1..=65535.
+    pub max_topic_bytes: usize,
 }
 
 impl Default for MqttConfig {
@@ -201,6 +205,8 @@ impl Default for MqttConfig {
             retain_available: true,
             max_retained_messages: 100_000,
             max_subscriptions_per_client: 1000,
+            max_topic_levels: 128,
+            max_topic_bytes: 4096,
         }
     }
 }
@@ -214,6 +220,14 @@ impl MqttConfig {
     /// `connect_timeout_secs` as a [`Duration`].
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.connect_timeout_secs)
+    }
+
+    /// The limits on topic names and filters.
+    pub fn topic_limits(&self) -> crate::mqtt::topic::TopicLimits {
+        crate::mqtt::topic::TopicLimits {
+            max_levels: self.max_topic_levels,
+            max_bytes: self.max_topic_bytes,
+        }
     }
 
     /// The keep-alive imposed on all clients, or `None` when each client's own is used.
@@ -514,6 +528,17 @@ impl Config {
         positive("mqtt.receive_maximum", m.receive_maximum)?;
         positive("mqtt.max_inflight", m.max_inflight)?;
         positive("mqtt.max_connections", m.max_connections)?;
+        for (key, value) in [
+            ("mqtt.max_topic_levels", m.max_topic_levels),
+            ("mqtt.max_topic_bytes", m.max_topic_bytes),
+        ] {
+            if !(1..=65535).contains(&value) {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("{value} is out of range 1..=65535"),
+                ));
+            }
+        }
 
         let s = &self.session;
         positive(

@@ -16,6 +16,8 @@ use rumqttc::v5::mqttbytes::QoS as Q5;
 
 use super::message::Message;
 
+pub mod strings;
+
 /// Protocol version of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Version {
@@ -33,6 +35,12 @@ pub enum DecodeError {
     TooLarge { size: usize, max: u32 },
     #[error("unsupported protocol name or level {0}")]
     UnsupportedProtocol(u8),
+    /// A UTF-8 string field refused by [`strings::check_str`] (malformed).
+    #[error("{field} {why}")]
+    InvalidString {
+        field: &'static str,
+        why: &'static str,
+    },
 }
 
 /// Fixed header of a complete frame in the buffer.
@@ -179,7 +187,10 @@ pub fn decode(
         Version::V5 => p5::Packet::read(&mut one, Some(max_size)).map_err(|e| e.to_string()),
     }));
     match parsed {
-        Ok(Ok(p)) => Ok(Some(p)),
+        Ok(Ok(p)) => {
+            strings::validate(&p)?;
+            Ok(Some(p))
+        }
         Ok(Err(e)) => Err(DecodeError::Malformed(e)),
         Err(_) => Err(DecodeError::Malformed("unparseable packet".into())),
     }

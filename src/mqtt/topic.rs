@@ -27,6 +27,59 @@ pub fn valid_filter(f: &str) -> bool {
     true
 }
 
+/// Client-controlled size limits on topic names and filters
+/// (`mqtt.max_topic_levels`, `mqtt.max_topic_bytes`). They bound the memory
+/// and the work one topic costs (tree nodes, matching, levels split).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicLimits {
+    pub max_levels: usize,
+    pub max_bytes: usize,
+}
+
+/// A topic name or filter over a [`TopicLimits`] limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TopicLimitError {
+    #[error("more than {max} topic levels (mqtt.max_topic_levels)")]
+    TooManyLevels { max: usize },
+    #[error("{bytes} bytes exceed mqtt.max_topic_bytes ({max})")]
+    TooLong { bytes: usize, max: usize },
+}
+
+impl TopicLimitError {
+    /// The metric label of this refusal.
+    pub fn reason(self) -> crate::metrics::TopicLimitReason {
+        match self {
+            TopicLimitError::TooManyLevels { .. } => crate::metrics::TopicLimitReason::TooManyLevels,
+            TopicLimitError::TooLong { .. } => crate::metrics::TopicLimitReason::TooLong,
+        }
+    }
+}
+
+impl TopicLimits {
+    /// Checks a topic name or filter; of a `$share/{group}/{filter}`, the
+    /// filter part (what the tree holds), so any topic that may be published
+    /// may also be subscribed to through a shared group.
+    pub fn check(&self, topic: &str) -> Result<(), TopicLimitError> {
+        let t = match parse_shared(topic) {
+            Ok(Some((_, f))) => f,
+            _ => topic,
+        };
+        if t.len() > self.max_bytes {
+            return Err(TopicLimitError::TooLong {
+                bytes: t.len(),
+                max: self.max_bytes,
+            });
+        }
+        // Bounded by max_bytes above, so this scan is too.
+        if t.bytes().filter(|b| *b == b'/').count() >= self.max_levels {
+            return Err(TopicLimitError::TooManyLevels {
+                max: self.max_levels,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A `$share/` filter without a valid group name or filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InvalidSharedFilter;
@@ -77,6 +130,17 @@ struct Node {
 impl Node {
     fn is_empty(&self) -> bool {
         self.children.is_empty() && self.exact.is_empty() && self.multi.is_empty()
+    }
+}
+
+/// Dismantles the subtree iteratively: the derived drop would recurse once
+/// per level, and a deep enough branch would overflow the stack.
+impl Drop for Node {
+    fn drop(&mut self) {
+        let mut stack: Vec<Node> = self.children.drain().map(|(_, c)| c).collect();
+        while let Some(mut n) = stack.pop() {
+            stack.extend(n.children.drain().map(|(_, c)| c));
+        }
     }
 }
 
@@ -131,58 +195,85 @@ impl SubTree {
     }
 
     /// Removes the subscription of (client, group) on `filter`; true if it existed.
+    /// Iterative (the depth is client-controlled): walk down along the path,
+    /// remove the entry, then prune the highest node that became empty.
     pub fn remove(&mut self, filter: &str, client: &str, group: Option<&str>) -> bool {
-        let levels: Vec<&str> = filter.split('/').collect();
-        let removed = Self::remove_at(&mut self.root, &levels, client, group);
-        if removed {
-            self.len -= 1;
-        }
-        removed
-    }
-
-    fn remove_at(node: &mut Node, levels: &[&str], client: &str, group: Option<&str>) -> bool {
         let matches = |e: &SubEntry| &*e.client == client && e.group.as_deref() == group;
-        let list = match levels {
-            [] => &mut node.exact,
-            ["#"] => &mut node.multi,
-            [first, rest @ ..] => {
-                let Some(child) = node.children.get_mut(*first) else {
-                    return false;
-                };
-                let removed = Self::remove_at(child, rest, client, group);
-                if child.is_empty() {
-                    node.children.remove(*first);
-                }
-                return removed;
+        let mut levels: Vec<&str> = filter.split('/').collect();
+        let multi = levels.last() == Some(&"#");
+        if multi {
+            levels.pop();
+        }
+        // `prune_from`: index of the first level whose node may be cut off
+        // once the entry is gone (every node below it would be empty).
+        let mut prune_from = None;
+        let mut node = &self.root;
+        for (i, level) in levels.iter().enumerate() {
+            let Some(child) = node.children.get(*level) else {
+                return false;
+            };
+            // The target's own lists are checked after the removal, below.
+            let sole_path = i + 1 == levels.len()
+                || (child.children.len() == 1 && child.exact.is_empty() && child.multi.is_empty());
+            match (prune_from, sole_path) {
+                (None, true) => prune_from = Some(i),
+                (Some(_), false) => prune_from = None,
+                _ => {}
             }
-        };
+            node = child;
+        }
+        let mut node = &mut self.root;
+        for level in &levels {
+            let Some(child) = node.children.get_mut(*level) else {
+                return false;
+            };
+            node = child;
+        }
+        let list = if multi { &mut node.multi } else { &mut node.exact };
         let before = list.len();
         list.retain(|e| !matches(e));
-        before != list.len()
+        if before == list.len() {
+            return false;
+        }
+        self.len -= 1;
+        // The target itself must end up empty for its branch to go.
+        if node.is_empty() {
+            if let Some(k) = prune_from {
+                let mut parent = &mut self.root;
+                for level in &levels[..k] {
+                    match parent.children.get_mut(*level) {
+                        Some(c) => parent = c,
+                        None => return true,
+                    }
+                }
+                parent.children.remove(levels[k]);
+            }
+        }
+        true
     }
 
     /// Pushes every subscription matching `topic` into `out`.
     /// Topics starting with `$` are not matched by a leading wildcard (MQTT-4.7.2-1).
+    /// Iterative with an explicit stack: the topic depth is client-controlled.
     pub fn matches<'a>(&'a self, topic: &str, out: &mut Vec<&'a SubEntry>) {
-        let dollar = topic.starts_with('$');
         let levels: Vec<&str> = topic.split('/').collect();
-        Self::match_at(&self.root, &levels, dollar, out);
-    }
-
-    fn match_at<'a>(node: &'a Node, levels: &[&str], no_wild: bool, out: &mut Vec<&'a SubEntry>) {
-        if !no_wild {
-            out.extend(node.multi.iter());
-        }
-        let Some((first, rest)) = levels.split_first() else {
-            out.extend(node.exact.iter());
-            return;
-        };
-        if let Some(child) = node.children.get(*first) {
-            Self::match_at(child, rest, false, out);
-        }
-        if !no_wild {
-            if let Some(child) = node.children.get("+") {
-                Self::match_at(child, rest, false, out);
+        // (node, index of the next level, wildcards allowed at this node)
+        let mut stack = vec![(&self.root, 0usize, !topic.starts_with('$'))];
+        while let Some((node, i, wild)) = stack.pop() {
+            if wild {
+                out.extend(node.multi.iter());
+            }
+            let Some(level) = levels.get(i) else {
+                out.extend(node.exact.iter());
+                continue;
+            };
+            if let Some(child) = node.children.get(*level) {
+                stack.push((child, i + 1, true));
+            }
+            if wild {
+                if let Some(child) = node.children.get("+") {
+                    stack.push((child, i + 1, true));
+                }
             }
         }
     }

@@ -15,7 +15,7 @@ use crate::bridge::{Envelope, Record, SinkHandle};
 use crate::config::DownlinkRoute;
 use crate::mqtt::message::{now_ms, Message, MessageProps, Receipt};
 use crate::mqtt::router::{CommandResult, ReceiptEvent, RouterMsg};
-use crate::mqtt::topic::valid_topic_name;
+use crate::mqtt::topic::{valid_topic_name, TopicLimits};
 
 /// Headers that configure the MQTT message rather than becoming user properties.
 const RESERVED: &[&str] = &[
@@ -32,6 +32,15 @@ const RESERVED: &[&str] = &[
 /// the pipeline between consumption and durable storage.
 const IN_FLIGHT: usize = 1024;
 
+/// What a command must fit to become an MQTT message (from `[mqtt]`).
+#[derive(Debug, Clone, Copy)]
+pub struct MessageLimits {
+    /// `mqtt.max_packet_size`.
+    pub max_packet: u32,
+    /// `mqtt.max_topic_levels` / `mqtt.max_topic_bytes`.
+    pub topic: TopicLimits,
+}
+
 /// A started processor.
 pub struct Downlink {
     pub tx: CommandTx,
@@ -43,6 +52,7 @@ struct Route {
     topic: CommandTemplate,
     client_id: Option<CommandTemplate>,
     max_packet: u32,
+    topic_limits: TopicLimits,
     counters: CommandCounters,
     /// The backend's sink, for dead letters.
     sink: Option<SinkHandle>,
@@ -53,7 +63,7 @@ struct Route {
 pub fn start(
     cfg: &DownlinkRoute,
     router: mpsc::Sender<RouterMsg>,
-    max_packet: u32,
+    limits: MessageLimits,
     sink: Option<SinkHandle>,
     counters: CommandCounters,
     dead_counters: RouteCounters,
@@ -66,7 +76,8 @@ pub fn start(
             Some(t) => Some(CommandTemplate::parse(t).ok()?),
             None => None,
         },
-        max_packet,
+        max_packet: limits.max_packet,
+        topic_limits: limits.topic,
         counters,
         sink,
         dead_counters,
@@ -166,7 +177,11 @@ impl Route {
             .topic
             .render(c)
             .map_err(|e| Bad::Invalid(format!("topic: {e}")))?;
-        if !valid_topic_name(&topic) {
+        // Checked first: an over-long topic is not pasted into the reason.
+        if let Err(e) = self.topic_limits.check(&topic) {
+            return Err(Bad::Invalid(format!("topic: {e}")));
+        }
+        if !valid_topic_name(&topic) || crate::mqtt::codec::strings::check_str(&topic).is_err() {
             return Err(Bad::Invalid(format!(
                 "{topic:?} is not a valid MQTT topic name"
             )));

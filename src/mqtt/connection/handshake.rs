@@ -77,8 +77,10 @@ pub async fn handshake(
             ))
         }
     };
-    let packet =
-        codec::decode(buf, version, sh.cfg.mqtt.max_packet_size).map_err(ConnError::decode)?;
+    let packet = match codec::decode(buf, version, sh.cfg.mqtt.max_packet_size) {
+        Ok(p) => p,
+        Err(e) => return Err(refuse_undecodable(stream, version, e).await),
+    };
     let Some(p5::Packet::Connect(connect, will, login)) = packet else {
         return Err(ConnError::protocol(
             Why::NotConnectFirst,
@@ -120,11 +122,14 @@ pub async fn handshake(
     } else {
         connect.client_id.as_str().into()
     };
-    let will = match will.map(|w| make_will(w, version)) {
-        Some(Err(why)) => {
-            refuse(Code::TopicNameInvalid, &mut out);
-            super::write_raw(stream, &out).await?;
-            return Err(ConnError::protocol(Why::ProtocolError, why.into()));
+    let will = match will.map(|w| make_will(w, version, sh)) {
+        Some(Err((why, detail))) => {
+            // 3.1.1 has no code for a bad will topic: closed without CONNACK.
+            if version == Version::V5 {
+                refuse(Code::TopicNameInvalid, &mut out);
+                super::write_raw(stream, &out).await?;
+            }
+            return Err(ConnError::protocol(why, detail));
         }
         Some(Ok(w)) => Some(w),
         None => None,
@@ -275,11 +280,46 @@ impl PropsDefault for Option<p5::ConnectProperties> {
     }
 }
 
+/// A CONNECT that cannot be decoded or breaks a string rule: 5.0 gets a
+/// CONNACK with the reason code first (5.0 3.1.4: MAY), 3.1.1 a plain close.
+async fn refuse_undecodable(
+    stream: &mut TcpStream,
+    version: Version,
+    e: codec::DecodeError,
+) -> ConnError {
+    let e = ConnError::decode(e);
+    if let (Version::V5, ConnError::Protocol { reason, .. }) = (version, &e) {
+        use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode as R;
+        let code = match reason {
+            R::MalformedPacket => Code::MalformedPacket,
+            R::PacketTooLarge => Code::PacketTooLarge,
+            _ => Code::ProtocolError,
+        };
+        let ack = p5::ConnAck {
+            session_present: false,
+            code,
+            properties: None,
+        };
+        let mut out = BytesMut::new();
+        if codec::encode(&p5::Packet::ConnAck(ack), version, &mut out).is_ok() {
+            let _ = super::write_raw(stream, &out).await;
+        }
+    }
+    e
+}
+
 /// Builds the will message; an invalid will topic is a refused CONNECT.
-fn make_will(w: p5::LastWill, version: Version) -> Result<Will, &'static str> {
-    let topic = std::str::from_utf8(&w.topic).map_err(|_| "will topic is not UTF-8")?;
+fn make_will(w: p5::LastWill, version: Version, sh: &Shared) -> Result<Will, (Why, String)> {
+    // UTF-8 and the string rules were checked by the codec.
+    let topic = std::str::from_utf8(&w.topic)
+        .map_err(|_| (Why::InvalidString, "will topic is not UTF-8".to_string()))?;
+    if let Err(e) = sh.cfg.mqtt.topic_limits().check(topic) {
+        sh.metrics.topic_refused(e.reason());
+        return Err((Why::TopicLimit, format!("will topic: {e}")));
+    }
     if !crate::mqtt::topic::valid_topic_name(topic) {
-        return Err("will topic is not a valid topic name");
+        let detail = "will topic is not a valid topic name".to_string();
+        return Err((Why::ProtocolError, detail));
     }
     let p = w.properties;
     let delay_secs = p.as_ref().and_then(|p| p.delay_interval).unwrap_or(0);

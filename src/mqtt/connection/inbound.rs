@@ -35,23 +35,7 @@ impl Conn<'_> {
                 self.pending.push_back(Pending::Rel { pkid: r.pkid, rx });
             }
             P::Subscribe(s) => self.on_subscribe(s)?,
-            P::Unsubscribe(u) => {
-                if u.filters.is_empty() {
-                    return Err(ConnError::protocol(
-                        Why::ProtocolError,
-                        "UNSUBSCRIBE without filters".into(),
-                    ));
-                }
-                let (tx, rx) = oneshot::channel();
-                let msg = RouterMsg::Unsubscribe {
-                    conn_id: self.conn_id,
-                    client_id: self.client_id.clone(),
-                    filters: u.filters,
-                    reply: tx,
-                };
-                self.send(msg)?;
-                self.pending.push_back(Pending::Unsub { pkid: u.pkid, rx });
-            }
+            P::Unsubscribe(u) => self.on_unsubscribe(u)?,
             P::PingReq(_) => {
                 let _ = codec::encode(&P::PingResp(p5::PingResp), self.version, &mut self.out);
             }
@@ -89,10 +73,18 @@ impl Conn<'_> {
         let qos = codec::qos_u8(p.qos);
         let props = p.properties.unwrap_or_default();
         let topic = self.resolve_topic(&p.topic, props.topic_alias)?;
+        if let Err(e) = self.sh.cfg.mqtt.topic_limits().check(&topic) {
+            self.sh.metrics.topic_refused(e.reason());
+            return Err(ConnError::with_reason(
+                Why::TopicLimit,
+                format!("PUBLISH topic name: {e}"),
+                Reason::TopicNameInvalid,
+            ));
+        }
         if !valid_topic_name(&topic) {
             return Err(ConnError::with_reason(
                 Why::ProtocolError,
-                format!("invalid topic name {topic:?}"),
+                "invalid topic name".into(),
                 Reason::TopicNameInvalid,
             ));
         }
@@ -217,6 +209,13 @@ impl Conn<'_> {
             ConnError::protocol(Why::Malformed, "topic is not UTF-8".into())
         })?;
         let Some(alias) = alias else {
+            if topic.is_empty() {
+                // 5.0 3.3.2.3.4; 3.1.1 MQTT-4.7.3-1 (closed either way).
+                return Err(ConnError::protocol(
+                    Why::ProtocolError,
+                    "empty topic name without a topic alias".into(),
+                ));
+            }
             return Ok(topic.to_string());
         };
         if alias == 0 || alias > self.sh.cfg.mqtt.topic_alias_maximum {
@@ -273,7 +272,7 @@ impl Conn<'_> {
         let mut invalid = Vec::new();
         for (i, f) in s.filters.into_iter().enumerate() {
             let shared = parse_shared(&f.path);
-            let ok = valid_filter(&f.path) && shared.is_ok();
+            let ok = valid_filter(&f.path) && shared.is_ok() && self.within_limits(&f.path, "SUBSCRIBE");
             // No Local on a shared subscription is a protocol error (MQTT-3.8.3-4); refuse the filter.
             if !ok || (f.nolocal && matches!(shared, Ok(Some(_)))) {
                 invalid.push(i);
@@ -312,6 +311,54 @@ impl Conn<'_> {
         self.invalid_filters.push_back((indexes, invalid));
         self.pending.push_back(Pending::Sub { pkid: s.pkid, rx });
         Ok(())
+    }
+
+    /// UNSUBSCRIBE: filters that are invalid or over a topic limit cannot be
+    /// subscribed, so they are answered 0x8F (5.0) without asking the router.
+    fn on_unsubscribe(&mut self, u: p5::Unsubscribe) -> Result<(), ConnError> {
+        if u.filters.is_empty() {
+            return Err(ConnError::protocol(
+                Why::ProtocolError,
+                "UNSUBSCRIBE without filters".into(),
+            ));
+        }
+        let mut indexes = Vec::with_capacity(u.filters.len());
+        let mut invalid = Vec::new();
+        let mut filters = Vec::with_capacity(u.filters.len());
+        for (i, f) in u.filters.into_iter().enumerate() {
+            let ok = valid_filter(&f) && parse_shared(&f).is_ok() && self.within_limits(&f, "UNSUBSCRIBE");
+            if ok {
+                indexes.push(i);
+                filters.push(f);
+            } else {
+                invalid.push(i);
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        let msg = RouterMsg::Unsubscribe {
+            conn_id: self.conn_id,
+            client_id: self.client_id.clone(),
+            filters,
+            reply: tx,
+        };
+        self.send(msg)?;
+        // Answers come in request order, so SUBSCRIBE and UNSUBSCRIBE share the queue.
+        self.invalid_filters.push_back((indexes, invalid));
+        self.pending.push_back(Pending::Unsub { pkid: u.pkid, rx });
+        Ok(())
+    }
+
+    /// Whether a topic filter is within the topic limits; a refusal is
+    /// counted and logged (debug: the client gets a reason code, not a close).
+    fn within_limits(&self, filter: &str, packet: &'static str) -> bool {
+        match self.sh.cfg.mqtt.topic_limits().check(filter) {
+            Ok(()) => true,
+            Err(e) => {
+                self.sh.metrics.topic_refused(e.reason());
+                tracing::debug!(client_id = %self.client_id, packet, error = %e, "topic filter refused");
+                false
+            }
+        }
     }
 
     fn on_disconnect(&mut self, d: p5::Disconnect) -> Result<(), ConnError> {
@@ -369,16 +416,18 @@ impl Conn<'_> {
             }
             Ready::Unsub(pkid, results) => {
                 let results = results.ok_or(ConnError::ShuttingDown)?;
-                let reasons = results
-                    .into_iter()
-                    .map(|existed| {
-                        if existed {
-                            p5::UnsubAckReason::Success
-                        } else {
-                            p5::UnsubAckReason::NoSubscriptionExisted
-                        }
-                    })
-                    .collect();
+                let (indexes, invalid) = self.invalid_filters.pop_front().unwrap_or_default();
+                let mut reasons = vec![
+                    p5::UnsubAckReason::TopicFilterInvalid;
+                    indexes.len() + invalid.len()
+                ];
+                for (i, existed) in indexes.into_iter().zip(results) {
+                    reasons[i] = if existed {
+                        p5::UnsubAckReason::Success
+                    } else {
+                        p5::UnsubAckReason::NoSubscriptionExisted
+                    };
+                }
                 P::UnsubAck(p5::UnsubAck {
                     pkid,
                     reasons,

@@ -85,6 +85,9 @@ impl ConnError {
                 ConnError::protocol(Why::UnsupportedProtocol, e.to_string())
             }
             DecodeError::Malformed(_) => ConnError::protocol(Why::Malformed, e.to_string()),
+            DecodeError::InvalidString { .. } => {
+                ConnError::with_reason(Why::InvalidString, e.to_string(), Reason::MalformedPacket)
+            }
         }
     }
 }

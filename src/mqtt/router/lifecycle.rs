@@ -8,9 +8,9 @@ use tokio::sync::oneshot;
 use super::queue::pump;
 use super::session::{Body, Conn, Entry, Session};
 use super::{ConnId, ConnectOutcome, ConnectRequest, Kick, Router, Will};
-use crate::mqtt::message::now_ms;
+use crate::mqtt::message::{now_ms, Message};
 use crate::mqtt::topic::{parse_shared, SubEntry, SubOpts};
-use crate::store::{Op, QueuedEntry, Recovered};
+use crate::store::{Op, QueuedEntry, Recovered, SubscriptionRecord};
 
 impl Router {
     /// Rebuilds sessions, subscriptions and retained messages from the store.
@@ -40,29 +40,67 @@ impl Router {
                 self.stored_bytes += i.size as u64;
             }
             s.next_seq = r.index.last().map_or(1, |i| i.seq + 1);
-            for sub in r.record.subscriptions {
-                let opts = SubOpts {
-                    qos: sub.qos,
-                    no_local: sub.no_local,
-                    retain_as_published: sub.retain_as_published,
-                    retain_handling: sub.retain_handling,
-                    subscription_id: sub.subscription_id,
-                };
-                self.insert_sub(&client, &sub.filter, opts);
-                s.subs.insert(sub.filter, opts);
-            }
+            self.restore_subs(&mut s, r.record.subscriptions);
             self.persistent += 1;
             self.sessions.insert(client, s);
         }
-        for m in rec.retained {
-            self.retained.insert(m.topic.clone(), Arc::new(m));
-        }
+        self.restore_retained(rec.retained);
         tracing::info!(
             sessions = self.persistent,
             retained = self.retained.len(),
             "store recovered"
         );
         self.update_gauges();
+    }
+
+    /// Re-inserts a session's stored subscriptions. Filters over the topic
+    /// limits (stored under a larger limit) are dropped, logged and counted,
+    /// and the record is rewritten without them, so they never reach the tree.
+    fn restore_subs(&mut self, s: &mut Session, subs: Vec<SubscriptionRecord>) {
+        let limits = self.cfg.mqtt.topic_limits();
+        let mut dropped = 0;
+        for sub in subs {
+            if let Err(e) = limits.check(&sub.filter) {
+                self.metrics.topic_refused(e.reason());
+                tracing::debug!(client_id = %s.client_id, error = %e, "stored subscription over the topic limits dropped");
+                dropped += 1;
+                continue;
+            }
+            let opts = SubOpts {
+                qos: sub.qos,
+                no_local: sub.no_local,
+                retain_as_published: sub.retain_as_published,
+                retain_handling: sub.retain_handling,
+                subscription_id: sub.subscription_id,
+            };
+            self.insert_sub(&s.client_id, &sub.filter, opts);
+            s.subs.insert(sub.filter, opts);
+        }
+        if dropped > 0 {
+            tracing::warn!(client_id = %s.client_id, dropped, max_topic_levels = limits.max_levels, max_topic_bytes = limits.max_bytes, "stored subscriptions over the topic limits dropped at start-up");
+            self.ops.push(Op::PutSession {
+                client_id: s.client_id.to_string(),
+                record: s.record(),
+            });
+        }
+    }
+
+    /// Reloads retained messages; those over the topic limits are deleted.
+    fn restore_retained(&mut self, retained: Vec<Message>) {
+        let limits = self.cfg.mqtt.topic_limits();
+        let mut dropped = 0usize;
+        for m in retained {
+            if let Err(e) = limits.check(&m.topic) {
+                self.metrics.topic_refused(e.reason());
+                self.ops.push(Op::DeleteRetained { topic: m.topic });
+                dropped += 1;
+                continue;
+            }
+            self.retained.insert(m.topic.clone(), Arc::new(m));
+        }
+        if dropped > 0 {
+            tracing::warn!(dropped, "stored retained messages over the topic limits deleted at start-up");
+        }
     }
 
     fn insert_sub(&mut self, client: &Arc<str>, filter: &str, opts: SubOpts) {

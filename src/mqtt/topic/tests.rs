@@ -115,3 +115,123 @@ fn filter_matches_agrees_with_tree() {
         }
     }
 }
+
+#[test]
+fn topic_limits_count_levels_and_bytes() {
+    let l = TopicLimits {
+        max_levels: 3,
+        max_bytes: 10,
+    };
+    assert_eq!(l.check("a/b/c"), Ok(()));
+    assert_eq!(
+        l.check("a/b/c/d"),
+        Err(TopicLimitError::TooManyLevels { max: 3 })
+    );
+    assert_eq!(l.check("//"), Ok(()), "empty levels count: 3 here");
+    assert!(l.check("///").is_err());
+    assert_eq!(
+        l.check("abcdefghijk"),
+        Err(TopicLimitError::TooLong { bytes: 11, max: 10 })
+    );
+    // Of a shared subscription, the filter part counts.
+    assert_eq!(l.check("$share/group/a/b/c"), Ok(()));
+    assert!(l.check("$share/group/a/b/c/d").is_err());
+}
+
+/// Insert, match, remove and drop must not recurse per level: a topic far
+/// deeper than any limit allows would overflow the test thread's stack.
+#[test]
+fn deep_filters_do_not_recurse() {
+    let deep = vec!["x"; 200_000].join("/");
+    let mut t = SubTree::default();
+    t.insert(entry("c", &deep, 1));
+    t.insert(entry("d", &format!("{deep}/#"), 1));
+    t.insert(entry("e", &format!("{deep}/+"), 1));
+    assert_eq!(matched(&t, &deep), [format!("c:{deep}"), format!("d:{deep}/#")]);
+    assert_eq!(matched(&t, &format!("{deep}/x")).len(), 2);
+    assert!(t.remove(&deep, "c", None));
+    assert!(t.remove(&format!("{deep}/+"), "e", None));
+    assert!(!t.root.is_empty(), "d's branch is still there");
+    assert!(t.remove(&format!("{deep}/#"), "d", None));
+    assert!(t.root.is_empty());
+    // A deep tree dropped as a whole.
+    t.insert(entry("c", &deep, 1));
+    drop(t);
+}
+
+#[test]
+fn remove_prunes_only_the_dead_branch() {
+    let mut t = SubTree::default();
+    t.insert(entry("1", "a/b/c/d", 0));
+    t.insert(entry("2", "a/b", 0));
+    t.insert(entry("3", "a/x/#", 0));
+    assert!(t.remove("a/b/c/d", "1", None));
+    // a/b stays (it holds 2), its c/d branch is gone.
+    let b = &t.root.children["a"].children["b"];
+    assert!(b.children.is_empty());
+    assert_eq!(matched(&t, "a/b"), ["2:a/b"]);
+    assert!(t.remove("a/b", "2", None));
+    assert_eq!(t.root.children["a"].children.len(), 1, "only x remains");
+    assert!(t.remove("a/x/#", "3", None));
+    assert!(t.root.is_empty());
+    // Removing what is not there changes nothing.
+    t.insert(entry("1", "a/b", 0));
+    assert!(!t.remove("a/b/c", "1", None));
+    assert!(!t.remove("a/b", "other", None));
+    assert_eq!(matched(&t, "a/b"), ["1:a/b"]);
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A level of a filter: plain (incl. empty and `$`), `+`, or `#` (last only).
+    fn filter() -> impl Strategy<Value = String> {
+        let level = prop::sample::select(vec!["a", "b", "", "$s", "+"]);
+        (prop::collection::vec(level, 1..5), any::<bool>()).prop_map(|(mut v, multi)| {
+            if multi {
+                v.push("#");
+            }
+            v.join("/")
+        })
+        .prop_filter("filters are not empty", |f| !f.is_empty())
+    }
+
+    fn topic() -> impl Strategy<Value = String> {
+        let level = prop::sample::select(vec!["a", "b", "", "$s", "c"]);
+        prop::collection::vec(level, 1..6).prop_map(|v| v.join("/"))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// The tree finds exactly the filters the naive matcher accepts, and
+        /// removing them all leaves an empty tree.
+        #[test]
+        fn tree_agrees_with_filter_matches(
+            filters in prop::collection::vec(filter(), 1..12),
+            topics in prop::collection::vec(topic(), 1..8),
+        ) {
+            let mut t = SubTree::default();
+            for (i, f) in filters.iter().enumerate() {
+                prop_assert!(valid_filter(f), "generated {f:?}");
+                t.insert(entry(&i.to_string(), f, 0));
+            }
+            for topic in &topics {
+                let mut want: Vec<String> = filters
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, f)| filter_matches(f, topic))
+                    .map(|(i, f)| format!("{i}:{f}"))
+                    .collect();
+                want.sort();
+                prop_assert_eq!(matched(&t, topic), want, "topic {:?}", topic);
+            }
+            for (i, f) in filters.iter().enumerate() {
+                prop_assert!(t.remove(f, &i.to_string(), None));
+            }
+            prop_assert!(t.is_empty());
+            prop_assert!(t.root.is_empty(), "every node pruned");
+        }
+    }
+}
