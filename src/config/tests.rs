@@ -86,8 +86,8 @@ fn default_toml_comments_every_key() {
             "comment of key {key:?} in default.toml does not state the default"
         );
     }
-    // 1 + 11 + 9 + 4 + 1 + 1 fields, then bridge: 1 + 5 (file backend) + 6 (route).
-    assert_eq!(keys, 39, "unexpected number of keys in default.toml");
+    // 1 + 13 + 9 + 4 + 1 + 1 fields, then bridge: 1 + 5 (file backend) + 6 (route).
+    assert_eq!(keys, 41, "unexpected number of keys in default.toml");
 }
 
 #[test]
@@ -411,4 +411,27 @@ fn example_configs_replace_the_default_bridge() {
         rabbit.bridge.uplink[0].routing_key.as_deref(),
         Some("{topic_dotted}")
     );
+}
+
+#[test]
+fn topic_limits_are_range_checked() {
+    for (key, set) in [
+        (
+            "mqtt.max_topic_levels",
+            (|c: &mut Config, v| c.mqtt.max_topic_levels = v) as fn(&mut Config, usize),
+        ),
+        ("mqtt.max_topic_bytes", |c: &mut Config, v| {
+            c.mqtt.max_topic_bytes = v
+        }),
+    ] {
+        for bad in [0, 65536] {
+            let mut c = Config::default();
+            set(&mut c, bad);
+            let e = c.validate().unwrap_err();
+            assert_eq!(e.key(), Some(key), "{bad}: {e}");
+        }
+        let mut c = Config::default();
+        set(&mut c, 65535);
+        c.validate().unwrap();
+    }
 }

@@ -49,7 +49,9 @@ impl TopicLimitError {
     /// The metric label of this refusal.
     pub fn reason(self) -> crate::metrics::TopicLimitReason {
         match self {
-            TopicLimitError::TooManyLevels { .. } => crate::metrics::TopicLimitReason::TooManyLevels,
+            TopicLimitError::TooManyLevels { .. } => {
+                crate::metrics::TopicLimitReason::TooManyLevels
+            }
             TopicLimitError::TooLong { .. } => crate::metrics::TopicLimitReason::TooLong,
         }
     }
@@ -229,7 +231,11 @@ impl SubTree {
             };
             node = child;
         }
-        let list = if multi { &mut node.multi } else { &mut node.exact };
+        let list = if multi {
+            &mut node.multi
+        } else {
+            &mut node.exact
+        };
         let before = list.len();
         list.retain(|e| !matches(e));
         if before == list.len() {

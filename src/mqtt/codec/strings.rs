@@ -152,10 +152,26 @@ pub fn validate(p: &p5::Packet) -> Result<(), DecodeError> {
             }
             empty_filters(u.filters.iter().map(String::as_str))?;
         }
-        P::PubAck(a) => ack_props(a.properties.as_ref().map(|p| (&p.reason_string, &p.user_properties)))?,
-        P::PubRec(a) => ack_props(a.properties.as_ref().map(|p| (&p.reason_string, &p.user_properties)))?,
-        P::PubRel(a) => ack_props(a.properties.as_ref().map(|p| (&p.reason_string, &p.user_properties)))?,
-        P::PubComp(a) => ack_props(a.properties.as_ref().map(|p| (&p.reason_string, &p.user_properties)))?,
+        P::PubAck(a) => ack_props(
+            a.properties
+                .as_ref()
+                .map(|p| (&p.reason_string, &p.user_properties)),
+        )?,
+        P::PubRec(a) => ack_props(
+            a.properties
+                .as_ref()
+                .map(|p| (&p.reason_string, &p.user_properties)),
+        )?,
+        P::PubRel(a) => ack_props(
+            a.properties
+                .as_ref()
+                .map(|p| (&p.reason_string, &p.user_properties)),
+        )?,
+        P::PubComp(a) => ack_props(
+            a.properties
+                .as_ref()
+                .map(|p| (&p.reason_string, &p.user_properties)),
+        )?,
         P::Disconnect(d) => {
             if let Some(props) = &d.properties {
                 opt("reason string", &props.reason_string)?;

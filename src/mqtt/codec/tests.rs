@@ -214,3 +214,207 @@ fn disconnect_encoding_is_well_formed() {
     encode_disconnect(0x8e, None, &mut out);
     assert_eq!(&out[..], &[0xe0, 0x02, 0x8e, 0x00]);
 }
+
+#[test]
+fn string_rules() {
+    use strings::{check_bytes, check_str, BadString};
+    for ok in ["", "a/b", "é/日本/🙂", "$SYS/x", "tab-free ~"] {
+        assert_eq!(check_str(ok), Ok(()), "{ok:?}");
+    }
+    assert_eq!(check_str("a\0b"), Err(BadString::Nul));
+    assert_eq!(check_str("é\0"), Err(BadString::Nul));
+    for bad in ["a\tb", "\n", "\u{1f}", "\u{7f}", "é\u{80}", "\u{9f}"] {
+        assert_eq!(check_str(bad), Err(BadString::Control), "{bad:?}");
+    }
+    for bad in ["\u{fdd0}", "\u{fdef}", "\u{fffe}", "\u{ffff}", "\u{10ffff}"] {
+        assert_eq!(check_str(bad), Err(BadString::NonCharacter), "{bad:?}");
+    }
+    assert_eq!(check_str("\u{a0}\u{fdcf}\u{fffd}"), Ok(()));
+    // Ill-formed UTF-8, including an encoded surrogate (U+D800) and an
+    // overlong NUL (C0 80), is refused, never converted lossily.
+    for bad in [&b"\xff"[..], b"\xed\xa0\x80", b"\xc0\x80", b"a\xc3"] {
+        assert_eq!(check_bytes(bad), Err(BadString::NotUtf8), "{bad:?}");
+    }
+}
+
+/// A 5.0 SUBSCRIBE body: packet id 1, `props`, one filter with QoS 1.
+fn subscribe_v5(props: &[u8], filter: &[u8]) -> BytesMut {
+    let mut body = vec![0, 1, props.len() as u8];
+    body.extend_from_slice(props);
+    body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+    body.extend_from_slice(filter);
+    body.push(1);
+    let mut p = vec![0x82, body.len() as u8];
+    p.extend(body);
+    BytesMut::from(&p[..])
+}
+
+#[test]
+fn decode_refuses_bad_strings_and_protocol_values() {
+    let mut ok = subscribe_v5(&[0x0b, 5], b"a/+");
+    assert!(decode(&mut ok, Version::V5, 1024).unwrap().is_some());
+    // Subscription Identifier 0: Protocol Error (5.0 3.8.2.1.2).
+    let mut id0 = subscribe_v5(&[0x0b, 0], b"a/+");
+    assert_eq!(
+        decode(&mut id0, Version::V5, 1024),
+        Err(DecodeError::Protocol("subscription identifier 0"))
+    );
+    let mut empty = subscribe_v5(&[], b"");
+    assert_eq!(
+        decode(&mut empty, Version::V5, 1024),
+        Err(DecodeError::Protocol("empty topic filter"))
+    );
+    let mut nul = subscribe_v5(&[], b"a/\0");
+    assert!(matches!(
+        decode(&mut nul, Version::V5, 1024),
+        Err(DecodeError::InvalidString { .. })
+    ));
+    // 3.1.1 SUBSCRIBE with NUL in the filter, and PUBLISH with NUL in the topic.
+    let mut sub4 = BytesMut::from(&[0x82u8, 8, 0, 1, 0, 3, b'a', 0, b'b', 0][..]);
+    assert!(matches!(
+        decode(&mut sub4, Version::V311, 1024),
+        Err(DecodeError::InvalidString { .. })
+    ));
+    let mut pub4 = BytesMut::from(&[0x30u8, 5, 0, 3, b'a', 0, b'b'][..]);
+    assert!(matches!(
+        decode(&mut pub4, Version::V311, 1024),
+        Err(DecodeError::InvalidString { .. })
+    ));
+    // 5.0 PUBLISH: the topic is bytes in the parser; a control character.
+    let mut pub5 = BytesMut::from(&[0x30u8, 6, 0, 3, b'a', 0x1b, b'b', 0][..]);
+    assert!(matches!(
+        decode(&mut pub5, Version::V5, 1024),
+        Err(DecodeError::InvalidString { .. })
+    ));
+    // A user property value with NUL.
+    let mut up = BytesMut::from(&[0x30u8, 12, 0, 1, b'a', 7, 0x26, 0, 1, b'k', 0, 1, 0, b'x'][..]);
+    assert!(matches!(
+        decode(&mut up, Version::V5, 1024),
+        Err(DecodeError::InvalidString { .. })
+    ));
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Topic names within the string rules (no wildcards, no controls).
+    fn topic() -> impl Strategy<Value = String> {
+        "[a-z0-9é日 $_-]{1,8}(/[a-z0-9é日 _-]{0,8}){0,6}"
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9 é日/:;=-]{0,16}"
+    }
+
+    fn message() -> impl Strategy<Value = Message> {
+        (
+            topic(),
+            prop::collection::vec(any::<u8>(), 0..64),
+            prop::option::of(text()),
+            prop::option::of(topic()),
+            prop::option::of(prop::collection::vec(any::<u8>(), 0..16)),
+            prop::collection::vec((text(), text()), 0..3),
+        )
+            .prop_map(|(topic, payload, ct, rt, cd, up)| Message {
+                topic,
+                payload: payload.into(),
+                qos: 0,
+                retain: false,
+                props: crate::mqtt::message::MessageProps {
+                    payload_format_indicator: None,
+                    content_type: ct,
+                    response_topic: rt,
+                    correlation_data: cd.map(Bytes::from),
+                    user_properties: up,
+                },
+                expires_at_ms: None,
+                receipt: None,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// encode_publish -> decode gives back every field, both versions.
+        #[test]
+        fn publish_round_trips(
+            msg in message(),
+            qos in 0u8..=2,
+            retain: bool,
+            dup: bool,
+            pkid in 1u16..,
+            v5: bool,
+        ) {
+            let version = if v5 { Version::V5 } else { Version::V311 };
+            let out = OutPublish { msg: &msg, qos, retain, dup, pkid, subscription_ids: &[], now_ms: 0 };
+            let mut buf = BytesMut::new();
+            prop_assert!(encode_publish(&out, version, 1 << 20, &mut buf));
+            let Some(p5::Packet::Publish(p)) = decode(&mut buf, version, 1 << 20).unwrap() else {
+                panic!("not a PUBLISH");
+            };
+            prop_assert!(buf.is_empty());
+            prop_assert_eq!(&p.topic[..], msg.topic.as_bytes());
+            prop_assert_eq!(&p.payload[..], &msg.payload[..]);
+            prop_assert_eq!((qos_u8(p.qos), p.retain, p.dup), (qos, retain, dup));
+            prop_assert_eq!(p.pkid, if qos > 0 { pkid } else { 0 });
+            let props = p.properties.unwrap_or_default();
+            if v5 {
+                prop_assert_eq!(props.content_type, msg.props.content_type.clone());
+                prop_assert_eq!(props.response_topic, msg.props.response_topic.clone());
+                prop_assert_eq!(props.correlation_data, msg.props.correlation_data.clone());
+                prop_assert_eq!(props.user_properties, msg.props.user_properties.clone());
+            } else {
+                prop_assert_eq!(props, p5::PublishProperties::default());
+            }
+        }
+
+        /// A SUBSCRIBE written by rumqttc's client side decodes to the same
+        /// filters and options (5.0) / filters and QoS (3.1.1).
+        #[test]
+        fn subscribe_round_trips(
+            filters in prop::collection::vec((topic(), 0u8..=2, any::<bool>(), any::<bool>()), 1..5),
+            pkid in 1u16..,
+            id in prop::option::of(1usize..268_435_455),
+            v5: bool,
+        ) {
+            let mut buf = BytesMut::new();
+            let want: Vec<p5::Filter> = filters
+                .iter()
+                .map(|(f, q, nl, rap)| p5::Filter {
+                    path: f.clone(),
+                    qos: qos_from(*q),
+                    nolocal: v5 && *nl,
+                    preserve_retain: v5 && *rap,
+                    retain_forward_rule: p5::RetainForwardRule::OnEverySubscribe,
+                })
+                .collect();
+            if v5 {
+                let s = p5::Subscribe {
+                    pkid,
+                    filters: want.clone(),
+                    properties: id.map(|id| p5::SubscribeProperties { id: Some(id), user_properties: vec![] }),
+                };
+                p5::Packet::Subscribe(s).write(&mut buf, None).unwrap();
+            } else {
+                let s = p4::Subscribe {
+                    pkid,
+                    filters: filters
+                        .iter()
+                        .map(|(f, q, _, _)| p4::SubscribeFilter::new(f.clone(), q4(qos_from(*q))))
+                        .collect(),
+                };
+                p4::Packet::Subscribe(s).write(&mut buf, usize::MAX).unwrap();
+            }
+            let version = if v5 { Version::V5 } else { Version::V311 };
+            let Some(p5::Packet::Subscribe(s)) = decode(&mut buf, version, 1 << 20).unwrap() else {
+                panic!("not a SUBSCRIBE");
+            };
+            prop_assert_eq!(s.pkid, pkid);
+            prop_assert_eq!(s.filters, want);
+            if v5 {
+                prop_assert_eq!(s.properties.and_then(|p| p.id), id);
+            }
+        }
+    }
+}

@@ -272,7 +272,8 @@ impl Conn<'_> {
         let mut invalid = Vec::new();
         for (i, f) in s.filters.into_iter().enumerate() {
             let shared = parse_shared(&f.path);
-            let ok = valid_filter(&f.path) && shared.is_ok() && self.within_limits(&f.path, "SUBSCRIBE");
+            let ok =
+                valid_filter(&f.path) && shared.is_ok() && self.within_limits(&f.path, "SUBSCRIBE");
             // No Local on a shared subscription is a protocol error (MQTT-3.8.3-4); refuse the filter.
             if !ok || (f.nolocal && matches!(shared, Ok(Some(_)))) {
                 invalid.push(i);
@@ -326,7 +327,9 @@ impl Conn<'_> {
         let mut invalid = Vec::new();
         let mut filters = Vec::with_capacity(u.filters.len());
         for (i, f) in u.filters.into_iter().enumerate() {
-            let ok = valid_filter(&f) && parse_shared(&f).is_ok() && self.within_limits(&f, "UNSUBSCRIBE");
+            let ok = valid_filter(&f)
+                && parse_shared(&f).is_ok()
+                && self.within_limits(&f, "UNSUBSCRIBE");
             if ok {
                 indexes.push(i);
                 filters.push(f);
@@ -417,10 +420,8 @@ impl Conn<'_> {
             Ready::Unsub(pkid, results) => {
                 let results = results.ok_or(ConnError::ShuttingDown)?;
                 let (indexes, invalid) = self.invalid_filters.pop_front().unwrap_or_default();
-                let mut reasons = vec![
-                    p5::UnsubAckReason::TopicFilterInvalid;
-                    indexes.len() + invalid.len()
-                ];
+                let mut reasons =
+                    vec![p5::UnsubAckReason::TopicFilterInvalid; indexes.len() + invalid.len()];
                 for (i, existed) in indexes.into_iter().zip(results) {
                     reasons[i] = if existed {
                         p5::UnsubAckReason::Success

@@ -99,7 +99,10 @@ impl Router {
             self.retained.insert(m.topic.clone(), Arc::new(m));
         }
         if dropped > 0 {
-            tracing::warn!(dropped, "stored retained messages over the topic limits deleted at start-up");
+            tracing::warn!(
+                dropped,
+                "stored retained messages over the topic limits deleted at start-up"
+            );
         }
     }
 

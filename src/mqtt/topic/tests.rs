@@ -147,7 +147,10 @@ fn deep_filters_do_not_recurse() {
     t.insert(entry("c", &deep, 1));
     t.insert(entry("d", &format!("{deep}/#"), 1));
     t.insert(entry("e", &format!("{deep}/+"), 1));
-    assert_eq!(matched(&t, &deep), [format!("c:{deep}"), format!("d:{deep}/#")]);
+    assert_eq!(
+        matched(&t, &deep),
+        [format!("c:{deep}"), format!("d:{deep}/#")]
+    );
     assert_eq!(matched(&t, &format!("{deep}/x")).len(), 2);
     assert!(t.remove(&deep, "c", None));
     assert!(t.remove(&format!("{deep}/+"), "e", None));
@@ -188,13 +191,14 @@ mod props {
     /// A level of a filter: plain (incl. empty and `$`), `+`, or `#` (last only).
     fn filter() -> impl Strategy<Value = String> {
         let level = prop::sample::select(vec!["a", "b", "", "$s", "+"]);
-        (prop::collection::vec(level, 1..5), any::<bool>()).prop_map(|(mut v, multi)| {
-            if multi {
-                v.push("#");
-            }
-            v.join("/")
-        })
-        .prop_filter("filters are not empty", |f| !f.is_empty())
+        (prop::collection::vec(level, 1..5), any::<bool>())
+            .prop_map(|(mut v, multi)| {
+                if multi {
+                    v.push("#");
+                }
+                v.join("/")
+            })
+            .prop_filter("filters are not empty", |f| !f.is_empty())
     }
 
     fn topic() -> impl Strategy<Value = String> {
