@@ -163,6 +163,33 @@ pub struct ProtocolErrorLabels {
     pub reason: ProtocolErrorReason,
 }
 
+/// Lets one warning per second through, for events a client can trigger at
+/// will (each is still counted, and logged at debug level when held back).
+#[derive(Debug, Default)]
+pub struct LogLimiter {
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl LogLimiter {
+    pub const fn new() -> LogLimiter {
+        LogLimiter {
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Whether a warning may be logged now.
+    pub fn allow(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = crate::mqtt::message::now_ms();
+        let last = self.last_ms.load(Relaxed);
+        now.saturating_sub(last) >= 1000
+            && self
+                .last_ms
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+    }
+}
+
 /// Label set `{reason=...}` of topic limit refusals.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct TopicLimitLabels {

@@ -1350,3 +1350,235 @@ async fn keepalive_silence_closes() {
     assert_still_serves(&t).await;
     t.gw.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------
+// Topic limits (mqtt.max_topic_levels = 128, mqtt.max_topic_bytes = 4096 by
+// default) and deep topics: refused with a reason code, never recursed on.
+// ---------------------------------------------------------------------------
+
+const TOPIC_FILTER_INVALID: u8 = 0x8f;
+
+/// A topic of `n` levels in `n - 1` bytes (empty levels), so that even
+/// 60,000 levels fit in one MQTT string.
+fn levels(n: usize) -> String {
+    "/".repeat(n - 1)
+}
+
+/// UNSUBSCRIBE with one filter.
+fn unsubscribe(pkid: u16, filter: &str, v5: bool) -> Vec<u8> {
+    let mut body = pkid.to_be_bytes().to_vec();
+    if v5 {
+        body.push(0);
+    }
+    body.extend(mqtt_str(filter.as_bytes()));
+    packet(0xa2, &body)
+}
+
+/// The reason/return codes of a SUBACK or UNSUBACK (`first` = its first byte).
+async fn ack_codes(r: &mut Raw, first: u8, v5: bool) -> Vec<u8> {
+    match r.next(Duration::from_secs(5)).await {
+        // Packet id, then (5.0) an empty property length.
+        Next::Packet(b, body) if b == first => body[if v5 { 3 } else { 2 }..].to_vec(),
+        other => panic!("expected {first:#04x}, got {other:?}"),
+    }
+}
+
+/// A client connected before the attack, subscribed to `bystander/t`.
+async fn bystander(addr: SocketAddr) -> (AsyncClient, rumqttc::EventLoop) {
+    let (c, mut ev) = AsyncClient::new(opts_v4(addr, "bystander", true), 10);
+    c.subscribe("bystander/t", QoS::AtLeastOnce).await.unwrap();
+    within(10, async {
+        while !matches!(ev.poll().await.unwrap(), Event::Incoming(Packet::SubAck(_))) {}
+    })
+    .await;
+    (c, ev)
+}
+
+/// The bystander's connection survived and a message still reaches it.
+async fn bystander_receives(c: &AsyncClient, ev: &mut rumqttc::EventLoop, payload: &str) {
+    c.publish("bystander/t", QoS::AtLeastOnce, false, payload)
+        .await
+        .unwrap();
+    within(10, async {
+        loop {
+            match ev.poll().await.expect("bystander connection") {
+                Event::Incoming(Packet::Publish(p)) => {
+                    assert_eq!(&p.payload[..], payload.as_bytes());
+                    return;
+                }
+                _ => continue,
+            }
+        }
+    })
+    .await;
+}
+
+/// `mqbridge_mqtt_topics_refused_total{reason}`.
+async fn topics_refused(t: &TestGateway, reason: &str) -> f64 {
+    let name = format!("mqbridge_mqtt_topics_refused_total{{reason=\"{reason}\"}}");
+    metric(t, &name).await.unwrap_or(-1.0)
+}
+
+/// 10,000 and 60,000 levels in SUBSCRIBE, UNSUBSCRIBE and PUBLISH, both
+/// versions: SUBACK 0x8F / 0x80, UNSUBACK 0x8F (5.0), PUBLISH closes the
+/// connection (5.0: DISCONNECT 0x90). A client connected before the attack
+/// keeps receiving, and every refusal is counted.
+#[tokio::test]
+async fn deep_topics_are_refused_and_others_still_served() {
+    // The byte limit would refuse these first; the level limit is under test.
+    let t = start_h(|c| c.mqtt.max_topic_bytes = 65535).await;
+    let (c, mut ev) = bystander(t.addr).await;
+    let mut refused = 0.0;
+    for n in [10_000, 60_000] {
+        let deep = levels(n);
+        for v5 in [false, true] {
+            let level = if v5 { V5 } else { V311 };
+            let mut r = connected(t.addr, level, &format!("deep-{n}-{v5}")).await;
+            r.send(&subscribe(0x82, 1, &deep, 1, v5)).await.unwrap();
+            let want = if v5 { TOPIC_FILTER_INVALID } else { 0x80 };
+            assert_eq!(ack_codes(&mut r, 0x90, v5).await, [want], "SUBACK");
+            let shared = format!("$share/g/{deep}");
+            r.send(&subscribe(0x82, 2, &shared, 1, v5)).await.unwrap();
+            assert_eq!(ack_codes(&mut r, 0x90, v5).await, [want], "shared SUBACK");
+            r.send(&unsubscribe(3, &deep, v5)).await.unwrap();
+            let unsuback = ack_codes(&mut r, 0xb0, v5).await;
+            if v5 {
+                assert_eq!(unsuback, [TOPIC_FILTER_INVALID], "UNSUBACK");
+            }
+            refused += 3.0;
+            let props: Option<&[u8]> = if v5 { Some(&[]) } else { None };
+            let _ = r.send(&publish(deep.as_bytes(), 1, 4, props, b"x")).await;
+            if v5 {
+                r.expect_disconnect(TOPIC_NAME_INVALID, &[]).await;
+            } else {
+                r.expect_closed_silently().await;
+            }
+            refused += 1.0;
+        }
+    }
+    bystander_receives(&c, &mut ev, "after").await;
+    drop((c, ev));
+    assert_eq!(topics_refused(&t, "too_many_levels").await, refused);
+    assert_still_serves(&t).await;
+    t.gw.shutdown().await;
+}
+
+/// The limits are exact: 128 levels / 4096 bytes pass, one more is refused.
+#[tokio::test]
+async fn topic_limits_are_exact() {
+    let t = start_h(|_| {}).await;
+    let mut r = connected(t.addr, V5, "edge").await;
+    let ok = ["x"; 128].join("/");
+    let long = "y".repeat(4096);
+    for (i, f) in [&ok, &long].into_iter().enumerate() {
+        r.send(&subscribe(0x82, i as u16 + 1, f, 0, true))
+            .await
+            .unwrap();
+        assert_eq!(ack_codes(&mut r, 0x90, true).await, [0], "{} bytes", f.len());
+    }
+    let over = format!("{ok}/x");
+    r.send(&subscribe(0x82, 5, &over, 0, true)).await.unwrap();
+    assert_eq!(ack_codes(&mut r, 0x90, true).await, [TOPIC_FILTER_INVALID]);
+    r.send(&subscribe(0x82, 6, &format!("{long}y"), 0, true))
+        .await
+        .unwrap();
+    assert_eq!(ack_codes(&mut r, 0x90, true).await, [TOPIC_FILTER_INVALID]);
+    assert_eq!(topics_refused(&t, "too_many_levels").await, 1.0);
+    assert_eq!(topics_refused(&t, "too_long").await, 1.0);
+    // A PUBLISH at the limit is routed to the subscription above.
+    r.send(&publish(ok.as_bytes(), 0, 0, Some(&[]), b"edge"))
+        .await
+        .unwrap();
+    match r.next(Duration::from_secs(5)).await {
+        Next::Packet(b, body) if b & 0xf0 == 0x30 => assert!(body.ends_with(b"edge")),
+        other => panic!("expected the PUBLISH back, got {other:?}"),
+    }
+    drop(r);
+    assert_still_serves(&t).await;
+    t.gw.shutdown().await;
+}
+
+/// A will topic over the limit: 5.0 CONNACK 0x90, 3.1.1 closed without CONNACK.
+#[tokio::test]
+async fn deep_will_topic_is_refused() {
+    let t = start_h(|c| c.mqtt.max_topic_bytes = 65535).await;
+    let deep = levels(10_000);
+    for level in [V311, V5] {
+        let mut body = mqtt_str(b"MQTT");
+        body.extend([level, 0x06, 0, 60]); // clean, will flag, QoS 0
+        if level == V5 {
+            body.push(0); // CONNECT properties
+        }
+        body.extend(mqtt_str(b"deep-will"));
+        if level == V5 {
+            body.push(0); // will properties
+        }
+        body.extend(mqtt_str(deep.as_bytes()));
+        body.extend(mqtt_str(b"bye"));
+        let mut r = Raw::open(t.addr).await;
+        r.send(&packet(0x10, &body)).await.unwrap();
+        let got = r.until_closed(5).await;
+        let want: Vec<(u8, Vec<u8>)> = if level == V5 {
+            vec![(0x20, vec![0, TOPIC_NAME_INVALID, 0])]
+        } else {
+            vec![]
+        };
+        assert_eq!(got, want, "protocol level {level}");
+    }
+    assert_eq!(topics_refused(&t, "too_many_levels").await, 2.0);
+    assert_still_serves(&t).await;
+    t.gw.shutdown().await;
+}
+
+/// A persistent session whose stored subscription is over the limit (stored
+/// by a gateway with a larger limit) starts fine after a restart with the
+/// default limit: the filter is dropped (counted, logged) and the record
+/// rewritten, the session's other subscription still works.
+#[tokio::test]
+async fn stored_deep_filter_is_dropped_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = |max_levels: usize| {
+        let mut cfg = test_config(dir.path());
+        cfg.admin.listen = "127.0.0.1:0".into();
+        cfg.mqtt.max_topic_levels = max_levels;
+        cfg.mqtt.max_topic_bytes = 65535;
+        async move {
+            let gw = mqbridge::app::Gateway::start(cfg).await.expect("starts");
+            let addr = gw.mqtt_addr;
+            TestGateway {
+                gw,
+                addr,
+                dir: tempfile::tempdir().unwrap(),
+            }
+        }
+    };
+    let deep = levels(10_000);
+    let t = start(20_000).await;
+    let mut r = Raw::open(t.addr).await;
+    r.send(&connect(V311, "keeper", false, &[])).await.unwrap();
+    assert_eq!(r.connack().await, (false, 0));
+    r.send(&subscribe(0x82, 1, &deep, 1, false)).await.unwrap();
+    assert_eq!(ack_codes(&mut r, 0x90, false).await, [1], "granted");
+    r.send(&subscribe(0x82, 2, "keep/t", 1, false))
+        .await
+        .unwrap();
+    assert_eq!(ack_codes(&mut r, 0x90, false).await, [1]);
+    r.send(&[0xe0, 0]).await.unwrap();
+    r.expect_closed_silently().await;
+    t.gw.shutdown().await;
+
+    let t = start(128).await;
+    assert_eq!(topics_refused(&t, "too_many_levels").await, 1.0);
+    let mut keeper = b4::connect(opts_v4(t.addr, "keeper", false)).await;
+    assert!(keeper.session_present());
+    b4::publish_all(t.addr, "keep/t", QoS::AtLeastOnce, &["kept".into()]).await;
+    assert_eq!(b4::payloads(&keeper.expect_publishes(1).await), ["kept"]);
+    keeper.disconnect().await;
+    assert_still_serves(&t).await;
+    t.gw.shutdown().await;
+
+    // The record was rewritten without the filter: nothing to drop any more.
+    let t = start(128).await;
+    assert_eq!(topics_refused(&t, "too_many_levels").await, 0.0);
+    t.gw.shutdown().await;
+}

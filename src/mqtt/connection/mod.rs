@@ -195,8 +195,14 @@ pub async fn serve(mut stream: TcpStream, sh: Arc<Shared>, conn_id: u64) {
 fn report(sh: &Shared, e: &ConnError, client_id: &str, peer: Option<std::net::SocketAddr>) {
     match e {
         ConnError::Protocol { why, detail, .. } => {
+            // Any client can trigger these at will: the counter has each one.
+            static WARN: crate::metrics::LogLimiter = crate::metrics::LogLimiter::new();
             sh.metrics.protocol_error(*why);
-            tracing::warn!(client_id, ?peer, reason = ?why, %detail, "closing connection: protocol violation");
+            if WARN.allow() {
+                tracing::warn!(client_id, ?peer, reason = why.as_str(), %detail, "closing connection: protocol violation (further ones this second at debug level)");
+            } else {
+                tracing::debug!(client_id, ?peer, reason = why.as_str(), %detail, "closing connection: protocol violation");
+            }
         }
         ConnError::Refused(why) => tracing::warn!(client_id, ?peer, %why, "connection refused"),
         ConnError::Closed | ConnError::ShuttingDown => {}
