@@ -1582,3 +1582,147 @@ async fn stored_deep_filter_is_dropped_at_start_up() {
     assert_eq!(topics_refused(&t, "too_many_levels").await, 0.0);
     t.gw.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------
+// Strings off the wire (issue 14): U+0000, control characters, ill-formed
+// UTF-8, empty filters, Subscription Identifier 0. Each closes the
+// connection (5.0: with the reason code) and stores nothing.
+// ---------------------------------------------------------------------------
+
+/// The packets received before the close, for exact comparison.
+async fn closed_after(r: &mut Raw) -> Vec<(u8, Vec<u8>)> {
+    r.until_closed(5).await
+}
+
+/// NUL in the client id of a persistent CONNECT: 3.1.1 closed without
+/// CONNACK, 5.0 CONNACK 0x81; no session is created.
+#[tokio::test]
+async fn nul_in_client_id_is_refused() {
+    let t = start_h(|_| {}).await;
+    let mut r = Raw::open(t.addr).await;
+    r.send(&connect(V311, "dev\0ice", false, &[])).await.unwrap();
+    assert_eq!(closed_after(&mut r).await, []);
+    let mut r = Raw::open(t.addr).await;
+    r.send(&connect(V5, "dev\0ice", false, &prop_session_expiry(600)))
+        .await
+        .unwrap();
+    assert_eq!(closed_after(&mut r).await, [(0x20, vec![0, MALFORMED, 0])]);
+    assert_eq!(metric(&t, "mqbridge_session_persistent_sessions").await, Some(0.0));
+    let name = "mqbridge_mqtt_protocol_errors_total{reason=\"invalid_string\"}";
+    assert_eq!(metric(&t, name).await, Some(2.0));
+    assert_still_serves(&t).await;
+    t.gw.shutdown().await;
+}
+
+/// A retained QoS 1 PUBLISH whose topic has U+0000 (3.1.1) or a control
+/// character (5.0): no PUBACK, the connection is closed, nothing retained.
+#[tokio::test]
+async fn bad_characters_in_topic_close_and_store_nothing() {
+    let t = start_h(|_| {}).await;
+    let mut r = connected(t.addr, V311, "nul-pub").await;
+    let mut p = publish(b"a/\0b", 1, 1, None, b"x");
+    p[0] |= 1; // retain
+    let _ = r.send(&p).await;
+    r.expect_closed_silently().await;
+    let mut r = connected(t.addr, V5, "ctl-pub").await;
+    let mut p = publish(b"a/\x1b[2Jb", 1, 1, Some(&[]), b"x");
+    p[0] |= 1;
+    let _ = r.send(&p).await;
+    r.expect_disconnect(MALFORMED, &[]).await;
+    assert_eq!(metric(&t, "mqbridge_retained_messages").await, Some(0.0));
+    let mut sub = b4::connect(opts_v4(t.addr, "retained-check", true)).await;
+    sub.subscribe("#", QoS::AtLeastOnce).await;
+    assert!(sub.drain().await.is_empty(), "nothing was retained");
+    sub.disconnect().await;
+    assert_still_serves(&t).await;
+    t.gw.shutdown().await;
+}
+
+/// U+0000 in a SUBSCRIBE filter: 3.1.1 closed without SUBACK
+/// (MQTT-1.5.3-2), 5.0 DISCONNECT 0x81.
+#[tokio::test]
+async fn nul_in_subscribe_filter_closes() {
+    let t = start_h(|_| {}).await;
+    let mut r = connected(t.addr, V311, "nul-sub-4").await;
+    let _ = r.send(&subscribe(0x82, 1, "a/\0", 1, false)).await;
+    r.expect_closed_silently().await;
+    let mut r = connected(t.addr, V5, "nul-sub-5").await;
+    let _ = r.send(&subscribe(0x82, 1, "a/\0", 1, true)).await;
+    r.expect_disconnect(MALFORMED, &[]).await;
+    assert_still_serves(&t).await;
+    t.gw.shutdown().await;
+}
+
+/// An empty topic filter (MQTT-4.7.3-1) in SUBSCRIBE or UNSUBSCRIBE:
+/// 5.0 DISCONNECT 0x82 without SUBACK/UNSUBACK, 3.1.1 closed.
+#[tokio::test]
+async fn empty_topic_filter_is_a_protocol_error() {
+    let t = start_h(|_| {}).await;
+    for (i, bytes) in [subscribe(0x82, 1, "", 1, true), unsubscribe(1, "", true)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut r = connected(t.addr, V5, &format!("empty-5-{i}")).await;
+        let _ = r.send(&bytes).await;
+        r.expect_disconnect(PROTOCOL_ERROR, &[]).await;
+    }
+    let mut r = connected(t.addr, V311, "empty-4").await;
+    let _ = r.send(&subscribe(0x82, 1, "", 1, false)).await;
+    r.expect_closed_silently().await;
+    assert_still_serves(&t).await;
+    t.gw.shutdown().await;
+}
+
+/// Subscription Identifier 0 (5.0 3.8.2.1.2): DISCONNECT 0x82 and the
+/// subscription is not stored in the persistent session: after reconnecting,
+/// a PUBLISH to its topic finds no subscriber (PUBACK 0x10).
+#[tokio::test]
+async fn subscription_identifier_zero_is_a_protocol_error() {
+    let t = start_h(|_| {}).await;
+    let mut r = Raw::open(t.addr).await;
+    r.send(&connect(V5, "sid0", false, &prop_session_expiry(600)))
+        .await
+        .unwrap();
+    assert_eq!(r.connack().await, (false, 0));
+    let mut body = vec![0, 1, 2, 0x0b, 0]; // packet id 1, properties: id 0
+    body.extend(mqtt_str(b"sid0/t"));
+    body.push(1);
+    let _ = r.send(&packet(0x82, &body)).await;
+    r.expect_disconnect(PROTOCOL_ERROR, &[]).await;
+
+    let mut r = Raw::open(t.addr).await;
+    r.send(&connect(V5, "sid0", false, &prop_session_expiry(600)))
+        .await
+        .unwrap();
+    assert_eq!(r.connack().await, (true, 0), "the session itself is kept");
+    let mut p = connected(t.addr, V5, "sid0-pub").await;
+    p.send(&publish(b"sid0/t", 1, 7, Some(&[]), b"x"))
+        .await
+        .unwrap();
+    match p.next(Duration::from_secs(5)).await {
+        Next::Packet(0x40, body) => assert_eq!(body.get(2), Some(&0x10), "no subscriber"),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+    assert!(matches!(r.next(QUIET).await, Next::Timeout), "nothing delivered");
+    drop((r, p));
+    assert_still_serves(&t).await;
+    t.gw.shutdown().await;
+}
+
+/// Ill-formed UTF-8 in a 5.0 will topic (a field the parser leaves as
+/// bytes): CONNACK 0x81 and close.
+#[tokio::test]
+async fn invalid_utf8_will_topic_v5_is_malformed() {
+    let t = start_h(|_| {}).await;
+    let mut body = mqtt_str(b"MQTT");
+    body.extend([V5, 0x06, 0, 60, 0]);
+    body.extend(mqtt_str(b"bad-will"));
+    body.push(0);
+    body.extend(mqtt_str(b"will/\xc3\x28"));
+    body.extend(mqtt_str(b"bye"));
+    let mut r = Raw::open(t.addr).await;
+    r.send(&packet(0x10, &body)).await.unwrap();
+    assert_eq!(closed_after(&mut r).await, [(0x20, vec![0, MALFORMED, 0])]);
+    assert_still_serves(&t).await;
+    t.gw.shutdown().await;
+}
