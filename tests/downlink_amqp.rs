@@ -142,8 +142,8 @@ async fn expired_command_is_not_delivered() {
     cmds.cleanup().await;
 }
 
-/// Commands whose topic cannot be rendered (missing header) or is not a
-/// topic name (wildcard) are dead-lettered with the reason and acked; the
+/// Commands whose topic cannot be rendered (missing header), is not a
+/// topic name (wildcard) or is over the topic limits are dead-lettered with the reason and acked; the
 /// next valid command is delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_commands_are_dead_lettered() {
@@ -167,6 +167,13 @@ async fn malformed_commands_are_dead_lettered() {
         ..Meta::default()
     };
     cmds.publish(&key, b"wildcard", wildcard).await;
+    // Over mqtt.max_topic_levels (128): invalid like any bad topic.
+    let deep_topic = vec!["l"; 129].join("/");
+    let deep = Meta {
+        headers: &[("t", &deep_topic)],
+        ..Meta::default()
+    };
+    cmds.publish(&key, b"deep", deep).await;
     let good = Meta {
         headers: &[("t", &topic)],
         ..Meta::default()
@@ -175,17 +182,17 @@ async fn malformed_commands_are_dead_lettered() {
 
     let got = d.expect_publishes(1).await;
     assert_eq!(b4::payloads(&got), ["ok"]);
-    let letters = dead.take(2, Duration::from_secs(10)).await;
+    let letters = dead.take(3, Duration::from_secs(10)).await;
     let payloads: Vec<&[u8]> = letters.iter().map(|l| &l.data[..]).collect();
-    assert_eq!(payloads, [&b"no-topic"[..], &b"wildcard"[..]]);
+    assert_eq!(payloads, [&b"no-topic"[..], &b"wildcard"[..], &b"deep"[..]]);
     for l in &letters {
         let why = header(l, "mqbridge_error").expect("mqbridge_error header");
         let from = header(l, "mqbridge_source").expect("mqbridge_source header");
         assert!(from.starts_with(&format!("{}/", cmds.queue)), "{from}");
         eprintln!("dead letter: {why} (from {from})");
     }
-    let text = wait_commands(admin, "malformed", "dead_lettered", 2).await;
-    assert_eq!(commands(&text, "malformed", "invalid"), 2, "{text}");
+    let text = wait_commands(admin, "malformed", "dead_lettered", 3).await;
+    assert_eq!(commands(&text, "malformed", "invalid"), 3, "{text}");
     assert!(d.drain().await.is_empty());
     d.disconnect().await;
     t.gw.shutdown().await;
