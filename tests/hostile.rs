@@ -1474,7 +1474,12 @@ async fn topic_limits_are_exact() {
         r.send(&subscribe(0x82, i as u16 + 1, f, 0, true))
             .await
             .unwrap();
-        assert_eq!(ack_codes(&mut r, 0x90, true).await, [0], "{} bytes", f.len());
+        assert_eq!(
+            ack_codes(&mut r, 0x90, true).await,
+            [0],
+            "{} bytes",
+            f.len()
+        );
     }
     let over = format!("{ok}/x");
     r.send(&subscribe(0x82, 5, &over, 0, true)).await.unwrap();
@@ -1600,14 +1605,19 @@ async fn closed_after(r: &mut Raw) -> Vec<(u8, Vec<u8>)> {
 async fn nul_in_client_id_is_refused() {
     let t = start_h(|_| {}).await;
     let mut r = Raw::open(t.addr).await;
-    r.send(&connect(V311, "dev\0ice", false, &[])).await.unwrap();
+    r.send(&connect(V311, "dev\0ice", false, &[]))
+        .await
+        .unwrap();
     assert_eq!(closed_after(&mut r).await, []);
     let mut r = Raw::open(t.addr).await;
     r.send(&connect(V5, "dev\0ice", false, &prop_session_expiry(600)))
         .await
         .unwrap();
     assert_eq!(closed_after(&mut r).await, [(0x20, vec![0, MALFORMED, 0])]);
-    assert_eq!(metric(&t, "mqbridge_session_persistent_sessions").await, Some(0.0));
+    assert_eq!(
+        metric(&t, "mqbridge_session_persistent_sessions").await,
+        Some(0.0)
+    );
     let name = "mqbridge_mqtt_protocol_errors_total{reason=\"invalid_string\"}";
     assert_eq!(metric(&t, name).await, Some(2.0));
     assert_still_serves(&t).await;
@@ -1703,7 +1713,10 @@ async fn subscription_identifier_zero_is_a_protocol_error() {
         Next::Packet(0x40, body) => assert_eq!(body.get(2), Some(&0x10), "no subscriber"),
         other => panic!("expected PUBACK, got {other:?}"),
     }
-    assert!(matches!(r.next(QUIET).await, Next::Timeout), "nothing delivered");
+    assert!(
+        matches!(r.next(QUIET).await, Next::Timeout),
+        "nothing delivered"
+    );
     drop((r, p));
     assert_still_serves(&t).await;
     t.gw.shutdown().await;

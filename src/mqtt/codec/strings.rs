@@ -152,26 +152,26 @@ pub fn validate(p: &p5::Packet) -> Result<(), DecodeError> {
             }
             empty_filters(u.filters.iter().map(String::as_str))?;
         }
-        P::PubAck(a) => ack_props(
-            a.properties
-                .as_ref()
-                .map(|p| (&p.reason_string, &p.user_properties)),
-        )?,
-        P::PubRec(a) => ack_props(
-            a.properties
-                .as_ref()
-                .map(|p| (&p.reason_string, &p.user_properties)),
-        )?,
-        P::PubRel(a) => ack_props(
-            a.properties
-                .as_ref()
-                .map(|p| (&p.reason_string, &p.user_properties)),
-        )?,
-        P::PubComp(a) => ack_props(
-            a.properties
-                .as_ref()
-                .map(|p| (&p.reason_string, &p.user_properties)),
-        )?,
+        P::PubAck(a) => {
+            if let Some(p) = &a.properties {
+                ack_props(&p.reason_string, &p.user_properties)?;
+            }
+        }
+        P::PubRec(a) => {
+            if let Some(p) = &a.properties {
+                ack_props(&p.reason_string, &p.user_properties)?;
+            }
+        }
+        P::PubRel(a) => {
+            if let Some(p) = &a.properties {
+                ack_props(&p.reason_string, &p.user_properties)?;
+            }
+        }
+        P::PubComp(a) => {
+            if let Some(p) = &a.properties {
+                ack_props(&p.reason_string, &p.user_properties)?;
+            }
+        }
         P::Disconnect(d) => {
             if let Some(props) = &d.properties {
                 opt("reason string", &props.reason_string)?;
@@ -193,12 +193,7 @@ fn empty_filters<'a>(mut filters: impl Iterator<Item = &'a str>) -> Result<(), D
     Ok(())
 }
 
-fn ack_props(p: Option<(&Option<String>, &Vec<(String, String)>)>) -> Result<(), DecodeError> {
-    match p {
-        Some((reason, user)) => {
-            opt("reason string", reason)?;
-            user_props(user)
-        }
-        None => Ok(()),
-    }
+fn ack_props(reason: &Option<String>, user: &[(String, String)]) -> Result<(), DecodeError> {
+    opt("reason string", reason)?;
+    user_props(user)
 }
