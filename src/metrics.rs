@@ -528,6 +528,7 @@ mod tests {
             ("mqbridge_mqtt_bytes_received", "counter"),
             ("mqbridge_mqtt_bytes_sent", "counter"),
             ("mqbridge_mqtt_protocol_errors", "counter"),
+            ("mqbridge_mqtt_topics_refused", "counter"),
             ("mqbridge_session_persistent_sessions", "gauge"),
             ("mqbridge_session_queued_messages", "gauge"),
             ("mqbridge_session_queued_bytes", "gauge"),
@@ -560,6 +561,7 @@ mod tests {
             "mqbridge_mqtt_bytes_received_total 0",
             "mqbridge_mqtt_bytes_sent_total 0",
             "mqbridge_mqtt_protocol_errors_total{reason=\"receive_maximum_exceeded\"} 0",
+            "mqbridge_mqtt_topics_refused_total{reason=\"too_many_levels\"} 0",
             "mqbridge_session_persistent_sessions 0",
             "mqbridge_session_queued_messages 0",
             "mqbridge_session_queued_bytes 0",
@@ -617,6 +619,13 @@ mod tests {
             );
             assert!(text.contains(&s), "{s}");
         }
+        for r in TopicLimitReason::ALL {
+            let s = format!(
+                "mqbridge_mqtt_topics_refused_total{{reason=\"{}\"}} 0",
+                r.as_str()
+            );
+            assert!(text.contains(&s), "{s}");
+        }
     }
 
     #[test]
@@ -639,6 +648,7 @@ mod tests {
         m.takeovers.inc();
         m.retained_refused.inc();
         m.retained_messages.set(9);
+        m.topic_refused(TopicLimitReason::TooLong);
 
         let text = render(&registry);
         for sample in [
@@ -658,6 +668,8 @@ mod tests {
             "mqbridge_session_takeovers_total 1",
             "mqbridge_retained_refused_total 1",
             "mqbridge_retained_messages 9",
+            "mqbridge_mqtt_topics_refused_total{reason=\"too_long\"} 1",
+            "mqbridge_mqtt_topics_refused_total{reason=\"too_many_levels\"} 0",
         ] {
             assert!(
                 text.lines().any(|l| l == sample),
