@@ -416,5 +416,47 @@ mod props {
                 prop_assert_eq!(s.properties.and_then(|p| p.id), id);
             }
         }
+
+        /// A CONNECT with will and login written by rumqttc's client side
+        /// decodes to the same fields, both versions.
+        #[test]
+        fn connect_round_trips(
+            client_id in "[a-zA-Z0-9é_-]{0,23}",
+            keep_alive: u16,
+            clean: bool,
+            will in prop::option::of((topic(), prop::collection::vec(any::<u8>(), 0..32), 0u8..=2, any::<bool>())),
+            login in prop::option::of(("[a-z0-9é]{1,12}", "[ -~]{0,12}")),
+            v5: bool,
+        ) {
+            let mut buf = BytesMut::new();
+            if v5 {
+                let c = p5::Connect { keep_alive, client_id: client_id.clone(), clean_start: clean, properties: None };
+                let w = will.clone().map(|(t, m, q, r)| p5::LastWill {
+                    topic: t.into_bytes().into(), message: m.into(), qos: qos_from(q), retain: r, properties: None,
+                });
+                let l = login.clone().map(|(u, p)| p5::Login { username: u, password: p });
+                p5::Packet::Connect(c, w, l).write(&mut buf, None).unwrap();
+            } else {
+                let c = p4::Connect {
+                    protocol: rumqttc::mqttbytes::Protocol::V4,
+                    keep_alive,
+                    client_id: client_id.clone(),
+                    clean_session: clean,
+                    last_will: will.clone().map(|(t, m, q, r)| p4::LastWill {
+                        topic: t, message: m.into(), qos: q4(qos_from(q)), retain: r,
+                    }),
+                    login: login.clone().map(|(u, p)| p4::Login { username: u, password: p }),
+                };
+                p4::Packet::Connect(c).write(&mut buf, usize::MAX).unwrap();
+            }
+            let version = if v5 { Version::V5 } else { Version::V311 };
+            let Some(p5::Packet::Connect(c, w, l)) = decode(&mut buf, version, 1 << 20).unwrap() else {
+                panic!("not a CONNECT");
+            };
+            prop_assert_eq!((c.client_id, c.keep_alive, c.clean_start), (client_id, keep_alive, clean));
+            let got_will = w.map(|w| (String::from_utf8(w.topic.to_vec()).unwrap(), w.message.to_vec(), qos_u8(w.qos), w.retain));
+            prop_assert_eq!(got_will, will);
+            prop_assert_eq!(l.map(|l| (l.username, l.password)), login);
+        }
     }
 }
