@@ -197,6 +197,19 @@ pub enum RouterMsg {
         conn_id: ConnId,
         entries: Result<Vec<(u64, QueuedEntry)>, String>,
     },
+    /// Fault injection for supervision tests only.
+    #[doc(hidden)]
+    InjectFault(Fault),
+}
+
+/// A fault to inject, to test that the gateway never stays up half-dead.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The router task panics.
+    RouterPanic,
+    /// The store writer thread panics.
+    StoreWriterPanic,
 }
 
 type Waiter = Box<dyn FnOnce(bool) + Send>;
@@ -384,6 +397,11 @@ impl Router {
                 conn_id,
                 entries,
             } => self.loaded(&client_id, conn_id, entries),
+            RouterMsg::InjectFault(Fault::RouterPanic) => panic!("injected router fault"),
+            RouterMsg::InjectFault(Fault::StoreWriterPanic) => {
+                let store = self.store.clone();
+                tokio::spawn(async move { store.inject_writer_panic().await });
+            }
         }
     }
 
