@@ -75,7 +75,11 @@ impl Supervisor {
                 return;
             }
             let panicked = result.as_ref().is_err_and(|e| e.is_panic());
-            tracing::error!(task, panicked, "a gateway task ended unexpectedly; stopping the gateway");
+            tracing::error!(
+                task,
+                panicked,
+                "a gateway task ended unexpectedly; stopping the gateway"
+            );
             let _ = sup.failed.try_send(TaskFailure { task, panicked });
         });
         (task, watcher)
@@ -365,7 +369,10 @@ impl Gateway {
 
     /// Serves until `shutdown` resolves or a supervised task fails; then
     /// stops. A task failure is returned as an error (the binary exits non-zero).
-    pub async fn serve(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AppError> {
+    pub async fn serve(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), AppError> {
         let failure = tokio::select! {
             _ = shutdown => None,
             f = self.failed.recv() => f,
@@ -391,7 +398,9 @@ impl Gateway {
     #[doc(hidden)]
     pub async fn inject_fault(&self, fault: crate::mqtt::router::Fault) {
         if let Some(tx) = self.router_tx.upgrade() {
-            let _ = tx.send(crate::mqtt::router::RouterMsg::InjectFault(fault)).await;
+            let _ = tx
+                .send(crate::mqtt::router::RouterMsg::InjectFault(fault))
+                .await;
         }
     }
 

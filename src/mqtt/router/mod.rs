@@ -12,6 +12,7 @@
 //! that group commits.
 
 mod command;
+mod deadlines;
 mod lifecycle;
 mod publish;
 mod queue;
@@ -244,6 +245,8 @@ pub struct Router {
     /// Store ops of the current batch and the replies waiting for their commit.
     ops: Vec<Op>,
     waiters: Vec<Waiter>,
+    /// Session expiry and will-delay deadlines.
+    deadlines: deadlines::Deadlines,
 }
 
 impl Router {
@@ -269,6 +272,7 @@ impl Router {
             pending_loads: Vec::new(),
             ops: Vec::new(),
             waiters: Vec::new(),
+            deadlines: deadlines::Deadlines::default(),
         };
         router.restore(recovered);
         router
@@ -302,6 +306,7 @@ impl Router {
                         }
                     }
                 }
+                (client, kind, key) = self.deadlines.next() => self.fired(client, kind, key),
                 _ = tick.tick() => self.tick(),
                 _ = &mut shutdown => break,
             }
