@@ -39,6 +39,8 @@ pub enum AppError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("node id: {0}")]
+    NodeId(#[from] crate::node::NodeIdError),
     /// A long-lived task ended while the gateway was running.
     #[error("the {task} task {how} while the gateway was running")]
     TaskFailed {
@@ -143,6 +145,7 @@ fn route_sinks(
 /// wants delivery receipts.
 async fn start_downlink(
     cfg: &Config,
+    node_id: &str,
     sinks: &[SinkHandle],
     metrics: &BridgeMetrics,
     router: &mpsc::Sender<crate::mqtt::router::RouterMsg>,
@@ -175,7 +178,7 @@ async fn start_downlink(
         }
         let source = match cfg.bridge.backends.iter().find(|b| b.name() == r.backend) {
             Some(BackendConfig::Kafka(k)) => {
-                downlink::kafka::start(k, r, p.tx, stop.clone()).await?
+                downlink::kafka::start(k, r, node_id, p.tx, stop.clone()).await?
             }
             Some(BackendConfig::Amqp(a)) => downlink::amqp::start(a, r, p.tx, stop.clone()).await?,
             _ => continue,
@@ -251,6 +254,7 @@ impl Gateway {
                 source: crate::store::StoreError::Database(e.to_string()),
             })?
             .map_err(|source| AppError::Store { path, source })?;
+        let node_id = crate::node::resolve(&cfg.server.node_id, &cfg.store.path)?;
         let (stop, stop_rx) = watch::channel(false);
         let (failed_tx, failed) = mpsc::channel(16);
         let sup = Supervisor {
@@ -327,6 +331,7 @@ impl Gateway {
         let uplink = Uplink::new(&cfg.bridge, &route_sinks, &bridge_metrics);
         let sources = start_downlink(
             &cfg,
+            &node_id,
             &sinks,
             &bridge_metrics,
             &router_tx,
