@@ -116,7 +116,7 @@ async fn expired_message_not_delivered_to_offline_session_v5() {
     p.publish_with("mexp/t", V5QoS::AtLeastOnce, false, b"long", long)
         .await;
     p.disconnect().await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
 
     let mut sub = b5::connect(opts_v5(t.addr, "mexp", false, Some(60))).await;
     assert!(sub.session_present());
