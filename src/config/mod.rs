@@ -569,10 +569,16 @@ impl Config {
         positive("mqtt.max_inflight", m.max_inflight)?;
         positive("mqtt.max_connections", m.max_connections)?;
         duration_secs("mqtt.send_timeout_secs", m.send_timeout_secs)?;
-        positive("mqtt.max_outbound_buffer_bytes", m.max_outbound_buffer_bytes)?;
+        positive(
+            "mqtt.max_outbound_buffer_bytes",
+            m.max_outbound_buffer_bytes,
+        )?;
         duration_secs("mqtt.frame_timeout_secs", m.frame_timeout_secs)?;
         positive("mqtt.max_awaiting_rel", m.max_awaiting_rel)?;
-        duration_secs("mqtt.awaiting_rel_timeout_secs", m.awaiting_rel_timeout_secs)?;
+        duration_secs(
+            "mqtt.awaiting_rel_timeout_secs",
+            m.awaiting_rel_timeout_secs,
+        )?;
 
         let s = &self.session;
         positive(

@@ -10,7 +10,7 @@ use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode as Reason;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::pending::{PubWait, Pending};
+use super::pending::{Pending, PubWait};
 use super::{Conn, ConnError};
 use crate::metrics::ProtocolErrorReason as Why;
 use crate::mqtt::admission::{LogLimiter, WARN_EVERY};

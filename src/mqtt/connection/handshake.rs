@@ -131,7 +131,9 @@ pub async fn handshake(
     };
     let mqtt = &sh.cfg.mqtt;
     // Before attaching: a refused CONNECT must not take over a live session.
-    let Some(keep_alive) = super::keepalive::negotiate(version, connect.keep_alive, mqtt.max_keepalive()) else {
+    let Some(keep_alive) =
+        super::keepalive::negotiate(version, connect.keep_alive, mqtt.max_keepalive())
+    else {
         refuse(Code::ClientIdentifierNotValid, &mut out);
         super::write_raw(stream, &out).await?;
         return Err(ConnError::protocol(

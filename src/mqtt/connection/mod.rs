@@ -166,7 +166,11 @@ pub async fn serve(mut stream: TcpStream, sh: Arc<Shared>, conn_id: u64) {
         aliases: HashMap::new(),
         qos2_in: {
             let forget_at = Instant::now() + sh.cfg.mqtt.awaiting_rel_timeout();
-            attached.qos2_pending.iter().map(|&id| (id, forget_at)).collect()
+            attached
+                .qos2_pending
+                .iter()
+                .map(|&id| (id, forget_at))
+                .collect()
         },
         outbox: Vec::new(),
         sink_outbox: Vec::new(),
@@ -190,11 +194,25 @@ pub async fn serve(mut stream: TcpStream, sh: Arc<Shared>, conn_id: u64) {
     let _ = c.flush_outbox().await;
     // A last DISCONNECT (and what was owed) gets a short chance; a client
     // that stopped reading must not hold the task (or the shutdown) here.
-    let stalled = matches!(&result, Err(ConnError::Protocol { why: Why::SendTimeout, .. }));
+    let mut stalled = matches!(
+        &result,
+        Err(ConnError::Protocol {
+            why: Why::SendTimeout,
+            ..
+        })
+    );
     if !stalled {
-        let _ = tokio::time::timeout(FINAL_FLUSH, stream.write_all(&c.out)).await;
+        stalled = tokio::time::timeout(FINAL_FLUSH, stream.write_all(&c.out))
+            .await
+            .is_err();
     }
-    let _ = stream.shutdown().await;
+    if stalled {
+        // Reset instead of close: a peer that reads nothing would otherwise
+        // keep the kernel's send buffer of this socket alive after we are gone.
+        let _ = stream.set_zero_linger();
+    } else {
+        let _ = stream.shutdown().await;
+    }
     sh.metrics.connections_active.dec();
     let msg = RouterMsg::Disconnect {
         conn_id,

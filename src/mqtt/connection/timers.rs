@@ -87,13 +87,19 @@ impl Timers {
         if self.send.is_some_and(|at| at <= now) {
             return Err(ConnError::protocol(
                 Why::SendTimeout,
-                format!("socket took none of our bytes for {} s", self.send_timeout.as_secs()),
+                format!(
+                    "socket took none of our bytes for {} s",
+                    self.send_timeout.as_secs()
+                ),
             ));
         }
         if self.frame.is_some_and(|at| at <= now) {
             return Err(ConnError::protocol(
                 Why::FrameTimeout,
-                format!("packet not completed within {} s", self.frame_timeout.as_secs()),
+                format!(
+                    "packet not completed within {} s",
+                    self.frame_timeout.as_secs()
+                ),
             ));
         }
         if self.keepalive <= now {
