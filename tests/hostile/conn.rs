@@ -237,6 +237,12 @@ async fn takeover_of_a_stalled_client_is_immediate() {
         .await
         .unwrap();
     assert_eq!(within(5, new.connack()).await.1, 0);
+    // The old connection's task ends without its socket being read (reading
+    // would unblock a task stuck in a write): only the new one is left.
+    eventually(5, "only the new connection left", || async {
+        metric(&t, "mqbridge_mqtt_connections_active").await == Some(1.0)
+    })
+    .await;
     let old = &mut stalled[0];
     within(5, async {
         let mut chunk = vec![0u8; 65536];
