@@ -111,3 +111,76 @@ impl Timers {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::advance;
+
+    fn timers() -> Timers {
+        let mut cfg = MqttConfig::default();
+        cfg.send_timeout_secs = 2;
+        cfg.frame_timeout_secs = 3;
+        Timers::new(&cfg, 10)
+    }
+
+    fn why(t: &Timers) -> Option<Why> {
+        match t.check(10) {
+            Err(ConnError::Protocol { why, .. }) => Some(why),
+            _ => None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn send_timeout_runs_while_bytes_wait_and_restarts_on_progress() {
+        let mut t = timers();
+        t.wrote(false, false);
+        advance(Duration::from_millis(1500)).await;
+        t.wrote(false, false); // no progress: the clock keeps running
+        advance(Duration::from_millis(600)).await;
+        assert_eq!(why(&t), Some(Why::SendTimeout));
+        let mut t = timers();
+        t.wrote(false, false);
+        advance(Duration::from_millis(1500)).await;
+        t.wrote(true, false); // progress: a new 2 s
+        advance(Duration::from_millis(1500)).await;
+        assert_eq!(why(&t), None);
+        t.wrote(true, true); // drained: no send deadline
+        advance(Duration::from_secs(5)).await;
+        assert_eq!(why(&t), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frame_timeout_counts_from_the_start_of_the_packet() {
+        let mut t = timers();
+        t.after_read(false, false); // a packet started
+        advance(Duration::from_secs(2)).await;
+        t.heard();
+        t.after_read(false, false); // more of it, not complete
+        advance(Duration::from_millis(1100)).await;
+        assert_eq!(why(&t), Some(Why::FrameTimeout));
+        // A completed packet starts the clock again for the next one.
+        let mut t = timers();
+        t.after_read(false, false);
+        advance(Duration::from_secs(2)).await;
+        t.after_read(false, true);
+        advance(Duration::from_secs(2)).await;
+        assert_eq!(why(&t), None);
+        t.after_read(true, true);
+        advance(Duration::from_secs(5)).await;
+        assert_eq!(why(&t), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keepalive_is_one_and_a_half_intervals() {
+        let mut t = timers();
+        advance(Duration::from_millis(14_900)).await;
+        assert_eq!(why(&t), None);
+        t.heard();
+        advance(Duration::from_millis(14_900)).await;
+        assert_eq!(why(&t), None);
+        advance(Duration::from_millis(200)).await;
+        assert_eq!(why(&t), Some(Why::KeepaliveTimeout));
+        assert!(t.next(None) <= Instant::now());
+    }
+}
