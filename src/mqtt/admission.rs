@@ -87,6 +87,11 @@ pub struct PerIp {
     counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
+/// The peer address already has `mqtt.max_connections_per_ip` connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("connection limit per IP address reached")]
+pub struct IpFull;
+
 /// One counted connection; dropping it gives the slot back.
 #[derive(Debug)]
 pub struct IpSlot {
@@ -103,15 +108,16 @@ impl PerIp {
         }
     }
 
-    /// A slot for `ip`, `Err(())` when it already has `max` connections.
-    pub fn acquire(&self, ip: IpAddr) -> Result<Option<IpSlot>, ()> {
+    /// A slot for `ip` (`None` when unlimited), [`IpFull`] when it already
+    /// has `max` connections.
+    pub fn acquire(&self, ip: IpAddr) -> Result<Option<IpSlot>, IpFull> {
         if self.max == 0 {
             return Ok(None);
         }
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         let n = counts.entry(ip).or_insert(0);
         if *n >= self.max {
-            return Err(());
+            return Err(IpFull);
         }
         *n += 1;
         Ok(Some(IpSlot {

@@ -118,9 +118,11 @@ mod tests {
     use tokio::time::advance;
 
     fn timers() -> Timers {
-        let mut cfg = MqttConfig::default();
-        cfg.send_timeout_secs = 2;
-        cfg.frame_timeout_secs = 3;
+        let cfg = MqttConfig {
+            send_timeout_secs: 2,
+            frame_timeout_secs: 3,
+            ..Default::default()
+        };
         Timers::new(&cfg, 10)
     }
 
