@@ -14,7 +14,7 @@ mod pending;
 mod timers;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -27,6 +27,7 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::metrics::{Metrics, ProtocolErrorReason as Why};
+use crate::mqtt::admission::{LogLimiter, WARN_EVERY};
 use crate::mqtt::codec::{self, DecodeError, OutPublish, Version};
 use crate::mqtt::message::now_ms;
 use crate::mqtt::router::{pkid_of, Kick, Outbound, RouterMsg};
@@ -234,7 +235,17 @@ fn report(sh: &Shared, e: &ConnError, client_id: &str, peer: Option<std::net::So
     match e {
         ConnError::Protocol { why, detail, .. } => {
             sh.metrics.protocol_error(*why);
-            tracing::warn!(client_id, ?peer, reason = ?why, %detail, "closing connection: protocol violation");
+            // Many clients misbehaving at once (a flood, a broken fleet) must
+            // not turn into a log line each: the counter has them all.
+            static WARN: OnceLock<LogLimiter> = OnceLock::new();
+            match WARN.get_or_init(|| LogLimiter::new(WARN_EVERY)).allow() {
+                Some(suppressed) => {
+                    tracing::warn!(client_id, ?peer, reason = why.as_str(), %detail, suppressed, "closing connection: protocol violation")
+                }
+                None => {
+                    tracing::debug!(client_id, ?peer, reason = why.as_str(), %detail, "closing connection: protocol violation")
+                }
+            }
         }
         ConnError::Refused(why) => tracing::warn!(client_id, ?peer, %why, "connection refused"),
         ConnError::Closed | ConnError::ShuttingDown => {}
@@ -261,6 +272,9 @@ impl Conn<'_> {
         // Anything that arrived with the CONNECT.
         let consumed = self.process(buf)?;
         t.after_read(buf.is_empty(), consumed);
+        if buf.is_empty() {
+            *buf = BytesMut::new();
+        }
         self.flush_outbox().await?;
         loop {
             if self.disconnect.is_some() {
