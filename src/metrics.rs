@@ -113,6 +113,14 @@ label_enum! {
         InvalidString => "invalid_string",
         /// A topic name over `mqtt.max_topic_levels` / `mqtt.max_topic_bytes`.
         TopicLimit => "topic_limit",
+        /// The client's socket did not take our bytes within `mqtt.send_timeout_secs`.
+        SendTimeout => "send_timeout",
+        /// A packet was started but not finished within `mqtt.frame_timeout_secs`.
+        FrameTimeout => "frame_timeout",
+        /// A 3.1.1 keep-alive above `mqtt.max_keepalive_secs` (or 0) was refused.
+        KeepaliveRefused => "keepalive_refused",
+        /// A 3.1.1 client went over `mqtt.max_awaiting_rel`.
+        AwaitingRelExceeded => "awaiting_rel_exceeded",
     }
 }
 
@@ -123,6 +131,18 @@ label_enum! {
         TooManyLevels => "too_many_levels",
         /// More bytes than `mqtt.max_topic_bytes`.
         TooLong => "too_long",
+    }
+}
+
+label_enum! {
+    /// Why the listener closed a connection before reading anything (`reason` label).
+    RefusedReason {
+        /// `mqtt.max_connections` was reached.
+        MaxConnections => "max_connections",
+        /// `mqtt.max_connections_per_ip` was reached for the peer's address.
+        PerIp => "per_ip",
+        /// `mqtt.max_connection_rate` was exceeded.
+        Rate => "rate",
     }
 }
 
@@ -163,38 +183,18 @@ pub struct ProtocolErrorLabels {
     pub reason: ProtocolErrorReason,
 }
 
-/// Lets one warning per second through, for events a client can trigger at
-/// will (each is still counted, and logged at debug level when held back).
-#[derive(Debug, Default)]
-pub struct LogLimiter {
-    last_ms: std::sync::atomic::AtomicU64,
-}
-
-impl LogLimiter {
-    pub const fn new() -> LogLimiter {
-        LogLimiter {
-            last_ms: std::sync::atomic::AtomicU64::new(0),
-        }
-    }
-
-    /// Whether a warning may be logged now.
-    pub fn allow(&self) -> bool {
-        use std::sync::atomic::Ordering::Relaxed;
-        let now = crate::mqtt::message::now_ms();
-        let last = self.last_ms.load(Relaxed);
-        now.saturating_sub(last) >= 1000
-            && self
-                .last_ms
-                .compare_exchange(last, now, Relaxed, Relaxed)
-                .is_ok()
-    }
-}
-
 /// Label set `{reason=...}` of topic limit refusals.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct TopicLimitLabels {
     /// Which limit.
     pub reason: TopicLimitReason,
+}
+
+/// Label set `{reason=...}` of connections refused by the listener.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// Refusal reason.
+    pub reason: RefusedReason,
 }
 
 /// Label set `{reason=...}` of dropped messages.
@@ -233,6 +233,15 @@ pub struct Metrics {
     /// refused for `mqtt.max_topic_levels` / `mqtt.max_topic_bytes` (PUBLISH,
     /// SUBSCRIBE, UNSUBSCRIBE, will, and stored ones dropped at start-up).
     pub topics_refused: Family<TopicLimitLabels, Counter>,
+    /// `mqbridge_mqtt_connections_refused_total{reason}`: connections the
+    /// listener closed before CONNECT because of a connection limit.
+    pub connections_refused: Family<RefusedLabels, Counter>,
+    /// `mqbridge_mqtt_awaiting_rel_refused_total`: incoming QoS 2 PUBLISHes
+    /// refused because `mqtt.max_awaiting_rel` was reached.
+    pub awaiting_rel_refused: Counter,
+    /// `mqbridge_mqtt_awaiting_rel_expired_total`: incoming QoS 2 packet ids
+    /// forgotten after `mqtt.awaiting_rel_timeout_secs` without PUBREL.
+    pub awaiting_rel_expired: Counter,
     /// `mqbridge_session_persistent_sessions`: persistent sessions held.
     pub persistent_sessions: Gauge,
     /// `mqbridge_session_queued_messages`: messages queued or inflight across sessions.
@@ -266,6 +275,7 @@ pub struct Metrics {
     by_protocol_error: Vec<Counter>,
     by_topic_limit: Vec<Counter>,
     by_drop_reason: Vec<Counter>,
+    by_refused_reason: Vec<Counter>,
 }
 
 fn handles<L, S>(family: &Family<S, Counter>, all: &[L], label: impl Fn(L) -> S) -> Vec<Counter>
@@ -293,6 +303,7 @@ impl Metrics {
         let protocol_errors = Family::<ProtocolErrorLabels, Counter>::default();
         let dropped_messages = Family::<DropLabels, Counter>::default();
         let topics_refused = Family::<TopicLimitLabels, Counter>::default();
+        let connections_refused = Family::<RefusedLabels, Counter>::default();
 
         let m = Metrics {
             by_result: handles(&connections, ConnectionResult::ALL, |result| ResultLabels {
@@ -309,6 +320,12 @@ impl Metrics {
             by_topic_limit: handles(&topics_refused, TopicLimitReason::ALL, |reason| {
                 TopicLimitLabels { reason }
             }),
+            by_refused_reason: handles(&connections_refused, RefusedReason::ALL, |reason| {
+                RefusedLabels { reason }
+            }),
+            connections_refused,
+            awaiting_rel_refused: Counter::default(),
+            awaiting_rel_expired: Counter::default(),
             connections_active: Gauge::default(),
             connections,
             messages_received,
@@ -374,6 +391,21 @@ impl Metrics {
             "mqbridge_mqtt_topics_refused",
             "Topic names and filters refused for the topic level or byte limit, by reason",
             m.topics_refused.clone(),
+        );
+        r.register(
+            "mqbridge_mqtt_connections_refused",
+            "Connections closed by the listener before CONNECT because of a connection limit, by reason",
+            m.connections_refused.clone(),
+        );
+        r.register(
+            "mqbridge_mqtt_awaiting_rel_refused",
+            "Incoming QoS 2 PUBLISHes refused because the client had mqtt.max_awaiting_rel awaiting PUBREL",
+            m.awaiting_rel_refused.clone(),
+        );
+        r.register(
+            "mqbridge_mqtt_awaiting_rel_expired",
+            "Incoming QoS 2 packet ids forgotten after mqtt.awaiting_rel_timeout_secs without PUBREL",
+            m.awaiting_rel_expired.clone(),
         );
         r.register(
             "mqbridge_session_persistent_sessions",
@@ -473,6 +505,12 @@ impl Metrics {
         inc_at(&self.by_topic_limit, reason as usize, 1);
     }
 
+    /// Counts a connection the listener refused, also as a rejected connection.
+    pub fn connection_refused(&self, reason: RefusedReason) {
+        inc_at(&self.by_refused_reason, reason as usize, 1);
+        self.connection(ConnectionResult::Rejected);
+    }
+
     /// Counts one discarded message.
     pub fn dropped(&self, reason: DropReason) {
         self.dropped_n(reason, 1);
@@ -529,6 +567,9 @@ mod tests {
             ("mqbridge_mqtt_bytes_sent", "counter"),
             ("mqbridge_mqtt_protocol_errors", "counter"),
             ("mqbridge_mqtt_topics_refused", "counter"),
+            ("mqbridge_mqtt_connections_refused", "counter"),
+            ("mqbridge_mqtt_awaiting_rel_refused", "counter"),
+            ("mqbridge_mqtt_awaiting_rel_expired", "counter"),
             ("mqbridge_session_persistent_sessions", "gauge"),
             ("mqbridge_session_queued_messages", "gauge"),
             ("mqbridge_session_queued_bytes", "gauge"),
@@ -562,6 +603,9 @@ mod tests {
             "mqbridge_mqtt_bytes_sent_total 0",
             "mqbridge_mqtt_protocol_errors_total{reason=\"receive_maximum_exceeded\"} 0",
             "mqbridge_mqtt_topics_refused_total{reason=\"too_many_levels\"} 0",
+            "mqbridge_mqtt_connections_refused_total{reason=\"per_ip\"} 0",
+            "mqbridge_mqtt_awaiting_rel_refused_total 0",
+            "mqbridge_mqtt_awaiting_rel_expired_total 0",
             "mqbridge_session_persistent_sessions 0",
             "mqbridge_session_queued_messages 0",
             "mqbridge_session_queued_bytes 0",
@@ -612,6 +656,13 @@ mod tests {
             );
             assert!(text.contains(&s), "{s}");
         }
+        for r in RefusedReason::ALL {
+            let s = format!(
+                "mqbridge_mqtt_connections_refused_total{{reason=\"{}\"}} 0",
+                r.as_str()
+            );
+            assert!(text.contains(&s), "{s}");
+        }
         for r in DropReason::ALL {
             let s = format!(
                 "mqbridge_session_dropped_messages_total{{reason=\"{}\"}} 0",
@@ -643,6 +694,7 @@ mod tests {
         m.bytes_out(40);
         m.protocol_error(ProtocolErrorReason::ClientIdInvalid);
         m.dropped(DropReason::QueueFull);
+        m.connection_refused(RefusedReason::Rate);
         m.dropped_n(DropReason::SessionsFull, 5);
         m.expired_sessions.inc();
         m.takeovers.inc();
@@ -653,7 +705,9 @@ mod tests {
         let text = render(&registry);
         for sample in [
             "mqbridge_mqtt_connections_total{result=\"accepted\"} 2",
-            "mqbridge_mqtt_connections_total{result=\"rejected\"} 1",
+            "mqbridge_mqtt_connections_total{result=\"rejected\"} 2",
+            "mqbridge_mqtt_connections_refused_total{reason=\"rate\"} 1",
+            "mqbridge_mqtt_connections_refused_total{reason=\"per_ip\"} 0",
             "mqbridge_mqtt_messages_received_total{qos=\"0\"} 1",
             "mqbridge_mqtt_messages_received_total{qos=\"1\"} 2",
             "mqbridge_mqtt_messages_received_total{qos=\"2\"} 0",
@@ -697,6 +751,9 @@ mod tests {
             assert_eq!(Qos::from_u8(i as u8), Some(*q));
         }
         for (i, r) in ProtocolErrorReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        for (i, r) in RefusedReason::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i);
         }
         for (i, r) in DropReason::ALL.iter().enumerate() {
