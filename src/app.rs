@@ -6,7 +6,6 @@
 //! and closes (flushes) the store — bounded by the configured grace period.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -99,6 +98,7 @@ async fn start_downlink(
     router: &mpsc::Sender<crate::mqtt::router::RouterMsg>,
     receipts: mpsc::Receiver<crate::mqtt::router::ReceiptEvent>,
     stop: &watch::Receiver<bool>,
+    ready: &Arc<crate::admin::Readiness>,
 ) -> Result<Vec<JoinHandle<()>>, AppError> {
     use crate::bridge::downlink;
     let mut tasks = Vec::new();
@@ -114,6 +114,7 @@ async fn start_downlink(
             counters.clone(),
             metrics.route(&r.name),
             cfg.bridge.queue_capacity.min(4096),
+            ready.clone(),
         ) else {
             continue; // templates validated with the config
         };
@@ -203,6 +204,7 @@ impl Gateway {
             })?
             .map_err(|source| AppError::Store { path, source })?;
         let (stop, stop_rx) = watch::channel(false);
+        let ready = Arc::new(crate::admin::Readiness::default());
         let (router_tx, router_rx) = mpsc::channel(ROUTER_CHANNEL);
         // Delivery receipts: acknowledged commands reported by the router. Bounded;
         // when full the router drops the receipt with a warning.
@@ -237,7 +239,6 @@ impl Gateway {
             addr: listen,
             source,
         })?;
-        let ready = Arc::new(AtomicBool::new(false));
         let admin_addr = if cfg.admin.listen.is_empty() {
             None
         } else {
@@ -273,6 +274,7 @@ impl Gateway {
             &router_tx,
             receipt_rx,
             &stop_rx,
+            &ready,
         )
         .await?;
         drop((sinks, route_sinks));
@@ -287,7 +289,7 @@ impl Gateway {
             shared,
             stopped(stop_rx),
         ));
-        ready.store(true, Ordering::Release);
+        ready.set_started(true);
         tracing::info!(%mqtt_addr, ?admin_addr, store = %cfg.store.path.display(), "mqbridge started");
         Ok(Gateway {
             mqtt_addr,

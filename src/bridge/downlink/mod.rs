@@ -54,7 +54,8 @@ pub enum CommandOutcome {
     /// Settled without delivery (expired, malformed → dead-lettered, no
     /// matching session): commit/ack it so it does not block the partition.
     Dropped,
-    /// Not stored (store failure or shutdown): do not commit; consume again.
+    /// Not stored (store failure, a full global store budget, or shutdown):
+    /// do not commit; consume again after a pause.
     Retry,
 }
 

@@ -29,7 +29,7 @@ use crate::mqtt::message::Message;
 use crate::mqtt::topic::{SubOpts, SubTree};
 use crate::store::{Op, QueuedEntry, Recovered, Store};
 
-pub use command::CommandResult;
+pub use command::{BudgetRefusal, CommandResult};
 pub use session::pkid_of;
 use session::Session;
 

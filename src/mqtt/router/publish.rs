@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
-use super::queue::{enqueue, pump, remove_entry, Delivery};
+use super::queue::{enqueue, pump, remove_entry, would_store, Delivery};
 use super::{PublishOutcome, Router, SubRequest, SubResult};
 use crate::mqtt::message::Message;
 use crate::mqtt::topic::{filter_matches, parse_shared, SubEntry, SubOpts};
@@ -14,7 +14,7 @@ use crate::store::{EntryState, Op};
 
 /// Aggregated target of one PUBLISH: overlapping subscriptions of one client
 /// deliver once, at the highest granted QoS, with all subscription ids.
-struct Target {
+pub(super) struct Target {
     qos: u8,
     retain_as_published: bool,
     sub_ids: Vec<u32>,
@@ -77,6 +77,16 @@ impl Router {
         msg: Arc<Message>,
         from: Option<&Arc<str>>,
     ) -> (PublishOutcome, usize) {
+        let deliveries = self.targets(&msg, from);
+        self.deliver(&msg, deliveries)
+    }
+
+    /// The sessions `msg` goes to, once each (shared groups pick one member).
+    pub(super) fn targets(
+        &mut self,
+        msg: &Message,
+        from: Option<&Arc<str>>,
+    ) -> Vec<(Arc<str>, Target)> {
         let mut found: Vec<&SubEntry> = Vec::new();
         self.tree.matches(&msg.topic, &mut found);
         let matched: Vec<SubEntry> = found.into_iter().cloned().collect();
@@ -105,6 +115,29 @@ impl Router {
                 deliveries.extend(one);
             }
         }
+        deliveries
+    }
+
+    /// Bytes that delivering `msg` to `deliveries` would add to the store
+    /// (what counts against `session.max_stored_bytes`).
+    pub(super) fn stored_cost(&self, msg: &Message, deliveries: &[(Arc<str>, Target)]) -> u64 {
+        let n = deliveries
+            .iter()
+            .filter(|(client, t)| {
+                self.sessions
+                    .get(client)
+                    .is_some_and(|s| would_store(s, &self.cfg, msg.qos.min(t.qos)))
+            })
+            .count();
+        n as u64 * msg.size() as u64
+    }
+
+    /// Queues `msg` in each target session.
+    pub(super) fn deliver(
+        &mut self,
+        msg: &Arc<Message>,
+        deliveries: Vec<(Arc<str>, Target)>,
+    ) -> (PublishOutcome, usize) {
         if deliveries.is_empty() {
             return (PublishOutcome::NoSubscribers, 0);
         }
@@ -116,7 +149,7 @@ impl Router {
                 continue;
             };
             let d = Delivery {
-                msg: &msg,
+                msg,
                 qos: msg.qos.min(t.qos),
                 retain: msg.retain && (t.retain_as_published && s.protocol == 5),
                 sub_ids: t.sub_ids.into(),
