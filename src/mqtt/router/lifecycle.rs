@@ -70,22 +70,34 @@ impl Router {
             Ok(Some((g, f))) => (Some(Arc::<str>::from(g)), f),
             _ => (None, filter),
         };
-        self.tree.insert(SubEntry {
+        let existed = self.tree.insert(SubEntry {
             client: client.clone(),
-            group,
+            group: group.clone(),
             filter: filter.into(),
             opts,
         });
+        if let (Some(g), false) = (&group, existed) {
+            self.shared_member(g, filter, true);
+        }
     }
 
     fn remove_subs(&mut self, s: &Session) {
         for f in s.subs.keys() {
-            let (group, filter) = match parse_shared(f) {
-                Ok(Some((g, f))) => (Some(g), f),
-                _ => (None, f.as_str()),
-            };
-            self.tree.remove(filter, &s.client_id, group);
+            self.remove_sub(&s.client_id, f);
         }
+    }
+
+    /// Removes one subscription (filter as sent) from the tree; false if absent.
+    pub(super) fn remove_sub(&mut self, client: &Arc<str>, f: &str) -> bool {
+        let (group, filter) = match parse_shared(f) {
+            Ok(Some((g, f))) => (Some(g), f),
+            _ => (None, f),
+        };
+        let removed = self.tree.remove(filter, client, group);
+        if let (Some(g), true) = (group, removed) {
+            self.shared_member(&Arc::from(g), filter, false);
+        }
+        removed
     }
 
     pub(super) fn connect(&mut self, req: ConnectRequest, reply: oneshot::Sender<ConnectOutcome>) {

@@ -16,6 +16,8 @@ mod lifecycle;
 mod publish;
 mod queue;
 mod session;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -201,6 +203,15 @@ pub enum RouterMsg {
 
 type Waiter = Box<dyn FnOnce(bool) + Send>;
 
+/// A shared subscription group's round robin.
+#[derive(Debug, Default)]
+struct SharedGroup {
+    /// Position of the last member picked.
+    pos: usize,
+    /// Members in the subscription tree; the entry goes when it reaches 0.
+    members: usize,
+}
+
 /// A device acknowledged a command that asked for a delivery receipt.
 #[derive(Debug, Clone)]
 pub struct ReceiptEvent {
@@ -217,8 +228,9 @@ pub struct Router {
     sessions: HashMap<Arc<str>, Session>,
     tree: SubTree,
     retained: HashMap<String, Arc<Message>>,
-    /// Round-robin position per shared group (group, filter).
-    shared_rr: HashMap<(Arc<str>, Arc<str>), usize>,
+    /// Round-robin state per shared group (group, filter); an entry lives
+    /// exactly as long as the group has members (clients create groups at will).
+    shared_rr: HashMap<(Arc<str>, Arc<str>), SharedGroup>,
     self_tx: mpsc::WeakSender<RouterMsg>,
     /// Persistent sessions and their queued bytes, for the global limits.
     persistent: usize,
@@ -451,6 +463,20 @@ impl Router {
             stored_bytes: &mut self.stored_bytes,
         };
         (cx, &mut self.sessions)
+    }
+
+    /// A member joined (`true`) or left a shared group; the group's state is
+    /// removed with its last member.
+    fn shared_member(&mut self, group: &Arc<str>, filter: &str, joined: bool) {
+        let key = (group.clone(), Arc::<str>::from(filter));
+        if joined {
+            self.shared_rr.entry(key).or_default().members += 1;
+        } else if let Some(g) = self.shared_rr.get_mut(&key) {
+            g.members = g.members.saturating_sub(1);
+            if g.members == 0 {
+                self.shared_rr.remove(&key);
+            }
+        }
     }
 
     fn update_gauges(&self) {

@@ -174,12 +174,15 @@ impl Router {
             .iter()
             .filter(|e| self.sessions.get(&e.client).is_some_and(|s| s.online()))
             .collect();
-        let pos = self.shared_rr.entry(key).or_insert(0);
-        *pos = pos.wrapping_add(1);
+        // The entry exists while the group has members (see `shared_member`).
+        let pos = self.shared_rr.get_mut(&key).map_or(0, |g| {
+            g.pos = g.pos.wrapping_add(1);
+            g.pos
+        });
         if online.is_empty() {
-            members.get(*pos % members.len()).copied()
+            members.get(pos % members.len()).copied()
         } else {
-            online.get(*pos % online.len()).map(|e| **e)
+            online.get(pos % online.len()).map(|e| **e)
         }
     }
 
@@ -326,6 +329,9 @@ impl Router {
                 opts: req.opts,
             };
             let existed = self.tree.insert(entry);
+            if let (Some(g), false) = (&group, existed) {
+                self.shared_member(g, &filter, true);
+            }
             results.push(Ok(req.opts.qos));
             let send_retained = group.is_none()
                 && (req.opts.retain_handling == 0 || (req.opts.retain_handling == 1 && !existed));
@@ -389,11 +395,7 @@ impl Router {
             };
             let existed = s.subs.remove(&f).is_some();
             if existed {
-                let (group, filter) = match parse_shared(&f) {
-                    Ok(Some((g, f))) => (Some(g), f),
-                    _ => (None, f.as_str()),
-                };
-                self.tree.remove(filter, client_id, group);
+                self.remove_sub(client_id, &f);
             }
             results.push(existed);
         }
