@@ -111,10 +111,12 @@ async fn start_downlink(
             router.clone(),
             cfg.mqtt.max_packet_size,
             sink.clone(),
-            counters.clone(),
-            metrics.route(&r.name),
+            downlink::Reporting {
+                counters: counters.clone(),
+                dead_counters: metrics.route(&r.name),
+                ready: ready.clone(),
+            },
             cfg.bridge.queue_capacity.min(4096),
-            ready.clone(),
         ) else {
             continue; // templates validated with the config
         };

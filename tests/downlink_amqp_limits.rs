@@ -24,7 +24,10 @@ async fn readyz(admin: std::net::SocketAddr) -> (u16, String) {
     let mut text = String::new();
     s.read_to_string(&mut text).await.expect("response");
     let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
     (status, body)
 }
 
@@ -74,8 +77,12 @@ async fn commands_refused_by_a_full_store_budget_are_retried_not_acked() {
 
     let sent: Vec<String> = (0..5).map(|i| format!("c{i}")).collect();
     for c in &sent {
-        cmds.publish(&format!("devices.{id}.commands"), c.as_bytes(), Meta::default())
-            .await;
+        cmds.publish(
+            &format!("devices.{id}.commands"),
+            c.as_bytes(),
+            Meta::default(),
+        )
+        .await;
     }
     // Refused again and again, never stored, never counted as dropped.
     let text = wait_commands(admin, "budget", "blocked", 6).await;

@@ -16,7 +16,7 @@ mod template;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-pub use process::{start, start_receipts, Downlink, ReceiptSender};
+pub use process::{start, start_receipts, Downlink, ReceiptSender, Reporting};
 pub use template::{CommandTemplate, CommandTemplateError};
 
 /// One consumed command.

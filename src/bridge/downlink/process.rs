@@ -10,11 +10,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::{Command, CommandEnvelope, CommandOutcome, CommandTemplate, CommandTx};
+use crate::admin::Readiness;
 use crate::bridge::metrics::{CommandCounters, RouteCounters};
 use crate::bridge::{Envelope, Record, SinkHandle};
 use crate::config::DownlinkRoute;
 use crate::mqtt::message::{now_ms, Message, MessageProps, Receipt};
-use crate::admin::Readiness;
 use crate::mqtt::router::{BudgetRefusal, CommandResult, ReceiptEvent, RouterMsg};
 use crate::mqtt::topic::valid_topic_name;
 
@@ -50,17 +50,28 @@ struct Route {
     dead_counters: RouteCounters,
 }
 
+/// Where a route's processor reports: its command counters, its dead-letter
+/// route counters, and readiness (paused by the store budget).
+pub struct Reporting {
+    pub counters: CommandCounters,
+    pub dead_counters: RouteCounters,
+    pub ready: Arc<Readiness>,
+}
+
 /// Starts the processor of one downlink route (templates already validated).
 pub fn start(
     cfg: &DownlinkRoute,
     router: mpsc::Sender<RouterMsg>,
     max_packet: u32,
     sink: Option<SinkHandle>,
-    counters: CommandCounters,
-    dead_counters: RouteCounters,
+    reporting: Reporting,
     capacity: usize,
-    ready: Arc<Readiness>,
 ) -> Option<Downlink> {
+    let Reporting {
+        counters,
+        dead_counters,
+        ready,
+    } = reporting;
     let route = Route {
         cfg: cfg.clone(),
         topic: CommandTemplate::parse(&cfg.topic).ok()?,
@@ -149,8 +160,12 @@ impl Paused {
         counters.blocked_now.set(blocked as i64);
         self.ready.downlink_blocked(blocked);
         match why {
-            Some(why) => tracing::warn!(route = %self.route, reason = why.as_str(), "downlink paused: the global store budget cannot take commands; they are not committed and are consumed again until it has room"),
-            None => tracing::info!(route = %self.route, "downlink resumed: the store budget has room again"),
+            Some(why) => {
+                tracing::warn!(route = %self.route, reason = why.as_str(), "downlink paused: the global store budget cannot take commands; they are not committed and are consumed again until it has room")
+            }
+            None => {
+                tracing::info!(route = %self.route, "downlink resumed: the store budget has room again")
+            }
         }
     }
 }

@@ -54,9 +54,7 @@ impl Router {
             self.persistent += 1;
             self.sessions.insert(client, s);
         }
-        for m in rec.retained {
-            self.retained.insert(m.topic.clone(), Arc::new(m));
-        }
+        self.restore_retained(rec.retained);
         tracing::info!(
             sessions = self.persistent,
             retained = self.retained.len(),

@@ -15,6 +15,7 @@ mod command;
 mod lifecycle;
 mod publish;
 mod queue;
+mod retained;
 mod session;
 #[cfg(test)]
 mod tests;
@@ -203,6 +204,18 @@ pub enum RouterMsg {
 
 type Waiter = Box<dyn FnOnce(bool) + Send>;
 
+/// Whether a rate-limited warning may be logged now (at most one a second
+/// per `last`); the counters have every event, debug logging the rest.
+fn warn_allowed(last: &std::sync::atomic::AtomicU64) -> bool {
+    use std::sync::atomic::Ordering;
+    let now = crate::mqtt::message::now_ms();
+    let prev = last.load(Ordering::Relaxed);
+    now.saturating_sub(prev) >= 1000
+        && last
+            .compare_exchange(prev, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+}
+
 /// A shared subscription group's round robin.
 #[derive(Debug, Default)]
 struct SharedGroup {
@@ -228,6 +241,8 @@ pub struct Router {
     sessions: HashMap<Arc<str>, Session>,
     tree: SubTree,
     retained: HashMap<String, Arc<Message>>,
+    /// Sum of `Message::size` of `retained` (mqtt.max_retained_bytes).
+    retained_bytes: u64,
     /// Round-robin state per shared group (group, filter); an entry lives
     /// exactly as long as the group has members (clients create groups at will).
     shared_rr: HashMap<(Arc<str>, Arc<str>), SharedGroup>,
@@ -260,6 +275,7 @@ impl Router {
             sessions: HashMap::new(),
             tree: SubTree::default(),
             retained: HashMap::new(),
+            retained_bytes: 0,
             shared_rr: HashMap::new(),
             self_tx,
             persistent: 0,
@@ -485,5 +501,6 @@ impl Router {
         self.metrics
             .retained_messages
             .set(self.retained.len() as i64);
+        self.metrics.retained_bytes.set(self.retained_bytes as i64);
     }
 }

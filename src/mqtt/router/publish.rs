@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 use super::queue::{enqueue, pump, remove_entry, would_store, Delivery};
 use super::{PublishOutcome, Router, SubRequest, SubResult};
 use crate::mqtt::message::Message;
-use crate::mqtt::topic::{filter_matches, parse_shared, SubEntry, SubOpts};
+use crate::mqtt::topic::{parse_shared, SubEntry};
 use crate::store::{EntryState, Op};
 
 /// Aggregated target of one PUBLISH: overlapping subscriptions of one client
@@ -186,33 +186,6 @@ impl Router {
         }
     }
 
-    pub(super) fn set_retained(&mut self, msg: &Message) {
-        if msg.payload.is_empty() {
-            if self.retained.remove(&msg.topic).is_some() {
-                self.ops.push(Op::DeleteRetained {
-                    topic: msg.topic.clone(),
-                });
-            }
-            return;
-        }
-        if !self.retained.contains_key(&msg.topic)
-            && self.retained.len() >= self.cfg.mqtt.max_retained_messages
-        {
-            self.metrics.retained_refused.inc();
-            tracing::warn!(
-                limit = self.cfg.mqtt.max_retained_messages,
-                "retained message store full; new retained topic refused"
-            );
-            return;
-        }
-        let mut stored = msg.clone();
-        stored.retain = true;
-        self.ops.push(Op::PutRetained {
-            message: stored.clone(),
-        });
-        self.retained.insert(msg.topic.clone(), Arc::new(stored));
-    }
-
     pub(super) fn acked(&mut self, client_id: &Arc<str>, conn_id: super::ConnId, seq: u64) {
         self.report_receipt(client_id, seq);
         let (mut cx, sessions) = self.ctx();
@@ -343,43 +316,6 @@ impl Router {
         self.after_commit(move |_| {
             let _ = reply.send(results);
         });
-    }
-
-    /// Queues the retained messages matching a new subscription (RETAIN set).
-    fn send_retained(&mut self, client_id: &Arc<str>, filter: &str, opts: SubOpts) {
-        // Expired retained messages are purged, not sent (and stop counting
-        // against the retained limit).
-        let now = crate::mqtt::message::now_ms();
-        let expired: Vec<String> = self
-            .retained
-            .values()
-            .filter(|m| m.is_expired(now))
-            .map(|m| m.topic.clone())
-            .collect();
-        for topic in expired {
-            self.retained.remove(&topic);
-            self.ops.push(Op::DeleteRetained { topic });
-        }
-        let matching: Vec<Arc<Message>> = self
-            .retained
-            .values()
-            .filter(|m| filter_matches(filter, &m.topic))
-            .cloned()
-            .collect();
-        let sub_ids: Arc<[u32]> = opts.subscription_id.into_iter().collect();
-        for msg in matching {
-            let (mut cx, sessions) = self.ctx();
-            let Some(s) = sessions.get_mut(client_id) else {
-                return;
-            };
-            let d = Delivery {
-                msg: &msg,
-                qos: msg.qos.min(opts.qos),
-                retain: true,
-                sub_ids: sub_ids.clone(),
-            };
-            enqueue(s, &mut cx, d);
-        }
     }
 
     pub(super) fn unsubscribe(

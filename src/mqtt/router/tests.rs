@@ -16,7 +16,11 @@ struct Harness {
 }
 
 fn harness(cfg: Config) -> Harness {
-    let dir = tempfile::tempdir().expect("tempdir");
+    harness_in(cfg, tempfile::tempdir().expect("tempdir"))
+}
+
+/// A router on the store in `dir` (as left by an earlier harness).
+fn harness_in(cfg: Config, dir: tempfile::TempDir) -> Harness {
     let opts = StoreOptions {
         path: dir.path().to_path_buf(),
         max_batch_ops: 64,
@@ -37,6 +41,13 @@ fn harness(cfg: Config) -> Harness {
 }
 
 impl Harness {
+    /// Commits what the router did and closes the store; returns its directory.
+    async fn close(mut self) -> tempfile::TempDir {
+        self.router.flush().await;
+        self.router.store.close().await.expect("store closes");
+        self._dir
+    }
+
     /// Attaches a clean (expiry 0) client.
     fn connect(&mut self, id: &str) {
         let (tx, rx) = mpsc::channel(8);
@@ -143,4 +154,37 @@ async fn shared_group_state_goes_with_its_last_member() {
     assert_eq!(h.router.shared_rr.len(), 1);
     h.unsubscribe("a", "$share/h/x");
     assert!(h.router.shared_rr.is_empty(), "{:?}", h.router.shared_rr);
+}
+
+#[tokio::test]
+async fn start_up_loads_retained_messages_only_up_to_the_limits() {
+    let mut h = harness(Config::default());
+    for t in ["r/1", "r/2", "r/3", "r/4"] {
+        h.publish(t, &[b'x'; 50], true);
+    }
+    h.publish("r/big", &[b'x'; 500], true);
+    assert_eq!(h.router.retained.len(), 5);
+    let dir = h.close().await;
+
+    // Lower limits: at most 3 topics, 200 bytes (each small one is 69), 100-byte payloads.
+    let mut cfg = Config::default();
+    cfg.mqtt.max_retained_messages = 3;
+    cfg.mqtt.max_retained_bytes = 200;
+    cfg.mqtt.max_retained_payload_bytes = 100;
+    let h = harness_in(cfg, dir);
+    assert_eq!(h.router.retained.len(), 2, "two of 69 bytes fit in 200");
+    assert_eq!(h.router.retained_bytes, 138);
+    let refused = |r: crate::metrics::RetainedRefusal| {
+        h.router
+            .metrics
+            .retained_refused
+            .get_or_create(&crate::metrics::RetainedLabels { reason: r })
+            .get()
+    };
+    assert_eq!(refused(crate::metrics::RetainedRefusal::PayloadSize), 1);
+    assert_eq!(refused(crate::metrics::RetainedRefusal::Bytes), 2);
+    // What was not loaded is deleted, not left to come back later.
+    let dir = h.close().await;
+    let h = harness_in(Config::default(), dir);
+    assert_eq!(h.router.retained.len(), 2);
 }
