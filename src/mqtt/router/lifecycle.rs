@@ -7,7 +7,7 @@ use tokio::sync::oneshot;
 
 use super::queue::pump;
 use super::session::{Body, Conn, Entry, Session};
-use super::{ConnId, ConnectOutcome, ConnectRequest, Kick, Router, Will};
+use super::{ConnId, ConnectOutcome, ConnectRequest, Kick, Router};
 use crate::mqtt::message::now_ms;
 use crate::mqtt::topic::{parse_shared, SubEntry, SubOpts};
 use crate::store::{Op, QueuedEntry, Recovered};
@@ -122,12 +122,11 @@ impl Router {
                 self.metrics.takeovers.inc();
                 tracing::info!(client_id = %client, "session taken over by a new connection");
                 // The old connection's will goes out now, unless it has a delay and the
-                // session is resumed (5.0 3.1.2.5; applied to 3.1.1 alike).
+                // session is resumed: then the new connection cancels it (5.0 3.1.2.5,
+                // MQTT-3.1.3-9; applied to 3.1.1 alike).
                 if let Some(w) = s.will.take() {
-                    if w.delay_secs == 0 {
+                    if w.delay_secs == 0 || req.clean_start {
                         self.publish_will(w);
-                    } else {
-                        s.pending_will = Some((w.clone(), now_ms() + w.delay_secs as u64 * 1000));
                     }
                 }
             }
@@ -136,7 +135,9 @@ impl Router {
             } else {
                 present = true;
                 // Resuming cancels a will still waiting for its delay (MQTT-3.1.3-9).
-                s.pending_will = None;
+                if let Some((w, _)) = s.pending_will.take() {
+                    self.forget_will(&w);
+                }
                 self.sessions.insert(client.clone(), s);
             }
         }
@@ -327,7 +328,7 @@ impl Router {
         let will = s.will.take().filter(|_| publish_will);
         if let Some(w) = will {
             if w.delay_secs > 0 && s.persistent() {
-                s.pending_will = Some((w.clone(), now_ms() + w.delay_secs as u64 * 1000));
+                self.delay_will(client, w);
             } else {
                 self.publish_will(w);
             }
@@ -345,19 +346,10 @@ impl Router {
         self.update_gauges();
     }
 
-    pub(super) fn publish_will(&mut self, w: Will) {
-        let mut msg = w.message;
-        msg.expires_at_ms = w.expiry_secs.map(|s| now_ms() + s as u64 * 1000);
-        tracing::debug!(topic = %msg.topic, "publishing will message");
-        if msg.retain {
-            self.set_retained(&msg);
-        }
-        self.route(Arc::new(msg), None);
-    }
-
     /// Ends a session for good: its will (if pending), subscriptions and stored state.
     pub(super) fn end_session(&mut self, mut s: Session) {
         if let Some((w, _)) = s.pending_will.take() {
+            self.forget_will(&w);
             self.publish_will(w);
         }
         self.remove_subs(&s);
@@ -395,6 +387,7 @@ impl Router {
             }
         }
         for w in wills {
+            self.forget_will(&w);
             self.publish_will(w);
         }
         let queued: usize = self.sessions.values().map(|s| s.queue.len()).sum();

@@ -19,6 +19,7 @@ mod retained;
 mod session;
 #[cfg(test)]
 mod tests;
+mod will;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -243,6 +244,10 @@ pub struct Router {
     retained: HashMap<String, Arc<Message>>,
     /// Sum of `Message::size` of `retained` (mqtt.max_retained_bytes).
     retained_bytes: u64,
+    /// Wills waiting for their delay, and their size (mqtt.max_delayed_wills,
+    /// mqtt.max_delayed_will_bytes).
+    delayed_wills: usize,
+    delayed_will_bytes: u64,
     /// Round-robin state per shared group (group, filter); an entry lives
     /// exactly as long as the group has members (clients create groups at will).
     shared_rr: HashMap<(Arc<str>, Arc<str>), SharedGroup>,
@@ -276,6 +281,8 @@ impl Router {
             tree: SubTree::default(),
             retained: HashMap::new(),
             retained_bytes: 0,
+            delayed_wills: 0,
+            delayed_will_bytes: 0,
             shared_rr: HashMap::new(),
             self_tx,
             persistent: 0,
@@ -502,5 +509,6 @@ impl Router {
             .retained_messages
             .set(self.retained.len() as i64);
         self.metrics.retained_bytes.set(self.retained_bytes as i64);
+        self.metrics.wills_delayed.set(self.delayed_wills as i64);
     }
 }
