@@ -8,6 +8,7 @@ use tokio::sync::oneshot;
 use super::queue::pump;
 use super::session::{Body, Conn, Entry, Session};
 use super::{ConnId, ConnectOutcome, ConnectRequest, Kick, Router};
+use crate::metrics::SessionRefusal;
 use crate::mqtt::message::now_ms;
 use crate::mqtt::topic::{parse_shared, SubEntry, SubOpts};
 use crate::store::{Op, QueuedEntry, Recovered};
@@ -102,16 +103,15 @@ impl Router {
         let client = req.client_id.clone();
         // Refuse over the persistent-session limit before touching anything:
         // a refused CONNECT must not take over (and end) the current connection.
+        // Resuming (or replacing) an existing persistent session is always allowed.
         let has_persistent = self.sessions.get(&client).is_some_and(|s| s.persistent());
-        if req.expiry_secs > 0
-            && !has_persistent
-            && self.persistent >= self.cfg.session.max_persistent_sessions
-        {
-            self.metrics
-                .dropped(crate::metrics::DropReason::SessionsFull);
-            tracing::warn!(client_id = %client, limit = self.persistent, "persistent session limit reached; connection refused");
-            let _ = reply.send(ConnectOutcome::QuotaExceeded);
-            return;
+        let owner = req.owner();
+        if req.expiry_secs > 0 && !has_persistent {
+            if let Some(why) = self.session_refusal(owner.as_ref()) {
+                self.refuse_session(&client, owner.as_ref(), why);
+                let _ = reply.send(ConnectOutcome::QuotaExceeded);
+                return;
+            }
         }
         let mut present = false;
         if let Some(mut s) = self.sessions.remove(&client) {
@@ -145,9 +145,7 @@ impl Router {
         let new_persistent =
             req.expiry_secs > 0 && !self.sessions.get(&client).is_some_and(|s| s.persistent());
         if new_persistent && self.persistent >= self.cfg.session.max_persistent_sessions {
-            self.metrics
-                .dropped(crate::metrics::DropReason::SessionsFull);
-            tracing::warn!(client_id = %client, limit = self.persistent, "persistent session limit reached; connection refused");
+            self.refuse_session(&client, owner.as_ref(), SessionRefusal::Global);
             let _ = reply.send(ConnectOutcome::QuotaExceeded);
             return;
         }
@@ -181,6 +179,7 @@ impl Router {
             let below = s.next_seq;
             self.start_load(client.clone(), req.conn_id, below);
         }
+        self.set_owner(&client, owner);
         self.sync_storage(&client);
         self.save_session(&client);
         let (mut cx, sessions) = self.ctx();
@@ -355,6 +354,9 @@ impl Router {
         self.remove_subs(&s);
         if s.persistent() {
             self.persistent = self.persistent.saturating_sub(1);
+        }
+        if let Some(o) = s.owner.take() {
+            self.owner_left(&o);
         }
         if s.stored {
             self.ops.push(Op::DeleteSession {

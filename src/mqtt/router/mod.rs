@@ -15,6 +15,7 @@ mod command;
 mod lifecycle;
 mod publish;
 mod queue;
+mod quota;
 mod retained;
 mod session;
 #[cfg(test)]
@@ -94,6 +95,33 @@ pub struct ConnectRequest {
     /// QoS 0 deliveries to an online client; full => dropped and counted.
     pub tx0: mpsc::Sender<Outbound>,
     pub kick: oneshot::Sender<Kick>,
+    /// User name from CONNECT, if any (per-user session limit).
+    pub username: Option<Arc<str>>,
+    /// Peer address (per-IP session limit for clients without a user name).
+    pub peer_ip: Option<std::net::IpAddr>,
+}
+
+impl ConnectRequest {
+    /// Who a persistent session of this connection counts against.
+    fn owner(&self) -> Option<Owner> {
+        if self.expiry_secs == 0 {
+            return None;
+        }
+        match (&self.username, self.peer_ip) {
+            (Some(u), _) => Some(Owner::User(u.clone())),
+            (None, Some(ip)) => Some(Owner::Ip(ip)),
+            (None, None) => None,
+        }
+    }
+}
+
+/// Who a persistent session counts against for the per-user and per-IP
+/// limits (sessions recovered at start-up or preset by a command have none
+/// until their client connects).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Owner {
+    User(Arc<str>),
+    Ip(std::net::IpAddr),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -254,6 +282,8 @@ pub struct Router {
     self_tx: mpsc::WeakSender<RouterMsg>,
     /// Persistent sessions and their queued bytes, for the global limits.
     persistent: usize,
+    /// Persistent sessions per owner (per-user / per-IP limits); no zero entries.
+    owners: HashMap<Owner, usize>,
     stored_bytes: u64,
     /// Where acknowledged commands that want a delivery receipt are reported
     /// (bounded; full => the receipt is dropped and counted by the receiver's owner).
@@ -286,6 +316,7 @@ impl Router {
             shared_rr: HashMap::new(),
             self_tx,
             persistent: 0,
+            owners: HashMap::new(),
             stored_bytes: 0,
             receipts: None,
             pending_loads: Vec::new(),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{ConnId, Kick, Outbound, Will};
+use super::{ConnId, Kick, Outbound, Owner, Will};
 use crate::mqtt::message::Message;
 use crate::mqtt::topic::SubOpts;
 use crate::store::{EntryState, SessionRecord, SubscriptionRecord};
@@ -80,6 +80,8 @@ pub struct Session {
     pub will: Option<Will>,
     /// A will waiting for its delay after the connection closed (5.0).
     pub pending_will: Option<(Will, u64)>,
+    /// Who this persistent session counts against (`Router::owners`).
+    pub owner: Option<Owner>,
 }
 
 impl Session {
@@ -101,6 +103,7 @@ impl Session {
             disconnected_at_ms: None,
             will: None,
             pending_will: None,
+            owner: None,
         }
     }
 

@@ -66,6 +66,8 @@ impl Harness {
             tx,
             tx0,
             kick,
+            username: None,
+            peer_ip: None,
         };
         let (reply, _) = oneshot::channel();
         self.router.handle(RouterMsg::Connect { req, reply });
