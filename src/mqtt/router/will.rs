@@ -4,7 +4,9 @@
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::time::Duration;
 
+use super::deadlines::Kind;
 use super::{Router, Will};
 use crate::metrics::WillDelayRefusal;
 use crate::mqtt::message::now_ms;
@@ -47,8 +49,10 @@ impl Router {
             self.publish_will(w);
             return;
         };
-        let at = now_ms() + w.delay_secs as u64 * 1000;
-        if let Some((old, _)) = s.pending_will.replace((w, at)) {
+        let delay = Duration::from_secs(w.delay_secs.into());
+        self.deadlines
+            .schedule(&mut s.will_deadline, client, Kind::WillDelay, delay);
+        if let Some(old) = s.pending_will.replace(w) {
             // Not expected (a connected session has none), but keep the sums right.
             self.delayed_wills -= 1;
             self.delayed_will_bytes -= old.message.size() as u64;
