@@ -113,6 +113,8 @@ impl Router {
             if self.persistent >= self.cfg.session.max_persistent_sessions {
                 self.metrics
                     .dropped(crate::metrics::DropReason::SessionsFull);
+                self.metrics
+                    .session_refused(crate::metrics::SessionRefusal::Global);
                 tracing::warn!(client_id = %id, "persistent session limit reached; preset session not created");
                 return CommandResult::Rejected;
             }
