@@ -25,6 +25,8 @@ pub struct Attached {
     pub expiry_secs: u32,
     /// The client's Maximum Packet Size for what we send it.
     pub client_max_packet: u32,
+    /// The client's Topic Alias Maximum for what we send it (5.0; 0 = none).
+    pub client_topic_alias_max: u16,
     /// User name from CONNECT (for uplink templates).
     pub username: Option<String>,
     /// QoS 2 packet ids of this client still awaiting PUBREL (from its session).
@@ -130,6 +132,20 @@ pub async fn handshake(
         None => None,
     };
     let mqtt = &sh.cfg.mqtt;
+    // Before attaching: a refused CONNECT must not take over a live session.
+    let Some(keep_alive) =
+        super::keepalive::negotiate(version, connect.keep_alive, mqtt.max_keepalive())
+    else {
+        refuse(Code::ClientIdentifierNotValid, &mut out);
+        super::write_raw(stream, &out).await?;
+        return Err(ConnError::protocol(
+            Why::KeepaliveRefused,
+            format!(
+                "keep-alive {} s is over mqtt.max_keepalive_secs (0 counts as over)",
+                connect.keep_alive
+            ),
+        ));
+    };
     let expiry_secs = match version {
         Version::V5 => props
             .session_expiry_interval
@@ -195,11 +211,6 @@ pub async fn handshake(
             return Err(ConnError::Refused(format!("{outcome:?}")));
         }
     };
-    let keep_alive = if mqtt.server_keep_alive_secs > 0 {
-        mqtt.server_keep_alive_secs
-    } else {
-        connect.keep_alive
-    };
     let properties = (version == Version::V5).then(|| p5::ConnAckProperties {
         session_expiry_interval: (props.session_expiry_interval.unwrap_or(0) != expiry_secs)
             .then_some(expiry_secs),
@@ -214,7 +225,7 @@ pub async fn handshake(
         wildcard_subscription_available: None,
         subscription_identifiers_available: None,
         shared_subscription_available: None,
-        server_keep_alive: (mqtt.server_keep_alive_secs > 0).then_some(mqtt.server_keep_alive_secs),
+        server_keep_alive: keep_alive.announce,
         response_information: None,
         server_reference: None,
         authentication_method: None,
@@ -239,9 +250,10 @@ pub async fn handshake(
     Ok(Attached {
         version,
         client_id,
-        keep_alive,
+        keep_alive: keep_alive.secs,
         expiry_secs,
         client_max_packet: props.max_packet_size.unwrap_or(u32::MAX),
+        client_topic_alias_max: props.topic_alias_max.unwrap_or(0),
         username: login.map(|l| l.username).filter(|u| !u.is_empty()),
         qos2_pending,
         rx,
