@@ -11,7 +11,7 @@
 //! |---|---|
 //! | `GET /metrics` | 200, the registry in text exposition format |
 //! | `GET /healthz` | 200 `ok` (the process is up) |
-//! | `GET /readyz` | 200 `ready` when the ready flag is set, else 503 `not ready` |
+//! | `GET /readyz` | 200 `ready` once started and nothing holds the gateway back ([`Readiness`]), else 503 `not ready` (with why) |
 //! | other method on those paths | 405 with `Allow: GET` |
 //! | any other path | 404 |
 //! | malformed request | 400; head too large 431; head too slow 408 |
@@ -22,7 +22,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,6 +73,45 @@ impl Default for Limits {
     }
 }
 
+/// What `/readyz` answers: ready once the gateway started, unless something
+/// keeps it from doing its job.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    started: AtomicBool,
+    /// Downlink routes paused because a global store budget refuses their
+    /// commands (they are not committed until it has room again).
+    downlink_blocked: AtomicUsize,
+}
+
+impl Readiness {
+    pub fn set_started(&self, started: bool) {
+        self.started.store(started, Ordering::Release);
+    }
+
+    /// A downlink route became blocked (`true`) or resumed (`false`); each
+    /// route reports its transitions only.
+    pub fn downlink_blocked(&self, blocked: bool) {
+        if blocked {
+            self.downlink_blocked.fetch_add(1, Ordering::AcqRel);
+        } else {
+            let _ = self
+                .downlink_blocked
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        }
+    }
+
+    /// `None` when ready, else why not.
+    pub fn not_ready(&self) -> Option<&'static str> {
+        if !self.started.load(Ordering::Acquire) {
+            Some("not ready")
+        } else if self.downlink_blocked.load(Ordering::Acquire) > 0 {
+            Some("not ready: downlink paused, the store budget is full")
+        } else {
+            None
+        }
+    }
+}
+
 /// Serves the admin endpoint on `listener` until `shutdown` resolves.
 ///
 /// Each connection is handled in its own task. When `shutdown` resolves the
@@ -82,7 +121,7 @@ impl Default for Limits {
 pub async fn serve(
     listener: TcpListener,
     registry: Arc<Registry>,
-    ready: Arc<AtomicBool>,
+    ready: Arc<Readiness>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     serve_with(listener, registry, ready, shutdown, Limits::default()).await
@@ -91,7 +130,7 @@ pub async fn serve(
 async fn serve_with(
     listener: TcpListener,
     registry: Arc<Registry>,
-    ready: Arc<AtomicBool>,
+    ready: Arc<Readiness>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     limits: Limits,
 ) -> std::io::Result<()> {
@@ -154,7 +193,7 @@ async fn handle(
     mut stream: TcpStream,
     peer: SocketAddr,
     registry: &Registry,
-    ready: &AtomicBool,
+    ready: &Readiness,
     limits: Limits,
 ) {
     let response = match tokio::time::timeout(limits.head_timeout, read_head(&mut stream)).await {
@@ -285,7 +324,7 @@ fn parse_request(head: &[u8]) -> Option<Request<'_>> {
     })
 }
 
-fn route(request: &Request<'_>, registry: &Registry, ready: &AtomicBool) -> Response {
+fn route(request: &Request<'_>, registry: &Registry, ready: &Readiness) -> Response {
     if !matches!(request.path, "/metrics" | "/healthz" | "/readyz") {
         return Response::text(404, "Not Found", "not found\n");
     }
@@ -307,8 +346,10 @@ fn route(request: &Request<'_>, registry: &Registry, ready: &AtomicBool) -> Resp
             body: render(registry),
         },
         "/healthz" => Response::text(200, "OK", "ok"),
-        _ if ready.load(Ordering::Acquire) => Response::text(200, "OK", "ready"),
-        _ => Response::text(503, "Service Unavailable", "not ready"),
+        _ => match ready.not_ready() {
+            None => Response::text(200, "OK", "ready"),
+            Some(why) => Response::text(503, "Service Unavailable", why),
+        },
     }
 }
 
@@ -339,7 +380,7 @@ mod tests {
 
     struct Server {
         addr: SocketAddr,
-        ready: Arc<AtomicBool>,
+        ready: Arc<Readiness>,
         metrics: Metrics,
         stop: Option<oneshot::Sender<()>>,
         task: JoinHandle<std::io::Result<()>>,
@@ -350,7 +391,7 @@ mod tests {
         let addr = listener.local_addr().expect("local addr");
         let mut registry = Registry::default();
         let metrics = Metrics::new(&mut registry);
-        let ready = Arc::new(AtomicBool::new(false));
+        let ready = Arc::new(Readiness::default());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(serve_with(
             listener,
@@ -412,10 +453,18 @@ mod tests {
         let (status, _, body) = get(server.addr, "/readyz").await;
         assert_eq!(status, "HTTP/1.1 503 Service Unavailable");
         assert_eq!(body, "not ready");
-        server.ready.store(true, Ordering::Release);
+        server.ready.set_started(true);
         let (status, _, body) = get(server.addr, "/readyz").await;
         assert_eq!(status, "HTTP/1.1 200 OK");
         assert_eq!(body, "ready");
+        // A downlink paused by the store budget makes it not ready until it resumes.
+        server.ready.downlink_blocked(true);
+        let (status, _, body) = get(server.addr, "/readyz").await;
+        assert_eq!(status, "HTTP/1.1 503 Service Unavailable");
+        assert!(body.contains("downlink paused"), "{body}");
+        server.ready.downlink_blocked(false);
+        let (status, _, _) = get(server.addr, "/readyz").await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
 
         server.metrics.connections_active.set(7);
         server.metrics.received(1);

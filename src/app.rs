@@ -6,7 +6,6 @@
 //! and closes (flushes) the store — bounded by the configured grace period.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -140,6 +139,14 @@ fn route_sinks(
     Ok(out)
 }
 
+/// What every downlink route is connected to: the router it hands commands
+/// to, the stop signal of its source, readiness (paused by the store budget).
+struct DownlinkWiring<'a> {
+    router: &'a mpsc::Sender<crate::mqtt::router::RouterMsg>,
+    stop: &'a watch::Receiver<bool>,
+    ready: &'a Arc<crate::admin::Readiness>,
+}
+
 /// Starts each downlink route: its processor (command → router), its source
 /// (Kafka consumer group or AMQP queue), and the receipts task if any route
 /// wants delivery receipts.
@@ -148,11 +155,15 @@ async fn start_downlink(
     node_id: &str,
     sinks: &[SinkHandle],
     metrics: &BridgeMetrics,
-    router: &mpsc::Sender<crate::mqtt::router::RouterMsg>,
     receipts: mpsc::Receiver<crate::mqtt::router::ReceiptEvent>,
-    stop: &watch::Receiver<bool>,
+    wiring: DownlinkWiring<'_>,
 ) -> Result<Vec<JoinHandle<()>>, AppError> {
     use crate::bridge::downlink;
+    let DownlinkWiring {
+        router,
+        stop,
+        ready,
+    } = wiring;
     let mut tasks = Vec::new();
     let mut receipt_targets = std::collections::HashMap::new();
     for r in &cfg.bridge.downlink {
@@ -166,8 +177,11 @@ async fn start_downlink(
                 topic: cfg.mqtt.topic_limits(),
             },
             sink.clone(),
-            counters.clone(),
-            metrics.route(&r.name),
+            downlink::Reporting {
+                counters: counters.clone(),
+                dead_counters: metrics.route(&r.name),
+                ready: ready.clone(),
+            },
             cfg.bridge.queue_capacity.min(4096),
         ) else {
             continue; // templates validated with the config
@@ -259,6 +273,7 @@ impl Gateway {
             .map_err(|source| AppError::Store { path, source })?;
         let node_id = crate::node::resolve(&cfg.server.node_id, &cfg.store.path)?;
         let (stop, stop_rx) = watch::channel(false);
+        let ready = Arc::new(crate::admin::Readiness::default());
         let (failed_tx, failed) = mpsc::channel(16);
         let sup = Supervisor {
             stopping: stop_rx.clone(),
@@ -302,7 +317,6 @@ impl Gateway {
             addr: listen,
             source,
         })?;
-        let ready = Arc::new(AtomicBool::new(false));
         let mut admin = None;
         let admin_addr = if cfg.admin.listen.is_empty() {
             None
@@ -337,9 +351,12 @@ impl Gateway {
             &node_id,
             &sinks,
             &bridge_metrics,
-            &router_tx,
             receipt_rx,
-            &stop_rx,
+            DownlinkWiring {
+                router: &router_tx,
+                stop: &stop_rx,
+                ready: &ready,
+            },
         )
         .await?;
         drop((sinks, route_sinks));
@@ -362,7 +379,7 @@ impl Gateway {
         tasks.push(sup.watch("router", router));
         tasks.push(sup.watch("store writer", store_writer));
         tasks.extend(sink_tasks.into_iter().map(|t| sup.watch("uplink sink", t)));
-        ready.store(true, Ordering::Release);
+        ready.set_started(true);
         tracing::info!(%mqtt_addr, ?admin_addr, store = %cfg.store.path.display(), "mqbridge started");
         Ok(Gateway {
             mqtt_addr,

@@ -162,6 +162,62 @@ label_enum! {
     }
 }
 
+label_enum! {
+    /// Why a retained message was not kept (`reason` label).
+    RetainedRefusal {
+        /// `mqtt.max_retained_messages` topics already hold one.
+        Count => "count",
+        /// `mqtt.max_retained_bytes` would be exceeded.
+        Bytes => "bytes",
+        /// The payload is larger than `mqtt.max_retained_payload_bytes`.
+        PayloadSize => "payload_size",
+    }
+}
+
+label_enum! {
+    /// Why a 5.0 will was published without waiting for its Will Delay
+    /// Interval (`reason` label).
+    WillDelayRefusal {
+        /// `mqtt.max_delayed_wills` wills were already waiting.
+        Count => "count",
+        /// `mqtt.max_delayed_will_bytes` would be exceeded.
+        Bytes => "bytes",
+    }
+}
+
+label_enum! {
+    /// Which limit refused a new persistent session (`reason` label).
+    SessionRefusal {
+        /// `session.max_persistent_sessions`.
+        Global => "global",
+        /// `session.max_persistent_sessions_per_user`.
+        PerUser => "per_user",
+        /// `session.max_persistent_sessions_per_ip` (clients without a user name).
+        PerIp => "per_ip",
+    }
+}
+
+/// Label set `{reason=...}` of refused persistent sessions.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct SessionRefusalLabels {
+    /// Which limit.
+    pub reason: SessionRefusal,
+}
+
+/// Label set `{reason=...}` of refused retained messages.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RetainedLabels {
+    /// Refusal reason.
+    pub reason: RetainedRefusal,
+}
+
+/// Label set `{reason=...}` of wills published without their delay.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct WillDelayLabels {
+    /// Refusal reason.
+    pub reason: WillDelayRefusal,
+}
+
 /// Label set `{result=...}`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ResultLabels {
@@ -250,6 +306,9 @@ pub struct Metrics {
     pub queued_bytes: Gauge,
     /// `mqbridge_session_dropped_messages_total{reason}`: messages discarded.
     pub dropped_messages: Family<DropLabels, Counter>,
+    /// `mqbridge_session_refused_total{reason}`: new persistent sessions
+    /// refused by a session limit (CONNACK 0x97 / 3.1.1 0x03).
+    pub sessions_refused: Family<SessionRefusalLabels, Counter>,
     /// `mqbridge_session_expired_sessions_total`: sessions removed by expiry.
     pub expired_sessions: Counter,
     /// `mqbridge_session_takeovers_total`: connections that replaced a live
@@ -257,9 +316,16 @@ pub struct Metrics {
     pub takeovers: Counter,
     /// `mqbridge_retained_messages`: topics holding a retained message.
     pub retained_messages: Gauge,
-    /// `mqbridge_retained_refused_total`: retained messages not stored
-    /// because `mqtt.max_retained_messages` was reached.
-    pub retained_refused: Counter,
+    /// `mqbridge_retained_refused_total{reason}`: retained messages not
+    /// kept (count, bytes or payload size limit), at run time or start-up.
+    pub retained_refused: Family<RetainedLabels, Counter>,
+    /// `mqbridge_retained_bytes`: size of the retained messages held.
+    pub retained_bytes: Gauge,
+    /// `mqbridge_will_delayed`: 5.0 wills waiting for their delay.
+    pub wills_delayed: Gauge,
+    /// `mqbridge_will_delay_refused_total{reason}`: wills published at once
+    /// because the delayed-will limits were reached.
+    pub will_delay_refused: Family<WillDelayLabels, Counter>,
     /// `mqbridge_store_commits_total`: store transactions committed.
     pub store_commits: Counter,
     /// `mqbridge_store_ops_total`: operations in those transactions.
@@ -275,6 +341,9 @@ pub struct Metrics {
     by_protocol_error: Vec<Counter>,
     by_topic_limit: Vec<Counter>,
     by_drop_reason: Vec<Counter>,
+    by_retained_refusal: Vec<Counter>,
+    by_session_refusal: Vec<Counter>,
+    by_will_delay_refusal: Vec<Counter>,
     by_refused_reason: Vec<Counter>,
 }
 
@@ -303,6 +372,9 @@ impl Metrics {
         let protocol_errors = Family::<ProtocolErrorLabels, Counter>::default();
         let dropped_messages = Family::<DropLabels, Counter>::default();
         let topics_refused = Family::<TopicLimitLabels, Counter>::default();
+        let retained_refused = Family::<RetainedLabels, Counter>::default();
+        let sessions_refused = Family::<SessionRefusalLabels, Counter>::default();
+        let will_delay_refused = Family::<WillDelayLabels, Counter>::default();
         let connections_refused = Family::<RefusedLabels, Counter>::default();
 
         let m = Metrics {
@@ -319,6 +391,15 @@ impl Metrics {
             }),
             by_topic_limit: handles(&topics_refused, TopicLimitReason::ALL, |reason| {
                 TopicLimitLabels { reason }
+            }),
+            by_retained_refusal: handles(&retained_refused, RetainedRefusal::ALL, |reason| {
+                RetainedLabels { reason }
+            }),
+            by_session_refusal: handles(&sessions_refused, SessionRefusal::ALL, |reason| {
+                SessionRefusalLabels { reason }
+            }),
+            by_will_delay_refusal: handles(&will_delay_refused, WillDelayRefusal::ALL, |reason| {
+                WillDelayLabels { reason }
             }),
             by_refused_reason: handles(&connections_refused, RefusedReason::ALL, |reason| {
                 RefusedLabels { reason }
@@ -341,7 +422,11 @@ impl Metrics {
             expired_sessions: Counter::default(),
             takeovers: Counter::default(),
             retained_messages: Gauge::default(),
-            retained_refused: Counter::default(),
+            retained_refused,
+            sessions_refused,
+            retained_bytes: Gauge::default(),
+            wills_delayed: Gauge::default(),
+            will_delay_refused,
             store_commits: Counter::default(),
             store_ops: Counter::default(),
             store_commit_duration: Histogram::new(exponential_buckets(
@@ -428,6 +513,11 @@ impl Metrics {
             m.dropped_messages.clone(),
         );
         r.register(
+            "mqbridge_session_refused",
+            "New persistent sessions refused by a session limit, by reason",
+            m.sessions_refused.clone(),
+        );
+        r.register(
             "mqbridge_session_expired_sessions",
             "Sessions removed because they expired",
             m.expired_sessions.clone(),
@@ -444,8 +534,24 @@ impl Metrics {
         );
         r.register(
             "mqbridge_retained_refused",
-            "Retained messages not stored because the retained store was full",
+            "Retained messages not kept because a retained limit was reached, by reason",
             m.retained_refused.clone(),
+        );
+        r.register_with_unit(
+            "mqbridge_retained",
+            "Size of the retained messages held",
+            Unit::Bytes,
+            m.retained_bytes.clone(),
+        );
+        r.register(
+            "mqbridge_will_delayed",
+            "MQTT 5.0 wills waiting for their Will Delay Interval",
+            m.wills_delayed.clone(),
+        );
+        r.register(
+            "mqbridge_will_delay_refused",
+            "Wills published without their delay because the delayed-will limits were reached",
+            m.will_delay_refused.clone(),
         );
         r.register(
             "mqbridge_store_commits",
@@ -522,6 +628,18 @@ impl Metrics {
     }
 
     /// Records one committed store transaction of `ops` operations.
+    pub fn session_refused(&self, reason: SessionRefusal) {
+        inc_at(&self.by_session_refusal, reason as usize, 1);
+    }
+
+    pub fn retained_refused(&self, reason: RetainedRefusal) {
+        inc_at(&self.by_retained_refusal, reason as usize, 1);
+    }
+
+    pub fn will_delay_refused(&self, reason: WillDelayRefusal) {
+        inc_at(&self.by_will_delay_refusal, reason as usize, 1);
+    }
+
     pub fn store_commit(&self, ops: usize, duration: Duration) {
         self.store_commits.inc();
         self.store_ops.inc_by(ops as u64);
@@ -575,9 +693,13 @@ mod tests {
             ("mqbridge_session_queued_bytes", "gauge"),
             ("mqbridge_session_dropped_messages", "counter"),
             ("mqbridge_session_expired_sessions", "counter"),
+            ("mqbridge_session_refused", "counter"),
             ("mqbridge_session_takeovers", "counter"),
             ("mqbridge_retained_messages", "gauge"),
             ("mqbridge_retained_refused", "counter"),
+            ("mqbridge_retained_bytes", "gauge"),
+            ("mqbridge_will_delayed", "gauge"),
+            ("mqbridge_will_delay_refused", "counter"),
             ("mqbridge_store_commits", "counter"),
             ("mqbridge_store_ops", "counter"),
             ("mqbridge_store_commit_duration_seconds", "histogram"),
@@ -611,9 +733,13 @@ mod tests {
             "mqbridge_session_queued_bytes 0",
             "mqbridge_session_dropped_messages_total{reason=\"qos0_offline\"} 0",
             "mqbridge_session_expired_sessions_total 0",
+            "mqbridge_session_refused_total{reason=\"per_ip\"} 0",
             "mqbridge_session_takeovers_total 0",
             "mqbridge_retained_messages 0",
-            "mqbridge_retained_refused_total 0",
+            "mqbridge_retained_refused_total{reason=\"bytes\"} 0",
+            "mqbridge_retained_bytes 0",
+            "mqbridge_will_delayed 0",
+            "mqbridge_will_delay_refused_total{reason=\"count\"} 0",
             "mqbridge_store_commits_total 1",
             "mqbridge_store_ops_total 10",
             "mqbridge_store_commit_duration_seconds_count 1",
@@ -698,7 +824,7 @@ mod tests {
         m.dropped_n(DropReason::SessionsFull, 5);
         m.expired_sessions.inc();
         m.takeovers.inc();
-        m.retained_refused.inc();
+        m.retained_refused(RetainedRefusal::PayloadSize);
         m.retained_messages.set(9);
         m.topic_refused(TopicLimitReason::TooLong);
 
@@ -720,7 +846,7 @@ mod tests {
             "mqbridge_session_dropped_messages_total{reason=\"sessions_full\"} 5",
             "mqbridge_session_expired_sessions_total 1",
             "mqbridge_session_takeovers_total 1",
-            "mqbridge_retained_refused_total 1",
+            "mqbridge_retained_refused_total{reason=\"payload_size\"} 1",
             "mqbridge_retained_messages 9",
             "mqbridge_mqtt_topics_refused_total{reason=\"too_long\"} 1",
             "mqbridge_mqtt_topics_refused_total{reason=\"too_many_levels\"} 0",

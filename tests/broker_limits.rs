@@ -1,6 +1,7 @@
-//! The global persistent-session limit: a new persistent session over the
-//! limit is refused with CONNACK 0x97, without disturbing the sessions that
-//! exist (nor a client reconnecting to its own session).
+//! The persistent-session limits (global, per user name, per IP address for
+//! clients without a user name): a new persistent session over a limit is
+//! refused with CONNACK 0x97 (3.1.1: 0x03), without disturbing the sessions
+//! that exist (nor a client reconnecting to its own session) or other clients.
 
 mod common;
 
@@ -10,7 +11,18 @@ use rumqttc::v5::{AsyncClient, ConnectionError, Event};
 
 /// Connects and returns the CONNACK code (or the refusal).
 async fn connack(addr: std::net::SocketAddr, id: &str) -> (Option<AsyncClient>, ConnectReturnCode) {
-    let (c, mut ev) = AsyncClient::new(opts_v5(addr, id, false, Some(3600)), 10);
+    connack_with(opts_v5(addr, id, false, Some(3600))).await
+}
+
+/// A persistent (1 h) 5.0 session logging in as `user`.
+fn as_user(addr: std::net::SocketAddr, id: &str, user: &str) -> rumqttc::v5::MqttOptions {
+    let mut o = opts_v5(addr, id, false, Some(3600));
+    o.set_credentials(user, "");
+    o
+}
+
+async fn connack_with(opts: rumqttc::v5::MqttOptions) -> (Option<AsyncClient>, ConnectReturnCode) {
+    let (c, mut ev) = AsyncClient::new(opts, 10);
     let code = within(10, async {
         loop {
             match ev.poll().await {
@@ -49,6 +61,92 @@ async fn persistent_session_limit_refuses_new_sessions_only() {
         ConnectReturnCode::Success,
         "reconnecting to an existing session is not a new one"
     );
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn per_ip_limit_applies_to_clients_without_a_user_name() {
+    let t = start_with(|cfg| {
+        cfg.admin.listen = "127.0.0.1:0".into();
+        cfg.session.max_persistent_sessions_per_ip = 2;
+    })
+    .await;
+    let (_a, code) = connack(t.addr, "ip-a").await;
+    assert_eq!(code, ConnectReturnCode::Success);
+    let (_b, code) = connack(t.addr, "ip-b").await;
+    assert_eq!(code, ConnectReturnCode::Success);
+    let (_, code) = connack(t.addr, "ip-c").await;
+    assert_eq!(
+        code,
+        ConnectReturnCode::QuotaExceeded,
+        "third from 127.0.0.1"
+    );
+    assert_eq!(
+        scrape(&t, "mqbridge_session_refused_total{reason=\"per_ip\"}").await,
+        Some(1.0)
+    );
+    // 3.1.1 has no Quota exceeded: 0x03 Server unavailable.
+    let refused = b4::try_connect(opts_v4(t.addr, "ip-c4", false)).await;
+    assert!(
+        matches!(
+            refused,
+            Err(rumqttc::ConnectionError::ConnectionRefused(
+                rumqttc::ConnectReturnCode::ServiceUnavailable
+            ))
+        ),
+        "{:?}",
+        refused.map(|c| c.connack)
+    );
+    // Not affected: clean sessions, clients with a user name, resuming.
+    b4::connect(opts_v4(t.addr, "ip-clean", true))
+        .await
+        .disconnect()
+        .await;
+    let (_u, code) = connack_with(as_user(t.addr, "ip-user", "someone")).await;
+    assert_eq!(code, ConnectReturnCode::Success);
+    let (_a2, code) = connack(t.addr, "ip-a").await;
+    assert_eq!(code, ConnectReturnCode::Success, "resuming its own session");
+    // A session that ends frees its slot.
+    b4::connect(opts_v4(t.addr, "ip-b", true))
+        .await
+        .disconnect()
+        .await;
+    let (_c, code) = connack(t.addr, "ip-c").await;
+    assert_eq!(code, ConnectReturnCode::Success);
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn per_user_limit_refuses_new_sessions_of_that_user_only() {
+    let t = start_with(|cfg| {
+        cfg.admin.listen = "127.0.0.1:0".into();
+        cfg.session.max_persistent_sessions_per_user = 1;
+        cfg.session.max_persistent_sessions_per_ip = 1;
+    })
+    .await;
+    let (x, code) = connack_with(as_user(t.addr, "user-x", "u1")).await;
+    assert_eq!(code, ConnectReturnCode::Success);
+    let (_, code) = connack_with(as_user(t.addr, "user-y", "u1")).await;
+    assert_eq!(
+        code,
+        ConnectReturnCode::QuotaExceeded,
+        "u1's second session"
+    );
+    assert_eq!(
+        scrape(&t, "mqbridge_session_refused_total{reason=\"per_user\"}").await,
+        Some(1.0)
+    );
+    let (_z, code) = connack_with(as_user(t.addr, "user-z", "u2")).await;
+    assert_eq!(code, ConnectReturnCode::Success, "another user");
+    let (_anon, code) = connack(t.addr, "user-anon").await;
+    assert_eq!(
+        code,
+        ConnectReturnCode::Success,
+        "per-IP counts anonymous ones only"
+    );
+    drop(x);
+    let (_x2, code) = connack_with(as_user(t.addr, "user-x", "u1")).await;
+    assert_eq!(code, ConnectReturnCode::Success, "resuming its own session");
     t.gw.shutdown().await;
 }
 

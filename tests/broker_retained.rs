@@ -217,3 +217,61 @@ async fn expired_retained_message_not_sent_to_new_subscriber_v5() {
     sub.disconnect().await;
     t.gw.shutdown().await;
 }
+
+/// Subscribes a fresh clean client to `filter` and returns the retained
+/// payloads it is sent.
+async fn retained_for(addr: std::net::SocketAddr, id: &str, filter: &str) -> Vec<String> {
+    let mut sub = b4::connect(opts_v4(addr, id, true)).await;
+    sub.subscribe(filter, QoS::AtLeastOnce).await;
+    let got = b4::payloads(&sub.drain().await);
+    sub.disconnect().await;
+    got
+}
+
+#[tokio::test]
+async fn retained_limits_refuse_keeping_but_not_delivering() {
+    init_tracing();
+    // Each message is 5 (topic) + payload + 16 bytes.
+    let t = start_with(|c| {
+        c.admin.listen = "127.0.0.1:0".into();
+        c.mqtt.max_retained_payload_bytes = 100;
+        c.mqtt.max_retained_bytes = 200;
+        c.mqtt.max_retained_messages = 3;
+    })
+    .await;
+    let mut live = b4::connect(opts_v4(t.addr, "live", true)).await;
+    live.subscribe("lim/#", QoS::AtLeastOnce).await;
+    let refused = |reason: &str| format!("mqbridge_retained_refused_total{{reason=\"{reason}\"}}");
+
+    // Payload size: delivered live, not kept.
+    set_retained(t.addr, "lim/a", &[b'a'; 101]).await;
+    assert_eq!(scrape(&t, &refused("payload_size")).await, Some(1.0));
+    // Bytes: 3 x 79 bytes do not fit in 200; the third is refused.
+    set_retained(t.addr, "lim/a", &[b'a'; 58]).await;
+    set_retained(t.addr, "lim/b", &[b'b'; 58]).await;
+    set_retained(t.addr, "lim/c", &[b'c'; 58]).await;
+    assert_eq!(scrape(&t, &refused("bytes")).await, Some(1.0));
+    assert_eq!(scrape(&t, "mqbridge_retained_bytes").await, Some(158.0));
+    // Count: with three topics held, a fourth is refused however small.
+    set_retained(t.addr, "lim/c", b"c").await;
+    set_retained(t.addr, "lim/d", b"d").await;
+    assert_eq!(scrape(&t, &refused("count")).await, Some(1.0));
+    // Every one was delivered to the subscriber that was there.
+    assert_eq!(live.expect_publishes(6).await.len(), 6);
+    let mut kept = retained_for(t.addr, "late", "lim/#").await;
+    kept.sort();
+    assert_eq!(kept, ["a".repeat(58), "b".repeat(58), "c".into()]);
+
+    // A refused replacement also removes the older value of its topic.
+    set_retained(t.addr, "lim/b", &[b'b'; 101]).await;
+    let mut kept = retained_for(t.addr, "later", "lim/#").await;
+    kept.sort();
+    assert_eq!(kept, ["a".repeat(58), "c".into()]);
+    // Others are not affected: an existing topic can still be replaced.
+    set_retained(t.addr, "lim/c", b"c2").await;
+    let mut kept = retained_for(t.addr, "latest", "lim/#").await;
+    kept.sort();
+    assert_eq!(kept, ["a".repeat(58), "c2".into()]);
+    live.disconnect().await;
+    t.gw.shutdown().await;
+}

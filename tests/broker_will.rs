@@ -238,6 +238,90 @@ async fn will_published_when_session_ends_before_will_delay_v5() {
     t.gw.shutdown().await;
 }
 
+/// A will that arrives well before its 2 s delay could have passed.
+async fn early_will(w: &mut b4::Client) -> rumqttc::Publish {
+    tokio::time::timeout(Duration::from_millis(1500), w.publishes.recv())
+        .await
+        .expect("the will over the limit is published without its delay")
+        .expect("watcher connected")
+}
+
+#[tokio::test]
+async fn delayed_wills_over_the_limits_are_published_at_once_v5() {
+    init_tracing();
+    // Each will here is 10 (topic) + 4 (payload) + 16 bytes.
+    let t = start_with(|c| {
+        c.admin.listen = "127.0.0.1:0".into();
+        c.mqtt.max_delayed_wills = 2;
+        c.mqtt.max_delayed_will_bytes = 45;
+    })
+    .await;
+    let mut w = watcher(t.addr, "wl-watch", "will/lim/+").await;
+    let refused = |r: &str| format!("mqbridge_will_delay_refused_total{{reason=\"{r}\"}}");
+
+    // The first waits for its delay.
+    b5::connect(delayed_will_opts(t.addr, "wl-1", "will/lim/1"))
+        .await
+        .kill()
+        .await;
+    within(5, async {
+        while scrape(&t, "mqbridge_will_delayed").await != Some(1.0) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // A second one would hold 60 of 45 bytes: published at once.
+    b5::connect(delayed_will_opts(t.addr, "wl-2", "will/lim/2"))
+        .await
+        .kill()
+        .await;
+    let got = early_will(&mut w).await;
+    assert_eq!(
+        got.topic, "will/lim/2",
+        "the will over the limit, not the first"
+    );
+    assert_eq!(scrape(&t, &refused("bytes")).await, Some(1.0));
+    assert_eq!(scrape(&t, "mqbridge_will_delayed").await, Some(1.0));
+    // The first one still keeps its delay.
+    let got = w.expect_publishes(1).await;
+    assert_eq!(got[0].topic, "will/lim/1");
+    assert_eq!(scrape(&t, "mqbridge_will_delayed").await, Some(0.0));
+    w.disconnect().await;
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn delayed_wills_over_the_count_are_published_at_once_v5() {
+    init_tracing();
+    let t = start_with(|c| {
+        c.admin.listen = "127.0.0.1:0".into();
+        c.mqtt.max_delayed_wills = 1;
+    })
+    .await;
+    let mut w = watcher(t.addr, "wc-watch", "will/cnt/+").await;
+    b5::connect(delayed_will_opts(t.addr, "wc-1", "will/cnt/1"))
+        .await
+        .kill()
+        .await;
+    within(5, async {
+        while scrape(&t, "mqbridge_will_delayed").await != Some(1.0) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    b5::connect(delayed_will_opts(t.addr, "wc-2", "will/cnt/2"))
+        .await
+        .kill()
+        .await;
+    let got = early_will(&mut w).await;
+    assert_eq!(got.topic, "will/cnt/2");
+    assert_eq!(
+        scrape(&t, "mqbridge_will_delay_refused_total{reason=\"count\"}").await,
+        Some(1.0)
+    );
+    w.disconnect().await;
+}
+
 /// Will delay and session expiry fire at their deadlines (the backstop sweep
 /// is hourly here): Will Delay 3 s with Session Expiry 5 s -> the will at
 /// 3 s; Will Delay 5 s with Session Expiry 2 s -> at 2 s, when the session ends.

@@ -1,6 +1,8 @@
 //! Session queue limits apply to downlink commands, and what they refuse is
 //! counted per route (`mqbridge_bridge_commands_total{result="rejected"}`);
 //! the refused commands are still acked (they would never fit).
+//! A full GLOBAL store budget is different: commands are not acked but
+//! retried (`result="blocked"`), and all of them arrive once there is room.
 
 mod bridge_amqp_support;
 mod common;
@@ -11,6 +13,108 @@ use common::{b4, opts_v4};
 use downlink_support::{commands, configure, metrics, wait_commands, Commands, Meta};
 use mqbridge::config::QueueFullPolicy;
 use rumqttc::QoS;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Status code and body of `GET /readyz`.
+async fn readyz(admin: std::net::SocketAddr) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(admin).await.expect("admin");
+    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.expect("response");
+    let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+fn blocked_gauge(text: &str, route: &str) -> Option<i64> {
+    let prefix = format!("mqbridge_bridge_downlink_blocked{{route=\"{route}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_refused_by_a_full_store_budget_are_retried_not_acked() {
+    let Some(conn) = broker().await else { return };
+    let cmds = Commands::new(conn).await;
+    let s = suffix();
+    let (id, filler) = (format!("dev-{s}"), format!("filler-{s}"));
+    let route = cmds.route("budget", "{routing_key}");
+    let t = common::start_with(|cfg| {
+        configure(cfg, route);
+        cfg.session.max_stored_bytes = 1000;
+    })
+    .await;
+    let admin = t.gw.admin_addr.expect("admin endpoint");
+    cmds.wait_consumer().await;
+    // Offline persistent sessions: two devices taking the same commands, and
+    // one that fills the budget so that one copy of a command (47 bytes)
+    // would fit but not both: nothing may be stored in one and retried later.
+    let devices = [format!("{id}-a"), format!("{id}-b")];
+    for dev in &devices {
+        let mut d = b4::connect(opts_v4(t.addr, dev, false)).await;
+        d.subscribe(&format!("devices/{id}/commands"), QoS::AtLeastOnce)
+            .await;
+        d.disconnect().await;
+    }
+    let mut f = b4::connect(opts_v4(t.addr, &filler, false)).await;
+    f.subscribe(&format!("fill/{s}"), QoS::AtLeastOnce).await;
+    f.disconnect().await;
+    let mut p = b4::connect(opts_v4(t.addr, &format!("pub-{s}"), true)).await;
+    p.publish(&format!("fill/{s}"), QoS::AtLeastOnce, false, &[b'x'; 911])
+        .await;
+    p.disconnect().await;
+    let text = metrics(admin).await;
+    assert!(
+        text.contains("mqbridge_session_queued_bytes 940\n"),
+        "the filler holds 940 of the 1000 bytes:\n{text}"
+    );
+
+    let sent: Vec<String> = (0..5).map(|i| format!("c{i}")).collect();
+    for c in &sent {
+        cmds.publish(
+            &format!("devices.{id}.commands"),
+            c.as_bytes(),
+            Meta::default(),
+        )
+        .await;
+    }
+    // Refused again and again, never stored, never counted as dropped.
+    let text = wait_commands(admin, "budget", "blocked", 6).await;
+    assert_eq!(commands(&text, "budget", "stored"), 0, "{text}");
+    assert_eq!(commands(&text, "budget", "rejected"), 0, "{text}");
+    assert_eq!(blocked_gauge(&text, "budget"), Some(1), "{text}");
+    let (status, body) = readyz(admin).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("downlink paused"), "{body}");
+
+    // Room again: the filler's session ends (clean start), its bytes are freed.
+    b4::connect(opts_v4(t.addr, &filler, true))
+        .await
+        .disconnect()
+        .await;
+    let text = wait_commands(admin, "budget", "stored", 5).await;
+    assert_eq!(commands(&text, "budget", "rejected"), 0, "{text}");
+    assert_eq!(blocked_gauge(&text, "budget"), Some(0), "{text}");
+    assert_eq!(readyz(admin).await.0, 200);
+    let (left, _) = cmds.stats().await.expect("queue");
+    assert_eq!(left, 0, "every command acked once stored");
+
+    for dev in &devices {
+        let mut d = b4::connect(opts_v4(t.addr, dev, false)).await;
+        let mut got = b4::payloads(&d.expect_publishes(5).await);
+        got.extend(b4::payloads(&d.drain().await));
+        assert_eq!(got, sent, "every command arrives at {dev}, once, in order");
+        d.disconnect().await;
+    }
+    t.gw.shutdown().await;
+    cmds.cleanup().await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_over_the_session_limit_are_refused_and_counted_per_route() {

@@ -285,3 +285,80 @@ async fn refused_dead_letter_does_not_block_the_partition() {
     d.disconnect().await;
     t.gw.shutdown().await;
 }
+
+/// A full global store budget: commands are not committed (the group's
+/// offset does not move) but retried, nothing is stored in only some of the
+/// sessions, and all of them arrive, once, when there is room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_over_the_store_budget_are_not_committed_until_stored() {
+    let Some(addr) = k::broker().await else {
+        return;
+    };
+    let (topic, group, id) = (k::unique("cmd"), k::unique("group"), k::unique("dev"));
+    k::create_topics(&addr, &[&topic], 1).await;
+    let route = k::route(&topic, &group, "devices/{key}/commands");
+    let t = common::start_with(|cfg| {
+        k::configure(cfg, &addr, &route);
+        cfg.admin.listen = "127.0.0.1:0".into();
+        cfg.session.max_stored_bytes = 1000;
+    })
+    .await;
+    // Two devices taking the same commands; a filler leaves room for one
+    // copy of a command (16 + topic + payload bytes), not two.
+    let filter = format!("devices/{id}/commands");
+    let cost = (16 + filter.len() + "cmd-1".len()) as u64;
+    let devices = [format!("{id}-a"), format!("{id}-b")];
+    for dev in &devices {
+        let mut d = b4::connect(common::opts_v4(t.addr, dev, false)).await;
+        d.subscribe(&filter, QoS::AtLeastOnce).await;
+        d.disconnect().await;
+    }
+    let filler = format!("{id}-filler");
+    let mut f = b4::connect(common::opts_v4(t.addr, &filler, false)).await;
+    f.subscribe("fill", QoS::AtLeastOnce).await;
+    f.disconnect().await;
+    let fill = vec![b'x'; (1000 - cost - 4 - 16) as usize];
+    let mut p = b4::connect(common::opts_v4(t.addr, &k::unique("pub"), true)).await;
+    p.publish("fill", QoS::AtLeastOnce, false, &fill).await;
+    p.disconnect().await;
+    assert_eq!(
+        common::scrape(&t, "mqbridge_session_queued_bytes").await,
+        Some((1000 - cost) as f64)
+    );
+
+    let producer = k::producer(&addr);
+    let sent = b4::numbered("cmd-", 5);
+    k::produce_many(&producer, &topic, &id, &sent).await;
+    let blocked = format!(
+        "mqbridge_bridge_commands_total{{route=\"{}\",result=\"blocked\"}}",
+        route.name
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while common::scrape(&t, &blocked).await.unwrap_or(0.0) < 6.0 {
+        assert!(std::time::Instant::now() < deadline, "never blocked");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (a, g, tp) = (addr.clone(), group.clone(), topic.clone());
+    let offsets = tokio::task::spawn_blocking(move || k::committed(&a, &g, &tp, 1))
+        .await
+        .expect("offsets");
+    assert!(
+        offsets[0] <= 0,
+        "nothing committed while blocked: {offsets:?}"
+    );
+
+    // Room again: the filler's session ends.
+    b4::connect(common::opts_v4(t.addr, &filler, true))
+        .await
+        .disconnect()
+        .await;
+    k::wait_committed(&addr, &group, &topic, 1, 5, Duration::from_secs(90)).await;
+    for dev in &devices {
+        let mut d = b4::connect(common::opts_v4(t.addr, dev, false)).await;
+        let mut got = b4::payloads(&d.expect_publishes(5).await);
+        got.extend(b4::payloads(&d.drain().await));
+        assert_eq!(got, sent, "every command arrives at {dev}, once, in order");
+        d.disconnect().await;
+    }
+    t.gw.shutdown().await;
+}

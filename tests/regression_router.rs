@@ -96,6 +96,8 @@ impl H {
             tx,
             tx0,
             kick: kick_tx,
+            username: None,
+            peer_ip: None,
         };
         let (reply, r) = oneshot::channel();
         self.send(RouterMsg::Connect { req, reply }).await;

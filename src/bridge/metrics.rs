@@ -36,8 +36,12 @@ pub struct BridgeMetrics {
     /// outcome: stored, no_session, rejected (one per session whose queue or
     /// store limit refused it), expired,
     /// invalid (bad topic/client id/size), dead_lettered, retried (not stored,
-    /// consumed again).
+    /// consumed again), blocked (refused by a full global store budget; not
+    /// committed, consumed again).
     pub commands: Family<RouteResult, Counter>,
+    /// `mqbridge_bridge_downlink_blocked{route}`: 1 while the route's commands
+    /// are refused by a full global store budget (the source pauses and retries).
+    pub downlink_blocked: Family<RouteLabel, Gauge>,
     /// `mqbridge_bridge_receipts_total{route,result}`: delivery receipts sent or dropped.
     pub receipts: Family<RouteResult, Counter>,
     /// `mqbridge_bridge_backend_up{backend}`: 1 while connected.
@@ -56,6 +60,7 @@ impl BridgeMetrics {
         let m = BridgeMetrics {
             messages: Family::default(),
             commands: Family::default(),
+            downlink_blocked: Family::default(),
             receipts: Family::default(),
             backend_up: Family::default(),
             retries: Family::default(),
@@ -73,6 +78,11 @@ impl BridgeMetrics {
             "mqbridge_bridge_commands",
             "Downlink commands by route and outcome",
             m.commands.clone(),
+        );
+        registry.register(
+            "mqbridge_bridge_downlink_blocked",
+            "1 while a downlink route is paused by a full global store budget",
+            m.downlink_blocked.clone(),
         );
         registry.register(
             "mqbridge_bridge_receipts",
@@ -146,6 +156,13 @@ impl BridgeMetrics {
             invalid: c("invalid"),
             dead_lettered: c("dead_lettered"),
             retried: c("retried"),
+            blocked: c("blocked"),
+            blocked_now: self
+                .downlink_blocked
+                .get_or_create(&RouteLabel {
+                    route: route.to_string(),
+                })
+                .clone(),
             receipts_sent: r("sent"),
             receipts_failed: r("failed"),
         }
@@ -199,6 +216,9 @@ pub struct CommandCounters {
     pub invalid: Counter,
     pub dead_lettered: Counter,
     pub retried: Counter,
+    pub blocked: Counter,
+    /// 1 while blocked by the store budget.
+    pub blocked_now: Gauge,
     pub receipts_sent: Counter,
     pub receipts_failed: Counter,
 }

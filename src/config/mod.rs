@@ -207,6 +207,19 @@ pub struct MqttConfig {
     /// Largest number of topics with a retained message; when full, new
     /// retained topics are refused and counted.
     pub max_retained_messages: usize,
+    /// Largest total size in bytes (topic + payload + properties) of the
+    /// retained messages held (> 0); when reached, retained messages that
+    /// would grow it are refused and counted.
+    pub max_retained_bytes: u64,
+    /// Largest payload of a retained message in bytes (> 0); larger ones are
+    /// delivered but not retained.
+    pub max_retained_payload_bytes: u32,
+    /// Largest number of 5.0 wills waiting for their Will Delay Interval;
+    /// beyond it a will is published when its connection ends.
+    pub max_delayed_wills: usize,
+    /// Largest total size in bytes of the wills waiting for their delay;
+    /// beyond it a will is published when its connection ends.
+    pub max_delayed_will_bytes: u64,
     /// Largest number of subscriptions one client may hold.
     pub max_subscriptions_per_client: usize,
     /// Most `/`-separated levels in a topic name or filter, 1..=65535.
@@ -236,6 +249,10 @@ impl Default for MqttConfig {
             max_connections: 100_000,
             retain_available: true,
             max_retained_messages: 100_000,
+            max_retained_bytes: 268_435_456,
+            max_retained_payload_bytes: 262_144,
+            max_delayed_wills: 10_000,
+            max_delayed_will_bytes: 67_108_864,
             max_subscriptions_per_client: 1000,
             max_topic_levels: 128,
             max_topic_bytes: 4096,
@@ -312,6 +329,12 @@ pub struct SessionConfig {
     pub queue_qos0_offline: bool,
     /// Largest number of persistent sessions.
     pub max_persistent_sessions: usize,
+    /// Largest number of persistent sessions of clients with one user name;
+    /// 0 = no limit.
+    pub max_persistent_sessions_per_user: usize,
+    /// Largest number of persistent sessions of clients without a user name
+    /// connecting from one IP address; 0 = no limit.
+    pub max_persistent_sessions_per_ip: usize,
     /// Largest total queued bytes across all sessions.
     pub max_stored_bytes: u64,
     /// Seconds between sweeps for expired sessions and messages (> 0).
@@ -328,6 +351,8 @@ impl Default for SessionConfig {
             queue_full_policy: QueueFullPolicy::DropOldest,
             queue_qos0_offline: false,
             max_persistent_sessions: 100_000,
+            max_persistent_sessions_per_user: 0,
+            max_persistent_sessions_per_ip: 1000,
             max_stored_bytes: 1_073_741_824,
             expiry_check_interval_secs: 5,
         }
@@ -614,6 +639,11 @@ impl Config {
                 ));
             }
         }
+        positive("mqtt.max_retained_bytes", m.max_retained_bytes)?;
+        positive(
+            "mqtt.max_retained_payload_bytes",
+            m.max_retained_payload_bytes,
+        )?;
         duration_secs("mqtt.send_timeout_secs", m.send_timeout_secs)?;
         positive(
             "mqtt.max_outbound_buffer_bytes",

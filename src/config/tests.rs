@@ -86,8 +86,8 @@ fn default_toml_comments_every_key() {
             "comment of key {key:?} in default.toml does not state the default"
         );
     }
-    // 1 + 21 + 9 + 4 + 1 + 2 fields, then bridge: 1 + 5 (file backend) + 6 (route).
-    assert_eq!(keys, 50, "unexpected number of keys in default.toml");
+    // 1 + 25 + 11 + 4 + 1 + 2 fields, then bridge: 1 + 5 (file backend) + 6 (route).
+    assert_eq!(keys, 56, "unexpected number of keys in default.toml");
 }
 
 #[test]
@@ -302,6 +302,10 @@ fn each_validation_error_names_its_key() {
         ("mqtt.receive_maximum", |c| c.mqtt.receive_maximum = 0),
         ("mqtt.max_inflight", |c| c.mqtt.max_inflight = 0),
         ("mqtt.max_connections", |c| c.mqtt.max_connections = 0),
+        ("mqtt.max_retained_bytes", |c| c.mqtt.max_retained_bytes = 0),
+        ("mqtt.max_retained_payload_bytes", |c| {
+            c.mqtt.max_retained_payload_bytes = 0
+        }),
         ("mqtt.send_timeout_secs", |c| c.mqtt.send_timeout_secs = 0),
         ("mqtt.max_outbound_buffer_bytes", |c| {
             c.mqtt.max_outbound_buffer_bytes = 0
@@ -352,6 +356,10 @@ fn boundary_values_are_accepted() {
     c.mqtt.max_connections_per_ip = 0;
     c.mqtt.max_connection_rate = 0;
     c.mqtt.max_retained_messages = 0;
+    c.mqtt.max_delayed_wills = 0;
+    c.mqtt.max_delayed_will_bytes = 0;
+    c.session.max_persistent_sessions_per_user = 0;
+    c.session.max_persistent_sessions_per_ip = 0;
     c.session.max_session_expiry_secs = 0;
     c.session.max_persistent_sessions = 0;
     c.store.cache_mb = 0;

@@ -698,3 +698,23 @@ pub fn kafka_bridge(cfg: &mut mqbridge::config::Config, addr: &str, topic: &str)
         spool_max_bytes: 1 << 30,
     }];
 }
+
+/// The value of one sample (name with its labels, exactly as exported) from
+/// the admin endpoint's `GET /metrics`; the gateway needs `admin.listen` set.
+pub async fn scrape(t: &TestGateway, sample: &str) -> Option<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let admin = t.gw.admin_addr.expect("admin endpoint enabled");
+    let mut s = tokio::net::TcpStream::connect(admin).await.ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut body = String::new();
+    within(5, s.read_to_string(&mut body)).await.ok()?;
+    body.lines().find_map(|l| {
+        l.strip_prefix(sample)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}

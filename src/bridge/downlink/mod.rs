@@ -16,7 +16,7 @@ mod template;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-pub use process::{start, start_receipts, Downlink, MessageLimits, ReceiptSender};
+pub use process::{start, start_receipts, Downlink, MessageLimits, ReceiptSender, Reporting};
 pub use template::{CommandTemplate, CommandTemplateError};
 
 /// One consumed command.
@@ -54,7 +54,8 @@ pub enum CommandOutcome {
     /// Settled without delivery (expired, malformed → dead-lettered, no
     /// matching session): commit/ack it so it does not block the partition.
     Dropped,
-    /// Not stored (store failure or shutdown): do not commit; consume again.
+    /// Not stored (store failure, a full global store budget, or shutdown):
+    /// do not commit; consume again after a pause.
     Retry,
 }
 

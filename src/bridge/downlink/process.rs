@@ -10,11 +10,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::{Command, CommandEnvelope, CommandOutcome, CommandTemplate, CommandTx};
+use crate::admin::Readiness;
 use crate::bridge::metrics::{CommandCounters, RouteCounters};
 use crate::bridge::{Envelope, Record, SinkHandle};
 use crate::config::DownlinkRoute;
 use crate::mqtt::message::{now_ms, Message, MessageProps, Receipt};
-use crate::mqtt::router::{CommandResult, ReceiptEvent, RouterMsg};
+use crate::mqtt::router::{BudgetRefusal, CommandResult, ReceiptEvent, RouterMsg};
 use crate::mqtt::topic::{valid_topic_name, TopicLimits};
 
 /// Headers that configure the MQTT message rather than becoming user properties.
@@ -59,16 +60,28 @@ struct Route {
     dead_counters: RouteCounters,
 }
 
+/// Where a route's processor reports: its command counters, its dead-letter
+/// route counters, and readiness (paused by the store budget).
+pub struct Reporting {
+    pub counters: CommandCounters,
+    pub dead_counters: RouteCounters,
+    pub ready: Arc<Readiness>,
+}
+
 /// Starts the processor of one downlink route (templates already validated).
 pub fn start(
     cfg: &DownlinkRoute,
     router: mpsc::Sender<RouterMsg>,
     limits: MessageLimits,
     sink: Option<SinkHandle>,
-    counters: CommandCounters,
-    dead_counters: RouteCounters,
+    reporting: Reporting,
     capacity: usize,
 ) -> Option<Downlink> {
+    let Reporting {
+        counters,
+        dead_counters,
+        ready,
+    } = reporting;
     let route = Route {
         cfg: cfg.clone(),
         topic: CommandTemplate::parse(&cfg.topic).ok()?,
@@ -84,7 +97,12 @@ pub fn start(
     };
     let (tx, rx) = mpsc::channel(capacity);
     let (pending_tx, pending_rx) = mpsc::channel(IN_FLIGHT);
-    let answer = tokio::spawn(answer(pending_rx, route.counters.clone()));
+    let paused = Paused {
+        route: cfg.name.clone(),
+        blocked: false,
+        ready,
+    };
+    let answer = tokio::spawn(answer(pending_rx, route.counters.clone(), paused));
     let task = tokio::spawn(async move {
         feed(route, rx, router, pending_tx).await;
         let _ = answer.await;
@@ -135,23 +153,67 @@ async fn feed(
     }
 }
 
+/// Whether a route is paused by a full global store budget: shown in
+/// `mqbridge_bridge_downlink_blocked` and `/readyz`, logged on each change
+/// (not per command: a paused source retries many times).
+struct Paused {
+    route: String,
+    blocked: bool,
+    ready: Arc<Readiness>,
+}
+
+impl Paused {
+    fn set(&mut self, blocked: bool, counters: &CommandCounters, why: Option<BudgetRefusal>) {
+        if self.blocked == blocked {
+            return;
+        }
+        self.blocked = blocked;
+        counters.blocked_now.set(blocked as i64);
+        self.ready.downlink_blocked(blocked);
+        match why {
+            Some(why) => {
+                tracing::warn!(route = %self.route, reason = why.as_str(), "downlink paused: the global store budget cannot take commands; they are not committed and are consumed again until it has room")
+            }
+            None => {
+                tracing::info!(route = %self.route, "downlink resumed: the store budget has room again")
+            }
+        }
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        if self.blocked {
+            self.ready.downlink_blocked(false);
+        }
+    }
+}
+
 /// Answers the source in consumption order once each command is settled.
-async fn answer(mut rx: mpsc::Receiver<Pending>, counters: CommandCounters) {
+async fn answer(mut rx: mpsc::Receiver<Pending>, counters: CommandCounters, mut paused: Paused) {
     while let Some((done, result)) = rx.recv().await {
         let outcome = match result {
             PendingResult::Settled(o) => o,
             PendingResult::Router(rx) => match rx.await {
+                Ok(CommandResult::Blocked(why)) => {
+                    counters.blocked.inc();
+                    paused.set(true, &counters, Some(why));
+                    CommandOutcome::Retry
+                }
                 Ok(CommandResult::Stored { refused }) => {
+                    paused.set(false, &counters, None);
                     counters.stored.inc();
                     // Sessions whose queue limits refused it, counted per route.
                     counters.rejected.inc_by(refused as u64);
                     CommandOutcome::Stored
                 }
                 Ok(CommandResult::NoSession) => {
+                    paused.set(false, &counters, None);
                     counters.no_session.inc();
                     CommandOutcome::Dropped
                 }
                 Ok(CommandResult::Rejected) => {
+                    paused.set(false, &counters, None);
                     counters.rejected.inc();
                     CommandOutcome::Dropped
                 }

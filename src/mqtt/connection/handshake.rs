@@ -180,6 +180,12 @@ pub async fn handshake(
         tx,
         tx0,
         kick: kick_tx,
+        username: login
+            .as_ref()
+            .map(|l| l.username.as_str())
+            .filter(|u| !u.is_empty())
+            .map(Arc::from),
+        peer_ip: stream.peer_addr().ok().map(|a| a.ip()),
     };
     let (reply_tx, reply) = oneshot::channel();
     sh.router

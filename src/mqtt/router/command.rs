@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
-use super::queue::{enqueue, Delivery};
+use super::queue::{enqueue, would_store, Delivery};
 use super::session::Session;
 use super::{PublishOutcome, Router};
 use crate::mqtt::message::{now_ms, Message};
@@ -24,6 +24,25 @@ pub enum CommandResult {
     Rejected,
     /// The store failed: not stored, must not be committed.
     StoreFailed,
+    /// A global budget cannot take it for every session it is for, so it was
+    /// stored in none of them: not committed, consumed again later. Never a
+    /// partial store, so a retry cannot store it twice in one session.
+    Blocked(BudgetRefusal),
+}
+
+/// Which global budget refused a command (see [`Router::budget_refuses`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetRefusal {
+    /// `session.max_stored_bytes` would be exceeded.
+    StoreFull,
+}
+
+impl BudgetRefusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BudgetRefusal::StoreFull => "store_full",
+        }
+    }
 }
 
 impl Router {
@@ -36,12 +55,7 @@ impl Router {
     ) {
         let msg = Arc::new(msg);
         let result = match client {
-            None => match self.route_counted(msg, None) {
-                (PublishOutcome::Delivered, refused) => CommandResult::Stored { refused },
-                (PublishOutcome::NoSubscribers, _) => CommandResult::NoSession,
-                (PublishOutcome::QuotaExceeded, _) => CommandResult::Rejected,
-                (PublishOutcome::StoreFailed, _) => CommandResult::StoreFailed,
-            },
+            None => self.command_all(&msg),
             Some(id) => self.command_to(&id, &msg, create),
         };
         self.after_commit(move |ok| {
@@ -54,15 +68,53 @@ impl Router {
         self.update_gauges();
     }
 
+    /// Whether a global budget refuses `bytes` more of stored messages.
+    /// Checked up front, for all target sessions at once. The place for
+    /// further global refusals (e.g. a free-disk watermark).
+    pub(super) fn budget_refuses(&self, bytes: u64) -> Option<BudgetRefusal> {
+        let max = self.cfg.session.max_stored_bytes;
+        // More than the whole budget can never fit: waiting would block the
+        // source for ever, so the per-session check decides (store_full drops).
+        if bytes == 0 || bytes > max {
+            return None;
+        }
+        (self.stored_bytes.saturating_add(bytes) > max).then_some(BudgetRefusal::StoreFull)
+    }
+
+    /// Queues a command in every matching session, or in none if the global
+    /// budget cannot take it for all of them.
+    fn command_all(&mut self, msg: &Arc<Message>) -> CommandResult {
+        let deliveries = self.targets(msg, None);
+        if let Some(why) = self.budget_refuses(self.stored_cost(msg, &deliveries)) {
+            return CommandResult::Blocked(why);
+        }
+        match self.deliver(msg, deliveries) {
+            (PublishOutcome::Delivered, refused) => CommandResult::Stored { refused },
+            (PublishOutcome::NoSubscribers, _) => CommandResult::NoSession,
+            (PublishOutcome::QuotaExceeded, _) => CommandResult::Rejected,
+            (PublishOutcome::StoreFailed, _) => CommandResult::StoreFailed,
+        }
+    }
+
     /// Queues a client-addressed command in that client's session.
     fn command_to(&mut self, id: &Arc<str>, msg: &Arc<Message>, create: bool) -> CommandResult {
+        if !create && !self.sessions.contains_key(id) {
+            return CommandResult::NoSession;
+        }
+        let stores = match self.sessions.get(id) {
+            Some(s) => would_store(s, &self.cfg, msg.qos),
+            // A preset session is persistent and offline.
+            None => msg.qos > 0 || self.cfg.session.queue_qos0_offline,
+        };
+        if let Some(why) = self.budget_refuses(if stores { msg.size() as u64 } else { 0 }) {
+            return CommandResult::Blocked(why);
+        }
         if !self.sessions.contains_key(id) {
-            if !create {
-                return CommandResult::NoSession;
-            }
             if self.persistent >= self.cfg.session.max_persistent_sessions {
                 self.metrics
                     .dropped(crate::metrics::DropReason::SessionsFull);
+                self.metrics
+                    .session_refused(crate::metrics::SessionRefusal::Global);
                 tracing::warn!(client_id = %id, "persistent session limit reached; preset session not created");
                 return CommandResult::Rejected;
             }

@@ -11,8 +11,9 @@ use tokio_util::time::delay_queue::Key;
 use super::deadlines::Kind;
 use super::queue::pump;
 use super::session::{Body, Conn, Entry, Session};
-use super::{ConnId, ConnectOutcome, ConnectRequest, Kick, Router, Will};
-use crate::mqtt::message::{now_ms, Message};
+use super::{ConnId, ConnectOutcome, ConnectRequest, Kick, Router};
+use crate::metrics::SessionRefusal;
+use crate::mqtt::message::now_ms;
 use crate::mqtt::topic::{parse_shared, SubEntry, SubOpts};
 use crate::store::{Op, QueuedEntry, Recovered, SubscriptionRecord};
 
@@ -99,64 +100,54 @@ impl Router {
         }
     }
 
-    /// Reloads retained messages; those over the topic limits are deleted.
-    fn restore_retained(&mut self, retained: Vec<Message>) {
-        let limits = self.cfg.mqtt.topic_limits();
-        let mut dropped = 0usize;
-        for m in retained {
-            if let Err(e) = limits.check(&m.topic) {
-                self.metrics.topic_refused(e.reason());
-                self.ops.push(Op::DeleteRetained { topic: m.topic });
-                dropped += 1;
-                continue;
-            }
-            self.retained.insert(m.topic.clone(), Arc::new(m));
-        }
-        if dropped > 0 {
-            tracing::warn!(
-                dropped,
-                "stored retained messages over the topic limits deleted at start-up"
-            );
-        }
-    }
-
     fn insert_sub(&mut self, client: &Arc<str>, filter: &str, opts: SubOpts) {
         let (group, filter) = match parse_shared(filter) {
             Ok(Some((g, f))) => (Some(Arc::<str>::from(g)), f),
             _ => (None, filter),
         };
-        self.tree.insert(SubEntry {
+        let existed = self.tree.insert(SubEntry {
             client: client.clone(),
-            group,
+            group: group.clone(),
             filter: filter.into(),
             opts,
         });
+        if let (Some(g), false) = (&group, existed) {
+            self.shared_member(g, filter, true);
+        }
     }
 
     fn remove_subs(&mut self, s: &Session) {
         for f in s.subs.keys() {
-            let (group, filter) = match parse_shared(f) {
-                Ok(Some((g, f))) => (Some(g), f),
-                _ => (None, f.as_str()),
-            };
-            self.tree.remove(filter, &s.client_id, group);
+            self.remove_sub(&s.client_id, f);
         }
+    }
+
+    /// Removes one subscription (filter as sent) from the tree; false if absent.
+    pub(super) fn remove_sub(&mut self, client: &Arc<str>, f: &str) -> bool {
+        let (group, filter) = match parse_shared(f) {
+            Ok(Some((g, f))) => (Some(g), f),
+            _ => (None, f),
+        };
+        let removed = self.tree.remove(filter, client, group);
+        if let (Some(g), true) = (group, removed) {
+            self.shared_member(&Arc::from(g), filter, false);
+        }
+        removed
     }
 
     pub(super) fn connect(&mut self, req: ConnectRequest, reply: oneshot::Sender<ConnectOutcome>) {
         let client = req.client_id.clone();
         // Refuse over the persistent-session limit before touching anything:
         // a refused CONNECT must not take over (and end) the current connection.
+        // Resuming (or replacing) an existing persistent session is always allowed.
         let has_persistent = self.sessions.get(&client).is_some_and(|s| s.persistent());
-        if req.expiry_secs > 0
-            && !has_persistent
-            && self.persistent >= self.cfg.session.max_persistent_sessions
-        {
-            self.metrics
-                .dropped(crate::metrics::DropReason::SessionsFull);
-            tracing::warn!(client_id = %client, limit = self.persistent, "persistent session limit reached; connection refused");
-            let _ = reply.send(ConnectOutcome::QuotaExceeded);
-            return;
+        let owner = req.owner();
+        if req.expiry_secs > 0 && !has_persistent {
+            if let Some(why) = self.session_refusal(owner.as_ref()) {
+                self.refuse_session(&client, owner.as_ref(), why);
+                let _ = reply.send(ConnectOutcome::QuotaExceeded);
+                return;
+            }
         }
         let mut present = false;
         // A session past its expiry is gone, even if its timer has not fired yet.
@@ -175,19 +166,11 @@ impl Router {
                 self.metrics.takeovers.inc();
                 tracing::info!(client_id = %client, "session taken over by a new connection");
                 // The old connection's will goes out now, unless it has a delay and the
-                // session is resumed (5.0 3.1.2.5; applied to 3.1.1 alike).
+                // session is resumed: then the new connection cancels it (5.0 3.1.2.5,
+                // MQTT-3.1.3-9; applied to 3.1.1 alike).
                 if let Some(w) = s.will.take() {
-                    if w.delay_secs == 0 {
+                    if w.delay_secs == 0 || req.clean_start {
                         self.publish_will(w);
-                    } else {
-                        let delay = Duration::from_secs(w.delay_secs.into());
-                        self.deadlines.schedule(
-                            &mut s.will_deadline,
-                            &client,
-                            Kind::WillDelay,
-                            delay,
-                        );
-                        s.pending_will = Some(w);
                     }
                 }
             }
@@ -196,7 +179,9 @@ impl Router {
             } else {
                 present = true;
                 // Resuming cancels a will still waiting for its delay (MQTT-3.1.3-9).
-                s.pending_will = None;
+                if let Some(w) = s.pending_will.take() {
+                    self.forget_will(&w);
+                }
                 self.deadlines.cancel(&mut s.will_deadline);
                 self.deadlines.cancel(&mut s.expiry_deadline);
                 self.sessions.insert(client.clone(), s);
@@ -206,9 +191,7 @@ impl Router {
         let new_persistent =
             req.expiry_secs > 0 && !self.sessions.get(&client).is_some_and(|s| s.persistent());
         if new_persistent && self.persistent >= self.cfg.session.max_persistent_sessions {
-            self.metrics
-                .dropped(crate::metrics::DropReason::SessionsFull);
-            tracing::warn!(client_id = %client, limit = self.persistent, "persistent session limit reached; connection refused");
+            self.refuse_session(&client, owner.as_ref(), SessionRefusal::Global);
             let _ = reply.send(ConnectOutcome::QuotaExceeded);
             return;
         }
@@ -242,6 +225,7 @@ impl Router {
             let below = s.next_seq;
             self.start_load(client.clone(), req.conn_id, below);
         }
+        self.set_owner(&client, owner);
         self.sync_storage(&client);
         self.save_session(&client);
         let (mut cx, sessions) = self.ctx();
@@ -389,10 +373,7 @@ impl Router {
         let will = s.will.take().filter(|_| publish_will);
         if let Some(w) = will {
             if w.delay_secs > 0 && s.persistent() {
-                let delay = Duration::from_secs(w.delay_secs.into());
-                self.deadlines
-                    .schedule(&mut s.will_deadline, client, Kind::WillDelay, delay);
-                s.pending_will = Some(w);
+                self.delay_will(client, w);
             } else {
                 self.publish_will(w);
             }
@@ -413,26 +394,20 @@ impl Router {
         self.update_gauges();
     }
 
-    pub(super) fn publish_will(&mut self, w: Will) {
-        let mut msg = w.message;
-        msg.expires_at_ms = w.expiry_secs.map(|s| now_ms() + s as u64 * 1000);
-        tracing::debug!(topic = %msg.topic, "publishing will message");
-        if msg.retain {
-            self.set_retained(&msg);
-        }
-        self.route(Arc::new(msg), None);
-    }
-
     /// Ends a session for good: its will (if pending), subscriptions and stored state.
     pub(super) fn end_session(&mut self, mut s: Session) {
         self.deadlines.cancel(&mut s.will_deadline);
         self.deadlines.cancel(&mut s.expiry_deadline);
         if let Some(w) = s.pending_will.take() {
+            self.forget_will(&w);
             self.publish_will(w);
         }
         self.remove_subs(&s);
         if s.persistent() {
             self.persistent = self.persistent.saturating_sub(1);
+        }
+        if let Some(o) = s.owner.take() {
+            self.owner_left(&o);
         }
         if s.stored {
             self.ops.push(Op::DeleteSession {
@@ -460,6 +435,7 @@ impl Router {
                     .take_fired(&mut s.will_deadline, key, &client, kind)
                 {
                     if let Some(w) = s.pending_will.take() {
+                        self.forget_will(&w);
                         self.publish_will(w);
                     }
                 }
@@ -502,6 +478,7 @@ impl Router {
             }
         }
         for w in wills {
+            self.forget_will(&w);
             self.publish_will(w);
         }
         let queued: usize = self.sessions.values().map(|s| s.queue.len()).sum();

@@ -16,7 +16,12 @@ mod deadlines;
 mod lifecycle;
 mod publish;
 mod queue;
+mod quota;
+mod retained;
 mod session;
+#[cfg(test)]
+mod tests;
+mod will;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,7 +35,7 @@ use crate::mqtt::message::Message;
 use crate::mqtt::topic::{SubOpts, SubTree};
 use crate::store::{Op, QueuedEntry, Recovered, Store};
 
-pub use command::CommandResult;
+pub use command::{BudgetRefusal, CommandResult};
 pub use session::pkid_of;
 use session::Session;
 
@@ -91,6 +96,33 @@ pub struct ConnectRequest {
     /// QoS 0 deliveries to an online client; full => dropped and counted.
     pub tx0: mpsc::Sender<Outbound>,
     pub kick: oneshot::Sender<Kick>,
+    /// User name from CONNECT, if any (per-user session limit).
+    pub username: Option<Arc<str>>,
+    /// Peer address (per-IP session limit for clients without a user name).
+    pub peer_ip: Option<std::net::IpAddr>,
+}
+
+impl ConnectRequest {
+    /// Who a persistent session of this connection counts against.
+    fn owner(&self) -> Option<Owner> {
+        if self.expiry_secs == 0 {
+            return None;
+        }
+        match (&self.username, self.peer_ip) {
+            (Some(u), _) => Some(Owner::User(u.clone())),
+            (None, Some(ip)) => Some(Owner::Ip(ip)),
+            (None, None) => None,
+        }
+    }
+}
+
+/// Who a persistent session counts against for the per-user and per-IP
+/// limits (sessions recovered at start-up or preset by a command have none
+/// until their client connects).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Owner {
+    User(Arc<str>),
+    Ip(std::net::IpAddr),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,6 +247,27 @@ pub enum Fault {
 
 type Waiter = Box<dyn FnOnce(bool) + Send>;
 
+/// Whether a rate-limited warning may be logged now (at most one a second
+/// per `last`); the counters have every event, debug logging the rest.
+fn warn_allowed(last: &std::sync::atomic::AtomicU64) -> bool {
+    use std::sync::atomic::Ordering;
+    let now = crate::mqtt::message::now_ms();
+    let prev = last.load(Ordering::Relaxed);
+    now.saturating_sub(prev) >= 1000
+        && last
+            .compare_exchange(prev, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+}
+
+/// A shared subscription group's round robin.
+#[derive(Debug, Default)]
+struct SharedGroup {
+    /// Position of the last member picked.
+    pos: usize,
+    /// Members in the subscription tree; the entry goes when it reaches 0.
+    members: usize,
+}
+
 /// A device acknowledged a command that asked for a delivery receipt.
 #[derive(Debug, Clone)]
 pub struct ReceiptEvent {
@@ -231,11 +284,20 @@ pub struct Router {
     sessions: HashMap<Arc<str>, Session>,
     tree: SubTree,
     retained: HashMap<String, Arc<Message>>,
-    /// Round-robin position per shared group (group, filter).
-    shared_rr: HashMap<(Arc<str>, Arc<str>), usize>,
+    /// Sum of `Message::size` of `retained` (mqtt.max_retained_bytes).
+    retained_bytes: u64,
+    /// Wills waiting for their delay, and their size (mqtt.max_delayed_wills,
+    /// mqtt.max_delayed_will_bytes).
+    delayed_wills: usize,
+    delayed_will_bytes: u64,
+    /// Round-robin state per shared group (group, filter); an entry lives
+    /// exactly as long as the group has members (clients create groups at will).
+    shared_rr: HashMap<(Arc<str>, Arc<str>), SharedGroup>,
     self_tx: mpsc::WeakSender<RouterMsg>,
     /// Persistent sessions and their queued bytes, for the global limits.
     persistent: usize,
+    /// Persistent sessions per owner (per-user / per-IP limits); no zero entries.
+    owners: HashMap<Owner, usize>,
     stored_bytes: u64,
     /// Where acknowledged commands that want a delivery receipt are reported
     /// (bounded; full => the receipt is dropped and counted by the receiver's owner).
@@ -264,9 +326,13 @@ impl Router {
             sessions: HashMap::new(),
             tree: SubTree::default(),
             retained: HashMap::new(),
+            retained_bytes: 0,
+            delayed_wills: 0,
+            delayed_will_bytes: 0,
             shared_rr: HashMap::new(),
             self_tx,
             persistent: 0,
+            owners: HashMap::new(),
             stored_bytes: 0,
             receipts: None,
             pending_loads: Vec::new(),
@@ -476,11 +542,27 @@ impl Router {
         (cx, &mut self.sessions)
     }
 
+    /// A member joined (`true`) or left a shared group; the group's state is
+    /// removed with its last member.
+    fn shared_member(&mut self, group: &Arc<str>, filter: &str, joined: bool) {
+        let key = (group.clone(), Arc::<str>::from(filter));
+        if joined {
+            self.shared_rr.entry(key).or_default().members += 1;
+        } else if let Some(g) = self.shared_rr.get_mut(&key) {
+            g.members = g.members.saturating_sub(1);
+            if g.members == 0 {
+                self.shared_rr.remove(&key);
+            }
+        }
+    }
+
     fn update_gauges(&self) {
         self.metrics.persistent_sessions.set(self.persistent as i64);
         self.metrics.queued_bytes.set(self.stored_bytes as i64);
         self.metrics
             .retained_messages
             .set(self.retained.len() as i64);
+        self.metrics.retained_bytes.set(self.retained_bytes as i64);
+        self.metrics.wills_delayed.set(self.delayed_wills as i64);
     }
 }

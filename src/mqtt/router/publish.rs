@@ -6,15 +6,15 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
-use super::queue::{enqueue, pump, remove_entry, Delivery};
+use super::queue::{enqueue, pump, remove_entry, would_store, Delivery};
 use super::{PublishOutcome, Router, SubRequest, SubResult};
 use crate::mqtt::message::Message;
-use crate::mqtt::topic::{filter_matches, parse_shared, SubEntry, SubOpts};
+use crate::mqtt::topic::{parse_shared, SubEntry};
 use crate::store::{EntryState, Op};
 
 /// Aggregated target of one PUBLISH: overlapping subscriptions of one client
 /// deliver once, at the highest granted QoS, with all subscription ids.
-struct Target {
+pub(super) struct Target {
     qos: u8,
     retain_as_published: bool,
     sub_ids: Vec<u32>,
@@ -77,6 +77,16 @@ impl Router {
         msg: Arc<Message>,
         from: Option<&Arc<str>>,
     ) -> (PublishOutcome, usize) {
+        let deliveries = self.targets(&msg, from);
+        self.deliver(&msg, deliveries)
+    }
+
+    /// The sessions `msg` goes to, once each (shared groups pick one member).
+    pub(super) fn targets(
+        &mut self,
+        msg: &Message,
+        from: Option<&Arc<str>>,
+    ) -> Vec<(Arc<str>, Target)> {
         let mut found: Vec<&SubEntry> = Vec::new();
         self.tree.matches(&msg.topic, &mut found);
         let matched: Vec<SubEntry> = found.into_iter().cloned().collect();
@@ -105,6 +115,29 @@ impl Router {
                 deliveries.extend(one);
             }
         }
+        deliveries
+    }
+
+    /// Bytes that delivering `msg` to `deliveries` would add to the store
+    /// (what counts against `session.max_stored_bytes`).
+    pub(super) fn stored_cost(&self, msg: &Message, deliveries: &[(Arc<str>, Target)]) -> u64 {
+        let n = deliveries
+            .iter()
+            .filter(|(client, t)| {
+                self.sessions
+                    .get(client)
+                    .is_some_and(|s| would_store(s, &self.cfg, msg.qos.min(t.qos)))
+            })
+            .count();
+        n as u64 * msg.size() as u64
+    }
+
+    /// Queues `msg` in each target session.
+    pub(super) fn deliver(
+        &mut self,
+        msg: &Arc<Message>,
+        deliveries: Vec<(Arc<str>, Target)>,
+    ) -> (PublishOutcome, usize) {
         if deliveries.is_empty() {
             return (PublishOutcome::NoSubscribers, 0);
         }
@@ -116,7 +149,7 @@ impl Router {
                 continue;
             };
             let d = Delivery {
-                msg: &msg,
+                msg,
                 qos: msg.qos.min(t.qos),
                 retain: msg.retain && (t.retain_as_published && s.protocol == 5),
                 sub_ids: t.sub_ids.into(),
@@ -141,40 +174,16 @@ impl Router {
             .iter()
             .filter(|e| self.sessions.get(&e.client).is_some_and(|s| s.online()))
             .collect();
-        let pos = self.shared_rr.entry(key).or_insert(0);
-        *pos = pos.wrapping_add(1);
-        if online.is_empty() {
-            members.get(*pos % members.len()).copied()
-        } else {
-            online.get(*pos % online.len()).map(|e| **e)
-        }
-    }
-
-    pub(super) fn set_retained(&mut self, msg: &Message) {
-        if msg.payload.is_empty() {
-            if self.retained.remove(&msg.topic).is_some() {
-                self.ops.push(Op::DeleteRetained {
-                    topic: msg.topic.clone(),
-                });
-            }
-            return;
-        }
-        if !self.retained.contains_key(&msg.topic)
-            && self.retained.len() >= self.cfg.mqtt.max_retained_messages
-        {
-            self.metrics.retained_refused.inc();
-            tracing::warn!(
-                limit = self.cfg.mqtt.max_retained_messages,
-                "retained message store full; new retained topic refused"
-            );
-            return;
-        }
-        let mut stored = msg.clone();
-        stored.retain = true;
-        self.ops.push(Op::PutRetained {
-            message: stored.clone(),
+        // The entry exists while the group has members (see `shared_member`).
+        let pos = self.shared_rr.get_mut(&key).map_or(0, |g| {
+            g.pos = g.pos.wrapping_add(1);
+            g.pos
         });
-        self.retained.insert(msg.topic.clone(), Arc::new(stored));
+        if online.is_empty() {
+            members.get(pos % members.len()).copied()
+        } else {
+            online.get(pos % online.len()).map(|e| **e)
+        }
     }
 
     pub(super) fn acked(&mut self, client_id: &Arc<str>, conn_id: super::ConnId, seq: u64) {
@@ -293,6 +302,9 @@ impl Router {
                 opts: req.opts,
             };
             let existed = self.tree.insert(entry);
+            if let (Some(g), false) = (&group, existed) {
+                self.shared_member(g, &filter, true);
+            }
             results.push(Ok(req.opts.qos));
             let send_retained = group.is_none()
                 && (req.opts.retain_handling == 0 || (req.opts.retain_handling == 1 && !existed));
@@ -304,43 +316,6 @@ impl Router {
         self.after_commit(move |_| {
             let _ = reply.send(results);
         });
-    }
-
-    /// Queues the retained messages matching a new subscription (RETAIN set).
-    fn send_retained(&mut self, client_id: &Arc<str>, filter: &str, opts: SubOpts) {
-        // Expired retained messages are purged, not sent (and stop counting
-        // against the retained limit).
-        let now = crate::mqtt::message::now_ms();
-        let expired: Vec<String> = self
-            .retained
-            .values()
-            .filter(|m| m.is_expired(now))
-            .map(|m| m.topic.clone())
-            .collect();
-        for topic in expired {
-            self.retained.remove(&topic);
-            self.ops.push(Op::DeleteRetained { topic });
-        }
-        let matching: Vec<Arc<Message>> = self
-            .retained
-            .values()
-            .filter(|m| filter_matches(filter, &m.topic))
-            .cloned()
-            .collect();
-        let sub_ids: Arc<[u32]> = opts.subscription_id.into_iter().collect();
-        for msg in matching {
-            let (mut cx, sessions) = self.ctx();
-            let Some(s) = sessions.get_mut(client_id) else {
-                return;
-            };
-            let d = Delivery {
-                msg: &msg,
-                qos: msg.qos.min(opts.qos),
-                retain: true,
-                sub_ids: sub_ids.clone(),
-            };
-            enqueue(s, &mut cx, d);
-        }
     }
 
     pub(super) fn unsubscribe(
@@ -356,11 +331,7 @@ impl Router {
             };
             let existed = s.subs.remove(&f).is_some();
             if existed {
-                let (group, filter) = match parse_shared(&f) {
-                    Ok(Some((g, f))) => (Some(g), f),
-                    _ => (None, f.as_str()),
-                };
-                self.tree.remove(filter, client_id, group);
+                self.remove_sub(client_id, &f);
             }
             results.push(existed);
         }

@@ -100,6 +100,23 @@ pub fn enqueue(s: &mut Session, cx: &mut Ctx<'_>, d: Delivery<'_>) -> bool {
     true
 }
 
+/// Whether queueing a message with `qos` for `s` would write it to the store,
+/// i.e. count against `session.max_stored_bytes` (mirrors [`enqueue`]).
+pub fn would_store(s: &Session, cfg: &Config, qos: u8) -> bool {
+    if !s.persistent() {
+        return false;
+    }
+    if qos > 0 {
+        return true;
+    }
+    if s.online() {
+        // QoS 0 goes straight out unless something queued is ahead of it.
+        s.loading || s.handed != s.queue.len()
+    } else {
+        cfg.session.queue_qos0_offline
+    }
+}
+
 /// Applies the per-session limits before adding `size` bytes.
 fn make_room(s: &mut Session, cx: &mut Ctx<'_>, size: u32) -> bool {
     let limits = &cx.cfg.session;

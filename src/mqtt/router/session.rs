@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::deadlines::Deadline;
-use super::{ConnId, Kick, Outbound, Will};
+use super::{ConnId, Kick, Outbound, Owner, Will};
 use crate::mqtt::message::Message;
 use crate::mqtt::topic::SubOpts;
 use crate::store::{EntryState, SessionRecord, SubscriptionRecord};
@@ -85,6 +85,8 @@ pub struct Session {
     pub will_deadline: Option<Deadline>,
     /// When the session expires, while its client is offline.
     pub expiry_deadline: Option<Deadline>,
+    /// Who this persistent session counts against (`Router::owners`).
+    pub owner: Option<Owner>,
 }
 
 impl Session {
@@ -108,6 +110,7 @@ impl Session {
             pending_will: None,
             will_deadline: None,
             expiry_deadline: None,
+            owner: None,
         }
     }
 

@@ -30,22 +30,30 @@ pub(super) async fn run(
     route: Arc<str>,
 ) {
     let mut delay = RETRY_BASE;
+    // Deliveries that may be returned without a wait of their own: those
+    // consumed before the last wait ended belong to the same round (a wait
+    // each would hold a prefetch's worth of commands back for minutes).
+    let mut same_round = 0usize;
     while let Some(p) = rx.recv().await {
         // The processor dropping `done` means it did not store the command.
         let outcome = p.outcome.await.unwrap_or(CommandOutcome::Retry);
         let settled = match outcome {
             CommandOutcome::Stored | CommandOutcome::Dropped => {
                 delay = RETRY_BASE;
+                same_round = 0;
                 p.acker.ack(BasicAckOptions::default()).await
             }
             CommandOutcome::Retry => {
                 // While stopping, hand it back at once: the next run takes it.
-                if !*stop.borrow() {
+                if same_round > 0 {
+                    same_round -= 1;
+                } else if !*stop.borrow() {
                     tokio::select! {
                         _ = stop.wait_for(|s| *s) => {}
                         _ = tokio::time::sleep(jitter(delay)) => {}
                     }
                     delay = (delay * 2).min(RETRY_MAX);
+                    same_round = rx.len();
                 }
                 tracing::debug!(%route, "command not stored; returned to the queue");
                 let requeue = BasicNackOptions {
