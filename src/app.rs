@@ -22,7 +22,7 @@ use crate::config::{AckMode, BackendConfig, Config};
 use crate::metrics::Metrics;
 use crate::mqtt::connection::Shared;
 use crate::mqtt::router::{Router, ROUTER_CHANNEL};
-use crate::store::{Store, StoreOptions};
+use crate::store::{DiskWatch, Store, StoreHealth, StoreOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -63,6 +63,7 @@ fn route_sinks(
     cfg: &Config,
     sinks: &[SinkHandle],
     metrics: &BridgeMetrics,
+    store_health: &Arc<StoreHealth>,
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> Result<Vec<SinkHandle>, AppError> {
     let mut out = Vec::new();
@@ -82,6 +83,7 @@ fn route_sinks(
             metrics.route(&r.name),
             metrics.spool_full(&r.name),
             cfg.bridge.queue_capacity,
+            store_health.clone(),
         )?;
         out.push(handle);
         tasks.push(task);
@@ -193,6 +195,7 @@ impl Gateway {
                 let m = metrics.clone();
                 Arc::new(move |ops, took| m.store_commit(ops, took))
             }),
+            commit_retry_max: Duration::from_secs(cfg.store.commit_retry_max_secs),
         };
         let path = cfg.store.path.display().to_string();
         let (store, recovered) = tokio::task::spawn_blocking(move || Store::open(&opts))
@@ -202,6 +205,17 @@ impl Gateway {
                 source: crate::store::StoreError::Database(e.to_string()),
             })?
             .map_err(|source| AppError::Store { path, source })?;
+        let ready = Arc::new(AtomicBool::new(false));
+        let disk_watch = DiskWatch {
+            store: store.clone(),
+            path: cfg.store.path.clone(),
+            min_free: cfg.store.min_free_bytes,
+            interval: cfg.store.free_space_check_interval(),
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+        };
+        // Before any client is let in, so a full disk is refused from the start.
+        disk_watch.check();
         let (stop, stop_rx) = watch::channel(false);
         let (router_tx, router_rx) = mpsc::channel(ROUTER_CHANNEL);
         // Delivery receipts: acknowledged commands reported by the router. Bounded;
@@ -237,7 +251,6 @@ impl Gateway {
             addr: listen,
             source,
         })?;
-        let ready = Arc::new(AtomicBool::new(false));
         let admin_addr = if cfg.admin.listen.is_empty() {
             None
         } else {
@@ -264,7 +277,13 @@ impl Gateway {
             Some(bound)
         };
         let (sinks, mut sink_tasks) = start_sinks(&cfg, &bridge_metrics).await?;
-        let route_sinks = route_sinks(&cfg, &sinks, &bridge_metrics, &mut sink_tasks)?;
+        let route_sinks = route_sinks(
+            &cfg,
+            &sinks,
+            &bridge_metrics,
+            store.health(),
+            &mut sink_tasks,
+        )?;
         let uplink = Uplink::new(&cfg.bridge, &route_sinks, &bridge_metrics);
         let sources = start_downlink(
             &cfg,
@@ -287,7 +306,8 @@ impl Gateway {
             shared,
             stopped(stop_rx),
         ));
-        ready.store(true, Ordering::Release);
+        ready.store(store.health().accepting(), Ordering::Release);
+        tokio::spawn(disk_watch.run(stopped(stop.subscribe())));
         tracing::info!(%mqtt_addr, ?admin_addr, store = %cfg.store.path.display(), "mqbridge started");
         Ok(Gateway {
             mqtt_addr,

@@ -13,14 +13,19 @@ use serde::{Deserialize, Serialize};
 use crate::mqtt::message::Message;
 
 mod handle;
+mod health;
+mod migrate;
 mod recover;
 mod tables;
+mod watch;
 mod writer;
 
 #[cfg(test)]
 mod tests;
 
 pub use handle::{Commit, CommitObserver, Store, StoreOptions, StoreStats, DB_FILE};
+pub use health::{available_bytes, DiskTransition, StoreHealth};
+pub use watch::DiskWatch;
 
 /// One persistent subscription as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,12 +140,18 @@ pub struct RecoveredSession {
 pub struct Recovered {
     pub sessions: Vec<RecoveredSession>,
     pub retained: Vec<Message>,
+    /// Undecodable records moved to the quarantine table during start-up.
+    pub quarantined: u64,
 }
 
 // Clone: one failed group commit reports the same error to every waiter.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    #[error("store I/O or database error: {0}")]
+    /// An I/O error (e.g. ENOSPC, EIO): transient, the database is reopened
+    /// and the commit retried.
+    #[error("store I/O error: {0}")]
+    Io(String),
+    #[error("store database error: {0}")]
     Database(String),
     #[error("stored record could not be decoded: {0}")]
     Corrupt(String),

@@ -83,6 +83,9 @@ struct Shared {
     appended: Notify,
     route: String,
     spool_full: prometheus_client::metrics::counter::Counter,
+    /// The store's health: appends wait while its disk is below the
+    /// watermark (the spool lives on the same filesystem, under store.path).
+    store_health: Arc<crate::store::StoreHealth>,
 }
 
 /// Starts the spool of one route in front of `backend`. Returns the
@@ -95,6 +98,7 @@ pub fn start(
     counters: RouteCounters,
     spool_full: prometheus_client::metrics::counter::Counter,
     capacity: usize,
+    store_health: Arc<crate::store::StoreHealth>,
 ) -> Result<RunningSink, BridgeError> {
     let err = |reason: String| BridgeError::Backend {
         backend: format!("spool of route {route}"),
@@ -119,6 +123,7 @@ pub fn start(
         appended: Notify::new(),
         route: route.to_string(),
         spool_full,
+        store_health,
     });
     let (tx, rx) = mpsc::channel(capacity);
     let writer_shared = shared.clone();
@@ -184,6 +189,7 @@ fn write_loop(sh: Arc<Shared>, mut rx: mpsc::Receiver<Envelope>) {
             }
         }
         wait_for_room(&sh);
+        wait_for_disk(&sh);
         while let Err(e) = append(&sh, next, &batch) {
             tracing::error!(route = %sh.route, error = %e, "spool append failed; retrying");
             std::thread::sleep(Duration::from_secs(1));
@@ -212,6 +218,19 @@ fn wait_for_room(sh: &Shared) {
         std::thread::sleep(Duration::from_millis(20));
     }
     tracing::info!(route = %sh.route, "spool has room again");
+}
+
+/// Blocks the writer while the store's disk is below its watermark: nothing
+/// is appended (nor acknowledged) until space is back.
+fn wait_for_disk(sh: &Shared) {
+    if !sh.store_health.disk_low() {
+        return;
+    }
+    tracing::warn!(route = %sh.route, "store disk low: spool appends (and their acknowledgements) wait");
+    while sh.store_health.disk_low() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tracing::info!(route = %sh.route, "store disk has room again: spool appends resume");
 }
 
 fn last_seq(db: &Database) -> Result<u64, SpoolError> {

@@ -35,15 +35,23 @@ impl Router {
         reply: oneshot::Sender<CommandResult>,
     ) {
         let msg = Arc::new(msg);
-        let result = match client {
+        self.disk_refused = 0;
+        let mut result = match client {
             None => match self.route_counted(msg, None) {
                 (PublishOutcome::Delivered, refused) => CommandResult::Stored { refused },
                 (PublishOutcome::NoSubscribers, _) => CommandResult::NoSession,
                 (PublishOutcome::QuotaExceeded, _) => CommandResult::Rejected,
-                (PublishOutcome::StoreFailed, _) => CommandResult::StoreFailed,
+                (PublishOutcome::StoreFailed | PublishOutcome::DiskLow, _) => {
+                    CommandResult::StoreFailed
+                }
             },
             Some(id) => self.command_to(&id, &msg, create),
         };
+        // A session that could not store it for lack of disk must get it later:
+        // the source retries instead of committing (others may see it twice).
+        if std::mem::take(&mut self.disk_refused) > 0 {
+            result = CommandResult::StoreFailed;
+        }
         self.after_commit(move |ok| {
             let _ = reply.send(if ok {
                 result
@@ -59,6 +67,10 @@ impl Router {
         if !self.sessions.contains_key(id) {
             if !create {
                 return CommandResult::NoSession;
+            }
+            if !self.store.health().accepting() {
+                self.metrics.dropped(crate::metrics::DropReason::DiskLow);
+                return CommandResult::StoreFailed;
             }
             if self.persistent >= self.cfg.session.max_persistent_sessions {
                 self.metrics

@@ -103,6 +103,14 @@ impl Router {
             let _ = reply.send(ConnectOutcome::QuotaExceeded);
             return;
         }
+        // A new persistent session is a write the store cannot take now. A
+        // resumed one is let in: delivering its queue frees space.
+        if req.expiry_secs > 0 && !has_persistent && !self.store.health().accepting() {
+            self.metrics.dropped(crate::metrics::DropReason::DiskLow);
+            tracing::debug!(client_id = %client, "new persistent session refused: store disk low");
+            let _ = reply.send(ConnectOutcome::QuotaExceeded);
+            return;
+        }
         let mut present = false;
         if let Some(mut s) = self.sessions.remove(&client) {
             if let Some(mut old) = s.detach() {
