@@ -45,6 +45,7 @@ impl H {
             queue_capacity: cfg.store.queue_capacity,
             cache_bytes: 1 << 20,
             observer: None,
+            commit_retry_max: std::time::Duration::ZERO,
         };
         let (store, recovered) = Store::open(&opts).unwrap();
         let (tx, rx) = mpsc::channel(ROUTER_CHANNEL);
