@@ -77,13 +77,15 @@ fn route_sinks(
         }
         let RunningSink { handle, task } = crate::bridge::spool::start(
             &r.name,
-            &cfg.store.path.join("spool"),
+            crate::bridge::spool::SpoolDisk {
+                dir: &cfg.store.path.join("spool"),
+                store_health: store_health.clone(),
+            },
             r.spool_max_bytes,
             backend.clone(),
             metrics.route(&r.name),
             metrics.spool_full(&r.name),
             cfg.bridge.queue_capacity,
-            store_health.clone(),
         )?;
         out.push(handle);
         tasks.push(task);

@@ -108,7 +108,9 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
+        // Lazy: a failed test may still hold the store's files open.
         let _ = std::process::Command::new("umount")
+            .arg("--lazy")
             .arg(self.dir.path())
             .status();
     }
@@ -124,7 +126,10 @@ async fn readyz(admin: std::net::SocketAddr) -> u16 {
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.unwrap();
     let text = String::from_utf8_lossy(&buf);
-    text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    text.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }
 
 async fn wait_readyz(admin: std::net::SocketAddr, want: u16) {
@@ -199,18 +204,33 @@ async fn disk_below_watermark_refuses_persistent_writes_and_recovers_without_res
     // Below the watermark (but far from full).
     let filler = fs.fill(MIN_FREE / 2);
     wait_readyz(admin, 503).await;
-    let r = puback_v5(&mut publ, "disk/t", "refused", std::time::Duration::from_secs(10)).await;
+    let r = puback_v5(
+        &mut publ,
+        "disk/t",
+        "refused",
+        std::time::Duration::from_secs(10),
+    )
+    .await;
     assert_eq!(
         r,
         Some(PubAckReason::QuotaExceeded),
         "a message for a persistent session is not stored, so not acknowledged as a success"
     );
     let (_, code) = connack(t.addr, "disk-new").await;
-    assert_eq!(code, ConnectReturnCode::QuotaExceeded, "new persistent session refused");
+    assert_eq!(
+        code,
+        ConnectReturnCode::QuotaExceeded,
+        "new persistent session refused"
+    );
     // 3.1.1: no PUBACK, the connection is closed.
     let mut p4 = b4::connect(opts_v4(t.addr, "disk-pub4", true)).await;
     p4.client
-        .publish("disk/t", rumqttc::QoS::AtLeastOnce, false, b"refused4".to_vec())
+        .publish(
+            "disk/t",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            b"refused4".to_vec(),
+        )
         .await
         .unwrap();
     within(10, async {
@@ -229,7 +249,13 @@ async fn disk_below_watermark_refuses_persistent_writes_and_recovers_without_res
     // Space back: recovers without a restart.
     std::fs::remove_file(&filler).unwrap();
     wait_readyz(admin, 200).await;
-    let r = puback_v5(&mut publ, "disk/t", "after", std::time::Duration::from_secs(10)).await;
+    let r = puback_v5(
+        &mut publ,
+        "disk/t",
+        "after",
+        std::time::Duration::from_secs(10),
+    )
+    .await;
     assert_eq!(r, Some(PubAckReason::Success));
     acked.push("after".into());
     let (_new, code) = connack(t.addr, "disk-new").await;
@@ -238,7 +264,11 @@ async fn disk_below_watermark_refuses_persistent_writes_and_recovers_without_res
     let mut sub = b5::connect(opts_v5(t.addr, "disk-sub", false, Some(3600))).await;
     assert!(sub.session_present());
     let got = sub.expect_publishes(acked.len()).await;
-    assert_eq!(b5::payloads(&got), acked, "every acknowledged message, in order");
+    assert_eq!(
+        b5::payloads(&got),
+        acked,
+        "every acknowledged message, in order"
+    );
     assert!(sub.drain().await.is_empty(), "nothing that was refused");
     sub.disconnect().await;
     publ.disconnect().await;
@@ -262,7 +292,13 @@ async fn full_disk_commit_failure_waits_and_completes_when_space_is_freed() {
     sub.subscribe("full/t", Q5::AtLeastOnce).await;
     sub.disconnect().await;
     let mut publ = b5::connect(opts_v5(t.addr, "full-pub", true, None)).await;
-    let r = puback_v5(&mut publ, "full/t", "before", std::time::Duration::from_secs(10)).await;
+    let r = puback_v5(
+        &mut publ,
+        "full/t",
+        "before",
+        std::time::Duration::from_secs(10),
+    )
+    .await;
     assert_eq!(r, Some(PubAckReason::Success));
 
     let filler = fs.fill(0);
@@ -286,7 +322,13 @@ async fn full_disk_commit_failure_waits_and_completes_when_space_is_freed() {
     .await;
     assert_eq!(r, PubAckReason::Success);
     wait_readyz(admin, 200).await;
-    let r = puback_v5(&mut publ, "full/t", "after", std::time::Duration::from_secs(10)).await;
+    let r = puback_v5(
+        &mut publ,
+        "full/t",
+        "after",
+        std::time::Duration::from_secs(10),
+    )
+    .await;
     assert_eq!(r, Some(PubAckReason::Success));
 
     let mut sub = b5::connect(opts_v5(t.addr, "full-sub", false, Some(3600))).await;

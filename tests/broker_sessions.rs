@@ -482,7 +482,10 @@ async fn legacy_store_fixture_opens_and_delivers_its_queued_messages() {
     .await;
 
     let mut v4 = b4::connect(opts_v4(t.addr, "fx-v4", false)).await;
-    assert!(v4.session_present(), "fx-v4 session read from the old store");
+    assert!(
+        v4.session_present(),
+        "fx-v4 session read from the old store"
+    );
     let got = v4.expect_publishes(5).await;
     assert_eq!(b4::payloads(&got), ["ab00", "ab01", "ab02", "ac00", "ac01"]);
     assert!(got.iter().all(|p| p.qos == QoS::AtLeastOnce));
@@ -491,14 +494,24 @@ async fn legacy_store_fixture_opens_and_delivers_its_queued_messages() {
     assert_eq!(b4::payloads(&v4.expect_publishes(1).await), ["n"]);
 
     let mut v5 = b5::connect(opts_v5(t.addr, "fx-v5", false, Some(60))).await;
-    assert!(v5.session_present(), "fx-v5 session read from the old store");
+    assert!(
+        v5.session_present(),
+        "fx-v5 session read from the old store"
+    );
     let got = v5.expect_publishes(3).await;
     assert_eq!(b5::payloads(&got), ["ab00", "ab01", "ab02"]);
     let ids: Vec<_> = got
         .iter()
-        .map(|p| p.properties.as_ref().map(|p| p.subscription_identifiers.clone()))
+        .map(|p| {
+            p.properties
+                .as_ref()
+                .map(|p| p.subscription_identifiers.clone())
+        })
         .collect();
-    assert!(ids.iter().all(|i| i.as_deref() == Some(&[7][..])), "{ids:?}");
+    assert!(
+        ids.iter().all(|i| i.as_deref() == Some(&[7][..])),
+        "{ids:?}"
+    );
 
     let mut r = b4::connect(opts_v4(t.addr, "fx-r", true)).await;
     r.subscribe("fx/retained", QoS::AtLeastOnce).await;

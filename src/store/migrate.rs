@@ -75,7 +75,10 @@ fn migrate_v0(t: &mut Tables<'_>) -> Result<u64, StoreError> {
         .collect::<Result<_, StoreError>>()?;
     for ((client, seq), bytes) in queued {
         match reencode::<QueuedEntry>(&bytes) {
-            Ok(v) => t.queue.insert((client.as_str(), seq), v.as_slice()).map(drop)?,
+            Ok(v) => t
+                .queue
+                .insert((client.as_str(), seq), v.as_slice())
+                .map(drop)?,
             Err(e) => t.quarantine_entry(&client, seq, &bytes, &e)?,
         }
         n += 1;

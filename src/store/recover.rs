@@ -104,7 +104,9 @@ fn read_sessions(
             })
             .collect::<Result<_, StoreError>>()?;
         for (seq, body) in bodies {
-            tables.quarantine.insert(("queue", client_id.as_str(), seq), body.as_slice())?;
+            tables
+                .quarantine
+                .insert(("queue", client_id.as_str(), seq), body.as_slice())?;
             tables.quarantined += 1;
         }
         tables.purge_client_rows(&client_id)?;

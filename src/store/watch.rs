@@ -55,9 +55,13 @@ impl DiskWatch {
                 }
             }
             // Kept in its previous state: a failed statvfs says nothing about space.
-            Err(e) => tracing::debug!(store = %self.path.display(), error = %e, "measuring free space failed"),
+            Err(e) => {
+                tracing::debug!(store = %self.path.display(), error = %e, "measuring free space failed")
+            }
         }
-        self.metrics.store_disk_low.set(i64::from(health.disk_low()));
+        self.metrics
+            .store_disk_low
+            .set(i64::from(health.disk_low()));
     }
 
     /// Checks every `interval` until `stop` resolves.
@@ -78,9 +82,11 @@ impl DiskWatch {
             self.metrics
                 .store_quarantined_records
                 .inc_by(stats.quarantined.saturating_sub(exported.quarantined));
-            self.metrics
-                .store_commit_failures
-                .inc_by(stats.commit_failures.saturating_sub(exported.commit_failures));
+            self.metrics.store_commit_failures.inc_by(
+                stats
+                    .commit_failures
+                    .saturating_sub(exported.commit_failures),
+            );
             exported = Exported {
                 quarantined: stats.quarantined,
                 commit_failures: stats.commit_failures,

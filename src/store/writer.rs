@@ -157,13 +157,18 @@ impl Writer {
         let mut attempts = 0u64;
         while let Err(e) = self.write(&batch.ops) {
             attempts += 1;
-            self.counters.commit_failures.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .commit_failures
+                .fetch_add(1, Ordering::Relaxed);
             let since = *failing_since.get_or_insert_with(Instant::now);
             if !matches!(e, StoreError::Io(_)) {
                 self.fatal(&e, "store error that a reopen cannot fix");
             }
             if !self.commit_retry_max.is_zero() && since.elapsed() > self.commit_retry_max {
-                self.fatal(&e, "store commit kept failing past store.commit_retry_max_secs");
+                self.fatal(
+                    &e,
+                    "store commit kept failing past store.commit_retry_max_secs",
+                );
             }
             if attempts == 1 {
                 self.health.set_failing(true);
@@ -241,11 +246,7 @@ impl Writer {
 
     /// Reads queued bodies below `below_seq`. A body that fails to decode is
     /// quarantined; the caller treats an absent seq as gone.
-    fn load(
-        &self,
-        client_id: &str,
-        below_seq: u64,
-    ) -> Result<Vec<(u64, QueuedEntry)>, StoreError> {
+    fn load(&self, client_id: &str, below_seq: u64) -> Result<Vec<(u64, QueuedEntry)>, StoreError> {
         let txn = self.db()?.begin_read()?;
         let queue = match txn.open_table(QUEUE) {
             Ok(queue) => queue,

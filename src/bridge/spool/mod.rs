@@ -88,18 +88,25 @@ struct Shared {
     store_health: Arc<crate::store::StoreHealth>,
 }
 
+/// Where a route's spool lives: a directory on the store's filesystem, and
+/// that store's health (appends wait while its disk is low).
+pub struct SpoolDisk<'a> {
+    pub dir: &'a Path,
+    pub store_health: Arc<crate::store::StoreHealth>,
+}
+
 /// Starts the spool of one route in front of `backend`. Returns the
 /// handle devices' envelopes go to.
 pub fn start(
     route: &str,
-    dir: &Path,
+    disk: SpoolDisk<'_>,
     max_bytes: u64,
     backend: SinkHandle,
     counters: RouteCounters,
     spool_full: prometheus_client::metrics::counter::Counter,
     capacity: usize,
-    store_health: Arc<crate::store::StoreHealth>,
 ) -> Result<RunningSink, BridgeError> {
+    let SpoolDisk { dir, store_health } = disk;
     let err = |reason: String| BridgeError::Backend {
         backend: format!("spool of route {route}"),
         reason,

@@ -69,7 +69,11 @@ async fn corrupt_values_are_quarantined_and_counted_at_open() {
     drop(store);
     let mut keys = quarantined_keys(dir.path());
     keys.sort();
-    let expected = [("queue", "bad", 1), ("retained", "r/bad", 0), ("sessions", "bad", 0)];
+    let expected = [
+        ("queue", "bad", 1),
+        ("retained", "r/bad", 0),
+        ("sessions", "bad", 0),
+    ];
     let expected: Vec<(String, String, u64)> = expected
         .iter()
         .map(|(t, k, s)| (t.to_string(), k.to_string(), *s))
@@ -138,15 +142,21 @@ async fn unversioned_store_is_migrated_and_records_get_a_version() {
         std::fs::create_dir_all(dir.path()).unwrap();
         overwrite(dir.path(), |txn| {
             let mut sessions = txn.open_table(tables::SESSIONS).unwrap();
-            sessions.insert("old", bare(&super::record(60)).as_slice()).unwrap();
+            sessions
+                .insert("old", bare(&super::record(60)).as_slice())
+                .unwrap();
             let mut queue = txn.open_table(tables::QUEUE).unwrap();
-            queue.insert(("old", 1), bare(&entry("t", b"a")).as_slice()).unwrap();
+            queue
+                .insert(("old", 1), bare(&entry("t", b"a")).as_slice())
+                .unwrap();
             queue.insert(("old", 2), &[0xffu8, 0xff][..]).unwrap();
             let mut index = txn.open_table(tables::QUEUE_INDEX).unwrap();
             index.insert(("old", 1), (10, 0)).unwrap();
             index.insert(("old", 2), (10, 0)).unwrap();
             let mut retained = txn.open_table(tables::RETAINED).unwrap();
-            retained.insert("r", bare(&message("r", b"k")).as_slice()).unwrap();
+            retained
+                .insert("r", bare(&message("r", b"k")).as_slice())
+                .unwrap();
         });
     }
     let (store, recovered) = Store::open(&opts(dir.path())).unwrap();
