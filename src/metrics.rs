@@ -504,6 +504,10 @@ mod tests {
             ("mqbridge_store_commits", "counter"),
             ("mqbridge_store_ops", "counter"),
             ("mqbridge_store_commit_duration_seconds", "histogram"),
+            ("mqbridge_store_free_bytes", "gauge"),
+            ("mqbridge_store_disk_low", "gauge"),
+            ("mqbridge_store_commit_failures", "counter"),
+            ("mqbridge_store_quarantined_records", "counter"),
         ];
         for (name, kind) in expected_types {
             let line = format!("# TYPE {name} {kind}\n");
@@ -538,6 +542,11 @@ mod tests {
             "mqbridge_store_commit_duration_seconds_count 1",
             "mqbridge_store_commit_duration_seconds_bucket{le=\"0.0001\"} 0",
             "mqbridge_store_commit_duration_seconds_bucket{le=\"0.0002\"} 1",
+            "mqbridge_store_free_bytes 0",
+            "mqbridge_store_disk_low 0",
+            "mqbridge_store_commit_failures_total 0",
+            "mqbridge_store_quarantined_records_total 0",
+            "mqbridge_session_dropped_messages_total{reason=\"disk_low\"} 0",
         ];
         for sample in samples {
             assert!(
