@@ -75,7 +75,11 @@ impl Spooled {
 
 /// State shared by the writer and the drain task.
 struct Shared {
-    db: Database,
+    /// `None` only while the writer reopens it after an I/O error (redb
+    /// refuses every call after one until reopened). The lock is held for a
+    /// transaction at a time; only the reopen takes it exclusively.
+    db: std::sync::RwLock<Option<Database>>,
+    path: std::path::PathBuf,
     /// Bytes currently spooled (approximate: encoded sizes).
     bytes: AtomicU64,
     max_bytes: u64,
@@ -124,7 +128,8 @@ pub fn start(
         );
     }
     let shared = Arc::new(Shared {
-        db,
+        db: std::sync::RwLock::new(Some(db)),
+        path,
         bytes: AtomicU64::new(bytes),
         max_bytes,
         appended: Notify::new(),
@@ -180,7 +185,7 @@ fn spooled_bytes(db: &Database) -> Result<u64, SpoolError> {
 
 /// Appends batches durably, then confirms them; waits while the spool is full.
 fn write_loop(sh: Arc<Shared>, mut rx: mpsc::Receiver<Envelope>) {
-    let mut next = match last_seq(&sh.db) {
+    let mut next = match sh.with_db(last_seq) {
         Ok(s) => s + 1,
         Err(e) => {
             tracing::error!(route = %sh.route, error = %e, "spool unreadable; route stopped");
@@ -197,9 +202,10 @@ fn write_loop(sh: Arc<Shared>, mut rx: mpsc::Receiver<Envelope>) {
         }
         wait_for_room(&sh);
         wait_for_disk(&sh);
-        while let Err(e) = append(&sh, next, &batch) {
-            tracing::error!(route = %sh.route, error = %e, "spool append failed; retrying");
+        while let Err(e) = sh.with_db(|db| append(&sh, db, next, &batch)) {
+            tracing::error!(route = %sh.route, error = %e, "spool append failed; reopening the spool and retrying (acknowledgements wait)");
             std::thread::sleep(Duration::from_secs(1));
+            sh.reopen();
         }
         next += batch.len() as u64;
         sh.appended.notify_one();
@@ -247,8 +253,32 @@ fn last_seq(db: &Database) -> Result<u64, SpoolError> {
     Ok(last)
 }
 
-fn append(sh: &Shared, first: u64, batch: &[Envelope]) -> Result<(), SpoolError> {
-    let mut txn = sh.db.begin_write()?;
+impl Shared {
+    /// Runs `f` on the open database (an I/O error if a reopen failed).
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, SpoolError>,
+    ) -> Result<T, SpoolError> {
+        let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
+        match guard.as_ref() {
+            Some(db) => f(db),
+            None => Err(SpoolError::Io("spool database is not open".into())),
+        }
+    }
+
+    /// Drops the database and opens it again (repairing it to its last commit).
+    fn reopen(&self) {
+        let mut guard = self.db.write().unwrap_or_else(|p| p.into_inner());
+        *guard = None;
+        match Database::create(&self.path) {
+            Ok(db) => *guard = Some(db),
+            Err(e) => tracing::debug!(route = %self.route, error = %e, "spool reopen failed"),
+        }
+    }
+}
+
+fn append(sh: &Shared, db: &Database, first: u64, batch: &[Envelope]) -> Result<(), SpoolError> {
+    let mut txn = db.begin_write()?;
     txn.set_durability(Durability::Immediate);
     let mut added = 0u64;
     {
