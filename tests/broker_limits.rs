@@ -340,3 +340,56 @@ async fn full_disk_commit_failure_waits_and_completes_when_space_is_freed() {
     publ.disconnect().await;
     t.gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn spool_appends_wait_while_the_disk_is_low() {
+    use rumqttc::v5::mqttbytes::v5::PubAckReason;
+    init_tracing();
+    let Some(fs) = Tmpfs::mount("48m") else {
+        return;
+    };
+    const MIN_FREE: u64 = 16 * 1024 * 1024;
+    let store = fs.path().join("store");
+    let t = start_with(|c| {
+        disk_config(c, &store, MIN_FREE);
+        c.bridge.uplink[0].ack = mqbridge::config::AckMode::Spool;
+    })
+    .await;
+    let admin = t.gw.admin_addr.expect("admin endpoint");
+    let topic = "devices/d1/telemetry/t";
+    let mut publ = b5::connect(opts_v5(t.addr, "spool-pub", true, None)).await;
+    let wait = std::time::Duration::from_secs(10);
+    let r = puback_v5(&mut publ, topic, "s0", wait).await;
+    assert_eq!(r, Some(PubAckReason::Success));
+
+    let filler = fs.fill(MIN_FREE / 2);
+    wait_readyz(admin, 503).await;
+    let quiet = std::time::Duration::from_millis(1500);
+    let r = puback_v5(&mut publ, topic, "s1", quiet).await;
+    assert_eq!(r, None, "no PUBACK while the spool cannot append");
+
+    std::fs::remove_file(&filler).unwrap();
+    let r = within(10, async {
+        loop {
+            match publ.events.recv().await {
+                Some(Ok(Event::Incoming(P5::PubAck(a)))) => return a.reason,
+                Some(Ok(_)) => {}
+                other => panic!("publisher connection ended: {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        r,
+        PubAckReason::Success,
+        "the append went through once space was back"
+    );
+    publ.disconnect().await;
+    t.gw.shutdown().await;
+    let lines = std::fs::read_to_string(t.dir.path().join("uplink/telemetry.jsonl")).unwrap();
+    let payloads: Vec<String> = lines
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["payload"].to_string())
+        .collect();
+    assert_eq!(payloads, ["\"s0\"", "\"s1\""]);
+}
