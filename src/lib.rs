@@ -10,6 +10,7 @@
 //! - [`bridge`]: uplink routes and the backend sinks (Kafka, AMQP, file).
 //! - [`metrics`]: Prometheus metrics, one typed struct registered into a registry.
 //! - [`admin`]: HTTP endpoint for `/metrics`, `/healthz`, `/readyz`.
+//! - [`node`]: this process's stable node id (Kafka static membership).
 //! - [`app`]: wires the parts together and owns start-up and shutdown.
 #![forbid(unsafe_code)]
 
@@ -19,4 +20,5 @@ pub mod bridge;
 pub mod config;
 pub mod metrics;
 pub mod mqtt;
+pub mod node;
 pub mod store;

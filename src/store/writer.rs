@@ -12,8 +12,10 @@
 //! `/readyz` says not ready meanwhile. Ops only set or delete keys, so a retry
 //! of a batch that did land before the error is harmless. An error that is
 //! not I/O (corruption) or a failure lasting past `commit_retry_max` ends the
-//! process (exit 74) so a supervisor restarts it and memory is rebuilt from
-//! what is on disk.
+//! writer thread: its waiters get `Closed` (nothing is acknowledged), the
+//! gateway's supervisor sees the writer gone and stops the gateway with an
+//! error (the binary exits non-zero), and a restart rebuilds memory from what
+//! is on disk.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,8 +32,8 @@ use super::{Op, QueuedEntry, StoreError};
 /// First and largest pause between attempts of a failed commit.
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(2);
-/// Exit code when the store cannot recover (EX_IOERR).
-const EXIT_STORE_FAILED: i32 = 74;
+/// The store cannot recover: the writer stops (see the module comment).
+struct Fatal;
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -45,6 +47,8 @@ pub(super) enum Request {
     },
     Flush(Reply<()>),
     Close(oneshot::Sender<()>),
+    /// Fault injection for supervision tests: the writer thread panics.
+    InjectPanic,
 }
 
 /// Counters behind [`super::StoreStats`].
@@ -103,7 +107,9 @@ impl Writer {
                         waiters: vec![reply],
                     };
                     carried = self.fill(&mut batch);
-                    self.commit(batch);
+                    if self.commit(batch).is_err() {
+                        break;
+                    }
                 }
                 // Everything before a lone flush was already committed (or its
                 // waiters were told it failed).
@@ -121,6 +127,7 @@ impl Writer {
                     let _ = reply.send(());
                     break;
                 }
+                Request::InjectPanic => panic!("injected store writer fault"),
             }
         }
         tracing::debug!("store writer stopped");
@@ -150,7 +157,7 @@ impl Writer {
 
     /// Applies the batch in one transaction and commits it durably, retrying
     /// (see the module comment) until it lands, then answers every waiter.
-    fn commit(&mut self, batch: Batch) {
+    fn commit(&mut self, batch: Batch) -> Result<(), Fatal> {
         let mut started = Instant::now();
         let mut failing_since: Option<Instant> = None;
         let mut pause = RETRY_FIRST;
@@ -162,13 +169,13 @@ impl Writer {
                 .fetch_add(1, Ordering::Relaxed);
             let since = *failing_since.get_or_insert_with(Instant::now);
             if !matches!(e, StoreError::Io(_)) {
-                self.fatal(&e, "store error that a reopen cannot fix");
+                return Err(self.fatal(&e, "store error that a reopen cannot fix"));
             }
             if !self.commit_retry_max.is_zero() && since.elapsed() > self.commit_retry_max {
-                self.fatal(
+                return Err(self.fatal(
                     &e,
                     "store commit kept failing past store.commit_retry_max_secs",
-                );
+                ));
             }
             if attempts == 1 {
                 self.health.set_failing(true);
@@ -199,6 +206,7 @@ impl Writer {
         for waiter in batch.waiters {
             let _ = waiter.send(Ok(()));
         }
+        Ok(())
     }
 
     /// Drops the database and opens it again, which clears redb's
@@ -215,9 +223,10 @@ impl Writer {
         }
     }
 
-    fn fatal(&self, e: &StoreError, why: &str) -> ! {
-        tracing::error!(store = %self.path.display(), error = %e, why, "store cannot recover; exiting so that a supervisor restarts the gateway from what is on disk");
-        std::process::exit(EXIT_STORE_FAILED);
+    fn fatal(&self, e: &StoreError, why: &str) -> Fatal {
+        self.health.set_failing(true);
+        tracing::error!(store = %self.path.display(), error = %e, why, "store cannot recover; its writer stops, which stops the gateway (restart it to rebuild from what is on disk)");
+        Fatal
     }
 
     fn db(&self) -> Result<&Database, StoreError> {

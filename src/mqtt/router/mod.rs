@@ -12,6 +12,7 @@
 //! that group commits.
 
 mod command;
+mod deadlines;
 mod lifecycle;
 mod publish;
 mod queue;
@@ -201,6 +202,19 @@ pub enum RouterMsg {
         conn_id: ConnId,
         entries: Result<Vec<(u64, QueuedEntry)>, String>,
     },
+    /// Fault injection for supervision tests only.
+    #[doc(hidden)]
+    InjectFault(Fault),
+}
+
+/// A fault to inject, to test that the gateway never stays up half-dead.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The router task panics.
+    RouterPanic,
+    /// The store writer thread panics.
+    StoreWriterPanic,
 }
 
 type Waiter = Box<dyn FnOnce(bool) + Send>;
@@ -238,6 +252,8 @@ pub struct Router {
     /// Store ops of the current batch and the replies waiting for their commit.
     ops: Vec<Op>,
     waiters: Vec<Waiter>,
+    /// Session expiry and will-delay deadlines.
+    deadlines: deadlines::Deadlines,
 }
 
 impl Router {
@@ -264,6 +280,7 @@ impl Router {
             disk_refused: 0,
             ops: Vec::new(),
             waiters: Vec::new(),
+            deadlines: deadlines::Deadlines::default(),
         };
         router.restore(recovered);
         router
@@ -297,6 +314,7 @@ impl Router {
                         }
                     }
                 }
+                (client, kind, key) = self.deadlines.next() => self.fired(client, kind, key),
                 _ = tick.tick() => self.tick(),
                 _ = &mut shutdown => break,
             }
@@ -392,6 +410,11 @@ impl Router {
                 conn_id,
                 entries,
             } => self.loaded(&client_id, conn_id, entries),
+            RouterMsg::InjectFault(Fault::RouterPanic) => panic!("injected router fault"),
+            RouterMsg::InjectFault(Fault::StoreWriterPanic) => {
+                let store = self.store.clone();
+                tokio::spawn(async move { store.inject_writer_panic().await });
+            }
         }
     }
 
