@@ -426,3 +426,53 @@ async fn a_dead_router_or_store_writer_stops_the_gateway() {
         );
     }
 }
+
+/// A commit that keeps failing past `store.commit_retry_max_secs` stops the
+/// store writer and with it the gateway (non-zero exit for the binary); the
+/// PUBLISH whose commit failed is never acknowledged as a success.
+#[tokio::test]
+async fn commit_failing_past_its_bound_stops_the_gateway_without_acknowledging() {
+    use mqbridge::app::AppError;
+    use rumqttc::v5::mqttbytes::v5::PubAckReason;
+    use rumqttc::v5::mqttbytes::QoS as Q5;
+    init_tracing();
+    let Some(fs) = Tmpfs::mount("48m") else {
+        return;
+    };
+    let store = fs.path().join("store");
+    let t = start_with(|c| {
+        disk_config(c, &store, 0);
+        c.store.commit_retry_max_secs = 1;
+    })
+    .await;
+    let mut sub = b5::connect(opts_v5(t.addr, "bound-sub", false, Some(3600))).await;
+    sub.subscribe("bound/t", Q5::AtLeastOnce).await;
+    sub.disconnect().await;
+    let mut publ = b5::connect(opts_v5(t.addr, "bound-pub", true, None)).await;
+    let _filler = fs.fill(0);
+    let big = "x".repeat(8 * 1024);
+    publ.client
+        .publish("bound/t", Q5::AtLeastOnce, false, big.into_bytes())
+        .await
+        .unwrap();
+    let result = within(30, t.gw.serve(std::future::pending())).await;
+    match result {
+        Err(AppError::TaskFailed { task, .. }) => assert_eq!(task, "store writer"),
+        other => panic!("expected the store writer to stop the gateway, got {other:?}"),
+    }
+    // Whatever the publisher saw, it was not a successful PUBACK.
+    while let Ok(Some(event)) =
+        tokio::time::timeout(std::time::Duration::from_secs(2), publ.events.recv()).await
+    {
+        if let Ok(Event::Incoming(P5::PubAck(a))) = &event {
+            assert_ne!(
+                a.reason,
+                PubAckReason::Success,
+                "acknowledged but not stored"
+            );
+        }
+        if event.is_err() {
+            break;
+        }
+    }
+}
