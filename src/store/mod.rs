@@ -6,6 +6,12 @@
 //! was being fsynced goes into the next transaction, so the fsync cost is
 //! shared. A [`Commit`] resolves once the ops it belongs to are durable.
 //!
+//! Disk faults: [`StoreHealth`] says whether the store takes new writes
+//! (free space above `store.min_free_bytes`, measured by [`DiskWatch`]; last
+//! commit succeeded). A failed commit is reopened and retried until it lands
+//! (`writer`). Records are versioned and a store of the unversioned format is
+//! migrated at open (`migrate`); undecodable records are quarantined.
+//!
 //! THIS FILE IS THE API CONTRACT; the implementation lives in sibling files.
 
 use serde::{Deserialize, Serialize};
