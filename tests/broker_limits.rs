@@ -222,6 +222,13 @@ async fn disk_below_watermark_refuses_persistent_writes_and_recovers_without_res
         ConnectReturnCode::QuotaExceeded,
         "new persistent session refused"
     );
+    match b4::try_connect(opts_v4(t.addr, "disk-new4", false)).await {
+        Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
+            assert_eq!(code, rumqttc::ConnectReturnCode::ServiceUnavailable)
+        }
+        Err(e) => panic!("unexpected: {e:?}"),
+        Ok(_) => panic!("3.1.1 new persistent session accepted while the disk is low"),
+    }
     // 3.1.1: no PUBACK, the connection is closed.
     let mut p4 = b4::connect(opts_v4(t.addr, "disk-pub4", true)).await;
     p4.client
