@@ -176,6 +176,9 @@ pub struct MqttConfig {
     pub server_keep_alive_secs: u16,
     /// MQTT 5.0 Topic Alias Maximum for client-to-server aliases; 0 disables them.
     pub topic_alias_maximum: u16,
+    /// Most topic aliases we use when sending to one 5.0 client (also capped
+    /// by the client's Topic Alias Maximum); 0 disables outgoing aliases.
+    pub max_outgoing_topic_aliases: u16,
     /// Largest number of simultaneous connections (> 0).
     pub max_connections: usize,
     /// Whether retained messages are supported.
@@ -197,6 +200,7 @@ impl Default for MqttConfig {
             max_inflight: 64,
             server_keep_alive_secs: 0,
             topic_alias_maximum: 32,
+            max_outgoing_topic_aliases: 32,
             max_connections: 100_000,
             retain_available: true,
             max_retained_messages: 100_000,
