@@ -78,6 +78,9 @@ impl Default for Limits {
 #[derive(Debug, Default)]
 pub struct Readiness {
     started: AtomicBool,
+    /// The store refuses writes (disk below its watermark, or a commit
+    /// failing and being retried).
+    store_refusing: AtomicBool,
     /// Downlink routes paused because a global store budget refuses their
     /// commands (they are not committed until it has room again).
     downlink_blocked: AtomicUsize,
@@ -86,6 +89,11 @@ pub struct Readiness {
 impl Readiness {
     pub fn set_started(&self, started: bool) {
         self.started.store(started, Ordering::Release);
+    }
+
+    /// Set by the store's disk watch on every check.
+    pub fn set_store_accepting(&self, accepting: bool) {
+        self.store_refusing.store(!accepting, Ordering::Release);
     }
 
     /// A downlink route became blocked (`true`) or resumed (`false`); each
@@ -104,6 +112,8 @@ impl Readiness {
     pub fn not_ready(&self) -> Option<&'static str> {
         if !self.started.load(Ordering::Acquire) {
             Some("not ready")
+        } else if self.store_refusing.load(Ordering::Acquire) {
+            Some("not ready: the store refuses writes (disk low or failing)")
         } else if self.downlink_blocked.load(Ordering::Acquire) > 0 {
             Some("not ready: downlink paused, the store budget is full")
         } else {

@@ -21,7 +21,7 @@ use crate::config::{AckMode, BackendConfig, Config};
 use crate::metrics::Metrics;
 use crate::mqtt::connection::Shared;
 use crate::mqtt::router::{Router, ROUTER_CHANNEL};
-use crate::store::{Store, StoreOptions};
+use crate::store::{DiskWatch, Store, StoreHealth, StoreOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -113,6 +113,7 @@ fn route_sinks(
     cfg: &Config,
     sinks: &[SinkHandle],
     metrics: &BridgeMetrics,
+    store_health: &Arc<StoreHealth>,
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> Result<Vec<SinkHandle>, AppError> {
     let mut out = Vec::new();
@@ -126,7 +127,10 @@ fn route_sinks(
         }
         let RunningSink { handle, task } = crate::bridge::spool::start(
             &r.name,
-            &cfg.store.path.join("spool"),
+            crate::bridge::spool::SpoolDisk {
+                dir: &cfg.store.path.join("spool"),
+                store_health: store_health.clone(),
+            },
             r.spool_max_bytes,
             backend.clone(),
             metrics.route(&r.name),
@@ -262,6 +266,7 @@ impl Gateway {
                 let m = metrics.clone();
                 Arc::new(move |ops, took| m.store_commit(ops, took))
             }),
+            commit_retry_max: Duration::from_secs(cfg.store.commit_retry_max_secs),
         };
         let path = cfg.store.path.display().to_string();
         let (store, recovered) = tokio::task::spawn_blocking(move || Store::open(&opts))
@@ -271,9 +276,19 @@ impl Gateway {
                 source: crate::store::StoreError::Database(e.to_string()),
             })?
             .map_err(|source| AppError::Store { path, source })?;
+        let ready = Arc::new(crate::admin::Readiness::default());
+        let disk_watch = DiskWatch {
+            store: store.clone(),
+            path: cfg.store.path.clone(),
+            min_free: cfg.store.min_free_bytes,
+            interval: cfg.store.free_space_check_interval(),
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+        };
+        // Before any client is let in, so a full disk is refused from the start.
+        disk_watch.check();
         let node_id = crate::node::resolve(&cfg.server.node_id, &cfg.store.path)?;
         let (stop, stop_rx) = watch::channel(false);
-        let ready = Arc::new(crate::admin::Readiness::default());
         let (failed_tx, failed) = mpsc::channel(16);
         let sup = Supervisor {
             stopping: stop_rx.clone(),
@@ -344,7 +359,13 @@ impl Gateway {
             Some(bound)
         };
         let (sinks, mut sink_tasks) = start_sinks(&cfg, &bridge_metrics).await?;
-        let route_sinks = route_sinks(&cfg, &sinks, &bridge_metrics, &mut sink_tasks)?;
+        let route_sinks = route_sinks(
+            &cfg,
+            &sinks,
+            &bridge_metrics,
+            store.health(),
+            &mut sink_tasks,
+        )?;
         let uplink = Uplink::new(&cfg.bridge, &route_sinks, &bridge_metrics);
         let sources = start_downlink(
             &cfg,
@@ -379,6 +400,10 @@ impl Gateway {
         tasks.push(sup.watch("router", router));
         tasks.push(sup.watch("store writer", store_writer));
         tasks.extend(sink_tasks.into_iter().map(|t| sup.watch("uplink sink", t)));
+        let disk_watch = tokio::spawn(disk_watch.run(stopped(stop.subscribe())));
+        tasks.push(sup.watch("store disk watch", disk_watch));
+        // Ready once started, and from then on while the store accepts writes
+        // (and no downlink is paused by the store budget).
         ready.set_started(true);
         tracing::info!(%mqtt_addr, ?admin_addr, store = %cfg.store.path.display(), "mqbridge started");
         Ok(Gateway {

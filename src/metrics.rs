@@ -159,6 +159,8 @@ label_enum! {
         Qos0Offline => "qos0_offline",
         /// `session.max_persistent_sessions` was reached.
         SessionsFull => "sessions_full",
+        /// Free space of the store below `store.min_free_bytes`, or its commits failing.
+        DiskLow => "disk_low",
     }
 }
 
@@ -332,6 +334,14 @@ pub struct Metrics {
     pub store_ops: Counter,
     /// `mqbridge_store_commit_duration_seconds`: commit latency.
     pub store_commit_duration: Histogram,
+    /// `mqbridge_store_free_bytes`: bytes available on the store's filesystem.
+    pub store_free_bytes: Gauge,
+    /// `mqbridge_store_disk_low`: 1 while free space is below `store.min_free_bytes`.
+    pub store_disk_low: Gauge,
+    /// `mqbridge_store_commit_failures_total`: failed commit attempts (each retried).
+    pub store_commit_failures: Counter,
+    /// `mqbridge_store_quarantined_records_total`: undecodable records moved aside.
+    pub store_quarantined_records: Counter,
 
     // Handles into the families above, one per label value, indexed by the
     // enum's discriminant; they share the families' atomics.
@@ -434,6 +444,10 @@ impl Metrics {
                 COMMIT_BUCKET_FACTOR,
                 COMMIT_BUCKET_COUNT,
             )),
+            store_free_bytes: Gauge::default(),
+            store_disk_low: Gauge::default(),
+            store_commit_failures: Counter::default(),
+            store_quarantined_records: Counter::default(),
         };
 
         let r = registry;
@@ -569,6 +583,26 @@ impl Metrics {
             Unit::Seconds,
             m.store_commit_duration.clone(),
         );
+        r.register(
+            "mqbridge_store_free_bytes",
+            "Bytes available on the store's filesystem",
+            m.store_free_bytes.clone(),
+        );
+        r.register(
+            "mqbridge_store_disk_low",
+            "1 while free space is below store.min_free_bytes (persistent writes refused)",
+            m.store_disk_low.clone(),
+        );
+        r.register(
+            "mqbridge_store_commit_failures",
+            "Failed store commit attempts (each is retried after reopening the store)",
+            m.store_commit_failures.clone(),
+        );
+        r.register(
+            "mqbridge_store_quarantined_records",
+            "Undecodable store records moved to the quarantine table",
+            m.store_quarantined_records.clone(),
+        );
         m
     }
 
@@ -703,6 +737,10 @@ mod tests {
             ("mqbridge_store_commits", "counter"),
             ("mqbridge_store_ops", "counter"),
             ("mqbridge_store_commit_duration_seconds", "histogram"),
+            ("mqbridge_store_free_bytes", "gauge"),
+            ("mqbridge_store_disk_low", "gauge"),
+            ("mqbridge_store_commit_failures", "counter"),
+            ("mqbridge_store_quarantined_records", "counter"),
         ];
         for (name, kind) in expected_types {
             let line = format!("# TYPE {name} {kind}\n");
@@ -745,6 +783,11 @@ mod tests {
             "mqbridge_store_commit_duration_seconds_count 1",
             "mqbridge_store_commit_duration_seconds_bucket{le=\"0.0001\"} 0",
             "mqbridge_store_commit_duration_seconds_bucket{le=\"0.0002\"} 1",
+            "mqbridge_store_free_bytes 0",
+            "mqbridge_store_disk_low 0",
+            "mqbridge_store_commit_failures_total 0",
+            "mqbridge_store_quarantined_records_total 0",
+            "mqbridge_session_dropped_messages_total{reason=\"disk_low\"} 0",
         ];
         for sample in samples {
             assert!(

@@ -457,6 +457,72 @@ async fn qos2_delivery_after_pubrec_resumes_with_pubrel_v4() {
     t.gw.shutdown().await;
 }
 
+// ----- 6. a store written by the unversioned (legacy) format ---------------
+
+/// Opens `tests/fixtures/store-v0` (written by the store before records
+/// carried a format version; see its README) and checks that both sessions,
+/// their subscriptions, their queued messages and the retained message come
+/// back.
+#[tokio::test]
+async fn legacy_store_fixture_opens_and_delivers_its_queued_messages() {
+    use std::io::Read;
+    init_tracing();
+    let t = start_with(|c| {
+        let gz = std::fs::File::open(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/store-v0/sessions.redb.gz"
+        ))
+        .expect("fixture");
+        let mut bytes = Vec::new();
+        flate2::read::GzDecoder::new(gz)
+            .read_to_end(&mut bytes)
+            .expect("gunzip fixture");
+        std::fs::write(c.store.path.join(mqbridge::store::DB_FILE), bytes).unwrap();
+    })
+    .await;
+
+    let mut v4 = b4::connect(opts_v4(t.addr, "fx-v4", false)).await;
+    assert!(
+        v4.session_present(),
+        "fx-v4 session read from the old store"
+    );
+    let got = v4.expect_publishes(5).await;
+    assert_eq!(b4::payloads(&got), ["ab00", "ab01", "ab02", "ac00", "ac01"]);
+    assert!(got.iter().all(|p| p.qos == QoS::AtLeastOnce));
+    // Its stored subscription still routes.
+    b4::publish_all(t.addr, "fx/a/new", QoS::AtLeastOnce, &["n".into()]).await;
+    assert_eq!(b4::payloads(&v4.expect_publishes(1).await), ["n"]);
+
+    let mut v5 = b5::connect(opts_v5(t.addr, "fx-v5", false, Some(60))).await;
+    assert!(
+        v5.session_present(),
+        "fx-v5 session read from the old store"
+    );
+    let got = v5.expect_publishes(3).await;
+    assert_eq!(b5::payloads(&got), ["ab00", "ab01", "ab02"]);
+    let ids: Vec<_> = got
+        .iter()
+        .map(|p| {
+            p.properties
+                .as_ref()
+                .map(|p| p.subscription_identifiers.clone())
+        })
+        .collect();
+    assert!(
+        ids.iter().all(|i| i.as_deref() == Some(&[7][..])),
+        "{ids:?}"
+    );
+
+    let mut r = b4::connect(opts_v4(t.addr, "fx-r", true)).await;
+    r.subscribe("fx/retained", QoS::AtLeastOnce).await;
+    assert_eq!(b4::payloads(&r.expect_publishes(1).await), ["kept"]);
+    for c in [v4, r] {
+        c.disconnect().await;
+    }
+    v5.disconnect().await;
+    t.gw.shutdown().await;
+}
+
 /// Expiry at its deadline, not on a sweep: with the backstop sweep made
 /// hourly, a 2 s session is present 1.5 s after the disconnect and gone at
 /// 2.5 s (with the message published meanwhile not delivered).

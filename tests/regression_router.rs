@@ -15,7 +15,7 @@ use mqbridge::mqtt::router::{
     RouterMsg, SubRequest, ROUTER_CHANNEL,
 };
 use mqbridge::mqtt::topic::SubOpts;
-use mqbridge::store::{Store, StoreOptions};
+use mqbridge::store::{Store, StoreHealth, StoreOptions};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -24,6 +24,8 @@ struct H {
     rx: Option<mpsc::Receiver<RouterMsg>>,
     router: Option<Router>,
     metrics: Arc<Metrics>,
+    /// The store's health, to put it in the disk-low state by hand.
+    health: Arc<StoreHealth>,
     stop: Option<oneshot::Sender<()>>,
     join: Option<JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -45,8 +47,10 @@ impl H {
             queue_capacity: cfg.store.queue_capacity,
             cache_bytes: 1 << 20,
             observer: None,
+            commit_retry_max: std::time::Duration::ZERO,
         };
         let (store, recovered) = Store::open(&opts).unwrap();
+        let health = store.health().clone();
         let (tx, rx) = mpsc::channel(ROUTER_CHANNEL);
         let router = Router::new(cfg, metrics.clone(), store, recovered, tx.downgrade());
         H {
@@ -54,6 +58,7 @@ impl H {
             rx: Some(rx),
             router: Some(router),
             metrics,
+            health,
             stop: None,
             join: None,
             _dir: dir,
@@ -690,4 +695,55 @@ async fn review_entries_of_session_made_persistent_by_takeover_are_lost() {
         3,
         "queued messages of the resumed session: {got:?}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Disk low (store.min_free_bytes): what a persistent session cannot store is
+// refused, and a downlink command is answered StoreFailed (the source retries
+// it) rather than committed as dropped.
+// ---------------------------------------------------------------------------
+
+async fn command(h: &H, topic: &str, client: Option<&str>) -> CommandResult {
+    let (reply, r) = oneshot::channel();
+    h.send(RouterMsg::Command {
+        msg: msg(topic, "cmd", 1),
+        client_id: client.map(Into::into),
+        create_session: true,
+        reply,
+    })
+    .await;
+    r.await.unwrap()
+}
+
+#[tokio::test]
+async fn disk_low_refuses_persistent_writes_and_commands_are_retried() {
+    let mut h = H::new(|_| {});
+    h.start();
+    let (_p, r) = h.connect(1, "p", false, 3600, 10).await;
+    assert!(matches!(r.await.unwrap(), ConnectOutcome::Accepted { .. }));
+    h.subscribe("p", "cmd/#", 1).await.await.unwrap();
+    h.disconnect(1, "p", None).await;
+
+    assert!(h.health.record_free(0, 1).is_some(), "now low");
+    assert_eq!(command(&h, "cmd/x", None).await, CommandResult::StoreFailed);
+    assert_eq!(
+        command(&h, "cmd/y", Some("preset")).await,
+        CommandResult::StoreFailed,
+        "no preset session is created"
+    );
+    let r = h.publish("pub", "cmd/z", "m", 1).await.unwrap();
+    assert_eq!(r.await.unwrap(), PublishOutcome::DiskLow);
+    let (_n, r) = h.connect(2, "new", false, 3600, 10).await;
+    assert_eq!(r.await.unwrap(), ConnectOutcome::QuotaExceeded);
+    // A resumed session is let in: delivering its queue frees space.
+    let (_p, r) = h.connect(3, "p", false, 3600, 10).await;
+    assert!(matches!(r.await.unwrap(), ConnectOutcome::Accepted { .. }));
+    h.disconnect(3, "p", None).await;
+
+    assert!(h.health.record_free(10, 1).is_some(), "recovered");
+    assert_eq!(
+        command(&h, "cmd/x", None).await,
+        CommandResult::Stored { refused: 0 }
+    );
+    h.shutdown().await;
 }

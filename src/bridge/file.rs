@@ -6,7 +6,11 @@
 //! in its channel, writes them, fsyncs each touched file once, and only then
 //! confirms the batch: the cost of an fsync is shared by the batch. A write
 //! error keeps the batch and retries it after a pause (e.g. a full disk):
-//! nothing is confirmed that is not on disk.
+//! nothing is confirmed that is not on disk. Before a retry every file the
+//! failed attempt touched is truncated back to its length before the batch,
+//! so a line torn by the failure is cut off and no line is written twice.
+//! The directory is fsynced after a file is created or rotated, so a crash
+//! cannot lose the file's name while its data was reported durable.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -34,6 +38,14 @@ struct FileSink {
     cfg: FileBackend,
     counters: BackendCounters,
     open: HashMap<String, Target>,
+    /// Length of each file touched by a failed attempt before that attempt:
+    /// cut back to it before the batch is written again.
+    truncate: HashMap<String, u64>,
+    /// A file was created since the directory was last fsynced.
+    dir_dirty: bool,
+    /// Test hook: fail a write after this many more bytes (a torn line).
+    #[cfg(test)]
+    fail_after: Option<usize>,
 }
 
 pub fn start(
@@ -49,11 +61,7 @@ pub fn start(
         .map_err(|e| err(format!("creating {}: {e}", cfg.path.display())))?;
     let (tx, rx) = mpsc::channel(capacity);
     counters.up.set(1);
-    let sink = FileSink {
-        cfg: cfg.clone(),
-        counters,
-        open: HashMap::new(),
-    };
+    let sink = FileSink::new(cfg.clone(), counters);
     let thread = std::thread::Builder::new()
         .name(format!("sink-file-{}", cfg.name))
         .spawn(move || sink.run(rx))
@@ -71,6 +79,18 @@ pub fn start(
 }
 
 impl FileSink {
+    fn new(cfg: FileBackend, counters: BackendCounters) -> FileSink {
+        FileSink {
+            cfg,
+            counters,
+            open: HashMap::new(),
+            truncate: HashMap::new(),
+            dir_dirty: false,
+            #[cfg(test)]
+            fail_after: None,
+        }
+    }
+
     fn run(mut self, mut rx: mpsc::Receiver<Envelope>) {
         while let Some(first) = rx.blocking_recv() {
             let mut batch = vec![first];
@@ -100,44 +120,138 @@ impl FileSink {
         self.counters.up.set(0);
     }
 
-    /// Writes a batch and fsyncs every file it touched.
+    /// Writes a batch and fsyncs every file it touched (and the directory,
+    /// if a file was created). On error the touched files are remembered with
+    /// their earlier length for [`FileSink::undo_failed`].
     fn write(&mut self, batch: &[Envelope]) -> std::io::Result<()> {
-        let mut touched: Vec<String> = Vec::new();
+        self.undo_failed()?;
+        let mut before: HashMap<String, u64> = HashMap::new();
+        let result = self.write_synced(batch, &mut before);
+        if result.is_err() {
+            for (name, len) in before {
+                // An earlier failed attempt's length is the one that was good.
+                self.truncate.entry(name).or_insert(len);
+            }
+        }
+        result?;
+        self.rotate_full();
+        Ok(())
+    }
+
+    fn write_synced(
+        &mut self,
+        batch: &[Envelope],
+        before: &mut HashMap<String, u64>,
+    ) -> std::io::Result<()> {
         for env in batch {
             let line = json_line(env);
             let name = sanitize(&env.record.target);
             let t = self.target(&name)?;
-            t.file.write_all(line.as_bytes())?;
-            t.size += line.len() as u64;
-            if !touched.contains(&name) {
-                touched.push(name);
+            before.entry(name.clone()).or_insert(t.size);
+            self.append(&name, line.as_bytes())?;
+        }
+        for name in before.keys() {
+            if let Some(t) = self.open.get_mut(name) {
+                t.file.sync_data()?;
             }
         }
-        for name in touched {
-            let max = self.cfg.max_file_bytes;
-            let Some(t) = self.open.get_mut(&name) else {
-                continue;
-            };
-            t.file.sync_data()?;
-            if t.size >= max {
-                self.open.remove(&name);
-                rotate(&self.cfg.path, &name, self.cfg.max_files)?;
-            }
+        if self.dir_dirty {
+            sync_dir(&self.cfg.path)?;
+            self.dir_dirty = false;
         }
         Ok(())
+    }
+
+    fn append(&mut self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+        #[cfg(test)]
+        let (bytes, injected) = self.injected_cut(bytes);
+        let t = self.target(name)?;
+        t.file.write_all(bytes)?;
+        t.size += bytes.len() as u64;
+        #[cfg(test)]
+        if injected {
+            return Err(std::io::Error::other("injected write failure"));
+        }
+        Ok(())
+    }
+
+    /// Test hook: the part of `bytes` written before the injected failure.
+    #[cfg(test)]
+    fn injected_cut<'b>(&mut self, bytes: &'b [u8]) -> (&'b [u8], bool) {
+        match self.fail_after {
+            Some(left) if left < bytes.len() => {
+                self.fail_after = None;
+                (&bytes[..left], true)
+            }
+            Some(left) => {
+                self.fail_after = Some(left - bytes.len());
+                (bytes, false)
+            }
+            None => (bytes, false),
+        }
+    }
+
+    /// Cuts files touched by a failed attempt back to their earlier length,
+    /// dropping a torn line and any line that will be written again.
+    fn undo_failed(&mut self) -> std::io::Result<()> {
+        if self.truncate.is_empty() {
+            return Ok(());
+        }
+        self.open.clear();
+        for (name, len) in &self.truncate {
+            let path = file_path(&self.cfg.path, name, 0);
+            match OpenOptions::new().write(true).open(&path) {
+                Ok(f) => {
+                    f.set_len(*len)?;
+                    f.sync_data()?;
+                }
+                // Never created: nothing to cut.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.truncate.clear();
+        Ok(())
+    }
+
+    /// Rotates files over `max_file_bytes`. The batch is already durable, so
+    /// a failure is logged and rotation tried again after the next batch.
+    fn rotate_full(&mut self) {
+        let max = self.cfg.max_file_bytes;
+        let full: Vec<String> = self
+            .open
+            .iter()
+            .filter(|(_, t)| t.size >= max)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in full {
+            self.open.remove(&name);
+            let rotated = rotate(&self.cfg.path, &name, self.cfg.max_files)
+                .and_then(|()| sync_dir(&self.cfg.path));
+            if let Err(e) = rotated {
+                tracing::warn!(backend = %self.cfg.name, file = %name, error = %e, "rotating a file sink file failed; retried after the next batch");
+            }
+        }
     }
 
     fn target(&mut self, name: &str) -> std::io::Result<&mut Target> {
         if !self.open.contains_key(name) {
             let path = file_path(&self.cfg.path, name, 0);
+            let existed = path.exists();
             let file = OpenOptions::new().create(true).append(true).open(&path)?;
             let size = file.metadata()?.len();
+            self.dir_dirty |= !existed;
             self.open.insert(name.to_string(), Target { file, size });
         }
         self.open
             .get_mut(name)
             .ok_or_else(|| std::io::Error::other("file vanished"))
     }
+}
+
+/// Makes the directory's entries (a created or renamed file) durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 /// A target is a file name stem; anything that could leave the directory is replaced.
@@ -228,6 +342,58 @@ mod tests {
             "2"
         );
         assert!(!file_path(dir.path(), "t", 3).exists());
+    }
+
+    fn envelope(metrics: &crate::bridge::metrics::BridgeMetrics, payload: &str) -> Envelope {
+        Envelope {
+            record: crate::bridge::Record {
+                route: "r".into(),
+                counters: metrics.route("r"),
+                client_id: "c".into(),
+                target: "t".into(),
+                key: None,
+                payload: bytes::Bytes::from(payload.to_owned()),
+                headers: Vec::new(),
+                content_type: None,
+            },
+            confirm: None,
+        }
+    }
+
+    #[test]
+    fn a_failed_write_is_cut_back_so_no_line_is_torn_or_written_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = crate::bridge::metrics::BridgeMetrics::new(&mut registry);
+        let cfg = FileBackend {
+            name: "f".into(),
+            path: dir.path().to_path_buf(),
+            max_file_bytes: 1 << 20,
+            max_files: 2,
+        };
+        let mut sink = FileSink::new(cfg, metrics.backend("f"));
+        sink.write(&[envelope(&metrics, "first")]).unwrap();
+        let batch = [
+            envelope(&metrics, "a"),
+            envelope(&metrics, "b"),
+            envelope(&metrics, "c"),
+        ];
+        // The attempt writes line "a" whole and half of line "b", then fails.
+        let line = json_line(&batch[0]).len();
+        sink.fail_after = Some(line + line / 2);
+        assert!(sink.write(&batch).is_err());
+        sink.write(&batch).unwrap();
+
+        let text = std::fs::read_to_string(file_path(dir.path(), "t", 0)).unwrap();
+        assert!(text.ends_with('\n'));
+        let payloads: Vec<String> = text
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("a whole JSON line");
+                v["payload"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        assert_eq!(payloads, ["first", "a", "b", "c"]);
     }
 
     #[test]

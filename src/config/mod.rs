@@ -378,6 +378,12 @@ pub struct StoreConfig {
     pub queue_capacity: usize,
     /// Store page cache size in MiB.
     pub cache_mb: usize,
+    /// Free bytes below which new persistent writes are refused (0 = off).
+    pub min_free_bytes: u64,
+    /// How often free space is measured, in milliseconds (> 0, <= 60000).
+    pub free_space_check_interval_ms: u64,
+    /// Seconds a failing commit is retried before the process exits (0 = for ever).
+    pub commit_retry_max_secs: u64,
 }
 
 impl Default for StoreConfig {
@@ -387,6 +393,9 @@ impl Default for StoreConfig {
             max_batch_ops: 4096,
             queue_capacity: 1024,
             cache_mb: 64,
+            min_free_bytes: 64 * 1024 * 1024,
+            free_space_check_interval_ms: 1000,
+            commit_retry_max_secs: 300,
         }
     }
 }
@@ -395,6 +404,10 @@ impl StoreConfig {
     /// `cache_mb` in bytes (saturating).
     pub fn cache_bytes(&self) -> usize {
         self.cache_mb.saturating_mul(1024 * 1024)
+    }
+
+    pub fn free_space_check_interval(&self) -> Duration {
+        Duration::from_millis(self.free_space_check_interval_ms)
     }
 }
 
@@ -674,6 +687,25 @@ impl Config {
         }
         positive("store.max_batch_ops", st.max_batch_ops)?;
         positive("store.queue_capacity", st.queue_capacity)?;
+        positive(
+            "store.free_space_check_interval_ms",
+            st.free_space_check_interval_ms,
+        )?;
+        if st.free_space_check_interval_ms > 60_000 {
+            return Err(ConfigError::invalid(
+                "store.free_space_check_interval_ms",
+                format!(
+                    "{} is too large (at most 60000)",
+                    st.free_space_check_interval_ms
+                ),
+            ));
+        }
+        if st.commit_retry_max_secs > MAX_DURATION_SECS {
+            return Err(ConfigError::invalid(
+                "store.commit_retry_max_secs",
+                format!("is too large (at most {MAX_DURATION_SECS} seconds)"),
+            ));
+        }
 
         self.admin.listen_addr()?;
 

@@ -86,8 +86,8 @@ fn default_toml_comments_every_key() {
             "comment of key {key:?} in default.toml does not state the default"
         );
     }
-    // 1 + 25 + 11 + 4 + 1 + 2 fields, then bridge: 1 + 5 (file backend) + 6 (route).
-    assert_eq!(keys, 56, "unexpected number of keys in default.toml");
+    // 1 + 25 + 11 + 7 + 1 + 2 fields, then bridge: 1 + 5 (file backend) + 6 (route).
+    assert_eq!(keys, 59, "unexpected number of keys in default.toml");
 }
 
 #[test]
@@ -330,6 +330,15 @@ fn each_validation_error_names_its_key() {
         ("store.path", |c| c.store.path = PathBuf::new()),
         ("store.max_batch_ops", |c| c.store.max_batch_ops = 0),
         ("store.queue_capacity", |c| c.store.queue_capacity = 0),
+        ("store.free_space_check_interval_ms", |c| {
+            c.store.free_space_check_interval_ms = 0
+        }),
+        ("store.free_space_check_interval_ms", |c| {
+            c.store.free_space_check_interval_ms = 60_001
+        }),
+        ("store.commit_retry_max_secs", |c| {
+            c.store.commit_retry_max_secs = u64::MAX
+        }),
         ("admin.listen", |c| c.admin.listen = "9090".into()),
         ("server.shutdown_grace_secs", |c| {
             c.server.shutdown_grace_secs = 0

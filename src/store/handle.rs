@@ -7,10 +7,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use redb::{Database, Durability};
 use tokio::sync::{mpsc, oneshot};
 
+use super::health::StoreHealth;
 use super::recover::recover;
 use super::writer::{Counters, Request, Writer};
 use super::{Op, QueuedEntry, Recovered, StoreError};
@@ -36,6 +38,9 @@ pub struct StoreOptions {
     pub cache_bytes: usize,
     /// Optional per-commit observer.
     pub observer: Option<CommitObserver>,
+    /// How long a failing commit is retried before the process exits
+    /// (zero = retry for ever).
+    pub commit_retry_max: Duration,
 }
 
 impl std::fmt::Debug for StoreOptions {
@@ -45,6 +50,7 @@ impl std::fmt::Debug for StoreOptions {
             .field("max_batch_ops", &self.max_batch_ops)
             .field("queue_capacity", &self.queue_capacity)
             .field("cache_bytes", &self.cache_bytes)
+            .field("commit_retry_max", &self.commit_retry_max)
             .finish_non_exhaustive()
     }
 }
@@ -56,6 +62,10 @@ pub struct StoreStats {
     pub ops: u64,
     pub commit_nanos_total: u64,
     pub last_batch_ops: u64,
+    /// Undecodable records moved to quarantine since open (start-up included).
+    pub quarantined: u64,
+    /// Failed commit attempts (each was retried).
+    pub commit_failures: u64,
 }
 
 /// Handle to the store; clones share one writer thread.
@@ -67,6 +77,7 @@ pub struct Store {
 struct Inner {
     tx: mpsc::Sender<Request>,
     counters: Arc<Counters>,
+    health: Arc<StoreHealth>,
     /// Taken by the first `close`; async mutex so a concurrent `close` waits
     /// until the writer is really gone.
     writer: tokio::sync::Mutex<Option<JoinHandle<()>>>,
@@ -78,10 +89,11 @@ impl Store {
     /// messages; never queued bodies) and starts the writer thread.
     pub fn open(opts: &StoreOptions) -> Result<(Store, Recovered), StoreError> {
         std::fs::create_dir_all(&opts.path)
-            .map_err(|e| StoreError::Database(format!("create {}: {e}", opts.path.display())))?;
+            .map_err(|e| StoreError::Io(format!("create {}: {e}", opts.path.display())))?;
+        let path = opts.path.join(DB_FILE);
         let db = Database::builder()
             .set_cache_size(opts.cache_bytes)
-            .create(opts.path.join(DB_FILE))?;
+            .create(&path)?;
 
         // One durable transaction creates missing tables and drops orphans.
         let mut txn = db.begin_write()?;
@@ -95,12 +107,20 @@ impl Store {
             .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
         let (tx, rx) = mpsc::channel(capacity);
         let counters = Arc::new(Counters::default());
+        counters
+            .quarantined
+            .store(recovered.quarantined, Ordering::Relaxed);
+        let health = Arc::new(StoreHealth::default());
         let writer = Writer {
-            db,
+            db: Some(db),
+            path,
+            cache_bytes: opts.cache_bytes,
             rx,
             counters: Arc::clone(&counters),
             max_batch_ops: opts.max_batch_ops.max(1),
             observer: opts.observer.clone(),
+            health: Arc::clone(&health),
+            commit_retry_max: opts.commit_retry_max,
         };
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
@@ -110,6 +130,7 @@ impl Store {
         let inner = Inner {
             tx,
             counters,
+            health,
             writer: tokio::sync::Mutex::new(Some(handle)),
         };
         Ok((
@@ -195,7 +216,14 @@ impl Store {
             ops: c.ops.load(Ordering::Relaxed),
             commit_nanos_total: c.commit_nanos_total.load(Ordering::Relaxed),
             last_batch_ops: c.last_batch_ops.load(Ordering::Relaxed),
+            quarantined: c.quarantined.load(Ordering::Relaxed),
+            commit_failures: c.commit_failures.load(Ordering::Relaxed),
         }
+    }
+
+    /// Free-space and commit health, shared with whoever must react to it.
+    pub fn health(&self) -> &Arc<StoreHealth> {
+        &self.inner.health
     }
 
     async fn send(&self, request: Request) -> Result<(), StoreError> {

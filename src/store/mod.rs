@@ -6,6 +6,12 @@
 //! was being fsynced goes into the next transaction, so the fsync cost is
 //! shared. A [`Commit`] resolves once the ops it belongs to are durable.
 //!
+//! Disk faults: [`StoreHealth`] says whether the store takes new writes
+//! (free space above `store.min_free_bytes`, measured by [`DiskWatch`]; last
+//! commit succeeded). A failed commit is reopened and retried until it lands
+//! (`writer`). Records are versioned and a store of the unversioned format is
+//! migrated at open (`migrate`); undecodable records are quarantined.
+//!
 //! THIS FILE IS THE API CONTRACT; the implementation lives in sibling files.
 
 use serde::{Deserialize, Serialize};
@@ -13,14 +19,19 @@ use serde::{Deserialize, Serialize};
 use crate::mqtt::message::Message;
 
 mod handle;
+mod health;
+mod migrate;
 mod recover;
 mod tables;
+mod watch;
 mod writer;
 
 #[cfg(test)]
 mod tests;
 
 pub use handle::{Commit, CommitObserver, Store, StoreOptions, StoreStats, DB_FILE};
+pub use health::{available_bytes, DiskTransition, StoreHealth};
+pub use watch::DiskWatch;
 
 /// One persistent subscription as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,12 +146,18 @@ pub struct RecoveredSession {
 pub struct Recovered {
     pub sessions: Vec<RecoveredSession>,
     pub retained: Vec<Message>,
+    /// Undecodable records moved to the quarantine table during start-up.
+    pub quarantined: u64,
 }
 
 // Clone: one failed group commit reports the same error to every waiter.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    #[error("store I/O or database error: {0}")]
+    /// An I/O error (e.g. ENOSPC, EIO): transient, the database is reopened
+    /// and the commit retried.
+    #[error("store I/O error: {0}")]
+    Io(String),
+    #[error("store database error: {0}")]
     Database(String),
     #[error("stored record could not be decoded: {0}")]
     Corrupt(String),

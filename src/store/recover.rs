@@ -2,8 +2,10 @@
 //! retained messages. Queued bodies are never read here, so start-up cost
 //! grows with the number of entries, not with their payload bytes.
 //!
-//! Corrupt values are logged and skipped instead of failing start-up: one bad
-//! record must not keep every other client from reconnecting.
+//! A record that cannot be decoded is moved to the quarantine table (logged
+//! with its key and counted) instead of failing start-up: one bad record
+//! must not keep every other client from reconnecting, and it is kept for an
+//! operator rather than skipped.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -16,7 +18,8 @@ use super::{IndexEntry, Recovered, RecoveredSession, StoreError};
 /// client with no session record at all). Runs in `txn`; the caller commits.
 pub(super) fn recover(txn: &WriteTransaction) -> Result<Recovered, StoreError> {
     let mut tables = Tables::open(txn)?;
-    let (mut sessions, corrupt) = read_sessions(&tables)?;
+    super::migrate::check_and_migrate(txn, &mut tables)?;
+    let mut sessions = read_sessions(&mut tables)?;
     let mut orphans = BTreeSet::new();
 
     for row in tables.index.iter()? {
@@ -33,7 +36,7 @@ pub(super) fn recover(txn: &WriteTransaction) -> Result<Recovered, StoreError> {
                     "bad queue index state; entry skipped"
                 ),
             }
-        } else if !corrupt.contains(client_id) {
+        } else {
             orphans.insert(client_id.to_owned());
         }
     }
@@ -42,13 +45,11 @@ pub(super) fn recover(txn: &WriteTransaction) -> Result<Recovered, StoreError> {
         let (client_id, pkid) = key.value();
         if let Some(session) = sessions.get_mut(client_id) {
             session.incoming_qos2.push(pkid);
-        } else if !corrupt.contains(client_id) {
+        } else {
             orphans.insert(client_id.to_owned());
         }
     }
 
-    // Rows under a corrupt record are kept: deleting them would turn a decode
-    // problem (e.g. a format change) into silent data loss.
     if !orphans.is_empty() {
         for client_id in &orphans {
             tables.purge_client_rows(client_id)?;
@@ -59,20 +60,22 @@ pub(super) fn recover(txn: &WriteTransaction) -> Result<Recovered, StoreError> {
         );
     }
 
-    let retained = read_retained(&tables)?;
+    let retained = read_retained(&mut tables)?;
     Ok(Recovered {
         sessions: sessions.into_values().collect(),
         retained,
+        quarantined: tables.quarantined,
     })
 }
 
-/// Decodes every session record; returns the good ones by client id and the
-/// ids whose record could not be decoded.
+/// Decodes every session record. An undecodable one is quarantined with
+/// its queued bodies (which would otherwise be purged as orphans, or
+/// overwritten by a new session of that client).
 fn read_sessions(
-    tables: &Tables<'_>,
-) -> Result<(BTreeMap<String, RecoveredSession>, BTreeSet<String>), StoreError> {
+    tables: &mut Tables<'_>,
+) -> Result<BTreeMap<String, RecoveredSession>, StoreError> {
     let mut sessions = BTreeMap::new();
-    let mut corrupt = BTreeSet::new();
+    let mut corrupt = Vec::new();
     for row in tables.sessions.iter()? {
         let (key, value) = row?;
         let client_id = key.value();
@@ -86,25 +89,46 @@ fn read_sessions(
                 };
                 sessions.insert(client_id.to_owned(), session);
             }
-            Err(e) => {
-                tracing::warn!(client_id, error = %e, "corrupt session record; session skipped");
-                corrupt.insert(client_id.to_owned());
-            }
+            Err(e) => corrupt.push((client_id.to_owned(), value.value().to_vec(), e)),
         }
     }
-    Ok((sessions, corrupt))
+    for (client_id, bytes, e) in corrupt {
+        tables.quarantine("sessions", &client_id, 0, &bytes, &e)?;
+        tables.sessions.remove(client_id.as_str())?;
+        let bodies: Vec<(u64, Vec<u8>)> = tables
+            .queue
+            .range((client_id.as_str(), 0u64)..=(client_id.as_str(), u64::MAX))?
+            .map(|row| {
+                let (k, v) = row?;
+                Ok((k.value().1, v.value().to_vec()))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        for (seq, body) in bodies {
+            tables
+                .quarantine
+                .insert(("queue", client_id.as_str(), seq), body.as_slice())?;
+            tables.quarantined += 1;
+        }
+        tables.purge_client_rows(&client_id)?;
+    }
+    Ok(sessions)
 }
 
-fn read_retained(tables: &Tables<'_>) -> Result<Vec<crate::mqtt::message::Message>, StoreError> {
+fn read_retained(
+    tables: &mut Tables<'_>,
+) -> Result<Vec<crate::mqtt::message::Message>, StoreError> {
     let mut retained = Vec::new();
+    let mut corrupt = Vec::new();
     for row in tables.retained.iter()? {
         let (key, value) = row?;
         match decode(value.value()) {
             Ok(message) => retained.push(message),
-            Err(e) => {
-                tracing::warn!(topic = key.value(), error = %e, "corrupt retained message skipped")
-            }
+            Err(e) => corrupt.push((key.value().to_owned(), value.value().to_vec(), e)),
         }
+    }
+    for (topic, bytes, e) in corrupt {
+        tables.quarantine("retained", &topic, 0, &bytes, &e)?;
+        tables.retained.remove(topic.as_str())?;
     }
     Ok(retained)
 }

@@ -2,6 +2,13 @@
 //!
 //! Queued bodies and their index live in separate tables so that start-up can
 //! scan the small fixed-size index rows without touching (or decoding) bodies.
+//!
+//! Format versions: every encoded record (session, queued entry, retained
+//! message) starts with a version byte ([`RECORD_VERSION`]) followed by its
+//! postcard body, and the `meta` table holds the store's format version. A
+//! store without `meta` was written before versions existed (format 0: bare
+//! postcard); it is migrated when opened (see `super::migrate`). A record that
+//! cannot be decoded is moved to `quarantine`, never dropped silently.
 
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::{de::DeserializeOwned, Serialize};
@@ -20,26 +27,52 @@ pub(super) const INCOMING_QOS2: TableDefinition<(&str, u16), ()> =
     TableDefinition::new("incoming_qos2");
 /// topic -> postcard [`crate::mqtt::message::Message`].
 pub(super) const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
+/// "format_version" -> the store format version ([`FORMAT_VERSION`]).
+pub(super) const META: TableDefinition<&str, u32> = TableDefinition::new("meta");
+/// (table, key, seq) -> the raw bytes of a record that could not be decoded,
+/// kept for an operator (seq is 0 outside the queue table).
+pub(super) const QUARANTINE: TableDefinition<(&str, &str, u64), &[u8]> =
+    TableDefinition::new("quarantine");
 
-// redb has one error type per operation; the store reports them all as
-// `Database` with the message, since callers cannot act on the difference.
+/// Key of the format version in [`META`].
+pub(super) const FORMAT_KEY: &str = "format_version";
+/// Format of stores written by this build. 0 = before versions (no `meta`).
+pub(super) const FORMAT_VERSION: u32 = 1;
+/// Leading byte of every record encoded by this build. A later build that
+/// changes a stored struct adds a byte value and keeps decoding this one.
+pub(super) const RECORD_VERSION: u8 = 1;
+
+// redb has one error type per operation; the store reduces them to what a
+// caller can act on: I/O (transient: reopen and retry) or anything else.
 macro_rules! from_redb {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
             fn from(e: $t) -> Self {
-                StoreError::Database(e.to_string())
+                classify(e.into())
             }
         }
     )*};
 }
 from_redb!(
-    redb::Error,
     redb::DatabaseError,
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
     redb::CommitError
 );
+
+impl From<redb::Error> for StoreError {
+    fn from(e: redb::Error) -> Self {
+        classify(e)
+    }
+}
+
+fn classify(e: redb::Error) -> StoreError {
+    match e {
+        redb::Error::Io(_) | redb::Error::PreviousIo => StoreError::Io(e.to_string()),
+        other => StoreError::Database(other.to_string()),
+    }
+}
 
 /// Stored byte of an [`EntryState`]; fixed numbers so the on-disk format does
 /// not depend on enum order.
@@ -60,11 +93,24 @@ pub(super) fn state_from_u8(byte: u8) -> Option<EntryState> {
     }
 }
 
+/// Encodes a record: [`RECORD_VERSION`], then its postcard body.
 pub(super) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    postcard::to_allocvec(value).map_err(|e| StoreError::Database(format!("encode: {e}")))
+    let mut out = vec![RECORD_VERSION];
+    postcard::to_io(value, &mut out).map_err(|e| StoreError::Database(format!("encode: {e}")))?;
+    Ok(out)
 }
 
+/// Decodes a record written by [`encode`] (any version this build knows).
 pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    match bytes.split_first() {
+        Some((&RECORD_VERSION, body)) => decode_legacy(body),
+        Some((v, _)) => Err(StoreError::Corrupt(format!("unknown record version {v}"))),
+        None => Err(StoreError::Corrupt("empty record".into())),
+    }
+}
+
+/// Decodes a format-0 record: bare postcard, no version byte.
+pub(super) fn decode_legacy<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
     postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
@@ -80,6 +126,9 @@ pub(super) struct Tables<'txn> {
     pub index: Table<'txn, (&'static str, u64), (u32, u8)>,
     pub qos2: Table<'txn, (&'static str, u16), ()>,
     pub retained: Table<'txn, &'static str, &'static [u8]>,
+    pub quarantine: Table<'txn, (&'static str, &'static str, u64), &'static [u8]>,
+    /// Records moved to quarantine through these tables.
+    pub quarantined: u64,
 }
 
 impl<'txn> Tables<'txn> {
@@ -91,6 +140,8 @@ impl<'txn> Tables<'txn> {
             index: txn.open_table(QUEUE_INDEX)?,
             qos2: txn.open_table(INCOMING_QOS2)?,
             retained: txn.open_table(RETAINED)?,
+            quarantine: txn.open_table(QUARANTINE)?,
+            quarantined: 0,
         })
     }
 
@@ -142,8 +193,8 @@ impl<'txn> Tables<'txn> {
     }
 
     /// Rewrites the body's state and the index row. A missing entry is ignored;
-    /// a corrupt body is logged and left alone rather than failing the whole
-    /// batch (which would also fail every other client's ops in it).
+    /// a corrupt body is quarantined rather than failing the whole batch
+    /// (which would also fail every other client's ops in it).
     fn set_state(
         &mut self,
         client_id: &str,
@@ -157,7 +208,7 @@ impl<'txn> Tables<'txn> {
         let mut entry: QueuedEntry = match decode(&bytes) {
             Ok(entry) => entry,
             Err(e) => {
-                tracing::warn!(client_id, seq, error = %e, "corrupt queued entry; state not changed");
+                self.quarantine_entry(client_id, seq, &bytes, &e)?;
                 return Ok(());
             }
         };
@@ -175,6 +226,36 @@ impl<'txn> Tables<'txn> {
         self.index.retain_in(seqs, |_, _| false)?;
         self.qos2
             .retain_in((client_id, 0u16)..=(client_id, u16::MAX), |_, _| false)?;
+        Ok(())
+    }
+
+    /// Moves an undecodable record aside: kept in [`QUARANTINE`] with its key,
+    /// logged and counted. The caller removes it from its own table.
+    pub fn quarantine(
+        &mut self,
+        table: &str,
+        key: &str,
+        seq: u64,
+        bytes: &[u8],
+        error: &StoreError,
+    ) -> Result<(), StoreError> {
+        tracing::error!(store_table = table, key, seq, error = %error, "undecodable store record moved to quarantine (see mqbridge_store_quarantined_records_total)");
+        self.quarantine.insert((table, key, seq), bytes)?;
+        self.quarantined += 1;
+        Ok(())
+    }
+
+    /// Quarantines a queued body and removes it and its index row.
+    pub fn quarantine_entry(
+        &mut self,
+        client_id: &str,
+        seq: u64,
+        bytes: &[u8],
+        error: &StoreError,
+    ) -> Result<(), StoreError> {
+        self.quarantine("queue", client_id, seq, bytes, error)?;
+        self.queue.remove((client_id, seq))?;
+        self.index.remove((client_id, seq))?;
         Ok(())
     }
 }

@@ -17,6 +17,7 @@ pub(super) fn opts(path: impl Into<std::path::PathBuf>) -> StoreOptions {
         queue_capacity: 64,
         cache_bytes: 1 << 20,
         observer: None,
+        commit_retry_max: std::time::Duration::ZERO,
     }
 }
 

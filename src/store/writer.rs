@@ -2,16 +2,38 @@
 //! group-commits consecutive op submissions into one durable transaction.
 //!
 //! A plain thread (not a tokio task) because every commit blocks on fsync.
+//!
+//! A failed commit is not reported to its waiters: the router has already
+//! applied the batch to its memory, so answering "failed" would leave memory
+//! and disk apart. After an I/O error redb refuses every later call until
+//! reopened, so the writer reopens the database (which repairs it to the last
+//! committed state) and retries the same batch with backoff until it commits;
+//! waiters (and so every PUBACK/CONNACK/command ack behind them) wait, and
+//! `/readyz` says not ready meanwhile. Ops only set or delete keys, so a retry
+//! of a batch that did land before the error is harmless. An error that is
+//! not I/O (corruption) or a failure lasting past `commit_retry_max` ends the
+//! writer thread: its waiters get `Closed` (nothing is acknowledged), the
+//! gateway's supervisor sees the writer gone and stops the gateway with an
+//! error (the binary exits non-zero), and a restart rebuilds memory from what
+//! is on disk.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use redb::{Database, Durability};
 use tokio::sync::{mpsc, oneshot};
 
+use super::health::StoreHealth;
 use super::tables::{decode, Tables, QUEUE};
 use super::{Op, QueuedEntry, StoreError};
+
+/// First and largest pause between attempts of a failed commit.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+/// The store cannot recover: the writer stops (see the module comment).
+struct Fatal;
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -36,6 +58,10 @@ pub(super) struct Counters {
     pub ops: AtomicU64,
     pub commit_nanos_total: AtomicU64,
     pub last_batch_ops: AtomicU64,
+    /// Records moved to quarantine (start-up and later reads).
+    pub quarantined: AtomicU64,
+    /// Failed commit attempts (each is retried).
+    pub commit_failures: AtomicU64,
 }
 
 /// Ops to commit together and everyone waiting for that commit.
@@ -46,11 +72,18 @@ struct Batch {
 }
 
 pub(super) struct Writer {
-    pub db: Database,
+    /// `None` only between dropping a failed database and reopening it.
+    pub db: Option<Database>,
+    /// The database file, for reopening.
+    pub path: PathBuf,
+    pub cache_bytes: usize,
     pub rx: mpsc::Receiver<Request>,
     pub counters: Arc<Counters>,
     pub max_batch_ops: usize,
     pub observer: Option<super::handle::CommitObserver>,
+    pub health: Arc<StoreHealth>,
+    /// How long a commit may keep failing before the process exits (0 = never).
+    pub commit_retry_max: Duration,
 }
 
 impl Writer {
@@ -74,7 +107,9 @@ impl Writer {
                         waiters: vec![reply],
                     };
                     carried = self.fill(&mut batch);
-                    self.commit(batch);
+                    if self.commit(batch).is_err() {
+                        break;
+                    }
                 }
                 // Everything before a lone flush was already committed (or its
                 // waiters were told it failed).
@@ -120,68 +155,149 @@ impl Writer {
         None
     }
 
-    /// Applies the batch in one transaction, commits it durably, then answers
-    /// every waiter with the same outcome.
-    fn commit(&mut self, batch: Batch) {
-        let started = Instant::now();
-        let result = self.write(&batch.ops);
+    /// Applies the batch in one transaction and commits it durably, retrying
+    /// (see the module comment) until it lands, then answers every waiter.
+    fn commit(&mut self, batch: Batch) -> Result<(), Fatal> {
+        let mut started = Instant::now();
+        let mut failing_since: Option<Instant> = None;
+        let mut pause = RETRY_FIRST;
+        let mut attempts = 0u64;
+        while let Err(e) = self.write(&batch.ops) {
+            attempts += 1;
+            self.counters
+                .commit_failures
+                .fetch_add(1, Ordering::Relaxed);
+            let since = *failing_since.get_or_insert_with(Instant::now);
+            if !matches!(e, StoreError::Io(_)) {
+                return Err(self.fatal(&e, "store error that a reopen cannot fix"));
+            }
+            if !self.commit_retry_max.is_zero() && since.elapsed() > self.commit_retry_max {
+                return Err(self.fatal(
+                    &e,
+                    "store commit kept failing past store.commit_retry_max_secs",
+                ));
+            }
+            if attempts == 1 {
+                self.health.set_failing(true);
+                tracing::error!(store = %self.path.display(), ops = batch.ops.len(), waiters = batch.waiters.len(), error = %e, "store commit failed; reopening the store and retrying (acknowledgements wait)");
+            } else {
+                tracing::debug!(attempts, error = %e, "store commit retry failed");
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(RETRY_MAX);
+            self.reopen();
+            started = Instant::now();
+        }
+        if attempts > 0 {
+            self.health.set_failing(false);
+            tracing::warn!(store = %self.path.display(), attempts, "store commit succeeded after failures; store healthy again");
+        }
+        let n = batch.ops.len() as u64;
         let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        match &result {
-            Ok(()) => {
-                let n = batch.ops.len() as u64;
-                self.counters.commits.fetch_add(1, Ordering::Relaxed);
-                self.counters.ops.fetch_add(n, Ordering::Relaxed);
-                self.counters
-                    .commit_nanos_total
-                    .fetch_add(nanos, Ordering::Relaxed);
-                self.counters.last_batch_ops.store(n, Ordering::Relaxed);
-                if let Some(observe) = &self.observer {
-                    observe(batch.ops.len(), started.elapsed());
-                }
-            }
-            Err(e) => {
-                tracing::error!(ops = batch.ops.len(), waiters = batch.waiters.len(), error = %e, "store commit failed");
-            }
+        self.counters.commits.fetch_add(1, Ordering::Relaxed);
+        self.counters.ops.fetch_add(n, Ordering::Relaxed);
+        self.counters
+            .commit_nanos_total
+            .fetch_add(nanos, Ordering::Relaxed);
+        self.counters.last_batch_ops.store(n, Ordering::Relaxed);
+        if let Some(observe) = &self.observer {
+            observe(batch.ops.len(), started.elapsed());
         }
         for waiter in batch.waiters {
-            let _ = waiter.send(result.clone());
+            let _ = waiter.send(Ok(()));
+        }
+        Ok(())
+    }
+
+    /// Drops the database and opens it again, which clears redb's
+    /// `PreviousIo` state and repairs the file to its last commit. A failed
+    /// open leaves `db` empty; the next attempt reopens again.
+    fn reopen(&mut self) {
+        self.db = None;
+        match Database::builder()
+            .set_cache_size(self.cache_bytes)
+            .create(&self.path)
+        {
+            Ok(db) => self.db = Some(db),
+            Err(e) => tracing::debug!(error = %e, "store reopen failed"),
         }
     }
 
+    fn fatal(&self, e: &StoreError, why: &str) -> Fatal {
+        self.health.set_failing(true);
+        tracing::error!(store = %self.path.display(), error = %e, why, "store cannot recover; its writer stops, which stops the gateway (restart it to rebuild from what is on disk)");
+        Fatal
+    }
+
+    fn db(&self) -> Result<&Database, StoreError> {
+        self.db
+            .as_ref()
+            .ok_or_else(|| StoreError::Io("store database is not open (reopen failed)".into()))
+    }
+
     fn write(&self, ops: &[Op]) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write()?;
+        let mut txn = self.db()?.begin_write()?;
         txn.set_durability(Durability::Immediate);
-        {
+        let quarantined = {
             let mut tables = Tables::open(&txn)?;
             for op in ops {
                 tables.apply(op)?;
             }
-        }
+            tables.quarantined
+        };
         // On error above, dropping `txn` aborts it: nothing of the batch lands.
         txn.commit()?;
+        self.counters
+            .quarantined
+            .fetch_add(quarantined, Ordering::Relaxed);
         Ok(())
     }
 
     /// Reads queued bodies below `below_seq`. A body that fails to decode is
-    /// logged and left out; the caller treats an absent seq as gone.
+    /// quarantined; the caller treats an absent seq as gone.
     fn load(&self, client_id: &str, below_seq: u64) -> Result<Vec<(u64, QueuedEntry)>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let queue = match txn.open_table(QUEUE) {
             Ok(queue) => queue,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
             Err(e) => return Err(e.into()),
         };
         let mut entries = Vec::new();
+        let mut corrupt = Vec::new();
         for row in queue.range((client_id, 0u64)..(client_id, below_seq))? {
             let (key, value) = row?;
             let seq = key.value().1;
             match decode::<QueuedEntry>(value.value()) {
                 Ok(entry) => entries.push((seq, entry)),
-                Err(e) => {
-                    tracing::warn!(client_id, seq, error = %e, "corrupt queued entry skipped")
-                }
+                Err(e) => corrupt.push((seq, value.value().to_vec(), e)),
+            }
+        }
+        drop((queue, txn));
+        if !corrupt.is_empty() {
+            if let Err(e) = self.quarantine(client_id, &corrupt) {
+                // Left in place; the next start-up quarantines it.
+                tracing::error!(client_id, error = %e, "moving undecodable queued entries to quarantine failed");
             }
         }
         Ok(entries)
+    }
+
+    fn quarantine(
+        &self,
+        client_id: &str,
+        corrupt: &[(u64, Vec<u8>, StoreError)],
+    ) -> Result<(), StoreError> {
+        let mut txn = self.db()?.begin_write()?;
+        txn.set_durability(Durability::Immediate);
+        let n = {
+            let mut tables = Tables::open(&txn)?;
+            for (seq, bytes, e) in corrupt {
+                tables.quarantine_entry(client_id, *seq, bytes, e)?;
+            }
+            tables.quarantined
+        };
+        txn.commit()?;
+        self.counters.quarantined.fetch_add(n, Ordering::Relaxed);
+        Ok(())
     }
 }

@@ -78,21 +78,9 @@ async fn settle(sh: &Arc<Shared>, inflight: &mut InFlight) {
     let freed: u64 = done.iter().map(|(_, s)| s).sum();
     let seqs: Vec<u64> = done.into_iter().map(|(s, _)| s).collect();
     let sh2 = sh.clone();
-    let res = tokio::task::spawn_blocking(move || -> Result<(), SpoolError> {
-        let mut txn = sh2.db.begin_write()?;
-        // Losing a deletion to a crash only means a resend (at least once).
-        txn.set_durability(Durability::Eventual);
-        {
-            let mut t = txn.open_table(SPOOL)?;
-            for s in seqs {
-                t.remove(s)?;
-            }
-        }
-        txn.commit()?;
-        Ok(())
-    })
-    .await
-    .unwrap_or_else(|e| Err(SpoolError::Database(e.to_string())));
+    let res = tokio::task::spawn_blocking(move || sh2.with_db(|db| delete(db, seqs)))
+        .await
+        .unwrap_or_else(|e| Err(SpoolError::Database(e.to_string())));
     match res {
         Ok(()) => {
             sh.bytes.fetch_sub(freed, Ordering::AcqRel);
@@ -101,6 +89,20 @@ async fn settle(sh: &Arc<Shared>, inflight: &mut InFlight) {
             tracing::error!(route = %sh.route, error = %e, "deleting drained spool entries failed")
         }
     }
+}
+
+fn delete(db: &redb::Database, seqs: Vec<u64>) -> Result<(), SpoolError> {
+    let mut txn = db.begin_write()?;
+    // Losing a deletion to a crash only means a resend (at least once).
+    txn.set_durability(Durability::Eventual);
+    {
+        let mut t = txn.open_table(SPOOL)?;
+        for s in seqs {
+            t.remove(s)?;
+        }
+    }
+    txn.commit()?;
+    Ok(())
 }
 
 /// Up to `n` entries with a key after `cursor`, oldest first.
@@ -113,8 +115,8 @@ async fn read_after(
         return Ok(Vec::new());
     }
     let sh2 = sh.clone();
-    tokio::task::spawn_blocking(move || {
-        let read = sh2.db.begin_read()?;
+    tokio::task::spawn_blocking(move || sh2.with_db(|db| {
+        let read = db.begin_read()?;
         let table = read.open_table(SPOOL)?;
         let mut out = Vec::new();
         for row in table.range(cursor + 1..)?.take(n) {
@@ -125,7 +127,7 @@ async fn read_after(
             }
         }
         Ok(out)
-    })
+    }))
     .await
     .map_err(|e| SpoolError::Database(e.to_string()))?
 }

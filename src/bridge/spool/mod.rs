@@ -75,7 +75,11 @@ impl Spooled {
 
 /// State shared by the writer and the drain task.
 struct Shared {
-    db: Database,
+    /// `None` only while the writer reopens it after an I/O error (redb
+    /// refuses every call after one until reopened). The lock is held for a
+    /// transaction at a time; only the reopen takes it exclusively.
+    db: std::sync::RwLock<Option<Database>>,
+    path: std::path::PathBuf,
     /// Bytes currently spooled (approximate: encoded sizes).
     bytes: AtomicU64,
     max_bytes: u64,
@@ -83,19 +87,30 @@ struct Shared {
     appended: Notify,
     route: String,
     spool_full: prometheus_client::metrics::counter::Counter,
+    /// The store's health: appends wait while its disk is below the
+    /// watermark (the spool lives on the same filesystem, under store.path).
+    store_health: Arc<crate::store::StoreHealth>,
+}
+
+/// Where a route's spool lives: a directory on the store's filesystem, and
+/// that store's health (appends wait while its disk is low).
+pub struct SpoolDisk<'a> {
+    pub dir: &'a Path,
+    pub store_health: Arc<crate::store::StoreHealth>,
 }
 
 /// Starts the spool of one route in front of `backend`. Returns the
 /// handle devices' envelopes go to.
 pub fn start(
     route: &str,
-    dir: &Path,
+    disk: SpoolDisk<'_>,
     max_bytes: u64,
     backend: SinkHandle,
     counters: RouteCounters,
     spool_full: prometheus_client::metrics::counter::Counter,
     capacity: usize,
 ) -> Result<RunningSink, BridgeError> {
+    let SpoolDisk { dir, store_health } = disk;
     let err = |reason: String| BridgeError::Backend {
         backend: format!("spool of route {route}"),
         reason,
@@ -113,12 +128,14 @@ pub fn start(
         );
     }
     let shared = Arc::new(Shared {
-        db,
+        db: std::sync::RwLock::new(Some(db)),
+        path,
         bytes: AtomicU64::new(bytes),
         max_bytes,
         appended: Notify::new(),
         route: route.to_string(),
         spool_full,
+        store_health,
     });
     let (tx, rx) = mpsc::channel(capacity);
     let writer_shared = shared.clone();
@@ -168,7 +185,7 @@ fn spooled_bytes(db: &Database) -> Result<u64, SpoolError> {
 
 /// Appends batches durably, then confirms them; waits while the spool is full.
 fn write_loop(sh: Arc<Shared>, mut rx: mpsc::Receiver<Envelope>) {
-    let mut next = match last_seq(&sh.db) {
+    let mut next = match sh.with_db(last_seq) {
         Ok(s) => s + 1,
         Err(e) => {
             tracing::error!(route = %sh.route, error = %e, "spool unreadable; route stopped");
@@ -184,9 +201,11 @@ fn write_loop(sh: Arc<Shared>, mut rx: mpsc::Receiver<Envelope>) {
             }
         }
         wait_for_room(&sh);
-        while let Err(e) = append(&sh, next, &batch) {
-            tracing::error!(route = %sh.route, error = %e, "spool append failed; retrying");
+        wait_for_disk(&sh);
+        while let Err(e) = sh.with_db(|db| append(&sh, db, next, &batch)) {
+            tracing::error!(route = %sh.route, error = %e, "spool append failed; reopening the spool and retrying (acknowledgements wait)");
             std::thread::sleep(Duration::from_secs(1));
+            sh.reopen();
         }
         next += batch.len() as u64;
         sh.appended.notify_one();
@@ -214,6 +233,19 @@ fn wait_for_room(sh: &Shared) {
     tracing::info!(route = %sh.route, "spool has room again");
 }
 
+/// Blocks the writer while the store's disk is below its watermark: nothing
+/// is appended (nor acknowledged) until space is back.
+fn wait_for_disk(sh: &Shared) {
+    if !sh.store_health.disk_low() {
+        return;
+    }
+    tracing::warn!(route = %sh.route, "store disk low: spool appends (and their acknowledgements) wait");
+    while sh.store_health.disk_low() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tracing::info!(route = %sh.route, "store disk has room again: spool appends resume");
+}
+
 fn last_seq(db: &Database) -> Result<u64, SpoolError> {
     let read = db.begin_read()?;
     let table = read.open_table(SPOOL)?;
@@ -221,8 +253,32 @@ fn last_seq(db: &Database) -> Result<u64, SpoolError> {
     Ok(last)
 }
 
-fn append(sh: &Shared, first: u64, batch: &[Envelope]) -> Result<(), SpoolError> {
-    let mut txn = sh.db.begin_write()?;
+impl Shared {
+    /// Runs `f` on the open database (an I/O error if a reopen failed).
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, SpoolError>,
+    ) -> Result<T, SpoolError> {
+        let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
+        match guard.as_ref() {
+            Some(db) => f(db),
+            None => Err(SpoolError::Io("spool database is not open".into())),
+        }
+    }
+
+    /// Drops the database and opens it again (repairing it to its last commit).
+    fn reopen(&self) {
+        let mut guard = self.db.write().unwrap_or_else(|p| p.into_inner());
+        *guard = None;
+        match Database::create(&self.path) {
+            Ok(db) => *guard = Some(db),
+            Err(e) => tracing::debug!(route = %self.route, error = %e, "spool reopen failed"),
+        }
+    }
+}
+
+fn append(sh: &Shared, db: &Database, first: u64, batch: &[Envelope]) -> Result<(), SpoolError> {
+    let mut txn = db.begin_write()?;
     txn.set_durability(Durability::Immediate);
     let mut added = 0u64;
     {

@@ -457,10 +457,13 @@ impl Conn<'_> {
     ) -> Result<p5::Packet, ConnError> {
         let outcome = outcome.ok_or(ConnError::ShuttingDown)?;
         let v5 = self.version == Version::V5;
-        if outcome == PublishOutcome::StoreFailed || (bridge.gave_up > 0 && !v5) {
+        let disk_low = outcome == PublishOutcome::DiskLow;
+        if outcome == PublishOutcome::StoreFailed || ((bridge.gave_up > 0 || disk_low) && !v5) {
             // 3.1.1 cannot say "failed": close without acknowledging, the device resends.
             let why = if bridge.gave_up > 0 {
                 "backend did not confirm in time"
+            } else if disk_low {
+                "store disk low (store.min_free_bytes)"
             } else {
                 "store failure"
             };
@@ -472,7 +475,9 @@ impl Conn<'_> {
         }
         // 5.0 reason code: 0x80 gave up, 0x83 refused by a backend or a route's
         // template unresolved, then what the router said.
-        let code: u8 = if bridge.gave_up > 0 {
+        let code: u8 = if disk_low {
+            0x97
+        } else if bridge.gave_up > 0 {
             0x80
         } else if bridge.rejected > 0 || bridge.unresolved {
             0x83

@@ -54,10 +54,16 @@ impl Router {
         reply: oneshot::Sender<CommandResult>,
     ) {
         let msg = Arc::new(msg);
-        let result = match client {
+        self.disk_refused = 0;
+        let mut result = match client {
             None => self.command_all(&msg),
             Some(id) => self.command_to(&id, &msg, create),
         };
+        // A session that could not store it for lack of disk must get it later:
+        // the source retries instead of committing (others may see it twice).
+        if std::mem::take(&mut self.disk_refused) > 0 {
+            result = CommandResult::StoreFailed;
+        }
         self.after_commit(move |ok| {
             let _ = reply.send(if ok {
                 result
@@ -92,7 +98,9 @@ impl Router {
             (PublishOutcome::Delivered, refused) => CommandResult::Stored { refused },
             (PublishOutcome::NoSubscribers, _) => CommandResult::NoSession,
             (PublishOutcome::QuotaExceeded, _) => CommandResult::Rejected,
-            (PublishOutcome::StoreFailed, _) => CommandResult::StoreFailed,
+            (PublishOutcome::StoreFailed | PublishOutcome::DiskLow, _) => {
+                CommandResult::StoreFailed
+            }
         }
     }
 
@@ -110,6 +118,10 @@ impl Router {
             return CommandResult::Blocked(why);
         }
         if !self.sessions.contains_key(id) {
+            if !self.store.health().accepting() {
+                self.metrics.dropped(crate::metrics::DropReason::DiskLow);
+                return CommandResult::StoreFailed;
+            }
             if self.persistent >= self.cfg.session.max_persistent_sessions {
                 self.metrics
                     .dropped(crate::metrics::DropReason::SessionsFull);

@@ -149,6 +149,14 @@ impl Router {
                 return;
             }
         }
+        // A new persistent session is a write the store cannot take now. A
+        // resumed one is let in: delivering its queue frees space.
+        if req.expiry_secs > 0 && !has_persistent && !self.store.health().accepting() {
+            self.metrics.dropped(crate::metrics::DropReason::DiskLow);
+            tracing::debug!(client_id = %client, "new persistent session refused: store disk low");
+            let _ = reply.send(ConnectOutcome::QuotaExceeded);
+            return;
+        }
         let mut present = false;
         // A session past its expiry is gone, even if its timer has not fired yet.
         if self

@@ -146,6 +146,10 @@ pub enum PublishOutcome {
     NoSubscribers,
     /// Every matching session refused it (queue or store full).
     QuotaExceeded,
+    /// Not stored for a persistent session (or as retained) because the
+    /// store's disk is below `store.min_free_bytes` or its commits are
+    /// failing: never acknowledged as a success.
+    DiskLow,
     /// The store failed: the message must not be acknowledged as delivered.
     StoreFailed,
 }
@@ -304,6 +308,9 @@ pub struct Router {
     receipts: Option<mpsc::Sender<ReceiptEvent>>,
     /// Queue reads requested in this batch: (client, connection, below seq).
     pending_loads: Vec<(Arc<str>, ConnId, u64)>,
+    /// Deliveries refused because the store cannot take writes (see
+    /// `queue::Ctx::disk_refused`); read and reset per PUBLISH/command.
+    disk_refused: usize,
     /// Store ops of the current batch and the replies waiting for their commit.
     ops: Vec<Op>,
     waiters: Vec<Waiter>,
@@ -336,6 +343,7 @@ impl Router {
             stored_bytes: 0,
             receipts: None,
             pending_loads: Vec::new(),
+            disk_refused: 0,
             ops: Vec::new(),
             waiters: Vec::new(),
             deadlines: deadlines::Deadlines::default(),
@@ -538,6 +546,8 @@ impl Router {
             metrics: &self.metrics,
             ops: &mut self.ops,
             stored_bytes: &mut self.stored_bytes,
+            store_accepting: self.store.health().accepting(),
+            disk_refused: &mut self.disk_refused,
         };
         (cx, &mut self.sessions)
     }

@@ -31,6 +31,11 @@ impl Router {
         qos2_pkid: Option<u16>,
         reply: Option<oneshot::Sender<PublishOutcome>>,
     ) {
+        // A retained message is a persistent write of its own.
+        if msg.retain && !msg.payload.is_empty() && !self.store.health().accepting() {
+            self.refuse_disk_low(client_id, reply);
+            return;
+        }
         if let Some(pkid) = qos2_pkid {
             let Some(s) = self.sessions.get_mut(client_id) else {
                 return;
@@ -52,7 +57,13 @@ impl Router {
         if msg.retain {
             self.set_retained(&msg);
         }
-        let outcome = self.route(Arc::new(msg), Some(client_id));
+        self.disk_refused = 0;
+        let mut outcome = self.route(Arc::new(msg), Some(client_id));
+        if std::mem::take(&mut self.disk_refused) > 0 {
+            outcome = PublishOutcome::DiskLow;
+            // Not taken: a resend of this QoS 2 id must be routed, not de-duplicated.
+            self.forget_qos2(client_id, qos2_pkid);
+        }
         if let Some(r) = reply {
             self.after_commit(move |ok| {
                 let _ = r.send(if ok {
@@ -63,6 +74,34 @@ impl Router {
             });
         }
         self.update_gauges();
+    }
+
+    /// Refuses a PUBLISH that needs a persistent write while the store cannot take one.
+    fn refuse_disk_low(
+        &mut self,
+        client_id: &Arc<str>,
+        reply: Option<oneshot::Sender<PublishOutcome>>,
+    ) {
+        self.metrics.dropped(crate::metrics::DropReason::DiskLow);
+        tracing::debug!(client_id = %client_id, "retained PUBLISH refused: store disk low");
+        if let Some(r) = reply {
+            // After the batch, like every reply, so replies keep their order.
+            self.after_commit(move |_| {
+                let _ = r.send(PublishOutcome::DiskLow);
+            });
+        }
+    }
+
+    fn forget_qos2(&mut self, client_id: &Arc<str>, pkid: Option<u16>) {
+        let (Some(pkid), Some(s)) = (pkid, self.sessions.get_mut(client_id)) else {
+            return;
+        };
+        if s.incoming_qos2.remove(&pkid) && s.persistent() {
+            self.ops.push(Op::RemoveIncomingQos2 {
+                client_id: client_id.to_string(),
+                pkid,
+            });
+        }
     }
 
     /// Delivers `msg` to every matching session; `from` is the publisher (No Local).

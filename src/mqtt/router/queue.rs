@@ -19,6 +19,11 @@ pub struct Ctx<'a> {
     pub metrics: &'a Metrics,
     pub ops: &'a mut Vec<Op>,
     pub stored_bytes: &'a mut u64,
+    /// False while the store's disk is below its watermark or commits fail:
+    /// nothing new is queued for a persistent session.
+    pub store_accepting: bool,
+    /// Deliveries refused for that reason (the PUBLISH is then not acknowledged).
+    pub disk_refused: &'a mut usize,
 }
 
 /// One delivery of a message to one session.
@@ -55,6 +60,10 @@ pub fn enqueue(s: &mut Session, cx: &mut Ctx<'_>, d: Delivery<'_>) -> bool {
     }
     if d.qos == 0 && !(s.online() || cx.cfg.session.queue_qos0_offline) {
         return drop_one(cx, s, DropReason::Qos0Offline);
+    }
+    if s.persistent() && !cx.store_accepting {
+        *cx.disk_refused += 1;
+        return drop_one(cx, s, DropReason::DiskLow);
     }
     let size = d.msg.size() as u32;
     if !make_room(s, cx, size) {

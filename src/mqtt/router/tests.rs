@@ -27,6 +27,7 @@ fn harness_in(cfg: Config, dir: tempfile::TempDir) -> Harness {
         queue_capacity: 16,
         cache_bytes: 1 << 20,
         observer: None,
+        commit_retry_max: std::time::Duration::ZERO,
     };
     let (store, recovered) = Store::open(&opts).expect("store");
     let mut registry = prometheus_client::registry::Registry::default();

@@ -1,0 +1,115 @@
+//! Store format versions at open: a new store is stamped with
+//! [`FORMAT_VERSION`]; a store without a stamp (format 0, written before
+//! versions existed: bare postcard records) is rewritten record by record
+//! into the current format; a store stamped by a newer build is refused
+//! rather than misread.
+//!
+//! Runs inside the recovery transaction, so a crash half-way leaves the old
+//! store untouched and the migration simply runs again.
+
+use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
+use serde::{de::DeserializeOwned, Serialize};
+
+use super::tables::{decode_legacy, encode, Tables, FORMAT_KEY, FORMAT_VERSION, META};
+use super::{QueuedEntry, SessionRecord, StoreError};
+use crate::mqtt::message::Message;
+
+/// Checks the store's format, migrates a format-0 store and stamps it.
+/// Returns the format the store had when opened.
+pub(super) fn check_and_migrate(
+    txn: &WriteTransaction,
+    tables: &mut Tables<'_>,
+) -> Result<u32, StoreError> {
+    let mut meta = txn.open_table(META)?;
+    let stored = meta.get(FORMAT_KEY)?.map(|v| v.value());
+    let found = match stored {
+        Some(v) if v > FORMAT_VERSION => {
+            return Err(StoreError::Database(format!(
+                "store format version {v} is newer than this build reads ({FORMAT_VERSION}); \
+                 use a newer mqbridge or restore a backup"
+            )));
+        }
+        Some(v) => v,
+        None if is_empty(tables)? => FORMAT_VERSION,
+        None => 0,
+    };
+    if found == 0 {
+        let n = migrate_v0(tables)?;
+        tracing::info!(
+            records = n,
+            from = 0,
+            to = FORMAT_VERSION,
+            "store migrated to the current format"
+        );
+    }
+    meta.insert(FORMAT_KEY, FORMAT_VERSION)?;
+    Ok(found)
+}
+
+fn is_empty(t: &Tables<'_>) -> Result<bool, StoreError> {
+    Ok(t.sessions.len()? == 0 && t.queue.len()? == 0 && t.retained.len()? == 0)
+}
+
+/// Rewrites every format-0 record with a version byte; a record that does
+/// not decode as format 0 is quarantined. Returns the records rewritten.
+fn migrate_v0(t: &mut Tables<'_>) -> Result<u64, StoreError> {
+    let mut n = 0;
+    for (key, bytes) in rows(&t.sessions)? {
+        match reencode::<SessionRecord>(&bytes) {
+            Ok(v) => t.sessions.insert(key.as_str(), v.as_slice()).map(drop)?,
+            Err(e) => {
+                t.quarantine("sessions", &key, 0, &bytes, &e)?;
+                t.sessions.remove(key.as_str())?;
+            }
+        }
+        n += 1;
+    }
+    let queued: Vec<((String, u64), Vec<u8>)> = t
+        .queue
+        .iter()?
+        .map(|row| {
+            let (k, v) = row?;
+            let (client, seq) = k.value();
+            Ok(((client.to_owned(), seq), v.value().to_vec()))
+        })
+        .collect::<Result<_, StoreError>>()?;
+    for ((client, seq), bytes) in queued {
+        match reencode::<QueuedEntry>(&bytes) {
+            Ok(v) => t
+                .queue
+                .insert((client.as_str(), seq), v.as_slice())
+                .map(drop)?,
+            Err(e) => t.quarantine_entry(&client, seq, &bytes, &e)?,
+        }
+        n += 1;
+    }
+    for (key, bytes) in rows(&t.retained)? {
+        match reencode::<Message>(&bytes) {
+            Ok(v) => t.retained.insert(key.as_str(), v.as_slice()).map(drop)?,
+            Err(e) => {
+                t.quarantine("retained", &key, 0, &bytes, &e)?;
+                t.retained.remove(key.as_str())?;
+            }
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
+fn reencode<T: Serialize + DeserializeOwned>(bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
+    encode(&decode_legacy::<T>(bytes)?)
+}
+
+/// Every (key, value) of a string-keyed table, copied out so the table can
+/// be written while walking the copy.
+fn rows(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    table
+        .iter()?
+        .map(|row| {
+            let (k, v) = row?;
+            Ok((k.value().to_owned(), v.value().to_vec()))
+        })
+        .collect()
+}
