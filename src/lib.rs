@@ -11,12 +11,16 @@
 //! - [`metrics`]: Prometheus metrics, one typed struct registered into a registry.
 //! - [`admin`]: HTTP endpoint for `/metrics`, `/healthz`, `/readyz`.
 //! - [`app`]: wires the parts together and owns start-up and shutdown.
+//! - `fuzz_api`: the few private entry points the fuzz targets in `fuzz/` call
+//!   (hidden; not a stable API).
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod app;
 pub mod bridge;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzz_api;
 pub mod metrics;
 pub mod mqtt;
 pub mod store;

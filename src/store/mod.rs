@@ -21,6 +21,7 @@ mod writer;
 mod tests;
 
 pub use handle::{Commit, CommitObserver, Store, StoreOptions, StoreStats, DB_FILE};
+pub(crate) use tables::{decode as decode_record, encode as encode_record};
 
 /// One persistent subscription as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

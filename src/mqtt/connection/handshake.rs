@@ -276,7 +276,7 @@ impl PropsDefault for Option<p5::ConnectProperties> {
 }
 
 /// Builds the will message; an invalid will topic is a refused CONNECT.
-fn make_will(w: p5::LastWill, version: Version) -> Result<Will, &'static str> {
+pub(crate) fn make_will(w: p5::LastWill, version: Version) -> Result<Will, &'static str> {
     let topic = std::str::from_utf8(&w.topic).map_err(|_| "will topic is not UTF-8")?;
     if !crate::mqtt::topic::valid_topic_name(topic) {
         return Err("will topic is not a valid topic name");

@@ -6,6 +6,8 @@ mod handshake;
 mod inbound;
 mod pending;
 
+pub(crate) use handshake::make_will;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
