@@ -89,3 +89,14 @@ export MQBRIDGE_TEST_AMQP_URI="${MQBRIDGE_TEST_AMQP_URI:-amqp://guest:guest@127.
 export MQBRIDGE_TEST_KAFKA="${MQBRIDGE_TEST_KAFKA:-127.0.0.1:9092}"
 log "running the test suite"
 cargo test --all-targets "$@"
+
+# 6. Fuzz smoke: every cargo-fuzz target in fuzz/ for a few seconds, so the
+#    targets keep building and a shallow crash fails the suite. The fuzz crate
+#    is its own workspace with its own target dir: a build from clean costs
+#    about 7 CPU-minutes (plus a one-off cargo-fuzz install). Seconds per
+#    target in MQBRIDGE_FUZZ_SMOKE_SECS (default 5; 0 skips the step).
+smoke_secs="${MQBRIDGE_FUZZ_SMOKE_SECS:-5}"
+if [ "$smoke_secs" != 0 ]; then
+  log "fuzz smoke: every target for ${smoke_secs}s"
+  scripts/fuzz.sh "$smoke_secs"
+fi
