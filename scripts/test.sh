@@ -20,10 +20,23 @@ command -v cmake >/dev/null || need+=(cmake)
 dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || need+=(libcurl4-openssl-dev)
 command -v rabbitmq-server >/dev/null || need+=(rabbitmq-server)
 command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
 if [ "${#need[@]}" -gt 0 ]; then
   log "installing ${need[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# 1b. Third-party MQTT clients driven by the interop tests: MQTT.js (npm,
+#     pinned by tests/interop/package-lock.json) and Python paho-mqtt.
+if [ ! -d tests/interop/node_modules/mqtt ]; then
+  log "installing MQTT.js (npm ci in tests/interop)"
+  npm ci --prefix tests/interop --no-audit --no-fund >/dev/null
+fi
+if ! python3 -c 'import paho.mqtt' 2>/dev/null; then
+  log "installing paho-mqtt"
+  python3 -m pip install -q 'paho-mqtt>=2,<3' >/dev/null
 fi
 
 # 2. tansu (Kafka protocol), built once and reused. Without `dynostore` it has

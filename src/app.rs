@@ -39,6 +39,53 @@ pub enum AppError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("node id: {0}")]
+    NodeId(#[from] crate::node::NodeIdError),
+    /// A long-lived task ended while the gateway was running.
+    #[error("the {task} task {how} while the gateway was running")]
+    TaskFailed {
+        task: &'static str,
+        how: &'static str,
+    },
+}
+
+/// A long-lived task that ended before shutdown.
+#[derive(Debug, Clone, Copy)]
+struct TaskFailure {
+    task: &'static str,
+    panicked: bool,
+}
+
+/// Watches the gateway's long-lived tasks. One that ends before shutdown
+/// (returns or panics) is a failure: the gateway stops and the process exits
+/// non-zero, so a supervisor restarts it and state is rebuilt from the store,
+/// rather than staying up half-dead (e.g. accepting clients with no router).
+#[derive(Clone)]
+struct Supervisor {
+    stopping: watch::Receiver<bool>,
+    /// Bounded; the first failure is what matters, later ones are only logged.
+    failed: mpsc::Sender<TaskFailure>,
+}
+
+impl Supervisor {
+    /// Takes over `handle`; the returned handle resolves when the task ends.
+    fn watch(&self, task: &'static str, handle: JoinHandle<()>) -> (&'static str, JoinHandle<()>) {
+        let sup = self.clone();
+        let watcher = tokio::spawn(async move {
+            let result = handle.await;
+            if *sup.stopping.borrow() {
+                return;
+            }
+            let panicked = result.as_ref().is_err_and(|e| e.is_panic());
+            tracing::error!(
+                task,
+                panicked,
+                "a gateway task ended unexpectedly; stopping the gateway"
+            );
+            let _ = sup.failed.try_send(TaskFailure { task, panicked });
+        });
+        (task, watcher)
+    }
 }
 
 /// A running gateway.
@@ -48,12 +95,16 @@ pub struct Gateway {
     /// Where the admin endpoint is bound, if enabled.
     pub admin_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
-    router: JoinHandle<()>,
-    /// Sink tasks; each ends once every connection (holding its handle) is gone
-    /// and what it holds is confirmed.
-    sinks: Vec<JoinHandle<()>>,
-    /// Downlink sources; they stop consuming on the stop signal.
-    sources: Vec<JoinHandle<()>>,
+    /// Supervised tasks in shutdown order: downlink sources (they stop
+    /// consuming on the stop signal), the listeners, the router (it detaches
+    /// clients and closes the store), the store writer, then the sinks (each
+    /// ends once every connection holding its handle is gone and what it holds
+    /// is confirmed).
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
+    /// Failures reported by the supervisor.
+    failed: mpsc::Receiver<TaskFailure>,
+    /// For fault injection in tests; weak so it never keeps the router alive.
+    router_tx: mpsc::WeakSender<crate::mqtt::router::RouterMsg>,
     grace: Duration,
 }
 
@@ -94,6 +145,7 @@ fn route_sinks(
 /// wants delivery receipts.
 async fn start_downlink(
     cfg: &Config,
+    node_id: &str,
     sinks: &[SinkHandle],
     metrics: &BridgeMetrics,
     router: &mpsc::Sender<crate::mqtt::router::RouterMsg>,
@@ -126,7 +178,7 @@ async fn start_downlink(
         }
         let source = match cfg.bridge.backends.iter().find(|b| b.name() == r.backend) {
             Some(BackendConfig::Kafka(k)) => {
-                downlink::kafka::start(k, r, p.tx, stop.clone()).await?
+                downlink::kafka::start(k, r, node_id, p.tx, stop.clone()).await?
             }
             Some(BackendConfig::Amqp(a)) => downlink::amqp::start(a, r, p.tx, stop.clone()).await?,
             _ => continue,
@@ -202,7 +254,17 @@ impl Gateway {
                 source: crate::store::StoreError::Database(e.to_string()),
             })?
             .map_err(|source| AppError::Store { path, source })?;
+        let node_id = crate::node::resolve(&cfg.server.node_id, &cfg.store.path)?;
         let (stop, stop_rx) = watch::channel(false);
+        let (failed_tx, failed) = mpsc::channel(16);
+        let sup = Supervisor {
+            stopping: stop_rx.clone(),
+            failed: failed_tx,
+        };
+        let store_writer = {
+            let store = store.clone();
+            tokio::spawn(async move { store.writer_stopped().await })
+        };
         let (router_tx, router_rx) = mpsc::channel(ROUTER_CHANNEL);
         // Delivery receipts: acknowledged commands reported by the router. Bounded;
         // when full the router drops the receipt with a warning.
@@ -238,6 +300,7 @@ impl Gateway {
             source,
         })?;
         let ready = Arc::new(AtomicBool::new(false));
+        let mut admin = None;
         let admin_addr = if cfg.admin.listen.is_empty() {
             None
         } else {
@@ -255,12 +318,12 @@ impl Gateway {
                 source,
             })?;
             let registry = Arc::new(registry);
-            tokio::spawn(crate::admin::serve(
-                l,
-                registry,
-                ready.clone(),
-                stopped(stop_rx.clone()),
-            ));
+            let serve = crate::admin::serve(l, registry, ready.clone(), stopped(stop_rx.clone()));
+            admin = Some(tokio::spawn(async move {
+                if let Err(error) = serve.await {
+                    tracing::error!(%error, "admin endpoint failed");
+                }
+            }));
             Some(bound)
         };
         let (sinks, mut sink_tasks) = start_sinks(&cfg, &bridge_metrics).await?;
@@ -268,6 +331,7 @@ impl Gateway {
         let uplink = Uplink::new(&cfg.bridge, &route_sinks, &bridge_metrics);
         let sources = start_downlink(
             &cfg,
+            &node_id,
             &sinks,
             &bridge_metrics,
             &router_tx,
@@ -276,63 +340,102 @@ impl Gateway {
         )
         .await?;
         drop((sinks, route_sinks));
+        let router_weak = router_tx.downgrade();
         let shared = Arc::new(Shared {
             uplink,
             cfg: cfg.clone(),
             metrics,
             router: router_tx,
         });
-        tokio::spawn(crate::mqtt::listener::run(
+        let listener = tokio::spawn(crate::mqtt::listener::run(
             listener,
             shared,
             stopped(stop_rx),
         ));
+        let mut tasks = Vec::new();
+        tasks.extend(sources.into_iter().map(|t| sup.watch("downlink", t)));
+        tasks.push(sup.watch("mqtt listener", listener));
+        tasks.extend(admin.map(|t| sup.watch("admin endpoint", t)));
+        tasks.push(sup.watch("router", router));
+        tasks.push(sup.watch("store writer", store_writer));
+        tasks.extend(sink_tasks.into_iter().map(|t| sup.watch("uplink sink", t)));
         ready.store(true, Ordering::Release);
         tracing::info!(%mqtt_addr, ?admin_addr, store = %cfg.store.path.display(), "mqbridge started");
         Ok(Gateway {
             mqtt_addr,
             admin_addr,
             stop,
-            router,
-            sinks: sink_tasks,
-            sources,
+            tasks,
+            failed,
+            router_tx: router_weak,
             grace: Duration::from_secs(cfg.server.shutdown_grace_secs),
         })
+    }
+
+    /// Serves until `shutdown` resolves or a supervised task fails; then
+    /// stops. A task failure is returned as an error (the binary exits non-zero).
+    pub async fn serve(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), AppError> {
+        let failure = tokio::select! {
+            _ = shutdown => None,
+            f = self.failed.recv() => f,
+        };
+        tracing::info!("shutting down");
+        self.shutdown().await;
+        match failure {
+            None => Ok(()),
+            Some(f) => Err(AppError::TaskFailed {
+                task: f.task,
+                how: if f.panicked { "panicked" } else { "ended" },
+            }),
+        }
+    }
+
+    /// Resolves when a supervised task has failed (for tests).
+    #[doc(hidden)]
+    pub async fn failed_task(&mut self) -> Option<&'static str> {
+        self.failed.recv().await.map(|f| f.task)
+    }
+
+    /// Injects a fault, to test supervision.
+    #[doc(hidden)]
+    pub async fn inject_fault(&self, fault: crate::mqtt::router::Fault) {
+        if let Some(tx) = self.router_tx.upgrade() {
+            let _ = tx
+                .send(crate::mqtt::router::RouterMsg::InjectFault(fault))
+                .await;
+        }
     }
 
     /// Stops accepting, detaches clients, flushes and closes the store.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        let sinks = self.sinks;
-        let sources = self.sources;
-        let all = async move {
-            // Sources stop consuming first; what they did not commit is consumed again later.
-            for s in sources {
-                let _ = s.await;
-            }
-            let _ = self.router.await;
-            // Connections are gone with the router's kicks; the sinks drain what they hold.
-            for s in sinks {
-                let _ = s.await;
+        let tasks = self.tasks;
+        let mut left: Vec<&'static str> = tasks.iter().map(|(n, _)| *n).collect();
+        let all = async {
+            // In order: sources stop consuming first (what they did not commit
+            // is consumed again later); the router kicks the connections and
+            // closes the store; the sinks drain what they hold.
+            for (_, t) in tasks {
+                let _ = t.await;
+                left.remove(0);
             }
         };
         match tokio::time::timeout(self.grace, all).await {
             Ok(_) => tracing::info!("mqbridge stopped"),
             Err(_) => {
-                tracing::error!(grace = ?self.grace, "shutdown grace period exceeded; exiting anyway")
+                tracing::error!(grace = ?self.grace, unfinished = ?left, "shutdown grace period exceeded; exiting anyway")
             }
         }
     }
 }
 
-/// Runs the gateway until `shutdown` resolves.
+/// Runs the gateway until `shutdown` resolves or one of its tasks fails.
 pub async fn run(
     cfg: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AppError> {
-    let gw = Gateway::start(cfg).await?;
-    shutdown.await;
-    tracing::info!("shutting down");
-    gw.shutdown().await;
-    Ok(())
+    Gateway::start(cfg).await?.serve(shutdown).await
 }

@@ -10,6 +10,7 @@
 //! - [`bridge`]: uplink routes and the backend sinks (Kafka, AMQP, file).
 //! - [`metrics`]: Prometheus metrics, one typed struct registered into a registry.
 //! - [`admin`]: HTTP endpoint for `/metrics`, `/healthz`, `/readyz`.
+//! - [`node`]: this process's stable node id (Kafka static membership).
 //! - [`app`]: wires the parts together and owns start-up and shutdown.
 //! - `fuzz_api`: the few private entry points the fuzz targets in `fuzz/` call
 //!   (hidden; not a stable API).
@@ -23,4 +24,5 @@ pub mod config;
 pub mod fuzz_api;
 pub mod metrics;
 pub mod mqtt;
+pub mod node;
 pub mod store;

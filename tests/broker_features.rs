@@ -116,7 +116,7 @@ async fn expired_message_not_delivered_to_offline_session_v5() {
     p.publish_with("mexp/t", V5QoS::AtLeastOnce, false, b"long", long)
         .await;
     p.disconnect().await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
 
     let mut sub = b5::connect(opts_v5(t.addr, "mexp", false, Some(60))).await;
     assert!(sub.session_present());
@@ -419,5 +419,121 @@ async fn subscription_identifier_sent_with_retained_message_v5() {
         .unwrap_or_default();
     assert_eq!(ids, [42]);
     s.disconnect().await;
+    t.gw.shutdown().await;
+}
+
+// ----- outgoing topic aliases (5.0) -------------------------------------------
+
+/// A 5.0 client allowing 2 topic aliases gets repeated topics as aliases:
+/// first topic + alias, then the alias alone; never an alias above 2; when
+/// full, the least recently used alias is reassigned (checked on the wire).
+#[tokio::test]
+async fn outgoing_topic_aliases_within_the_clients_maximum_v5() {
+    use rumqttc::v5::mqttbytes::v5::Packet as P5;
+    init_tracing();
+    let t = start().await;
+    // CONNECT 5.0 with Topic Alias Maximum (0x22) = 2.
+    let id = b"alias-raw";
+    let mut body = vec![0x00, 0x04, b'M', b'Q', b'T', b'T', 5, 0x02, 0x00, 60];
+    body.extend_from_slice(&[0x03, 0x22, 0x00, 0x02]);
+    body.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    body.extend_from_slice(id);
+    let mut connect = vec![0x10, body.len() as u8];
+    connect.extend(body);
+    let mut s = raw::send(t.addr, &connect).await;
+    let connack = within(5, raw::read_packet(&mut s)).await.expect("CONNACK");
+    assert_eq!(connack[0], 0x20);
+    // SUBSCRIBE alias/# QoS 0, no properties.
+    let filter = b"alias/#";
+    let mut sub = vec![0x82, (2 + 1 + 2 + filter.len() + 1) as u8, 0x00, 0x01, 0x00];
+    sub.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+    sub.extend_from_slice(filter);
+    sub.push(0x00);
+    tokio::io::AsyncWriteExt::write_all(&mut s, &sub)
+        .await
+        .expect("write");
+    let suback = within(5, raw::read_packet(&mut s)).await.expect("SUBACK");
+    assert_eq!(suback[0], 0x90);
+
+    let topics = [
+        "alias/a", "alias/b", "alias/c", "alias/a", "alias/a", "alias/c",
+    ];
+    let mut p = b4::connect(opts_v4(t.addr, "alias-pub", true)).await;
+    for topic in topics {
+        p.publish(topic, QoS::AtMostOnce, false, topic.as_bytes())
+            .await;
+    }
+    let mut wire = Vec::new();
+    for _ in topics {
+        let bytes = within(5, raw::read_packet(&mut s)).await.expect("PUBLISH");
+        let mut buf = bytes::BytesMut::from(&bytes[..]);
+        let Ok(P5::Publish(publish)) = P5::read(&mut buf, None) else {
+            panic!("not a PUBLISH: {bytes:02x?}")
+        };
+        let alias = publish.properties.and_then(|pr| pr.topic_alias);
+        let topic = String::from_utf8(publish.topic.to_vec()).expect("utf-8");
+        let payload = String::from_utf8(publish.payload.to_vec()).expect("utf-8");
+        wire.push((topic, alias, payload));
+    }
+    let expected = [
+        ("alias/a", Some(1)),
+        ("alias/b", Some(2)),
+        // Full: alias 1 (alias/a, least recently used) goes to alias/c.
+        ("alias/c", Some(1)),
+        // Then alias 2 (alias/b) goes to alias/a.
+        ("alias/a", Some(2)),
+        ("", Some(2)),
+        ("", Some(1)),
+    ];
+    for (i, ((topic, alias, payload), (want_topic, want_alias))) in
+        wire.iter().zip(expected).enumerate()
+    {
+        assert_eq!(
+            (topic.as_str(), *alias),
+            (want_topic, want_alias),
+            "PUBLISH {i}: {wire:?}"
+        );
+        assert_eq!(payload, topics[i], "PUBLISH {i} carries its own message");
+    }
+    p.disconnect().await;
+    t.gw.shutdown().await;
+}
+
+/// A third-party 5.0 client (rumqttc) that allows aliases resolves every
+/// aliased PUBLISH to its topic (an unknown alias would be its protocol error);
+/// one that allows none gets plain topics.
+#[tokio::test]
+async fn third_party_client_decodes_outgoing_aliases_v5() {
+    init_tracing();
+    let t = start().await;
+    for (id, max) in [("alias-rc", Some(2)), ("alias-none", None)] {
+        let mut o = opts_v5(t.addr, id, true, None);
+        o.set_topic_alias_max(max);
+        let mut c = b5::connect(o).await;
+        c.subscribe("alias2/#", V5QoS::AtLeastOnce).await;
+        let topics: Vec<String> = (0..12).map(|i| format!("alias2/t{}", i % 3)).collect();
+        let mut p = b4::connect(opts_v4(t.addr, &format!("{id}-pub"), true)).await;
+        for topic in &topics {
+            p.publish(topic, QoS::AtLeastOnce, false, topic.as_bytes())
+                .await;
+        }
+        let got = c.expect_publishes(topics.len()).await;
+        let mut aliased = 0;
+        for (g, want) in got.iter().zip(&topics) {
+            assert_eq!(b5::topic(g), *want);
+            assert_eq!(&g.payload[..], want.as_bytes());
+            let alias = g.properties.as_ref().and_then(|p| p.topic_alias);
+            assert!(
+                alias <= max,
+                "{id}: alias {alias:?} over the client's maximum {max:?}"
+            );
+            aliased += usize::from(alias.is_some());
+        }
+        if max.is_some() {
+            assert_eq!(aliased, topics.len(), "{id}: every PUBLISH used an alias");
+        }
+        p.disconnect().await;
+        c.disconnect().await;
+    }
     t.gw.shutdown().await;
 }

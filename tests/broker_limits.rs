@@ -51,3 +51,36 @@ async fn persistent_session_limit_refuses_new_sessions_only() {
     );
     t.gw.shutdown().await;
 }
+
+/// The gateway never stays up half-dead: when the router or the store writer
+/// dies, it stops (listeners closed) and reports the task, so the binary exits
+/// non-zero and a supervisor restarts it.
+#[tokio::test]
+async fn a_dead_router_or_store_writer_stops_the_gateway() {
+    use mqbridge::app::AppError;
+    use mqbridge::mqtt::router::Fault;
+    // The writer is a thread: its watcher sees it gone ("ended"), not the panic.
+    for (fault, expected, expected_how) in [
+        (Fault::RouterPanic, "router", "panicked"),
+        (Fault::StoreWriterPanic, "store writer", "ended"),
+    ] {
+        let t = start().await;
+        let addr = t.addr;
+        // Serving before the fault.
+        let (_c, code) = connack(addr, "supervised").await;
+        assert_eq!(code, ConnectReturnCode::Success);
+        t.gw.inject_fault(fault).await;
+        let result = within(30, t.gw.serve(std::future::pending())).await;
+        match result {
+            Err(AppError::TaskFailed { task, how }) => {
+                assert_eq!(task, expected);
+                assert_eq!(how, expected_how);
+            }
+            other => panic!("{fault:?}: expected a task failure, got {other:?}"),
+        }
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "{fault:?}: the listener must be closed once the gateway stopped"
+        );
+    }
+}

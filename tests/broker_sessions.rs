@@ -456,3 +456,40 @@ async fn qos2_delivery_after_pubrec_resumes_with_pubrel_v4() {
     );
     t.gw.shutdown().await;
 }
+
+/// Expiry at its deadline, not on a sweep: with the backstop sweep made
+/// hourly, a 2 s session is present 1.5 s after the disconnect and gone at
+/// 2.5 s (with the message published meanwhile not delivered).
+#[tokio::test]
+async fn session_expires_at_its_deadline_not_on_a_sweep_v5() {
+    init_tracing();
+    let t = start_with(|cfg| cfg.session.expiry_check_interval_secs = 3600).await;
+    for (id, wait_ms, present) in [("dl-early", 1500, true), ("dl-late", 2500, false)] {
+        let mut c = b5::connect(opts_v5(t.addr, id, false, Some(2))).await;
+        c.subscribe(&format!("{id}/t"), V5QoS::AtLeastOnce).await;
+        c.disconnect().await;
+        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+        b4::publish_all(
+            t.addr,
+            &format!("{id}/t"),
+            QoS::AtLeastOnce,
+            &b4::numbered("m", 1),
+        )
+        .await;
+        let mut c = b5::connect(opts_v5(t.addr, id, false, Some(60))).await;
+        assert_eq!(
+            c.session_present(),
+            present,
+            "{id}: session present after {wait_ms} ms"
+        );
+        let got = c.drain().await;
+        assert_eq!(
+            got.len(),
+            usize::from(present),
+            "{id}: {:?}",
+            b5::payloads(&got)
+        );
+        c.disconnect().await;
+    }
+    t.gw.shutdown().await;
+}

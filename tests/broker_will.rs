@@ -237,3 +237,41 @@ async fn will_published_when_session_ends_before_will_delay_v5() {
     w.disconnect().await;
     t.gw.shutdown().await;
 }
+
+/// Will delay and session expiry fire at their deadlines (the backstop sweep
+/// is hourly here): Will Delay 3 s with Session Expiry 5 s -> the will at
+/// 3 s; Will Delay 5 s with Session Expiry 2 s -> at 2 s, when the session ends.
+#[tokio::test]
+async fn will_delay_and_session_end_fire_at_their_deadlines_v5() {
+    init_tracing();
+    let t = start_with(|cfg| cfg.session.expiry_check_interval_secs = 3600).await;
+    for (id, delay, expiry, due) in [("wdl-a", 3, 5, 3.0), ("wdl-b", 5, 2, 2.0)] {
+        let topic = format!("will/{id}");
+        let mut w = watcher(t.addr, &format!("{id}-watch"), &topic).await;
+        let mut o = opts_v5(t.addr, id, false, Some(expiry));
+        let props = LastWillProperties {
+            delay_interval: Some(delay),
+            ..no_will_props()
+        };
+        o.set_last_will(LastWill5::new(
+            &topic,
+            "gone",
+            V5QoS::AtLeastOnce,
+            false,
+            Some(props),
+        ));
+        let c = b5::connect(o).await;
+        let killed = std::time::Instant::now();
+        c.kill().await;
+        let got = w.expect_publishes(1).await;
+        let at = killed.elapsed().as_secs_f64();
+        assert_eq!(b4::payloads(&got), ["gone"]);
+        // Never early; late by at most a loaded machine's scheduling delay.
+        assert!(
+            at >= due - 0.05 && at < due + 1.0,
+            "{id}: will after {at:.2} s, due at {due} s"
+        );
+        w.disconnect().await;
+    }
+    t.gw.shutdown().await;
+}

@@ -9,7 +9,7 @@ mod downlink_support;
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use bridge_amqp_support::{broker, suffix};
@@ -31,8 +31,13 @@ async fn spawn(dir: &Path, port: u16, run: usize) -> Child {
         .arg("--config")
         .arg(dir.join("gw.toml"))
         .current_dir(dir)
-        .env("RUST_LOG", "mqbridge=debug")
-        .stdout(Stdio::null())
+        .env(
+            "RUST_LOG",
+            "mqbridge=debug,mqbridge::bridge::downlink::amqp=trace",
+        )
+        .env("NO_COLOR", "1")
+        // The log goes to stdout.
+        .stdout(log.try_clone().expect("clone log"))
         .stderr(log)
         .spawn()
         .expect("spawn mqbridge");
@@ -111,6 +116,21 @@ qos = 1
     let sent: Vec<String> = (0..total).map(|i| format!("cmd-{i:02}")).collect();
     cmds.publish_burst(&format!("devices.{id}.commands"), &sent)
         .await;
+    // Kill as soon as the gateway logs its first consumed command: it dies
+    // with commands handed over, some perhaps stored, not all acked.
+    let log = dir.path().join("gw-1.log");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("consumed")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway consumes nothing:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     if let Some(mut child) = gw.0.take() {
         child.kill().expect("SIGKILL"); // no shutdown, no flush, no acks
         let _ = child.wait();
@@ -119,6 +139,7 @@ qos = 1
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (in_queue, _) = cmds.stats().await.expect("queue exists");
 
+    let restarted = Instant::now();
     gw.0 = Some(spawn(dir.path(), port, 2).await);
     let mut d = b4::connect(opts_v4(addr, &id, false)).await;
     assert!(d.session_present(), "session survives the kill");
@@ -127,6 +148,7 @@ qos = 1
     while !sent.iter().all(|s| got.contains(s)) && Instant::now() < deadline {
         got.extend(b4::payloads(&d.drain().await));
     }
+    let all_in = restarted.elapsed();
     got.extend(b4::payloads(&d.drain().await));
     let missing: Vec<&String> = sent.iter().filter(|s| !got.contains(s)).collect();
     let distinct: HashSet<&String> = got.iter().collect();
@@ -142,6 +164,17 @@ qos = 1
     assert!(
         missing.is_empty(),
         "lost commands: {missing:?}; got {got:?}"
+    );
+    // The broker requeued the dead connection's unacked deliveries at once:
+    // the restarted gateway gets them as soon as it consumes.
+    eprintln!("every command delivered {all_in:?} after the restart");
+    assert!(
+        all_in < Duration::from_secs(15),
+        "commands resumed only {all_in:?} after the restart"
+    );
+    assert!(
+        in_queue > 0,
+        "the kill came after every command was acked: nothing was redelivered"
     );
     // In order apart from duplicates: each command comes after the previous
     // one's first appearance (a redelivered one may repeat older ones).

@@ -31,6 +31,7 @@ fn review_long_user_property_is_not_encoded_truncated() {
         pkid: 1,
         subscription_ids: &[],
         now_ms: 0,
+        topic_alias: None,
     };
     let mut out = BytesMut::new();
     // It cannot be expressed in MQTT: not written at all (the delivery is

@@ -842,3 +842,38 @@ async fn many_sessions_survive_crash() {
     }
     node.stop("TERM").await;
 }
+
+/// Session expiry counts the time across a restart and fires at the deadline
+/// (the backstop sweep is hourly here): with a 4 s expiry, a session is
+/// present 2 s after its disconnect and gone at 5 s, a restart in between.
+#[tokio::test]
+async fn session_expiry_deadline_holds_across_a_restart() {
+    let mut node = Node::start_with(&[
+        ("MQBRIDGE__SESSION__V311_SESSION_EXPIRY_SECS", "4"),
+        ("MQBRIDGE__SESSION__EXPIRY_CHECK_INTERVAL_SECS", "3600"),
+    ])
+    .await;
+    persistent_subscriber(&node, "exp-early", "exp/+", QoS::AtLeastOnce).await;
+    persistent_subscriber(&node, "exp-late", "exp/+", QoS::AtLeastOnce).await;
+    let offline = std::time::Instant::now();
+    node.stop("TERM").await;
+    node.run().await;
+    let until = |secs: f64| offline + Duration::from_secs_f64(secs);
+    tokio::time::sleep_until(until(2.0).into()).await;
+    let (c, ev, present) = connect(&node, "exp-early", false).await;
+    assert!(
+        present,
+        "session gone 2 s into a 4 s expiry\n{}",
+        node.logs()
+    );
+    disconnect(c, ev).await;
+    tokio::time::sleep_until(until(5.0).into()).await;
+    let (c, ev, present) = connect(&node, "exp-late", false).await;
+    assert!(
+        !present,
+        "session present 5 s into a 4 s expiry\n{}",
+        node.logs()
+    );
+    disconnect(c, ev).await;
+    node.stop("TERM").await;
+}

@@ -176,6 +176,9 @@ pub struct MqttConfig {
     pub server_keep_alive_secs: u16,
     /// MQTT 5.0 Topic Alias Maximum for client-to-server aliases; 0 disables them.
     pub topic_alias_maximum: u16,
+    /// Most topic aliases we use when sending to one 5.0 client (also capped
+    /// by the client's Topic Alias Maximum); 0 disables outgoing aliases.
+    pub max_outgoing_topic_aliases: u16,
     /// Largest number of simultaneous connections (> 0).
     pub max_connections: usize,
     /// Whether retained messages are supported.
@@ -197,6 +200,7 @@ impl Default for MqttConfig {
             max_inflight: 64,
             server_keep_alive_secs: 0,
             topic_alias_maximum: 32,
+            max_outgoing_topic_aliases: 32,
             max_connections: 100_000,
             retain_available: true,
             max_retained_messages: 100_000,
@@ -345,14 +349,31 @@ impl AdminConfig {
 pub struct ServerConfig {
     /// Seconds given to connections and the store to finish on shutdown (> 0).
     pub shutdown_grace_secs: u64,
+    /// Stable identity of this gateway process (e.g. Kafka static group
+    /// membership). Empty: generated once and kept in the store directory.
+    pub node_id: String,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             shutdown_grace_secs: 10,
+            node_id: String::new(),
         }
     }
+}
+
+/// Longest `server.node_id`, in bytes.
+pub const MAX_NODE_ID_LEN: usize = 64;
+
+/// Whether `id` is a usable node id: 1..=64 of `[A-Za-z0-9._-]` (it ends up
+/// in Kafka's group.instance.id and in logs).
+pub fn valid_node_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_NODE_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 impl ServerConfig {
@@ -540,6 +561,13 @@ impl Config {
             "server.shutdown_grace_secs",
             self.server.shutdown_grace_secs,
         )?;
+        let node_id = &self.server.node_id;
+        if !node_id.is_empty() && !valid_node_id(node_id) {
+            return Err(ConfigError::invalid(
+                "server.node_id",
+                format!("{node_id:?}: use 1 to {MAX_NODE_ID_LEN} characters of A-Z a-z 0-9 . _ -"),
+            ));
+        }
         self.bridge.validate(self.session.max_session_expiry_secs)?;
         Ok(())
     }

@@ -86,8 +86,8 @@ fn default_toml_comments_every_key() {
             "comment of key {key:?} in default.toml does not state the default"
         );
     }
-    // 1 + 11 + 9 + 4 + 1 + 1 fields, then bridge: 1 + 5 (file backend) + 6 (route).
-    assert_eq!(keys, 39, "unexpected number of keys in default.toml");
+    // 1 + 12 + 9 + 4 + 1 + 2 fields, then bridge: 1 + 5 (file backend) + 6 (route).
+    assert_eq!(keys, 41, "unexpected number of keys in default.toml");
 }
 
 #[test]

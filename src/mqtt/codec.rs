@@ -387,6 +387,9 @@ pub struct OutPublish<'a> {
     pub pkid: u16,
     pub subscription_ids: &'a [u32],
     pub now_ms: u64,
+    /// 5.0 outgoing Topic Alias: `(alias, with_topic)`; without the topic the
+    /// topic name is sent empty (the client knows the alias). Ignored for 3.1.1.
+    pub topic_alias: Option<(u16, bool)>,
 }
 
 fn varint_len(mut v: usize) -> usize {
@@ -437,6 +440,7 @@ fn publish_props_len(p: &OutPublish<'_>, expiry: Option<u32>) -> usize {
     let mut n = 0;
     n += props.payload_format_indicator.map_or(0, |_| 2);
     n += expiry.map_or(0, |_| 5);
+    n += p.topic_alias.map_or(0, |_| 3);
     n += props.content_type.as_ref().map_or(0, |s| 3 + s.len());
     n += props.response_topic.as_ref().map_or(0, |s| 3 + s.len());
     n += props.correlation_data.as_ref().map_or(0, |s| 3 + s.len());
@@ -469,7 +473,11 @@ pub fn encode_publish(
         Version::V5 => publish_props_len(p, expiry),
         Version::V311 => 0,
     };
-    let mut remaining = 2 + msg.topic.len() + msg.payload.len();
+    let topic: &[u8] = match (version, p.topic_alias) {
+        (Version::V5, Some((_, false))) => b"",
+        _ => msg.topic.as_bytes(),
+    };
+    let mut remaining = 2 + topic.len() + msg.payload.len();
     if p.qos > 0 {
         remaining += 2;
     }
@@ -482,7 +490,7 @@ pub fn encode_publish(
     out.reserve(5 + remaining);
     out.put_u8(0x30 | ((p.dup as u8) << 3) | (p.qos << 1) | p.retain as u8);
     put_varint(out, remaining);
-    put_str(out, msg.topic.as_bytes());
+    put_str(out, topic);
     if p.qos > 0 {
         out.put_u16(p.pkid);
     }
@@ -496,6 +504,10 @@ pub fn encode_publish(
         if let Some(v) = expiry {
             out.put_u8(0x02);
             out.put_u32(v);
+        }
+        if let Some((alias, _)) = p.topic_alias {
+            out.put_u8(0x23);
+            out.put_u16(alias);
         }
         if let Some(v) = &props.content_type {
             out.put_u8(0x03);

@@ -154,6 +154,18 @@ impl Store {
         rx.await.unwrap_or(Err(StoreError::Closed))
     }
 
+    /// Resolves once the writer thread is gone: after [`Store::close`], or
+    /// when it died (the gateway's supervisor watches this).
+    pub async fn writer_stopped(&self) {
+        self.inner.tx.closed().await;
+    }
+
+    /// Makes the writer thread panic, for supervision tests only.
+    #[doc(hidden)]
+    pub async fn inject_writer_panic(&self) {
+        let _ = self.inner.tx.send(Request::InjectPanic).await;
+    }
+
     /// Flushes, stops the writer thread and joins it. Later calls return
     /// `Closed`; closing again is a no-op.
     pub async fn close(&self) -> Result<(), StoreError> {

@@ -25,6 +25,8 @@ pub(super) enum Request {
     },
     Flush(Reply<()>),
     Close(oneshot::Sender<()>),
+    /// Fault injection for supervision tests: the writer thread panics.
+    InjectPanic,
 }
 
 /// Counters behind [`super::StoreStats`].
@@ -90,6 +92,7 @@ impl Writer {
                     let _ = reply.send(());
                     break;
                 }
+                Request::InjectPanic => panic!("injected store writer fault"),
             }
         }
         tracing::debug!("store writer stopped");

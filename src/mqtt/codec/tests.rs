@@ -135,6 +135,7 @@ fn publish_encoding_round_trips_through_rumqttc() {
         pkid: 7,
         subscription_ids: &[3, 300],
         now_ms: 1000,
+        topic_alias: None,
     };
     let mut buf = BytesMut::new();
     assert!(encode_publish(&out, Version::V5, 1 << 20, &mut buf));
@@ -213,4 +214,43 @@ fn disconnect_encoding_is_well_formed() {
     let mut out = BytesMut::new();
     encode_disconnect(0x8e, None, &mut out);
     assert_eq!(&out[..], &[0xe0, 0x02, 0x8e, 0x00]);
+}
+
+#[test]
+fn outgoing_topic_alias_is_encoded_with_and_without_the_topic() {
+    let msg = Message {
+        topic: "devices/dev-1/commands".into(),
+        payload: Bytes::from_static(b"x"),
+        qos: 1,
+        retain: false,
+        props: Default::default(),
+        expires_at_ms: None,
+        receipt: None,
+    };
+    for (with_topic, topic) in [(true, &b"devices/dev-1/commands"[..]), (false, &b""[..])] {
+        let out = OutPublish {
+            msg: &msg,
+            qos: 1,
+            retain: false,
+            dup: false,
+            pkid: 9,
+            subscription_ids: &[],
+            now_ms: 0,
+            topic_alias: Some((2, with_topic)),
+        };
+        let mut buf = BytesMut::new();
+        assert!(encode_publish(&out, Version::V5, 1 << 20, &mut buf));
+        let p5::Packet::Publish(p) = p5::Packet::read(&mut buf, None).unwrap() else {
+            panic!("not a publish")
+        };
+        assert_eq!(&p.topic[..], topic);
+        assert_eq!(p.properties.unwrap().topic_alias, Some(2));
+        // 3.1.1 has no aliases: the topic always goes out.
+        let mut buf = BytesMut::new();
+        assert!(encode_publish(&out, Version::V311, 1 << 20, &mut buf));
+        let p4::Packet::Publish(p) = p4::Packet::read(&mut buf, 1 << 20).unwrap() else {
+            panic!("not a publish")
+        };
+        assert_eq!(&p.topic[..], "devices/dev-1/commands");
+    }
 }

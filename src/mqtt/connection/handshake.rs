@@ -25,6 +25,8 @@ pub struct Attached {
     pub expiry_secs: u32,
     /// The client's Maximum Packet Size for what we send it.
     pub client_max_packet: u32,
+    /// The client's Topic Alias Maximum for what we send it (5.0; 0 = none).
+    pub client_topic_alias_max: u16,
     /// User name from CONNECT (for uplink templates).
     pub username: Option<String>,
     /// QoS 2 packet ids of this client still awaiting PUBREL (from its session).
@@ -236,6 +238,7 @@ pub async fn handshake(
         keep_alive,
         expiry_secs,
         client_max_packet: props.max_packet_size.unwrap_or(u32::MAX),
+        client_topic_alias_max: props.topic_alias_max.unwrap_or(0),
         username: login.map(|l| l.username).filter(|u| !u.is_empty()),
         qos2_pending,
         rx,

@@ -2,6 +2,7 @@
 //! reads and answers the client's packets, writes deliveries from the router
 //! within the inflight window, and watches keepalive.
 
+mod aliases;
 mod handshake;
 mod inbound;
 mod pending;
@@ -111,6 +112,8 @@ pub(crate) struct Conn<'a> {
     incoming_unacked: usize,
     /// Incoming topic aliases (5.0).
     aliases: HashMap<u16, String>,
+    /// Outgoing topic aliases (5.0, when the client allows them).
+    out_aliases: aliases::OutAliases,
     /// Packet ids of incoming QoS 2 PUBLISHes awaiting PUBREL (for the count above).
     qos2_in: HashSet<u16>,
     /// Per pending SUBSCRIBE: positions of the accepted and of the refused filters.
@@ -157,6 +160,10 @@ pub async fn serve(mut stream: TcpStream, sh: Arc<Shared>, conn_id: u64) {
         // (Receive Maximum) and their re-sends are recognised as duplicates.
         incoming_unacked: attached.qos2_pending.len(),
         aliases: HashMap::new(),
+        out_aliases: aliases::OutAliases::new(
+            attached.client_topic_alias_max,
+            sh.cfg.mqtt.max_outgoing_topic_aliases,
+        ),
         qos2_in: attached.qos2_pending.iter().copied().collect(),
         outbox: Vec::new(),
         sink_outbox: Vec::new(),
@@ -322,6 +329,12 @@ impl Conn<'_> {
                 sub_ids,
             } => {
                 let pkid = if qos > 0 { pkid_of(seq) } else { 0 };
+                let alias = self.out_aliases.lookup(&msg.topic);
+                let topic_alias = match alias {
+                    aliases::AliasUse::None => None,
+                    aliases::AliasUse::Assign(a) => Some((a, true)),
+                    aliases::AliasUse::Known(a) => Some((a, false)),
+                };
                 let p = OutPublish {
                     msg: &msg,
                     qos,
@@ -330,9 +343,13 @@ impl Conn<'_> {
                     pkid,
                     subscription_ids: &sub_ids,
                     now_ms: now_ms(),
+                    topic_alias,
                 };
                 let written =
                     codec::encode_publish(&p, self.version, self.client_max_packet, &mut self.out);
+                if written {
+                    self.out_aliases.sent(&msg.topic, alias);
+                }
                 if !written {
                     // Over the client's Maximum Packet Size: discarded as if delivered (5.0 3.1.2.11).
                     self.sh

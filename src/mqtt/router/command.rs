@@ -75,6 +75,13 @@ impl Router {
                 n => n,
             };
             s.disconnected_at_ms = Some(now_ms());
+            let expiry = std::time::Duration::from_secs(s.expiry_secs.into());
+            self.deadlines.schedule(
+                &mut s.expiry_deadline,
+                id,
+                super::deadlines::Kind::SessionExpiry,
+                expiry,
+            );
             self.sessions.insert(id.clone(), s);
             self.persistent += 1;
             self.save_session(id);

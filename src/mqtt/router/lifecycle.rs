@@ -2,9 +2,13 @@
 //! over), disconnect, wills, expiry and shutdown.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_util::time::delay_queue::Key;
 
+use super::deadlines::Kind;
 use super::queue::pump;
 use super::session::{Body, Conn, Entry, Session};
 use super::{ConnId, ConnectOutcome, ConnectRequest, Kick, Router, Will};
@@ -24,7 +28,17 @@ impl Router {
             s.protocol = r.record.protocol;
             s.stored = true;
             // A session that was connected when the gateway died starts its expiry now.
-            s.disconnected_at_ms = Some(r.record.disconnected_at_ms.unwrap_or(now));
+            let since = r.record.disconnected_at_ms.unwrap_or(now);
+            s.disconnected_at_ms = Some(since);
+            // Wall time only across the restart; a clock set back counts as no time passed.
+            let elapsed = now.saturating_sub(since);
+            let left = (u64::from(s.expiry_secs) * 1000).saturating_sub(elapsed);
+            self.deadlines.schedule(
+                &mut s.expiry_deadline,
+                &client,
+                Kind::SessionExpiry,
+                Duration::from_millis(left),
+            );
             s.incoming_qos2 = r.incoming_qos2.into_iter().collect();
             for i in &r.index {
                 s.queue.push_back(Entry {
@@ -104,6 +118,14 @@ impl Router {
             return;
         }
         let mut present = false;
+        // A session past its expiry is gone, even if its timer has not fired yet.
+        if self
+            .sessions
+            .get(&client)
+            .is_some_and(|s| s.expired(Instant::now()))
+        {
+            self.expire(&client);
+        }
         if let Some(mut s) = self.sessions.remove(&client) {
             if let Some(mut old) = s.detach() {
                 if let Some(k) = old.kick.take() {
@@ -117,7 +139,14 @@ impl Router {
                     if w.delay_secs == 0 {
                         self.publish_will(w);
                     } else {
-                        s.pending_will = Some((w.clone(), now_ms() + w.delay_secs as u64 * 1000));
+                        let delay = Duration::from_secs(w.delay_secs.into());
+                        self.deadlines.schedule(
+                            &mut s.will_deadline,
+                            &client,
+                            Kind::WillDelay,
+                            delay,
+                        );
+                        s.pending_will = Some(w);
                     }
                 }
             }
@@ -127,6 +156,8 @@ impl Router {
                 present = true;
                 // Resuming cancels a will still waiting for its delay (MQTT-3.1.3-9).
                 s.pending_will = None;
+                self.deadlines.cancel(&mut s.will_deadline);
+                self.deadlines.cancel(&mut s.expiry_deadline);
                 self.sessions.insert(client.clone(), s);
             }
         }
@@ -317,7 +348,10 @@ impl Router {
         let will = s.will.take().filter(|_| publish_will);
         if let Some(w) = will {
             if w.delay_secs > 0 && s.persistent() {
-                s.pending_will = Some((w.clone(), now_ms() + w.delay_secs as u64 * 1000));
+                let delay = Duration::from_secs(w.delay_secs.into());
+                self.deadlines
+                    .schedule(&mut s.will_deadline, client, Kind::WillDelay, delay);
+                s.pending_will = Some(w);
             } else {
                 self.publish_will(w);
             }
@@ -327,6 +361,9 @@ impl Router {
         };
         if s.persistent() {
             s.disconnected_at_ms = Some(now_ms());
+            let expiry = Duration::from_secs(s.expiry_secs.into());
+            self.deadlines
+                .schedule(&mut s.expiry_deadline, client, Kind::SessionExpiry, expiry);
             s.unload();
             self.save_session(client);
         } else if let Some(s) = self.sessions.remove(client) {
@@ -347,7 +384,9 @@ impl Router {
 
     /// Ends a session for good: its will (if pending), subscriptions and stored state.
     pub(super) fn end_session(&mut self, mut s: Session) {
-        if let Some((w, _)) = s.pending_will.take() {
+        self.deadlines.cancel(&mut s.will_deadline);
+        self.deadlines.cancel(&mut s.expiry_deadline);
+        if let Some(w) = s.pending_will.take() {
             self.publish_will(w);
         }
         self.remove_subs(&s);
@@ -368,20 +407,57 @@ impl Router {
         }
     }
 
-    /// Periodic work: delayed wills whose time came, sessions that expired.
+    /// A deadline fired: publish a delayed will, or end an expired session.
+    pub(super) fn fired(&mut self, client: Arc<str>, kind: Kind, key: Key) {
+        let Some(s) = self.sessions.get_mut(&client) else {
+            return;
+        };
+        match kind {
+            Kind::WillDelay => {
+                if self
+                    .deadlines
+                    .take_fired(&mut s.will_deadline, key, &client, kind)
+                {
+                    if let Some(w) = s.pending_will.take() {
+                        self.publish_will(w);
+                    }
+                }
+            }
+            Kind::SessionExpiry => {
+                if self
+                    .deadlines
+                    .take_fired(&mut s.expiry_deadline, key, &client, kind)
+                    && s.conn.is_none()
+                {
+                    self.expire(&client);
+                }
+            }
+        }
+        self.update_gauges();
+    }
+
+    /// Ends an offline session whose expiry has passed.
+    fn expire(&mut self, client: &Arc<str>) {
+        if let Some(s) = self.sessions.remove(client) {
+            tracing::info!(client_id = %client, "session expired");
+            self.metrics.expired_sessions.inc();
+            self.end_session(s);
+        }
+    }
+
+    /// Periodic work: gauges, and a backstop for deadlines (they fire on
+    /// their own; this only catches what a missed timer would leave).
     pub(super) fn tick(&mut self) {
-        let now = now_ms();
+        let now = Instant::now();
         let mut wills = Vec::new();
         let mut expired = Vec::new();
         for (id, s) in self.sessions.iter_mut() {
-            if s.pending_will.as_ref().is_some_and(|(_, at)| *at <= now) {
-                wills.extend(s.pending_will.take().map(|(w, _)| w));
+            if s.will_deadline.is_some_and(|d| d.at <= now) {
+                self.deadlines.cancel(&mut s.will_deadline);
+                wills.extend(s.pending_will.take());
             }
-            if s.conn.is_none() {
-                let at = s.disconnected_at_ms.unwrap_or(now) + s.expiry_secs as u64 * 1000;
-                if at <= now {
-                    expired.push(id.clone());
-                }
+            if s.expired(now) {
+                expired.push(id.clone());
             }
         }
         for w in wills {
@@ -390,11 +466,7 @@ impl Router {
         let queued: usize = self.sessions.values().map(|s| s.queue.len()).sum();
         self.metrics.queued_messages.set(queued as i64);
         for id in expired {
-            if let Some(s) = self.sessions.remove(&id) {
-                tracing::info!(client_id = %id, "session expired");
-                self.metrics.expired_sessions.inc();
-                self.end_session(s);
-            }
+            self.expire(&id);
         }
         self.update_gauges();
     }

@@ -12,6 +12,7 @@
 //! that group commits.
 
 mod command;
+mod deadlines;
 mod lifecycle;
 mod publish;
 mod queue;
@@ -197,6 +198,19 @@ pub enum RouterMsg {
         conn_id: ConnId,
         entries: Result<Vec<(u64, QueuedEntry)>, String>,
     },
+    /// Fault injection for supervision tests only.
+    #[doc(hidden)]
+    InjectFault(Fault),
+}
+
+/// A fault to inject, to test that the gateway never stays up half-dead.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The router task panics.
+    RouterPanic,
+    /// The store writer thread panics.
+    StoreWriterPanic,
 }
 
 type Waiter = Box<dyn FnOnce(bool) + Send>;
@@ -231,6 +245,8 @@ pub struct Router {
     /// Store ops of the current batch and the replies waiting for their commit.
     ops: Vec<Op>,
     waiters: Vec<Waiter>,
+    /// Session expiry and will-delay deadlines.
+    deadlines: deadlines::Deadlines,
 }
 
 impl Router {
@@ -256,6 +272,7 @@ impl Router {
             pending_loads: Vec::new(),
             ops: Vec::new(),
             waiters: Vec::new(),
+            deadlines: deadlines::Deadlines::default(),
         };
         router.restore(recovered);
         router
@@ -289,6 +306,7 @@ impl Router {
                         }
                     }
                 }
+                (client, kind, key) = self.deadlines.next() => self.fired(client, kind, key),
                 _ = tick.tick() => self.tick(),
                 _ = &mut shutdown => break,
             }
@@ -384,6 +402,11 @@ impl Router {
                 conn_id,
                 entries,
             } => self.loaded(&client_id, conn_id, entries),
+            RouterMsg::InjectFault(Fault::RouterPanic) => panic!("injected router fault"),
+            RouterMsg::InjectFault(Fault::StoreWriterPanic) => {
+                let store = self.store.clone();
+                tokio::spawn(async move { store.inject_writer_panic().await });
+            }
         }
     }
 

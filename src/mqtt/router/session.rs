@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::deadlines::Deadline;
 use super::{ConnId, Kick, Outbound, Will};
 use crate::mqtt::message::Message;
 use crate::mqtt::topic::SubOpts;
@@ -79,7 +80,11 @@ pub struct Session {
     /// The will of the current connection.
     pub will: Option<Will>,
     /// A will waiting for its delay after the connection closed (5.0).
-    pub pending_will: Option<(Will, u64)>,
+    pub pending_will: Option<Will>,
+    /// When the pending will is due.
+    pub will_deadline: Option<Deadline>,
+    /// When the session expires, while its client is offline.
+    pub expiry_deadline: Option<Deadline>,
 }
 
 impl Session {
@@ -101,11 +106,18 @@ impl Session {
             disconnected_at_ms: None,
             will: None,
             pending_will: None,
+            will_deadline: None,
+            expiry_deadline: None,
         }
     }
 
     pub fn persistent(&self) -> bool {
         self.expiry_secs > 0
+    }
+
+    /// Offline past its expiry, even if its timer has not fired yet.
+    pub fn expired(&self, now: tokio::time::Instant) -> bool {
+        self.conn.is_none() && self.expiry_deadline.is_some_and(|d| d.at <= now)
     }
 
     pub fn online(&self) -> bool {

@@ -197,6 +197,7 @@ impl Source {
                 d = session.deliveries.recv() => match d {
                     Some(Ok(Some(delivery))) => {
                         let (command, acker) = convert::command(self.s.queue.as_str(), delivery);
+                        tracing::trace!(route = %self.s.route, position = %command.position, "consumed");
                         let (done, outcome) = oneshot::channel();
                         let env = CommandEnvelope { command, done };
                         // A full channel is backpressure; stopping meanwhile

@@ -37,10 +37,11 @@ use crate::config::{DownlinkRoute, KafkaBackend};
 pub async fn start(
     backend: &KafkaBackend,
     route: &DownlinkRoute,
+    node_id: &str,
     tx: CommandTx,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, BridgeError> {
-    let config = consumer_config(backend, route);
+    let config = consumer_config(backend, route, node_id);
     // Create (and drop) one consumer now so that a bad property fails the
     // start-up instead of the task; this does not contact the broker.
     source::create(&config, route)
@@ -77,7 +78,10 @@ pub async fn start(
 /// the group is the route's.
 const FORCED: [&str; 3] = ["enable.auto.commit", "auto.commit.enable", "group.id"];
 
-fn consumer_config(backend: &KafkaBackend, route: &DownlinkRoute) -> ClientConfig {
+fn consumer_config(backend: &KafkaBackend, route: &DownlinkRoute, node_id: &str) -> ClientConfig {
+    // Static membership (KIP-345): a restarted gateway (same node id) takes
+    // its partitions back at once instead of after session.timeout.ms.
+    let instance = format!("{node_id}.{}", route.name);
     let group = route
         .group_id
         .clone()
@@ -90,6 +94,7 @@ fn consumer_config(backend: &KafkaBackend, route: &DownlinkRoute) -> ClientConfi
             format!("mqbridge-{}-{}", backend.name, route.name),
         )
         .set("group.id", &group)
+        .set("group.instance.id", &instance)
         // The classic protocol: what tansu and most brokers speak.
         .set("group.protocol", "classic")
         .set("enable.auto.commit", "false")
@@ -105,6 +110,8 @@ fn consumer_config(backend: &KafkaBackend, route: &DownlinkRoute) -> ClientConfi
         let (key, value) = (key.trim(), value.trim());
         if key == "group.id" {
             tracing::warn!(route = %route.name, "Kafka property group.id={value} ignored by the downlink: the route's group is {group}");
+        } else if key == "group.instance.id" {
+            tracing::warn!(route = %route.name, %value, %instance, "Kafka property group.instance.id ignored by the downlink: it is derived from server.node_id");
         } else if FORCED.contains(&key) && !value.eq_ignore_ascii_case("false") {
             tracing::warn!(route = %route.name, "Kafka property {key}={value} ignored: the downlink commits offsets itself, once commands are stored");
         } else {

@@ -45,9 +45,11 @@ fn auto_commit_and_group_cannot_be_overridden() {
             "enable.auto.commit=true",
             "auto.commit.enable = true",
             "group.id=other",
+            "group.instance.id=shared",
             "fetch.min.bytes=2",
         ]),
         &route(None),
+        "node-a",
     );
     assert_eq!(c.get("enable.auto.commit"), Some("false"));
     assert_eq!(c.get("auto.commit.enable"), None);
@@ -55,7 +57,9 @@ fn auto_commit_and_group_cannot_be_overridden() {
     assert_eq!(c.get("auto.offset.reset"), Some("earliest"));
     assert_eq!(c.get("group.protocol"), Some("classic"));
     assert_eq!(c.get("fetch.min.bytes"), Some("2"));
-    let c = consumer_config(&backend(&[]), &route(Some("g1")));
+    // Static membership per node and route, whatever the properties say.
+    assert_eq!(c.get("group.instance.id"), Some("node-a.cmds"));
+    let c = consumer_config(&backend(&[]), &route(Some("g1")), "node-a");
     assert_eq!(c.get("group.id"), Some("g1"));
 }
 
@@ -145,7 +149,9 @@ async fn start_and_stop_without_broker(create_topics: bool) {
     let (tx, _rx) = tokio::sync::mpsc::channel(8);
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let begun = std::time::Instant::now();
-    let task = start(&b, &route(None), tx, stop).await.expect("starts");
+    let task = start(&b, &route(None), "node-a", tx, stop)
+        .await
+        .expect("starts");
     assert!(
         begun.elapsed() < Duration::from_secs(2),
         "start took {:?}",
@@ -164,7 +170,14 @@ async fn start_and_stop_without_broker(create_topics: bool) {
 async fn a_property_librdkafka_refuses_fails_the_start() {
     let (tx, _rx) = tokio::sync::mpsc::channel(8);
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
-    let err = start(&backend(&["no.such.property=1"]), &route(None), tx, stop).await;
+    let err = start(
+        &backend(&["no.such.property=1"]),
+        &route(None),
+        "node-a",
+        tx,
+        stop,
+    )
+    .await;
     assert!(err.is_err());
 }
 
