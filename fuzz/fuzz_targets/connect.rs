@@ -14,13 +14,20 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let [size_pick, stream @ ..] = data else {
         return;
     };
-    let max = if size_pick & 1 == 0 { 1 << 20 } else { 16 + u32::from(*size_pick) * 4 };
+    let max = if size_pick & 1 == 0 {
+        1 << 20
+    } else {
+        16 + u32::from(*size_pick) * 4
+    };
     match connect(stream, max) {
         ConnectParse::Incomplete | ConnectParse::Refused(_) => {}
         ConnectParse::Unexpected(p) => panic!("complete CONNECT frame decoded as {p:?}"),
         ConnectParse::Connect { will, .. } => {
             if let Some(Ok(w)) = will {
-                assert!(valid_topic_name(&w.message.topic), "will accepted with invalid topic");
+                assert!(
+                    valid_topic_name(&w.message.topic),
+                    "will accepted with invalid topic"
+                );
             }
         }
     }

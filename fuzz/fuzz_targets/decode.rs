@@ -35,7 +35,11 @@ pub fn run(data: &[u8], version: Version) {
     let [size_pick, chunk, stream @ ..] = data else {
         return;
     };
-    let max = if size_pick & 1 == 0 { 1 << 20 } else { 16 + u32::from(*size_pick) * 4 };
+    let max = if size_pick & 1 == 0 {
+        1 << 20
+    } else {
+        16 + u32::from(*size_pick) * 4
+    };
     let chunk = usize::from(*chunk).max(1);
 
     let mut whole = Vec::new();

@@ -18,6 +18,9 @@ use crate::mqtt::codec::{decode, Version};
 use crate::mqtt::message::{Message, MessageProps, Receipt};
 use crate::store::{EntryState, QueuedEntry, SessionRecord, SubscriptionRecord};
 
+/// Named seeds of one target.
+type Seeds = Vec<(&'static str, Vec<u8>)>;
+
 /// Byte 0 of a decode/connect input: the 1 MiB packet size limit.
 const BIG_MAX: u8 = 0;
 
@@ -73,7 +76,7 @@ fn v4_connect(will: bool, login: bool) -> p4::Packet {
     })
 }
 
-fn v4_streams() -> Vec<(&'static str, Vec<u8>)> {
+fn v4_streams() -> Seeds {
     use p4::Packet as P;
     vec![
         (
@@ -206,7 +209,7 @@ fn v5_connect(will: bool, login: bool) -> p5::Packet {
     p5::Packet::Connect(connect, will, login)
 }
 
-fn v5_streams() -> Vec<(&'static str, Vec<u8>)> {
+fn v5_streams() -> Seeds {
     use p5::Packet as P;
     let filter = |path: &str, qos| p5::Filter {
         path: path.into(),
@@ -320,7 +323,7 @@ fn message(props: bool) -> Message {
 }
 
 /// Store seeds: byte 0 picks the type as the `store_record` target reads it.
-fn store_records() -> Vec<(&'static str, Vec<u8>)> {
+fn store_records() -> Seeds {
     let session = SessionRecord {
         protocol: 5,
         expiry_secs: 3600,
@@ -348,7 +351,7 @@ fn store_records() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
-fn topic_scripts() -> Vec<(&'static str, Vec<u8>)> {
+fn topic_scripts() -> Seeds {
     let script = |lines: &[&str]| lines.join("\n").into_bytes();
     vec![
         (
@@ -372,8 +375,8 @@ fn topic_scripts() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
-fn all_seeds() -> Vec<(&'static str, Vec<(&'static str, Vec<u8>)>)> {
-    let prefixed = |streams: Vec<(&'static str, Vec<u8>)>, chunk: u8| {
+fn all_seeds() -> Vec<(&'static str, Seeds)> {
+    let prefixed = |streams: Seeds, chunk: u8| {
         streams
             .into_iter()
             .map(|(name, bytes)| (name, [vec![BIG_MAX, chunk], bytes].concat()))
