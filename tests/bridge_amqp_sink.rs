@@ -5,6 +5,7 @@
 //! it stops the broker under everyone's feet.
 
 mod bridge_amqp_support;
+mod common;
 
 use std::collections::HashMap;
 use std::time::Duration;

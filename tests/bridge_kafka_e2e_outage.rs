@@ -52,10 +52,7 @@ impl Drop for Thaw {
 async fn puback_waits_through_a_frozen_kafka_broker_and_nothing_acked_is_lost() {
     let addr = std::env::var("MQBRIDGE_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
     let Some(pid) = tansu_pid() else {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("no local tansu broker to freeze and CI=true");
-        }
-        eprintln!("skipped: no local tansu broker");
+        common::service::missing("a local tansu broker to freeze");
         return;
     };
     let topic = format!("mqbridge-test-out-{:016x}", rand::random::<u64>());

@@ -3,6 +3,8 @@
 //! broker answers, the tests are skipped with a note, or fail when `CI=true`.
 //! Topic and group names are random, so runs do not see each other's data.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,10 +36,9 @@ async fn broker() -> Option<String> {
     {
         return Some(addr);
     }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("no Kafka-protocol broker at {addr} (MQBRIDGE_TEST_KAFKA) and CI=true");
-    }
-    eprintln!("skipped: no Kafka-protocol broker at {addr} (set MQBRIDGE_TEST_KAFKA)");
+    common::service::missing(&format!(
+        "a Kafka-protocol broker at {addr} (MQBRIDGE_TEST_KAFKA)"
+    ));
     None
 }
 
@@ -384,10 +385,7 @@ fn tansu_binary() -> Option<std::path::PathBuf> {
     };
     let found = candidates.into_iter().find(|p| p.is_file());
     if found.is_none() {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("no tansu binary (MQBRIDGE_TEST_TANSU, PATH) and CI=true");
-        }
-        eprintln!("skipped: no tansu binary (set MQBRIDGE_TEST_TANSU)");
+        common::service::missing("the tansu binary (MQBRIDGE_TEST_TANSU, PATH)");
     }
     found
 }

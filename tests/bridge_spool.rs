@@ -6,6 +6,7 @@
 //! One test in this file: it blocks the broker for everyone.
 
 mod bridge_amqp_support;
+mod common;
 
 use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};

@@ -505,6 +505,41 @@ pub mod b5 {
     }
 }
 
+/// One rule for a test whose outside service or tool is missing: under CI
+/// (any value of `CI` but empty, `0` or `false`) the test fails; otherwise it
+/// is recorded as skipped — a `SKIPPED` line on stdout and in the file named
+/// by `MQBRIDGE_SKIP_LOG`, which scripts/test.sh counts and prints at the end
+/// (a skipped test would otherwise show as a plain `ok`).
+pub mod service {
+    pub fn in_ci() -> bool {
+        std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"))
+    }
+
+    /// Fails under CI, records a skip otherwise. Callers return right after.
+    pub fn missing(what: &str) {
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("<unnamed test>")
+            .to_string();
+        if in_ci() {
+            panic!("{test}: {what} is required in CI (scripts/test.sh installs and starts it)");
+        }
+        let line = format!("SKIPPED: {test}: {what}");
+        println!("{line}");
+        eprintln!("{line}");
+        if let Some(path) = std::env::var_os("MQBRIDGE_SKIP_LOG") {
+            use std::io::Write;
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
+                let _ = writeln!(f, "{test}: {what}");
+            }
+        }
+    }
+}
+
 /// Raw packets, for checks a client library would hide.
 pub mod raw {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
