@@ -114,4 +114,16 @@ if [ "$skipped" -gt 0 ]; then
 else
   log "0 tests skipped"
 fi
+
+# 6. Fuzz smoke (only after a green suite): every cargo-fuzz target in fuzz/
+#    for a few seconds, so the targets keep building and a shallow crash fails
+#    the run. The fuzz crate is its own workspace with its own target dir: a
+#    build from clean costs about 7 CPU-minutes (plus a one-off cargo-fuzz
+#    install). Seconds per target in MQBRIDGE_FUZZ_SMOKE_SECS (default 5; 0
+#    skips the step).
+smoke_secs="${MQBRIDGE_FUZZ_SMOKE_SECS:-5}"
+if [ "$status" -eq 0 ] && [ "$smoke_secs" != 0 ]; then
+  log "fuzz smoke: every target for ${smoke_secs}s"
+  scripts/fuzz.sh "$smoke_secs" || status=$?
+fi
 exit "$status"

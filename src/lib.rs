@@ -12,12 +12,16 @@
 //! - [`admin`]: HTTP endpoint for `/metrics`, `/healthz`, `/readyz`.
 //! - [`node`]: this process's stable node id (Kafka static membership).
 //! - [`app`]: wires the parts together and owns start-up and shutdown.
+//! - `fuzz_api`: the few private entry points the fuzz targets in `fuzz/` call
+//!   (hidden; not a stable API).
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod app;
 pub mod bridge;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzz_api;
 pub mod metrics;
 pub mod mqtt;
 pub mod node;

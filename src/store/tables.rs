@@ -94,14 +94,14 @@ pub(super) fn state_from_u8(byte: u8) -> Option<EntryState> {
 }
 
 /// Encodes a record: [`RECORD_VERSION`], then its postcard body.
-pub(super) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     let mut out = vec![RECORD_VERSION];
     postcard::to_io(value, &mut out).map_err(|e| StoreError::Database(format!("encode: {e}")))?;
     Ok(out)
 }
 
 /// Decodes a record written by [`encode`] (any version this build knows).
-pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
     match bytes.split_first() {
         Some((&RECORD_VERSION, body)) => decode_legacy(body),
         Some((v, _)) => Err(StoreError::Corrupt(format!("unknown record version {v}"))),

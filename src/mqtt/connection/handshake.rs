@@ -124,7 +124,7 @@ pub async fn handshake(
     } else {
         connect.client_id.as_str().into()
     };
-    let will = match will.map(|w| make_will(w, version, sh)) {
+    let will = match will.map(|w| make_will(w, version, &sh.cfg.mqtt.topic_limits(), Some(&sh.metrics))) {
         Some(Err((why, detail))) => {
             // 3.1.1 has no code for a bad will topic: closed without CONNACK.
             if version == Version::V5 {
@@ -327,12 +327,19 @@ async fn refuse_undecodable(
 }
 
 /// Builds the will message; an invalid will topic is a refused CONNECT.
-fn make_will(w: p5::LastWill, version: Version, sh: &Shared) -> Result<Will, (Why, String)> {
+pub(crate) fn make_will(
+    w: p5::LastWill,
+    version: Version,
+    limits: &crate::mqtt::topic::TopicLimits,
+    metrics: Option<&crate::metrics::Metrics>,
+) -> Result<Will, (Why, String)> {
     // UTF-8 and the string rules were checked by the codec.
     let topic = std::str::from_utf8(&w.topic)
         .map_err(|_| (Why::InvalidString, "will topic is not UTF-8".to_string()))?;
-    if let Err(e) = sh.cfg.mqtt.topic_limits().check(topic) {
-        sh.metrics.topic_refused(e.reason());
+    if let Err(e) = limits.check(topic) {
+        if let Some(m) = metrics {
+            m.topic_refused(e.reason());
+        }
         return Err((Why::TopicLimit, format!("will topic: {e}")));
     }
     if !crate::mqtt::topic::valid_topic_name(topic) {

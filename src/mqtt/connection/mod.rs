@@ -14,6 +14,8 @@ mod keepalive;
 mod pending;
 mod timers;
 
+pub(crate) use handshake::make_will;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
