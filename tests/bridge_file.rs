@@ -74,9 +74,6 @@ async fn telemetry_is_on_disk_when_puback_arrives() {
     })
     .await;
     t.gw.shutdown().await;
-    let lines = read_lines(t.dir.path(), "telemetry");
-    assert_eq!(lines.len(), 51, "the control message was bridged");
-    assert_eq!(lines[50]["payload"], "ctl");
     let mut files = Vec::new();
     for e in std::fs::read_dir(t.dir.path().join("uplink")).unwrap() {
         let path = e.unwrap().path();
@@ -89,6 +86,9 @@ async fn telemetry_is_on_disk_when_puback_arrives() {
         files.push(path);
     }
     assert_eq!(files.len(), 1, "only the route's file: {files:?}");
+    let lines = read_lines(t.dir.path(), "telemetry");
+    assert_eq!(lines.len(), 51, "the control message was bridged");
+    assert_eq!(lines[50]["payload"], "ctl");
 }
 
 #[tokio::test]

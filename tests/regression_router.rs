@@ -551,7 +551,10 @@ async fn review_qos0_messages_on_one_topic_reordered_after_reconnect() {
     };
     let done = tokio::time::timeout(Duration::from_secs(5), async {
         while qos0(&order).len() < 2 {
+            // Biased: both channels can be ready at once, and a random pick
+            // would hide an overtaking (direct) QoS 0 delivery.
             tokio::select! {
+                biased;
                 Some(o) = a.rx0.recv() => order.push(describe(&o)),
                 Some(o) = a.rx.recv() => {
                     order.push(describe(&o));
