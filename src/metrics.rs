@@ -108,6 +108,26 @@ label_enum! {
         UnsupportedProtocol => "unsupported_protocol",
         /// The client identifier was refused.
         ClientIdInvalid => "client_id_invalid",
+        /// The client's socket did not take our bytes within `mqtt.send_timeout_secs`.
+        SendTimeout => "send_timeout",
+        /// A packet was started but not finished within `mqtt.frame_timeout_secs`.
+        FrameTimeout => "frame_timeout",
+        /// A 3.1.1 keep-alive above `mqtt.max_keepalive_secs` (or 0) was refused.
+        KeepaliveRefused => "keepalive_refused",
+        /// A 3.1.1 client went over `mqtt.max_awaiting_rel`.
+        AwaitingRelExceeded => "awaiting_rel_exceeded",
+    }
+}
+
+label_enum! {
+    /// Why the listener closed a connection before reading anything (`reason` label).
+    RefusedReason {
+        /// `mqtt.max_connections` was reached.
+        MaxConnections => "max_connections",
+        /// `mqtt.max_connections_per_ip` was reached for the peer's address.
+        PerIp => "per_ip",
+        /// `mqtt.max_connection_rate` was exceeded.
+        Rate => "rate",
     }
 }
 
@@ -148,6 +168,13 @@ pub struct ProtocolErrorLabels {
     pub reason: ProtocolErrorReason,
 }
 
+/// Label set `{reason=...}` of connections refused by the listener.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// Refusal reason.
+    pub reason: RefusedReason,
+}
+
 /// Label set `{reason=...}` of dropped messages.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct DropLabels {
@@ -180,6 +207,15 @@ pub struct Metrics {
     pub bytes_sent: Counter,
     /// `mqbridge_mqtt_protocol_errors_total{reason}`: connections closed for a protocol error.
     pub protocol_errors: Family<ProtocolErrorLabels, Counter>,
+    /// `mqbridge_mqtt_connections_refused_total{reason}`: connections the
+    /// listener closed before CONNECT because of a connection limit.
+    pub connections_refused: Family<RefusedLabels, Counter>,
+    /// `mqbridge_mqtt_awaiting_rel_refused_total`: incoming QoS 2 PUBLISHes
+    /// refused because `mqtt.max_awaiting_rel` was reached.
+    pub awaiting_rel_refused: Counter,
+    /// `mqbridge_mqtt_awaiting_rel_expired_total`: incoming QoS 2 packet ids
+    /// forgotten after `mqtt.awaiting_rel_timeout_secs` without PUBREL.
+    pub awaiting_rel_expired: Counter,
     /// `mqbridge_session_persistent_sessions`: persistent sessions held.
     pub persistent_sessions: Gauge,
     /// `mqbridge_session_queued_messages`: messages queued or inflight across sessions.
@@ -212,6 +248,7 @@ pub struct Metrics {
     sent_by_qos: Vec<Counter>,
     by_protocol_error: Vec<Counter>,
     by_drop_reason: Vec<Counter>,
+    by_refused_reason: Vec<Counter>,
 }
 
 fn handles<L, S>(family: &Family<S, Counter>, all: &[L], label: impl Fn(L) -> S) -> Vec<Counter>
@@ -238,6 +275,7 @@ impl Metrics {
         let messages_sent = Family::<QosLabels, Counter>::default();
         let protocol_errors = Family::<ProtocolErrorLabels, Counter>::default();
         let dropped_messages = Family::<DropLabels, Counter>::default();
+        let connections_refused = Family::<RefusedLabels, Counter>::default();
 
         let m = Metrics {
             by_result: handles(&connections, ConnectionResult::ALL, |result| ResultLabels {
@@ -251,6 +289,12 @@ impl Metrics {
             by_drop_reason: handles(&dropped_messages, DropReason::ALL, |reason| DropLabels {
                 reason,
             }),
+            by_refused_reason: handles(&connections_refused, RefusedReason::ALL, |reason| {
+                RefusedLabels { reason }
+            }),
+            connections_refused,
+            awaiting_rel_refused: Counter::default(),
+            awaiting_rel_expired: Counter::default(),
             connections_active: Gauge::default(),
             connections,
             messages_received,
@@ -310,6 +354,21 @@ impl Metrics {
             "mqbridge_mqtt_protocol_errors",
             "MQTT connections closed for a protocol error, by reason",
             m.protocol_errors.clone(),
+        );
+        r.register(
+            "mqbridge_mqtt_connections_refused",
+            "Connections closed by the listener before CONNECT because of a connection limit, by reason",
+            m.connections_refused.clone(),
+        );
+        r.register(
+            "mqbridge_mqtt_awaiting_rel_refused",
+            "Incoming QoS 2 PUBLISHes refused because the client had mqtt.max_awaiting_rel awaiting PUBREL",
+            m.awaiting_rel_refused.clone(),
+        );
+        r.register(
+            "mqbridge_mqtt_awaiting_rel_expired",
+            "Incoming QoS 2 packet ids forgotten after mqtt.awaiting_rel_timeout_secs without PUBREL",
+            m.awaiting_rel_expired.clone(),
         );
         r.register(
             "mqbridge_session_persistent_sessions",
@@ -404,6 +463,12 @@ impl Metrics {
         inc_at(&self.by_protocol_error, reason as usize, 1);
     }
 
+    /// Counts a connection the listener refused, also as a rejected connection.
+    pub fn connection_refused(&self, reason: RefusedReason) {
+        inc_at(&self.by_refused_reason, reason as usize, 1);
+        self.connection(ConnectionResult::Rejected);
+    }
+
     /// Counts one discarded message.
     pub fn dropped(&self, reason: DropReason) {
         self.dropped_n(reason, 1);
@@ -459,6 +524,9 @@ mod tests {
             ("mqbridge_mqtt_bytes_received", "counter"),
             ("mqbridge_mqtt_bytes_sent", "counter"),
             ("mqbridge_mqtt_protocol_errors", "counter"),
+            ("mqbridge_mqtt_connections_refused", "counter"),
+            ("mqbridge_mqtt_awaiting_rel_refused", "counter"),
+            ("mqbridge_mqtt_awaiting_rel_expired", "counter"),
             ("mqbridge_session_persistent_sessions", "gauge"),
             ("mqbridge_session_queued_messages", "gauge"),
             ("mqbridge_session_queued_bytes", "gauge"),
@@ -491,6 +559,9 @@ mod tests {
             "mqbridge_mqtt_bytes_received_total 0",
             "mqbridge_mqtt_bytes_sent_total 0",
             "mqbridge_mqtt_protocol_errors_total{reason=\"receive_maximum_exceeded\"} 0",
+            "mqbridge_mqtt_connections_refused_total{reason=\"per_ip\"} 0",
+            "mqbridge_mqtt_awaiting_rel_refused_total 0",
+            "mqbridge_mqtt_awaiting_rel_expired_total 0",
             "mqbridge_session_persistent_sessions 0",
             "mqbridge_session_queued_messages 0",
             "mqbridge_session_queued_bytes 0",
@@ -541,6 +612,13 @@ mod tests {
             );
             assert!(text.contains(&s), "{s}");
         }
+        for r in RefusedReason::ALL {
+            let s = format!(
+                "mqbridge_mqtt_connections_refused_total{{reason=\"{}\"}} 0",
+                r.as_str()
+            );
+            assert!(text.contains(&s), "{s}");
+        }
         for r in DropReason::ALL {
             let s = format!(
                 "mqbridge_session_dropped_messages_total{{reason=\"{}\"}} 0",
@@ -565,6 +643,7 @@ mod tests {
         m.bytes_out(40);
         m.protocol_error(ProtocolErrorReason::ClientIdInvalid);
         m.dropped(DropReason::QueueFull);
+        m.connection_refused(RefusedReason::Rate);
         m.dropped_n(DropReason::SessionsFull, 5);
         m.expired_sessions.inc();
         m.takeovers.inc();
@@ -574,7 +653,9 @@ mod tests {
         let text = render(&registry);
         for sample in [
             "mqbridge_mqtt_connections_total{result=\"accepted\"} 2",
-            "mqbridge_mqtt_connections_total{result=\"rejected\"} 1",
+            "mqbridge_mqtt_connections_total{result=\"rejected\"} 2",
+            "mqbridge_mqtt_connections_refused_total{reason=\"rate\"} 1",
+            "mqbridge_mqtt_connections_refused_total{reason=\"per_ip\"} 0",
             "mqbridge_mqtt_messages_received_total{qos=\"0\"} 1",
             "mqbridge_mqtt_messages_received_total{qos=\"1\"} 2",
             "mqbridge_mqtt_messages_received_total{qos=\"2\"} 0",
@@ -616,6 +697,9 @@ mod tests {
             assert_eq!(Qos::from_u8(i as u8), Some(*q));
         }
         for (i, r) in ProtocolErrorReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        for (i, r) in RefusedReason::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i);
         }
         for (i, r) in DropReason::ALL.iter().enumerate() {

@@ -10,6 +10,8 @@
 //! 3.1.1 / 5.0 wire format, so that invalid packets can be expressed.
 
 mod common;
+#[path = "hostile/conn.rs"]
+mod conn;
 
 use std::net::SocketAddr;
 use std::time::Duration;

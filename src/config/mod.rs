@@ -171,9 +171,30 @@ pub struct MqttConfig {
     /// Outgoing window of unacknowledged QoS>0 messages toward a client; also
     /// caps a 5.0 client's own Receive Maximum (> 0).
     pub max_inflight: u16,
-    /// 0 = accept the client's keep-alive; otherwise the keep-alive used for
-    /// every client and sent to 5.0 clients as Server Keep Alive.
-    pub server_keep_alive_secs: u16,
+    /// Cap on a client's keep-alive in seconds; 0 = no cap. 5.0 clients asking
+    /// for more (or 0) are told the cap as Server Keep Alive; 3.1.1 clients
+    /// asking for more (or 0) are refused with CONNACK 0x02.
+    pub max_keepalive_secs: u16,
+    /// Seconds a client's socket may refuse our bytes before it is
+    /// disconnected (reason `send_timeout`), 1..=one year.
+    pub send_timeout_secs: u64,
+    /// Per connection: encoded bytes waiting for the socket above which no
+    /// more deliveries are taken from the session and no more packets are
+    /// read (> 0).
+    pub max_outbound_buffer_bytes: usize,
+    /// Seconds between the first byte of a packet and its last before the
+    /// connection is closed (reason `frame_timeout`), 1..=one year.
+    pub frame_timeout_secs: u64,
+    /// Simultaneous connections from one IP address; 0 = unlimited.
+    pub max_connections_per_ip: usize,
+    /// New connections accepted per second on the listener (token bucket,
+    /// burst of one second's worth); 0 = unlimited.
+    pub max_connection_rate: u32,
+    /// Per client: incoming QoS 2 packet ids awaiting PUBREL (> 0).
+    pub max_awaiting_rel: usize,
+    /// Seconds after which an incoming QoS 2 packet id still awaiting
+    /// PUBREL is forgotten (counted), 1..=one year.
+    pub awaiting_rel_timeout_secs: u64,
     /// MQTT 5.0 Topic Alias Maximum for client-to-server aliases; 0 disables them.
     pub topic_alias_maximum: u16,
     /// Most topic aliases we use when sending to one 5.0 client (also capped
@@ -198,7 +219,14 @@ impl Default for MqttConfig {
             max_packet_size: 1_048_576,
             receive_maximum: 64,
             max_inflight: 64,
-            server_keep_alive_secs: 0,
+            max_keepalive_secs: 0,
+            send_timeout_secs: 30,
+            max_outbound_buffer_bytes: 1_048_576,
+            frame_timeout_secs: 30,
+            max_connections_per_ip: 0,
+            max_connection_rate: 0,
+            max_awaiting_rel: 100,
+            awaiting_rel_timeout_secs: 300,
             topic_alias_maximum: 32,
             max_outgoing_topic_aliases: 32,
             max_connections: 100_000,
@@ -220,9 +248,24 @@ impl MqttConfig {
         Duration::from_secs(self.connect_timeout_secs)
     }
 
-    /// The keep-alive imposed on all clients, or `None` when each client's own is used.
-    pub fn server_keep_alive(&self) -> Option<u16> {
-        (self.server_keep_alive_secs != 0).then_some(self.server_keep_alive_secs)
+    /// The keep-alive cap, or `None` when clients' own keep-alives are used as asked.
+    pub fn max_keepalive(&self) -> Option<u16> {
+        (self.max_keepalive_secs != 0).then_some(self.max_keepalive_secs)
+    }
+
+    /// `send_timeout_secs` as a [`Duration`].
+    pub fn send_timeout(&self) -> Duration {
+        Duration::from_secs(self.send_timeout_secs)
+    }
+
+    /// `frame_timeout_secs` as a [`Duration`].
+    pub fn frame_timeout(&self) -> Duration {
+        Duration::from_secs(self.frame_timeout_secs)
+    }
+
+    /// `awaiting_rel_timeout_secs` as a [`Duration`].
+    pub fn awaiting_rel_timeout(&self) -> Duration {
+        Duration::from_secs(self.awaiting_rel_timeout_secs)
     }
 }
 
@@ -443,6 +486,14 @@ pub fn load_with_env(
 /// when the defaults are serialized, so they are listed here as known.
 const EMPTY_BY_DEFAULT: &[&str] = &["bridge.downlink"];
 
+/// Keys that were removed, with what to use instead. Refused rather than
+/// aliased when the meaning changed, so nobody gets a new behaviour unawares.
+const REMOVED: &[(&str, &str)] = &[(
+    "mqtt.server_keep_alive_secs",
+    "removed: use mqtt.max_keepalive_secs, a cap on clients' keep-alive \
+     (the old key replaced every client's keep-alive, also for 3.1.1 clients who cannot be told)",
+)];
+
 /// Reports the first unknown `section` or `section.key` (in sorted order)
 /// with where it was set. `deny_unknown_fields` would catch these too, but
 /// its message neither gives the dotted key nor the source.
@@ -463,6 +514,9 @@ fn check_unknown_keys(merged: &config::Config) -> Result<(), ConfigError> {
         keys.sort_by(|a, b| a.0.cmp(&b.0));
         for (key, value) in keys {
             let dotted = format!("{section}.{key}");
+            if let Some((key, reason)) = REMOVED.iter().find(|(k, _)| *k == dotted) {
+                return Err(ConfigError::invalid(key, *reason));
+            }
             if !known_table.contains_key(&key) && !EMPTY_BY_DEFAULT.contains(&dotted.as_str()) {
                 return Err(unknown_key(format!("{section}.{key}"), &value));
             }
@@ -535,6 +589,17 @@ impl Config {
         positive("mqtt.receive_maximum", m.receive_maximum)?;
         positive("mqtt.max_inflight", m.max_inflight)?;
         positive("mqtt.max_connections", m.max_connections)?;
+        duration_secs("mqtt.send_timeout_secs", m.send_timeout_secs)?;
+        positive(
+            "mqtt.max_outbound_buffer_bytes",
+            m.max_outbound_buffer_bytes,
+        )?;
+        duration_secs("mqtt.frame_timeout_secs", m.frame_timeout_secs)?;
+        positive("mqtt.max_awaiting_rel", m.max_awaiting_rel)?;
+        duration_secs(
+            "mqtt.awaiting_rel_timeout_secs",
+            m.awaiting_rel_timeout_secs,
+        )?;
 
         let s = &self.session;
         positive(

@@ -86,8 +86,8 @@ fn default_toml_comments_every_key() {
             "comment of key {key:?} in default.toml does not state the default"
         );
     }
-    // 1 + 12 + 9 + 4 + 1 + 2 fields, then bridge: 1 + 5 (file backend) + 6 (route).
-    assert_eq!(keys, 41, "unexpected number of keys in default.toml");
+    // 1 + 19 + 9 + 4 + 1 + 2 fields, then bridge: 1 + 5 (file backend) + 6 (route).
+    assert_eq!(keys, 48, "unexpected number of keys in default.toml");
 }
 
 #[test]
@@ -302,6 +302,15 @@ fn each_validation_error_names_its_key() {
         ("mqtt.receive_maximum", |c| c.mqtt.receive_maximum = 0),
         ("mqtt.max_inflight", |c| c.mqtt.max_inflight = 0),
         ("mqtt.max_connections", |c| c.mqtt.max_connections = 0),
+        ("mqtt.send_timeout_secs", |c| c.mqtt.send_timeout_secs = 0),
+        ("mqtt.max_outbound_buffer_bytes", |c| {
+            c.mqtt.max_outbound_buffer_bytes = 0
+        }),
+        ("mqtt.frame_timeout_secs", |c| c.mqtt.frame_timeout_secs = 0),
+        ("mqtt.max_awaiting_rel", |c| c.mqtt.max_awaiting_rel = 0),
+        ("mqtt.awaiting_rel_timeout_secs", |c| {
+            c.mqtt.awaiting_rel_timeout_secs = 0
+        }),
         ("session.v311_session_expiry_secs", |c| {
             c.session.v311_session_expiry_secs = 0
         }),
@@ -339,7 +348,9 @@ fn boundary_values_are_accepted() {
     c.mqtt.max_packet_size = MAX_PACKET_SIZE;
     c.validate().expect("max packet size");
     c.mqtt.topic_alias_maximum = 0;
-    c.mqtt.server_keep_alive_secs = 0;
+    c.mqtt.max_keepalive_secs = 0;
+    c.mqtt.max_connections_per_ip = 0;
+    c.mqtt.max_connection_rate = 0;
     c.mqtt.max_retained_messages = 0;
     c.session.max_session_expiry_secs = 0;
     c.session.max_persistent_sessions = 0;
@@ -361,7 +372,8 @@ fn invalid_file_value_fails_load_with_key() {
 fn helpers() {
     let c = Config::default();
     assert_eq!(c.mqtt.connect_timeout(), Duration::from_secs(10));
-    assert_eq!(c.mqtt.server_keep_alive(), None);
+    assert_eq!(c.mqtt.max_keepalive(), None);
+    assert_eq!(c.mqtt.send_timeout(), Duration::from_secs(30));
     assert_eq!(c.session.expiry_check_interval(), Duration::from_secs(5));
     assert_eq!(c.server.shutdown_grace(), Duration::from_secs(10));
     assert_eq!(c.store.cache_bytes(), 64 * 1024 * 1024);
@@ -410,5 +422,14 @@ fn example_configs_replace_the_default_bridge() {
     assert_eq!(
         rabbit.bridge.uplink[0].routing_key.as_deref(),
         Some("{topic_dotted}")
+    );
+}
+
+#[test]
+fn removed_keep_alive_key_names_its_replacement() {
+    let msg = err_of("[mqtt]\nserver_keep_alive_secs = 60\n");
+    assert!(
+        msg.starts_with("mqtt.server_keep_alive_secs: removed: use mqtt.max_keepalive_secs"),
+        "{msg}"
     );
 }

@@ -1,22 +1,38 @@
 //! Accepts TCP connections and spawns one task per client, within the
-//! configured connection limit.
+//! connection limits: the listener-wide rate, per-IP and total counts.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use super::admission::{LogLimiter, PerIp, TokenBucket, WARN_EVERY};
 use super::connection::{serve, Shared};
+use crate::metrics::RefusedReason;
 
-/// Accepts until `shutdown` resolves. Connections beyond `max_connections`
-/// are closed at once and counted.
+/// Accepts until `shutdown` resolves. Connections beyond a limit are closed
+/// at once (before CONNECT) and counted; the warnings are rate-limited.
 pub async fn run(
     listener: TcpListener,
     shared: Arc<Shared>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let limit = Arc::new(Semaphore::new(shared.cfg.mqtt.max_connections));
+    let m = &shared.cfg.mqtt;
+    let limit = Arc::new(Semaphore::new(m.max_connections));
+    let per_ip = PerIp::new(m.max_connections_per_ip);
+    let mut rate = (m.max_connection_rate > 0).then(|| TokenBucket::new(m.max_connection_rate));
+    let warn: Vec<LogLimiter> = RefusedReason::ALL
+        .iter()
+        .map(|_| LogLimiter::new(WARN_EVERY))
+        .collect();
+    let refuse = |reason: RefusedReason, peer: SocketAddr| {
+        shared.metrics.connection_refused(reason);
+        if let Some(suppressed) = warn.get(reason as usize).and_then(LogLimiter::allow) {
+            tracing::warn!(%peer, reason = reason.as_str(), suppressed, "connection limit reached; connection closed");
+        }
+    };
     let ids = AtomicU64::new(1);
     tokio::pin!(shutdown);
     loop {
@@ -33,11 +49,17 @@ pub async fn run(
                 continue;
             }
         };
+        // Cheapest check first: a flood is turned away before any bookkeeping.
+        if rate.as_mut().is_some_and(|r| !r.try_take()) {
+            refuse(RefusedReason::Rate, peer);
+            continue;
+        }
+        let Ok(ip_slot) = per_ip.acquire(peer.ip()) else {
+            refuse(RefusedReason::PerIp, peer);
+            continue;
+        };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            shared
-                .metrics
-                .connection(crate::metrics::ConnectionResult::Rejected);
-            tracing::warn!(%peer, "connection limit reached; connection closed");
+            refuse(RefusedReason::MaxConnections, peer);
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -45,7 +67,7 @@ pub async fn run(
         let shared = shared.clone();
         tokio::spawn(async move {
             serve(stream, shared, id).await;
-            drop(permit);
+            drop((permit, ip_slot));
         });
     }
 }

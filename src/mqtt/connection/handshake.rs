@@ -132,6 +132,20 @@ pub async fn handshake(
         None => None,
     };
     let mqtt = &sh.cfg.mqtt;
+    // Before attaching: a refused CONNECT must not take over a live session.
+    let Some(keep_alive) =
+        super::keepalive::negotiate(version, connect.keep_alive, mqtt.max_keepalive())
+    else {
+        refuse(Code::ClientIdentifierNotValid, &mut out);
+        super::write_raw(stream, &out).await?;
+        return Err(ConnError::protocol(
+            Why::KeepaliveRefused,
+            format!(
+                "keep-alive {} s is over mqtt.max_keepalive_secs (0 counts as over)",
+                connect.keep_alive
+            ),
+        ));
+    };
     let expiry_secs = match version {
         Version::V5 => props
             .session_expiry_interval
@@ -191,11 +205,6 @@ pub async fn handshake(
             return Err(ConnError::Refused(format!("{outcome:?}")));
         }
     };
-    let keep_alive = if mqtt.server_keep_alive_secs > 0 {
-        mqtt.server_keep_alive_secs
-    } else {
-        connect.keep_alive
-    };
     let properties = (version == Version::V5).then(|| p5::ConnAckProperties {
         session_expiry_interval: (props.session_expiry_interval.unwrap_or(0) != expiry_secs)
             .then_some(expiry_secs),
@@ -210,7 +219,7 @@ pub async fn handshake(
         wildcard_subscription_available: None,
         subscription_identifiers_available: None,
         shared_subscription_available: None,
-        server_keep_alive: (mqtt.server_keep_alive_secs > 0).then_some(mqtt.server_keep_alive_secs),
+        server_keep_alive: keep_alive.announce,
         response_information: None,
         server_reference: None,
         authentication_method: None,
@@ -235,7 +244,7 @@ pub async fn handshake(
     Ok(Attached {
         version,
         client_id,
-        keep_alive,
+        keep_alive: keep_alive.secs,
         expiry_secs,
         client_max_packet: props.max_packet_size.unwrap_or(u32::MAX),
         client_topic_alias_max: props.topic_alias_max.unwrap_or(0),

@@ -22,7 +22,7 @@ impl Conn<'_> {
             P::PubComp(a) => self.on_ack(a.pkid),
             P::PubRec(a) => self.on_pubrec(a.pkid, a.reason),
             P::PubRel(r) => {
-                if self.qos2_in.remove(&r.pkid) {
+                if self.qos2_in.remove(&r.pkid).is_some() {
                     self.incoming_unacked = self.incoming_unacked.saturating_sub(1);
                 }
                 let (tx, rx) = oneshot::channel();
@@ -111,7 +111,10 @@ impl Conn<'_> {
             ));
         }
         // A QoS 2 PUBLISH resent on this connection before PUBREL is a duplicate.
-        let qos2_resent = qos == 2 && !self.qos2_in.insert(p.pkid);
+        let qos2_resent = qos == 2 && self.qos2_in.contains_key(&p.pkid);
+        if qos == 2 && !qos2_resent && !self.await_rel(p.pkid)? {
+            return Ok(());
+        }
         if qos == 1 || (qos == 2 && !qos2_resent) {
             self.incoming_unacked += 1;
             if self.version == Version::V5
@@ -448,7 +451,7 @@ impl Conn<'_> {
         }
         if code >= 0x80 {
             // A failed PUBREC ends the QoS 2 flow: no PUBREL will come for this id.
-            if self.qos2_in.remove(&pkid) {
+            if self.qos2_in.remove(&pkid).is_some() {
                 self.incoming_unacked = self.incoming_unacked.saturating_sub(1);
             }
             let (tx, _rx) = oneshot::channel();

@@ -1,30 +1,39 @@
 //! One task per network connection: CONNECT handshake, then a loop that
 //! reads and answers the client's packets, writes deliveries from the router
 //! within the inflight window, and watches keepalive.
+//!
+//! Reading, writing, takeover and every timer are branches of one `select!`,
+//! so a client that stops reading cannot keep its task from seeing a
+//! takeover, the shutdown or its send timeout.
 
 mod aliases;
+mod awaiting_rel;
 mod handshake;
 mod inbound;
+mod keepalive;
 mod pending;
+mod timers;
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use rumqttc::v5::mqttbytes::v5 as p5;
 use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode as Reason;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::metrics::{Metrics, ProtocolErrorReason as Why};
+use crate::mqtt::admission::{LogLimiter, WARN_EVERY};
 use crate::mqtt::codec::{self, DecodeError, OutPublish, Version};
 use crate::mqtt::message::now_ms;
 use crate::mqtt::router::{pkid_of, Kick, Outbound, RouterMsg};
 use pending::{next_reply, Pending};
+use timers::Timers;
 
 /// What every connection task shares.
 pub struct Shared {
@@ -112,8 +121,9 @@ pub(crate) struct Conn<'a> {
     aliases: HashMap<u16, String>,
     /// Outgoing topic aliases (5.0, when the client allows them).
     out_aliases: aliases::OutAliases,
-    /// Packet ids of incoming QoS 2 PUBLISHes awaiting PUBREL (for the count above).
-    qos2_in: HashSet<u16>,
+    /// Packet ids of incoming QoS 2 PUBLISHes awaiting PUBREL, with the time
+    /// each is forgotten; at most `mqtt.max_awaiting_rel` new ones.
+    qos2_in: HashMap<u16, Instant>,
     /// Per pending SUBSCRIBE: positions of the accepted and of the refused filters.
     invalid_filters: VecDeque<(Vec<usize>, Vec<usize>)>,
     /// Messages for the router produced while handling packets (sent in order).
@@ -151,7 +161,7 @@ pub async fn serve(mut stream: TcpStream, sh: Arc<Shared>, conn_id: u64) {
         client_id: attached.client_id.clone(),
         expiry_secs: attached.expiry_secs,
         client_max_packet: attached.client_max_packet,
-        out: BytesMut::with_capacity(4096),
+        out: BytesMut::new(),
         pending: VecDeque::new(),
         inflight: HashMap::new(),
         // QoS 2 flows of the session's earlier connection still count
@@ -162,14 +172,21 @@ pub async fn serve(mut stream: TcpStream, sh: Arc<Shared>, conn_id: u64) {
             attached.client_topic_alias_max,
             sh.cfg.mqtt.max_outgoing_topic_aliases,
         ),
-        qos2_in: attached.qos2_pending.iter().copied().collect(),
+        qos2_in: {
+            let forget_at = Instant::now() + sh.cfg.mqtt.awaiting_rel_timeout();
+            attached
+                .qos2_pending
+                .iter()
+                .map(|&id| (id, forget_at))
+                .collect()
+        },
         outbox: Vec::new(),
         sink_outbox: Vec::new(),
         username: attached.username.clone(),
         invalid_filters: VecDeque::new(),
         disconnect: None,
     };
-    let result = c.run(&mut stream, &mut buf, attached).await;
+    let result = c.run(&stream, &mut buf, attached).await;
     let (publish_will, new_expiry) = match (&result, c.disconnect) {
         (Ok(()), Some(d)) => d,
         (Err(ConnError::ShuttingDown), _) => (false, None),
@@ -183,8 +200,27 @@ pub async fn serve(mut stream: TcpStream, sh: Arc<Shared>, conn_id: u64) {
     }
     // Acks decoded before the failure still count.
     let _ = c.flush_outbox().await;
-    let _ = stream.write_all(&c.out).await;
-    let _ = stream.shutdown().await;
+    // A last DISCONNECT (and what was owed) gets a short chance; a client
+    // that stopped reading must not hold the task (or the shutdown) here.
+    let mut stalled = matches!(
+        &result,
+        Err(ConnError::Protocol {
+            why: Why::SendTimeout,
+            ..
+        })
+    );
+    if !stalled {
+        stalled = tokio::time::timeout(FINAL_FLUSH, stream.write_all(&c.out))
+            .await
+            .is_err();
+    }
+    if stalled {
+        // Reset instead of close: a peer that reads nothing would otherwise
+        // keep the kernel's send buffer of this socket alive after we are gone.
+        let _ = stream.set_zero_linger();
+    } else {
+        let _ = stream.shutdown().await;
+    }
     sh.metrics.connections_active.dec();
     let msg = RouterMsg::Disconnect {
         conn_id,
@@ -195,12 +231,28 @@ pub async fn serve(mut stream: TcpStream, sh: Arc<Shared>, conn_id: u64) {
     let _ = sh.router.send(msg).await;
 }
 
+/// How long the last bytes of a closing connection may take.
+const FINAL_FLUSH: Duration = Duration::from_secs(1);
+
+/// Bytes reserved for one read from the socket.
+const READ_CHUNK: usize = 4096;
+
 /// One log line and one counter per failed connection.
 fn report(sh: &Shared, e: &ConnError, client_id: &str, peer: Option<std::net::SocketAddr>) {
     match e {
         ConnError::Protocol { why, detail, .. } => {
             sh.metrics.protocol_error(*why);
-            tracing::warn!(client_id, ?peer, reason = ?why, %detail, "closing connection: protocol violation");
+            // Many clients misbehaving at once (a flood, a broken fleet) must
+            // not turn into a log line each: the counter has them all.
+            static WARN: OnceLock<LogLimiter> = OnceLock::new();
+            match WARN.get_or_init(|| LogLimiter::new(WARN_EVERY)).allow() {
+                Some(suppressed) => {
+                    tracing::warn!(client_id, ?peer, reason = why.as_str(), %detail, suppressed, "closing connection: protocol violation")
+                }
+                None => {
+                    tracing::debug!(client_id, ?peer, reason = why.as_str(), %detail, "closing connection: protocol violation")
+                }
+            }
         }
         ConnError::Refused(why) => tracing::warn!(client_id, ?peer, %why, "connection refused"),
         ConnError::Closed | ConnError::ShuttingDown => {}
@@ -211,7 +263,7 @@ fn report(sh: &Shared, e: &ConnError, client_id: &str, peer: Option<std::net::So
 impl Conn<'_> {
     async fn run(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &TcpStream,
         buf: &mut BytesMut,
         a: handshake::Attached,
     ) -> Result<(), ConnError> {
@@ -222,12 +274,14 @@ impl Conn<'_> {
             keep_alive,
             ..
         } = a;
-        // Keepalive: the client must send something within 1.5x the interval (MQTT-3.1.2-24).
-        let grace = (keep_alive > 0).then(|| Duration::from_millis(keep_alive as u64 * 1500));
-        let far = Duration::from_secs(86400 * 365);
-        let mut deadline = Instant::now() + grace.unwrap_or(far);
+        let mut t = Timers::new(&self.sh.cfg.mqtt, keep_alive);
+        let out_cap = self.sh.cfg.mqtt.max_outbound_buffer_bytes;
         // Anything that arrived with the CONNECT.
-        self.process(buf)?;
+        let consumed = self.process(buf)?;
+        t.after_read(buf.is_empty(), consumed);
+        if buf.is_empty() {
+            *buf = BytesMut::new();
+        }
         self.flush_outbox().await?;
         loop {
             if self.disconnect.is_some() {
@@ -236,15 +290,21 @@ impl Conn<'_> {
             // Bound the replies a client can have us owe: 3.1.1 has no Receive Maximum,
             // so stop reading instead; a 5.0 client is held to it in `on_publish`
             // (read on, so that a violation is seen and answered with 0x93).
+            // Nor read while our bytes pile up: a client that does not read
+            // cannot make us buffer PINGRESPs and acks without end.
             let limit = self.sh.cfg.mqtt.receive_maximum as usize;
-            let may_read = match self.version {
-                Version::V311 => self.pending.len() < limit,
-                Version::V5 => self.pending.len() < limit * 2,
-            };
+            let room = self.out.len() < out_cap;
+            let may_read = room
+                && match self.version {
+                    Version::V311 => self.pending.len() < limit,
+                    Version::V5 => self.pending.len() < limit * 2,
+                };
             if !may_read {
-                // The client's PINGREQs are not being read: keepalive cannot be judged.
-                deadline = Instant::now() + grace.unwrap_or(far);
+                // The client's PINGREQs and packet tails are not being read:
+                // keepalive and the frame timeout cannot be judged.
+                t.reading_paused();
             }
+            let wake = t.next(self.qos2_in.values().min().copied());
             tokio::select! {
                 biased;
                 k = &mut kick => {
@@ -255,34 +315,71 @@ impl Conn<'_> {
                     self.send_disconnect(reason, None);
                     return Err(ConnError::ShuttingDown);
                 }
+                w = stream.writable(), if !self.out.is_empty() => {
+                    w?;
+                    self.write_some(stream, &mut t)?;
+                }
                 r = next_reply(&mut self.pending) => {
                     self.pending.pop_front();
                     self.answer(r)?;
                 }
-                Some(o) = rx.recv() => self.deliver(o),
-                Some(o) = rx0.recv() => self.deliver(o),
-                n = stream.read_buf(buf), if may_read => {
-                    if n? == 0 {
-                        return Err(ConnError::Closed);
+                // Deliveries wait in the session while our buffer is full.
+                Some(o) = rx.recv(), if room => self.deliver(o),
+                Some(o) = rx0.recv(), if room => self.deliver(o),
+                r = stream.readable(), if may_read => {
+                    r?;
+                    buf.reserve(READ_CHUNK);
+                    match stream.try_read_buf(buf) {
+                        Ok(0) => return Err(ConnError::Closed),
+                        Ok(_) => {
+                            t.heard();
+                            let consumed = self.process(buf)?;
+                            t.after_read(buf.is_empty(), consumed);
+                            if buf.is_empty() {
+                                // An idle connection holds no read buffer.
+                                *buf = BytesMut::new();
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(e.into()),
                     }
-                    deadline = Instant::now() + grace.unwrap_or(far);
-                    self.process(buf)?;
                 }
-                _ = tokio::time::sleep_until(deadline) => {
-                    return Err(ConnError::protocol(Why::KeepaliveTimeout, format!("no packet within 1.5 x {keep_alive} s")));
+                _ = tokio::time::sleep_until(wake) => {
+                    t.check(keep_alive)?;
+                    self.forget_expired_qos2(Instant::now());
                 }
             }
             self.flush_outbox().await?;
             if !self.out.is_empty() {
-                stream.write_all(&self.out).await?;
-                self.sh.metrics.bytes_sent.inc_by(self.out.len() as u64);
-                self.out.clear();
+                self.write_some(stream, &mut t)?;
             }
         }
     }
 
-    /// Decodes and handles every complete packet in `buf`.
-    fn process(&mut self, buf: &mut BytesMut) -> Result<(), ConnError> {
+    /// Writes what the socket takes now, without waiting.
+    fn write_some(&mut self, stream: &TcpStream, t: &mut Timers) -> Result<(), ConnError> {
+        match stream.try_write(&self.out) {
+            Ok(n) => {
+                self.sh.metrics.bytes_sent.inc_by(n as u64);
+                self.out.advance(n);
+                if self.out.is_empty() {
+                    // Give the buffer back: idle connections hold none.
+                    self.out = BytesMut::new();
+                }
+                t.wrote(n > 0, self.out.is_empty());
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                t.wrote(false, false);
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Decodes and handles every complete packet in `buf`; returns whether
+    /// any packet was taken from it.
+    fn process(&mut self, buf: &mut BytesMut) -> Result<bool, ConnError> {
         let max = self.sh.cfg.mqtt.max_packet_size;
         let before = buf.len();
         while let Some(packet) = codec::decode(buf, self.version, max).map_err(ConnError::decode)? {
@@ -295,7 +392,7 @@ impl Conn<'_> {
             .metrics
             .bytes_received
             .inc_by((before - buf.len()) as u64);
-        Ok(())
+        Ok(before != buf.len())
     }
 
     /// Queues a 5.0 DISCONNECT (nothing for 3.1.1) with an optional reason string.
