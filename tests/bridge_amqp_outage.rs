@@ -47,20 +47,52 @@ async fn ctl(args: &[&str]) -> Result<String, String> {
     }
 }
 
-/// The broker's memory high watermark when it is a plain fraction (the
-/// default 0.4), so that it can be put back after blocking publishers.
-async fn watermark() -> Option<String> {
+/// The arguments of `set_vm_memory_high_watermark` that put the broker's
+/// current watermark back: a fraction (`0.4`, or `{relative,0.4}`) or an
+/// absolute limit (`{absolute,N}`). `None` if the answer is neither.
+async fn watermark() -> Option<Vec<String>> {
     let w = ctl(&["eval", "vm_memory_monitor:get_vm_memory_high_watermark()."])
         .await
         .ok()?;
-    w.parse::<f64>().ok().map(|_| w)
+    parse_watermark(&w)
+}
+
+fn parse_watermark(w: &str) -> Option<Vec<String>> {
+    let w = w.trim();
+    if w.parse::<f64>().is_ok() {
+        return Some(vec![w.to_string()]);
+    }
+    let inner = w.strip_prefix('{')?.strip_suffix('}')?;
+    let (kind, value) = inner.split_once(',')?;
+    let value = value.trim();
+    match kind.trim() {
+        "relative" if value.parse::<f64>().is_ok() => Some(vec![value.to_string()]),
+        "absolute" if value.parse::<u64>().is_ok() => {
+            Some(vec!["absolute".to_string(), value.to_string()])
+        }
+        _ => None,
+    }
+}
+
+#[test]
+fn watermark_forms_are_read() {
+    assert_eq!(parse_watermark("0.4"), Some(vec!["0.4".to_string()]));
+    assert_eq!(
+        parse_watermark("{relative,0.6}"),
+        Some(vec!["0.6".to_string()])
+    );
+    assert_eq!(
+        parse_watermark("{absolute,1073741824}"),
+        Some(vec!["absolute".to_string(), "1073741824".to_string()])
+    );
+    assert_eq!(parse_watermark("{badrpc,nodedown}"), None);
 }
 
 /// Puts the broker back (app started, watermark restored) if the test ends
 /// or panics in the middle of the outage.
 struct Disruption {
     stopped: bool,
-    watermark: Option<String>,
+    watermark: Option<Vec<String>>,
 }
 
 impl Drop for Disruption {
@@ -74,7 +106,9 @@ impl Drop for Disruption {
             let _ = ctl(&["start_app"]);
         }
         if let Some(w) = self.watermark.take() {
-            let _ = ctl(&["set_vm_memory_high_watermark", &w]);
+            let mut args = vec!["set_vm_memory_high_watermark"];
+            args.extend(w.iter().map(String::as_str));
+            let _ = ctl(&args);
         }
     }
 }
@@ -86,6 +120,12 @@ async fn broker_restart_loses_nothing_that_was_confirmed() {
         common::service::missing(&format!("rabbitmqctl ({e})"));
         return;
     }
+    // The "block publishers" phase is what puts messages in flight when the
+    // broker goes; without a watermark to restore, the test cannot run it.
+    let Some(saved_watermark) = watermark().await else {
+        common::service::missing("a readable vm_memory_high_watermark (rabbitmqctl eval)");
+        return;
+    };
     let fx = Fixture::new(&conn, "#").await;
     let (exchange, queue) = (fx.exchange.clone(), fx.queue.clone());
     let metrics = BridgeMetrics::new(&mut Registry::default());
@@ -123,14 +163,12 @@ async fn broker_restart_loses_nothing_that_was_confirmed() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut broker_state = Disruption {
         stopped: false,
-        watermark: watermark().await,
+        watermark: Some(saved_watermark),
     };
-    if broker_state.watermark.is_some() {
-        ctl(&["set_vm_memory_high_watermark", "0"])
-            .await
-            .expect("block publishers");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    ctl(&["set_vm_memory_high_watermark", "0"])
+        .await
+        .expect("block publishers");
+    tokio::time::sleep(Duration::from_secs(1)).await;
     broker_state.stopped = true;
     ctl(&["stop_app"]).await.expect("stop_app");
     let stopped_at = Instant::now();
@@ -138,9 +176,9 @@ async fn broker_restart_loses_nothing_that_was_confirmed() {
     ctl(&["start_app"]).await.expect("start_app");
     broker_state.stopped = false;
     if let Some(w) = broker_state.watermark.take() {
-        ctl(&["set_vm_memory_high_watermark", &w])
-            .await
-            .expect("unblock publishers");
+        let mut args = vec!["set_vm_memory_high_watermark"];
+        args.extend(w.iter().map(String::as_str));
+        ctl(&args).await.expect("unblock publishers");
     }
     let outage = stopped_at.elapsed();
 

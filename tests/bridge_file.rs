@@ -55,12 +55,40 @@ async fn telemetry_is_on_disk_when_puback_arrives() {
     );
     assert_eq!(lines[0]["headers"]["mqtt_topic"], "devices/dev-7/telemetry");
     assert_eq!(lines[0]["headers"]["mqtt_qos"], "1");
-    // Topics outside the route's filter are not bridged.
-    c.publish("other/topic", QoS::AtLeastOnce, false, "x")
+    // Topics outside the route's filter are not bridged: the message really
+    // leaves the client (its PUBACK comes back), then a control message on
+    // the route's topic does get bridged; the first must be in no file.
+    c.publish("other/topic", QoS::AtLeastOnce, false, "outside")
         .await
         .unwrap();
+    c.publish("devices/dev-7/telemetry", QoS::AtLeastOnce, false, "ctl")
+        .await
+        .unwrap();
+    within(20, async {
+        let mut acks = 0;
+        while acks < 2 {
+            if let Event::Incoming(Packet::PubAck(_)) = ev.poll().await.unwrap() {
+                acks += 1;
+            }
+        }
+    })
+    .await;
     t.gw.shutdown().await;
-    assert_eq!(read_lines(t.dir.path(), "telemetry").len(), 50);
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(t.dir.path().join("uplink")).unwrap() {
+        let path = e.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            !text.contains("other/topic") && !text.contains("outside"),
+            "{} holds the unrouted message",
+            path.display()
+        );
+        files.push(path);
+    }
+    assert_eq!(files.len(), 1, "only the route's file: {files:?}");
+    let lines = read_lines(t.dir.path(), "telemetry");
+    assert_eq!(lines.len(), 51, "the control message was bridged");
+    assert_eq!(lines[50]["payload"], "ctl");
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use rumqttc::v5::mqttbytes::v5::{Filter, PublishProperties};
+use rumqttc::v5::mqttbytes::v5::{Filter, Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS as V5QoS;
 use rumqttc::QoS;
 
@@ -67,21 +67,82 @@ async fn shared_subscription_delivers_each_message_to_exactly_one_member() {
 async fn shared_and_normal_subscription_of_one_client_both_deliver_v5() {
     init_tracing();
     let t = start().await;
+    // Subscription identifiers tell which subscription each copy came through.
+    const GROUP: usize = 1;
+    const OWN: usize = 2;
     let mut c = b5::connect(opts_v5(t.addr, "share-own", true, None)).await;
-    c.subscribe("$share/g2/own/t", V5QoS::AtLeastOnce).await;
-    c.subscribe("own/t", V5QoS::AtLeastOnce).await;
+    c.subscribe_with(
+        Filter::new("$share/g2/own/t", V5QoS::AtLeastOnce),
+        Some(GROUP),
+    )
+    .await;
+    c.subscribe_with(Filter::new("own/t", V5QoS::AtLeastOnce), Some(OWN))
+        .await;
     let mut other = b5::connect(opts_v5(t.addr, "share-other", true, None)).await;
-    other.subscribe("$share/g2/own/t", V5QoS::AtLeastOnce).await;
+    other
+        .subscribe_with(
+            Filter::new("$share/g2/own/t", V5QoS::AtLeastOnce),
+            Some(GROUP),
+        )
+        .await;
 
-    b4::publish_all(t.addr, "own/t", QoS::AtLeastOnce, &b4::numbered("o", 4)).await;
-    // Its own subscription delivers all 4; the group's 4 copies are split between members.
-    let mut mine = c.expect_publishes(4).await;
-    mine.extend(c.drain().await);
-    let theirs = other.drain().await;
+    let sent = b4::numbered("o", 4);
+    b4::publish_all(t.addr, "own/t", QoS::AtLeastOnce, &sent).await;
+    // A control message published after them: once both its copies (normal +
+    // group) arrived, any extra copy of the earlier ones would have too.
+    b4::publish_all(t.addr, "own/t", QoS::AtLeastOnce, &["ctl".to_string()]).await;
+    let (mut mine, mut theirs) = (Vec::new(), Vec::new());
+    let ctl_copies = |v: &[Publish]| v.iter().filter(|p| p.payload.as_ref() == b"ctl").count();
+    within(10, async {
+        while ctl_copies(&mine) + ctl_copies(&theirs) < 2 {
+            tokio::select! {
+                Some(p) = c.publishes.recv() => mine.push(p),
+                Some(p) = other.publishes.recv() => theirs.push(p),
+            }
+        }
+    })
+    .await;
+    while let Ok(p) = c.publishes.try_recv() {
+        mine.push(p);
+    }
+    while let Ok(p) = other.publishes.try_recv() {
+        theirs.push(p);
+    }
+    let via = |v: &[Publish], id: usize| -> Vec<String> {
+        let mut out: Vec<String> = v
+            .iter()
+            .filter(|p| {
+                p.properties
+                    .as_ref()
+                    .is_some_and(|pr| pr.subscription_identifiers == [id])
+            })
+            .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+            .collect();
+        out.sort();
+        out
+    };
+    let with_ctl = |mut v: Vec<String>| {
+        v.push("ctl".to_string());
+        v.sort();
+        v
+    };
+    assert_eq!(
+        via(&mine, OWN),
+        with_ctl(sent.clone()),
+        "each once through the normal subscription"
+    );
+    let mut group = via(&mine, GROUP);
+    group.extend(via(&theirs, GROUP));
+    group.sort();
+    assert_eq!(group, with_ctl(sent.clone()), "each once through the group");
+    assert!(
+        via(&theirs, OWN).is_empty(),
+        "the other member has no normal subscription"
+    );
     assert_eq!(
         mine.len() + theirs.len(),
-        8,
-        "4 via the normal subscription + 4 via the group; got {:?} and {:?}",
+        10,
+        "no copy without its subscription identifier: {:?} / {:?}",
         b5::payloads(&mine),
         b5::payloads(&theirs)
     );

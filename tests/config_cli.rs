@@ -93,13 +93,11 @@ fn invalid_listen_address_from_env_is_reported_before_binding() {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = mqbridge(dir.path());
     cmd.env("MQBRIDGE__MQTT__LISTEN", "not-an-addr");
-    let (out, elapsed) = run_bounded(cmd, 10);
+    // Validation happens before anything starts, so it exits rather than
+    // waiting; the bound only catches a hang (a tight one would fail on a
+    // loaded machine for no fault of the gateway).
+    let (out, _) = run_bounded(cmd, 10);
     assert_config_error(&out, dir.path(), &["mqtt.listen", "not-an-addr"]);
-    // Validation happens before the runtime starts: exiting takes well under a second.
-    assert!(
-        elapsed < Duration::from_secs(3),
-        "took {elapsed:?} to reject the configuration"
-    );
 }
 
 /// A valid `mqtt.listen` with another invalid key: the listener port must not

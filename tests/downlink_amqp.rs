@@ -135,10 +135,10 @@ async fn expired_command_is_not_delivered() {
     );
     let text = wait_commands(admin, "expiring", "stored", 1).await;
     assert_eq!(commands(&text, "expiring", "expired"), 1, "{text}");
-    // Both settled: nothing waits in the queue.
-    assert_eq!(cmds.stats().await.map(|s| s.0), Some(0));
     d.disconnect().await;
     t.gw.shutdown().await;
+    // Both settled (acked), the expired one too.
+    cmds.assert_nothing_unacked().await;
     cmds.cleanup().await;
 }
 
@@ -196,29 +196,36 @@ async fn malformed_commands_are_dead_lettered() {
     assert!(d.drain().await.is_empty());
     d.disconnect().await;
     t.gw.shutdown().await;
+    // The dead-lettered commands were acked too.
+    cmds.assert_nothing_unacked().await;
     dead.cleanup().await;
     cmds.cleanup().await;
 }
 
-/// Once the device acknowledges a command, a JSON receipt with its client id
-/// and correlation data reaches the receipt exchange. The 5.0 device also
-/// sees the headers as properties.
+/// Once the device acknowledges a command, and not before, a JSON receipt
+/// with its client id and correlation data reaches the receipt exchange. The
+/// 5.0 device also sees the headers as properties.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receipt_after_the_device_acknowledges() {
+    use rumqttc::v5::mqttbytes::QoS as V5QoS;
     let Some(conn) = broker().await else { return };
     let cmds = Commands::new(conn).await;
     let receipts = Fixture::new(&cmds.conn, "#").await;
     let id = format!("dev-{}", suffix());
+    let ctl_id = format!("ctl-{}", suffix());
     let mut route = cmds.route("receipted", "{routing_key}");
     route.receipt_target = Some(receipts.exchange.clone());
     let t = common::start_with(|cfg| configure(cfg, route)).await;
     cmds.wait_consumer().await;
-    let mut d = b5::connect(opts_v5(t.addr, &id, true, None)).await;
-    d.subscribe(
-        &format!("devices/{id}/commands"),
-        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
-    )
-    .await;
+    // The device acknowledges by hand; the control device automatically.
+    let mut o = opts_v5(t.addr, &id, true, None);
+    o.set_manual_acks(true);
+    let mut d = b5::connect(o).await;
+    d.subscribe(&format!("devices/{id}/commands"), V5QoS::AtLeastOnce)
+        .await;
+    let mut ctl = b5::connect(opts_v5(t.addr, &ctl_id, true, None)).await;
+    ctl.subscribe(&format!("devices/{ctl_id}/commands"), V5QoS::AtLeastOnce)
+        .await;
 
     let meta = Meta {
         headers: &[("mqtt_correlation_data", "abc"), ("extra", "1")],
@@ -237,13 +244,39 @@ async fn receipt_after_the_device_acknowledges() {
         [("extra".to_string(), "1".to_string())]
     );
 
+    // Not acknowledged yet: a command delivered after it, to the control
+    // device, gets its receipt, and that is the only one so far.
+    cmds.publish(&format!("devices.{ctl_id}.commands"), b"c", Meta::default())
+        .await;
+    ctl.expect_publishes(1).await;
+    let client_of = |r: &lapin::message::Delivery| -> String {
+        let body: serde_json::Value = serde_json::from_slice(&r.data).expect("JSON receipt");
+        body["client_id"].as_str().unwrap_or_default().to_string()
+    };
     let r = receipts.take(1, Duration::from_secs(10)).await;
-    assert_eq!(r.len(), 1, "no receipt");
+    assert_eq!(r.len(), 1, "no receipt for the control device");
+    assert_eq!(
+        client_of(&r[0]),
+        ctl_id,
+        "receipt before the device's PUBACK"
+    );
+    assert!(
+        receipts
+            .take(1, Duration::from_millis(300))
+            .await
+            .is_empty(),
+        "receipt before the device's PUBACK"
+    );
+
+    d.client.ack(&got[0]).await.expect("PUBACK sent");
+    let r = receipts.take(1, Duration::from_secs(10)).await;
+    assert_eq!(r.len(), 1, "no receipt after the PUBACK");
     let body: serde_json::Value = serde_json::from_slice(&r[0].data).expect("JSON receipt");
     assert_eq!(body["client_id"], id.as_str(), "{body}");
     assert_eq!(body["correlation_data"], "abc", "{body}");
     assert_eq!(body["topic"], format!("devices/{id}/commands"), "{body}");
     d.disconnect().await;
+    ctl.disconnect().await;
     t.gw.shutdown().await;
     receipts.cleanup().await;
     cmds.cleanup().await;
@@ -281,9 +314,11 @@ async fn source_recovers_when_its_queue_is_deleted() {
 }
 
 /// Start-up does not wait for an unreachable broker, and stopping does not
-/// either.
+/// either. The broken behaviour is waiting for ever (retrying with backoff),
+/// so the bound is generous enough for a loaded machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_broker_neither_blocks_start_nor_stop() {
+    const PATIENCE: Duration = Duration::from_secs(10);
     common::init_tracing();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -298,19 +333,11 @@ async fn unreachable_broker_neither_blocks_start_nor_stop() {
         cfg.bridge.backends = vec![mqbridge::config::BackendConfig::Amqp(b)];
     })
     .await;
-    assert!(
-        began.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        began.elapsed()
-    );
+    assert!(began.elapsed() < PATIENCE, "{:?}", began.elapsed());
     let admin = t.gw.admin_addr.expect("admin endpoint");
     assert!(metrics(admin).await.contains("200 OK"));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let began = Instant::now();
     t.gw.shutdown().await;
-    assert!(
-        began.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        began.elapsed()
-    );
+    assert!(began.elapsed() < PATIENCE, "{:?}", began.elapsed());
 }

@@ -195,8 +195,8 @@ async fn expired_and_malformed_commands_do_not_block() {
     t.gw.shutdown().await;
 }
 
-/// The device's PUBACK of a command with correlation data produces a JSON
-/// receipt on the route's receipt topic.
+/// The device's PUBACK of a command with correlation data, and nothing
+/// before it, produces a JSON receipt on the route's receipt topic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_command_produces_a_receipt() {
     let Some(addr) = k::broker().await else {
@@ -217,27 +217,57 @@ async fn acknowledged_command_produces_a_receipt() {
     })
     .await;
 
+    // The device acknowledges by hand; the control device automatically.
     let filter = format!("devices/{device}/commands");
-    let mut d = b4::connect(common::opts_v4(t.addr, &device, false)).await;
+    let mut o = common::opts_v4(t.addr, &device, false);
+    o.set_manual_acks(true);
+    let mut d = b4::connect(o).await;
     d.subscribe(&filter, QoS::AtLeastOnce).await;
+    let ctl_id = k::unique("ctl");
+    let mut ctl = b4::connect(common::opts_v4(t.addr, &ctl_id, true)).await;
+    ctl.subscribe(&format!("devices/{ctl_id}/commands"), QoS::AtLeastOnce)
+        .await;
     let p = k::producer(&addr);
     let headers = vec![("mqtt_correlation_data", "abc")];
-    k::produce(
-        &p,
-        &topic,
-        k::Cmd {
-            key: &device,
-            payload: "open",
-            headers,
-            timestamp_ms: None,
-        },
-    )
-    .await;
-    assert_eq!(b4::payloads(&d.expect_publishes(1).await), ["open"]);
+    let cmd = |key, payload, headers| k::Cmd {
+        key,
+        payload,
+        headers,
+        timestamp_ms: None,
+    };
+    k::produce(&p, &topic, cmd(&device, "open", headers)).await;
+    let got = d.expect_publishes(1).await;
+    assert_eq!(b4::payloads(&got), ["open"]);
 
-    let got = k::read_topic(&addr, &receipts, 1, Duration::from_secs(20)).await;
-    assert_eq!(got.len(), 1, "no receipt on {receipts}");
-    let body: serde_json::Value = serde_json::from_str(&k::payload(&got[0])).expect("JSON receipt");
+    // Not acknowledged yet: a command delivered after it, to the control
+    // device, gets its receipt, and no other receipt shows up meanwhile.
+    k::produce(&p, &topic, cmd(&ctl_id, "c", vec![])).await;
+    assert_eq!(b4::payloads(&ctl.expect_publishes(1).await), ["c"]);
+    let first = k::read_topic(&addr, &receipts, 1, Duration::from_secs(20)).await;
+    assert_eq!(first.len(), 1, "no receipt on {receipts}");
+    // One reader, already fetching (the topic exists now), for the rest.
+    let reader = receipt_reader(&addr, &receipts);
+    let client_of = |m: &rdkafka::message::OwnedMessage| -> String {
+        let body: serde_json::Value = serde_json::from_str(&k::payload(m)).expect("JSON receipt");
+        body["client_id"].as_str().unwrap_or_default().to_string()
+    };
+    let seen = next_receipt(&reader, Duration::from_secs(20))
+        .await
+        .expect("the control device's receipt");
+    assert_eq!(
+        client_of(&seen),
+        ctl_id,
+        "receipt before the device's PUBACK"
+    );
+    if let Some(m) = next_receipt(&reader, Duration::from_secs(2)).await {
+        panic!("receipt before the device's PUBACK: {}", k::payload(&m));
+    }
+
+    d.client.ack(&got[0]).await.expect("PUBACK sent");
+    let m = next_receipt(&reader, Duration::from_secs(20))
+        .await
+        .expect("no receipt after the PUBACK");
+    let body: serde_json::Value = serde_json::from_str(&k::payload(&m)).expect("JSON receipt");
     assert_eq!(body["client_id"], device.as_str());
     assert_eq!(body["correlation_data"], "abc");
     assert_eq!(body["topic"], filter.as_str());
@@ -245,7 +275,36 @@ async fn acknowledged_command_produces_a_receipt() {
         .as_str()
         .is_some_and(|s| s.starts_with(&format!("{topic}/"))));
     d.disconnect().await;
+    ctl.disconnect().await;
     t.gw.shutdown().await;
+}
+
+/// A reader of `topic` from its start, kept across several reads.
+fn receipt_reader(addr: &str, topic: &str) -> rdkafka::consumer::StreamConsumer {
+    use rdkafka::consumer::Consumer;
+    let c: rdkafka::consumer::StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("group.id", k::unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("reader");
+    c.subscribe(&[topic]).expect("subscribe");
+    c
+}
+
+async fn next_receipt(
+    c: &rdkafka::consumer::StreamConsumer,
+    within: Duration,
+) -> Option<rdkafka::message::OwnedMessage> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, c.recv()).await {
+            Ok(Ok(m)) => return Some(m.detach()),
+            Ok(Err(e)) => eprintln!("reader: {e}"),
+            Err(_) => return None,
+        }
+    }
 }
 
 /// A malformed command whose dead letter is refused for good (the

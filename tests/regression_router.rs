@@ -542,21 +542,43 @@ async fn review_qos0_messages_on_one_topic_reordered_after_reconnect() {
     let d1 = next(&mut a.rx, 2000).await.expect("q1");
     // "b" (QoS 0, same topic) published after "a".
     h.publish("p", "t", "b", 0).await;
-    let mut order = vec![describe(&d1)];
-    if let Some(o) = next(&mut a.rx0, 1000).await {
-        order.push(describe(&o));
-    }
     let Outbound::Publish { seq, .. } = d1 else {
         panic!()
     };
     h.acked(2, "x", seq).await;
-    if let Some(o) = next(&mut a.rx, 1000).await {
-        order.push(describe(&o));
-    }
+    // Both QoS 0 messages must arrive (through either channel); collect
+    // until both did, so a missing one fails rather than shortens the list.
+    let mut order = vec![describe(&d1)];
+    let qos0 = |order: &[String]| -> Vec<String> {
+        order
+            .iter()
+            .filter(|s| s.contains("qos=0"))
+            .map(|s| s.rsplit(' ').next().unwrap_or_default().to_string())
+            .collect()
+    };
+    let done = tokio::time::timeout(Duration::from_secs(5), async {
+        while qos0(&order).len() < 2 {
+            // Biased: both channels can be ready at once, and a random pick
+            // would hide an overtaking (direct) QoS 0 delivery.
+            tokio::select! {
+                biased;
+                Some(o) = a.rx0.recv() => order.push(describe(&o)),
+                Some(o) = a.rx.recv() => {
+                    order.push(describe(&o));
+                    // Queued deliveries hold the window (1) until acknowledged.
+                    if let Outbound::Publish { seq, .. } = o {
+                        h.acked(2, "x", seq).await;
+                    }
+                }
+            }
+        }
+    })
+    .await;
     h.shutdown().await;
-    let qos0: Vec<&String> = order.iter().filter(|s| s.contains("qos=0")).collect();
-    assert!(
-        qos0.first().is_some_and(|s| s.ends_with(" a")),
+    assert!(done.is_ok(), "a QoS 0 message never arrived: {order:?}");
+    assert_eq!(
+        qos0(&order),
+        ["a", "b"],
         "QoS 0 messages of topic t delivered out of order: {order:?}"
     );
 }
@@ -584,14 +606,23 @@ async fn review_takeover_during_load_leaves_session_stuck_loading() {
     h.publish("p", "t", "new", 1).await;
     let (mut b, r) = h.connect(3, "x", false, 100, 10).await;
     accepted(r).await;
+    // The session hands out what it holds, and, once that is acknowledged,
+    // traffic published later (max_queued_messages = 1, so one at a time).
     let got = next(&mut b.rx, 2000).await;
-    // Even later traffic never comes out.
+    let first = got.as_ref().map(describe);
+    if let Some(Outbound::Publish { seq, .. }) = got {
+        h.acked(3, "x", seq).await;
+    }
     h.publish("p", "t", "later", 1).await;
-    let later = next(&mut b.rx, 1000).await;
+    let later = next(&mut b.rx, 5000).await.map(|o| describe(&o));
     h.shutdown().await;
     assert!(
-        got.is_some() || later.is_some(),
-        "session stuck: the connection never receives anything"
+        first.as_deref().is_some_and(|d| d.ends_with(" new")),
+        "session stuck: the queued message never came out: {first:?}"
+    );
+    assert!(
+        later.as_deref().is_some_and(|d| d.ends_with(" later")),
+        "session stuck: later traffic never came out: {later:?}"
     );
 }
 

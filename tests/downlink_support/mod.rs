@@ -108,6 +108,25 @@ impl Commands {
         Some((q.message_count(), q.consumer_count()))
     }
 
+    /// After the gateway stopped: nothing is left in the queue. With its
+    /// consumer gone, any delivery it never acked is back among the ready
+    /// messages (while a consumer is attached, the count shows ready ones only).
+    pub async fn assert_nothing_unacked(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let stats = loop {
+            let s = self.stats().await.expect("queue exists");
+            if s.1 == 0 || Instant::now() > deadline {
+                break s;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(
+            stats,
+            (0, 0),
+            "messages / consumers after the gateway stopped"
+        );
+    }
+
     /// Waits until the gateway consumes the queue (so it is bound too).
     pub async fn wait_consumer(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
