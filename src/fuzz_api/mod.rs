@@ -48,7 +48,8 @@ pub fn connect(bytes: &[u8], max_size: u32) -> ConnectParse {
             client_id: c.client_id,
             will: will.map(|w| {
                 let limits = crate::config::Config::default().mqtt.topic_limits();
-                crate::mqtt::connection::make_will(w, version, &limits, None).map_err(|(_, why)| why)
+                crate::mqtt::connection::make_will(w, version, &limits, None)
+                    .map_err(|(_, why)| why)
             }),
         },
         Ok(other) => ConnectParse::Unexpected(other),

@@ -31,8 +31,8 @@ mod tests;
 
 pub use handle::{Commit, CommitObserver, Store, StoreOptions, StoreStats, DB_FILE};
 pub use health::{available_bytes, DiskTransition, StoreHealth};
-pub use watch::DiskWatch;
 pub(crate) use tables::{decode as decode_record, encode as encode_record};
+pub use watch::DiskWatch;
 
 /// One persistent subscription as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -124,18 +124,19 @@ pub async fn handshake(
     } else {
         connect.client_id.as_str().into()
     };
-    let will = match will.map(|w| make_will(w, version, &sh.cfg.mqtt.topic_limits(), Some(&sh.metrics))) {
-        Some(Err((why, detail))) => {
-            // 3.1.1 has no code for a bad will topic: closed without CONNACK.
-            if version == Version::V5 {
-                refuse(Code::TopicNameInvalid, &mut out);
-                super::write_raw(stream, &out).await?;
+    let will =
+        match will.map(|w| make_will(w, version, &sh.cfg.mqtt.topic_limits(), Some(&sh.metrics))) {
+            Some(Err((why, detail))) => {
+                // 3.1.1 has no code for a bad will topic: closed without CONNACK.
+                if version == Version::V5 {
+                    refuse(Code::TopicNameInvalid, &mut out);
+                    super::write_raw(stream, &out).await?;
+                }
+                return Err(ConnError::protocol(why, detail));
             }
-            return Err(ConnError::protocol(why, detail));
-        }
-        Some(Ok(w)) => Some(w),
-        None => None,
-    };
+            Some(Ok(w)) => Some(w),
+            None => None,
+        };
     let mqtt = &sh.cfg.mqtt;
     // Before attaching: a refused CONNECT must not take over a live session.
     let Some(keep_alive) =
