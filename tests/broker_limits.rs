@@ -445,16 +445,7 @@ async fn full_disk_commit_failure_waits_and_completes_when_space_is_freed() {
 
     std::fs::remove_file(&filler).unwrap();
     // The retried commit lands; the waiting PUBACK is released as a success.
-    let r = within(20, async {
-        loop {
-            match publ.events.recv().await {
-                Some(Ok(Event::Incoming(P5::PubAck(a)))) => return a.reason,
-                Some(Ok(_)) => {}
-                other => panic!("publisher connection ended: {other:?}"),
-            }
-        }
-    })
-    .await;
+    let r = next_puback(&mut publ, 20).await;
     assert_eq!(r, PubAckReason::Success);
     wait_readyz(admin, 200).await;
     let r = puback_v5(
@@ -504,16 +495,7 @@ async fn spool_appends_wait_while_the_disk_is_low() {
     assert_eq!(r, None, "no PUBACK while the spool cannot append");
 
     std::fs::remove_file(&filler).unwrap();
-    let r = within(10, async {
-        loop {
-            match publ.events.recv().await {
-                Some(Ok(Event::Incoming(P5::PubAck(a)))) => return a.reason,
-                Some(Ok(_)) => {}
-                other => panic!("publisher connection ended: {other:?}"),
-            }
-        }
-    })
-    .await;
+    let r = next_puback(&mut publ, 10).await;
     assert_eq!(
         r,
         PubAckReason::Success,
@@ -577,4 +559,18 @@ async fn commit_failing_past_its_bound_stops_the_gateway_without_acknowledging()
             break;
         }
     }
+}
+
+/// The reason of the next PUBACK the publisher gets, within `secs`.
+async fn next_puback(publ: &mut b5::Client, secs: u64) -> rumqttc::v5::mqttbytes::v5::PubAckReason {
+    within(secs, async {
+        loop {
+            match publ.events.recv().await {
+                Some(Ok(Event::Incoming(P5::PubAck(a)))) => return a.reason,
+                Some(Ok(_)) => {}
+                other => panic!("publisher connection ended: {other:?}"),
+            }
+        }
+    })
+    .await
 }
