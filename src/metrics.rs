@@ -661,19 +661,22 @@ impl Metrics {
         inc_at(&self.by_drop_reason, reason as usize, count);
     }
 
-    /// Records one committed store transaction of `ops` operations.
+    /// Counts a new persistent session refused by a session limit.
     pub fn session_refused(&self, reason: SessionRefusal) {
         inc_at(&self.by_session_refusal, reason as usize, 1);
     }
 
+    /// Counts a retained message not kept (it was still delivered).
     pub fn retained_refused(&self, reason: RetainedRefusal) {
         inc_at(&self.by_retained_refusal, reason as usize, 1);
     }
 
+    /// Counts a will published at once because the delayed wills are full.
     pub fn will_delay_refused(&self, reason: WillDelayRefusal) {
         inc_at(&self.by_will_delay_refusal, reason as usize, 1);
     }
 
+    /// Records one committed store transaction of `ops` operations.
     pub fn store_commit(&self, ops: usize, duration: Duration) {
         self.store_commits.inc();
         self.store_ops.inc_by(ops as u64);

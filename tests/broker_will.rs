@@ -239,6 +239,33 @@ async fn will_published_when_session_ends_before_will_delay_v5() {
 }
 
 /// A will that arrives well before its 2 s delay could have passed.
+/// Kills `{id}-1` (its delayed will is then held), then `{id}-2` with a
+/// will on `{prefix}/2`, the one the test expects over a limit.
+async fn first_waits_second_over_limit(t: &TestGateway, id: &str, prefix: &str) {
+    b5::connect(delayed_will_opts(
+        t.addr,
+        &format!("{id}-1"),
+        &format!("{prefix}/1"),
+    ))
+    .await
+    .kill()
+    .await;
+    within(5, async {
+        while scrape(t, "mqbridge_will_delayed").await != Some(1.0) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    b5::connect(delayed_will_opts(
+        t.addr,
+        &format!("{id}-2"),
+        &format!("{prefix}/2"),
+    ))
+    .await
+    .kill()
+    .await;
+}
+
 async fn early_will(w: &mut b4::Client) -> rumqttc::Publish {
     tokio::time::timeout(Duration::from_millis(1500), w.publishes.recv())
         .await
@@ -259,22 +286,9 @@ async fn delayed_wills_over_the_limits_are_published_at_once_v5() {
     let mut w = watcher(t.addr, "wl-watch", "will/lim/+").await;
     let refused = |r: &str| format!("mqbridge_will_delay_refused_total{{reason=\"{r}\"}}");
 
-    // The first waits for its delay.
-    b5::connect(delayed_will_opts(t.addr, "wl-1", "will/lim/1"))
-        .await
-        .kill()
-        .await;
-    within(5, async {
-        while scrape(&t, "mqbridge_will_delayed").await != Some(1.0) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    // A second one would hold 60 of 45 bytes: published at once.
-    b5::connect(delayed_will_opts(t.addr, "wl-2", "will/lim/2"))
-        .await
-        .kill()
-        .await;
+    // The first waits for its delay; a second one would hold 60 of 45
+    // bytes: published at once.
+    first_waits_second_over_limit(&t, "wl", "will/lim").await;
     let got = early_will(&mut w).await;
     assert_eq!(
         got.topic, "will/lim/2",
@@ -299,20 +313,7 @@ async fn delayed_wills_over_the_count_are_published_at_once_v5() {
     })
     .await;
     let mut w = watcher(t.addr, "wc-watch", "will/cnt/+").await;
-    b5::connect(delayed_will_opts(t.addr, "wc-1", "will/cnt/1"))
-        .await
-        .kill()
-        .await;
-    within(5, async {
-        while scrape(&t, "mqbridge_will_delayed").await != Some(1.0) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    b5::connect(delayed_will_opts(t.addr, "wc-2", "will/cnt/2"))
-        .await
-        .kill()
-        .await;
+    first_waits_second_over_limit(&t, "wc", "will/cnt").await;
     let got = early_will(&mut w).await;
     assert_eq!(got.topic, "will/cnt/2");
     assert_eq!(

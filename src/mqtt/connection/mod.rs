@@ -322,7 +322,8 @@ impl Conn<'_> {
                 }
                 w = stream.writable(), if !self.out.is_empty() => {
                     w?;
-                    self.write_some(stream, &mut t)?;
+                    let idle = rx.is_empty() && rx0.is_empty();
+                    self.write_some(stream, &mut t, idle)?;
                 }
                 r = next_reply(&mut self.pending) => {
                     self.pending.pop_front();
@@ -356,19 +357,27 @@ impl Conn<'_> {
             }
             self.flush_outbox().await?;
             if !self.out.is_empty() {
-                self.write_some(stream, &mut t)?;
+                let idle = rx.is_empty() && rx0.is_empty();
+                self.write_some(stream, &mut t, idle)?;
             }
         }
     }
 
-    /// Writes what the socket takes now, without waiting.
-    fn write_some(&mut self, stream: &TcpStream, t: &mut Timers) -> Result<(), ConnError> {
+    /// Writes what the socket takes now, without waiting. `idle`: no
+    /// delivery is waiting, so a drained buffer is given back (an idle
+    /// connection holds none); under load it is kept and reused, not
+    /// allocated again for every delivery.
+    fn write_some(
+        &mut self,
+        stream: &TcpStream,
+        t: &mut Timers,
+        idle: bool,
+    ) -> Result<(), ConnError> {
         match stream.try_write(&self.out) {
             Ok(n) => {
                 self.sh.metrics.bytes_sent.inc_by(n as u64);
                 self.out.advance(n);
-                if self.out.is_empty() {
-                    // Give the buffer back: idle connections hold none.
+                if self.out.is_empty() && idle {
                     self.out = BytesMut::new();
                 }
                 t.wrote(n > 0, self.out.is_empty());
