@@ -105,6 +105,12 @@ export MQBRIDGE_TEST_KAFKA="${MQBRIDGE_TEST_KAFKA:-127.0.0.1:9092}"
 export MQBRIDGE_SKIP_LOG="$workdir/skipped"
 : >"$MQBRIDGE_SKIP_LOG"
 log "running the test suite"
+# A one-off build (CI, a fresh clone) gains nothing from incremental
+# artefacts, which are as large as the build itself; the disk may be small.
+if [ "${CI:-}" = "true" ]; then
+  export CARGO_INCREMENTAL=0
+fi
+log "disk before the build: $(df -h . | awk 'NR==2 {print $4 " free"}')"
 status=0
 cargo test --all-targets --no-fail-fast "$@" || status=$?
 skipped=$(sort -u "$MQBRIDGE_SKIP_LOG" | wc -l)
@@ -123,6 +129,7 @@ fi
 #    skips the step).
 smoke_secs="${MQBRIDGE_FUZZ_SMOKE_SECS:-5}"
 if [ "$status" -eq 0 ] && [ "$smoke_secs" != 0 ]; then
+  log "disk after the suite: $(df -h . | awk 'NR==2 {print $4 " free"}'), target/ $(du -sh target 2>/dev/null | cut -f1)"
   log "fuzz smoke: every target for ${smoke_secs}s"
   scripts/fuzz.sh "$smoke_secs" || status=$?
 fi
