@@ -199,9 +199,11 @@ async fn start_downlink(
         }
         let source = match cfg.bridge.backends.iter().find(|b| b.name() == r.backend) {
             Some(BackendConfig::Kafka(k)) => {
-                downlink::kafka::start(k, r, node_id, p.tx, stop.clone()).await?
+                crate::bridge::kafka::source::start(k, r, node_id, p.tx, stop.clone()).await?
             }
-            Some(BackendConfig::Amqp(a)) => downlink::amqp::start(a, r, p.tx, stop.clone()).await?,
+            Some(BackendConfig::Amqp(a)) => {
+                crate::bridge::amqp::source::start(a, r, p.tx, stop.clone()).await?
+            }
             _ => continue,
         };
         tasks.push(source);

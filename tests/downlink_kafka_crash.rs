@@ -73,7 +73,7 @@ async fn spawn(dir: &Path, port: u16, run: usize) -> Child {
         .env(
             "RUST_LOG",
             std::env::var("GW_LOG").unwrap_or_else(|_| {
-                "mqbridge=info,mqbridge::bridge::downlink::kafka::source=trace".into()
+                "mqbridge=info,mqbridge::bridge::kafka::source::task=trace".into()
             }),
         )
         .env("NO_COLOR", "1")

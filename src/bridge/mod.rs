@@ -9,8 +9,8 @@
 //! - [`template`]: target/key templates.
 
 pub mod amqp;
-pub mod backoff;
 pub mod downlink;
+pub mod driver;
 pub mod file;
 pub mod kafka;
 pub mod metrics;

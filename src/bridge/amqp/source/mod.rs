@@ -21,14 +21,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lapin::types::ShortString;
-use lapin::uri::{AMQPScheme, AMQPUri};
+use lapin::uri::AMQPUri;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use self::session::Session;
 use self::settle::Pending;
-use super::{CommandEnvelope, CommandTx};
-use crate::bridge::backoff::Backoff;
+use super::short;
+use crate::bridge::downlink::{CommandEnvelope, CommandTx};
+use crate::bridge::driver::backoff::Backoff;
 use crate::bridge::BridgeError;
 use crate::config::{AmqpBackend, DownlinkRoute};
 
@@ -77,20 +78,9 @@ pub async fn start(
     Ok(tokio::spawn(source.run()))
 }
 
-fn short(what: &str, value: &str) -> Result<ShortString, String> {
-    ShortString::try_new(value).map_err(|_| format!("{what} is longer than 255 bytes"))
-}
-
 /// Validates what the broker would refuse on every attempt.
 fn check(backend: &AmqpBackend, route: &DownlinkRoute) -> Result<Settings, String> {
-    // The parser's message may quote the URI, password included.
-    let uri: AMQPUri = backend
-        .uri
-        .parse()
-        .map_err(|e: String| format!("invalid uri: {}", e.replace(&backend.uri, "<uri>")))?;
-    if uri.scheme == AMQPScheme::AMQPS {
-        return Err("amqps:// needs TLS, which this build does not include".into());
-    }
+    let uri = super::parse_uri(&backend.uri)?;
     if route.queue.is_empty() {
         return Err("an AMQP downlink needs a queue".into());
     }

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use tokio::sync::mpsc;
 
-use super::metrics::BackendCounters;
-use super::{BridgeError, Envelope, RunningSink, SinkHandle};
+use crate::bridge::metrics::BackendCounters;
+use crate::bridge::{BridgeError, Envelope, RunningSink, SinkHandle};
 use crate::config::FileBackend;
 
 /// Most envelopes written before one fsync.

@@ -5,7 +5,7 @@
 //!
 //! - this file: start-up, the consumer's configuration, topic creation,
 //!   message → [`Command`].
-//! - [`source`]: the task — consume, keep what is in flight in order, commit.
+//! - [`task`]: the task — consume, keep what is in flight in order, commit.
 //! - [`inflight`]: commands handed over and not answered yet, in order.
 //! - [`ledger`]: the offsets that may be committed.
 //! - [`context`]: librdkafka logs and the commit-before-rebalance hook.
@@ -13,7 +13,7 @@
 mod context;
 mod inflight;
 mod ledger;
-mod source;
+mod task;
 #[cfg(test)]
 mod tests;
 
@@ -27,7 +27,7 @@ use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::message::{Headers, Message};
 use rdkafka::types::RDKafkaErrorCode;
 
-use super::{Command, CommandTx};
+use crate::bridge::downlink::{Command, CommandTx};
 use crate::bridge::BridgeError;
 use crate::config::{DownlinkRoute, KafkaBackend};
 
@@ -44,7 +44,7 @@ pub async fn start(
     let config = consumer_config(backend, route, node_id);
     // Create (and drop) one consumer now so that a bad property fails the
     // start-up instead of the task; this does not contact the broker.
-    source::create(&config, route)
+    task::create(&config, route)
         .map_err(|e| BridgeError::Backend {
             backend: backend.name.clone(),
             reason: format!(
@@ -58,7 +58,7 @@ pub async fn start(
     // created here so that receipts and dead letters are not refused.
     topics.extend(route.receipt_target.iter().cloned());
     topics.extend(route.dead_letter_target.iter().cloned());
-    let src = source::Source {
+    let src = task::Source {
         route: route.clone(),
         config,
         admin: backend.create_topics.then(|| Admin {
@@ -209,8 +209,11 @@ fn command<M: Message>(m: &M) -> Command {
 
 /// Jittered exponential backoff, 250 ms doubling to 30 s (a consumer group
 /// rejoin is costly; no need to hammer a broker that is down).
-fn backoff() -> crate::bridge::backoff::Backoff {
-    crate::bridge::backoff::Backoff::between(Duration::from_millis(250), Duration::from_secs(30))
+fn backoff() -> crate::bridge::driver::backoff::Backoff {
+    crate::bridge::driver::backoff::Backoff::between(
+        Duration::from_millis(250),
+        Duration::from_secs(30),
+    )
 }
 
 /// Route name as a cheap shared string for the context.

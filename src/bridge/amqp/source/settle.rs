@@ -8,8 +8,8 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::Acker;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::super::CommandOutcome;
-use crate::bridge::backoff::jitter;
+use crate::bridge::downlink::CommandOutcome;
+use crate::bridge::driver::backoff::jitter;
 
 /// Wait before returning a command that could not be stored: an immediate
 /// redelivery would most likely fail the same way.

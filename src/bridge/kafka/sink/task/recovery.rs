@@ -10,8 +10,8 @@ use rdkafka::producer::{Producer as _, PurgeConfig};
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::Sink;
-use crate::bridge::kafka::message::code;
-use crate::bridge::kafka::topics::Presence;
+use crate::bridge::kafka::sink::message::code;
+use crate::bridge::kafka::sink::topics::Presence;
 use crate::bridge::Envelope;
 
 pub(super) const BACKOFF_MIN: Duration = Duration::from_millis(250);
@@ -88,7 +88,7 @@ impl Sink {
         };
         front.sent = Instant::now();
         let mut waiting: Vec<String> = Vec::new();
-        for p in &self.pending {
+        for p in self.pending.iter() {
             let target = &p.envelope.record.target;
             if !waiting.contains(target) {
                 waiting.push(target.clone());
