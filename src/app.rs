@@ -15,13 +15,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::bridge::metrics::BridgeMetrics;
-use crate::bridge::uplink::Uplink;
-use crate::bridge::{RunningSink, SinkHandle};
-use crate::config::{AckMode, BackendConfig, Config};
+use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::mqtt::connection::Shared;
 use crate::mqtt::router::{Router, ROUTER_CHANNEL};
-use crate::store::{DiskWatch, Store, StoreHealth, StoreOptions};
+use crate::store::{DiskWatch, Store, StoreOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -32,6 +30,9 @@ pub enum AppError {
     },
     #[error("starting the bridge: {0}")]
     Bridge(#[from] crate::bridge::BridgeError),
+    /// The configuration was not valid (only when `Config::validate` was skipped).
+    #[error("invalid configuration: {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Config(Vec<crate::config::ConfigError>),
     #[error("binding {what} on {addr}: {source}")]
     Bind {
         what: &'static str,
@@ -94,6 +95,8 @@ pub struct Gateway {
     /// Where the admin endpoint is bound, if enabled.
     pub admin_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
+    /// The bridge's stop signal, cancelled with `stop`.
+    cancel: tokio_util::sync::CancellationToken,
     /// Supervised tasks in shutdown order: downlink sources (they stop
     /// consuming on the stop signal), the listeners, the router (it detaches
     /// clients and closes the store), the store writer, then the sinks (each
@@ -107,147 +110,6 @@ pub struct Gateway {
     grace: Duration,
 }
 
-/// Where each uplink route sends: its backend's sink, or (ack = "spool") a
-/// spool in front of it under `<store.path>/spool/`.
-fn route_sinks(
-    cfg: &Config,
-    sinks: &[SinkHandle],
-    metrics: &BridgeMetrics,
-    store_health: &Arc<StoreHealth>,
-    tasks: &mut Vec<JoinHandle<()>>,
-) -> Result<Vec<SinkHandle>, AppError> {
-    let mut out = Vec::new();
-    for r in &cfg.bridge.uplink {
-        let Some(backend) = sinks.iter().find(|s| *s.backend == r.backend) else {
-            continue; // validated: cannot happen
-        };
-        if r.ack != AckMode::Spool {
-            out.push(backend.clone());
-            continue;
-        }
-        let RunningSink { handle, task } = crate::bridge::spool::start(
-            &r.name,
-            crate::bridge::spool::SpoolDisk {
-                dir: &cfg.store.path.join("spool"),
-                store_health: store_health.clone(),
-            },
-            r.spool_max_bytes,
-            backend.clone(),
-            metrics.route(&r.name),
-            metrics.spool_full(&r.name),
-            cfg.bridge.queue_capacity,
-        )?;
-        out.push(handle);
-        tasks.push(task);
-    }
-    Ok(out)
-}
-
-/// What every downlink route is connected to: the router it hands commands
-/// to, the stop signal of its source, readiness (paused by the store budget).
-struct DownlinkWiring<'a> {
-    router: &'a mpsc::Sender<crate::mqtt::router::RouterMsg>,
-    stop: &'a watch::Receiver<bool>,
-    ready: &'a Arc<crate::admin::Readiness>,
-}
-
-/// Starts each downlink route: its processor (command → router), its source
-/// (Kafka consumer group or AMQP queue), and the receipts task if any route
-/// wants delivery receipts.
-async fn start_downlink(
-    cfg: &Config,
-    node_id: &str,
-    sinks: &[SinkHandle],
-    metrics: &BridgeMetrics,
-    receipts: mpsc::Receiver<crate::mqtt::router::ReceiptEvent>,
-    wiring: DownlinkWiring<'_>,
-) -> Result<Vec<JoinHandle<()>>, AppError> {
-    use crate::bridge::downlink;
-    let DownlinkWiring {
-        router,
-        stop,
-        ready,
-    } = wiring;
-    let mut tasks = Vec::new();
-    let mut receipt_targets = std::collections::HashMap::new();
-    for r in &cfg.bridge.downlink {
-        let sink = sinks.iter().find(|s| *s.backend == r.backend).cloned();
-        let counters = metrics.downlink(&r.name);
-        let Some(p) = downlink::start(
-            r,
-            router.clone(),
-            downlink::MessageLimits {
-                max_packet: cfg.mqtt.max_packet_size,
-                topic: cfg.mqtt.topic_limits(),
-            },
-            sink.clone(),
-            downlink::Reporting {
-                counters: counters.clone(),
-                dead_counters: metrics.route(&r.name),
-                ready: ready.clone(),
-            },
-            cfg.bridge.queue_capacity.min(4096),
-        ) else {
-            continue; // templates validated with the config
-        };
-        tasks.push(p.task);
-        if let (Some(target), Some(sink)) = (&r.receipt_target, sink) {
-            receipt_targets.insert(
-                r.name.clone(),
-                (sink, target.clone(), metrics.route(&r.name), counters),
-            );
-        }
-        let source = match cfg.bridge.backends.iter().find(|b| b.name() == r.backend) {
-            Some(BackendConfig::Kafka(k)) => {
-                crate::bridge::kafka::source::start(k, r, node_id, p.tx, stop.clone()).await?
-            }
-            Some(BackendConfig::Amqp(a)) => {
-                crate::bridge::amqp::source::start(a, r, p.tx, stop.clone()).await?
-            }
-            _ => continue,
-        };
-        tasks.push(source);
-    }
-    if !receipt_targets.is_empty() {
-        tasks.push(downlink::start_receipts(receipt_targets, receipts));
-    }
-    Ok(tasks)
-}
-
-/// Starts one sink per configured backend.
-async fn start_sinks(
-    cfg: &Config,
-    metrics: &BridgeMetrics,
-) -> Result<(Vec<SinkHandle>, Vec<JoinHandle<()>>), AppError> {
-    let cap = cfg.bridge.queue_capacity;
-    let mut handles = Vec::new();
-    let mut tasks = Vec::new();
-    for b in &cfg.bridge.backends {
-        let counters = metrics.backend(b.name());
-        let RunningSink { handle, task } = match b {
-            BackendConfig::File(f) => crate::bridge::file::start(f, counters, cap)?,
-            BackendConfig::Kafka(k) => {
-                let topics = cfg
-                    .bridge
-                    .uplink
-                    .iter()
-                    .filter(|r| r.backend == k.name)
-                    .filter_map(|r| {
-                        crate::bridge::template::Template::parse(&r.target)
-                            .ok()?
-                            .literal()
-                    })
-                    .collect();
-                crate::bridge::kafka::start(k, topics, counters, cap).await?
-            }
-            BackendConfig::Amqp(a) => crate::bridge::amqp::start(a, counters, cap).await?,
-        };
-        handles.push(handle);
-        tasks.push(task);
-    }
-    Ok((handles, tasks))
-}
-
 async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
@@ -255,6 +117,12 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 impl Gateway {
     /// Opens the store, starts the router and binds the listeners.
     pub async fn start(cfg: Config) -> Result<Gateway, AppError> {
+        // Checked again here for callers that skipped `Config::validate`;
+        // the runtime takes only this typed form.
+        let valid_bridge = cfg
+            .bridge
+            .validate(cfg.session.max_session_expiry_secs)
+            .map_err(AppError::Config)?;
         let cfg = Arc::new(cfg);
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::new(&mut registry));
@@ -291,6 +159,8 @@ impl Gateway {
         disk_watch.check();
         let node_id = crate::node::resolve(&cfg.server.node_id, &cfg.store.path)?;
         let (stop, stop_rx) = watch::channel(false);
+        // The bridge's stop signal (sources stop consuming).
+        let cancel = tokio_util::sync::CancellationToken::new();
         let (failed_tx, failed) = mpsc::channel(16);
         let sup = Supervisor {
             stopping: stop_rx.clone(),
@@ -360,29 +230,25 @@ impl Gateway {
             }));
             Some(bound)
         };
-        let (sinks, mut sink_tasks) = start_sinks(&cfg, &bridge_metrics).await?;
-        let route_sinks = route_sinks(
-            &cfg,
-            &sinks,
-            &bridge_metrics,
-            store.health(),
-            &mut sink_tasks,
-        )?;
-        let uplink = Uplink::new(&cfg.bridge, &route_sinks, &bridge_metrics);
-        let sources = start_downlink(
-            &cfg,
-            &node_id,
-            &sinks,
-            &bridge_metrics,
-            receipt_rx,
-            DownlinkWiring {
+        let bridge = crate::bridge::start::start(
+            &valid_bridge,
+            crate::bridge::start::Wiring {
+                node_id: &node_id,
+                metrics: &bridge_metrics,
+                store_dir: &cfg.store.path,
+                store_health: store.health().clone(),
                 router: &router_tx,
-                stop: &stop_rx,
+                receipts: receipt_rx,
                 ready: &ready,
+                limits: crate::bridge::downlink::MessageLimits {
+                    max_packet: cfg.mqtt.max_packet_size,
+                    topic: cfg.mqtt.topic_limits(),
+                },
+                cancel: cancel.clone(),
             },
         )
         .await?;
-        drop((sinks, route_sinks));
+        let uplink = bridge.uplink;
         let router_weak = router_tx.downgrade();
         let shared = Arc::new(Shared {
             uplink,
@@ -396,12 +262,22 @@ impl Gateway {
             stopped(stop_rx),
         ));
         let mut tasks = Vec::new();
-        tasks.extend(sources.into_iter().map(|t| sup.watch("downlink", t)));
+        tasks.extend(
+            bridge
+                .downlink
+                .into_iter()
+                .map(|t| sup.watch("downlink", t)),
+        );
         tasks.push(sup.watch("mqtt listener", listener));
         tasks.extend(admin.map(|t| sup.watch("admin endpoint", t)));
         tasks.push(sup.watch("router", router));
         tasks.push(sup.watch("store writer", store_writer));
-        tasks.extend(sink_tasks.into_iter().map(|t| sup.watch("uplink sink", t)));
+        tasks.extend(
+            bridge
+                .sinks
+                .into_iter()
+                .map(|t| sup.watch("uplink sink", t)),
+        );
         let disk_watch = tokio::spawn(disk_watch.run(stopped(stop.subscribe())));
         tasks.push(sup.watch("store disk watch", disk_watch));
         // Ready once started, and from then on while the store accepts writes
@@ -412,6 +288,7 @@ impl Gateway {
             mqtt_addr,
             admin_addr,
             stop,
+            cancel,
             tasks,
             failed,
             router_tx: router_weak,
@@ -459,6 +336,7 @@ impl Gateway {
     /// Stops accepting, detaches clients, flushes and closes the store.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
+        self.cancel.cancel();
         let tasks = self.tasks;
         let mut left: Vec<&'static str> = tasks.iter().map(|(n, _)| *n).collect();
         let all = async {

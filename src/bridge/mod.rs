@@ -9,12 +9,15 @@
 //! - [`template`]: target/key templates.
 
 pub mod amqp;
+pub mod contract;
 pub mod downlink;
 pub mod driver;
 pub mod file;
 pub mod kafka;
 pub mod metrics;
+pub mod registry;
 pub mod spool;
+pub mod start;
 pub mod template;
 pub mod uplink;
 
@@ -82,8 +85,49 @@ pub struct RunningSink {
     pub task: JoinHandle<()>,
 }
 
+/// Why a backend could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
     #[error("backend {backend}: {reason}")]
     Backend { backend: String, reason: String },
+    /// Settings the backend can never work with (normally caught when the
+    /// configuration is validated; this is for callers that skip that).
+    #[error("backend {backend}{}: {}", route.as_ref().map(|r| format!(", downlink route {r:?}")).unwrap_or_default(), errors.iter().map(|e| format!("{}: {}", e.key, e.reason)).collect::<Vec<_>>().join("; "))]
+    Settings {
+        backend: String,
+        route: Option<String>,
+        errors: Vec<registry::SettingError>,
+    },
+    /// The backend's client library refused to create a client.
+    #[error("backend {backend}: {what}")]
+    Client {
+        backend: String,
+        what: String,
+        #[source]
+        source: contract::BoxError,
+    },
+}
+
+impl BridgeError {
+    pub fn settings(backend: &str, errors: &[registry::SettingError]) -> BridgeError {
+        BridgeError::Settings {
+            backend: backend.to_string(),
+            route: None,
+            errors: errors.to_vec(),
+        }
+    }
+
+    /// The same error, said of a downlink route.
+    pub fn in_route(self, route: &str) -> BridgeError {
+        match self {
+            BridgeError::Settings {
+                backend, errors, ..
+            } => BridgeError::Settings {
+                backend,
+                route: Some(route.to_string()),
+                errors,
+            },
+            other => other,
+        }
+    }
 }

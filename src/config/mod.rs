@@ -26,8 +26,8 @@ mod bridge;
 mod tests;
 
 pub use bridge::{
-    AckMode, AmqpBackend, BackendConfig, BridgeConfig, DownlinkRoute, FileBackend, KafkaBackend,
-    UplinkRoute,
+    AckMode, AmqpBackend, BackendConfig, BridgeConfig, DownlinkRoute, ExtensionBackend,
+    FileBackend, KafkaBackend, UplinkRoute, ValidBridge, ValidDownlink, ValidUplink,
 };
 
 /// The built-in defaults (`config/default.toml`), the base of every load.
@@ -720,7 +720,12 @@ impl Config {
                 format!("{node_id:?}: use 1 to {MAX_NODE_ID_LEN} characters of A-Z a-z 0-9 . _ -"),
             ));
         }
-        self.bridge.validate(self.session.max_session_expiry_secs)?;
+        // The first problem only, for now: this function reports one.
+        if let Err(errors) = self.bridge.validate(self.session.max_session_expiry_secs) {
+            if let Some(first) = errors.into_iter().next() {
+                return Err(first);
+            }
+        }
         Ok(())
     }
 }

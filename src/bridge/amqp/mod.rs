@@ -5,6 +5,8 @@
 //! - this file: the URI check, short-string limits and the connect timeout
 //!   that both directions use.
 
+mod backend;
+pub mod config;
 pub mod sink;
 pub mod source;
 
@@ -15,6 +17,7 @@ use lapin::types::{LongString, ShortString};
 use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Connection, ConnectionProperties};
 
+pub use backend::KIND;
 pub use sink::start;
 
 /// A connect that takes longer (e.g. SYNs dropped by a firewall) is retried.

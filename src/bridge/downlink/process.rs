@@ -9,7 +9,9 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::{Command, CommandEnvelope, CommandOutcome, CommandTemplate, CommandTx};
+use super::{
+    Command, CommandEnvelope, CommandOutcome, CommandTemplate, CommandTemplateError, CommandTx,
+};
 use crate::admin::Readiness;
 use crate::bridge::metrics::{CommandCounters, RouteCounters};
 use crate::bridge::{Envelope, Record, SinkHandle};
@@ -76,7 +78,7 @@ pub fn start(
     sink: Option<SinkHandle>,
     reporting: Reporting,
     capacity: usize,
-) -> Option<Downlink> {
+) -> Result<Downlink, CommandTemplateError> {
     let Reporting {
         counters,
         dead_counters,
@@ -84,11 +86,12 @@ pub fn start(
     } = reporting;
     let route = Route {
         cfg: cfg.clone(),
-        topic: CommandTemplate::parse(&cfg.topic).ok()?,
-        client_id: match &cfg.client_id {
-            Some(t) => Some(CommandTemplate::parse(t).ok()?),
-            None => None,
-        },
+        topic: CommandTemplate::parse(&cfg.topic)?,
+        client_id: cfg
+            .client_id
+            .as_deref()
+            .map(CommandTemplate::parse)
+            .transpose()?,
         max_packet: limits.max_packet,
         topic_limits: limits.topic,
         counters,
@@ -107,7 +110,7 @@ pub fn start(
         feed(route, rx, router, pending_tx).await;
         let _ = answer.await;
     });
-    Some(Downlink { tx, task })
+    Ok(Downlink { tx, task })
 }
 
 type Pending = (oneshot::Sender<CommandOutcome>, PendingResult);

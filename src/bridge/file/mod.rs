@@ -12,6 +12,11 @@
 //! The directory is fsynced after a file is created or rotated, so a crash
 //! cannot lose the file's name while its data was reported durable.
 
+mod backend;
+pub mod config;
+
+pub use backend::KIND;
+
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;

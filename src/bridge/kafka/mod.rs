@@ -5,11 +5,14 @@
 //! - [`source`]: downlink, a consumer group committing settled offsets.
 //! - this file: librdkafka's log levels mapped to `tracing`, once.
 
+mod backend;
+pub mod config;
 pub mod sink;
 pub mod source;
 
 use rdkafka::config::RDKafkaLogLevel;
 
+pub use backend::KIND;
 pub use sink::start;
 
 /// Who a librdkafka client works for, as log fields: the backend (sink) or

@@ -21,7 +21,6 @@ mod tests;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use lapin::types::ShortString;
 use lapin::uri::AMQPUri;
 use lapin::ExchangeKind;
 use tokio::sync::mpsc;
@@ -30,6 +29,7 @@ use self::pump::{End, Pending};
 use self::session::Session;
 use crate::bridge::driver::{Backoff, SettleQueue};
 use crate::bridge::metrics::BackendCounters;
+use crate::bridge::registry::SettingError;
 use crate::bridge::{BridgeError, Envelope, RunningSink, SinkHandle};
 use crate::config::AmqpBackend;
 
@@ -41,11 +41,7 @@ pub async fn start(
     counters: BackendCounters,
     capacity: usize,
 ) -> Result<RunningSink, BridgeError> {
-    let err = |reason: String| BridgeError::Backend {
-        backend: cfg.name.clone(),
-        reason,
-    };
-    let (uri, kind) = check(cfg).map_err(err)?;
+    let (uri, kind) = check(cfg).map_err(|errors| BridgeError::settings(&cfg.name, &errors))?;
     let (tx, rx) = mpsc::channel(capacity.max(1));
     counters.up.set(0);
     let sink = Sink {
@@ -70,17 +66,26 @@ pub async fn start(
     })
 }
 
-/// Validates what the broker would refuse for every message.
-fn check(cfg: &AmqpBackend) -> Result<(AMQPUri, ExchangeKind), String> {
-    let uri = super::parse_uri(&cfg.uri)?;
-    let kind = exchange_kind(&cfg.exchange_kind)?;
-    if ShortString::try_new(cfg.exchange.as_str()).is_err() {
-        return Err("exchange name is longer than 255 bytes".into());
+/// Validates what the broker would refuse for every message; every problem
+/// is reported, keyed by the setting.
+pub(super) fn check(cfg: &AmqpBackend) -> Result<(AMQPUri, ExchangeKind), Vec<SettingError>> {
+    let mut errors = Vec::new();
+    let uri = super::parse_uri(&cfg.uri).map_err(|e| errors.push(SettingError::new("uri", e)));
+    let kind = exchange_kind(&cfg.exchange_kind)
+        .map_err(|e| errors.push(SettingError::new("exchange_kind", e)));
+    if let Err(e) = super::short("exchange", &cfg.exchange) {
+        errors.push(SettingError::new("exchange", e));
     }
     if cfg.declare_exchange && cfg.exchange.is_empty() {
-        return Err("declare_exchange needs a non-empty exchange name".into());
+        errors.push(SettingError::new(
+            "declare_exchange",
+            "needs a non-empty exchange name",
+        ));
     }
-    Ok((uri, kind))
+    match (uri, kind) {
+        (Ok(uri), Ok(kind)) if errors.is_empty() => Ok((uri, kind)),
+        _ => Err(errors),
+    }
 }
 
 pub(super) fn exchange_kind(kind: &str) -> Result<ExchangeKind, String> {
@@ -90,7 +95,7 @@ pub(super) fn exchange_kind(kind: &str) -> Result<ExchangeKind, String> {
         "topic" => Ok(ExchangeKind::Topic),
         "headers" => Ok(ExchangeKind::Headers),
         other => Err(format!(
-            "exchange_kind {other:?} is not one of direct, fanout, topic, headers"
+            "{other:?} is not one of direct, fanout, topic, headers"
         )),
     }
 }

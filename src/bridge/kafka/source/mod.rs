@@ -39,7 +39,7 @@ pub async fn start(
     route: &DownlinkRoute,
     node_id: &str,
     tx: CommandTx,
-    stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio_util::sync::CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, BridgeError> {
     let config = consumer_config(backend, route, node_id);
     // Create (and drop) one consumer now so that a bad property fails the

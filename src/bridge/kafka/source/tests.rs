@@ -147,9 +147,9 @@ async fn start_and_stop_without_broker(create_topics: bool) {
     let mut b = backend(&[]);
     b.create_topics = create_topics;
     let (tx, _rx) = tokio::sync::mpsc::channel(8);
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let stop = tokio_util::sync::CancellationToken::new();
     let begun = std::time::Instant::now();
-    let task = start(&b, &route(None), "node-a", tx, stop)
+    let task = start(&b, &route(None), "node-a", tx, stop.clone())
         .await
         .expect("starts");
     assert!(
@@ -159,7 +159,7 @@ async fn start_and_stop_without_broker(create_topics: bool) {
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!task.is_finished());
-    let _ = stop_tx.send(true);
+    stop.cancel();
     tokio::time::timeout(Duration::from_secs(5), task)
         .await
         .expect("stops within 5 s")
@@ -169,7 +169,7 @@ async fn start_and_stop_without_broker(create_topics: bool) {
 #[tokio::test]
 async fn a_property_librdkafka_refuses_fails_the_start() {
     let (tx, _rx) = tokio::sync::mpsc::channel(8);
-    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let stop = tokio_util::sync::CancellationToken::new();
     let err = start(
         &backend(&["no.such.property=1"]),
         &route(None),
