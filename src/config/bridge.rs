@@ -468,10 +468,7 @@ fn check_downlink(
     p: &mut Problems,
 ) {
     if let Some(b) = backend {
-        p.settings(
-            at("").trim_end_matches('.'),
-            b.check_downlink(r),
-        );
+        p.settings(at("").trim_end_matches('.'), b.check_downlink(r));
     }
     if r.qos > 2 {
         p.add(at("qos"), "must be 0, 1 or 2");
