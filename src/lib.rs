@@ -7,7 +7,9 @@
 //! - [`mqtt`]: listener, per-client connection task, codec glue, router
 //!   (subscriptions, retained, shared groups, sessions), wills.
 //! - [`store`]: the durable session store (redb, group commit).
-//! - [`bridge`]: uplink routes and the backend sinks (Kafka, AMQP, file).
+//! - [`bridge`]: the backend contract (`Sink`/`Source` traits, their drivers,
+//!   the registry of backend kinds), uplink and downlink routes, and one
+//!   folder per backend (Kafka, AMQP, file).
 //! - [`metrics`]: Prometheus metrics, one typed struct registered into a registry.
 //! - [`admin`]: HTTP endpoint for `/metrics`, `/healthz`, `/readyz`.
 //! - [`node`]: this process's stable node id (Kafka static membership).

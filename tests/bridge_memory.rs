@@ -258,6 +258,17 @@ qos = 1
     (gw, dir)
 }
 
+/// The next PUBACK the device receives.
+async fn puback(dev: &mut b4::Client) {
+    loop {
+        match dev.events.recv().await {
+            Some(Ok(Event::Incoming(Packet::PubAck(_)))) => return,
+            Some(Ok(_)) => continue,
+            other => panic!("connection ended: {other:?}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn uplink_puback_waits_for_the_memory_sink_confirm() {
     common::init_tracing();
@@ -274,30 +285,12 @@ async fn uplink_puback_waits_for_the_memory_sink_confirm() {
         .await
         .expect("publish queued");
     // Held back by the sink: no PUBACK, nothing confirmed.
-    let early = tokio::time::timeout(common::QUIET, async {
-        loop {
-            match dev.events.recv().await {
-                Some(Ok(Event::Incoming(Packet::PubAck(_)))) => return,
-                Some(Ok(_)) => continue,
-                other => panic!("connection ended: {other:?}"),
-            }
-        }
-    })
-    .await;
+    let early = tokio::time::timeout(common::QUIET, puback(&mut dev)).await;
     assert!(early.is_err(), "PUBACK before the backend confirmed");
     assert!(hub.confirmed.lock().expect("hub lock").is_empty());
     // The backend confirms: the PUBACK follows.
     hub.gate().send_replace(true);
-    common::within(10, async {
-        loop {
-            match dev.events.recv().await {
-                Some(Ok(Event::Incoming(Packet::PubAck(_)))) => return,
-                Some(Ok(_)) => continue,
-                other => panic!("connection ended: {other:?}"),
-            }
-        }
-    })
-    .await;
+    common::within(10, puback(&mut dev)).await;
     let confirmed = hub.confirmed.lock().expect("hub lock").clone();
     assert_eq!(
         confirmed,

@@ -147,7 +147,7 @@ async fn commands_survive_sigkill_between_consume_and_commit() {
     let log = dir.path().join("gw-1.log");
     while !std::fs::read_to_string(&log)
         .unwrap_or_default()
-        .contains("source: consumed")
+        .contains("source::task: consumed")
     {
         assert!(Instant::now() < deadline, "the gateway consumes nothing");
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -160,7 +160,7 @@ async fn commands_survive_sigkill_between_consume_and_commit() {
         .sum();
     let consumed = std::fs::read_to_string(&log)
         .unwrap_or_default()
-        .matches("source: consumed")
+        .matches("source::task: consumed")
         .count();
     producing.await.expect("producer");
     // The kill must land between consuming and committing, or this test

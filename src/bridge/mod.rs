@@ -1,12 +1,22 @@
 //! The bridge between MQTT and the backends.
 //!
-//! - [`uplink`]: routes that mirror MQTT PUBLISHes to backends; the device's
+//! - [`contract`]: the narrow [`Sink`](contract::Sink) (uplink) and
+//!   [`Source`](contract::Source) (downlink) traits a backend implements.
+//! - [`driver`]: what every backend shares — `run_sink`, `run_source`, the
+//!   in-order [`SettleQueue`](driver::SettleQueue), the jittered `Backoff`.
+//! - [`registry`]: backend kind → constructor of a [`registry::Backend`];
+//!   adding a backend is one folder and one line there.
+//! - [`start`]: starts sinks, spools, routes and sources from the checked
+//!   configuration.
+//! - [`file`], [`kafka`], [`amqp`]: one folder per backend, both directions
+//!   and its settings. A sink takes [`Envelope`]s from a bounded channel in
+//!   order and answers each envelope's `confirm` once the backend confirmed
+//!   it (or refused it for good); it never confirms what the backend has not.
+//! - [`uplink`]: routes that mirror MQTT PUBLISHes to sinks; the device's
 //!   PUBACK/PUBREC waits for every matching route's confirmation.
-//! - [`file`], [`kafka`], [`amqp`]: one sink task per configured backend. A
-//!   sink takes [`Envelope`]s from a bounded channel in order and answers each
-//!   envelope's `confirm` once the backend confirmed it (or refused it for
-//!   good). It never confirms what the backend has not confirmed.
-//! - [`template`]: target/key templates.
+//! - [`downlink`]: the processor of commands, and delivery receipts.
+//! - [`spool`]: `ack = "spool"`, an fsynced spool in front of a sink.
+//! - [`template`]: the one template engine; [`metrics`]: the bridge's metrics.
 
 pub mod amqp;
 pub mod contract;

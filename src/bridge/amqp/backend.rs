@@ -33,7 +33,7 @@ impl std::fmt::Debug for Amqp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Amqp")
             .field("name", &self.0.name)
-            .field("uri", &"<redacted>")
+            .field("uri", &super::config::redact_uri(&self.0.uri))
             .field("exchange", &self.0.exchange)
             .finish_non_exhaustive()
     }

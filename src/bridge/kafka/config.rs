@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// `kind = "kafka"`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaBackend {
     /// Name routes use to refer to this backend.
@@ -36,4 +36,30 @@ fn default_partitions() -> i32 {
 }
 fn default_replication() -> i32 {
     1
+}
+
+/// By hand: `properties` may hold SASL or SSL passwords.
+impl std::fmt::Debug for KafkaBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let properties: Vec<String> = self.properties.iter().map(|p| redact_property(p)).collect();
+        f.debug_struct("KafkaBackend")
+            .field("name", &self.name)
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("compression", &self.compression)
+            .field("create_topics", &self.create_topics)
+            .field("topic_partitions", &self.topic_partitions)
+            .field("topic_replication", &self.topic_replication)
+            .field("properties", &properties)
+            .finish()
+    }
+}
+
+/// `key=value` with the value replaced when the key names a secret.
+fn redact_property(p: &str) -> String {
+    match p.split_once('=') {
+        Some((k, _)) if ["password", "secret", "key"].iter().any(|s| k.contains(s)) => {
+            format!("{k}=<redacted>")
+        }
+        _ => p.to_string(),
+    }
 }

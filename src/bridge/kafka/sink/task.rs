@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use super::message::{code, headers, permanent};
 use super::topics::{Presence, Topics};
 use super::{Producer, SinkContext};
-use crate::bridge::driver::SettleQueue;
+use crate::bridge::driver::{Backoff, SettleQueue};
 use crate::bridge::metrics::BackendCounters;
 use crate::bridge::{Envelope, SinkError};
 
@@ -62,7 +62,7 @@ pub(super) struct Sink {
     /// Which producer this is (counts replacements).
     producer_no: u64,
     /// Delay before the next retry; grows while retries fail.
-    backoff: Duration,
+    backoff: Backoff,
 }
 
 struct Pending {
@@ -92,7 +92,7 @@ impl Sink {
             pending: SettleQueue::new(),
             generation: 0,
             producer_no: 0,
-            backoff: recovery::BACKOFF_MIN,
+            backoff: recovery::backoff(),
         }
     }
 
@@ -186,7 +186,7 @@ impl Sink {
         let error = match report {
             Ok(Ok(_)) => {
                 self.counters.up.set(1);
-                self.backoff = recovery::BACKOFF_MIN;
+                self.backoff.reset();
                 self.counters
                     .confirm
                     .observe(p.since.elapsed().as_secs_f64());
