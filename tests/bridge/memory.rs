@@ -5,8 +5,6 @@
 //! after the sink confirmed) and downlink traffic (command → device, settled
 //! only after the gateway stored it) end to end.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -23,7 +21,7 @@ use rumqttc::{Event, Packet, QoS};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
-use common::b4;
+use crate::common::{self, b4};
 
 /// One in-memory "broker", shared by a backend's sink and sources and by
 /// the test, which looks into it and holds confirmations back.
