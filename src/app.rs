@@ -161,6 +161,9 @@ impl Gateway {
         let (stop, stop_rx) = watch::channel(false);
         // The bridge's stop signal (sources stop consuming).
         let cancel = tokio_util::sync::CancellationToken::new();
+        // Every task the bridge spawns (the supervisor still watches the
+        // long-lived ones through their handles).
+        let bridge_tasks = tokio_util::task::TaskTracker::new();
         let (failed_tx, failed) = mpsc::channel(16);
         let sup = Supervisor {
             stopping: stop_rx.clone(),
@@ -245,6 +248,7 @@ impl Gateway {
                     topic: cfg.mqtt.topic_limits(),
                 },
                 cancel: cancel.clone(),
+                tasks: bridge_tasks.clone(),
             },
         )
         .await?;

@@ -12,6 +12,7 @@ use std::sync::{Arc, RwLock};
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::contract::BoxFuture;
 use super::downlink::CommandTx;
@@ -44,6 +45,8 @@ pub struct SinkStart {
     /// The literal targets of the uplink routes using this backend (the
     /// Kafka sink creates them when asked to).
     pub targets: Vec<String>,
+    /// Where the sink's tasks are spawned.
+    pub tasks: TaskTracker,
 }
 
 /// What a downlink source is started with.
@@ -54,6 +57,8 @@ pub struct SourceStart {
     pub tx: CommandTx,
     /// Cancelled when the gateway stops: stop consuming, settle what is done.
     pub cancel: CancellationToken,
+    /// Where the source's tasks are spawned.
+    pub tasks: TaskTracker,
 }
 
 /// A configured, checked backend.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::downlink::{self, MessageLimits, Reporting};
 use super::metrics::BridgeMetrics;
@@ -36,6 +37,8 @@ pub struct Wiring<'a> {
     pub limits: MessageLimits,
     /// Cancelled when the gateway stops: sources stop consuming.
     pub cancel: CancellationToken,
+    /// Every task the bridge spawns is spawned here.
+    pub tasks: TaskTracker,
 }
 
 /// A started bridge.
@@ -64,6 +67,7 @@ pub async fn start(bridge: &ValidBridge, w: Wiring<'_>) -> Result<Started, Bridg
             counters: w.metrics.backend(b.name()),
             capacity: bridge.queue_capacity,
             targets,
+            tasks: w.tasks.clone(),
         };
         let RunningSink { handle, task } = b.start_sink(start).await?;
         sinks.insert(b.name().to_string(), handle);
@@ -80,12 +84,13 @@ pub async fn start(bridge: &ValidBridge, w: Wiring<'_>) -> Result<Started, Bridg
                 super::spool::SpoolDisk {
                     dir: &w.store_dir.join("spool"),
                     store_health: w.store_health.clone(),
+                    max_bytes: r.route.spool_max_bytes,
                 },
-                r.route.spool_max_bytes,
                 backend.clone(),
                 w.metrics.route(&r.route.name),
                 w.metrics.spool_full(&r.route.name),
                 bridge.queue_capacity,
+                &w.tasks,
             )?;
             sink_tasks.push(task);
             handle
@@ -136,6 +141,7 @@ async fn start_downlink(
             sink.clone(),
             reporting,
             capacity,
+            &w.tasks,
         )
         .map_err(|e| BridgeError::Backend {
             backend: d.backend.name().to_string(),
@@ -151,11 +157,16 @@ async fn start_downlink(
             node_id: w.node_id.to_string(),
             tx: p.tx,
             cancel: w.cancel.clone(),
+            tasks: w.tasks.clone(),
         };
         tasks.push(d.backend.start_source(r, start).await?);
     }
     if !receipt_targets.is_empty() {
-        tasks.push(downlink::start_receipts(receipt_targets, w.receipts));
+        tasks.push(downlink::start_receipts(
+            receipt_targets,
+            w.receipts,
+            &w.tasks,
+        ));
     }
     Ok(tasks)
 }

@@ -106,7 +106,15 @@ impl Backend for Memory {
 
     fn start_sink(&self, start: SinkStart) -> BoxFuture<'_, Result<RunningSink, BridgeError>> {
         let sink = Box::new(MemorySink(self.hub.clone()));
-        Box::pin(async move { Ok(run_sink(&self.name, sink, start.counters, start.capacity)) })
+        Box::pin(async move {
+            Ok(run_sink(
+                &self.name,
+                sink,
+                start.counters,
+                start.capacity,
+                &start.tasks,
+            ))
+        })
     }
 
     fn start_source<'a>(
@@ -118,7 +126,12 @@ impl Backend for Memory {
             hub: self.hub.clone(),
             cursor: 0,
         });
-        Box::pin(async move { Ok(run_source(&route.name, source, start.tx, start.cancel)) })
+        Box::pin(async move {
+            let SourceStart {
+                tx, cancel, tasks, ..
+            } = start;
+            Ok(run_source(&route.name, source, tx, cancel, &tasks))
+        })
     }
 }
 

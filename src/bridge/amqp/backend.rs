@@ -65,7 +65,9 @@ impl Backend for Amqp {
     }
 
     fn start_sink(&self, start: SinkStart) -> BoxFuture<'_, Result<RunningSink, BridgeError>> {
-        Box::pin(super::sink::start(&self.0, start.counters, start.capacity))
+        Box::pin(async move {
+            super::sink::start(&self.0, start.counters, start.capacity, &start.tasks).await
+        })
     }
 
     fn start_source<'a>(
@@ -73,6 +75,8 @@ impl Backend for Amqp {
         route: &'a DownlinkRoute,
         start: SourceStart,
     ) -> BoxFuture<'a, Result<JoinHandle<()>, BridgeError>> {
-        Box::pin(super::source::start(&self.0, route, start.tx, start.cancel))
+        Box::pin(async move {
+            super::source::start(&self.0, route, start.tx, start.cancel, &start.tasks).await
+        })
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
 
 use super::{
     Command, CommandEnvelope, CommandOutcome, CommandTemplate, CommandTemplateError, CommandTx,
@@ -78,6 +79,7 @@ pub fn start(
     sink: Option<SinkHandle>,
     reporting: Reporting,
     capacity: usize,
+    tasks: &TaskTracker,
 ) -> Result<Downlink, CommandTemplateError> {
     let Reporting {
         counters,
@@ -105,8 +107,8 @@ pub fn start(
         blocked: false,
         ready,
     };
-    let answer = tokio::spawn(answer(pending_rx, route.counters.clone(), paused));
-    let task = tokio::spawn(async move {
+    let answer = tasks.spawn(answer(pending_rx, route.counters.clone(), paused));
+    let task = tasks.spawn(async move {
         feed(route, rx, router, pending_tx).await;
         let _ = answer.await;
     });
@@ -385,8 +387,10 @@ pub type ReceiptSender = mpsc::Sender<ReceiptEvent>;
 pub fn start_receipts(
     targets: HashMap<String, (SinkHandle, String, RouteCounters, CommandCounters)>,
     mut rx: mpsc::Receiver<ReceiptEvent>,
+    tasks: &TaskTracker,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
+    let confirms = tasks.clone();
+    tasks.spawn(async move {
         while let Some(ev) = rx.recv().await {
             let Some((sink, target, route_counters, counters)) = targets.get(&ev.receipt.route)
             else {
@@ -426,7 +430,7 @@ pub fn start_receipts(
                 continue;
             }
             let counters = counters.clone();
-            tokio::spawn(async move {
+            confirms.spawn(async move {
                 match confirm.await {
                     Ok(Ok(())) => counters.receipts_sent.inc(),
                     _ => counters.receipts_failed.inc(),

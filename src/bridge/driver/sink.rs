@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
 
 use super::{Backoff, SettleQueue};
 use crate::bridge::contract::{Delivery, Pending, Sink};
@@ -25,6 +26,7 @@ pub fn run_sink(
     sink: Box<dyn Sink>,
     counters: BackendCounters,
     capacity: usize,
+    tasks: &TaskTracker,
 ) -> RunningSink {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let backend: Arc<str> = backend.into();
@@ -41,7 +43,7 @@ pub fn run_sink(
     };
     RunningSink {
         handle: SinkHandle { backend, tx },
-        task: tokio::spawn(driver.run()),
+        task: tasks.spawn(driver.run()),
     }
 }
 

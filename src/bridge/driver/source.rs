@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::{Backoff, SettleQueue};
 use crate::bridge::contract::Source;
@@ -26,6 +27,7 @@ pub fn run_source(
     source: Box<dyn Source>,
     tx: CommandTx,
     cancel: CancellationToken,
+    tasks: &TaskTracker,
 ) -> JoinHandle<()> {
     let driver = Driver {
         route: route.into(),
@@ -34,7 +36,7 @@ pub fn run_source(
         cancel,
         backoff: Backoff::new(),
     };
-    tokio::spawn(driver.run())
+    tasks.spawn(driver.run())
 }
 
 struct Driver {

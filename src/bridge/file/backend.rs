@@ -40,6 +40,6 @@ impl Backend for File {
     }
 
     fn start_sink(&self, start: SinkStart) -> BoxFuture<'_, Result<RunningSink, BridgeError>> {
-        Box::pin(async move { super::start(&self.0, start.counters, start.capacity) })
+        Box::pin(async move { super::start(&self.0, start.counters, start.capacity, &start.tasks) })
     }
 }

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
 
 use crate::bridge::metrics::BackendCounters;
 use crate::bridge::{BridgeError, Envelope, RunningSink, SinkHandle};
@@ -57,6 +58,7 @@ pub fn start(
     cfg: &FileBackend,
     counters: BackendCounters,
     capacity: usize,
+    tasks: &TaskTracker,
 ) -> Result<RunningSink, BridgeError> {
     let err = |reason: String| BridgeError::Backend {
         backend: cfg.name.clone(),
@@ -71,7 +73,7 @@ pub fn start(
         .name(format!("sink-file-{}", cfg.name))
         .spawn(move || sink.run(rx))
         .map_err(|e| err(format!("spawning the writer thread: {e}")))?;
-    let task = tokio::task::spawn_blocking(move || {
+    let task = tasks.spawn_blocking(move || {
         let _ = thread.join();
     });
     Ok(RunningSink {

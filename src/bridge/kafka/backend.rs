@@ -70,12 +70,15 @@ impl Backend for Kafka {
     }
 
     fn start_sink(&self, start: SinkStart) -> BoxFuture<'_, Result<RunningSink, BridgeError>> {
-        Box::pin(super::sink::start(
-            &self.0,
-            start.targets,
-            start.counters,
-            start.capacity,
-        ))
+        Box::pin(async move {
+            let SinkStart {
+                counters,
+                capacity,
+                targets,
+                tasks,
+            } = start;
+            super::sink::start(&self.0, targets, counters, capacity, &tasks).await
+        })
     }
 
     fn start_source<'a>(
@@ -84,7 +87,13 @@ impl Backend for Kafka {
         start: SourceStart,
     ) -> BoxFuture<'a, Result<JoinHandle<()>, BridgeError>> {
         Box::pin(async move {
-            super::source::start(&self.0, route, &start.node_id, start.tx, start.cancel).await
+            let SourceStart {
+                node_id,
+                tx,
+                cancel,
+                tasks,
+            } = start;
+            super::source::start(&self.0, route, &node_id, tx, cancel, &tasks).await
         })
     }
 }

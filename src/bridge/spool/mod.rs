@@ -93,10 +93,12 @@ struct Shared {
 }
 
 /// Where a route's spool lives: a directory on the store's filesystem, and
-/// that store's health (appends wait while its disk is low).
+/// that store's health (appends wait while its disk is low); and how large
+/// it may grow, in bytes.
 pub struct SpoolDisk<'a> {
     pub dir: &'a Path,
     pub store_health: Arc<crate::store::StoreHealth>,
+    pub max_bytes: u64,
 }
 
 /// Starts the spool of one route in front of `backend`. Returns the
@@ -104,13 +106,17 @@ pub struct SpoolDisk<'a> {
 pub fn start(
     route: &str,
     disk: SpoolDisk<'_>,
-    max_bytes: u64,
     backend: SinkHandle,
     counters: RouteCounters,
     spool_full: prometheus_client::metrics::counter::Counter,
     capacity: usize,
+    tasks: &tokio_util::task::TaskTracker,
 ) -> Result<RunningSink, BridgeError> {
-    let SpoolDisk { dir, store_health } = disk;
+    let SpoolDisk {
+        dir,
+        store_health,
+        max_bytes,
+    } = disk;
     let err = |reason: String| BridgeError::Backend {
         backend: format!("spool of route {route}"),
         reason,
@@ -143,8 +149,8 @@ pub fn start(
         .name(format!("spool-{route}"))
         .spawn(move || write_loop(writer_shared, rx))
         .map_err(|e| err(format!("spawning the spool writer: {e}")))?;
-    let drain = tokio::spawn(drain::run(shared, backend, counters));
-    let task = tokio::spawn(async move {
+    let drain = tasks.spawn(drain::run(shared, backend, counters));
+    let task = tasks.spawn(async move {
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         // The drain task ends when the spool is empty and the writer is gone.
         let _ = drain.await;

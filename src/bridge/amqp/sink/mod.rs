@@ -24,6 +24,7 @@ use std::sync::Arc;
 use lapin::uri::AMQPUri;
 use lapin::ExchangeKind;
 use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
 
 use self::pump::{End, Pending};
 use self::session::Session;
@@ -40,6 +41,7 @@ pub async fn start(
     cfg: &AmqpBackend,
     counters: BackendCounters,
     capacity: usize,
+    tasks: &TaskTracker,
 ) -> Result<RunningSink, BridgeError> {
     let (uri, kind) = check(cfg).map_err(|errors| BridgeError::settings(&cfg.name, &errors))?;
     let (tx, rx) = mpsc::channel(capacity.max(1));
@@ -56,7 +58,7 @@ pub async fn start(
         replay: VecDeque::new(),
         careful: 0,
     };
-    let task = tokio::spawn(sink.run());
+    let task = tasks.spawn(sink.run());
     Ok(RunningSink {
         handle: SinkHandle {
             backend: Arc::from(cfg.name.as_str()),

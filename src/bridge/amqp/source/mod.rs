@@ -25,6 +25,7 @@ use lapin::uri::AMQPUri;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use self::session::Session;
 use self::settle::Pending;
@@ -65,6 +66,7 @@ pub async fn start(
     route: &DownlinkRoute,
     tx: CommandTx,
     stop: CancellationToken,
+    tasks: &TaskTracker,
 ) -> Result<JoinHandle<()>, BridgeError> {
     let settings = check(backend, route)
         .map_err(|errors| BridgeError::settings(&backend.name, &errors).in_route(&route.name))?;
@@ -74,7 +76,7 @@ pub async fn start(
         stop,
         backoff: Backoff::new(),
     };
-    Ok(tokio::spawn(source.run()))
+    Ok(tasks.spawn(source.run()))
 }
 
 /// Validates what the broker would refuse on every attempt; every problem

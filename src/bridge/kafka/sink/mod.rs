@@ -25,6 +25,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Statistics;
 use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
 
 use crate::bridge::metrics::BackendCounters;
 use crate::bridge::{BridgeError, Envelope, RunningSink, SinkHandle};
@@ -57,6 +58,7 @@ pub async fn start(
     topics: Vec<String>,
     counters: BackendCounters,
     capacity: usize,
+    tasks: &TaskTracker,
 ) -> Result<RunningSink, BridgeError> {
     let fail = |reason: String| BridgeError::Backend {
         backend: cfg.name.clone(),
@@ -81,7 +83,7 @@ pub async fn start(
         replication: cfg.topic_replication,
     };
     let (tx, rx) = mpsc::channel::<Envelope>(capacity.max(1));
-    let task = tokio::spawn(task::Sink::new(settings, producer, counters).run(rx, topics));
+    let task = tasks.spawn(task::Sink::new(settings, producer, counters).run(rx, topics));
     Ok(RunningSink {
         handle: SinkHandle { backend, tx },
         task,

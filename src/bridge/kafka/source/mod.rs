@@ -40,6 +40,7 @@ pub async fn start(
     node_id: &str,
     tx: CommandTx,
     stop: tokio_util::sync::CancellationToken,
+    tasks: &tokio_util::task::TaskTracker,
 ) -> Result<tokio::task::JoinHandle<()>, BridgeError> {
     let config = consumer_config(backend, route, node_id);
     // Create (and drop) one consumer now so that a bad property fails the
@@ -70,7 +71,7 @@ pub async fn start(
         tx,
         stop,
     };
-    Ok(tokio::spawn(src.run()))
+    Ok(tasks.spawn(src.run()))
 }
 
 /// Settings we decide, whatever `properties` say: offsets are committed by

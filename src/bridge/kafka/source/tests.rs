@@ -149,7 +149,8 @@ async fn start_and_stop_without_broker(create_topics: bool) {
     let (tx, _rx) = tokio::sync::mpsc::channel(8);
     let stop = tokio_util::sync::CancellationToken::new();
     let begun = std::time::Instant::now();
-    let task = start(&b, &route(None), "node-a", tx, stop.clone())
+    let tasks = tokio_util::task::TaskTracker::new();
+    let task = start(&b, &route(None), "node-a", tx, stop.clone(), &tasks)
         .await
         .expect("starts");
     assert!(
@@ -176,6 +177,7 @@ async fn a_property_librdkafka_refuses_fails_the_start() {
         "node-a",
         tx,
         stop,
+        &tokio_util::task::TaskTracker::new(),
     )
     .await;
     assert!(err.is_err());
