@@ -21,24 +21,34 @@ use crate::config::{AckMode, BackendConfig, Config};
 use crate::metrics::Metrics;
 use crate::mqtt::connection::Shared;
 use crate::mqtt::router::{Router, ROUTER_CHANNEL};
-use crate::store::{DiskWatch, Store, StoreHealth, StoreOptions};
+use crate::store::{DiskWatch, Recovered, Store, StoreHealth, StoreOptions};
+use crate::tasks::{TaskFailure, Tasks};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    #[error("opening the store at {path}: {source}")]
+    #[error("opening the store at {path}")]
     Store {
         path: String,
+        #[source]
         source: crate::store::StoreError,
     },
-    #[error("starting the bridge: {0}")]
+    /// The blocking task opening the store panicked or was cancelled.
+    #[error("opening the store at {path}: the opening task failed")]
+    StoreOpenTask {
+        path: String,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    #[error("starting the bridge")]
     Bridge(#[from] crate::bridge::BridgeError),
-    #[error("binding {what} on {addr}: {source}")]
+    #[error("binding {what} on {addr}")]
     Bind {
         what: &'static str,
         addr: String,
+        #[source]
         source: std::io::Error,
     },
-    #[error("node id: {0}")]
+    #[error("node id")]
     NodeId(#[from] crate::node::NodeIdError),
     /// A long-lived task ended while the gateway was running.
     #[error("the {task} task {how} while the gateway was running")]
@@ -48,59 +58,18 @@ pub enum AppError {
     },
 }
 
-/// A long-lived task that ended before shutdown.
-#[derive(Debug, Clone, Copy)]
-struct TaskFailure {
-    task: &'static str,
-    panicked: bool,
-}
-
-/// Watches the gateway's long-lived tasks. One that ends before shutdown
-/// (returns or panics) is a failure: the gateway stops and the process exits
-/// non-zero, so a supervisor restarts it and state is rebuilt from the store,
-/// rather than staying up half-dead (e.g. accepting clients with no router).
-#[derive(Clone)]
-struct Supervisor {
-    stopping: watch::Receiver<bool>,
-    /// Bounded; the first failure is what matters, later ones are only logged.
-    failed: mpsc::Sender<TaskFailure>,
-}
-
-impl Supervisor {
-    /// Takes over `handle`; the returned handle resolves when the task ends.
-    fn watch(&self, task: &'static str, handle: JoinHandle<()>) -> (&'static str, JoinHandle<()>) {
-        let sup = self.clone();
-        let watcher = tokio::spawn(async move {
-            let result = handle.await;
-            if *sup.stopping.borrow() {
-                return;
-            }
-            let panicked = result.as_ref().is_err_and(|e| e.is_panic());
-            tracing::error!(
-                task,
-                panicked,
-                "a gateway task ended unexpectedly; stopping the gateway"
-            );
-            let _ = sup.failed.try_send(TaskFailure { task, panicked });
-        });
-        (task, watcher)
-    }
-}
-
 /// A running gateway.
 pub struct Gateway {
     /// Where the MQTT listener is bound (useful with port 0).
     pub mqtt_addr: SocketAddr,
     /// Where the admin endpoint is bound, if enabled.
     pub admin_addr: Option<SocketAddr>,
-    stop: watch::Sender<bool>,
-    /// Supervised tasks in shutdown order: downlink sources (they stop
-    /// consuming on the stop signal), the listeners, the router (it detaches
-    /// clients and closes the store), the store writer, then the sinks (each
-    /// ends once every connection holding its handle is gone and what it holds
-    /// is confirmed).
-    tasks: Vec<(&'static str, JoinHandle<()>)>,
-    /// Failures reported by the supervisor.
+    /// Every task of the gateway. On the stop signal the downlink sources
+    /// stop consuming, the listeners stop accepting, the router detaches the
+    /// clients and closes the store; the sinks end once every connection
+    /// holding their handle is gone and what they hold is confirmed.
+    tasks: Tasks,
+    /// Long-lived tasks that ended before the stop signal.
     failed: mpsc::Receiver<TaskFailure>,
     /// For fault injection in tests; weak so it never keeps the router alive.
     router_tx: mpsc::WeakSender<crate::mqtt::router::RouterMsg>,
@@ -246,36 +215,74 @@ async fn start_sinks(
     Ok((handles, tasks))
 }
 
-async fn stopped(mut rx: watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
+/// The bridge's downlink sources still take a `watch<bool>` stop: it follows
+/// the gateway's stop signal.
+fn bridge_stop(tasks: &Tasks) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    let stop = tasks.cancelled();
+    tasks.spawn("bridge stop relay", async move {
+        stop.await;
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+/// Opens the store (on a blocking thread: it recovers every session).
+async fn open_store(cfg: &Config, metrics: &Arc<Metrics>) -> Result<(Store, Recovered), AppError> {
+    let opts = StoreOptions {
+        path: cfg.store.path.clone(),
+        max_batch_ops: cfg.store.max_batch_ops,
+        queue_capacity: cfg.store.queue_capacity,
+        cache_bytes: cfg.store.cache_bytes(),
+        observer: Some({
+            let m = metrics.clone();
+            Arc::new(move |ops, took| m.store_commit(ops, took))
+        }),
+        commit_retry_max: Duration::from_secs(cfg.store.commit_retry_max_secs),
+    };
+    let path = cfg.store.path.display().to_string();
+    match tokio::task::spawn_blocking(move || Store::open(&opts)).await {
+        Ok(opened) => opened.map_err(|source| AppError::Store { path, source }),
+        Err(source) => Err(AppError::StoreOpenTask { path, source }),
+    }
+}
+
+/// Binds `addr` for `what`; returns the listener and where it is bound.
+async fn bind(what: &'static str, addr: &str) -> Result<(TcpListener, SocketAddr), AppError> {
+    let err = |source| AppError::Bind {
+        what,
+        addr: addr.to_owned(),
+        source,
+    };
+    let listener = TcpListener::bind(addr).await.map_err(err)?;
+    let bound = listener.local_addr().map_err(err)?;
+    Ok((listener, bound))
 }
 
 impl Gateway {
-    /// Opens the store, starts the router and binds the listeners.
+    /// Opens the store, starts the router and binds the listeners. On an
+    /// error, what was started is stopped again.
     pub async fn start(cfg: Config) -> Result<Gateway, AppError> {
+        let (tasks, failed) = Tasks::new();
+        match Self::start_on(cfg, tasks.clone(), failed).await {
+            Ok(gateway) => Ok(gateway),
+            Err(e) => {
+                tasks.token().cancel();
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_on(
+        cfg: Config,
+        tasks: Tasks,
+        failed: mpsc::Receiver<TaskFailure>,
+    ) -> Result<Gateway, AppError> {
         let cfg = Arc::new(cfg);
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::new(&mut registry));
         let bridge_metrics = BridgeMetrics::new(&mut registry);
-        let opts = StoreOptions {
-            path: cfg.store.path.clone(),
-            max_batch_ops: cfg.store.max_batch_ops,
-            queue_capacity: cfg.store.queue_capacity,
-            cache_bytes: cfg.store.cache_mb * 1024 * 1024,
-            observer: Some({
-                let m = metrics.clone();
-                Arc::new(move |ops, took| m.store_commit(ops, took))
-            }),
-            commit_retry_max: Duration::from_secs(cfg.store.commit_retry_max_secs),
-        };
-        let path = cfg.store.path.display().to_string();
-        let (store, recovered) = tokio::task::spawn_blocking(move || Store::open(&opts))
-            .await
-            .map_err(|e| AppError::Store {
-                path: path.clone(),
-                source: crate::store::StoreError::Database(e.to_string()),
-            })?
-            .map_err(|source| AppError::Store { path, source })?;
+        let (store, recovered) = open_store(&cfg, &metrics).await?;
         let ready = Arc::new(crate::admin::Readiness::default());
         let disk_watch = DiskWatch {
             store: store.clone(),
@@ -288,16 +295,10 @@ impl Gateway {
         // Before any client is let in, so a full disk is refused from the start.
         disk_watch.check();
         let node_id = crate::node::resolve(&cfg.server.node_id, &cfg.store.path)?;
-        let (stop, stop_rx) = watch::channel(false);
-        let (failed_tx, failed) = mpsc::channel(16);
-        let sup = Supervisor {
-            stopping: stop_rx.clone(),
-            failed: failed_tx,
-        };
-        let store_writer = {
+        {
             let store = store.clone();
-            tokio::spawn(async move { store.writer_stopped().await })
-        };
+            tasks.supervise("store writer", async move { store.writer_stopped().await });
+        }
         let (router_tx, router_rx) = mpsc::channel(ROUTER_CHANNEL);
         // Delivery receipts: acknowledged commands reported by the router. Bounded;
         // when full the router drops the receipt with a warning.
@@ -308,6 +309,7 @@ impl Gateway {
             store.clone(),
             recovered,
             router_tx.downgrade(),
+            tasks.clone(),
         );
         if cfg
             .bridge
@@ -317,45 +319,19 @@ impl Gateway {
         {
             router = router.with_receipts(receipt_tx);
         }
-        let router = tokio::spawn(router.run(router_rx, stopped(stop_rx.clone())));
+        tasks.supervise("router", router.run(router_rx, tasks.cancelled()));
 
-        let listen = cfg.mqtt.listen.clone();
-        let listener = TcpListener::bind(&listen)
-            .await
-            .map_err(|source| AppError::Bind {
-                what: "MQTT listener",
-                addr: listen.clone(),
-                source,
-            })?;
-        let mqtt_addr = listener.local_addr().map_err(|source| AppError::Bind {
-            what: "MQTT listener",
-            addr: listen,
-            source,
-        })?;
-        let mut admin = None;
+        let (listener, mqtt_addr) = bind("MQTT listener", &cfg.mqtt.listen).await?;
         let admin_addr = if cfg.admin.listen.is_empty() {
             None
         } else {
-            let addr = cfg.admin.listen.clone();
-            let l = TcpListener::bind(&addr)
-                .await
-                .map_err(|source| AppError::Bind {
-                    what: "admin endpoint",
-                    addr: addr.clone(),
-                    source,
-                })?;
-            let bound = l.local_addr().map_err(|source| AppError::Bind {
-                what: "admin endpoint",
-                addr,
-                source,
-            })?;
-            let registry = Arc::new(registry);
-            let serve = crate::admin::serve(l, registry, ready.clone(), stopped(stop_rx.clone()));
-            admin = Some(tokio::spawn(async move {
+            let (l, bound) = bind("admin endpoint", &cfg.admin.listen).await?;
+            let serve = crate::admin::serve(l, Arc::new(registry), ready.clone(), tasks.clone());
+            tasks.supervise("admin endpoint", async move {
                 if let Err(error) = serve.await {
                     tracing::error!(%error, "admin endpoint failed");
                 }
-            }));
+            });
             Some(bound)
         };
         let (sinks, mut sink_tasks) = start_sinks(&cfg, &bridge_metrics).await?;
@@ -367,6 +343,7 @@ impl Gateway {
             &mut sink_tasks,
         )?;
         let uplink = Uplink::new(&cfg.bridge, &route_sinks, &bridge_metrics);
+        let stop = bridge_stop(&tasks);
         let sources = start_downlink(
             &cfg,
             &node_id,
@@ -375,12 +352,16 @@ impl Gateway {
             receipt_rx,
             DownlinkWiring {
                 router: &router_tx,
-                stop: &stop_rx,
+                stop: &stop,
                 ready: &ready,
             },
         )
         .await?;
         drop((sinks, route_sinks));
+        sources.into_iter().for_each(|t| tasks.watch("downlink", t));
+        sink_tasks
+            .into_iter()
+            .for_each(|t| tasks.watch("uplink sink", t));
         let router_weak = router_tx.downgrade();
         let shared = Arc::new(Shared {
             uplink,
@@ -388,20 +369,11 @@ impl Gateway {
             metrics,
             router: router_tx,
         });
-        let listener = tokio::spawn(crate::mqtt::listener::run(
-            listener,
-            shared,
-            stopped(stop_rx),
-        ));
-        let mut tasks = Vec::new();
-        tasks.extend(sources.into_iter().map(|t| sup.watch("downlink", t)));
-        tasks.push(sup.watch("mqtt listener", listener));
-        tasks.extend(admin.map(|t| sup.watch("admin endpoint", t)));
-        tasks.push(sup.watch("router", router));
-        tasks.push(sup.watch("store writer", store_writer));
-        tasks.extend(sink_tasks.into_iter().map(|t| sup.watch("uplink sink", t)));
-        let disk_watch = tokio::spawn(disk_watch.run(stopped(stop.subscribe())));
-        tasks.push(sup.watch("store disk watch", disk_watch));
+        tasks.supervise(
+            "mqtt listener",
+            crate::mqtt::listener::run(listener, shared, tasks.clone()),
+        );
+        tasks.supervise("store disk watch", disk_watch.run(tasks.cancelled()));
         // Ready once started, and from then on while the store accepts writes
         // (and no downlink is paused by the store budget).
         ready.set_started(true);
@@ -409,11 +381,10 @@ impl Gateway {
         Ok(Gateway {
             mqtt_addr,
             admin_addr,
-            stop,
             tasks,
             failed,
             router_tx: router_weak,
-            grace: Duration::from_secs(cfg.server.shutdown_grace_secs),
+            grace: cfg.server.shutdown_grace(),
         })
     }
 
@@ -454,25 +425,17 @@ impl Gateway {
         }
     }
 
-    /// Stops accepting, detaches clients, flushes and closes the store.
+    /// Gives the stop signal and waits for every task of the gateway within
+    /// `server.shutdown_grace_secs`: the sources stop consuming (what they
+    /// did not commit is consumed again later), the router detaches the
+    /// clients and closes the store, the sinks drain what they hold. Logs
+    /// by name what did not finish in time.
     pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        let tasks = self.tasks;
-        let mut left: Vec<&'static str> = tasks.iter().map(|(n, _)| *n).collect();
-        let all = async {
-            // In order: sources stop consuming first (what they did not commit
-            // is consumed again later); the router kicks the connections and
-            // closes the store; the sinks drain what they hold.
-            for (_, t) in tasks {
-                let _ = t.await;
-                left.remove(0);
-            }
-        };
-        match tokio::time::timeout(self.grace, all).await {
-            Ok(_) => tracing::info!("mqbridge stopped"),
-            Err(_) => {
-                tracing::error!(grace = ?self.grace, unfinished = ?left, "shutdown grace period exceeded; exiting anyway")
-            }
+        let unfinished = self.tasks.shutdown(self.grace).await;
+        if unfinished.is_empty() {
+            tracing::info!("mqbridge stopped");
+        } else {
+            tracing::error!(grace = ?self.grace, ?unfinished, "shutdown grace period exceeded; exiting anyway");
         }
     }
 }

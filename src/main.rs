@@ -48,11 +48,25 @@ fn main() -> ExitCode {
     match runtime.block_on(mqbridge::app::run(cfg, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "mqbridge failed");
-            eprintln!("mqbridge: {e}");
+            let chain = error_chain(&e);
+            tracing::error!(error = %chain, "mqbridge failed");
+            eprintln!("mqbridge: {chain}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// `e` and its sources, outermost first: "binding MQTT listener on ...:
+/// Address in use".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// Resolves on SIGINT or SIGTERM.

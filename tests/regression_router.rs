@@ -52,7 +52,14 @@ impl H {
         let (store, recovered) = Store::open(&opts).unwrap();
         let health = store.health().clone();
         let (tx, rx) = mpsc::channel(ROUTER_CHANNEL);
-        let router = Router::new(cfg, metrics.clone(), store, recovered, tx.downgrade());
+        let router = Router::new(
+            cfg,
+            metrics.clone(),
+            store,
+            recovered,
+            tx.downgrade(),
+            mqbridge::tasks::Tasks::new().0,
+        );
         H {
             tx,
             rx: Some(rx),

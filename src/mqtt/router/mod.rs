@@ -34,6 +34,7 @@ use crate::metrics::Metrics;
 use crate::mqtt::message::Message;
 use crate::mqtt::topic::{SubOpts, SubTree};
 use crate::store::{Op, QueuedEntry, Recovered, Store};
+use crate::tasks::Tasks;
 
 pub use command::{BudgetRefusal, CommandResult};
 pub use session::pkid_of;
@@ -285,6 +286,9 @@ pub struct Router {
     cfg: Arc<Config>,
     metrics: Arc<Metrics>,
     store: Store,
+    /// Where the router's helper tasks (commit waiters, queue loads) run, so
+    /// that shutdown waits for them.
+    tasks: Tasks,
     sessions: HashMap<Arc<str>, Session>,
     tree: SubTree,
     retained: HashMap<String, Arc<Message>>,
@@ -325,11 +329,13 @@ impl Router {
         store: Store,
         recovered: Recovered,
         self_tx: mpsc::WeakSender<RouterMsg>,
+        tasks: Tasks,
     ) -> Router {
         let mut router = Router {
             cfg,
             metrics,
             store,
+            tasks,
             sessions: HashMap::new(),
             tree: SubTree::default(),
             retained: HashMap::new(),
@@ -479,7 +485,9 @@ impl Router {
             RouterMsg::InjectFault(Fault::RouterPanic) => panic!("injected router fault"),
             RouterMsg::InjectFault(Fault::StoreWriterPanic) => {
                 let store = self.store.clone();
-                tokio::spawn(async move { store.inject_writer_panic().await });
+                self.tasks.spawn("store fault injection", async move {
+                    store.inject_writer_panic().await
+                });
             }
         }
     }
@@ -502,7 +510,7 @@ impl Router {
         match self.store.submit(ops).await {
             Ok(commit) => {
                 if !waiters.is_empty() {
-                    tokio::spawn(async move {
+                    self.tasks.spawn("router commit wait", async move {
                         let ok = commit.await.is_ok();
                         waiters.into_iter().for_each(|w| w(ok));
                     });
@@ -523,7 +531,7 @@ impl Router {
             let Some(tx) = self.self_tx.upgrade() else {
                 return;
             };
-            tokio::spawn(async move {
+            self.tasks.spawn("router queue load", async move {
                 let entries = store
                     .load_queue(&client, below)
                     .await

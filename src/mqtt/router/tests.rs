@@ -33,7 +33,14 @@ fn harness_in(cfg: Config, dir: tempfile::TempDir) -> Harness {
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
     let (tx, _rx) = mpsc::channel(1);
-    let router = Router::new(Arc::new(cfg), metrics, store, recovered, tx.downgrade());
+    let router = Router::new(
+        Arc::new(cfg),
+        metrics,
+        store,
+        recovered,
+        tx.downgrade(),
+        crate::tasks::Tasks::new().0,
+    );
     Harness {
         router,
         conns: Vec::new(),
