@@ -22,8 +22,11 @@ use config::Source as _;
 use serde::{Deserialize, Serialize};
 
 mod bridge;
+mod secret;
 #[cfg(test)]
 mod tests;
+
+pub use secret::Secret;
 
 pub use bridge::{
     AckMode, AmqpBackend, BackendConfig, BridgeConfig, DownlinkRoute, FileBackend, KafkaBackend,
