@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use crate::bridge::metrics::BridgeMetrics;
 use crate::bridge::uplink::Uplink;
 use crate::bridge::{RunningSink, SinkHandle};
-use crate::config::{AckMode, BackendConfig, Config};
+use crate::config::{AckMode, BackendConfig, Config, Validated};
 use crate::metrics::Metrics;
 use crate::mqtt::connection::Shared;
 use crate::mqtt::router::{Router, ROUTER_CHANNEL};
@@ -44,7 +44,7 @@ pub enum AppError {
     #[error("binding {what} on {addr}")]
     Bind {
         what: &'static str,
-        addr: String,
+        addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
@@ -248,12 +248,8 @@ async fn open_store(cfg: &Config, metrics: &Arc<Metrics>) -> Result<(Store, Reco
 }
 
 /// Binds `addr` for `what`; returns the listener and where it is bound.
-async fn bind(what: &'static str, addr: &str) -> Result<(TcpListener, SocketAddr), AppError> {
-    let err = |source| AppError::Bind {
-        what,
-        addr: addr.to_owned(),
-        source,
-    };
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr), AppError> {
+    let err = |source| AppError::Bind { what, addr, source };
     let listener = TcpListener::bind(addr).await.map_err(err)?;
     let bound = listener.local_addr().map_err(err)?;
     Ok((listener, bound))
@@ -262,7 +258,7 @@ async fn bind(what: &'static str, addr: &str) -> Result<(TcpListener, SocketAddr
 impl Gateway {
     /// Opens the store, starts the router and binds the listeners. On an
     /// error, what was started is stopped again.
-    pub async fn start(cfg: Config) -> Result<Gateway, AppError> {
+    pub async fn start(cfg: Validated) -> Result<Gateway, AppError> {
         let (tasks, failed) = Tasks::new();
         match Self::start_on(cfg, tasks.clone(), failed).await {
             Ok(gateway) => Ok(gateway),
@@ -274,7 +270,7 @@ impl Gateway {
     }
 
     async fn start_on(
-        cfg: Config,
+        cfg: Validated,
         tasks: Tasks,
         failed: mpsc::Receiver<TaskFailure>,
     ) -> Result<Gateway, AppError> {
@@ -321,11 +317,9 @@ impl Gateway {
         }
         tasks.supervise("router", router.run(router_rx, tasks.cancelled()));
 
-        let (listener, mqtt_addr) = bind("MQTT listener", &cfg.mqtt.listen).await?;
-        let admin_addr = if cfg.admin.listen.is_empty() {
-            None
-        } else {
-            let (l, bound) = bind("admin endpoint", &cfg.admin.listen).await?;
+        let (listener, mqtt_addr) = bind("MQTT listener", cfg.mqtt_listen()).await?;
+        let admin_addr = if let Some(addr) = cfg.admin_listen() {
+            let (l, bound) = bind("admin endpoint", addr).await?;
             let serve = crate::admin::serve(l, Arc::new(registry), ready.clone(), tasks.clone());
             tasks.supervise("admin endpoint", async move {
                 if let Err(error) = serve.await {
@@ -333,6 +327,8 @@ impl Gateway {
                 }
             });
             Some(bound)
+        } else {
+            None
         };
         let (sinks, mut sink_tasks) = start_sinks(&cfg, &bridge_metrics).await?;
         let route_sinks = route_sinks(
@@ -442,7 +438,7 @@ impl Gateway {
 
 /// Runs the gateway until `shutdown` resolves or one of its tasks fails.
 pub async fn run(
-    cfg: Config,
+    cfg: Validated,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AppError> {
     Gateway::start(cfg).await?.serve(shutdown).await

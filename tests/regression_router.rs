@@ -38,7 +38,7 @@ impl H {
         cfg.store.path = dir.path().to_path_buf();
         cfg.session.expiry_check_interval_secs = 1;
         f(&mut cfg);
-        let cfg = Arc::new(cfg);
+        let cfg = Arc::new(cfg.validate().expect("test config is valid"));
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = Arc::new(Metrics::new(&mut registry));
         let opts = StoreOptions {

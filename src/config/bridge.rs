@@ -282,86 +282,65 @@ fn default_ack() -> AckMode {
 impl BridgeConfig {
     /// Checks names, references, filters and templates (`session_max_expiry`:
     /// `session.max_session_expiry_secs`, the expiry of preset sessions).
-    pub fn validate(&self, session_max_expiry: u32) -> Result<(), ConfigError> {
+    /// Reports every backend and route that is wrong (the first problem of each).
+    pub fn validate(&self, session_max_expiry: u32) -> Result<(), Vec<ConfigError>> {
+        let mut errors = Vec::new();
         if self.queue_capacity == 0 {
-            return Err(ConfigError::invalid(
+            errors.push(ConfigError::invalid(
                 "bridge.queue_capacity",
                 "must be greater than 0",
             ));
         }
         let mut names = std::collections::HashSet::new();
         for (i, b) in self.backends.iter().enumerate() {
-            let at = |what: &str| format!("bridge.backends[{i}].{what}");
-            if b.name().is_empty() || !names.insert(b.name()) {
-                return Err(ConfigError::at(
-                    at("name"),
-                    format!("{:?} is empty or used twice", b.name()),
-                ));
-            }
-            match b {
-                BackendConfig::File(f) if f.max_file_bytes == 0 || f.max_files == 0 => {
-                    return Err(ConfigError::at(
-                        at("max_file_bytes"),
-                        "max_file_bytes and max_files must be > 0",
-                    ));
-                }
-                BackendConfig::Kafka(k) if k.bootstrap_servers.is_empty() => {
-                    return Err(ConfigError::at(
-                        at("bootstrap_servers"),
-                        "must not be empty",
-                    ));
-                }
-                BackendConfig::Kafka(k) => {
-                    if let Some(p) = k.properties.iter().find(|p| !p.contains('=')) {
-                        return Err(ConfigError::at(
-                            at("properties"),
-                            format!("{p:?} is not key=value"),
-                        ));
-                    }
-                }
-                BackendConfig::Amqp(a) if a.uri.is_empty() => {
-                    return Err(ConfigError::at(at("uri"), "must not be empty"));
-                }
-                _ => {}
-            }
+            errors.extend(validate_backend(i, b, &mut names).err());
         }
         for (i, r) in self.uplink.iter().enumerate() {
-            let at = |what: &str| format!("bridge.uplink[{i}].{what}");
-            if !crate::mqtt::topic::valid_filter(&r.filter) {
-                return Err(ConfigError::at(
-                    at("filter"),
-                    format!("{:?} is not a valid topic filter", r.filter),
-                ));
-            }
-            let Some(b) = self.backends.iter().find(|b| b.name() == r.backend) else {
-                return Err(ConfigError::at(
-                    at("backend"),
-                    format!("no backend named {:?}", r.backend),
-                ));
-            };
-            let target_required = !matches!(b, BackendConfig::Amqp(a) if !a.exchange.is_empty());
-            if target_required && r.target.is_empty() {
-                return Err(ConfigError::at(
-                    at("target"),
-                    "must not be empty for this backend",
-                ));
-            }
-            for (what, t) in [
-                ("target", Some(&r.target)),
-                ("key", r.key.as_ref()),
-                ("routing_key", r.routing_key.as_ref()),
-            ] {
-                if let Some(t) = t {
-                    crate::bridge::template::Template::parse(t)
-                        .map_err(|e| ConfigError::at(at(what), e.to_string()))?;
-                }
-            }
-            if r.ack == AckMode::Spool && r.spool_max_bytes == 0 {
-                return Err(ConfigError::at(at("spool_max_bytes"), "must be > 0"));
-            }
+            errors.extend(self.validate_uplink(i, r).err());
         }
         for (i, r) in self.downlink.iter().enumerate() {
-            self.validate_downlink(i, r, session_max_expiry)?;
+            errors.extend(self.validate_downlink(i, r, session_max_expiry).err());
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    fn validate_uplink(&self, i: usize, r: &UplinkRoute) -> Result<(), ConfigError> {
+        let at = |what: &str| format!("bridge.uplink[{i}].{what}");
+        if !crate::mqtt::topic::valid_filter(&r.filter) {
+            return Err(ConfigError::at(
+                at("filter"),
+                format!("{:?} is not a valid topic filter", r.filter),
+            ));
+        }
+        let Some(b) = self.backends.iter().find(|b| b.name() == r.backend) else {
+            return Err(ConfigError::at(
+                at("backend"),
+                format!("no backend named {:?}", r.backend),
+            ));
+        };
+        let target_required = !matches!(b, BackendConfig::Amqp(a) if !a.exchange.is_empty());
+        if target_required && r.target.is_empty() {
+            return Err(ConfigError::at(
+                at("target"),
+                "must not be empty for this backend",
+            ));
+        }
+        for (what, t) in [
+            ("target", Some(&r.target)),
+            ("key", r.key.as_ref()),
+            ("routing_key", r.routing_key.as_ref()),
+        ] {
+            if let Some(t) = t {
+                crate::bridge::template::Template::parse(t)
+                    .map_err(|e| ConfigError::at(at(what), e.to_string()))?;
+            }
+        }
+        if r.ack == AckMode::Spool && r.spool_max_bytes == 0 {
+            return Err(ConfigError::at(at("spool_max_bytes"), "must be > 0"));
         }
         Ok(())
     }
@@ -423,4 +402,46 @@ impl BridgeConfig {
         }
         Ok(())
     }
+}
+
+/// Checks one backend; `names` collects the names seen so far.
+fn validate_backend<'a>(
+    i: usize,
+    b: &'a BackendConfig,
+    names: &mut std::collections::HashSet<&'a str>,
+) -> Result<(), ConfigError> {
+    let at = |what: &str| format!("bridge.backends[{i}].{what}");
+    if b.name().is_empty() || !names.insert(b.name()) {
+        return Err(ConfigError::at(
+            at("name"),
+            format!("{:?} is empty or used twice", b.name()),
+        ));
+    }
+    match b {
+        BackendConfig::File(f) if f.max_file_bytes == 0 || f.max_files == 0 => {
+            return Err(ConfigError::at(
+                at("max_file_bytes"),
+                "max_file_bytes and max_files must be > 0",
+            ));
+        }
+        BackendConfig::Kafka(k) if k.bootstrap_servers.is_empty() => {
+            return Err(ConfigError::at(
+                at("bootstrap_servers"),
+                "must not be empty",
+            ));
+        }
+        BackendConfig::Kafka(k) => {
+            if let Some(p) = k.properties.iter().find(|p| !p.contains('=')) {
+                return Err(ConfigError::at(
+                    at("properties"),
+                    format!("{p:?} is not key=value"),
+                ));
+            }
+        }
+        BackendConfig::Amqp(a) if a.uri.is_empty() => {
+            return Err(ConfigError::at(at("uri"), "must not be empty"));
+        }
+        _ => {}
+    }
+    Ok(())
 }

@@ -1,4 +1,5 @@
 use std::io::Write;
+use std::path::Path;
 use std::sync::Mutex;
 
 use super::*;
@@ -15,8 +16,29 @@ fn env(pairs: &[(&str, &str)]) -> Option<config::Map<String, String>> {
     )
 }
 
+/// The one error of a configuration with one mistake.
+fn one_error(result: Result<Validated, Vec<ConfigError>>) -> Result<Validated, ConfigError> {
+    result.map_err(|mut errors| {
+        assert_eq!(errors.len(), 1, "one mistake, one error: {errors:?}");
+        errors.remove(0)
+    })
+}
+
+/// Loads and validates (these tests make one mistake each).
+fn load(file: Option<&Path>) -> Result<Validated, ConfigError> {
+    one_error(super::load(file)?.validate())
+}
+
+/// Loads and validates, with `env` as the environment.
+fn load_with_env(
+    file: Option<&Path>,
+    env: Option<config::Map<String, String>>,
+) -> Result<Validated, ConfigError> {
+    one_error(super::load_with_env(file, env)?.validate())
+}
+
 /// Loads with no process environment involved.
-fn load_isolated(file: Option<&Path>) -> Result<Config, ConfigError> {
+fn load_isolated(file: Option<&Path>) -> Result<Validated, ConfigError> {
     load_with_env(file, env(&[]))
 }
 
@@ -41,7 +63,7 @@ fn err_of(file: &str) -> String {
 #[test]
 fn default_toml_equals_default() {
     let loaded = load_isolated(None).expect("defaults load");
-    assert_eq!(loaded, Config::default());
+    assert_eq!(loaded.raw(), &Config::default());
 
     // The embedded file on its own, without validation, says the same.
     let raw: Config = config::Config::builder()
@@ -113,7 +135,8 @@ fn process_env_overrides() {
         "127.0.0.1:1999".parse::<SocketAddr>().expect("literal")
     );
     assert_eq!(c.mqtt.max_connections, 42);
-    assert_eq!(c.session.queue_full_policy, QueueFullPolicy::RejectNew);
+    assert_eq!(c.session.queue_full_policy, "reject_new");
+    assert_eq!(c.queue_full_policy(), QueueFullPolicy::RejectNew);
     assert!(c.session.queue_qos0_offline);
     // Untouched keys keep their defaults.
     assert_eq!(c.mqtt.max_inflight, MqttConfig::default().max_inflight);
@@ -189,7 +212,7 @@ fn env_numbers_bools_and_enums_parse() {
     assert_eq!(c.mqtt.max_packet_size, 65536);
     assert_eq!(c.session.max_stored_bytes, 2_147_483_648);
     assert!(!c.mqtt.retain_available);
-    assert_eq!(c.session.queue_full_policy, QueueFullPolicy::DropOldest);
+    assert_eq!(c.queue_full_policy(), QueueFullPolicy::DropOldest);
 }
 
 #[test]
@@ -347,7 +370,7 @@ fn each_validation_error_names_its_key() {
     for (key, mutate) in cases {
         let mut c = Config::default();
         mutate(&mut c);
-        let e = c.validate().expect_err(key);
+        let e = one_error(c.validate()).expect_err(key);
         assert_eq!(e.key(), Some(*key), "{e}");
         assert!(e.to_string().starts_with(&format!("{key}: ")), "{e}");
     }
@@ -456,7 +479,7 @@ fn topic_limits_are_range_checked() {
         for bad in [0, 65536] {
             let mut c = Config::default();
             set(&mut c, bad);
-            let e = c.validate().unwrap_err();
+            let e = one_error(c.validate()).unwrap_err();
             assert_eq!(e.key(), Some(key), "{bad}: {e}");
         }
         let mut c = Config::default();

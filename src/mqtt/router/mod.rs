@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::Config;
+use crate::config::Validated;
 use crate::metrics::Metrics;
 use crate::mqtt::message::Message;
 use crate::mqtt::topic::{SubOpts, SubTree};
@@ -283,7 +283,7 @@ pub struct ReceiptEvent {
 }
 
 pub struct Router {
-    cfg: Arc<Config>,
+    cfg: Arc<Validated>,
     metrics: Arc<Metrics>,
     store: Store,
     /// Where the router's helper tasks (commit waiters, queue loads) run, so
@@ -324,7 +324,7 @@ pub struct Router {
 
 impl Router {
     pub fn new(
-        cfg: Arc<Config>,
+        cfg: Arc<Validated>,
         metrics: Arc<Metrics>,
         store: Store,
         recovered: Recovered,

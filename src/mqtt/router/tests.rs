@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::*;
+use crate::config::Config;
 use crate::store::StoreOptions;
 
 /// A router on a fresh store, and the connections it attached (kept open).
@@ -34,7 +35,7 @@ fn harness_in(cfg: Config, dir: tempfile::TempDir) -> Harness {
     let metrics = Arc::new(Metrics::new(&mut registry));
     let (tx, _rx) = mpsc::channel(1);
     let router = Router::new(
-        Arc::new(cfg),
+        Arc::new(cfg.validate().expect("test config is valid")),
         metrics,
         store,
         recovered,
