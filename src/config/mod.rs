@@ -421,7 +421,8 @@ pub struct StoreConfig {
     pub queue_capacity: usize,
     /// Store page cache size in MiB.
     pub cache_mb: usize,
-    /// Free bytes below which new persistent writes are refused (0 = off).
+    /// Free bytes below which new persistent writes are refused (0 = off);
+    /// accepted again above this plus 10 %.
     pub min_free_bytes: u64,
     /// How often free space is measured, in milliseconds (> 0, <= 60000).
     pub free_space_check_interval_ms: u64,

@@ -18,6 +18,10 @@ pub struct StoreHealth {
     free_bytes: AtomicU64,
 }
 
+/// A low disk recovers at `min_free + min_free / RECOVERY_MARGIN_DIVISOR`
+/// (10 % above the watermark).
+pub const RECOVERY_MARGIN_DIVISOR: u64 = 10;
+
 /// A change of the disk-low state, for the caller's single log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DiskTransition {
@@ -50,10 +54,24 @@ impl StoreHealth {
 
     /// Records a measurement; `min_free` 0 turns the watermark off. Returns
     /// the transition, if the state changed.
+    ///
+    /// Hysteresis: the state becomes low below `min_free` but recovers only
+    /// at `min_free` plus [`RECOVERY_MARGIN_DIVISOR`]ths of it, so a disk
+    /// hovering at the watermark does not flip readiness (and log) on every
+    /// check. Only this function writes `disk_low` (the watch task), so the
+    /// load-then-store is not racy.
     pub fn record_free(&self, free: u64, min_free: u64) -> Option<DiskTransition> {
         self.free_bytes.store(free, Ordering::Relaxed);
-        let low = min_free > 0 && free < min_free;
-        match (self.disk_low.swap(low, Ordering::AcqRel), low) {
+        let was_low = self.disk_low();
+        let low = if min_free == 0 {
+            false
+        } else if was_low {
+            free < min_free.saturating_add(min_free / RECOVERY_MARGIN_DIVISOR)
+        } else {
+            free < min_free
+        };
+        self.disk_low.store(low, Ordering::Release);
+        match (was_low, low) {
             (false, true) => Some(DiskTransition::BecameLow),
             (true, false) => Some(DiskTransition::Recovered),
             _ => None,
@@ -66,4 +84,34 @@ impl StoreHealth {
 pub fn available_bytes(path: &Path) -> std::io::Result<u64> {
     let st = rustix::fs::statvfs(path)?;
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn low_below_the_watermark_and_recovers_only_past_the_margin() {
+        let h = StoreHealth::default();
+        assert_eq!(
+            h.record_free(1_000, 1_000),
+            None,
+            "at the watermark is not low"
+        );
+        assert_eq!(h.record_free(999, 1_000), Some(DiskTransition::BecameLow));
+        assert!(h.disk_low());
+        // Back at the watermark, and just under the 10 % margin: still low.
+        assert_eq!(h.record_free(1_000, 1_000), None);
+        assert_eq!(h.record_free(1_099, 1_000), None);
+        assert!(h.disk_low());
+        assert_eq!(h.record_free(1_100, 1_000), Some(DiskTransition::Recovered));
+        assert!(!h.disk_low());
+    }
+
+    #[test]
+    fn a_zero_watermark_is_never_low() {
+        let h = StoreHealth::default();
+        assert_eq!(h.record_free(0, 0), None);
+        assert!(!h.disk_low());
+    }
 }
