@@ -496,3 +496,38 @@ fn removed_keep_alive_key_names_its_replacement() {
         "{msg}"
     );
 }
+
+/// One run reports every problem: unknown and removed keys with the
+/// values that are out of range or not parsable, in every section.
+#[test]
+fn every_problem_is_reported_at_once() {
+    let f = toml_file(
+        "[mqtt]\nlisten = \"nowhere\"\nmax_inflight = 0\nlisten_port = 1\nserver_keep_alive_secs = 5\n\
+         [session]\nqueue_full_policy = \"drop_newest\"\n\
+         [store]\nqueue_capacity = 0\n\
+         [admin]\nlisten = \"9090\"\n\
+         [server]\nshutdown_grace_secs = 0\n\
+         [log]\nlevel = \"info,x=loud\"\n\
+         [kafka]\nbrokers = \"x\"\n",
+    );
+    let config = super::load_with_env(Some(f.path()), env(&[])).expect("loads");
+    let errors = config.validate().expect_err("invalid");
+    let mut keys: Vec<&str> = errors.iter().filter_map(ConfigError::key).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "admin.listen",
+            "kafka",
+            "log.level",
+            "mqtt.listen",
+            "mqtt.listen_port",
+            "mqtt.max_inflight",
+            "mqtt.server_keep_alive_secs",
+            "server.shutdown_grace_secs",
+            "session.queue_full_policy",
+            "store.queue_capacity",
+        ],
+        "{errors:#?}"
+    );
+}
