@@ -96,15 +96,16 @@ pub fn load_with_env(
 
 /// The configuration file given to [`load`] must exist and be a file.
 fn check_file(path: &Path) -> Result<(), ConfigError> {
-    let reason = match std::fs::metadata(path) {
+    let (reason, source) = match std::fs::metadata(path) {
         Ok(meta) if meta.is_file() => return Ok(()),
-        Ok(_) => "not a regular file".to_owned(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "not found".to_owned(),
-        Err(e) => e.to_string(),
+        Ok(_) => ("not a regular file", None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => ("not found", None),
+        Err(e) => ("cannot be read", Some(e)),
     };
     Err(ConfigError::File {
         path: path.to_owned(),
         reason,
+        source,
     })
 }
 

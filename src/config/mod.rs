@@ -72,7 +72,10 @@ pub enum ConfigError {
         /// The path as given.
         path: PathBuf,
         /// What is wrong with it.
-        reason: String,
+        reason: &'static str,
+        /// The file system's error, if that is what went wrong.
+        #[source]
+        source: Option<std::io::Error>,
     },
     /// A key that mqbridge does not know (often a misspelling).
     #[error("{key}: unknown key{}", origin.as_deref().map(|o| format!(" (set in {o})")).unwrap_or_default())]

@@ -233,7 +233,7 @@ pub enum RouterMsg {
     Loaded {
         client_id: Arc<str>,
         conn_id: ConnId,
-        entries: Result<Vec<(u64, QueuedEntry)>, String>,
+        entries: Result<Vec<(u64, QueuedEntry)>, crate::store::StoreError>,
     },
     /// Fault injection for supervision tests only.
     #[doc(hidden)]
@@ -517,7 +517,10 @@ impl Router {
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "store rejected a batch; replies report failure");
+                tracing::error!(
+                    error = &e as &dyn std::error::Error,
+                    "store rejected a batch; replies report failure"
+                );
                 waiters.into_iter().for_each(|w| w(false));
             }
         }
@@ -532,10 +535,7 @@ impl Router {
                 return;
             };
             self.tasks.spawn("router queue load", async move {
-                let entries = store
-                    .load_queue(&client, below)
-                    .await
-                    .map_err(|e| e.to_string());
+                let entries = store.load_queue(&client, below).await;
                 let _ = tx
                     .send(RouterMsg::Loaded {
                         client_id: client,
