@@ -1,6 +1,12 @@
 //! Shared helpers for the integration tests: start the gateway in-process on
 //! a free port with its own store directory, and build rumqttc clients.
+// Each test binary uses part of these helpers.
 #![allow(dead_code)]
+
+pub mod amqp;
+pub mod downlink;
+pub mod kafka;
+pub mod service;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -95,6 +101,18 @@ pub fn init_tracing() {
 /// How long a test listens to conclude that nothing (more) arrives.
 pub const QUIET: Duration = Duration::from_millis(1000);
 
+/// A topic of its own for one control message.
+fn control_topic() -> String {
+    format!("control/{:08x}", rand::random::<u32>())
+}
+
+/// The `SocketAddr` of a client's (host, port).
+fn socket_addr((host, port): (String, u16)) -> SocketAddr {
+    format!("{host}:{port}")
+        .parse()
+        .expect("test gateways listen on an IP address")
+}
+
 /// Waits up to `dur` for the next item of `rx`; `None` on timeout or close.
 async fn recv_for<T>(rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>, dur: Duration) -> Option<T> {
     tokio::time::timeout(dur, rx.recv()).await.ok().flatten()
@@ -116,11 +134,14 @@ pub mod b4 {
         pub connack: ConnAck,
         pub publishes: UnboundedReceiver<Publish>,
         pub events: UnboundedReceiver<Result<Event, ConnectionError>>,
+        /// The gateway's address (for control messages).
+        addr: std::net::SocketAddr,
         task: JoinHandle<()>,
     }
 
     /// Connects and returns the CONNACK or the error that refused it.
     pub async fn try_connect(opts: MqttOptions) -> Result<Client, ConnectionError> {
+        let addr = super::socket_addr(opts.broker_address());
         let (client, mut ev) = AsyncClient::new(opts, 100);
         let connack = loop {
             match super::within(10, ev.poll()).await? {
@@ -128,7 +149,7 @@ pub mod b4 {
                 _ => continue,
             }
         };
-        Ok(spawn(client, ev, connack))
+        Ok(spawn(client, ev, connack, addr))
     }
 
     pub async fn connect(opts: MqttOptions) -> Client {
@@ -148,7 +169,12 @@ pub mod b4 {
         }
     }
 
-    fn spawn(client: AsyncClient, mut ev: EventLoop, connack: ConnAck) -> Client {
+    fn spawn(
+        client: AsyncClient,
+        mut ev: EventLoop,
+        connack: ConnAck,
+        addr: std::net::SocketAddr,
+    ) -> Client {
         let (ptx, publishes) = unbounded_channel();
         let (etx, events) = unbounded_channel();
         let task = tokio::spawn(async move {
@@ -172,6 +198,7 @@ pub mod b4 {
             connack,
             publishes,
             events,
+            addr,
             task,
         }
     }
@@ -240,13 +267,37 @@ pub mod b4 {
             v
         }
 
-        /// Every message that arrives until nothing has come for `super::QUIET`.
+        /// Every message that arrives until nothing has come for `super::QUIET`:
+        /// only for messages a backend may still send at any time; for the
+        /// broker's own routing, [`Client::until_control`] proves more.
         pub async fn drain(&mut self) -> Vec<Publish> {
             let mut v = Vec::new();
             while let Some(p) = super::recv_for(&mut self.publishes, super::QUIET).await {
                 v.push(p);
             }
             v
+        }
+
+        /// Everything this client receives before a control message that is
+        /// published after this call on a topic of its own: once that came,
+        /// anything routed to the client earlier has come too (the session
+        /// delivers in order), so "nothing (more) arrives" means something.
+        pub async fn until_control(&mut self) -> Vec<Publish> {
+            let topic = super::control_topic();
+            self.subscribe(&topic, QoS::AtLeastOnce).await;
+            publish_all(self.addr, &topic, QoS::AtLeastOnce, &["control".into()]).await;
+            let mut before = Vec::new();
+            super::within(10, async {
+                loop {
+                    match self.publishes.recv().await {
+                        Some(p) if p.topic == topic => return,
+                        Some(p) => before.push(p),
+                        None => panic!("connection ended before the control message"),
+                    }
+                }
+            })
+            .await;
+            before
         }
 
         /// Waits for the server to close the connection; returns the error seen.
@@ -325,10 +376,12 @@ pub mod b5 {
         pub connack: ConnAck,
         pub publishes: UnboundedReceiver<Publish>,
         pub events: UnboundedReceiver<Result<Event, ConnectionError>>,
+        addr: std::net::SocketAddr,
         task: JoinHandle<()>,
     }
 
     pub async fn try_connect(opts: MqttOptions) -> Result<Client, ConnectionError> {
+        let addr = super::socket_addr(opts.broker_address());
         let (client, mut ev) = AsyncClient::new(opts, 100);
         let connack = loop {
             match super::within(10, ev.poll()).await? {
@@ -336,14 +389,19 @@ pub mod b5 {
                 _ => continue,
             }
         };
-        Ok(spawn(client, ev, connack))
+        Ok(spawn(client, ev, connack, addr))
     }
 
     pub async fn connect(opts: MqttOptions) -> Client {
         try_connect(opts).await.expect("client connects")
     }
 
-    fn spawn(client: AsyncClient, mut ev: EventLoop, connack: ConnAck) -> Client {
+    fn spawn(
+        client: AsyncClient,
+        mut ev: EventLoop,
+        connack: ConnAck,
+        addr: std::net::SocketAddr,
+    ) -> Client {
         let (ptx, publishes) = unbounded_channel();
         let (etx, events) = unbounded_channel();
         let task = tokio::spawn(async move {
@@ -367,6 +425,7 @@ pub mod b5 {
             connack,
             publishes,
             events,
+            addr,
             task,
         }
     }
@@ -469,6 +528,31 @@ pub mod b5 {
             v
         }
 
+        /// As [`super::b4::Client::until_control`].
+        pub async fn until_control(&mut self) -> Vec<Publish> {
+            let control = super::control_topic();
+            self.subscribe(&control, QoS::AtLeastOnce).await;
+            super::b4::publish_all(
+                self.addr,
+                &control,
+                rumqttc::QoS::AtLeastOnce,
+                &["control".into()],
+            )
+            .await;
+            let mut before = Vec::new();
+            super::within(10, async {
+                loop {
+                    match self.publishes.recv().await {
+                        Some(p) if topic(&p) == control => return,
+                        Some(p) => before.push(p),
+                        None => panic!("connection ended before the control message"),
+                    }
+                }
+            })
+            .await;
+            before
+        }
+
         pub async fn closed(&mut self) -> ConnectionError {
             super::within(10, async {
                 loop {
@@ -502,41 +586,6 @@ pub mod b5 {
 
     pub fn topic(p: &Publish) -> String {
         String::from_utf8_lossy(&p.topic).into_owned()
-    }
-}
-
-/// One rule for a test whose outside service or tool is missing: under CI
-/// (any value of `CI` but empty, `0` or `false`) the test fails; otherwise it
-/// is recorded as skipped — a `SKIPPED` line on stdout and in the file named
-/// by `MQBRIDGE_SKIP_LOG`, which scripts/test.sh counts and prints at the end
-/// (a skipped test would otherwise show as a plain `ok`).
-pub mod service {
-    pub fn in_ci() -> bool {
-        std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"))
-    }
-
-    /// Fails under CI, records a skip otherwise. Callers return right after.
-    pub fn missing(what: &str) {
-        let test = std::thread::current()
-            .name()
-            .unwrap_or("<unnamed test>")
-            .to_string();
-        if in_ci() {
-            panic!("{test}: {what} is required in CI (scripts/test.sh installs and starts it)");
-        }
-        let line = format!("SKIPPED: {test}: {what}");
-        println!("{line}");
-        eprintln!("{line}");
-        if let Some(path) = std::env::var_os("MQBRIDGE_SKIP_LOG") {
-            use std::io::Write;
-            if let Ok(mut f) = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-            {
-                let _ = writeln!(f, "{test}: {what}");
-            }
-        }
     }
 }
 
