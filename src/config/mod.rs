@@ -489,7 +489,8 @@ impl AdminConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
-    /// Seconds given to connections and the store to finish on shutdown (> 0).
+    /// Seconds given to every task (connections, router, store, bridge) to
+    /// finish on shutdown (> 0); what is still running then is logged.
     pub shutdown_grace_secs: u64,
     /// Stable identity of this gateway process (e.g. Kafka static group
     /// membership). Empty: generated once and kept in the store directory.
