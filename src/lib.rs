@@ -14,6 +14,8 @@
 //! - [`admin`]: HTTP endpoint for `/metrics`, `/healthz`, `/readyz`.
 //! - [`node`]: this process's stable node id (Kafka static membership).
 //! - [`app`]: wires the parts together and owns start-up and shutdown.
+//! - [`tasks`]: the one task tracker and stop signal every spawned task runs
+//!   under; names what did not finish, reports long-lived tasks that end early.
 //! - `fuzz_api`: the few private entry points the fuzz targets in `fuzz/` call
 //!   (hidden; not a stable API).
 #![forbid(unsafe_code)]
@@ -28,3 +30,4 @@ pub mod metrics;
 pub mod mqtt;
 pub mod node;
 pub mod store;
+pub mod tasks;

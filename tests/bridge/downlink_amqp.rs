@@ -55,6 +55,7 @@ async fn offline_device_gets_commands_after_gateway_restart() {
 
     let mut cfg = crate::common::test_config(t.dir.path());
     configure(&mut cfg, route);
+    let cfg = cfg.validate().expect("test config is valid");
     let gw = Gateway::start(cfg).await.expect("gateway restarts");
     let mut d = b4::connect(opts_v4(gw.mqtt_addr, &id, false)).await;
     assert!(d.session_present(), "session survives the restart");

@@ -264,7 +264,7 @@ qos = 1
     std::fs::write(&file, toml).expect("write config");
     let cfg = mqbridge::config::load_with_env(Some(&file), Some(Default::default()))
         .expect("config loads");
-    cfg.validate().expect("config is valid");
+    let cfg = cfg.validate().expect("config is valid");
     let gw = Gateway::start(cfg).await.expect("gateway starts");
     (gw, dir)
 }

@@ -28,7 +28,7 @@ use super::{BridgeError, Envelope, Record, RunningSink, SinkHandle};
 
 const SPOOL: TableDefinition<u64, &[u8]> = TableDefinition::new("spool");
 
-/// Spool database errors reuse the store's (redb errors as text).
+/// Spool database errors reuse the store's (redb and I/O errors kept as their source).
 pub type SpoolError = crate::store::StoreError;
 
 /// Most envelopes appended per fsync.
@@ -268,7 +268,10 @@ impl Shared {
         let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
         match guard.as_ref() {
             Some(db) => f(db),
-            None => Err(SpoolError::Io("spool database is not open".into())),
+            None => Err(SpoolError::Io {
+                what: "the spool database is not open".into(),
+                source: None,
+            }),
         }
     }
 
@@ -291,7 +294,7 @@ fn append(sh: &Shared, db: &Database, first: u64, batch: &[Envelope]) -> Result<
         let mut table = txn.open_table(SPOOL)?;
         for (i, env) in batch.iter().enumerate() {
             let bytes = postcard::to_stdvec(&Spooled::from_record(&env.record))
-                .map_err(|e| SpoolError::Database(e.to_string()))?;
+                .map_err(SpoolError::Encode)?;
             added += bytes.len() as u64;
             table.insert(first + i as u64, bytes.as_slice())?;
         }
