@@ -338,7 +338,7 @@ async fn unreachable_broker_neither_blocks_start_nor_stop() {
     let began = Instant::now();
     let t = crate::common::start_with(|cfg| {
         let mut b = crate::common::amqp::backend("", false);
-        b.uri = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+        b.uri = format!("amqp://guest:guest@127.0.0.1:{port}/%2f").into();
         let route = Commands::route_for("nowhere", "q-nowhere", "{routing_key}");
         configure(cfg, route);
         cfg.bridge.backends = vec![mqbridge::config::BackendConfig::Amqp(b)];

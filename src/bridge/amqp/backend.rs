@@ -26,18 +26,9 @@ fn parse(cfg: &BackendConfig) -> Result<Arc<dyn Backend>, Vec<SettingError>> {
     Ok(Arc::new(Amqp(a.clone())))
 }
 
+#[derive(Debug)]
 struct Amqp(AmqpBackend);
 
-/// By hand: the URI may hold a password.
-impl std::fmt::Debug for Amqp {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Amqp")
-            .field("name", &self.0.name)
-            .field("uri", &super::config::redact_uri(&self.0.uri))
-            .field("exchange", &self.0.exchange)
-            .finish_non_exhaustive()
-    }
-}
 
 impl Backend for Amqp {
     fn name(&self) -> &str {
