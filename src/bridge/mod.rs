@@ -108,14 +108,6 @@ pub enum BridgeError {
         route: Option<String>,
         errors: Vec<registry::SettingError>,
     },
-    /// The backend's client library refused to create a client.
-    #[error("backend {backend}: {what}")]
-    Client {
-        backend: String,
-        what: String,
-        #[source]
-        source: contract::BoxError,
-    },
 }
 
 impl BridgeError {

@@ -29,7 +29,6 @@ fn parse(cfg: &BackendConfig) -> Result<Arc<dyn Backend>, Vec<SettingError>> {
 #[derive(Debug)]
 struct Amqp(AmqpBackend);
 
-
 impl Backend for Amqp {
     fn name(&self) -> &str {
         &self.0.name

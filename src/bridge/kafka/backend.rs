@@ -36,13 +36,8 @@ fn parse(cfg: &BackendConfig) -> Result<Arc<dyn Backend>, Vec<SettingError>> {
             ),
         ));
     }
-    for (i, p) in k.properties.iter().enumerate() {
-        if p.split_once('=').is_none_or(|(k, _)| k.trim().is_empty()) {
-            errors.push(SettingError::new(
-                format!("properties[{i}]"),
-                format!("{p:?} is not key=value"),
-            ));
-        }
+    if let Err(e) = super::properties(k) {
+        errors.extend(e);
     }
     if errors.is_empty() {
         Ok(Arc::new(Kafka(k.clone())))

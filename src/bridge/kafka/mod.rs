@@ -3,7 +3,8 @@
 //!
 //! - [`sink`]: uplink, an idempotent producer confirming on delivery reports.
 //! - [`source`]: downlink, a consumer group committing settled offsets.
-//! - this file: librdkafka's log levels mapped to `tracing`, once.
+//! - this file: the operator's `properties` parsed, and librdkafka's log
+//!   levels mapped to `tracing`, once for both directions.
 
 mod backend;
 pub mod config;
@@ -12,8 +13,32 @@ pub mod source;
 
 use rdkafka::config::RDKafkaLogLevel;
 
+use crate::bridge::registry::SettingError;
+use crate::config::KafkaBackend;
+
 pub use backend::KIND;
 pub use sink::start;
+
+/// The operator's `properties`, each `key=value` split at its first `=`
+/// and trimmed; every malformed one is reported.
+fn properties(cfg: &KafkaBackend) -> Result<Vec<(&str, &str)>, Vec<SettingError>> {
+    let mut parsed = Vec::new();
+    let mut errors = Vec::new();
+    for (i, p) in cfg.properties.iter().enumerate() {
+        match p.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => parsed.push((k.trim(), v.trim())),
+            _ => errors.push(SettingError::new(
+                format!("properties[{i}]"),
+                format!("{p:?} is not key=value"),
+            )),
+        }
+    }
+    if errors.is_empty() {
+        Ok(parsed)
+    } else {
+        Err(errors)
+    }
+}
 
 /// Who a librdkafka client works for, as log fields: the backend (sink) or
 /// the downlink route (source).

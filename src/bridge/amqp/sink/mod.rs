@@ -72,7 +72,8 @@ pub async fn start(
 /// is reported, keyed by the setting.
 pub(super) fn check(cfg: &AmqpBackend) -> Result<(AMQPUri, ExchangeKind), Vec<SettingError>> {
     let mut errors = Vec::new();
-    let uri = super::parse_uri(cfg.uri.expose()).map_err(|e| errors.push(SettingError::new("uri", e)));
+    let uri =
+        super::parse_uri(cfg.uri.expose()).map_err(|e| errors.push(SettingError::new("uri", e)));
     let kind = exchange_kind(&cfg.exchange_kind)
         .map_err(|e| errors.push(SettingError::new("exchange_kind", e)));
     if let Err(e) = super::short("exchange", &cfg.exchange) {

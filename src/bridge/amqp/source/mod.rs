@@ -108,7 +108,8 @@ pub(super) fn check(
         // 0 means "unlimited" to the broker: nothing would bound what is in flight.
         errors.push(SettingError::new("prefetch", "must be greater than 0"));
     }
-    let uri = super::parse_uri(backend.uri.expose()).map_err(|e| errors.push(SettingError::new("uri", e)));
+    let uri = super::parse_uri(backend.uri.expose())
+        .map_err(|e| errors.push(SettingError::new("uri", e)));
     match (uri, queue, bind) {
         (Ok(uri), Ok(queue), Ok(bind)) if errors.is_empty() => Ok(Settings {
             backend: backend.name.clone(),

@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 use crate::bridge::metrics::BackendCounters;
+use crate::bridge::registry::SettingError;
 use crate::bridge::{BridgeError, Envelope, RunningSink, SinkHandle};
 use crate::config::KafkaBackend;
 
@@ -60,19 +61,18 @@ pub async fn start(
     capacity: usize,
     tasks: &TaskTracker,
 ) -> Result<RunningSink, BridgeError> {
-    let fail = |reason: String| BridgeError::Backend {
-        backend: cfg.name.clone(),
-        reason,
-    };
     let backend: Arc<str> = cfg.name.as_str().into();
-    let client_cfg = client_config(cfg).map_err(fail)?;
+    let client_cfg = client_config(cfg).map_err(|e| BridgeError::settings(&cfg.name, &e))?;
     let context = SinkContext {
         backend: backend.clone(),
         up: counters.up.clone(),
     };
     let producer: Producer = client_cfg
         .create_with_context(context.clone())
-        .map_err(|e| fail(format!("cannot create the Kafka producer: {e}")))?;
+        .map_err(|e| BridgeError::Backend {
+            backend: cfg.name.clone(),
+            reason: format!("cannot create the Kafka producer: {e}"),
+        })?;
     counters.up.set(0);
     let settings = task::Settings {
         backend: backend.clone(),
@@ -92,7 +92,7 @@ pub async fn start(
 
 /// Producer settings: ours first, then the operator's `properties`, except
 /// for [`FORCED`] ones, which are logged and kept as they are.
-fn client_config(cfg: &KafkaBackend) -> Result<ClientConfig, String> {
+fn client_config(cfg: &KafkaBackend) -> Result<ClientConfig, Vec<SettingError>> {
     let mut c = ClientConfig::new();
     // Warnings are worth seeing; the default follows the `log` crate, which
     // this program does not use.
@@ -108,11 +108,7 @@ fn client_config(cfg: &KafkaBackend) -> Result<ClientConfig, String> {
     for (k, v) in FORCED {
         c.set(k, v);
     }
-    for p in &cfg.properties {
-        let (key, value) = p
-            .split_once('=')
-            .ok_or_else(|| format!("property {p:?} is not key=value"))?;
-        let (key, value) = (key.trim(), value.trim());
+    for (key, value) in super::properties(cfg)? {
         let key = ALIASES
             .iter()
             .find(|(alias, _)| *alias == key)

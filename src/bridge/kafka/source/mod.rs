@@ -28,6 +28,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::bridge::downlink::{Command, CommandTx};
+use crate::bridge::registry::SettingError;
 use crate::bridge::BridgeError;
 use crate::config::{DownlinkRoute, KafkaBackend};
 
@@ -42,7 +43,11 @@ pub async fn start(
     stop: tokio_util::sync::CancellationToken,
     tasks: &tokio_util::task::TaskTracker,
 ) -> Result<tokio::task::JoinHandle<()>, BridgeError> {
-    let config = consumer_config(backend, route, node_id);
+    let settings = |errors: Vec<SettingError>| {
+        BridgeError::settings(&backend.name, &errors).in_route(&route.name)
+    };
+    let config = consumer_config(backend, route, node_id).map_err(settings)?;
+    let admin = admin_config(backend).map_err(settings)?;
     // Create (and drop) one consumer now so that a bad property fails the
     // start-up instead of the task; this does not contact the broker.
     task::create(&config, route)
@@ -62,8 +67,8 @@ pub async fn start(
     let src = task::Source {
         route: route.clone(),
         config,
-        admin: backend.create_topics.then(|| Admin {
-            config: admin_config(backend),
+        admin: backend.create_topics.then_some(Admin {
+            config: admin,
             topics,
             partitions: backend.topic_partitions,
             replication: backend.topic_replication,
@@ -79,7 +84,11 @@ pub async fn start(
 /// the group is the route's.
 const FORCED: [&str; 3] = ["enable.auto.commit", "auto.commit.enable", "group.id"];
 
-fn consumer_config(backend: &KafkaBackend, route: &DownlinkRoute, node_id: &str) -> ClientConfig {
+fn consumer_config(
+    backend: &KafkaBackend,
+    route: &DownlinkRoute,
+    node_id: &str,
+) -> Result<ClientConfig, Vec<SettingError>> {
     // Static membership (KIP-345): a restarted gateway (same node id) takes
     // its partitions back at once instead of after session.timeout.ms.
     let instance = format!("{node_id}.{}", route.name);
@@ -104,11 +113,7 @@ fn consumer_config(backend: &KafkaBackend, route: &DownlinkRoute, node_id: &str)
         // the gateway first joined must not be skipped; a duplicate is
         // better than a lost command.
         .set("auto.offset.reset", "earliest");
-    for p in &backend.properties {
-        let Some((key, value)) = p.split_once('=') else {
-            continue; // validated with the config
-        };
-        let (key, value) = (key.trim(), value.trim());
+    for (key, value) in super::properties(backend)? {
         if key == "group.id" {
             tracing::warn!(route = %route.name, "Kafka property group.id={value} ignored by the downlink: the route's group is {group}");
         } else if key == "group.instance.id" {
@@ -122,23 +127,21 @@ fn consumer_config(backend: &KafkaBackend, route: &DownlinkRoute, node_id: &str)
             c.set(key, value);
         }
     }
-    c
+    Ok(c)
 }
 
 /// Producer-side client for topic creation: the servers and the operator's
 /// properties (security settings apply to it too).
-fn admin_config(backend: &KafkaBackend) -> ClientConfig {
+fn admin_config(backend: &KafkaBackend) -> Result<ClientConfig, Vec<SettingError>> {
     let mut c = ClientConfig::new();
     c.set_log_level(RDKafkaLogLevel::Error);
     c.set("bootstrap.servers", &backend.bootstrap_servers);
-    for p in &backend.properties {
-        if let Some((k, v)) = p.split_once('=') {
-            if !FORCED.contains(&k.trim()) {
-                c.set(k.trim(), v.trim());
-            }
+    for (k, v) in super::properties(backend)? {
+        if !FORCED.contains(&k) {
+            c.set(k, v);
         }
     }
-    c
+    Ok(c)
 }
 
 /// Topics to create before subscribing (`create_topics`).

@@ -50,7 +50,8 @@ fn auto_commit_and_group_cannot_be_overridden() {
         ]),
         &route(None),
         "node-a",
-    );
+    )
+    .expect("valid properties");
     assert_eq!(c.get("enable.auto.commit"), Some("false"));
     assert_eq!(c.get("auto.commit.enable"), None);
     assert_eq!(c.get("group.id"), Some("mqbridge-cmds"));
@@ -59,7 +60,7 @@ fn auto_commit_and_group_cannot_be_overridden() {
     assert_eq!(c.get("fetch.min.bytes"), Some("2"));
     // Static membership per node and route, whatever the properties say.
     assert_eq!(c.get("group.instance.id"), Some("node-a.cmds"));
-    let c = consumer_config(&backend(&[]), &route(Some("g1")), "node-a");
+    let c = consumer_config(&backend(&[]), &route(Some("g1")), "node-a").expect("valid");
     assert_eq!(c.get("group.id"), Some("g1"));
 }
 
