@@ -103,13 +103,18 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<(TcpListener, Sock
 
 impl Gateway {
     /// Opens the store, starts the router and binds the listeners. On an
-    /// error, what was started is stopped again.
+    /// error, what was started is stopped again (within the grace period),
+    /// so that the store is closed when this returns.
     pub async fn start(cfg: Validated) -> Result<Gateway, AppError> {
         let (tasks, failed) = Tasks::new();
+        let grace = cfg.server.shutdown_grace();
         match Self::start_on(cfg, tasks.clone(), failed).await {
             Ok(gateway) => Ok(gateway),
             Err(e) => {
-                tasks.token().cancel();
+                let unfinished = tasks.shutdown(grace).await;
+                if !unfinished.is_empty() {
+                    tracing::error!(?unfinished, "start-up failed and these tasks did not stop");
+                }
                 Err(e)
             }
         }

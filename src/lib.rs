@@ -3,7 +3,9 @@
 //! An MQTT 3.1.1/5.0 gateway with durable sessions, bridged to Kafka and RabbitMQ.
 //!
 //! ## Layout
-//! - [`config`]: load (file + `MQBRIDGE__SECTION__KEY` env), validate, documented defaults.
+//! - [`config`]: load (file + `MQBRIDGE__SECTION__KEY` env), then validate
+//!   into `config::Validated` (every problem at once), the only form the
+//!   runtime takes; documented defaults; `config::Secret` for passwords.
 //! - [`mqtt`]: listener, per-client connection task, codec glue, router
 //!   (subscriptions, retained, shared groups, sessions), wills.
 //! - [`store`]: the durable session store (redb, group commit).

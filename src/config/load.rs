@@ -1,17 +1,54 @@
 //! Reading the configuration: built-in defaults, an optional file, then the
 //! environment, merged into a raw [`Config`] that [`Config::validate`] checks.
 //!
-//! Keys that mqbridge does not know are set aside here rather than failing
-//! the load, so that [`Config::validate`] reports them together with every
-//! other problem. A value of the wrong type (text for a number) still stops
-//! the load: serde reports the first one only.
+//! Problems are set aside here rather than failing the load, so that
+//! [`Config::validate`] reports them together with every other problem:
+//! keys that mqbridge does not know, and values of the wrong type (text for
+//! a number). Sections are read one by one, so each section's first wrong
+//! value is reported (serde stops at the first within one); a section that
+//! cannot be read keeps its defaults meanwhile, so that the others are still
+//! checked. Only an unreadable file or source fails the load itself.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use config::Source as _;
+use serde::de::DeserializeOwned;
 use serde::Deserialize as _;
 
 use super::{Config, ConfigError, DEFAULT_TOML, ENV_PREFIX, ENV_SEPARATOR};
+
+/// Something [`load`] set aside for [`Config::validate`] to report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum LoadProblem {
+    Key(RejectedKey),
+    Value(WrongValue),
+}
+
+impl LoadProblem {
+    pub(super) fn error(&self) -> ConfigError {
+        match self {
+            LoadProblem::Key(k) => k.error(),
+            LoadProblem::Value(v) => ConfigError::WrongType(v.0.clone()),
+        }
+    }
+}
+
+/// A value serde could not read into its field's type; the message names
+/// the key and, where known, the file or the environment.
+#[derive(Debug, Clone)]
+pub(super) struct WrongValue(Arc<config::ConfigError>);
+
+// By message: the error itself is not comparable, and two configurations
+// with the same mistake are equal.
+impl PartialEq for WrongValue {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl Eq for WrongValue {}
 
 /// A key of the merged sources that is not part of the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,11 +124,49 @@ pub fn load_with_env(
         .try_parsing(false)
         .source(env);
     let merged = builder.add_source(environment).build()?;
-    let (known, rejected) = split_unknown_keys(merged.collect()?)?;
-    let table = config::Value::new(None, config::ValueKind::Table(known));
-    let mut config = Config::deserialize(table)?;
-    config.rejected = rejected;
+    let (mut known, rejected) = split_unknown_keys(merged.collect()?)?;
+    let mut config = Config::default();
+    // Every field named, so that a new section does not compile until it is
+    // read here too.
+    let Config {
+        log,
+        mqtt,
+        session,
+        store,
+        admin,
+        server,
+        bridge,
+        problems,
+    } = &mut config;
+    problems.extend(rejected.into_iter().map(LoadProblem::Key));
+    let mut wrong = |e| problems.push(LoadProblem::Value(WrongValue(Arc::new(e))));
+    section(&mut known, "log", log).unwrap_or_else(&mut wrong);
+    section(&mut known, "mqtt", mqtt).unwrap_or_else(&mut wrong);
+    section(&mut known, "session", session).unwrap_or_else(&mut wrong);
+    section(&mut known, "store", store).unwrap_or_else(&mut wrong);
+    section(&mut known, "admin", admin).unwrap_or_else(&mut wrong);
+    section(&mut known, "server", server).unwrap_or_else(&mut wrong);
+    section(&mut known, "bridge", bridge).unwrap_or_else(&mut wrong);
     Ok(config)
+}
+
+/// Reads section `name` of `known` into `slot`, which keeps its default
+/// when the section is absent or cannot be read. Read as a one-entry map so
+/// that the error names the dotted key (`mqtt.max_connections`).
+fn section<T: DeserializeOwned>(
+    known: &mut config::Map<String, config::Value>,
+    name: &str,
+    slot: &mut T,
+) -> Result<(), config::ConfigError> {
+    let Some(value) = known.remove(name) else {
+        return Ok(());
+    };
+    let one = config::Map::from([(name.to_owned(), value)]);
+    let table = config::Value::new(None, config::ValueKind::Table(one));
+    if let Some(read) = HashMap::<String, T>::deserialize(table)?.remove(name) {
+        *slot = read;
+    }
+    Ok(())
 }
 
 /// The configuration file given to [`load`] must exist and be a file.

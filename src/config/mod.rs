@@ -66,6 +66,10 @@ pub enum ConfigError {
     /// and the source (file or environment) where it can.
     #[error(transparent)]
     Load(#[from] config::ConfigError),
+    /// A value has the wrong type (e.g. text where a number goes). The
+    /// message from the `config` crate names the key and the source.
+    #[error(transparent)]
+    WrongType(std::sync::Arc<config::ConfigError>),
     /// The configuration file given to [`load`] does not exist or is not a file.
     #[error("config file {path:?}: {reason}")]
     File {
@@ -125,6 +129,12 @@ impl ConfigError {
             ConfigError::Invalid { key, .. } => Some(key),
             ConfigError::InvalidAt { key, .. } => Some(key),
             ConfigError::UnknownKey { key, .. } => Some(key),
+            ConfigError::WrongType(e) => match &**e {
+                config::ConfigError::Type { key, .. } | config::ConfigError::At { key, .. } => {
+                    key.as_deref()
+                }
+                _ => None,
+            },
             _ => None,
         }
     }
@@ -148,10 +158,10 @@ pub struct Config {
     pub server: ServerConfig,
     /// The bridge to Kafka / AMQP / files (`[bridge]`).
     pub bridge: BridgeConfig,
-    /// Keys [`load`] found that are not part of the configuration; reported
-    /// by [`Config::validate`] with the other problems.
+    /// What [`load`] could not take (unknown keys, values of the wrong
+    /// type); reported by [`Config::validate`] with the other problems.
     #[serde(skip)]
-    rejected: Vec<load::RejectedKey>,
+    problems: Vec<load::LoadProblem>,
 }
 
 /// `[log]` section.

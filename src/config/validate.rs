@@ -94,7 +94,7 @@ impl Config {
     /// opened here.
     pub fn validate(&self) -> Result<Validated, Vec<ConfigError>> {
         let mut errors = Errors::default();
-        errors.0.extend(self.rejected.iter().map(|k| k.error()));
+        errors.0.extend(self.problems.iter().map(|p| p.error()));
         let log_filter = errors.take(log_filter(&self.log.level));
         let mqtt_listen = errors.take(self.mqtt.listen_addr());
         self.check_mqtt(&mut errors);
