@@ -33,6 +33,12 @@ pub enum Delivery {
     /// Not confirmed, worth trying again (connection lost, nack): the
     /// driver reconnects and sends this record and every later one again.
     Retry(String),
+    /// The connection was closed because of *some* record in flight, not
+    /// necessarily this one (an AMQP channel closed by a message-specific
+    /// error such as a deleted exchange). The driver sends the records that
+    /// were in flight again one at a time; one that gets `Suspect` while it
+    /// is alone in flight is the culprit and is refused.
+    Suspect(String),
 }
 
 /// Resolves once the backend confirmed or refused one record.
@@ -48,8 +54,18 @@ pub trait Sink: Send + 'static {
     /// Hands a record to the backend client and returns once it is
     /// *accepted* (queued in the client), not confirmed; not returning is
     /// backpressure. `Err` means the connection is unusable: the driver
-    /// reconnects and sends the record again.
+    /// reconnects and sends the record again, but first waits for the
+    /// outcomes of the records already in flight (they may be confirmed).
     fn send(&mut self, record: &Record) -> BoxFuture<'_, Result<Pending, BoxError>>;
+
+    /// Whether the connection still looks usable, checked by the driver
+    /// every [`HEALTH_CHECK`](super::driver::sink::HEALTH_CHECK): `false`
+    /// when idle, or twice in a row with records in flight (their `Pending`s
+    /// should have failed first; this is the net), counts as a lost
+    /// connection, so reconnecting starts before the next record.
+    fn healthy(&self) -> bool {
+        true
+    }
 
     /// Called once the input is closed and every record is settled.
     fn close(&mut self) -> BoxFuture<'_, ()> {

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
@@ -16,6 +16,8 @@ use crate::bridge::{Envelope, RunningSink, SinkError, SinkHandle};
 /// Records sent and not yet confirmed, at most: bounds memory and what is
 /// sent twice after a failure.
 pub const WINDOW: usize = 256;
+/// How often the driver asks [`Sink::healthy`].
+pub const HEALTH_CHECK: Duration = Duration::from_millis(500);
 
 /// Starts the driver task of `sink`. Its input holds `capacity` envelopes;
 /// when full, senders wait (QoS 1/2) or drop and count (QoS 0, decided by
@@ -40,6 +42,7 @@ pub fn run_sink(
         inflight: SettleQueue::new(),
         replay: VecDeque::new(),
         backoff: Backoff::new(),
+        careful: 0,
     };
     RunningSink {
         handle: SinkHandle { backend, tx },
@@ -71,6 +74,10 @@ struct Driver {
     /// anything new, so a device's records keep their order.
     replay: VecDeque<Taken>,
     backoff: Backoff,
+    /// How many records at the front of inflight + replay must go one at a
+    /// time: a [`Delivery::Suspect`] came while several were in flight, so
+    /// the culprit is not known yet.
+    careful: usize,
 }
 
 impl Driver {
@@ -109,31 +116,57 @@ impl Driver {
     /// Sends and settles until the input is drained (`Ok`) or the
     /// connection fails (`Err`, with everything unsettled back in `replay`).
     async fn pump(&mut self) -> Result<(), String> {
+        // Set when a send failed: send nothing more, let the outcomes of
+        // what is in flight say what became of it, then reconnect.
+        let mut stalled: Option<String> = None;
+        let mut health = tokio::time::interval(HEALTH_CHECK);
+        // Health checks in a row that found the connection unusable.
+        let mut sick = 0;
         loop {
-            while self.inflight.len() < WINDOW {
+            let limit = match (&stalled, self.careful) {
+                (Some(_), _) => 0,
+                (None, 0) => WINDOW,
+                (None, _) => 1,
+            };
+            while self.inflight.len() < limit {
                 let Some(taken) = self.replay.pop_front() else {
                     break;
                 };
-                self.submit(taken).await?;
+                if let Err(why) = self.submit(taken).await {
+                    stalled = Some(why);
+                    break;
+                }
+            }
+            if let Some(why) = &stalled {
+                if self.inflight.is_empty() {
+                    return Err(why.clone());
+                }
             }
             if self.inflight.is_empty() && self.replay.is_empty() && !self.open {
                 return Ok(());
             }
-            let take = self.open && self.replay.is_empty() && self.inflight.len() < WINDOW;
+            let take = self.open && self.replay.is_empty() && self.inflight.len() < limit;
+            let idle = self.inflight.is_empty();
             tokio::select! {
                 biased;
                 delivery = self.inflight.oldest(|f| &mut f.pending) => self.settle(delivery)?,
                 envelope = self.rx.recv(), if take => match envelope {
-                    Some(envelope) => {
-                        let taken = Taken { envelope, since: Instant::now() };
-                        self.submit(taken).await?;
-                    }
+                    Some(envelope) => self.replay.push_back(Taken { envelope, since: Instant::now() }),
                     None => self.open = false,
                 },
+                _ = health.tick() => {
+                    sick = if self.sink.healthy() { 0 } else { sick + 1 };
+                    if sick > usize::from(!idle) {
+                        self.requeue();
+                        return Err("connection lost".into());
+                    }
+                }
             }
         }
     }
 
+    /// Hands one record to the sink. On `Err` it is back at the front of
+    /// `replay`; what is in flight stays there.
     async fn submit(&mut self, taken: Taken) -> Result<(), String> {
         match self.sink.send(&taken.envelope.record).await {
             Ok(pending) => {
@@ -142,7 +175,6 @@ impl Driver {
             }
             Err(e) => {
                 self.replay.push_front(taken);
-                self.requeue();
                 Err(e.to_string())
             }
         }
@@ -154,20 +186,26 @@ impl Driver {
             return Ok(());
         };
         let Taken { envelope, since } = front.taken;
+        let mut ended = Ok(());
+        let suspect = matches!(delivery, Delivery::Suspect(_));
         let answer = match delivery {
             Delivery::Confirmed => {
-                self.backoff.reset();
                 self.counters.confirm.observe(since.elapsed().as_secs_f64());
                 envelope.record.counters.delivered.inc();
                 Ok(())
             }
-            Delivery::Rejected(why) => {
-                let r = &envelope.record;
-                tracing::warn!(backend = &*self.backend, route = &*r.route, client_id = &*r.client_id, target = %r.target, "backend refused a message: {why}");
-                r.counters.rejected.inc();
-                Err(SinkError::Rejected(why))
+            Delivery::Rejected(why) => Err(self.rejected(&envelope, why)),
+            Delivery::Suspect(why) if self.inflight.is_empty() => {
+                // Alone in flight: it is the culprit. The connection is
+                // gone all the same.
+                ended = Err(format!("connection closed by the backend: {why}"));
+                Err(self.rejected(&envelope, why))
             }
-            Delivery::Retry(why) => {
+            Delivery::Retry(why) | Delivery::Suspect(why) => {
+                if suspect {
+                    // The culprit is one of these: send them one at a time.
+                    self.careful = self.careful.max(self.inflight.len() + 1);
+                }
                 // It and everything after it go again, in order: the
                 // younger ones may have been lost with the same connection.
                 self.requeue();
@@ -175,11 +213,27 @@ impl Driver {
                 return Err(why);
             }
         };
+        self.progress();
         if let Some(confirm) = envelope.confirm {
             // The device's connection may be gone; nothing left to tell then.
             let _ = confirm.send(answer);
         }
-        Ok(())
+        ended
+    }
+
+    /// One emit point for refusals: log line, counter, the device's answer.
+    fn rejected(&self, envelope: &Envelope, why: String) -> SinkError {
+        let r = &envelope.record;
+        tracing::warn!(backend = &*self.backend, route = &*r.route, client_id = &*r.client_id, target = %r.target, "backend refused a message: {why}");
+        r.counters.rejected.inc();
+        SinkError::Rejected(why)
+    }
+
+    /// A record was settled by the backend: backoff starts over, one fewer
+    /// to send carefully.
+    fn progress(&mut self) {
+        self.backoff.reset();
+        self.careful = self.careful.saturating_sub(1);
     }
 
     /// Moves everything in flight back in front of `replay`, order kept.

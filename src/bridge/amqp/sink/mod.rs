@@ -1,42 +1,41 @@
-//! AMQP 0-9-1 (RabbitMQ) sink with publisher confirms.
+//! AMQP 0-9-1 (RabbitMQ) sink with publisher confirms, a [`Sink`] driven
+//! by [`run_sink`] (which keeps the order, the window of unconfirmed
+//! messages, reconnecting and publishing again what a failure left
+//! unconfirmed).
 //!
-//! - [`start`] checks the settings, opens the input channel and spawns the
-//!   sink task; the task connects in the background (backends come and go).
+//! - [`start`] checks the settings and starts the driver; it connects in
+//!   the background (backends come and go).
 //! - `session`: one connection, its publishing channel (confirm mode) and a
 //!   side channel that checks exchanges exist before the first publish.
-//! - `pump`: publishes envelopes in order with a bounded window of
-//!   unconfirmed messages and settles their confirms in order.
 //! - `message`: record → exchange, routing key, properties, headers.
 //!
 //! Delivery is at-least-once: a message is confirmed Ok only on the broker's
-//! ack; anything unconfirmed when a channel or connection fails is published
-//! again, in its original order, before new messages are taken.
+//! ack. A channel closed by a message-specific error (403, 404) is a
+//! [`Delivery::Suspect`]: the driver finds the culprit by publishing what
+//! was in flight one at a time.
 
 mod message;
-mod pump;
 mod session;
 #[cfg(test)]
 mod tests;
 
-use std::collections::VecDeque;
-use std::sync::Arc;
-
+use lapin::options::BasicPublishOptions;
 use lapin::uri::AMQPUri;
-use lapin::ExchangeKind;
-use tokio::sync::mpsc;
+use lapin::{Confirmation, ExchangeKind};
 use tokio_util::task::TaskTracker;
 
-use self::pump::{End, Pending};
-use self::session::Session;
-use crate::bridge::driver::{Backoff, SettleQueue};
+use self::message::outgoing;
+use self::session::{Probe, Session};
+use crate::bridge::contract::{BoxError, BoxFuture, Delivery, Pending, Sink};
+use crate::bridge::driver::run_sink;
 use crate::bridge::metrics::BackendCounters;
 use crate::bridge::registry::SettingError;
-use crate::bridge::{BridgeError, Envelope, RunningSink, SinkHandle};
+use crate::bridge::{BridgeError, Record, RunningSink};
 use crate::config::AmqpBackend;
 
 /// Starts the AMQP sink for `cfg`. Fails only on settings that can never
 /// work (URI, exchange kind, exchange name); an unreachable broker is not an
-/// error here, the task keeps trying.
+/// error here, the driver keeps trying.
 pub async fn start(
     cfg: &AmqpBackend,
     counters: BackendCounters,
@@ -44,28 +43,19 @@ pub async fn start(
     tasks: &TaskTracker,
 ) -> Result<RunningSink, BridgeError> {
     let (uri, kind) = check(cfg).map_err(|errors| BridgeError::settings(&cfg.name, &errors))?;
-    let (tx, rx) = mpsc::channel(capacity.max(1));
-    counters.up.set(0);
-    let sink = Sink {
+    let sink = AmqpSink {
         cfg: cfg.clone(),
         uri,
         kind,
-        counters,
-        rx,
-        rx_open: true,
-        backoff: Backoff::new(),
-        inflight: SettleQueue::new(),
-        replay: VecDeque::new(),
-        careful: 0,
+        session: None,
     };
-    let task = tasks.spawn(sink.run());
-    Ok(RunningSink {
-        handle: SinkHandle {
-            backend: Arc::from(cfg.name.as_str()),
-            tx,
-        },
-        task,
-    })
+    Ok(run_sink(
+        &cfg.name,
+        Box::new(sink),
+        counters,
+        capacity,
+        tasks,
+    ))
 }
 
 /// Validates what the broker would refuse for every message; every problem
@@ -103,34 +93,19 @@ pub(super) fn exchange_kind(kind: &str) -> Result<ExchangeKind, String> {
     }
 }
 
-/// The sink task's state.
-struct Sink {
+struct AmqpSink {
     cfg: AmqpBackend,
     uri: AMQPUri,
     kind: ExchangeKind,
-    counters: BackendCounters,
-    rx: mpsc::Receiver<Envelope>,
-    /// False once every handle is dropped and the channel is drained.
-    rx_open: bool,
-    backoff: Backoff,
-    /// Published on the current channel, not yet confirmed, in order.
-    inflight: SettleQueue<pump::InFlight>,
-    /// Taken from `rx` but not published on the current channel (left over
-    /// from a failed one); always published before anything new.
-    replay: VecDeque<Pending>,
-    /// How many messages at the front of inflight + replay must go one at a
-    /// time: a channel died of a message-specific error (e.g. 403, 404)
-    /// while several were in flight, so the culprit is not known yet.
-    careful: usize,
+    session: Option<Session>,
 }
 
-impl Sink {
-    /// Connects, pumps, and on failure reconnects after a backoff, until the
-    /// input is closed and everything taken is settled.
-    async fn run(mut self) {
-        let mut session: Option<Session> = None;
-        loop {
-            let opened = match session.take() {
+impl Sink for AmqpSink {
+    /// Replaces a failed publishing channel on a connection that is still
+    /// up; otherwise opens a new connection.
+    fn connect(&mut self) -> BoxFuture<'_, Result<(), BoxError>> {
+        Box::pin(async move {
+            let opened = match self.session.take() {
                 Some(s) if s.connection_alive() => s.reopen(&self.cfg, &self.kind).await,
                 Some(s) => {
                     s.close().await;
@@ -138,65 +113,82 @@ impl Sink {
                 }
                 None => Session::open(&self.cfg, &self.uri, &self.kind).await,
             };
-            match opened {
-                Ok(mut s) => {
-                    self.counters.up.set(1);
-                    match self.pump(&mut s).await {
-                        End::Drained => {
-                            s.close().await;
-                            self.counters.up.set(0);
-                            return;
-                        }
-                        End::Broken(why) => {
-                            tracing::warn!(backend = %self.cfg.name, unsettled = self.unsettled(), "AMQP publishing interrupted, will publish again: {why}");
-                            if !s.connection_alive() {
-                                self.counters.up.set(0);
-                            }
-                            session = Some(s);
-                        }
-                    }
-                }
-                Err(e) => {
-                    self.counters.up.set(0);
-                    tracing::warn!(backend = %self.cfg.name, unsettled = self.unsettled(), "AMQP connection or channel could not be opened: {e}");
-                }
-            }
-            if self.rx.is_closed() {
-                // Shutting down and the broker is not there: do not hold the
-                // gateway's exit hostage; say what was not confirmed.
-                self.fail_all();
-                return;
-            }
-            self.counters.retries.inc();
-            tokio::time::sleep(self.backoff.next_delay()).await;
-        }
+            self.session = Some(opened?);
+            Ok(())
+        })
     }
 
-    /// Messages taken but not settled.
-    fn unsettled(&self) -> usize {
-        self.inflight.len() + self.replay.len()
+    fn send(&mut self, record: &Record) -> BoxFuture<'_, Result<Pending, BoxError>> {
+        // A record that can never be published is refused without a publish.
+        let out = outgoing(&self.cfg, record);
+        let payload = record.payload.clone();
+        Box::pin(async move {
+            let out = match out {
+                Ok(out) => out,
+                Err(why) => return Ok(settled(Delivery::Rejected(why))),
+            };
+            let Some(s) = self.session.as_mut() else {
+                return Err("not connected".into());
+            };
+            match s.probe(&out.exchange).await {
+                Ok(Probe::Exists) => {}
+                Ok(Probe::Refused(why)) => return Ok(settled(Delivery::Rejected(why))),
+                Err(e) => return Err(format!("checking the exchange: {e}").into()),
+            }
+            let options = BasicPublishOptions {
+                mandatory: self.cfg.mandatory,
+                immediate: false,
+            };
+            let confirm = s
+                .channel
+                .basic_publish(
+                    out.exchange,
+                    out.routing_key,
+                    options,
+                    &payload,
+                    out.properties,
+                )
+                .await
+                .map_err(|e| format!("publish: {e}"))?;
+            let pending: Pending = Box::pin(async move { delivery(confirm.await) });
+            Ok(pending)
+        })
     }
 
-    /// Answers `Closed` to everything taken and everything still queued.
-    fn fail_all(&mut self) {
-        let n = self.unsettled();
-        for p in self
-            .inflight
-            .drain(..)
-            .map(|f| f.msg)
-            .chain(self.replay.drain(..))
-        {
-            p.closed();
-        }
-        self.rx.close();
-        let mut queued = 0;
-        while let Ok(env) = self.rx.try_recv() {
-            Pending::new(env).closed();
-            queued += 1;
-        }
-        if n + queued > 0 {
-            tracing::error!(backend = %self.cfg.name, unconfirmed = n + queued, "AMQP sink stopped with messages the broker never confirmed");
-        }
-        self.counters.up.set(0);
+    fn healthy(&self) -> bool {
+        self.session.as_ref().is_some_and(Session::healthy)
+    }
+
+    /// Orderly close once everything is confirmed.
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Some(s) = self.session.take() {
+                s.close().await;
+            }
+        })
+    }
+}
+
+fn settled(delivery: Delivery) -> Pending {
+    Box::pin(std::future::ready(delivery))
+}
+
+/// What a publisher confirm says about the message.
+fn delivery(confirm: lapin::Result<Confirmation>) -> Delivery {
+    match confirm {
+        Ok(Confirmation::Ack(None)) => Delivery::Confirmed,
+        // mandatory and no queue bound for it: acked, but not stored.
+        Ok(Confirmation::Ack(Some(returned))) => Delivery::Rejected(format!(
+            "unroutable: {} {}",
+            returned.reply_code, returned.reply_text
+        )),
+        // RabbitMQ nacks on internal errors or a full queue with
+        // overflow=reject-publish: transient, publish again later.
+        Ok(Confirmation::Nack(_)) => Delivery::Retry("the broker nacked a message".into()),
+        Ok(_) => Delivery::Retry("publisher confirms are not enabled on the channel".into()),
+        // The channel died of a message-specific error: of this message,
+        // or of another one in flight.
+        Err(e) if e.is_amqp_soft_error() => Delivery::Suspect(e.to_string()),
+        Err(e) => Delivery::Retry(e.to_string()),
     }
 }
