@@ -92,4 +92,19 @@ pub trait Source: Send + 'static {
         position: &str,
         outcome: CommandOutcome,
     ) -> BoxFuture<'_, Result<(), BoxError>>;
+
+    /// Whether settling `Retry` hands the command back by itself (an AMQP
+    /// nack with requeue), so consuming goes on. If not (the default,
+    /// Kafka's model), the driver ends the connection after a `Retry` and
+    /// the source resumes from the last settled position on `connect`.
+    fn requeues_on_retry(&self) -> bool {
+        false
+    }
+
+    /// Called when a connection's consuming ends (lost, stopped, or the
+    /// processor gone), after what could be settled was settled: release
+    /// the connection; whatever is unsettled is consumed again later.
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }

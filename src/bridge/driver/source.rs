@@ -71,16 +71,20 @@ impl Driver {
                 c = self.source.connect() => c,
             };
             match connected {
-                Ok(()) => match self.consume().await {
-                    End::Stopped => return,
-                    End::ProcessorGone => {
-                        tracing::error!(%route, "the command processor is gone; consuming stopped");
-                        return;
+                Ok(()) => {
+                    let end = self.consume().await;
+                    self.source.close().await;
+                    match end {
+                        End::Stopped => return,
+                        End::ProcessorGone => {
+                            tracing::error!(%route, "the command processor is gone; consuming stopped");
+                            return;
+                        }
+                        End::Lost(why) => {
+                            tracing::warn!(%route, "consuming interrupted, will resume from the last settled command: {why}")
+                        }
                     }
-                    End::Lost(why) => {
-                        tracing::warn!(%route, "consuming interrupted, will resume from the last settled command: {why}")
-                    }
-                },
+                }
                 Err(error) => tracing::warn!(%route, %error, "command source could not connect"),
             }
             tokio::select! {
@@ -132,7 +136,8 @@ impl Driver {
     }
 
     /// Settles one answered command. A command not stored ends the
-    /// connection: it and everything after it are consumed again.
+    /// connection (it and everything after it are consumed again) unless
+    /// the source hands it back by itself.
     async fn settle(
         &mut self,
         h: Handed,
@@ -144,6 +149,9 @@ impl Driver {
             return Err(End::Lost(format!("settling {}: {e}", h.position)));
         }
         if outcome == CommandOutcome::Retry {
+            if self.source.requeues_on_retry() {
+                return Ok(());
+            }
             return Err(End::Lost(format!("command {} not stored", h.position)));
         }
         self.backoff.reset();

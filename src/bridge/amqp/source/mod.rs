@@ -1,13 +1,18 @@
-//! AMQP 0-9-1 (RabbitMQ) command source of a downlink route.
+//! AMQP 0-9-1 (RabbitMQ) command source of a downlink route, a [`Source`]
+//! driven by [`run_source`] (which hands commands to the processor,
+//! settles them in consumption order, reconnects with backoff and stops).
 //!
-//! - [`start`] checks the settings and spawns the source task; the task
-//!   connects in the background and reconnects after a backoff when the
-//!   connection is lost (backends come and go).
+//! - [`start`] checks the settings and starts the driver; it connects in
+//!   the background (backends come and go).
 //! - `session`: one connection: declares/binds the queue, sets the prefetch,
 //!   consumes (manual acks) and forwards deliveries in order.
-//! - `convert`: delivery → [`Command`](super::Command).
-//! - `settle`: acks each delivery once the processor says the command is
-//!   stored (or settled for good), nacks it back to the queue on `Retry`.
+//! - `convert`: delivery → [`Command`].
+//! - `settle`: a task per connection that acks each delivery once the
+//!   processor says the command is stored (or settled for good), and nacks
+//!   it back to the queue on `Retry` after a pause (so consuming goes on:
+//!   [`Source::requeues_on_retry`]). A task, so that the driver goes on
+//!   handing over commands meanwhile: a whole round of refused commands is
+//!   returned together and comes back in its order.
 //!
 //! At-least-once: nothing is acked before its outcome is known; whatever is
 //! unacked when a connection ends (or the process dies) is redelivered by
@@ -17,33 +22,33 @@ mod convert;
 mod session;
 mod settle;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lapin::types::ShortString;
 use lapin::uri::AMQPUri;
-use tokio::sync::{mpsc, oneshot};
+use lapin::Acker;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::session::Session;
 use self::settle::Pending;
-use crate::bridge::downlink::{CommandEnvelope, CommandTx};
-use crate::bridge::driver::backoff::Backoff;
+use crate::bridge::contract::{BoxError, BoxFuture, Source};
+use crate::bridge::downlink::{Command, CommandOutcome, CommandTx};
+use crate::bridge::driver::run_source;
 use crate::bridge::registry::SettingError;
 use crate::bridge::BridgeError;
 use crate::config::{AmqpBackend, DownlinkRoute};
 
-/// How long a stopping source waits for the outcomes of commands already
-/// handed to the processor (those not settled by then are redelivered).
-const DRAIN: Duration = Duration::from_secs(5);
-/// A session that lasted this long counts as healthy: the next failure is
-/// retried quickly again. Shorter ones (e.g. consume refused right after
-/// connecting) keep growing the backoff, so a broken setup is not hammered.
-const STABLE: Duration = Duration::from_secs(10);
 /// How often the connection's state is checked besides consumer events.
 const LIVENESS: Duration = Duration::from_secs(1);
+/// How long a stopping source waits for the acks of commands already
+/// settled (those not acked by then are redelivered).
+const DRAIN: Duration = Duration::from_secs(5);
 
 /// What a source needs to (re)connect, checked once at start-up.
 #[derive(Debug, Clone)]
@@ -60,7 +65,7 @@ pub(super) struct Settings {
 
 /// Starts consuming `route.queue` in the background; hands commands to `tx`.
 /// Fails only on settings that can never work; an unreachable broker is not
-/// an error here, the task keeps trying until `stop` becomes true.
+/// an error here, the driver keeps trying until `stop` is cancelled.
 pub async fn start(
     backend: &AmqpBackend,
     route: &DownlinkRoute,
@@ -70,13 +75,16 @@ pub async fn start(
 ) -> Result<JoinHandle<()>, BridgeError> {
     let settings = check(backend, route)
         .map_err(|errors| BridgeError::settings(&backend.name, &errors).in_route(&route.name))?;
-    let source = Source {
+    let source = AmqpSource {
         s: settings,
-        tx,
-        stop,
-        backoff: Backoff::new(),
+        session: None,
+        unsettled: VecDeque::new(),
+        liveness: liveness(),
+        settler: None,
+        stop: stop.clone(),
+        tasks: tasks.clone(),
     };
-    Ok(tasks.spawn(source.run()))
+    Ok(run_source(&route.name, Box::new(source), tx, stop, tasks))
 }
 
 /// Validates what the broker would refuse on every attempt; every problem
@@ -124,119 +132,126 @@ pub(super) fn check(
     }
 }
 
-/// Why a session ended.
-enum End {
-    Stopped,
-    /// The processor is gone: nothing can be delivered any more.
-    ProcessorGone,
-    Lost(String),
-}
-
-struct Source {
+struct AmqpSource {
     s: Settings,
-    tx: CommandTx,
+    session: Option<Session>,
+    /// Deliveries handed to the driver and not settled, in consumption
+    /// order (the order the driver settles them in).
+    unsettled: VecDeque<(String, Acker)>,
+    liveness: Interval,
+    /// The connection's settle task and its input (unbounded, but the
+    /// driver's window and the prefetch bound it).
+    settler: Option<(mpsc::UnboundedSender<Pending>, JoinHandle<()>)>,
     stop: CancellationToken,
-    backoff: Backoff,
+    tasks: TaskTracker,
 }
 
-impl Source {
-    async fn run(mut self) {
-        let (route, queue) = (self.s.route.clone(), self.s.queue.to_string());
-        loop {
-            let opened = tokio::select! {
-                biased;
-                _ = self.stop.cancelled() => return,
-                opened = Session::open(&self.s) => opened,
-            };
-            match opened {
-                Ok(session) => {
-                    tracing::info!(%route, %queue, prefetch = self.s.prefetch, "AMQP downlink consuming");
-                    let began = Instant::now();
-                    match self.consume(session).await {
-                        End::Stopped => return,
-                        End::ProcessorGone => {
-                            tracing::error!(%route, "AMQP downlink: the command processor is gone; consuming stopped");
-                            return;
-                        }
-                        End::Lost(why) => {
-                            tracing::warn!(%route, %queue, "AMQP downlink interrupted, will reconnect (unacked commands are redelivered): {why}");
-                        }
-                    }
-                    if began.elapsed() >= STABLE {
-                        self.backoff.reset();
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(%route, %queue, backend = %self.s.backend, "AMQP downlink could not connect and consume, will retry: {e}");
-                }
-            }
-            let delay = self.backoff.next_delay();
-            tokio::select! {
-                biased;
-                _ = self.stop.cancelled() => return,
-                _ = tokio::time::sleep(delay) => {}
-            }
-            tracing::info!(%route, %queue, "AMQP downlink reconnecting");
-        }
+fn liveness() -> Interval {
+    let mut i = tokio::time::interval(LIVENESS);
+    i.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    i
+}
+
+impl Source for AmqpSource {
+    fn connect(&mut self) -> BoxFuture<'_, Result<(), BoxError>> {
+        Box::pin(async move {
+            self.close_session().await;
+            let (route, queue) = (&self.s.route, self.s.queue.as_str());
+            let session = Session::open(&self.s).await.map_err(|e| {
+                tracing::warn!(%route, %queue, backend = %self.s.backend, "AMQP downlink could not connect and consume: {e}");
+                e
+            })?;
+            tracing::info!(%route, %queue, prefetch = self.s.prefetch, "AMQP downlink consuming");
+            self.session = Some(session);
+            self.liveness = liveness();
+            let (tx, rx) = mpsc::unbounded_channel();
+            let task = self
+                .tasks
+                .spawn(settle::run(rx, self.stop.clone(), self.s.route.clone()));
+            self.settler = Some((tx, task));
+            Ok(())
+        })
     }
 
-    /// Forwards deliveries to the processor in order until the session ends;
-    /// a separate task acks them as their outcomes arrive (in order), so
-    /// forwarding is never held up by storage.
-    async fn consume(&mut self, mut session: Session) -> End {
-        let (settle_tx, settle_rx) = mpsc::unbounded_channel();
-        let mut settler = tokio::spawn(settle::run(
-            settle_rx,
-            self.stop.clone(),
-            self.s.route.clone(),
-        ));
-        let mut liveness = tokio::time::interval(LIVENESS);
-        liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let end = loop {
-            tokio::select! {
-                biased;
-                _ = self.stop.cancelled() => break End::Stopped,
-                d = session.deliveries.recv() => match d {
-                    Some(Ok(Some(delivery))) => {
-                        let (command, acker) = convert::command(self.s.queue.as_str(), delivery);
-                        tracing::trace!(route = %self.s.route, position = %command.position, "consumed");
-                        let (done, outcome) = oneshot::channel();
-                        let env = CommandEnvelope { command, done };
-                        // A full channel is backpressure; stopping meanwhile
-                        // leaves the delivery unacked (requeued at close).
-                        tokio::select! {
-                            biased;
-                            _ = self.stop.cancelled() => break End::Stopped,
-                            sent = self.tx.send(env) => if sent.is_err() {
-                                break End::ProcessorGone;
-                            },
+    /// Cancel-safe: both branches are, and nothing after them awaits.
+    fn next(&mut self) -> BoxFuture<'_, Result<Command, BoxError>> {
+        Box::pin(async move {
+            let Some(session) = self.session.as_mut() else {
+                return Err("not connected".into());
+            };
+            loop {
+                tokio::select! {
+                    biased;
+                    d = session.deliveries.recv() => return match d {
+                        Some(Ok(Some(delivery))) => {
+                            let (command, acker) = convert::command(self.s.queue.as_str(), delivery);
+                            tracing::trace!(route = %self.s.route, position = %command.position, "consumed");
+                            self.unsettled.push_back((command.position.clone(), acker));
+                            Ok(command)
                         }
-                        // Only fails if the settler is gone, which ends with the session.
-                        let _ = settle_tx.send(Pending { acker, outcome });
-                    }
-                    Some(Ok(None)) | None => break End::Lost("the consumer was cancelled".into()),
-                    Some(Err(e)) => break End::Lost(e.to_string()),
-                },
-                _ = liveness.tick() => if !session.alive() {
-                    break End::Lost("connection or channel closed".into());
-                },
-            }
-        };
-        match end {
-            End::Lost(_) => {
-                // Acks can no longer reach the broker: it redelivers them all.
-                settler.abort();
-            }
-            End::Stopped | End::ProcessorGone => {
-                session.cancel().await;
-                drop(settle_tx);
-                if tokio::time::timeout(DRAIN, &mut settler).await.is_err() {
-                    tracing::warn!(route = %self.s.route, "AMQP downlink stopped before every outcome was known; those commands will be redelivered");
-                    settler.abort();
+                        Some(Ok(None)) | None => Err("the consumer was cancelled".into()),
+                        Some(Err(e)) => Err(e.into()),
+                    },
+                    _ = self.liveness.tick() => if !session.alive() {
+                        return Err("connection or channel closed".into());
+                    },
                 }
             }
+        })
+    }
+
+    fn settle(
+        &mut self,
+        position: &str,
+        outcome: CommandOutcome,
+    ) -> BoxFuture<'_, Result<(), BoxError>> {
+        let front = match self.unsettled.pop_front() {
+            Some((p, acker)) if p == position => Ok(acker),
+            other => Err(format!(
+                "settling {position} out of order (oldest unsettled: {:?})",
+                other.map(|(p, _)| p)
+            )),
+        };
+        Box::pin(async move {
+            let acker = front?;
+            let settler = self.settler.as_ref().map(|(tx, _)| tx);
+            settler
+                .ok_or("not connected")?
+                .send(Pending { acker, outcome })
+                .map_err(|_| "the settle task stopped")?;
+            Ok(())
+        })
+    }
+
+    fn requeues_on_retry(&self) -> bool {
+        true
+    }
+
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(self.close_session())
+    }
+}
+
+impl AmqpSource {
+    /// Stops deliveries, lets the settle task finish (when stopping; a
+    /// lost connection cannot take acks any more) and closes the
+    /// connection; the broker requeues whatever is unacked.
+    async fn close_session(&mut self) {
+        self.unsettled.clear();
+        if let Some(session) = &self.session {
+            session.cancel().await;
         }
-        session.close().await;
-        end
+        if let Some((tx, mut task)) = self.settler.take() {
+            drop(tx);
+            if !self.stop.is_cancelled() {
+                task.abort();
+            } else if tokio::time::timeout(DRAIN, &mut task).await.is_err() {
+                tracing::warn!(route = %self.s.route, "AMQP downlink stopped before every outcome was acked; those commands will be redelivered");
+                task.abort();
+            }
+        }
+        if let Some(session) = self.session.take() {
+            session.close().await;
+        }
     }
 }

@@ -1,12 +1,13 @@
-//! Settles deliveries in consumption order as the processor answers: ack
-//! once stored (or dropped for good), nack back to the queue on `Retry`.
+//! Settles deliveries in consumption order as the driver passes on the
+//! processor's answers: ack once stored (or dropped for good), nack back
+//! to the queue on `Retry`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::Acker;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::bridge::downlink::CommandOutcome;
@@ -18,13 +19,13 @@ const RETRY_BASE: Duration = Duration::from_millis(200);
 /// Longest such wait while failures go on.
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
-/// A delivery handed to the processor, awaiting its outcome.
+/// A delivery and what the processor said about it.
 pub(super) struct Pending {
     pub acker: Acker,
-    pub outcome: oneshot::Receiver<CommandOutcome>,
+    pub outcome: CommandOutcome,
 }
 
-/// Runs until `rx` is closed and drained (the session ends or stops).
+/// Runs until `rx` is closed and drained (the connection ends or stops).
 pub(super) async fn run(
     mut rx: mpsc::UnboundedReceiver<Pending>,
     stop: CancellationToken,
@@ -36,9 +37,7 @@ pub(super) async fn run(
     // each would hold a prefetch's worth of commands back for minutes).
     let mut same_round = 0usize;
     while let Some(p) = rx.recv().await {
-        // The processor dropping `done` means it did not store the command.
-        let outcome = p.outcome.await.unwrap_or(CommandOutcome::Retry);
-        let settled = match outcome {
+        let settled = match p.outcome {
             CommandOutcome::Stored | CommandOutcome::Dropped => {
                 backoff.reset();
                 same_round = 0;
