@@ -331,6 +331,18 @@ async fn start_h(f: impl FnOnce(&mut mqbridge::config::Config)) -> Hostile {
     t
 }
 
+/// As [`start_h`] for a test on paused time: without bridge backends, since
+/// tokio stops auto-advancing paused time while a blocking task runs, and
+/// the file sink's is one for the gateway's whole life.
+async fn start_h_paused(f: impl FnOnce(&mut mqbridge::config::Config)) -> Hostile {
+    start_h(|c| {
+        c.bridge.backends.clear();
+        c.bridge.uplink.clear();
+        f(c);
+    })
+    .await
+}
+
 /// As [`start_h`] without the bystander, for tests that count connections.
 async fn start_h_alone(f: impl FnOnce(&mut mqbridge::config::Config)) -> Hostile {
     start_with(|c| {
