@@ -20,7 +20,6 @@
 //! type when the client's `Accept` header asks for
 //! `application/openmetrics-text` (as Prometheus does); the body is the same.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -32,6 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::metrics::render;
+use crate::tasks::Tasks;
 
 /// Largest accepted request head (request line plus headers), in bytes.
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
@@ -122,28 +122,30 @@ impl Readiness {
     }
 }
 
-/// Serves the admin endpoint on `listener` until `shutdown` resolves.
+/// Serves the admin endpoint on `listener` until the stop signal of `tasks`.
 ///
-/// Each connection is handled in its own task. When `shutdown` resolves the
-/// listener is closed and the function returns; requests already being
-/// handled finish on their own (each is bounded by the timeouts above).
+/// Each connection is handled in its own task on `tasks`. On the stop signal
+/// the listener is closed and the function returns; requests already being
+/// handled finish on their own (each is bounded by the timeouts above) and
+/// are waited for with the gateway's other tasks.
 /// Failed `accept` calls are logged and retried, so this only returns `Ok`.
 pub async fn serve(
     listener: TcpListener,
     registry: Arc<Registry>,
     ready: Arc<Readiness>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    tasks: Tasks,
 ) -> std::io::Result<()> {
-    serve_with(listener, registry, ready, shutdown, Limits::default()).await
+    serve_with(listener, registry, ready, tasks, Limits::default()).await
 }
 
 async fn serve_with(
     listener: TcpListener,
     registry: Arc<Registry>,
     ready: Arc<Readiness>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    tasks: Tasks,
     limits: Limits,
 ) -> std::io::Result<()> {
+    let shutdown = tasks.cancelled();
     let permits = Arc::new(Semaphore::new(limits.max_concurrent));
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "admin endpoint listening");
@@ -169,7 +171,7 @@ async fn serve_with(
         };
         let registry = Arc::clone(&registry);
         let ready = Arc::clone(&ready);
-        tokio::spawn(async move {
+        tasks.spawn("admin request", async move {
             handle(stream, peer, &registry, &ready, limits).await;
             drop(permit);
         });
@@ -385,14 +387,13 @@ async fn write_response(stream: &mut TcpStream, response: &Response) -> std::io:
 mod tests {
     use super::*;
     use crate::metrics::Metrics;
-    use tokio::sync::oneshot;
     use tokio::task::JoinHandle;
 
     struct Server {
         addr: SocketAddr,
         ready: Arc<Readiness>,
         metrics: Metrics,
-        stop: Option<oneshot::Sender<()>>,
+        tasks: Tasks,
         task: JoinHandle<std::io::Result<()>>,
     }
 
@@ -402,21 +403,19 @@ mod tests {
         let mut registry = Registry::default();
         let metrics = Metrics::new(&mut registry);
         let ready = Arc::new(Readiness::default());
-        let (stop, stopped) = oneshot::channel::<()>();
+        let (tasks, _) = Tasks::new();
         let task = tokio::spawn(serve_with(
             listener,
             Arc::new(registry),
             Arc::clone(&ready),
-            async move {
-                let _ = stopped.await;
-            },
+            tasks.clone(),
             limits,
         ));
         Server {
             addr,
             ready,
             metrics,
-            stop: Some(stop),
+            tasks,
             task,
         }
     }
@@ -501,10 +500,7 @@ mod tests {
         assert_eq!(status, "HTTP/1.1 200 OK");
         assert!(headers.contains(OPENMETRICS_CONTENT_TYPE), "{headers}");
 
-        let mut server = server;
-        if let Some(stop) = server.stop.take() {
-            let _ = stop.send(());
-        }
+        server.tasks.token().cancel();
         server.task.await.expect("join").expect("serve returns Ok");
         assert!(TcpStream::connect(server.addr).await.is_err());
     }

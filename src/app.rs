@@ -11,34 +11,41 @@ use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
 
 use crate::bridge::metrics::BridgeMetrics;
-use crate::bridge::uplink::Uplink;
-use crate::bridge::{RunningSink, SinkHandle};
-use crate::config::{AckMode, BackendConfig, Config};
+use crate::config::{Config, Validated};
 use crate::metrics::Metrics;
 use crate::mqtt::connection::Shared;
 use crate::mqtt::router::{Router, ROUTER_CHANNEL};
-use crate::store::{DiskWatch, Store, StoreHealth, StoreOptions};
+use crate::store::{DiskWatch, Recovered, Store, StoreOptions};
+use crate::tasks::{TaskFailure, Tasks};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    #[error("opening the store at {path}: {source}")]
+    #[error("opening the store at {path}")]
     Store {
         path: String,
+        #[source]
         source: crate::store::StoreError,
     },
-    #[error("starting the bridge: {0}")]
+    /// The blocking task opening the store panicked or was cancelled.
+    #[error("opening the store at {path}: the opening task failed")]
+    StoreOpenTask {
+        path: String,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    #[error("starting the bridge")]
     Bridge(#[from] crate::bridge::BridgeError),
-    #[error("binding {what} on {addr}: {source}")]
+    #[error("binding {what} on {addr}")]
     Bind {
         what: &'static str,
-        addr: String,
+        addr: SocketAddr,
+        #[source]
         source: std::io::Error,
     },
-    #[error("node id: {0}")]
+    #[error("node id")]
     NodeId(#[from] crate::node::NodeIdError),
     /// A long-lived task ended while the gateway was running.
     #[error("the {task} task {how} while the gateway was running")]
@@ -48,234 +55,81 @@ pub enum AppError {
     },
 }
 
-/// A long-lived task that ended before shutdown.
-#[derive(Debug, Clone, Copy)]
-struct TaskFailure {
-    task: &'static str,
-    panicked: bool,
-}
-
-/// Watches the gateway's long-lived tasks. One that ends before shutdown
-/// (returns or panics) is a failure: the gateway stops and the process exits
-/// non-zero, so a supervisor restarts it and state is rebuilt from the store,
-/// rather than staying up half-dead (e.g. accepting clients with no router).
-#[derive(Clone)]
-struct Supervisor {
-    stopping: watch::Receiver<bool>,
-    /// Bounded; the first failure is what matters, later ones are only logged.
-    failed: mpsc::Sender<TaskFailure>,
-}
-
-impl Supervisor {
-    /// Takes over `handle`; the returned handle resolves when the task ends.
-    fn watch(&self, task: &'static str, handle: JoinHandle<()>) -> (&'static str, JoinHandle<()>) {
-        let sup = self.clone();
-        let watcher = tokio::spawn(async move {
-            let result = handle.await;
-            if *sup.stopping.borrow() {
-                return;
-            }
-            let panicked = result.as_ref().is_err_and(|e| e.is_panic());
-            tracing::error!(
-                task,
-                panicked,
-                "a gateway task ended unexpectedly; stopping the gateway"
-            );
-            let _ = sup.failed.try_send(TaskFailure { task, panicked });
-        });
-        (task, watcher)
-    }
-}
-
 /// A running gateway.
 pub struct Gateway {
     /// Where the MQTT listener is bound (useful with port 0).
     pub mqtt_addr: SocketAddr,
     /// Where the admin endpoint is bound, if enabled.
     pub admin_addr: Option<SocketAddr>,
-    stop: watch::Sender<bool>,
-    /// Supervised tasks in shutdown order: downlink sources (they stop
-    /// consuming on the stop signal), the listeners, the router (it detaches
-    /// clients and closes the store), the store writer, then the sinks (each
-    /// ends once every connection holding its handle is gone and what it holds
-    /// is confirmed).
-    tasks: Vec<(&'static str, JoinHandle<()>)>,
-    /// Failures reported by the supervisor.
+    /// Every task of the gateway. On the stop signal the downlink sources
+    /// stop consuming, the listeners stop accepting, the router detaches the
+    /// clients and closes the store; the sinks end once every connection
+    /// holding their handle is gone and what they hold is confirmed.
+    tasks: Tasks,
+    /// Long-lived tasks that ended before the stop signal.
     failed: mpsc::Receiver<TaskFailure>,
     /// For fault injection in tests; weak so it never keeps the router alive.
     router_tx: mpsc::WeakSender<crate::mqtt::router::RouterMsg>,
     grace: Duration,
 }
 
-/// Where each uplink route sends: its backend's sink, or (ack = "spool") a
-/// spool in front of it under `<store.path>/spool/`.
-fn route_sinks(
-    cfg: &Config,
-    sinks: &[SinkHandle],
-    metrics: &BridgeMetrics,
-    store_health: &Arc<StoreHealth>,
-    tasks: &mut Vec<JoinHandle<()>>,
-) -> Result<Vec<SinkHandle>, AppError> {
-    let mut out = Vec::new();
-    for r in &cfg.bridge.uplink {
-        let Some(backend) = sinks.iter().find(|s| *s.backend == r.backend) else {
-            continue; // validated: cannot happen
-        };
-        if r.ack != AckMode::Spool {
-            out.push(backend.clone());
-            continue;
-        }
-        let RunningSink { handle, task } = crate::bridge::spool::start(
-            &r.name,
-            crate::bridge::spool::SpoolDisk {
-                dir: &cfg.store.path.join("spool"),
-                store_health: store_health.clone(),
-            },
-            r.spool_max_bytes,
-            backend.clone(),
-            metrics.route(&r.name),
-            metrics.spool_full(&r.name),
-            cfg.bridge.queue_capacity,
-        )?;
-        out.push(handle);
-        tasks.push(task);
+/// Opens the store (on a blocking thread: it recovers every session).
+async fn open_store(cfg: &Config, metrics: &Arc<Metrics>) -> Result<(Store, Recovered), AppError> {
+    let opts = StoreOptions {
+        path: cfg.store.path.clone(),
+        max_batch_ops: cfg.store.max_batch_ops,
+        queue_capacity: cfg.store.queue_capacity,
+        cache_bytes: cfg.store.cache_bytes(),
+        observer: Some({
+            let m = metrics.clone();
+            Arc::new(move |ops, took| m.store_commit(ops, took))
+        }),
+        commit_retry_max: Duration::from_secs(cfg.store.commit_retry_max_secs),
+    };
+    let path = cfg.store.path.display().to_string();
+    match tokio::task::spawn_blocking(move || Store::open(&opts)).await {
+        Ok(opened) => opened.map_err(|source| AppError::Store { path, source }),
+        Err(source) => Err(AppError::StoreOpenTask { path, source }),
     }
-    Ok(out)
 }
 
-/// What every downlink route is connected to: the router it hands commands
-/// to, the stop signal of its source, readiness (paused by the store budget).
-struct DownlinkWiring<'a> {
-    router: &'a mpsc::Sender<crate::mqtt::router::RouterMsg>,
-    stop: &'a watch::Receiver<bool>,
-    ready: &'a Arc<crate::admin::Readiness>,
-}
-
-/// Starts each downlink route: its processor (command → router), its source
-/// (Kafka consumer group or AMQP queue), and the receipts task if any route
-/// wants delivery receipts.
-async fn start_downlink(
-    cfg: &Config,
-    node_id: &str,
-    sinks: &[SinkHandle],
-    metrics: &BridgeMetrics,
-    receipts: mpsc::Receiver<crate::mqtt::router::ReceiptEvent>,
-    wiring: DownlinkWiring<'_>,
-) -> Result<Vec<JoinHandle<()>>, AppError> {
-    use crate::bridge::downlink;
-    let DownlinkWiring {
-        router,
-        stop,
-        ready,
-    } = wiring;
-    let mut tasks = Vec::new();
-    let mut receipt_targets = std::collections::HashMap::new();
-    for r in &cfg.bridge.downlink {
-        let sink = sinks.iter().find(|s| *s.backend == r.backend).cloned();
-        let counters = metrics.downlink(&r.name);
-        let Some(p) = downlink::start(
-            r,
-            router.clone(),
-            downlink::MessageLimits {
-                max_packet: cfg.mqtt.max_packet_size,
-                topic: cfg.mqtt.topic_limits(),
-            },
-            sink.clone(),
-            downlink::Reporting {
-                counters: counters.clone(),
-                dead_counters: metrics.route(&r.name),
-                ready: ready.clone(),
-            },
-            cfg.bridge.queue_capacity.min(4096),
-        ) else {
-            continue; // templates validated with the config
-        };
-        tasks.push(p.task);
-        if let (Some(target), Some(sink)) = (&r.receipt_target, sink) {
-            receipt_targets.insert(
-                r.name.clone(),
-                (sink, target.clone(), metrics.route(&r.name), counters),
-            );
-        }
-        let source = match cfg.bridge.backends.iter().find(|b| b.name() == r.backend) {
-            Some(BackendConfig::Kafka(k)) => {
-                downlink::kafka::start(k, r, node_id, p.tx, stop.clone()).await?
-            }
-            Some(BackendConfig::Amqp(a)) => downlink::amqp::start(a, r, p.tx, stop.clone()).await?,
-            _ => continue,
-        };
-        tasks.push(source);
-    }
-    if !receipt_targets.is_empty() {
-        tasks.push(downlink::start_receipts(receipt_targets, receipts));
-    }
-    Ok(tasks)
-}
-
-/// Starts one sink per configured backend.
-async fn start_sinks(
-    cfg: &Config,
-    metrics: &BridgeMetrics,
-) -> Result<(Vec<SinkHandle>, Vec<JoinHandle<()>>), AppError> {
-    let cap = cfg.bridge.queue_capacity;
-    let mut handles = Vec::new();
-    let mut tasks = Vec::new();
-    for b in &cfg.bridge.backends {
-        let counters = metrics.backend(b.name());
-        let RunningSink { handle, task } = match b {
-            BackendConfig::File(f) => crate::bridge::file::start(f, counters, cap)?,
-            BackendConfig::Kafka(k) => {
-                let topics = cfg
-                    .bridge
-                    .uplink
-                    .iter()
-                    .filter(|r| r.backend == k.name)
-                    .filter_map(|r| {
-                        crate::bridge::template::Template::parse(&r.target)
-                            .ok()?
-                            .literal()
-                    })
-                    .collect();
-                crate::bridge::kafka::start(k, topics, counters, cap).await?
-            }
-            BackendConfig::Amqp(a) => crate::bridge::amqp::start(a, counters, cap).await?,
-        };
-        handles.push(handle);
-        tasks.push(task);
-    }
-    Ok((handles, tasks))
-}
-
-async fn stopped(mut rx: watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
+/// Binds `addr` for `what`; returns the listener and where it is bound.
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr), AppError> {
+    let err = |source| AppError::Bind { what, addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(err)?;
+    let bound = listener.local_addr().map_err(err)?;
+    Ok((listener, bound))
 }
 
 impl Gateway {
-    /// Opens the store, starts the router and binds the listeners.
-    pub async fn start(cfg: Config) -> Result<Gateway, AppError> {
+    /// Opens the store, starts the router and binds the listeners. On an
+    /// error, what was started is stopped again (within the grace period),
+    /// so that the store is closed when this returns.
+    pub async fn start(cfg: Validated) -> Result<Gateway, AppError> {
+        let (tasks, failed) = Tasks::new();
+        let grace = cfg.server.shutdown_grace();
+        match Self::start_on(cfg, tasks.clone(), failed).await {
+            Ok(gateway) => Ok(gateway),
+            Err(e) => {
+                let unfinished = tasks.shutdown(grace).await;
+                if !unfinished.is_empty() {
+                    tracing::error!(?unfinished, "start-up failed and these tasks did not stop");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_on(
+        cfg: Validated,
+        tasks: Tasks,
+        failed: mpsc::Receiver<TaskFailure>,
+    ) -> Result<Gateway, AppError> {
         let cfg = Arc::new(cfg);
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::new(&mut registry));
         let bridge_metrics = BridgeMetrics::new(&mut registry);
-        let opts = StoreOptions {
-            path: cfg.store.path.clone(),
-            max_batch_ops: cfg.store.max_batch_ops,
-            queue_capacity: cfg.store.queue_capacity,
-            cache_bytes: cfg.store.cache_mb * 1024 * 1024,
-            observer: Some({
-                let m = metrics.clone();
-                Arc::new(move |ops, took| m.store_commit(ops, took))
-            }),
-            commit_retry_max: Duration::from_secs(cfg.store.commit_retry_max_secs),
-        };
-        let path = cfg.store.path.display().to_string();
-        let (store, recovered) = tokio::task::spawn_blocking(move || Store::open(&opts))
-            .await
-            .map_err(|e| AppError::Store {
-                path: path.clone(),
-                source: crate::store::StoreError::Database(e.to_string()),
-            })?
-            .map_err(|source| AppError::Store { path, source })?;
+        let (store, recovered) = open_store(&cfg, &metrics).await?;
         let ready = Arc::new(crate::admin::Readiness::default());
         let disk_watch = DiskWatch {
             store: store.clone(),
@@ -288,16 +142,10 @@ impl Gateway {
         // Before any client is let in, so a full disk is refused from the start.
         disk_watch.check();
         let node_id = crate::node::resolve(&cfg.server.node_id, &cfg.store.path)?;
-        let (stop, stop_rx) = watch::channel(false);
-        let (failed_tx, failed) = mpsc::channel(16);
-        let sup = Supervisor {
-            stopping: stop_rx.clone(),
-            failed: failed_tx,
-        };
-        let store_writer = {
+        {
             let store = store.clone();
-            tokio::spawn(async move { store.writer_stopped().await })
-        };
+            tasks.supervise("store writer", async move { store.writer_stopped().await });
+        }
         let (router_tx, router_rx) = mpsc::channel(ROUTER_CHANNEL);
         // Delivery receipts: acknowledged commands reported by the router. Bounded;
         // when full the router drops the receipt with a warning.
@@ -308,6 +156,7 @@ impl Gateway {
             store.clone(),
             recovered,
             router_tx.downgrade(),
+            tasks.clone(),
         );
         if cfg
             .bridge
@@ -317,70 +166,49 @@ impl Gateway {
         {
             router = router.with_receipts(receipt_tx);
         }
-        let router = tokio::spawn(router.run(router_rx, stopped(stop_rx.clone())));
+        tasks.supervise("router", router.run(router_rx, tasks.cancelled()));
 
-        let listen = cfg.mqtt.listen.clone();
-        let listener = TcpListener::bind(&listen)
-            .await
-            .map_err(|source| AppError::Bind {
-                what: "MQTT listener",
-                addr: listen.clone(),
-                source,
-            })?;
-        let mqtt_addr = listener.local_addr().map_err(|source| AppError::Bind {
-            what: "MQTT listener",
-            addr: listen,
-            source,
-        })?;
-        let mut admin = None;
-        let admin_addr = if cfg.admin.listen.is_empty() {
-            None
-        } else {
-            let addr = cfg.admin.listen.clone();
-            let l = TcpListener::bind(&addr)
-                .await
-                .map_err(|source| AppError::Bind {
-                    what: "admin endpoint",
-                    addr: addr.clone(),
-                    source,
-                })?;
-            let bound = l.local_addr().map_err(|source| AppError::Bind {
-                what: "admin endpoint",
-                addr,
-                source,
-            })?;
-            let registry = Arc::new(registry);
-            let serve = crate::admin::serve(l, registry, ready.clone(), stopped(stop_rx.clone()));
-            admin = Some(tokio::spawn(async move {
+        let (listener, mqtt_addr) = bind("MQTT listener", cfg.mqtt_listen()).await?;
+        let admin_addr = if let Some(addr) = cfg.admin_listen() {
+            let (l, bound) = bind("admin endpoint", addr).await?;
+            let serve = crate::admin::serve(l, Arc::new(registry), ready.clone(), tasks.clone());
+            tasks.supervise("admin endpoint", async move {
                 if let Err(error) = serve.await {
                     tracing::error!(%error, "admin endpoint failed");
                 }
-            }));
+            });
             Some(bound)
+        } else {
+            None
         };
-        let (sinks, mut sink_tasks) = start_sinks(&cfg, &bridge_metrics).await?;
-        let route_sinks = route_sinks(
-            &cfg,
-            &sinks,
-            &bridge_metrics,
-            store.health(),
-            &mut sink_tasks,
-        )?;
-        let uplink = Uplink::new(&cfg.bridge, &route_sinks, &bridge_metrics);
-        let sources = start_downlink(
-            &cfg,
-            &node_id,
-            &sinks,
-            &bridge_metrics,
-            receipt_rx,
-            DownlinkWiring {
+        let bridge = crate::bridge::start::start(
+            cfg.valid_bridge(),
+            crate::bridge::start::Wiring {
+                node_id: &node_id,
+                metrics: &bridge_metrics,
+                store_dir: &cfg.store.path,
+                store_health: store.health().clone(),
                 router: &router_tx,
-                stop: &stop_rx,
+                receipts: receipt_rx,
                 ready: &ready,
+                limits: crate::bridge::downlink::MessageLimits {
+                    max_packet: cfg.mqtt.max_packet_size,
+                    topic: cfg.mqtt.topic_limits(),
+                },
+                cancel: tasks.token().clone(),
+                tasks: tasks.tracker().clone(),
             },
         )
         .await?;
-        drop((sinks, route_sinks));
+        let uplink = bridge.uplink;
+        bridge
+            .downlink
+            .into_iter()
+            .for_each(|t| tasks.watch("downlink", t));
+        bridge
+            .sinks
+            .into_iter()
+            .for_each(|t| tasks.watch("uplink sink", t));
         let router_weak = router_tx.downgrade();
         let shared = Arc::new(Shared {
             uplink,
@@ -388,20 +216,11 @@ impl Gateway {
             metrics,
             router: router_tx,
         });
-        let listener = tokio::spawn(crate::mqtt::listener::run(
-            listener,
-            shared,
-            stopped(stop_rx),
-        ));
-        let mut tasks = Vec::new();
-        tasks.extend(sources.into_iter().map(|t| sup.watch("downlink", t)));
-        tasks.push(sup.watch("mqtt listener", listener));
-        tasks.extend(admin.map(|t| sup.watch("admin endpoint", t)));
-        tasks.push(sup.watch("router", router));
-        tasks.push(sup.watch("store writer", store_writer));
-        tasks.extend(sink_tasks.into_iter().map(|t| sup.watch("uplink sink", t)));
-        let disk_watch = tokio::spawn(disk_watch.run(stopped(stop.subscribe())));
-        tasks.push(sup.watch("store disk watch", disk_watch));
+        tasks.supervise(
+            "mqtt listener",
+            crate::mqtt::listener::run(listener, shared, tasks.clone()),
+        );
+        tasks.supervise("store disk watch", disk_watch.run(tasks.cancelled()));
         // Ready once started, and from then on while the store accepts writes
         // (and no downlink is paused by the store budget).
         ready.set_started(true);
@@ -409,11 +228,10 @@ impl Gateway {
         Ok(Gateway {
             mqtt_addr,
             admin_addr,
-            stop,
             tasks,
             failed,
             router_tx: router_weak,
-            grace: Duration::from_secs(cfg.server.shutdown_grace_secs),
+            grace: cfg.server.shutdown_grace(),
         })
     }
 
@@ -454,32 +272,24 @@ impl Gateway {
         }
     }
 
-    /// Stops accepting, detaches clients, flushes and closes the store.
+    /// Gives the stop signal and waits for every task of the gateway within
+    /// `server.shutdown_grace_secs`: the sources stop consuming (what they
+    /// did not commit is consumed again later), the router detaches the
+    /// clients and closes the store, the sinks drain what they hold. Logs
+    /// by name what did not finish in time.
     pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        let tasks = self.tasks;
-        let mut left: Vec<&'static str> = tasks.iter().map(|(n, _)| *n).collect();
-        let all = async {
-            // In order: sources stop consuming first (what they did not commit
-            // is consumed again later); the router kicks the connections and
-            // closes the store; the sinks drain what they hold.
-            for (_, t) in tasks {
-                let _ = t.await;
-                left.remove(0);
-            }
-        };
-        match tokio::time::timeout(self.grace, all).await {
-            Ok(_) => tracing::info!("mqbridge stopped"),
-            Err(_) => {
-                tracing::error!(grace = ?self.grace, unfinished = ?left, "shutdown grace period exceeded; exiting anyway")
-            }
+        let unfinished = self.tasks.shutdown(self.grace).await;
+        if unfinished.is_empty() {
+            tracing::info!("mqbridge stopped");
+        } else {
+            tracing::error!(grace = ?self.grace, ?unfinished, "shutdown grace period exceeded; exiting anyway");
         }
     }
 }
 
 /// Runs the gateway until `shutdown` resolves or one of its tasks fails.
 pub async fn run(
-    cfg: Config,
+    cfg: Validated,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AppError> {
     Gateway::start(cfg).await?.serve(shutdown).await

@@ -24,10 +24,13 @@ const EXIT_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let cfg = match mqbridge::config::load(args.config.as_deref()) {
+    let cfg = match load_and_validate(&args) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("mqbridge: invalid configuration: {e}");
+        Err(errors) => {
+            // Every problem, one per line, so one run shows all there is to fix.
+            for e in &errors {
+                eprintln!("mqbridge: invalid configuration: {}", error_chain(e));
+            }
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -35,8 +38,8 @@ fn main() -> ExitCode {
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| cfg.env_filter());
     tracing_subscriber::fmt().with_env_filter(filter).init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -48,11 +51,34 @@ fn main() -> ExitCode {
     match runtime.block_on(mqbridge::app::run(cfg, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "mqbridge failed");
-            eprintln!("mqbridge: {e}");
+            let chain = error_chain(&e);
+            tracing::error!(error = %chain, "mqbridge failed");
+            eprintln!("mqbridge: {chain}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The configuration, or every problem with it. Runs before anything is
+/// opened or bound.
+fn load_and_validate(
+    args: &Args,
+) -> Result<mqbridge::config::Validated, Vec<mqbridge::config::ConfigError>> {
+    let cfg = mqbridge::config::load(args.config.as_deref()).map_err(|e| vec![e])?;
+    cfg.validate()
+}
+
+/// `e` and its sources, outermost first: "binding MQTT listener on ...:
+/// Address in use".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -1,20 +1,33 @@
 //! The bridge between MQTT and the backends.
 //!
-//! - [`uplink`]: routes that mirror MQTT PUBLISHes to backends; the device's
+//! - [`contract`]: the narrow [`Sink`](contract::Sink) (uplink) and
+//!   [`Source`](contract::Source) (downlink) traits a backend implements.
+//! - [`driver`]: what every backend shares — `run_sink`, `run_source`, the
+//!   in-order [`SettleQueue`](driver::SettleQueue), the jittered `Backoff`.
+//! - [`registry`]: backend kind → constructor of a [`registry::Backend`];
+//!   adding a backend is one folder and one line there.
+//! - [`start`]: starts sinks, spools, routes and sources from the checked
+//!   configuration.
+//! - [`file`], [`kafka`], [`amqp`]: one folder per backend, both directions
+//!   and its settings. A sink takes [`Envelope`]s from a bounded channel in
+//!   order and answers each envelope's `confirm` once the backend confirmed
+//!   it (or refused it for good); it never confirms what the backend has not.
+//! - [`uplink`]: routes that mirror MQTT PUBLISHes to sinks; the device's
 //!   PUBACK/PUBREC waits for every matching route's confirmation.
-//! - [`file`], [`kafka`], [`amqp`]: one sink task per configured backend. A
-//!   sink takes [`Envelope`]s from a bounded channel in order and answers each
-//!   envelope's `confirm` once the backend confirmed it (or refused it for
-//!   good). It never confirms what the backend has not confirmed.
-//! - [`template`]: target/key templates.
+//! - [`downlink`]: the processor of commands, and delivery receipts.
+//! - [`spool`]: `ack = "spool"`, an fsynced spool in front of a sink.
+//! - [`template`]: the one template engine; [`metrics`]: the bridge's metrics.
 
 pub mod amqp;
-pub mod backoff;
+pub mod contract;
 pub mod downlink;
+pub mod driver;
 pub mod file;
 pub mod kafka;
 pub mod metrics;
+pub mod registry;
 pub mod spool;
+pub mod start;
 pub mod template;
 pub mod uplink;
 
@@ -82,8 +95,41 @@ pub struct RunningSink {
     pub task: JoinHandle<()>,
 }
 
+/// Why a backend could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
     #[error("backend {backend}: {reason}")]
     Backend { backend: String, reason: String },
+    /// Settings the backend can never work with (normally caught when the
+    /// configuration is validated; this is for callers that skip that).
+    #[error("backend {backend}{}: {}", route.as_ref().map(|r| format!(", downlink route {r:?}")).unwrap_or_default(), errors.iter().map(|e| format!("{}: {}", e.key, e.reason)).collect::<Vec<_>>().join("; "))]
+    Settings {
+        backend: String,
+        route: Option<String>,
+        errors: Vec<registry::SettingError>,
+    },
+}
+
+impl BridgeError {
+    pub fn settings(backend: &str, errors: &[registry::SettingError]) -> BridgeError {
+        BridgeError::Settings {
+            backend: backend.to_string(),
+            route: None,
+            errors: errors.to_vec(),
+        }
+    }
+
+    /// The same error, said of a downlink route.
+    pub fn in_route(self, route: &str) -> BridgeError {
+        match self {
+            BridgeError::Settings {
+                backend, errors, ..
+            } => BridgeError::Settings {
+                backend,
+                route: Some(route.to_string()),
+                errors,
+            },
+            other => other,
+        }
+    }
 }

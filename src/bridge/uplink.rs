@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::metrics::{BridgeMetrics, RouteCounters};
 use super::template::{Template, Vars};
 use super::{ConfirmTx, Envelope, Record, SinkError, SinkHandle};
-use crate::config::{BackendConfig, BridgeConfig};
+use crate::config::ValidUplink;
 use crate::mqtt::message::Message;
 use crate::mqtt::topic::filter_matches;
 
@@ -55,35 +55,21 @@ pub struct Origin<'a> {
 }
 
 impl Uplink {
-    /// Compiles the routes; `sinks[i]` is where route `i` sends (its
-    /// backend, or its spool in front of the backend).
-    pub fn new(cfg: &BridgeConfig, sinks: &[SinkHandle], metrics: &BridgeMetrics) -> Uplink {
-        let mut routes = Vec::new();
-        for (r, sink) in cfg.uplink.iter().zip(sinks) {
-            let amqp = cfg
-                .backends
-                .iter()
-                .any(|b| b.name() == r.backend && matches!(b, BackendConfig::Amqp(_)));
-            let key = match (amqp, &r.key, &r.routing_key) {
-                (false, Some(k), _) => k.as_str(),
-                (false, None, _) => "{client_id}",
-                (true, _, Some(k)) => k.as_str(),
-                (true, _, None) => "{topic_dotted}",
-            };
-            // Templates were validated with the config; a failure here cannot happen.
-            let (Ok(target), Ok(key)) = (Template::parse(&r.target), Template::parse(key)) else {
-                continue;
-            };
-            routes.push(Route {
-                name: r.name.as_str().into(),
-                filter: r.filter.clone(),
-                sink: sink.tx.clone(),
-                target,
-                key: Some(key),
-                give_up: (r.give_up_secs > 0).then(|| Duration::from_secs(r.give_up_secs)),
-                counters: metrics.route(&r.name),
-            });
-        }
+    /// The checked routes, each with where it sends (its backend's sink,
+    /// or its spool in front of the backend).
+    pub fn new(routes: Vec<(ValidUplink, SinkHandle)>, metrics: &BridgeMetrics) -> Uplink {
+        let routes = routes
+            .into_iter()
+            .map(|(r, sink)| Route {
+                counters: metrics.route(&r.route.name),
+                name: r.route.name.as_str().into(),
+                filter: r.route.filter,
+                sink: sink.tx,
+                target: r.target,
+                key: Some(r.key),
+                give_up: r.give_up,
+            })
+            .collect();
         Uplink { routes }
     }
 

@@ -5,7 +5,15 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use super::ConfigError;
+pub use crate::bridge::amqp::config::AmqpBackend;
+pub use crate::bridge::file::config::FileBackend;
+pub use crate::bridge::kafka::config::KafkaBackend;
+use crate::bridge::registry::{self, Backend, SettingError};
+use crate::bridge::template::Template;
 
 /// `[bridge]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,15 +58,38 @@ impl Default for BridgeConfig {
     }
 }
 
-/// One backend, tagged by `kind`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+/// One backend, tagged by `kind`. The built-in kinds are typed here; any
+/// other kind is kept as [`ExtensionBackend`] and parsed by the constructor
+/// registered for it in [`crate::bridge::registry`] (checked with the rest
+/// of the configuration).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendConfig {
     /// Append-only JSON-lines files, rotated by size (needs no service).
     File(FileBackend),
     /// Kafka (or a Kafka-protocol broker) through librdkafka.
     Kafka(KafkaBackend),
     /// RabbitMQ / AMQP 0-9-1 with publisher confirms.
+    Amqp(AmqpBackend),
+    /// A kind registered at run time (an embedding program, a test).
+    Extension(ExtensionBackend),
+}
+
+/// A backend of a registered kind: its name and its other settings, as
+/// written, for the kind's constructor to parse.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExtensionBackend {
+    pub kind: String,
+    pub name: String,
+    #[serde(flatten)]
+    pub settings: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The built-in kinds, as serde sees them.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum BuiltIn {
+    File(FileBackend),
+    Kafka(KafkaBackend),
     Amqp(AmqpBackend),
 }
 
@@ -68,75 +99,62 @@ impl BackendConfig {
             BackendConfig::File(b) => &b.name,
             BackendConfig::Kafka(b) => &b.name,
             BackendConfig::Amqp(b) => &b.name,
+            BackendConfig::Extension(b) => &b.name,
+        }
+    }
+
+    /// The `kind` it was configured with.
+    pub fn kind(&self) -> &str {
+        match self {
+            BackendConfig::File(_) => "file",
+            BackendConfig::Kafka(_) => "kafka",
+            BackendConfig::Amqp(_) => "amqp",
+            BackendConfig::Extension(b) => &b.kind,
         }
     }
 }
 
-/// `kind = "file"`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileBackend {
-    /// Name routes use to refer to this backend.
-    pub name: String,
-    /// Directory of the files; a route's target is the file name stem
-    /// (`<target>.jsonl`, rotated to `<target>.jsonl.1` ...).
-    pub path: PathBuf,
-    /// Size at which a file is rotated, in bytes.
-    pub max_file_bytes: u64,
-    /// Rotated files kept per target (older ones are deleted).
-    pub max_files: usize,
+impl Serialize for BackendConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            BackendConfig::File(b) => BuiltIn::File(b.clone()).serialize(s),
+            BackendConfig::Kafka(b) => BuiltIn::Kafka(b.clone()).serialize(s),
+            BackendConfig::Amqp(b) => BuiltIn::Amqp(b.clone()).serialize(s),
+            BackendConfig::Extension(b) => b.serialize(s),
+        }
+    }
 }
 
-/// `kind = "kafka"`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KafkaBackend {
-    /// Name routes use to refer to this backend.
-    pub name: String,
-    /// `bootstrap.servers`, e.g. "127.0.0.1:9092".
-    pub bootstrap_servers: String,
-    /// `compression.type`: none, gzip, snappy, lz4 or zstd.
-    #[serde(default = "default_compression")]
-    pub compression: String,
-    /// Create the (literal) topics that routes name at start-up if missing.
-    #[serde(default)]
-    pub create_topics: bool,
-    /// Partitions of topics created by mqbridge.
-    #[serde(default = "default_partitions")]
-    pub topic_partitions: i32,
-    /// Replication factor of topics created by mqbridge.
-    #[serde(default = "default_replication")]
-    pub topic_replication: i32,
-    /// Extra librdkafka properties, each "key=value" (passed through as is;
-    /// acks=all and idempotence are always on).
-    #[serde(default)]
-    pub properties: Vec<String>,
-}
-
-/// `kind = "amqp"`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AmqpBackend {
-    /// Name routes use to refer to this backend.
-    pub name: String,
-    /// AMQP URI, e.g. "amqp://guest:guest@127.0.0.1:5672/%2f".
-    pub uri: String,
-    /// Exchange routes publish to when their `target` is empty.
-    #[serde(default)]
-    pub exchange: String,
-    /// Exchange type when declared: direct, fanout, topic or headers.
-    #[serde(default = "default_exchange_kind")]
-    pub exchange_kind: String,
-    /// Declare the exchange (durable) at start-up.
-    #[serde(default)]
-    pub declare_exchange: bool,
-    /// Delivery mode 2 (persistent) for published messages.
-    #[serde(default = "yes")]
-    pub persistent: bool,
-    /// Publish with `mandatory`, so unroutable messages come back and are
-    /// reported as rejected instead of vanishing.
-    #[serde(default = "yes")]
-    pub mandatory: bool,
+impl<'de> Deserialize<'de> for BackendConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let mut table = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        let kind = match table.get("kind") {
+            Some(serde_json::Value::String(k)) => k.clone(),
+            Some(_) => return Err(D::Error::custom("`kind` must be a string")),
+            None => return Err(D::Error::missing_field("kind")),
+        };
+        if matches!(kind.as_str(), "file" | "kafka" | "amqp") {
+            let built_in = serde_json::from_value(serde_json::Value::Object(table))
+                .map_err(D::Error::custom)?;
+            return Ok(match built_in {
+                BuiltIn::File(b) => BackendConfig::File(b),
+                BuiltIn::Kafka(b) => BackendConfig::Kafka(b),
+                BuiltIn::Amqp(b) => BackendConfig::Amqp(b),
+            });
+        }
+        table.remove("kind");
+        let name = match table.remove("name") {
+            Some(serde_json::Value::String(n)) => n,
+            Some(_) => return Err(D::Error::custom("`name` must be a string")),
+            None => return Err(D::Error::missing_field("name")),
+        };
+        Ok(BackendConfig::Extension(ExtensionBackend {
+            kind,
+            name,
+            settings: table,
+        }))
+    }
 }
 
 /// When a device's QoS 1/2 PUBLISH is acknowledged.
@@ -257,21 +275,6 @@ fn default_command_qos() -> u8 {
     1
 }
 
-fn default_compression() -> String {
-    "lz4".into()
-}
-fn default_partitions() -> i32 {
-    3
-}
-fn default_replication() -> i32 {
-    1
-}
-fn default_exchange_kind() -> String {
-    "topic".into()
-}
-fn yes() -> bool {
-    true
-}
 fn default_spool_bytes() -> u64 {
     1 << 30
 }
@@ -279,148 +282,213 @@ fn default_ack() -> AckMode {
     AckMode::Backend
 }
 
+/// The `[bridge]` section, checked and parsed: what the gateway runs.
+#[derive(Debug, Clone)]
+pub struct ValidBridge {
+    pub queue_capacity: usize,
+    /// In configuration order.
+    pub backends: Vec<Arc<dyn Backend>>,
+    pub uplink: Vec<ValidUplink>,
+    pub downlink: Vec<ValidDownlink>,
+}
+
+/// An uplink route with its backend and compiled templates.
+#[derive(Debug, Clone)]
+pub struct ValidUplink {
+    pub route: UplinkRoute,
+    pub backend: Arc<dyn Backend>,
+    pub target: Template,
+    /// Kafka message key / AMQP routing key (the backend's default if the
+    /// route sets none).
+    pub key: Template,
+    /// How long a device waits for the backend at most (`give_up_secs`).
+    pub give_up: Option<Duration>,
+}
+
+/// A downlink route with the backend it consumes from.
+#[derive(Debug, Clone)]
+pub struct ValidDownlink {
+    pub route: DownlinkRoute,
+    pub backend: Arc<dyn Backend>,
+}
+
+/// Collects the problems of one section, each with its dotted key.
+struct Problems(Vec<ConfigError>);
+
+impl Problems {
+    fn add(&mut self, key: String, reason: impl Into<String>) {
+        self.0.push(ConfigError::at(key, reason));
+    }
+
+    fn settings(&mut self, prefix: &str, errors: Vec<SettingError>) {
+        for e in errors {
+            self.add(format!("{prefix}.{}", e.key), e.reason);
+        }
+    }
+}
+
 impl BridgeConfig {
-    /// Checks names, references, filters and templates (`session_max_expiry`:
+    /// Checks and parses the section (`session_max_expiry`:
     /// `session.max_session_expiry_secs`, the expiry of preset sessions).
-    pub fn validate(&self, session_max_expiry: u32) -> Result<(), ConfigError> {
+    /// Reports every problem, each with its dotted key.
+    pub fn validate(&self, session_max_expiry: u32) -> Result<ValidBridge, Vec<ConfigError>> {
+        let mut p = Problems(Vec::new());
         if self.queue_capacity == 0 {
-            return Err(ConfigError::invalid(
+            p.0.push(ConfigError::invalid(
                 "bridge.queue_capacity",
                 "must be greater than 0",
             ));
         }
-        let mut names = std::collections::HashSet::new();
-        for (i, b) in self.backends.iter().enumerate() {
-            let at = |what: &str| format!("bridge.backends[{i}].{what}");
-            if b.name().is_empty() || !names.insert(b.name()) {
-                return Err(ConfigError::at(
-                    at("name"),
-                    format!("{:?} is empty or used twice", b.name()),
-                ));
-            }
-            match b {
-                BackendConfig::File(f) if f.max_file_bytes == 0 || f.max_files == 0 => {
-                    return Err(ConfigError::at(
-                        at("max_file_bytes"),
-                        "max_file_bytes and max_files must be > 0",
-                    ));
-                }
-                BackendConfig::Kafka(k) if k.bootstrap_servers.is_empty() => {
-                    return Err(ConfigError::at(
-                        at("bootstrap_servers"),
-                        "must not be empty",
-                    ));
-                }
-                BackendConfig::Kafka(k) => {
-                    if let Some(p) = k.properties.iter().find(|p| !p.contains('=')) {
-                        return Err(ConfigError::at(
-                            at("properties"),
-                            format!("{p:?} is not key=value"),
-                        ));
-                    }
-                }
-                BackendConfig::Amqp(a) if a.uri.is_empty() => {
-                    return Err(ConfigError::at(at("uri"), "must not be empty"));
-                }
-                _ => {}
-            }
-        }
+        let backends = self.backends(&mut p);
+        let find = |name: &str| backends.iter().find(|b| b.name() == name).cloned();
+        // Names of entries that exist but failed their own checks: routes
+        // naming them are not told "no backend named".
+        let broken = |name: &str| self.backends.iter().any(|b| b.name() == name);
+        let mut uplink = Vec::new();
         for (i, r) in self.uplink.iter().enumerate() {
             let at = |what: &str| format!("bridge.uplink[{i}].{what}");
-            if !crate::mqtt::topic::valid_filter(&r.filter) {
-                return Err(ConfigError::at(
-                    at("filter"),
-                    format!("{:?} is not a valid topic filter", r.filter),
-                ));
+            let backend = find(&r.backend);
+            if backend.is_none() && !broken(&r.backend) {
+                p.add(at("backend"), format!("no backend named {:?}", r.backend));
             }
-            let Some(b) = self.backends.iter().find(|b| b.name() == r.backend) else {
-                return Err(ConfigError::at(
-                    at("backend"),
-                    format!("no backend named {:?}", r.backend),
-                ));
-            };
-            let target_required = !matches!(b, BackendConfig::Amqp(a) if !a.exchange.is_empty());
-            if target_required && r.target.is_empty() {
-                return Err(ConfigError::at(
-                    at("target"),
-                    "must not be empty for this backend",
-                ));
-            }
-            for (what, t) in [
-                ("target", Some(&r.target)),
-                ("key", r.key.as_ref()),
-                ("routing_key", r.routing_key.as_ref()),
-            ] {
-                if let Some(t) = t {
-                    crate::bridge::template::Template::parse(t)
-                        .map_err(|e| ConfigError::at(at(what), e.to_string()))?;
-                }
-            }
-            if r.ack == AckMode::Spool && r.spool_max_bytes == 0 {
-                return Err(ConfigError::at(at("spool_max_bytes"), "must be > 0"));
+            if let Some(route) = uplink_route(r, backend, &at, &mut p) {
+                uplink.push(route);
             }
         }
+        let mut downlink = Vec::new();
         for (i, r) in self.downlink.iter().enumerate() {
-            self.validate_downlink(i, r, session_max_expiry)?;
+            let at = |what: &str| format!("bridge.downlink[{i}].{what}");
+            let backend = find(&r.backend);
+            if backend.is_none() && !broken(&r.backend) {
+                p.add(at("backend"), format!("no backend named {:?}", r.backend));
+            }
+            check_downlink(r, backend.as_deref(), session_max_expiry, &at, &mut p);
+            if let Some(backend) = backend {
+                downlink.push(ValidDownlink {
+                    route: r.clone(),
+                    backend,
+                });
+            }
         }
-        Ok(())
+        if !p.0.is_empty() {
+            return Err(p.0);
+        }
+        Ok(ValidBridge {
+            queue_capacity: self.queue_capacity,
+            backends,
+            uplink,
+            downlink,
+        })
     }
 
-    fn validate_downlink(
-        &self,
-        i: usize,
-        r: &DownlinkRoute,
-        session_max_expiry: u32,
-    ) -> Result<(), ConfigError> {
-        let at = |what: &str| format!("bridge.downlink[{i}].{what}");
-        let backend = self.backends.iter().find(|b| b.name() == r.backend);
-        match backend {
-            Some(BackendConfig::Kafka(_)) if r.topics.is_empty() => {
-                return Err(ConfigError::at(
-                    at("topics"),
-                    "a Kafka downlink needs at least one topic",
-                ));
+    /// Builds each backend through its kind's constructor.
+    fn backends(&self, p: &mut Problems) -> Vec<Arc<dyn Backend>> {
+        let mut names = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for (i, b) in self.backends.iter().enumerate() {
+            let prefix = format!("bridge.backends[{i}]");
+            if b.name().is_empty() || !names.insert(b.name()) {
+                p.add(
+                    format!("{prefix}.name"),
+                    format!("{:?} is empty or used twice", b.name()),
+                );
             }
-            Some(BackendConfig::Amqp(_)) if r.queue.is_empty() => {
-                return Err(ConfigError::at(
-                    at("queue"),
-                    "an AMQP downlink needs a queue",
-                ));
-            }
-            Some(BackendConfig::Kafka(_)) | Some(BackendConfig::Amqp(_)) => {}
-            _ => {
-                return Err(ConfigError::at(
-                    at("backend"),
-                    format!("no kafka or amqp backend named {:?}", r.backend),
-                ))
+            match registry::build(b) {
+                Ok(backend) => out.push(backend),
+                Err(errors) => p.settings(&prefix, errors),
             }
         }
-        if matches!(backend, Some(BackendConfig::Amqp(_))) && r.prefetch == 0 {
-            // 0 means "unlimited" to the broker: nothing would bound what is in flight.
-            return Err(ConfigError::at(at("prefetch"), "must be > 0"));
+        out
+    }
+}
+
+/// Checks one uplink route; its compiled form if it and its backend are good.
+fn uplink_route(
+    r: &UplinkRoute,
+    backend: Option<Arc<dyn Backend>>,
+    at: &dyn Fn(&str) -> String,
+    p: &mut Problems,
+) -> Option<ValidUplink> {
+    let before = p.0.len();
+    if !crate::mqtt::topic::valid_filter(&r.filter) {
+        p.add(
+            at("filter"),
+            format!("{:?} is not a valid topic filter", r.filter),
+        );
+    }
+    if backend.as_ref().is_some_and(|b| b.target_required()) && r.target.is_empty() {
+        p.add(at("target"), "must not be empty for this backend");
+    }
+    for (what, t) in [
+        ("target", Some(&r.target)),
+        ("key", r.key.as_ref()),
+        ("routing_key", r.routing_key.as_ref()),
+    ] {
+        if let Some(Err(e)) = t.map(|t| Template::parse(t)) {
+            p.add(at(what), e.to_string());
         }
-        if r.qos > 2 {
-            return Err(ConfigError::at(at("qos"), "must be 0, 1 or 2"));
+    }
+    if r.ack == AckMode::Spool && r.spool_max_bytes == 0 {
+        p.add(at("spool_max_bytes"), "must be > 0");
+    }
+    if r.give_up_secs > super::MAX_DURATION_SECS {
+        p.add(
+            at("give_up_secs"),
+            format!("at most {} seconds", super::MAX_DURATION_SECS),
+        );
+    }
+    let backend = backend?;
+    if p.0.len() > before {
+        return None;
+    }
+    let (Ok(target), Ok(key)) = (
+        Template::parse(&r.target),
+        Template::parse(&backend.uplink_key(r)),
+    ) else {
+        p.add(
+            at("key"),
+            "the backend's default key template does not parse",
+        );
+        return None;
+    };
+    Some(ValidUplink {
+        route: r.clone(),
+        backend,
+        target,
+        key,
+        give_up: (r.give_up_secs > 0).then(|| Duration::from_secs(r.give_up_secs)),
+    })
+}
+
+fn check_downlink(
+    r: &DownlinkRoute,
+    backend: Option<&dyn Backend>,
+    session_max_expiry: u32,
+    at: &dyn Fn(&str) -> String,
+    p: &mut Problems,
+) {
+    if let Some(b) = backend {
+        p.settings(at("").trim_end_matches('.'), b.check_downlink(r));
+    }
+    if r.qos > 2 {
+        p.add(at("qos"), "must be 0, 1 or 2");
+    }
+    if r.create_sessions && session_max_expiry == 0 {
+        // A preset session with expiry 0 would not be persistent: nothing stored.
+        p.add(
+            at("create_sessions"),
+            "needs session.max_session_expiry_secs > 0",
+        );
+    }
+    if r.create_sessions && r.client_id.is_none() {
+        p.add(at("create_sessions"), "needs client_id");
+    }
+    for (what, t) in [
+        ("topic", Some(&r.topic)),
+        ("client_id", r.client_id.as_ref()),
+    ] {
+        if let Some(Err(e)) = t.map(|t| crate::bridge::downlink::CommandTemplate::parse(t)) {
+            p.add(at(what), e.to_string());
         }
-        if r.create_sessions && session_max_expiry == 0 {
-            // A preset session with expiry 0 would not be persistent: nothing stored.
-            return Err(ConfigError::at(
-                at("create_sessions"),
-                "needs session.max_session_expiry_secs > 0",
-            ));
-        }
-        if r.create_sessions && r.client_id.is_none() {
-            return Err(ConfigError::at(at("create_sessions"), "needs client_id"));
-        }
-        for (what, t) in [
-            ("topic", Some(&r.topic)),
-            ("client_id", r.client_id.as_ref()),
-        ] {
-            if let Some(t) = t {
-                crate::bridge::downlink::CommandTemplate::parse(t)
-                    .map_err(|e| ConfigError::at(at(what), e.to_string()))?;
-            }
-        }
-        Ok(())
     }
 }

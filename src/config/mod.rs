@@ -8,26 +8,35 @@
 //! 3. environment variables `MQBRIDGE__<SECTION>__<KEY>`, e.g.
 //!    `MQBRIDGE__MQTT__LISTEN=127.0.0.1:1999`.
 //!
-//! Every struct rejects unknown keys, and [`Config::validate`] checks ranges
-//! and addresses; every error names the offending key.
+//! [`load`] merges them into a raw [`Config`]; [`Config::validate`] then
+//! checks everything (unknown keys, ranges, addresses, enums, the log filter,
+//! the bridge) and reports every problem at once, each naming its dotted key,
+//! or returns the [`Validated`] configuration the runtime takes. Nothing is
+//! bound or opened before that.
 //!
 //! [`Config::default`] is the same configuration as `config/default.toml`
 //! (a test keeps the two in step).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use config::Source as _;
 use serde::{Deserialize, Serialize};
 
 mod bridge;
+mod load;
+mod secret;
 #[cfg(test)]
 mod tests;
+mod validate;
+
+pub use load::{load, load_with_env};
+pub use secret::Secret;
+pub use validate::Validated;
 
 pub use bridge::{
-    AckMode, AmqpBackend, BackendConfig, BridgeConfig, DownlinkRoute, FileBackend, KafkaBackend,
-    UplinkRoute,
+    AckMode, AmqpBackend, BackendConfig, BridgeConfig, DownlinkRoute, ExtensionBackend,
+    FileBackend, KafkaBackend, UplinkRoute, ValidBridge, ValidDownlink, ValidUplink,
 };
 
 /// The built-in defaults (`config/default.toml`), the base of every load.
@@ -55,15 +64,22 @@ pub enum ConfigError {
     /// A source could not be read or merged, or a value has the wrong type,
     /// or a key is unknown. The message from the `config` crate names the key
     /// and the source (file or environment) where it can.
-    #[error("{0}")]
+    #[error(transparent)]
     Load(#[from] config::ConfigError),
+    /// A value has the wrong type (e.g. text where a number goes). The
+    /// message from the `config` crate names the key and the source.
+    #[error(transparent)]
+    WrongType(std::sync::Arc<config::ConfigError>),
     /// The configuration file given to [`load`] does not exist or is not a file.
     #[error("config file {path:?}: {reason}")]
     File {
         /// The path as given.
         path: PathBuf,
         /// What is wrong with it.
-        reason: String,
+        reason: &'static str,
+        /// The file system's error, if that is what went wrong.
+        #[source]
+        source: Option<std::io::Error>,
     },
     /// A key that mqbridge does not know (often a misspelling).
     #[error("{key}: unknown key{}", origin.as_deref().map(|o| format!(" (set in {o})")).unwrap_or_default())]
@@ -113,6 +129,12 @@ impl ConfigError {
             ConfigError::Invalid { key, .. } => Some(key),
             ConfigError::InvalidAt { key, .. } => Some(key),
             ConfigError::UnknownKey { key, .. } => Some(key),
+            ConfigError::WrongType(e) => match &**e {
+                config::ConfigError::Type { key, .. } | config::ConfigError::At { key, .. } => {
+                    key.as_deref()
+                }
+                _ => None,
+            },
             _ => None,
         }
     }
@@ -136,6 +158,10 @@ pub struct Config {
     pub server: ServerConfig,
     /// The bridge to Kafka / AMQP / files (`[bridge]`).
     pub bridge: BridgeConfig,
+    /// What [`load`] could not take (unknown keys, values of the wrong
+    /// type); reported by [`Config::validate`] with the other problems.
+    #[serde(skip)]
+    problems: Vec<load::LoadProblem>,
 }
 
 /// `[log]` section.
@@ -263,7 +289,7 @@ impl Default for MqttConfig {
 impl MqttConfig {
     /// `listen` as a socket address.
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
-        parse_addr("mqtt.listen", &self.listen)
+        validate::parse_addr("mqtt.listen", &self.listen)
     }
 
     /// `connect_timeout_secs` as a [`Duration`].
@@ -311,6 +337,35 @@ pub enum QueueFullPolicy {
     RejectNew,
 }
 
+impl QueueFullPolicy {
+    /// The configuration value, e.g. `"drop_oldest"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueFullPolicy::DropOldest => "drop_oldest",
+            QueueFullPolicy::RejectNew => "reject_new",
+        }
+    }
+}
+
+impl std::fmt::Display for QueueFullPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for QueueFullPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        [QueueFullPolicy::DropOldest, QueueFullPolicy::RejectNew]
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown policy {s:?} (expected \"drop_oldest\" or \"reject_new\")")
+            })
+    }
+}
+
 /// `[session]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -323,8 +378,9 @@ pub struct SessionConfig {
     pub max_queued_messages: usize,
     /// Per session: largest total queued payload in bytes (> 0).
     pub max_queued_bytes: usize,
-    /// What to do when a session queue is full.
-    pub queue_full_policy: QueueFullPolicy,
+    /// What to do when a session queue is full: a [`QueueFullPolicy`]
+    /// (`"drop_oldest"` or `"reject_new"`), parsed by [`Config::validate`].
+    pub queue_full_policy: String,
     /// Whether QoS 0 messages are queued for offline persistent sessions.
     pub queue_qos0_offline: bool,
     /// Largest number of persistent sessions.
@@ -348,7 +404,7 @@ impl Default for SessionConfig {
             v311_session_expiry_secs: 7200,
             max_queued_messages: 1000,
             max_queued_bytes: 16_777_216,
-            queue_full_policy: QueueFullPolicy::DropOldest,
+            queue_full_policy: QueueFullPolicy::DropOldest.to_string(),
             queue_qos0_offline: false,
             max_persistent_sessions: 100_000,
             max_persistent_sessions_per_user: 0,
@@ -434,7 +490,7 @@ impl AdminConfig {
         if self.listen.is_empty() {
             Ok(None)
         } else {
-            parse_addr("admin.listen", &self.listen).map(Some)
+            validate::parse_addr("admin.listen", &self.listen).map(Some)
         }
     }
 }
@@ -443,7 +499,8 @@ impl AdminConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
-    /// Seconds given to connections and the store to finish on shutdown (> 0).
+    /// Seconds given to every task (connections, router, store, bridge) to
+    /// finish on shutdown (> 0); what is still running then is logged.
     pub shutdown_grace_secs: u64,
     /// Stable identity of this gateway process (e.g. Kafka static group
     /// membership). Empty: generated once and kept in the store directory.
@@ -476,252 +533,5 @@ impl ServerConfig {
     /// `shutdown_grace_secs` as a [`Duration`].
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
-    }
-}
-
-/// Loads the configuration: built-in defaults, then `file` if given (it must
-/// exist), then `MQBRIDGE__<SECTION>__<KEY>` environment variables; then
-/// validates it.
-pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-    load_with_env(file, None)
-}
-
-/// [`load`] with the environment taken from `env` instead of the process
-/// environment when `env` is `Some` (keys are full variable names such as
-/// `MQBRIDGE__MQTT__LISTEN`). Lets tests set "environment" values without
-/// touching the process environment.
-pub fn load_with_env(
-    file: Option<&Path>,
-    env: Option<config::Map<String, String>>,
-) -> Result<Config, ConfigError> {
-    let mut builder = config::Config::builder().add_source(config::File::from_str(
-        DEFAULT_TOML,
-        config::FileFormat::Toml,
-    ));
-    if let Some(path) = file {
-        let problem = match std::fs::metadata(path) {
-            Ok(meta) if meta.is_file() => None,
-            Ok(_) => Some("not a regular file".to_owned()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("not found".to_owned()),
-            Err(e) => Some(e.to_string()),
-        };
-        if let Some(reason) = problem {
-            return Err(ConfigError::File {
-                path: path.to_owned(),
-                reason,
-            });
-        }
-        builder = builder.add_source(
-            config::File::from(path)
-                .format(config::FileFormat::Toml)
-                .required(true),
-        );
-    }
-    // try_parsing stays off: with it, the config crate turns every value
-    // that looks like a number or boolean into one before it knows the
-    // field's type, so string fields lose their text ("0012" -> "12",
-    // "1e3" -> "1000") and integer fields silently round floats ("1.5" -> 2).
-    // Without it, numeric, boolean and enum fields are still converted from
-    // the string when deserialized, and bad values are reported with the key.
-    let environment = config::Environment::with_prefix(ENV_PREFIX)
-        .prefix_separator(ENV_SEPARATOR)
-        .separator(ENV_SEPARATOR)
-        .try_parsing(false)
-        .source(env);
-    let merged = builder.add_source(environment).build()?;
-    check_unknown_keys(&merged)?;
-    let config: Config = merged.try_deserialize()?;
-    config.validate()?;
-    Ok(config)
-}
-
-/// Keys whose default is an empty array: the `config` crate drops those
-/// when the defaults are serialized, so they are listed here as known.
-const EMPTY_BY_DEFAULT: &[&str] = &["bridge.downlink"];
-
-/// Keys that were removed, with what to use instead. Refused rather than
-/// aliased when the meaning changed, so nobody gets a new behaviour unawares.
-const REMOVED: &[(&str, &str)] = &[(
-    "mqtt.server_keep_alive_secs",
-    "removed: use mqtt.max_keepalive_secs, a cap on clients' keep-alive \
-     (the old key replaced every client's keep-alive, also for 3.1.1 clients who cannot be told)",
-)];
-
-/// Reports the first unknown `section` or `section.key` (in sorted order)
-/// with where it was set. `deny_unknown_fields` would catch these too, but
-/// its message neither gives the dotted key nor the source.
-fn check_unknown_keys(merged: &config::Config) -> Result<(), ConfigError> {
-    let known = config::Config::try_from(&Config::default())?.collect()?;
-    let mut sections: Vec<(String, config::Value)> = merged.collect()?.into_iter().collect();
-    sections.sort_by(|a, b| a.0.cmp(&b.0));
-    for (section, value) in sections {
-        let Some(known_section) = known.get(&section) else {
-            return Err(unknown_key(section, &value));
-        };
-        let (Ok(table), Ok(known_table)) = (value.into_table(), known_section.clone().into_table())
-        else {
-            // Not a table: deserialization reports the type mismatch.
-            continue;
-        };
-        let mut keys: Vec<(String, config::Value)> = table.into_iter().collect();
-        keys.sort_by(|a, b| a.0.cmp(&b.0));
-        for (key, value) in keys {
-            let dotted = format!("{section}.{key}");
-            if let Some((key, reason)) = REMOVED.iter().find(|(k, _)| *k == dotted) {
-                return Err(ConfigError::invalid(key, *reason));
-            }
-            if !known_table.contains_key(&key) && !EMPTY_BY_DEFAULT.contains(&dotted.as_str()) {
-                return Err(unknown_key(format!("{section}.{key}"), &value));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn unknown_key(key: String, value: &config::Value) -> ConfigError {
-    ConfigError::UnknownKey {
-        key,
-        origin: value.origin().map(str::to_owned),
-    }
-}
-
-fn parse_addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
-    value.parse().map_err(|_| {
-        ConfigError::invalid(
-            key,
-            format!("invalid socket address {value:?} (expected IP:PORT, e.g. \"0.0.0.0:1883\")"),
-        )
-    })
-}
-
-fn positive<T: PartialEq + Default>(key: &'static str, value: T) -> Result<(), ConfigError> {
-    if value == T::default() {
-        Err(ConfigError::invalid(key, "must be greater than 0"))
-    } else {
-        Ok(())
-    }
-}
-
-fn duration_secs(key: &'static str, value: u64) -> Result<(), ConfigError> {
-    positive(key, value)?;
-    if value > MAX_DURATION_SECS {
-        return Err(ConfigError::invalid(
-            key,
-            format!("{value} is too large (at most {MAX_DURATION_SECS} seconds)"),
-        ));
-    }
-    Ok(())
-}
-
-impl Config {
-    /// Checks ranges and addresses; the error names the first bad key.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let level = &self.log.level;
-        if level.trim().is_empty() {
-            return Err(ConfigError::invalid("log.level", "must not be empty"));
-        }
-        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(level) {
-            return Err(ConfigError::invalid(
-                "log.level",
-                format!("invalid filter directive {level:?}: {e}"),
-            ));
-        }
-
-        let m = &self.mqtt;
-        m.listen_addr()?;
-        duration_secs("mqtt.connect_timeout_secs", m.connect_timeout_secs)?;
-        if !(MIN_PACKET_SIZE..=MAX_PACKET_SIZE).contains(&m.max_packet_size) {
-            return Err(ConfigError::invalid(
-                "mqtt.max_packet_size",
-                format!(
-                    "{} is out of range {MIN_PACKET_SIZE}..={MAX_PACKET_SIZE}",
-                    m.max_packet_size
-                ),
-            ));
-        }
-        positive("mqtt.receive_maximum", m.receive_maximum)?;
-        positive("mqtt.max_inflight", m.max_inflight)?;
-        positive("mqtt.max_connections", m.max_connections)?;
-        for (key, value) in [
-            ("mqtt.max_topic_levels", m.max_topic_levels),
-            ("mqtt.max_topic_bytes", m.max_topic_bytes),
-        ] {
-            if !(1..=65535).contains(&value) {
-                return Err(ConfigError::invalid(
-                    key,
-                    format!("{value} is out of range 1..=65535"),
-                ));
-            }
-        }
-        positive("mqtt.max_retained_bytes", m.max_retained_bytes)?;
-        positive(
-            "mqtt.max_retained_payload_bytes",
-            m.max_retained_payload_bytes,
-        )?;
-        duration_secs("mqtt.send_timeout_secs", m.send_timeout_secs)?;
-        positive(
-            "mqtt.max_outbound_buffer_bytes",
-            m.max_outbound_buffer_bytes,
-        )?;
-        duration_secs("mqtt.frame_timeout_secs", m.frame_timeout_secs)?;
-        positive("mqtt.max_awaiting_rel", m.max_awaiting_rel)?;
-        duration_secs(
-            "mqtt.awaiting_rel_timeout_secs",
-            m.awaiting_rel_timeout_secs,
-        )?;
-
-        let s = &self.session;
-        positive(
-            "session.v311_session_expiry_secs",
-            s.v311_session_expiry_secs,
-        )?;
-        positive("session.max_queued_messages", s.max_queued_messages)?;
-        positive("session.max_queued_bytes", s.max_queued_bytes)?;
-        duration_secs(
-            "session.expiry_check_interval_secs",
-            s.expiry_check_interval_secs,
-        )?;
-
-        let st = &self.store;
-        if st.path.as_os_str().is_empty() {
-            return Err(ConfigError::invalid("store.path", "must not be empty"));
-        }
-        positive("store.max_batch_ops", st.max_batch_ops)?;
-        positive("store.queue_capacity", st.queue_capacity)?;
-        positive(
-            "store.free_space_check_interval_ms",
-            st.free_space_check_interval_ms,
-        )?;
-        if st.free_space_check_interval_ms > 60_000 {
-            return Err(ConfigError::invalid(
-                "store.free_space_check_interval_ms",
-                format!(
-                    "{} is too large (at most 60000)",
-                    st.free_space_check_interval_ms
-                ),
-            ));
-        }
-        if st.commit_retry_max_secs > MAX_DURATION_SECS {
-            return Err(ConfigError::invalid(
-                "store.commit_retry_max_secs",
-                format!("is too large (at most {MAX_DURATION_SECS} seconds)"),
-            ));
-        }
-
-        self.admin.listen_addr()?;
-
-        duration_secs(
-            "server.shutdown_grace_secs",
-            self.server.shutdown_grace_secs,
-        )?;
-        let node_id = &self.server.node_id;
-        if !node_id.is_empty() && !valid_node_id(node_id) {
-            return Err(ConfigError::invalid(
-                "server.node_id",
-                format!("{node_id:?}: use 1 to {MAX_NODE_ID_LEN} characters of A-Z a-z 0-9 . _ -"),
-            ));
-        }
-        self.bridge.validate(self.session.max_session_expiry_secs)?;
-        Ok(())
     }
 }

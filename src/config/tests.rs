@@ -1,4 +1,5 @@
 use std::io::Write;
+use std::path::Path;
 use std::sync::Mutex;
 
 use super::*;
@@ -15,8 +16,29 @@ fn env(pairs: &[(&str, &str)]) -> Option<config::Map<String, String>> {
     )
 }
 
+/// The one error of a configuration with one mistake.
+fn one_error(result: Result<Validated, Vec<ConfigError>>) -> Result<Validated, ConfigError> {
+    result.map_err(|mut errors| {
+        assert_eq!(errors.len(), 1, "one mistake, one error: {errors:?}");
+        errors.remove(0)
+    })
+}
+
+/// Loads and validates (these tests make one mistake each).
+fn load(file: Option<&Path>) -> Result<Validated, ConfigError> {
+    one_error(super::load(file)?.validate())
+}
+
+/// Loads and validates, with `env` as the environment.
+fn load_with_env(
+    file: Option<&Path>,
+    env: Option<config::Map<String, String>>,
+) -> Result<Validated, ConfigError> {
+    one_error(super::load_with_env(file, env)?.validate())
+}
+
 /// Loads with no process environment involved.
-fn load_isolated(file: Option<&Path>) -> Result<Config, ConfigError> {
+fn load_isolated(file: Option<&Path>) -> Result<Validated, ConfigError> {
     load_with_env(file, env(&[]))
 }
 
@@ -41,7 +63,7 @@ fn err_of(file: &str) -> String {
 #[test]
 fn default_toml_equals_default() {
     let loaded = load_isolated(None).expect("defaults load");
-    assert_eq!(loaded, Config::default());
+    assert_eq!(loaded.raw(), &Config::default());
 
     // The embedded file on its own, without validation, says the same.
     let raw: Config = config::Config::builder()
@@ -113,7 +135,8 @@ fn process_env_overrides() {
         "127.0.0.1:1999".parse::<SocketAddr>().expect("literal")
     );
     assert_eq!(c.mqtt.max_connections, 42);
-    assert_eq!(c.session.queue_full_policy, QueueFullPolicy::RejectNew);
+    assert_eq!(c.session.queue_full_policy, "reject_new");
+    assert_eq!(c.queue_full_policy(), QueueFullPolicy::RejectNew);
     assert!(c.session.queue_qos0_offline);
     // Untouched keys keep their defaults.
     assert_eq!(c.mqtt.max_inflight, MqttConfig::default().max_inflight);
@@ -189,7 +212,7 @@ fn env_numbers_bools_and_enums_parse() {
     assert_eq!(c.mqtt.max_packet_size, 65536);
     assert_eq!(c.session.max_stored_bytes, 2_147_483_648);
     assert!(!c.mqtt.retain_available);
-    assert_eq!(c.session.queue_full_policy, QueueFullPolicy::DropOldest);
+    assert_eq!(c.queue_full_policy(), QueueFullPolicy::DropOldest);
 }
 
 #[test]
@@ -347,7 +370,7 @@ fn each_validation_error_names_its_key() {
     for (key, mutate) in cases {
         let mut c = Config::default();
         mutate(&mut c);
-        let e = c.validate().expect_err(key);
+        let e = one_error(c.validate()).expect_err(key);
         assert_eq!(e.key(), Some(*key), "{e}");
         assert!(e.to_string().starts_with(&format!("{key}: ")), "{e}");
     }
@@ -456,7 +479,7 @@ fn topic_limits_are_range_checked() {
         for bad in [0, 65536] {
             let mut c = Config::default();
             set(&mut c, bad);
-            let e = c.validate().unwrap_err();
+            let e = one_error(c.validate()).unwrap_err();
             assert_eq!(e.key(), Some(key), "{bad}: {e}");
         }
         let mut c = Config::default();
@@ -471,5 +494,75 @@ fn removed_keep_alive_key_names_its_replacement() {
     assert!(
         msg.starts_with("mqtt.server_keep_alive_secs: removed: use mqtt.max_keepalive_secs"),
         "{msg}"
+    );
+}
+
+/// The keys of every problem `toml` has, sorted; checks that every error
+/// names its key in its message.
+fn problem_keys(toml: &str) -> Vec<String> {
+    let f = toml_file(toml);
+    let config = super::load_with_env(Some(f.path()), env(&[])).expect("loads");
+    let errors = config.validate().expect_err("invalid");
+    let mut keys = Vec::new();
+    for e in &errors {
+        let Some(key) = e.key() else {
+            panic!("{e} names no key");
+        };
+        assert!(e.to_string().contains(key), "{e} does not name {key}");
+        keys.push(key.to_owned());
+    }
+    keys.sort_unstable();
+    keys
+}
+
+/// Values of the wrong type are reported with the other problems, one per
+/// section (serde stops at the first wrong value of a section; the section
+/// keeps its defaults meanwhile, so the others are still checked).
+#[test]
+fn wrong_types_are_reported_with_the_other_problems() {
+    let keys = problem_keys(
+        "[mqtt]\nmax_connections = \"lots\"\n\
+         [store]\ncache_mb = -1\n\
+         [server]\nshutdown_grace_secs = 0\n\
+         [kafka]\nbrokers = \"x\"\n",
+    );
+    assert_eq!(
+        keys,
+        [
+            "kafka",
+            "mqtt.max_connections",
+            "server.shutdown_grace_secs",
+            "store.cache_mb"
+        ]
+    );
+}
+
+/// One run reports every problem: unknown and removed keys with the
+/// values that are out of range or not parsable, in every section.
+#[test]
+fn every_problem_is_reported_at_once() {
+    let keys = problem_keys(
+        "[mqtt]\nlisten = \"nowhere\"\nmax_inflight = 0\nlisten_port = 1\nserver_keep_alive_secs = 5\n\
+         [session]\nqueue_full_policy = \"drop_newest\"\n\
+         [store]\nqueue_capacity = 0\n\
+         [admin]\nlisten = \"9090\"\n\
+         [server]\nshutdown_grace_secs = 0\n\
+         [log]\nlevel = \"info,x=loud\"\n\
+         [kafka]\nbrokers = \"x\"\n",
+    );
+    assert_eq!(
+        keys,
+        [
+            "admin.listen",
+            "kafka",
+            "log.level",
+            "mqtt.listen",
+            "mqtt.listen_port",
+            "mqtt.max_inflight",
+            "mqtt.server_keep_alive_secs",
+            "server.shutdown_grace_secs",
+            "session.queue_full_policy",
+            "store.queue_capacity",
+        ]
     );
 }

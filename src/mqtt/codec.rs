@@ -309,9 +309,14 @@ fn from_v4(p: p4::Packet) -> p5::Packet {
     }
 }
 
+/// A packet the codec library refused to encode.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot encode packet: {0}")]
-pub struct EncodeError(String);
+pub enum EncodeError {
+    #[error("cannot encode MQTT 5.0 packet")]
+    V5(#[source] rumqttc::v5::mqttbytes::Error),
+    #[error("cannot encode MQTT 3.1.1 packet")]
+    V311(#[source] rumqttc::mqttbytes::Error),
+}
 
 /// Encodes a control packet (not PUBLISH, see [`encode_publish`]) for `version`.
 /// Packets that 3.1.1 does not have (server DISCONNECT) encode to nothing.
@@ -320,14 +325,14 @@ pub fn encode(
     version: Version,
     out: &mut BytesMut,
 ) -> Result<(), EncodeError> {
-    let res = match version {
-        Version::V5 => packet.write(out, None).map_err(|e| e.to_string()),
+    match version {
+        Version::V5 => packet.write(out, None).map_err(EncodeError::V5)?,
         Version::V311 => match to_v4(packet) {
-            Some(p) => p.write(out, usize::MAX).map_err(|e| e.to_string()),
+            Some(p) => p.write(out, usize::MAX).map_err(EncodeError::V311)?,
             None => return Ok(()),
         },
     };
-    res.map(|_| ()).map_err(EncodeError)
+    Ok(())
 }
 
 fn to_v4(p: &p5::Packet) -> Option<p4::Packet> {

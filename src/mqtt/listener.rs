@@ -11,14 +11,14 @@ use tokio::sync::Semaphore;
 use super::admission::{LogLimiter, PerIp, TokenBucket, WARN_EVERY};
 use super::connection::{serve, Shared};
 use crate::metrics::RefusedReason;
+use crate::tasks::Tasks;
 
-/// Accepts until `shutdown` resolves. Connections beyond a limit are closed
-/// at once (before CONNECT) and counted; the warnings are rate-limited.
-pub async fn run(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
+/// Accepts until the stop signal of `tasks`; each connection is a task on
+/// `tasks` (the router ends them on the same signal). Connections beyond a
+/// limit are closed at once (before CONNECT) and counted; the warnings are
+/// rate-limited.
+pub async fn run(listener: TcpListener, shared: Arc<Shared>, tasks: Tasks) {
+    let shutdown = tasks.cancelled();
     let m = &shared.cfg.mqtt;
     let limit = Arc::new(Semaphore::new(m.max_connections));
     let per_ip = PerIp::new(m.max_connections_per_ip);
@@ -65,7 +65,7 @@ pub async fn run(
         let _ = stream.set_nodelay(true);
         let id = ids.fetch_add(1, Ordering::Relaxed);
         let shared = shared.clone();
-        tokio::spawn(async move {
+        tasks.spawn("mqtt connection", async move {
             serve(stream, shared, id).await;
             drop((permit, ip_slot));
         });

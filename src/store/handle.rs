@@ -88,8 +88,10 @@ impl Store {
     /// (session records, queue indexes, incoming QoS 2 ids, retained
     /// messages; never queued bodies) and starts the writer thread.
     pub fn open(opts: &StoreOptions) -> Result<(Store, Recovered), StoreError> {
-        std::fs::create_dir_all(&opts.path)
-            .map_err(|e| StoreError::Io(format!("create {}: {e}", opts.path.display())))?;
+        std::fs::create_dir_all(&opts.path).map_err(|e| StoreError::Io {
+            what: format!("creating {}", opts.path.display()),
+            source: Some(Arc::new(e)),
+        })?;
         let path = opts.path.join(DB_FILE);
         let db = Database::builder()
             .set_cache_size(opts.cache_bytes)
@@ -125,7 +127,7 @@ impl Store {
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer.run())
-            .map_err(|e| StoreError::Database(format!("spawn writer thread: {e}")))?;
+            .map_err(|e| StoreError::WriterSpawn(Arc::new(e)))?;
 
         let inner = Inner {
             tx,
@@ -204,8 +206,11 @@ impl Store {
         }
         let joined = tokio::task::spawn_blocking(move || handle.join())
             .await
-            .map_err(|e| StoreError::Database(format!("join writer: {e}")))?;
-        joined.map_err(|_| StoreError::Database("store writer thread panicked".into()))?;
+            .map_err(|e| StoreError::Task {
+                what: "waiting for the writer thread",
+                source: Arc::new(e),
+            })?;
+        joined.map_err(|_| StoreError::WriterPanicked)?;
         flushed
     }
 

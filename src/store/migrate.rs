@@ -24,10 +24,10 @@ pub(super) fn check_and_migrate(
     let stored = meta.get(FORMAT_KEY)?.map(|v| v.value());
     let found = match stored {
         Some(v) if v > FORMAT_VERSION => {
-            return Err(StoreError::Database(format!(
-                "store format version {v} is newer than this build reads ({FORMAT_VERSION}); \
-                 use a newer mqbridge or restore a backup"
-            )));
+            return Err(StoreError::NewerFormat {
+                found: v,
+                supported: FORMAT_VERSION,
+            });
         }
         Some(v) => v,
         None if is_empty(tables)? => FORMAT_VERSION,

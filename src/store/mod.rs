@@ -151,17 +151,60 @@ pub struct Recovered {
     pub quarantined: u64,
 }
 
-// Clone: one failed group commit reports the same error to every waiter.
+// Clone: one failed group commit reports the same error to every waiter
+// (hence the `Arc`s around the sources).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// An I/O error (e.g. ENOSPC, EIO): transient, the database is reopened
     /// and the commit retried.
-    #[error("store I/O error: {0}")]
-    Io(String),
-    #[error("store database error: {0}")]
-    Database(String),
-    #[error("stored record could not be decoded: {0}")]
-    Corrupt(String),
+    #[error("store I/O error: {what}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The operating system's error, when there is one (shared, so
+        /// that the error stays `Clone`).
+        #[source]
+        source: Option<std::sync::Arc<std::io::Error>>,
+    },
+    /// A database error that a reopen cannot fix.
+    #[error("store database error")]
+    Database(#[source] std::sync::Arc<redb::Error>),
+    /// The store was written by a newer build, in a format this one cannot read.
+    #[error(
+        "store format version {found} is newer than this build reads ({supported}); \
+         use a newer mqbridge or restore a backup"
+    )]
+    NewerFormat { found: u32, supported: u32 },
+    /// A record could not be encoded (a bug, not a disk problem).
+    #[error("encoding a store record")]
+    Encode(#[source] postcard::Error),
+    /// A stored record could not be decoded.
+    #[error("stored record could not be decoded: {what}")]
+    Corrupt {
+        what: String,
+        #[source]
+        source: Option<postcard::Error>,
+    },
+    /// The writer thread could not be started.
+    #[error("starting the store writer thread")]
+    WriterSpawn(#[source] std::sync::Arc<std::io::Error>),
+    /// A blocking task doing store work (`what`) panicked or was cancelled.
+    #[error("store task failed: {what}")]
+    Task {
+        what: &'static str,
+        #[source]
+        source: std::sync::Arc<tokio::task::JoinError>,
+    },
+    /// The writer thread panicked.
+    #[error("the store writer thread panicked")]
+    WriterPanicked,
     #[error("store is closed")]
     Closed,
+}
+
+impl StoreError {
+    /// Whether this is an I/O error, which a reopen and retry may cure.
+    pub fn is_io(&self) -> bool {
+        matches!(self, StoreError::Io { .. })
+    }
 }

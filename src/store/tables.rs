@@ -69,8 +69,15 @@ impl From<redb::Error> for StoreError {
 
 fn classify(e: redb::Error) -> StoreError {
     match e {
-        redb::Error::Io(_) | redb::Error::PreviousIo => StoreError::Io(e.to_string()),
-        other => StoreError::Database(other.to_string()),
+        redb::Error::Io(e) => StoreError::Io {
+            what: "database".into(),
+            source: Some(std::sync::Arc::new(e)),
+        },
+        redb::Error::PreviousIo => StoreError::Io {
+            what: "database (an earlier I/O error left it unusable until reopened)".into(),
+            source: None,
+        },
+        other => StoreError::Database(std::sync::Arc::new(other)),
     }
 }
 
@@ -96,7 +103,7 @@ pub(super) fn state_from_u8(byte: u8) -> Option<EntryState> {
 /// Encodes a record: [`RECORD_VERSION`], then its postcard body.
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     let mut out = vec![RECORD_VERSION];
-    postcard::to_io(value, &mut out).map_err(|e| StoreError::Database(format!("encode: {e}")))?;
+    postcard::to_io(value, &mut out).map_err(StoreError::Encode)?;
     Ok(out)
 }
 
@@ -104,14 +111,23 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
     match bytes.split_first() {
         Some((&RECORD_VERSION, body)) => decode_legacy(body),
-        Some((v, _)) => Err(StoreError::Corrupt(format!("unknown record version {v}"))),
-        None => Err(StoreError::Corrupt("empty record".into())),
+        Some((v, _)) => Err(StoreError::Corrupt {
+            what: format!("unknown record version {v}"),
+            source: None,
+        }),
+        None => Err(StoreError::Corrupt {
+            what: "empty record".into(),
+            source: None,
+        }),
     }
 }
 
 /// Decodes a format-0 record: bare postcard, no version byte.
 pub(super) fn decode_legacy<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
-    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt {
+        what: "invalid record".into(),
+        source: Some(e),
+    })
 }
 
 /// Size recorded in the index: `Message::size()`, saturated to u32.
@@ -239,7 +255,7 @@ impl<'txn> Tables<'txn> {
         bytes: &[u8],
         error: &StoreError,
     ) -> Result<(), StoreError> {
-        tracing::error!(store_table = table, key, seq, error = %error, "undecodable store record moved to quarantine (see mqbridge_store_quarantined_records_total)");
+        tracing::error!(store_table = table, key, seq, error = error as &dyn std::error::Error, "undecodable store record moved to quarantine (see mqbridge_store_quarantined_records_total)");
         self.quarantine.insert((table, key, seq), bytes)?;
         self.quarantined += 1;
         Ok(())

@@ -299,3 +299,33 @@ async fn calls_after_close_return_closed() {
         Err(StoreError::Closed)
     ));
 }
+
+/// Errors keep their cause: the file system's error is the source, not a
+/// string in the message.
+#[test]
+fn open_errors_keep_their_source() {
+    let dir = TempDir::new().expect("tempdir");
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").expect("write");
+    let Err(e) = Store::open(&opts(file.join("store"))) else {
+        panic!("a store under a regular file cannot be opened");
+    };
+    assert!(e.is_io(), "{e:?}");
+    let source = std::error::Error::source(&e).expect("the I/O error is the source");
+    let io = source
+        .downcast_ref::<std::sync::Arc<std::io::Error>>()
+        .expect("an io::Error");
+    assert_eq!(io.kind(), std::io::ErrorKind::NotADirectory, "{io}");
+}
+
+#[test]
+fn undecodable_records_keep_the_decoder_error() {
+    let e = decode_record::<SessionRecord>(&[tables::RECORD_VERSION, 0xff, 0xff])
+        .expect_err("garbage does not decode");
+    assert!(matches!(e, StoreError::Corrupt { .. }), "{e:?}");
+    let source = std::error::Error::source(&e).expect("postcard's error is the source");
+    assert!(
+        source.downcast_ref::<postcard::Error>().is_some(),
+        "{source}"
+    );
+}

@@ -168,7 +168,7 @@ impl Writer {
                 .commit_failures
                 .fetch_add(1, Ordering::Relaxed);
             let since = *failing_since.get_or_insert_with(Instant::now);
-            if !matches!(e, StoreError::Io(_)) {
+            if !e.is_io() {
                 return Err(self.fatal(&e, "store error that a reopen cannot fix"));
             }
             if !self.commit_retry_max.is_zero() && since.elapsed() > self.commit_retry_max {
@@ -179,9 +179,13 @@ impl Writer {
             }
             if attempts == 1 {
                 self.health.set_failing(true);
-                tracing::error!(store = %self.path.display(), ops = batch.ops.len(), waiters = batch.waiters.len(), error = %e, "store commit failed; reopening the store and retrying (acknowledgements wait)");
+                tracing::error!(store = %self.path.display(), ops = batch.ops.len(), waiters = batch.waiters.len(), error = &e as &dyn std::error::Error, "store commit failed; reopening the store and retrying (acknowledgements wait)");
             } else {
-                tracing::debug!(attempts, error = %e, "store commit retry failed");
+                tracing::debug!(
+                    attempts,
+                    error = &e as &dyn std::error::Error,
+                    "store commit retry failed"
+                );
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(RETRY_MAX);
@@ -219,20 +223,21 @@ impl Writer {
             .create(&self.path)
         {
             Ok(db) => self.db = Some(db),
-            Err(e) => tracing::debug!(error = %e, "store reopen failed"),
+            Err(e) => tracing::debug!(error = &e as &dyn std::error::Error, "store reopen failed"),
         }
     }
 
     fn fatal(&self, e: &StoreError, why: &str) -> Fatal {
         self.health.set_failing(true);
-        tracing::error!(store = %self.path.display(), error = %e, why, "store cannot recover; its writer stops, which stops the gateway (restart it to rebuild from what is on disk)");
+        tracing::error!(store = %self.path.display(), error = e as &dyn std::error::Error, why, "store cannot recover; its writer stops, which stops the gateway (restart it to rebuild from what is on disk)");
         Fatal
     }
 
     fn db(&self) -> Result<&Database, StoreError> {
-        self.db
-            .as_ref()
-            .ok_or_else(|| StoreError::Io("store database is not open (reopen failed)".into()))
+        self.db.as_ref().ok_or_else(|| StoreError::Io {
+            what: "the database is not open (reopen failed)".into(),
+            source: None,
+        })
     }
 
     fn write(&self, ops: &[Op]) -> Result<(), StoreError> {
@@ -276,7 +281,11 @@ impl Writer {
         if !corrupt.is_empty() {
             if let Err(e) = self.quarantine(client_id, &corrupt) {
                 // Left in place; the next start-up quarantines it.
-                tracing::error!(client_id, error = %e, "moving undecodable queued entries to quarantine failed");
+                tracing::error!(
+                    client_id,
+                    error = &e as &dyn std::error::Error,
+                    "moving undecodable queued entries to quarantine failed"
+                );
             }
         }
         Ok(entries)

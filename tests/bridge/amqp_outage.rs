@@ -16,6 +16,7 @@ use crate::common::amqp::{backend, broker_alone, connect, envelope, record, take
 use mqbridge::bridge::amqp;
 use mqbridge::bridge::metrics::BridgeMetrics;
 use prometheus_client::registry::Registry;
+use tokio_util::task::TaskTracker;
 
 const RECORDS: usize = 300;
 /// Records come in bursts, so that some are in flight when the broker goes.
@@ -129,9 +130,14 @@ async fn broker_restart_loses_nothing_that_was_confirmed() {
     let (exchange, queue) = (fx.exchange.clone(), fx.queue.clone());
     let metrics = BridgeMetrics::new(&mut Registry::default());
     let (route, counters) = (metrics.route("r"), metrics.backend("rabbit"));
-    let sink = amqp::start(&backend(&exchange, false), counters.clone(), 1000)
-        .await
-        .expect("start");
+    let sink = amqp::start(
+        &backend(&exchange, false),
+        counters.clone(),
+        1000,
+        &TaskTracker::new(),
+    )
+    .await
+    .expect("start");
 
     // Records at a steady pace (~6 s in all), each answer timed from hand-off.
     let tx = sink.handle.tx.clone();

@@ -14,6 +14,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use mqbridge::bridge::metrics::BridgeMetrics;
 use mqbridge::bridge::{amqp, SinkError};
 use prometheus_client::registry::Registry;
+use tokio_util::task::TaskTracker;
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -33,9 +34,14 @@ async fn every_record_is_confirmed_and_arrives_in_order_per_client() {
     let metrics = BridgeMetrics::new(&mut Registry::default());
     let (route, backend_counters) = (metrics.route("r"), metrics.backend("rabbit"));
     // Declared by the sink too (same settings): declaring must be idempotent.
-    let sink = amqp::start(&backend(&fx.exchange, true), backend_counters.clone(), 64)
-        .await
-        .expect("start");
+    let sink = amqp::start(
+        &backend(&fx.exchange, true),
+        backend_counters.clone(),
+        64,
+        &TaskTracker::new(),
+    )
+    .await
+    .expect("start");
 
     let mut answers = Vec::new();
     for i in 0..200 {
@@ -95,9 +101,14 @@ async fn unroutable_mandatory_record_is_rejected_and_the_next_one_goes_through()
     let fx = Fixture::new(&conn, "bound").await;
     let metrics = BridgeMetrics::new(&mut Registry::default());
     let route = metrics.route("r");
-    let sink = amqp::start(&backend(&fx.exchange, false), metrics.backend("rabbit"), 16)
-        .await
-        .expect("start");
+    let sink = amqp::start(
+        &backend(&fx.exchange, false),
+        metrics.backend("rabbit"),
+        16,
+        &TaskTracker::new(),
+    )
+    .await
+    .expect("start");
 
     let (env, lost) = envelope(record(&route, "dev-1", "", "nobody.listens", "lost".into()));
     sink.handle.tx.send(env).await.expect("sink alive");
@@ -126,9 +137,14 @@ async fn missing_exchange_is_rejected_without_disturbing_other_traffic() {
     let fx = Fixture::new(&conn, "#").await;
     let metrics = BridgeMetrics::new(&mut Registry::default());
     let route = metrics.route("r");
-    let sink = amqp::start(&backend(&fx.exchange, false), metrics.backend("rabbit"), 64)
-        .await
-        .expect("start");
+    let sink = amqp::start(
+        &backend(&fx.exchange, false),
+        metrics.backend("rabbit"),
+        64,
+        &TaskTracker::new(),
+    )
+    .await
+    .expect("start");
 
     // Good records on both sides of the bad one, all handed over at once.
     let missing = format!("does-not-exist-{}", suffix());
@@ -177,9 +193,14 @@ async fn exchange_deleted_while_in_use_rejects_only_its_records() {
     let doomed = Fixture::new(&conn, "#").await;
     let metrics = BridgeMetrics::new(&mut Registry::default());
     let route = metrics.route("r");
-    let sink = amqp::start(&backend(&fx.exchange, false), metrics.backend("rabbit"), 64)
-        .await
-        .expect("start");
+    let sink = amqp::start(
+        &backend(&fx.exchange, false),
+        metrics.backend("rabbit"),
+        64,
+        &TaskTracker::new(),
+    )
+    .await
+    .expect("start");
     let tx = &sink.handle.tx;
     let rec = |target: &str, payload: &str| record(&route, "dev-1", target, "k", payload.into());
     // The sink learns that `doomed` exists...
@@ -223,7 +244,7 @@ async fn unreachable_broker_does_not_fail_start_and_never_confirms() {
     let (route, counters) = (metrics.route("r"), metrics.backend("down"));
     let mut cfg = backend("x", true);
     cfg.uri = "amqp://guest:guest@127.0.0.1:1/%2f".into();
-    let sink = amqp::start(&cfg, counters.clone(), 4)
+    let sink = amqp::start(&cfg, counters.clone(), 4, &TaskTracker::new())
         .await
         .expect("start succeeds while the broker is down");
     let (env, mut rx) = envelope(record(&route, "dev-1", "", "k", "p".into()));
@@ -261,9 +282,14 @@ async fn nacked_records_are_published_again_in_order_once_there_is_room() {
     let fx = Fixture::with_queue_args(&conn, "#", args).await;
     let metrics = BridgeMetrics::new(&mut Registry::default());
     let (route, counters) = (metrics.route("r"), metrics.backend("rabbit"));
-    let sink = amqp::start(&backend(&fx.exchange, false), counters.clone(), 64)
-        .await
-        .expect("start");
+    let sink = amqp::start(
+        &backend(&fx.exchange, false),
+        counters.clone(),
+        64,
+        &TaskTracker::new(),
+    )
+    .await
+    .expect("start");
 
     let mut answers = Vec::new();
     for i in 0..10 {

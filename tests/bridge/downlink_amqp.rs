@@ -55,6 +55,7 @@ async fn offline_device_gets_commands_after_gateway_restart() {
 
     let mut cfg = crate::common::test_config(t.dir.path());
     configure(&mut cfg, route);
+    let cfg = cfg.validate().expect("test config is valid");
     let gw = Gateway::start(cfg).await.expect("gateway restarts");
     let mut d = b4::connect(opts_v4(gw.mqtt_addr, &id, false)).await;
     assert!(d.session_present(), "session survives the restart");
@@ -337,7 +338,7 @@ async fn unreachable_broker_neither_blocks_start_nor_stop() {
     let began = Instant::now();
     let t = crate::common::start_with(|cfg| {
         let mut b = crate::common::amqp::backend("", false);
-        b.uri = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+        b.uri = format!("amqp://guest:guest@127.0.0.1:{port}/%2f").into();
         let route = Commands::route_for("nowhere", "q-nowhere", "{routing_key}");
         configure(cfg, route);
         cfg.bridge.backends = vec![mqbridge::config::BackendConfig::Amqp(b)];

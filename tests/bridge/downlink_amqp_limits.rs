@@ -126,7 +126,7 @@ async fn commands_over_the_session_limit_are_refused_and_counted_per_route() {
     let t = crate::common::start_with(|cfg| {
         configure(cfg, route);
         cfg.session.max_queued_messages = 3;
-        cfg.session.queue_full_policy = QueueFullPolicy::RejectNew;
+        cfg.session.queue_full_policy = QueueFullPolicy::RejectNew.to_string();
     })
     .await;
     let admin = t.gw.admin_addr.expect("admin endpoint");

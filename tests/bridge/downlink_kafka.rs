@@ -59,6 +59,7 @@ async fn offline_device_gets_commands_across_restart() {
     t.gw.shutdown().await;
     let mut cfg = crate::common::test_config(t.dir.path());
     k::configure(&mut cfg, &addr, &route);
+    let cfg = cfg.validate().expect("test config is valid");
     let gw = Gateway::start(cfg).await.expect("gateway restarts");
 
     let mut d = b4::connect(crate::common::opts_v4(gw.mqtt_addr, &device, false)).await;

@@ -19,6 +19,7 @@ use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::{ClientConfig, Message};
 use tokio::sync::oneshot;
 use tokio::time::timeout;
+use tokio_util::task::TaskTracker;
 
 use crate::common::kafka::broker;
 use crate::common::service;
@@ -157,6 +158,7 @@ async fn two_hundred_records_from_ten_clients_arrive_in_order() {
         vec![topic.clone()],
         counters.clone(),
         64,
+        &TaskTracker::new(),
     )
     .await
     .expect("starts");
@@ -211,9 +213,15 @@ async fn missing_topic_is_rejected_and_the_next_record_still_goes_through() {
     let missing = unique("missing");
     create_topic(&addr, &good, 1).await;
     let (route, counters) = metrics();
-    let sink = kafka::start(&backend(&addr, false), vec![good.clone()], counters, 16)
-        .await
-        .expect("starts");
+    let sink = kafka::start(
+        &backend(&addr, false),
+        vec![good.clone()],
+        counters,
+        16,
+        &TaskTracker::new(),
+    )
+    .await
+    .expect("starts");
 
     let started = std::time::Instant::now();
     let rx = send(
@@ -245,9 +253,15 @@ async fn key_headers_content_type_and_payload_pass_through() {
     };
     let topic = unique("headers");
     let (route, counters) = metrics();
-    let sink = kafka::start(&backend(&addr, true), vec![topic.clone()], counters, 16)
-        .await
-        .expect("starts");
+    let sink = kafka::start(
+        &backend(&addr, true),
+        vec![topic.clone()],
+        counters,
+        16,
+        &TaskTracker::new(),
+    )
+    .await
+    .expect("starts");
     let payload = Bytes::from_static(&[0, 159, 146, 150, 255, b'\n']);
     let mut r = record(&route, "dev-h", &topic, payload.clone());
     r.key = Some("custom-key".into());
@@ -394,9 +408,15 @@ async fn broker_restart_that_loses_topics_recreates_owned_and_rejects_others() {
     create_topic(&addr, &other, 1).await;
     let (route, counters) = metrics();
     let cfg = backend(&addr, true);
-    let sink = kafka::start(&cfg, vec![owned.clone()], counters.clone(), 16)
-        .await
-        .expect("starts");
+    let sink = kafka::start(
+        &cfg,
+        vec![owned.clone()],
+        counters.clone(),
+        16,
+        &TaskTracker::new(),
+    )
+    .await
+    .expect("starts");
     for topic in [&owned, &other] {
         let rx = send(
             &sink,
@@ -456,6 +476,7 @@ async fn broker_down_at_start_is_waited_for() {
         vec![topic.clone()],
         counters.clone(),
         16,
+        &TaskTracker::new(),
     )
     .await
     .expect("starts without a broker");
@@ -480,12 +501,16 @@ async fn refused_configuration_fails_the_start() {
     let (_, counters) = metrics();
     let mut cfg = backend("127.0.0.1:1", false);
     cfg.properties.push("no.such.property=1".into());
-    let err = kafka::start(&cfg, vec![], counters.clone(), 16)
+    let err = kafka::start(&cfg, vec![], counters.clone(), 16, &TaskTracker::new())
         .await
         .err()
         .expect("refused");
     assert!(err.to_string().contains("no.such.property"), "{err}");
     let mut cfg = backend("127.0.0.1:1", false);
     cfg.compression = "brotli".into();
-    assert!(kafka::start(&cfg, vec![], counters, 16).await.is_err());
+    assert!(
+        kafka::start(&cfg, vec![], counters, 16, &TaskTracker::new())
+            .await
+            .is_err()
+    );
 }

@@ -18,3 +18,4 @@ mod file;
 mod kafka_e2e;
 mod kafka_e2e_outage;
 mod kafka_sink;
+mod memory;

@@ -1619,6 +1619,7 @@ async fn stored_deep_filter_is_dropped_at_start_up() {
         cfg.mqtt.max_topic_levels = max_levels;
         cfg.mqtt.max_topic_bytes = 65535;
         async move {
+            let cfg = cfg.validate().expect("test config is valid");
             let gw = mqbridge::app::Gateway::start(cfg).await.expect("starts");
             let addr = gw.mqtt_addr;
             Hostile::from(TestGateway {

@@ -181,6 +181,32 @@ async fn a_dead_router_or_store_writer_stops_the_gateway() {
     }
 }
 
+/// A start-up that fails (here: the MQTT port is taken) stops what it had
+/// already started: the store is closed again when `start` returns, so a
+/// retry on the same store directory opens it.
+#[tokio::test]
+async fn a_failed_start_closes_the_store_again() {
+    use mqbridge::app::{AppError, Gateway};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut cfg = test_config(dir.path());
+    cfg.mqtt.listen = held.local_addr().expect("local addr").to_string();
+    let cfg = cfg.validate().expect("test config is valid");
+    match within(30, Gateway::start(cfg)).await {
+        Err(AppError::Bind { what, .. }) => assert_eq!(what, "MQTT listener"),
+        Err(e) => panic!("expected a bind error, got {e:?}"),
+        Ok(_) => panic!("started on a port that is taken"),
+    }
+    let cfg = test_config(dir.path())
+        .validate()
+        .expect("test config is valid");
+    let gw = within(30, Gateway::start(cfg))
+        .await
+        .expect("the failed start closed the store: a retry opens it");
+    gw.shutdown().await;
+    drop(held);
+}
+
 // ----- the store's disk: free-space watermark and a full disk ---------------
 
 /// A tmpfs mounted for one test (needs root), unmounted on drop.

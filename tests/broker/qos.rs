@@ -164,7 +164,7 @@ async fn delivery_qos_is_minimum_of_publish_and_subscription() {
 async fn queue_ten_to_offline_session(policy: QueueFullPolicy) -> Vec<String> {
     let t = start_with(|cfg| {
         cfg.session.max_queued_messages = 5;
-        cfg.session.queue_full_policy = policy;
+        cfg.session.queue_full_policy = policy.to_string();
     })
     .await;
     let mut sub = b4::connect(opts_v4(t.addr, "qlimit", false)).await;

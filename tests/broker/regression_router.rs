@@ -38,7 +38,7 @@ impl H {
         cfg.store.path = dir.path().to_path_buf();
         cfg.session.expiry_check_interval_secs = 1;
         f(&mut cfg);
-        let cfg = Arc::new(cfg);
+        let cfg = Arc::new(cfg.validate().expect("test config is valid"));
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = Arc::new(Metrics::new(&mut registry));
         let opts = StoreOptions {
@@ -52,7 +52,14 @@ impl H {
         let (store, recovered) = Store::open(&opts).unwrap();
         let health = store.health().clone();
         let (tx, rx) = mpsc::channel(ROUTER_CHANNEL);
-        let router = Router::new(cfg, metrics.clone(), store, recovered, tx.downgrade());
+        let router = Router::new(
+            cfg,
+            metrics.clone(),
+            store,
+            recovered,
+            tx.downgrade(),
+            mqbridge::tasks::Tasks::new().0,
+        );
         H {
             tx,
             rx: Some(rx),

@@ -77,7 +77,7 @@ pub fn suffix() -> String {
 pub fn backend(exchange: &str, declare: bool) -> AmqpBackend {
     AmqpBackend {
         name: "rabbit".into(),
-        uri: uri(),
+        uri: uri().into(),
         exchange: exchange.into(),
         exchange_kind: "topic".into(),
         declare_exchange: declare,
@@ -276,7 +276,7 @@ pub fn gateway_bridge(
     use mqbridge::config::{BackendConfig, UplinkRoute};
     cfg.bridge.backends = vec![BackendConfig::Amqp(AmqpBackend {
         name: "rabbitmq".into(),
-        uri: uri(),
+        uri: uri().into(),
         exchange: exchange.into(),
         exchange_kind: "topic".into(),
         declare_exchange: false,

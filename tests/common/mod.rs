@@ -44,7 +44,7 @@ pub async fn start_with(f: impl FnOnce(&mut Config)) -> TestGateway {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cfg = test_config(dir.path());
     f(&mut cfg);
-    cfg.validate().expect("test config is valid");
+    let cfg = cfg.validate().expect("test config is valid");
     let gw = Gateway::start(cfg).await.expect("gateway starts");
     let addr = gw.mqtt_addr;
     TestGateway { gw, addr, dir }

@@ -230,3 +230,136 @@ fn file_value_is_overridden_by_env() {
         stderr(&out)
     );
 }
+
+/// Five mistakes in four sections: an `http://` AMQP URI, an unknown AMQP
+/// `exchange_kind`, an unknown Kafka `compression`, an unknown
+/// `session.queue_full_policy` and an out-of-range `mqtt.max_packet_size`.
+const FIVE_MISTAKES: &str = r#"
+[mqtt]
+max_packet_size = 10
+
+[session]
+queue_full_policy = "drop_newest"
+
+[[bridge.backends]]
+kind = "amqp"
+name = "rabbit"
+uri = "http://127.0.0.1:5672/%2f"
+exchange = "telemetry"
+exchange_kind = "fanciful"
+
+[[bridge.backends]]
+kind = "kafka"
+name = "kafka"
+bootstrap_servers = "127.0.0.1:9092"
+compression = "brotli"
+
+[[bridge.uplink]]
+name = "telemetry"
+filter = "devices/#"
+backend = "rabbit"
+target = "telemetry"
+"#;
+
+/// The lines of `stderr` that report a configuration error.
+fn config_error_lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("mqbridge: invalid configuration: "))
+        .collect()
+}
+
+/// Every mistake is reported in one run, one line each with its key, with
+/// exit 78; and no port was bound: nothing answered on the MQTT or admin
+/// port while the binary ran, nothing was logged as listening, and both
+/// ports can be bound right after it exited.
+#[test]
+fn every_mistake_is_reported_at_once_before_any_port_is_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("five.toml");
+    std::fs::write(&file, FIVE_MISTAKES).unwrap();
+    // Free ports: bound by the OS for us, then released for the binary.
+    let free_port = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let (mqtt, admin) = (free_port(), free_port());
+    let mut cmd = mqbridge(dir.path());
+    cmd.arg("--config")
+        .arg(&file)
+        .env("MQBRIDGE__MQTT__LISTEN", mqtt.to_string())
+        .env("MQBRIDGE__ADMIN__LISTEN", admin.to_string())
+        .env("RUST_LOG", "info");
+
+    // Probe both ports for as long as the binary runs.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let probe = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut answered = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                for addr in [mqtt, admin] {
+                    let timeout = Duration::from_millis(50);
+                    if std::net::TcpStream::connect_timeout(&addr, timeout).is_ok() {
+                        answered.push(addr);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            answered
+        })
+    };
+    let (out, _) = run_bounded(cmd, 10);
+    done.store(true, std::sync::atomic::Ordering::Release);
+    let answered = probe.join().unwrap();
+
+    let err = stderr(&out);
+    assert_config_error(&out, dir.path(), &[]);
+    let lines = config_error_lines(&err);
+    let expected = [
+        ("mqtt.max_packet_size", "10"),
+        ("session.queue_full_policy", "drop_newest"),
+        ("bridge.backends", "http"),
+        ("bridge.backends", "fanciful"),
+        ("bridge.backends", "brotli"),
+    ];
+    for (key, value) in expected {
+        assert!(
+            lines.iter().any(|l| l.contains(key) && l.contains(value)),
+            "no error line names {key} with {value:?}; stderr:\n{err}"
+        );
+    }
+    assert_eq!(
+        lines.len(),
+        expected.len(),
+        "one line per mistake; stderr:\n{err}"
+    );
+    assert!(
+        !err.contains("listening") && !err.contains("started"),
+        "stderr:\n{err}"
+    );
+    assert!(answered.is_empty(), "answered during the run: {answered:?}");
+    for addr in [mqtt, admin] {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            panic!("{addr} is not free after the run: {e}");
+        }
+    }
+}
+
+/// `--check-config` reports the same problems, the same way.
+#[test]
+fn check_config_reports_every_mistake() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("five.toml");
+    std::fs::write(&file, FIVE_MISTAKES).unwrap();
+    let mut cmd = mqbridge(dir.path());
+    cmd.arg("--check-config").arg("--config").arg(&file);
+    let (out, _) = run_bounded(cmd, 10);
+    assert_config_error(&out, dir.path(), &["drop_newest", "brotli"]);
+    assert_eq!(
+        config_error_lines(&stderr(&out)).len(),
+        5,
+        "{}",
+        stderr(&out)
+    );
+}

@@ -29,7 +29,7 @@ async fn spawn(dir: &Path, port: u16, run: usize) -> Child {
         .current_dir(dir)
         .env(
             "RUST_LOG",
-            "mqbridge=debug,mqbridge::bridge::downlink::amqp=trace",
+            "mqbridge=debug,mqbridge::bridge::amqp::source=trace",
         )
         .env("NO_COLOR", "1")
         // The log goes to stdout.

@@ -1,201 +1,51 @@
-//! AMQP 0-9-1 (RabbitMQ) sink with publisher confirms.
+//! AMQP 0-9-1 (RabbitMQ): both directions and what they share.
 //!
-//! - [`start`] checks the settings, opens the input channel and spawns the
-//!   sink task; the task connects in the background (backends come and go).
-//! - `session`: one connection, its publishing channel (confirm mode) and a
-//!   side channel that checks exchanges exist before the first publish.
-//! - `pump`: publishes envelopes in order with a bounded window of
-//!   unconfirmed messages and settles their confirms in order.
-//! - `message`: record → exchange, routing key, properties, headers.
-//!
-//! Delivery is at-least-once: a message is confirmed Ok only on the broker's
-//! ack; anything unconfirmed when a channel or connection fails is published
-//! again, in its original order, before new messages are taken.
+//! - [`sink`]: uplink, publishes records with publisher confirms.
+//! - [`source`]: downlink, consumes a route's queue with manual acks.
+//! - this file: the URI check, short-string limits and the connect timeout
+//!   that both directions use.
 
-mod message;
-mod pump;
-mod session;
-#[cfg(test)]
-mod tests;
+mod backend;
+pub mod config;
+pub mod sink;
+pub mod source;
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::io;
+use std::time::Duration;
 
-use lapin::types::ShortString;
+use lapin::types::{LongString, ShortString};
 use lapin::uri::{AMQPScheme, AMQPUri};
-use lapin::ExchangeKind;
-use tokio::sync::mpsc;
+use lapin::{Connection, ConnectionProperties};
 
-use self::pump::{End, Pending};
-use self::session::Session;
-use super::metrics::BackendCounters;
-use super::{BridgeError, Envelope, RunningSink, SinkHandle};
-use crate::bridge::backoff::Backoff;
-use crate::config::AmqpBackend;
+pub use backend::KIND;
+pub use sink::start;
 
-/// Starts the AMQP sink for `cfg`. Fails only on settings that can never
-/// work (URI, exchange kind, exchange name); an unreachable broker is not an
-/// error here, the task keeps trying.
-pub async fn start(
-    cfg: &AmqpBackend,
-    counters: BackendCounters,
-    capacity: usize,
-) -> Result<RunningSink, BridgeError> {
-    let err = |reason: String| BridgeError::Backend {
-        backend: cfg.name.clone(),
-        reason,
-    };
-    let (uri, kind) = check(cfg).map_err(err)?;
-    let (tx, rx) = mpsc::channel(capacity.max(1));
-    counters.up.set(0);
-    let sink = Sink {
-        cfg: cfg.clone(),
-        uri,
-        kind,
-        counters,
-        rx,
-        rx_open: true,
-        backoff: Backoff::new(),
-        inflight: VecDeque::new(),
-        replay: VecDeque::new(),
-        careful: 0,
-    };
-    let task = tokio::spawn(sink.run());
-    Ok(RunningSink {
-        handle: SinkHandle {
-            backend: Arc::from(cfg.name.as_str()),
-            tx,
-        },
-        task,
-    })
-}
+/// A connect that takes longer (e.g. SYNs dropped by a firewall) is retried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Validates what the broker would refuse for every message.
-fn check(cfg: &AmqpBackend) -> Result<(AMQPUri, ExchangeKind), String> {
-    // The parser's message may quote the URI, password included.
-    let uri: AMQPUri = cfg
-        .uri
+/// Parses an AMQP URI; the parser's message may quote the URI, password
+/// included, so it is replaced before the message goes anywhere.
+pub(crate) fn parse_uri(uri: &str) -> Result<AMQPUri, String> {
+    let parsed: AMQPUri = uri
         .parse()
-        .map_err(|e: String| format!("invalid uri: {}", e.replace(&cfg.uri, "<uri>")))?;
-    if uri.scheme == AMQPScheme::AMQPS {
+        .map_err(|e: String| format!("invalid uri: {}", e.replace(uri, "<uri>")))?;
+    if parsed.scheme == AMQPScheme::AMQPS {
         return Err("amqps:// needs TLS, which this build does not include".into());
     }
-    let kind = exchange_kind(&cfg.exchange_kind)?;
-    if ShortString::try_new(cfg.exchange.as_str()).is_err() {
-        return Err("exchange name is longer than 255 bytes".into());
-    }
-    if cfg.declare_exchange && cfg.exchange.is_empty() {
-        return Err("declare_exchange needs a non-empty exchange name".into());
-    }
-    Ok((uri, kind))
+    Ok(parsed)
 }
 
-pub(super) fn exchange_kind(kind: &str) -> Result<ExchangeKind, String> {
-    match kind {
-        "direct" => Ok(ExchangeKind::Direct),
-        "fanout" => Ok(ExchangeKind::Fanout),
-        "topic" => Ok(ExchangeKind::Topic),
-        "headers" => Ok(ExchangeKind::Headers),
-        other => Err(format!(
-            "exchange_kind {other:?} is not one of direct, fanout, topic, headers"
-        )),
-    }
+/// An AMQP short string (names, keys): at most 255 bytes.
+pub(crate) fn short(what: &str, s: &str) -> Result<ShortString, String> {
+    ShortString::try_new(s)
+        .map_err(|_| format!("{what} is {} bytes, AMQP allows at most 255", s.len()))
 }
 
-/// The sink task's state.
-struct Sink {
-    cfg: AmqpBackend,
-    uri: AMQPUri,
-    kind: ExchangeKind,
-    counters: BackendCounters,
-    rx: mpsc::Receiver<Envelope>,
-    /// False once every handle is dropped and the channel is drained.
-    rx_open: bool,
-    backoff: Backoff,
-    /// Published on the current channel, not yet confirmed, in order.
-    inflight: VecDeque<pump::InFlight>,
-    /// Taken from `rx` but not published on the current channel (left over
-    /// from a failed one); always published before anything new.
-    replay: VecDeque<Pending>,
-    /// How many messages at the front of inflight + replay must go one at a
-    /// time: a channel died of a message-specific error (e.g. 403, 404)
-    /// while several were in flight, so the culprit is not known yet.
-    careful: usize,
-}
-
-impl Sink {
-    /// Connects, pumps, and on failure reconnects after a backoff, until the
-    /// input is closed and everything taken is settled.
-    async fn run(mut self) {
-        let mut session: Option<Session> = None;
-        loop {
-            let opened = match session.take() {
-                Some(s) if s.connection_alive() => s.reopen(&self.cfg, &self.kind).await,
-                Some(s) => {
-                    s.close().await;
-                    Session::open(&self.cfg, &self.uri, &self.kind).await
-                }
-                None => Session::open(&self.cfg, &self.uri, &self.kind).await,
-            };
-            match opened {
-                Ok(mut s) => {
-                    self.counters.up.set(1);
-                    match self.pump(&mut s).await {
-                        End::Drained => {
-                            s.close().await;
-                            self.counters.up.set(0);
-                            return;
-                        }
-                        End::Broken(why) => {
-                            tracing::warn!(backend = %self.cfg.name, unsettled = self.unsettled(), "AMQP publishing interrupted, will publish again: {why}");
-                            if !s.connection_alive() {
-                                self.counters.up.set(0);
-                            }
-                            session = Some(s);
-                        }
-                    }
-                }
-                Err(e) => {
-                    self.counters.up.set(0);
-                    tracing::warn!(backend = %self.cfg.name, unsettled = self.unsettled(), "AMQP connection or channel could not be opened: {e}");
-                }
-            }
-            if self.rx.is_closed() {
-                // Shutting down and the broker is not there: do not hold the
-                // gateway's exit hostage; say what was not confirmed.
-                self.fail_all();
-                return;
-            }
-            self.counters.retries.inc();
-            tokio::time::sleep(self.backoff.next_delay()).await;
-        }
-    }
-
-    /// Messages taken but not settled.
-    fn unsettled(&self) -> usize {
-        self.inflight.len() + self.replay.len()
-    }
-
-    /// Answers `Closed` to everything taken and everything still queued.
-    fn fail_all(&mut self) {
-        let n = self.unsettled();
-        for p in self
-            .inflight
-            .drain(..)
-            .map(|f| f.msg)
-            .chain(self.replay.drain(..))
-        {
-            p.closed();
-        }
-        self.rx.close();
-        let mut queued = 0;
-        while let Ok(env) = self.rx.try_recv() {
-            Pending::new(env).closed();
-            queued += 1;
-        }
-        if n + queued > 0 {
-            tracing::error!(backend = %self.cfg.name, unconfirmed = n + queued, "AMQP sink stopped with messages the broker never confirmed");
-        }
-        self.counters.up.set(0);
-    }
+/// Opens a connection named `name` (shown in the broker's management UI),
+/// giving up after [`CONNECT_TIMEOUT`].
+async fn connect(uri: &AMQPUri, name: String) -> lapin::Result<Connection> {
+    let props = ConnectionProperties::default().with_connection_name(LongString::from(name));
+    tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_uri(uri.clone(), props))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
 }

@@ -8,8 +8,6 @@
 //! every session it is for. Only then does the source commit the offset /
 //! ack the delivery. `Retry` means "not stored": do not commit, deliver again.
 
-pub mod amqp;
-pub mod kafka;
 mod process;
 mod template;
 

@@ -8,8 +8,11 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
 
-use super::{Command, CommandEnvelope, CommandOutcome, CommandTemplate, CommandTx};
+use super::{
+    Command, CommandEnvelope, CommandOutcome, CommandTemplate, CommandTemplateError, CommandTx,
+};
 use crate::admin::Readiness;
 use crate::bridge::metrics::{CommandCounters, RouteCounters};
 use crate::bridge::{Envelope, Record, SinkHandle};
@@ -76,7 +79,8 @@ pub fn start(
     sink: Option<SinkHandle>,
     reporting: Reporting,
     capacity: usize,
-) -> Option<Downlink> {
+    tasks: &TaskTracker,
+) -> Result<Downlink, CommandTemplateError> {
     let Reporting {
         counters,
         dead_counters,
@@ -84,11 +88,12 @@ pub fn start(
     } = reporting;
     let route = Route {
         cfg: cfg.clone(),
-        topic: CommandTemplate::parse(&cfg.topic).ok()?,
-        client_id: match &cfg.client_id {
-            Some(t) => Some(CommandTemplate::parse(t).ok()?),
-            None => None,
-        },
+        topic: CommandTemplate::parse(&cfg.topic)?,
+        client_id: cfg
+            .client_id
+            .as_deref()
+            .map(CommandTemplate::parse)
+            .transpose()?,
         max_packet: limits.max_packet,
         topic_limits: limits.topic,
         counters,
@@ -102,12 +107,12 @@ pub fn start(
         blocked: false,
         ready,
     };
-    let answer = tokio::spawn(answer(pending_rx, route.counters.clone(), paused));
-    let task = tokio::spawn(async move {
+    let answer = tasks.spawn(answer(pending_rx, route.counters.clone(), paused));
+    let task = tasks.spawn(async move {
         feed(route, rx, router, pending_tx).await;
         let _ = answer.await;
     });
-    Some(Downlink { tx, task })
+    Ok(Downlink { tx, task })
 }
 
 type Pending = (oneshot::Sender<CommandOutcome>, PendingResult);
@@ -382,8 +387,10 @@ pub type ReceiptSender = mpsc::Sender<ReceiptEvent>;
 pub fn start_receipts(
     targets: HashMap<String, (SinkHandle, String, RouteCounters, CommandCounters)>,
     mut rx: mpsc::Receiver<ReceiptEvent>,
+    tasks: &TaskTracker,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
+    let confirms = tasks.clone();
+    tasks.spawn(async move {
         while let Some(ev) = rx.recv().await {
             let Some((sink, target, route_counters, counters)) = targets.get(&ev.receipt.route)
             else {
@@ -423,7 +430,7 @@ pub fn start_receipts(
                 continue;
             }
             let counters = counters.clone();
-            tokio::spawn(async move {
+            confirms.spawn(async move {
                 match confirm.await {
                     Ok(Ok(())) => counters.receipts_sent.inc(),
                     _ => counters.receipts_failed.inc(),

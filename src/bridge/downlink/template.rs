@@ -2,10 +2,10 @@
 //! `{routing_key}` (AMQP routing key with `.` → `/`), `{header.NAME}`.
 
 use super::Command;
+use crate::bridge::template::{Parts, Syntax};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
-    Lit(String),
+enum Var {
     Key,
     RoutingKey,
     Header(String),
@@ -13,7 +13,7 @@ enum Part {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandTemplate {
-    parts: Vec<Part>,
+    parts: Parts<Var>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -28,58 +28,44 @@ pub enum CommandTemplateError {
 
 impl CommandTemplate {
     pub fn parse(s: &str) -> Result<CommandTemplate, CommandTemplateError> {
-        let mut parts = Vec::new();
-        let mut rest = s;
-        while let Some(open) = rest.find('{') {
-            if open > 0 {
-                parts.push(Part::Lit(rest[..open].to_string()));
-            }
-            let close = rest[open..]
-                .find('}')
-                .ok_or(CommandTemplateError::Unclosed)?
-                + open;
-            let name = &rest[open + 1..close];
-            parts.push(match name {
-                "key" => Part::Key,
-                "routing_key" => Part::RoutingKey,
-                _ => match name.strip_prefix("header.") {
-                    Some(h) if !h.is_empty() => Part::Header(h.to_string()),
-                    _ => return Err(CommandTemplateError::Unknown(name.to_string())),
-                },
-            });
-            rest = &rest[close + 1..];
+        let parts = Parts::parse(s, |name| match name {
+            "key" => Some(Var::Key),
+            "routing_key" => Some(Var::RoutingKey),
+            _ => match name.strip_prefix("header.") {
+                Some(h) if !h.is_empty() => Some(Var::Header(h.to_string())),
+                _ => None,
+            },
+        });
+        match parts {
+            Ok(parts) => Ok(CommandTemplate { parts }),
+            Err(Syntax::Unknown(name)) => Err(CommandTemplateError::Unknown(name)),
+            Err(Syntax::Unclosed) => Err(CommandTemplateError::Unclosed),
         }
-        if !rest.is_empty() {
-            parts.push(Part::Lit(rest.to_string()));
-        }
-        Ok(CommandTemplate { parts })
     }
 
     pub fn render(&self, c: &Command) -> Result<String, CommandTemplateError> {
-        let mut out = String::new();
-        for p in &self.parts {
-            match p {
-                Part::Lit(s) => out.push_str(s),
-                Part::Key => out.push_str(
+        self.parts.render(|var, out| {
+            match var {
+                Var::Key => out.push_str(
                     c.key
                         .as_deref()
                         .ok_or(CommandTemplateError::Missing("key".into()))?,
                 ),
-                Part::RoutingKey => {
+                Var::RoutingKey => {
                     let rk = c
                         .routing_key
                         .as_deref()
                         .ok_or(CommandTemplateError::Missing("routing key".into()))?;
                     out.extend(rk.chars().map(|ch| if ch == '.' { '/' } else { ch }));
                 }
-                Part::Header(h) => {
+                Var::Header(h) => {
                     let v = c
                         .header(h)
                         .ok_or_else(|| CommandTemplateError::Missing(format!("header {h}")))?;
                     out.push_str(v);
                 }
             }
-        }
-        Ok(out)
+            Ok(())
+        })
     }
 }

@@ -1,181 +1,69 @@
-//! Kafka sink: mirrors uplink records to Kafka (or a Kafka-protocol broker)
-//! through librdkafka's idempotent producer, and confirms a record only once
-//! its delivery report says the broker has it (`acks=all`).
+//! Kafka (or a Kafka-protocol broker) through librdkafka: both directions
+//! and what they share.
 //!
-//! - this file: start-up, the producer's configuration, and the client
-//!   context that forwards librdkafka's logs and errors to `tracing`.
-//! - [`topics`]: which topics exist (metadata, cached) and creating them, so
-//!   a record to a missing topic is rejected instead of waiting forever.
-//! - [`message`]: record → Kafka message; permanent vs transient errors.
-//! - [`sink`]: the task: send in order, settle delivery reports in order,
-//!   reject what the broker refuses for good, re-send the rest.
+//! - [`sink`]: uplink, an idempotent producer confirming on delivery reports.
+//! - [`source`]: downlink, a consumer group committing settled offsets.
+//! - this file: the operator's `properties` parsed, and librdkafka's log
+//!   levels mapped to `tracing`, once for both directions.
 
-mod message;
-mod sink;
-#[cfg(test)]
-mod tests;
-mod topics;
+mod backend;
+pub mod config;
+pub mod sink;
+pub mod source;
 
-use std::sync::Arc;
+use rdkafka::config::RDKafkaLogLevel;
 
-use prometheus_client::metrics::gauge::Gauge;
-use rdkafka::client::ClientContext;
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::error::KafkaError;
-use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::Statistics;
-use tokio::sync::mpsc;
-
-use super::metrics::BackendCounters;
-use super::{BridgeError, Envelope, RunningSink, SinkHandle};
+use crate::bridge::registry::SettingError;
 use crate::config::KafkaBackend;
 
-/// The producer type the sink uses.
-type Producer = rdkafka::producer::FutureProducer<SinkContext>;
+pub use backend::KIND;
+pub use sink::start;
 
-/// Settings we never let `properties` weaken: a confirmation must mean the
-/// broker has the message on all in-sync replicas, once and in order.
-const FORCED: [(&str, &str); 2] = [("acks", "all"), ("enable.idempotence", "true")];
-
-/// librdkafka aliases, mapped to the names we set, so that an operator's
-/// alias replaces our value instead of racing it (the config is a map with
-/// no defined order).
-const ALIASES: [(&str, &str); 4] = [
-    ("request.required.acks", "acks"),
-    ("delivery.timeout.ms", "message.timeout.ms"),
-    ("compression.codec", "compression.type"),
-    ("metadata.broker.list", "bootstrap.servers"),
-];
-
-/// Starts the Kafka sink for `cfg`. `topics` are the literal targets of the
-/// routes using it (created at start-up when `create_topics` is set).
-///
-/// Fails only on a configuration librdkafka refuses; a broker that is down
-/// is waited for by the task.
-pub async fn start(
-    cfg: &KafkaBackend,
-    topics: Vec<String>,
-    counters: BackendCounters,
-    capacity: usize,
-) -> Result<RunningSink, BridgeError> {
-    let fail = |reason: String| BridgeError::Backend {
-        backend: cfg.name.clone(),
-        reason,
-    };
-    let backend: Arc<str> = cfg.name.as_str().into();
-    let client_cfg = client_config(cfg).map_err(fail)?;
-    let context = SinkContext {
-        backend: backend.clone(),
-        up: counters.up.clone(),
-    };
-    let producer: Producer = client_cfg
-        .create_with_context(context.clone())
-        .map_err(|e| fail(format!("cannot create the Kafka producer: {e}")))?;
-    counters.up.set(0);
-    let settings = sink::Settings {
-        backend: backend.clone(),
-        client_cfg,
-        context,
-        create_topics: cfg.create_topics,
-        partitions: cfg.topic_partitions,
-        replication: cfg.topic_replication,
-    };
-    let (tx, rx) = mpsc::channel::<Envelope>(capacity.max(1));
-    let task = tokio::spawn(sink::Sink::new(settings, producer, counters).run(rx, topics));
-    Ok(RunningSink {
-        handle: SinkHandle { backend, tx },
-        task,
-    })
-}
-
-/// Producer settings: ours first, then the operator's `properties`, except
-/// for [`FORCED`] ones, which are logged and kept as they are.
-fn client_config(cfg: &KafkaBackend) -> Result<ClientConfig, String> {
-    let mut c = ClientConfig::new();
-    // Warnings are worth seeing; the default follows the `log` crate, which
-    // this program does not use.
-    c.set_log_level(RDKafkaLogLevel::Warning);
-    c.set("bootstrap.servers", &cfg.bootstrap_servers)
-        .set("client.id", format!("mqbridge-{}", cfg.name))
-        .set("compression.type", &cfg.compression)
-        // Infinite: librdkafka never gives a message up by itself; how long
-        // a device waits is the route's `give_up_secs`.
-        .set("message.timeout.ms", "0")
-        // Broker connection states feed the `up` gauge (see SinkContext).
-        .set("statistics.interval.ms", "5000");
-    for (k, v) in FORCED {
-        c.set(k, v);
-    }
-    for p in &cfg.properties {
-        let (key, value) = p
-            .split_once('=')
-            .ok_or_else(|| format!("property {p:?} is not key=value"))?;
-        let (key, value) = (key.trim(), value.trim());
-        let key = ALIASES
-            .iter()
-            .find(|(alias, _)| *alias == key)
-            .map_or(key, |(_, name)| *name);
-        match FORCED.iter().find(|(k, _)| *k == key) {
-            Some((_, forced)) if !same_setting(key, value, forced) => tracing::warn!(
-                backend = %cfg.name,
-                "Kafka property {key}={value} ignored: mqbridge always uses {key}={forced}"
-            ),
-            _ => {
-                c.set(key, value);
-            }
+/// The operator's `properties`, each `key=value` split at its first `=`
+/// and trimmed; every malformed one is reported.
+fn properties(cfg: &KafkaBackend) -> Result<Vec<(&str, &str)>, Vec<SettingError>> {
+    let mut parsed = Vec::new();
+    let mut errors = Vec::new();
+    for (i, p) in cfg.properties.iter().enumerate() {
+        match p.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => parsed.push((k.trim(), v.trim())),
+            _ => errors.push(SettingError::new(
+                format!("properties[{i}]"),
+                format!("{p:?} is not key=value"),
+            )),
         }
     }
-    Ok(c)
-}
-
-fn same_setting(key: &str, value: &str, forced: &str) -> bool {
-    value.eq_ignore_ascii_case(forced) || (key == "acks" && value == "-1")
-}
-
-/// Forwards librdkafka's logs to `tracing`, and keeps the `up` gauge in
-/// step with the broker connections, also while nothing is being sent.
-#[derive(Clone)]
-struct SinkContext {
-    backend: Arc<str>,
-    up: Gauge,
-}
-
-impl ClientContext for SinkContext {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        let backend = &*self.backend;
-        match level {
-            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
-                tracing::error!(backend, "librdkafka {fac}: {message}")
-            }
-            // librdkafka logs every failed reconnect at "error" level; a
-            // broker being away is worth a warning, not an alarm each time.
-            RDKafkaLogLevel::Error | RDKafkaLogLevel::Warning => {
-                tracing::warn!(backend, "librdkafka {fac}: {message}")
-            }
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(backend, "librdkafka {fac}: {message}")
-            }
-            RDKafkaLogLevel::Debug => tracing::debug!(backend, "librdkafka {fac}: {message}"),
-        }
+    if errors.is_empty() {
+        Ok(parsed)
+    } else {
+        Err(errors)
     }
+}
 
-    fn stats(&self, statistics: Statistics) {
-        let connected = statistics.brokers.values().any(|b| b.state == "UP");
-        self.up.set(i64::from(connected));
-    }
+/// Who a librdkafka client works for, as log fields: the backend (sink) or
+/// the downlink route (source).
+#[derive(Clone, Copy)]
+struct Owner<'a> {
+    backend: Option<&'a str>,
+    route: Option<&'a str>,
+}
 
-    fn error(&self, error: KafkaError, reason: &str) {
-        let backend = &*self.backend;
-        match error.rdkafka_error_code() {
-            Some(RDKafkaErrorCode::AllBrokersDown) => {
-                self.up.set(0);
-                tracing::warn!(backend, "Kafka client: {error} ({reason})");
-            }
-            // Already logged by librdkafka itself (see `log`).
-            Some(RDKafkaErrorCode::BrokerTransportFailure) => {
-                tracing::debug!(backend, "Kafka client: {error} ({reason})")
-            }
-            _ => tracing::warn!(backend, "Kafka client: {error} ({reason})"),
+/// Forwards one librdkafka log line to `tracing`.
+fn forward_log(owner: Owner<'_>, level: RDKafkaLogLevel, fac: &str, message: &str) {
+    let Owner { backend, route } = owner;
+    match level {
+        RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
+            tracing::error!(backend, route, "librdkafka {fac}: {message}")
         }
+        // librdkafka logs every failed reconnect at "error" level; a broker
+        // being away is worth a warning (the client keeps waiting for it),
+        // not an alarm each time.
+        RDKafkaLogLevel::Error | RDKafkaLogLevel::Warning => {
+            tracing::warn!(backend, route, "librdkafka {fac}: {message}")
+        }
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::info!(backend, route, "librdkafka {fac}: {message}")
+        }
+        RDKafkaLogLevel::Debug => tracing::debug!(backend, route, "librdkafka {fac}: {message}"),
     }
 }

@@ -80,7 +80,12 @@ async fn settle(sh: &Arc<Shared>, inflight: &mut InFlight) {
     let sh2 = sh.clone();
     let res = tokio::task::spawn_blocking(move || sh2.with_db(|db| delete(db, seqs)))
         .await
-        .unwrap_or_else(|e| Err(SpoolError::Database(e.to_string())));
+        .unwrap_or_else(|e| {
+            Err(SpoolError::Task {
+                what: "deleting drained spool entries",
+                source: std::sync::Arc::new(e),
+            })
+        });
     match res {
         Ok(()) => {
             sh.bytes.fetch_sub(freed, Ordering::AcqRel);
@@ -129,5 +134,8 @@ async fn read_after(
         Ok(out)
     }))
     .await
-    .map_err(|e| SpoolError::Database(e.to_string()))?
+    .map_err(|e| SpoolError::Task {
+        what: "reading spool entries",
+        source: std::sync::Arc::new(e),
+    })?
 }

@@ -28,7 +28,7 @@ use super::{BridgeError, Envelope, Record, RunningSink, SinkHandle};
 
 const SPOOL: TableDefinition<u64, &[u8]> = TableDefinition::new("spool");
 
-/// Spool database errors reuse the store's (redb errors as text).
+/// Spool database errors reuse the store's (redb and I/O errors kept as their source).
 pub type SpoolError = crate::store::StoreError;
 
 /// Most envelopes appended per fsync.
@@ -93,10 +93,12 @@ struct Shared {
 }
 
 /// Where a route's spool lives: a directory on the store's filesystem, and
-/// that store's health (appends wait while its disk is low).
+/// that store's health (appends wait while its disk is low); and how large
+/// it may grow, in bytes.
 pub struct SpoolDisk<'a> {
     pub dir: &'a Path,
     pub store_health: Arc<crate::store::StoreHealth>,
+    pub max_bytes: u64,
 }
 
 /// Starts the spool of one route in front of `backend`. Returns the
@@ -104,13 +106,17 @@ pub struct SpoolDisk<'a> {
 pub fn start(
     route: &str,
     disk: SpoolDisk<'_>,
-    max_bytes: u64,
     backend: SinkHandle,
     counters: RouteCounters,
     spool_full: prometheus_client::metrics::counter::Counter,
     capacity: usize,
+    tasks: &tokio_util::task::TaskTracker,
 ) -> Result<RunningSink, BridgeError> {
-    let SpoolDisk { dir, store_health } = disk;
+    let SpoolDisk {
+        dir,
+        store_health,
+        max_bytes,
+    } = disk;
     let err = |reason: String| BridgeError::Backend {
         backend: format!("spool of route {route}"),
         reason,
@@ -143,8 +149,8 @@ pub fn start(
         .name(format!("spool-{route}"))
         .spawn(move || write_loop(writer_shared, rx))
         .map_err(|e| err(format!("spawning the spool writer: {e}")))?;
-    let drain = tokio::spawn(drain::run(shared, backend, counters));
-    let task = tokio::spawn(async move {
+    let drain = tasks.spawn(drain::run(shared, backend, counters));
+    let task = tasks.spawn(async move {
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         // The drain task ends when the spool is empty and the writer is gone.
         let _ = drain.await;
@@ -262,7 +268,10 @@ impl Shared {
         let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
         match guard.as_ref() {
             Some(db) => f(db),
-            None => Err(SpoolError::Io("spool database is not open".into())),
+            None => Err(SpoolError::Io {
+                what: "the spool database is not open".into(),
+                source: None,
+            }),
         }
     }
 
@@ -285,7 +294,7 @@ fn append(sh: &Shared, db: &Database, first: u64, batch: &[Envelope]) -> Result<
         let mut table = txn.open_table(SPOOL)?;
         for (i, env) in batch.iter().enumerate() {
             let bytes = postcard::to_stdvec(&Spooled::from_record(&env.record))
-                .map_err(|e| SpoolError::Database(e.to_string()))?;
+                .map_err(SpoolError::Encode)?;
             added += bytes.len() as u64;
             table.insert(first + i as u64, bytes.as_slice())?;
         }

@@ -28,7 +28,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::config::Config;
+use crate::config::Validated;
 use crate::metrics::{Metrics, ProtocolErrorReason as Why};
 use crate::mqtt::admission::{LogLimiter, WARN_EVERY};
 use crate::mqtt::codec::{self, DecodeError, OutPublish, Version};
@@ -39,7 +39,7 @@ use timers::Timers;
 
 /// What every connection task shares.
 pub struct Shared {
-    pub cfg: Arc<Config>,
+    pub cfg: Arc<Validated>,
     /// Uplink routes to the bridge's backends.
     pub uplink: crate::bridge::uplink::Uplink,
     pub metrics: Arc<Metrics>,

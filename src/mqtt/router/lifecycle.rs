@@ -270,7 +270,7 @@ impl Router {
         &mut self,
         client: &Arc<str>,
         conn_id: ConnId,
-        entries: Result<Vec<(u64, QueuedEntry)>, String>,
+        entries: Result<Vec<(u64, QueuedEntry)>, crate::store::StoreError>,
     ) {
         let (mut cx, sessions) = self.ctx();
         let Some(s) = sessions.get_mut(client) else {
@@ -282,7 +282,7 @@ impl Router {
         let entries = match entries {
             Ok(e) => e,
             Err(e) => {
-                tracing::error!(client_id = %client, error = %e, "reading the offline queue failed; disconnecting");
+                tracing::error!(client_id = %client, error = &e as &dyn std::error::Error, "reading the offline queue failed; disconnecting");
                 if let Some(k) = s.conn.as_mut().and_then(|c| c.kick.take()) {
                     let _ = k.send(Kick::ShuttingDown);
                 }
@@ -517,7 +517,10 @@ impl Router {
         }
         self.flush().await;
         if let Err(e) = self.store.close().await {
-            tracing::error!(error = %e, "closing the store failed");
+            tracing::error!(
+                error = &e as &dyn std::error::Error,
+                "closing the store failed"
+            );
         }
     }
 }

@@ -29,11 +29,12 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::Config;
+use crate::config::Validated;
 use crate::metrics::Metrics;
 use crate::mqtt::message::Message;
 use crate::mqtt::topic::{SubOpts, SubTree};
 use crate::store::{Op, QueuedEntry, Recovered, Store};
+use crate::tasks::Tasks;
 
 pub use command::{BudgetRefusal, CommandResult};
 pub use session::pkid_of;
@@ -232,7 +233,7 @@ pub enum RouterMsg {
     Loaded {
         client_id: Arc<str>,
         conn_id: ConnId,
-        entries: Result<Vec<(u64, QueuedEntry)>, String>,
+        entries: Result<Vec<(u64, QueuedEntry)>, crate::store::StoreError>,
     },
     /// Fault injection for supervision tests only.
     #[doc(hidden)]
@@ -282,9 +283,12 @@ pub struct ReceiptEvent {
 }
 
 pub struct Router {
-    cfg: Arc<Config>,
+    cfg: Arc<Validated>,
     metrics: Arc<Metrics>,
     store: Store,
+    /// Where the router's helper tasks (commit waiters, queue loads) run, so
+    /// that shutdown waits for them.
+    tasks: Tasks,
     sessions: HashMap<Arc<str>, Session>,
     tree: SubTree,
     retained: HashMap<String, Arc<Message>>,
@@ -320,16 +324,18 @@ pub struct Router {
 
 impl Router {
     pub fn new(
-        cfg: Arc<Config>,
+        cfg: Arc<Validated>,
         metrics: Arc<Metrics>,
         store: Store,
         recovered: Recovered,
         self_tx: mpsc::WeakSender<RouterMsg>,
+        tasks: Tasks,
     ) -> Router {
         let mut router = Router {
             cfg,
             metrics,
             store,
+            tasks,
             sessions: HashMap::new(),
             tree: SubTree::default(),
             retained: HashMap::new(),
@@ -479,7 +485,9 @@ impl Router {
             RouterMsg::InjectFault(Fault::RouterPanic) => panic!("injected router fault"),
             RouterMsg::InjectFault(Fault::StoreWriterPanic) => {
                 let store = self.store.clone();
-                tokio::spawn(async move { store.inject_writer_panic().await });
+                self.tasks.spawn("store fault injection", async move {
+                    store.inject_writer_panic().await
+                });
             }
         }
     }
@@ -502,14 +510,17 @@ impl Router {
         match self.store.submit(ops).await {
             Ok(commit) => {
                 if !waiters.is_empty() {
-                    tokio::spawn(async move {
+                    self.tasks.spawn("router commit wait", async move {
                         let ok = commit.await.is_ok();
                         waiters.into_iter().for_each(|w| w(ok));
                     });
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "store rejected a batch; replies report failure");
+                tracing::error!(
+                    error = &e as &dyn std::error::Error,
+                    "store rejected a batch; replies report failure"
+                );
                 waiters.into_iter().for_each(|w| w(false));
             }
         }
@@ -523,11 +534,8 @@ impl Router {
             let Some(tx) = self.self_tx.upgrade() else {
                 return;
             };
-            tokio::spawn(async move {
-                let entries = store
-                    .load_queue(&client, below)
-                    .await
-                    .map_err(|e| e.to_string());
+            self.tasks.spawn("router queue load", async move {
+                let entries = store.load_queue(&client, below).await;
                 let _ = tx
                     .send(RouterMsg::Loaded {
                         client_id: client,

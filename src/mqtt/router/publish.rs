@@ -283,6 +283,7 @@ impl Router {
         let Some(tx) = s.conn.as_ref().map(|c| c.tx.clone()) else {
             return;
         };
+        let tasks = self.tasks.clone();
         self.after_commit(move |ok| {
             if !ok {
                 return;
@@ -290,7 +291,7 @@ impl Router {
             if let Err(tokio::sync::mpsc::error::TrySendError::Full(out)) =
                 tx.try_send(super::Outbound::PubRel { seq })
             {
-                tokio::spawn(async move {
+                tasks.spawn("router pubrel send", async move {
                     let _ = tx.send(out).await;
                 });
             }

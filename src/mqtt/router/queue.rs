@@ -8,14 +8,14 @@ use tokio::sync::mpsc::error::TrySendError;
 
 use super::session::{Body, Entry, Session};
 use super::Outbound;
-use crate::config::{Config, QueueFullPolicy};
+use crate::config::{Config, QueueFullPolicy, Validated};
 use crate::metrics::{DropReason, Metrics};
 use crate::mqtt::message::{now_ms, Message};
 use crate::store::{EntryState, Op, QueuedEntry};
 
 /// What the queue code needs from the router besides the session.
 pub struct Ctx<'a> {
-    pub cfg: &'a Config,
+    pub cfg: &'a Validated,
     pub metrics: &'a Metrics,
     pub ops: &'a mut Vec<Op>,
     pub stored_bytes: &'a mut u64,
@@ -129,12 +129,13 @@ pub fn would_store(s: &Session, cfg: &Config, qos: u8) -> bool {
 /// Applies the per-session limits before adding `size` bytes.
 fn make_room(s: &mut Session, cx: &mut Ctx<'_>, size: u32) -> bool {
     let limits = &cx.cfg.session;
+    let policy = cx.cfg.queue_full_policy();
     let full = |s: &Session| {
         s.queue.len() >= limits.max_queued_messages
             || s.queued_bytes + size as usize > limits.max_queued_bytes
     };
     while full(s) {
-        if limits.queue_full_policy == QueueFullPolicy::RejectNew {
+        if policy == QueueFullPolicy::RejectNew {
             return false;
         }
         let Some(idx) = s.oldest_droppable() else {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::*;
+use crate::config::Config;
 use crate::store::StoreOptions;
 
 /// A router on a fresh store, and the connections it attached (kept open).
@@ -33,7 +34,14 @@ fn harness_in(cfg: Config, dir: tempfile::TempDir) -> Harness {
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
     let (tx, _rx) = mpsc::channel(1);
-    let router = Router::new(Arc::new(cfg), metrics, store, recovered, tx.downgrade());
+    let router = Router::new(
+        Arc::new(cfg.validate().expect("test config is valid")),
+        metrics,
+        store,
+        recovered,
+        tx.downgrade(),
+        crate::tasks::Tasks::new().0,
+    );
     Harness {
         router,
         conns: Vec::new(),

@@ -6,7 +6,7 @@ use lapin::message::Delivery;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::Acker;
 
-use super::super::Command;
+use crate::bridge::downlink::Command;
 
 /// Converts a delivery; the acker settles it later.
 pub(super) fn command(queue: &str, d: Delivery) -> (Command, Acker) {

@@ -50,7 +50,8 @@ fn auto_commit_and_group_cannot_be_overridden() {
         ]),
         &route(None),
         "node-a",
-    );
+    )
+    .expect("valid properties");
     assert_eq!(c.get("enable.auto.commit"), Some("false"));
     assert_eq!(c.get("auto.commit.enable"), None);
     assert_eq!(c.get("group.id"), Some("mqbridge-cmds"));
@@ -59,7 +60,7 @@ fn auto_commit_and_group_cannot_be_overridden() {
     assert_eq!(c.get("fetch.min.bytes"), Some("2"));
     // Static membership per node and route, whatever the properties say.
     assert_eq!(c.get("group.instance.id"), Some("node-a.cmds"));
-    let c = consumer_config(&backend(&[]), &route(Some("g1")), "node-a");
+    let c = consumer_config(&backend(&[]), &route(Some("g1")), "node-a").expect("valid");
     assert_eq!(c.get("group.id"), Some("g1"));
 }
 
@@ -147,9 +148,10 @@ async fn start_and_stop_without_broker(create_topics: bool) {
     let mut b = backend(&[]);
     b.create_topics = create_topics;
     let (tx, _rx) = tokio::sync::mpsc::channel(8);
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let stop = tokio_util::sync::CancellationToken::new();
     let begun = std::time::Instant::now();
-    let task = start(&b, &route(None), "node-a", tx, stop)
+    let tasks = tokio_util::task::TaskTracker::new();
+    let task = start(&b, &route(None), "node-a", tx, stop.clone(), &tasks)
         .await
         .expect("starts");
     assert!(
@@ -159,7 +161,7 @@ async fn start_and_stop_without_broker(create_topics: bool) {
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!task.is_finished());
-    let _ = stop_tx.send(true);
+    stop.cancel();
     tokio::time::timeout(Duration::from_secs(5), task)
         .await
         .expect("stops within 5 s")
@@ -169,13 +171,14 @@ async fn start_and_stop_without_broker(create_topics: bool) {
 #[tokio::test]
 async fn a_property_librdkafka_refuses_fails_the_start() {
     let (tx, _rx) = tokio::sync::mpsc::channel(8);
-    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let stop = tokio_util::sync::CancellationToken::new();
     let err = start(
         &backend(&["no.such.property=1"]),
         &route(None),
         "node-a",
         tx,
         stop,
+        &tokio_util::task::TaskTracker::new(),
     )
     .await;
     assert!(err.is_err());

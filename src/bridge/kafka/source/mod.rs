@@ -5,7 +5,7 @@
 //!
 //! - this file: start-up, the consumer's configuration, topic creation,
 //!   message → [`Command`].
-//! - [`source`]: the task — consume, keep what is in flight in order, commit.
+//! - [`task`]: the task — consume, keep what is in flight in order, commit.
 //! - [`inflight`]: commands handed over and not answered yet, in order.
 //! - [`ledger`]: the offsets that may be committed.
 //! - [`context`]: librdkafka logs and the commit-before-rebalance hook.
@@ -13,7 +13,7 @@
 mod context;
 mod inflight;
 mod ledger;
-mod source;
+mod task;
 #[cfg(test)]
 mod tests;
 
@@ -27,7 +27,8 @@ use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::message::{Headers, Message};
 use rdkafka::types::RDKafkaErrorCode;
 
-use super::{Command, CommandTx};
+use crate::bridge::downlink::{Command, CommandTx};
+use crate::bridge::registry::SettingError;
 use crate::bridge::BridgeError;
 use crate::config::{DownlinkRoute, KafkaBackend};
 
@@ -39,12 +40,17 @@ pub async fn start(
     route: &DownlinkRoute,
     node_id: &str,
     tx: CommandTx,
-    stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio_util::sync::CancellationToken,
+    tasks: &tokio_util::task::TaskTracker,
 ) -> Result<tokio::task::JoinHandle<()>, BridgeError> {
-    let config = consumer_config(backend, route, node_id);
+    let settings = |errors: Vec<SettingError>| {
+        BridgeError::settings(&backend.name, &errors).in_route(&route.name)
+    };
+    let config = consumer_config(backend, route, node_id).map_err(settings)?;
+    let admin = admin_config(backend).map_err(settings)?;
     // Create (and drop) one consumer now so that a bad property fails the
     // start-up instead of the task; this does not contact the broker.
-    source::create(&config, route)
+    task::create(&config, route)
         .map_err(|e| BridgeError::Backend {
             backend: backend.name.clone(),
             reason: format!(
@@ -58,11 +64,11 @@ pub async fn start(
     // created here so that receipts and dead letters are not refused.
     topics.extend(route.receipt_target.iter().cloned());
     topics.extend(route.dead_letter_target.iter().cloned());
-    let src = source::Source {
+    let src = task::Source {
         route: route.clone(),
         config,
-        admin: backend.create_topics.then(|| Admin {
-            config: admin_config(backend),
+        admin: backend.create_topics.then_some(Admin {
+            config: admin,
             topics,
             partitions: backend.topic_partitions,
             replication: backend.topic_replication,
@@ -70,7 +76,7 @@ pub async fn start(
         tx,
         stop,
     };
-    Ok(tokio::spawn(src.run()))
+    Ok(tasks.spawn(src.run()))
 }
 
 /// Settings we decide, whatever `properties` say: offsets are committed by
@@ -78,7 +84,11 @@ pub async fn start(
 /// the group is the route's.
 const FORCED: [&str; 3] = ["enable.auto.commit", "auto.commit.enable", "group.id"];
 
-fn consumer_config(backend: &KafkaBackend, route: &DownlinkRoute, node_id: &str) -> ClientConfig {
+fn consumer_config(
+    backend: &KafkaBackend,
+    route: &DownlinkRoute,
+    node_id: &str,
+) -> Result<ClientConfig, Vec<SettingError>> {
     // Static membership (KIP-345): a restarted gateway (same node id) takes
     // its partitions back at once instead of after session.timeout.ms.
     let instance = format!("{node_id}.{}", route.name);
@@ -103,11 +113,7 @@ fn consumer_config(backend: &KafkaBackend, route: &DownlinkRoute, node_id: &str)
         // the gateway first joined must not be skipped; a duplicate is
         // better than a lost command.
         .set("auto.offset.reset", "earliest");
-    for p in &backend.properties {
-        let Some((key, value)) = p.split_once('=') else {
-            continue; // validated with the config
-        };
-        let (key, value) = (key.trim(), value.trim());
+    for (key, value) in super::properties(backend)? {
         if key == "group.id" {
             tracing::warn!(route = %route.name, "Kafka property group.id={value} ignored by the downlink: the route's group is {group}");
         } else if key == "group.instance.id" {
@@ -121,23 +127,21 @@ fn consumer_config(backend: &KafkaBackend, route: &DownlinkRoute, node_id: &str)
             c.set(key, value);
         }
     }
-    c
+    Ok(c)
 }
 
 /// Producer-side client for topic creation: the servers and the operator's
 /// properties (security settings apply to it too).
-fn admin_config(backend: &KafkaBackend) -> ClientConfig {
+fn admin_config(backend: &KafkaBackend) -> Result<ClientConfig, Vec<SettingError>> {
     let mut c = ClientConfig::new();
     c.set_log_level(RDKafkaLogLevel::Error);
     c.set("bootstrap.servers", &backend.bootstrap_servers);
-    for p in &backend.properties {
-        if let Some((k, v)) = p.split_once('=') {
-            if !FORCED.contains(&k.trim()) {
-                c.set(k.trim(), v.trim());
-            }
+    for (k, v) in super::properties(backend)? {
+        if !FORCED.contains(&k) {
+            c.set(k, v);
         }
     }
-    c
+    Ok(c)
 }
 
 /// Topics to create before subscribing (`create_topics`).
@@ -209,8 +213,11 @@ fn command<M: Message>(m: &M) -> Command {
 
 /// Jittered exponential backoff, 250 ms doubling to 30 s (a consumer group
 /// rejoin is costly; no need to hammer a broker that is down).
-fn backoff() -> crate::bridge::backoff::Backoff {
-    crate::bridge::backoff::Backoff::between(Duration::from_millis(250), Duration::from_secs(30))
+fn backoff() -> crate::bridge::driver::backoff::Backoff {
+    crate::bridge::driver::backoff::Backoff::between(
+        Duration::from_millis(250),
+        Duration::from_secs(30),
+    )
 }
 
 /// Route name as a cheap shared string for the context.

@@ -1,7 +1,6 @@
 //! One connection of a command source: topology (queue, exchange, binding),
 //! prefetch, and a consumer whose deliveries arrive in order on a channel.
 
-use std::io;
 use std::time::Duration;
 
 use lapin::message::DeliveryResult;
@@ -9,14 +8,12 @@ use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions,
     QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::types::{FieldTable, LongString, ShortString};
-use lapin::{Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Channel, Connection, Consumer, ExchangeKind};
 use tokio::sync::mpsc;
 
 use super::Settings;
 
-/// A connect that takes longer (e.g. SYNs dropped by a firewall) is retried.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on each step of an orderly cancel/close, so a dead peer cannot
 /// hold up the gateway's shutdown.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -35,13 +32,7 @@ impl Session {
     /// Connects, sets up the topology and starts consuming (manual acks).
     pub async fn open(s: &Settings) -> lapin::Result<Session> {
         let name = format!("mqbridge/{}/downlink/{}", s.backend, s.route);
-        let props = ConnectionProperties::default().with_connection_name(LongString::from(name));
-        let conn = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            Connection::connect_uri(s.uri.clone(), props),
-        )
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        let conn = super::super::connect(&s.uri, name).await?;
         let mut channel = conn.create_channel().await?;
         if s.declare_queue {
             let durable = QueueDeclareOptions {

@@ -12,6 +12,11 @@
 //! The directory is fsynced after a file is created or rotated, so a crash
 //! cannot lose the file's name while its data was reported durable.
 
+mod backend;
+pub mod config;
+
+pub use backend::KIND;
+
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -21,9 +26,10 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
 
-use super::metrics::BackendCounters;
-use super::{BridgeError, Envelope, RunningSink, SinkHandle};
+use crate::bridge::metrics::BackendCounters;
+use crate::bridge::{BridgeError, Envelope, RunningSink, SinkHandle};
 use crate::config::FileBackend;
 
 /// Most envelopes written before one fsync.
@@ -52,6 +58,7 @@ pub fn start(
     cfg: &FileBackend,
     counters: BackendCounters,
     capacity: usize,
+    tasks: &TaskTracker,
 ) -> Result<RunningSink, BridgeError> {
     let err = |reason: String| BridgeError::Backend {
         backend: cfg.name.clone(),
@@ -66,7 +73,7 @@ pub fn start(
         .name(format!("sink-file-{}", cfg.name))
         .spawn(move || sink.run(rx))
         .map_err(|e| err(format!("spawning the writer thread: {e}")))?;
-    let task = tokio::task::spawn_blocking(move || {
+    let task = tasks.spawn_blocking(move || {
         let _ = thread.join();
     });
     Ok(RunningSink {

@@ -3,7 +3,6 @@
 //! ever awaited, and a command is recorded as settled only after every
 //! command consumed before it.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -11,6 +10,7 @@ use tokio::time::timeout;
 
 use super::ledger::Shared;
 use crate::bridge::downlink::CommandOutcome;
+use crate::bridge::driver::SettleQueue;
 
 type Answer = Result<CommandOutcome, oneshot::error::RecvError>;
 
@@ -22,7 +22,7 @@ struct Pending {
 }
 
 #[derive(Default)]
-pub(super) struct InFlight(VecDeque<Pending>);
+pub(super) struct InFlight(SettleQueue<Pending>);
 
 impl InFlight {
     pub(super) fn len(&self) -> usize {
@@ -47,10 +47,7 @@ impl InFlight {
     /// The answer for the oldest command (never resolves if there is none).
     /// Cancel-safe: the command stays until [`InFlight::settle_oldest`].
     pub(super) async fn oldest(&mut self) -> Answer {
-        match self.0.front_mut() {
-            Some(p) => (&mut p.done).await,
-            None => std::future::pending().await,
-        }
+        self.0.oldest(|p| &mut p.done).await
     }
 
     /// Removes the oldest command and records it in the ledger if it was

@@ -10,17 +10,14 @@
 
 use std::collections::HashSet;
 use std::io;
-use std::time::Duration;
 
 use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions};
-use lapin::types::{FieldTable, LongString, ShortString};
+use lapin::types::{FieldTable, ShortString};
 use lapin::uri::AMQPUri;
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
 
 use crate::config::AmqpBackend;
 
-/// A connect that takes longer (e.g. SYNs dropped by a firewall) is retried.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Exchanges remembered as existing; the set is forgotten when full, which
 /// only costs a few passive declares.
 const MAX_KNOWN: usize = 1024;
@@ -48,19 +45,7 @@ impl Session {
         uri: &AMQPUri,
         kind: &ExchangeKind,
     ) -> lapin::Result<Session> {
-        let props = ConnectionProperties::default()
-            .with_connection_name(LongString::from(format!("mqbridge/{}", cfg.name)));
-        let conn = match tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            Connection::connect_uri(uri.clone(), props),
-        )
-        .await
-        {
-            Ok(conn) => conn?,
-            Err(_) => {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out").into())
-            }
-        };
+        let conn = super::super::connect(uri, format!("mqbridge/{}", cfg.name)).await?;
         let channel = open_channel(&conn, cfg, kind).await?;
         Ok(Session {
             conn,

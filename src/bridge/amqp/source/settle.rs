@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::Acker;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
-use super::super::CommandOutcome;
-use crate::bridge::backoff::jitter;
+use crate::bridge::downlink::CommandOutcome;
+use crate::bridge::driver::backoff::jitter;
 
 /// Wait before returning a command that could not be stored: an immediate
 /// redelivery would most likely fail the same way.
@@ -26,7 +27,7 @@ pub(super) struct Pending {
 /// Runs until `rx` is closed and drained (the session ends or stops).
 pub(super) async fn run(
     mut rx: mpsc::UnboundedReceiver<Pending>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
     route: Arc<str>,
 ) {
     let mut delay = RETRY_BASE;
@@ -47,9 +48,9 @@ pub(super) async fn run(
                 // While stopping, hand it back at once: the next run takes it.
                 if same_round > 0 {
                     same_round -= 1;
-                } else if !*stop.borrow() {
+                } else if !stop.is_cancelled() {
                     tokio::select! {
-                        _ = stop.wait_for(|s| *s) => {}
+                        _ = stop.cancelled() => {}
                         _ = tokio::time::sleep(jitter(delay)) => {}
                     }
                     delay = (delay * 2).min(RETRY_MAX);

@@ -21,14 +21,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lapin::types::ShortString;
-use lapin::uri::{AMQPScheme, AMQPUri};
-use tokio::sync::{mpsc, oneshot, watch};
+use lapin::uri::AMQPUri;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use self::session::Session;
 use self::settle::Pending;
-use super::{CommandEnvelope, CommandTx};
-use crate::bridge::backoff::Backoff;
+use crate::bridge::downlink::{CommandEnvelope, CommandTx};
+use crate::bridge::driver::backoff::Backoff;
+use crate::bridge::registry::SettingError;
 use crate::bridge::BridgeError;
 use crate::config::{AmqpBackend, DownlinkRoute};
 
@@ -44,7 +47,7 @@ const LIVENESS: Duration = Duration::from_secs(1);
 
 /// What a source needs to (re)connect, checked once at start-up.
 #[derive(Debug, Clone)]
-struct Settings {
+pub(super) struct Settings {
     backend: String,
     route: Arc<str>,
     uri: AMQPUri,
@@ -62,59 +65,63 @@ pub async fn start(
     backend: &AmqpBackend,
     route: &DownlinkRoute,
     tx: CommandTx,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
+    tasks: &TaskTracker,
 ) -> Result<JoinHandle<()>, BridgeError> {
-    let settings = check(backend, route).map_err(|reason| BridgeError::Backend {
-        backend: backend.name.clone(),
-        reason: format!("downlink route {:?}: {reason}", route.name),
-    })?;
+    let settings = check(backend, route)
+        .map_err(|errors| BridgeError::settings(&backend.name, &errors).in_route(&route.name))?;
     let source = Source {
         s: settings,
         tx,
         stop,
         backoff: Backoff::new(),
     };
-    Ok(tokio::spawn(source.run()))
+    Ok(tasks.spawn(source.run()))
 }
 
-fn short(what: &str, value: &str) -> Result<ShortString, String> {
-    ShortString::try_new(value).map_err(|_| format!("{what} is longer than 255 bytes"))
-}
-
-/// Validates what the broker would refuse on every attempt.
-fn check(backend: &AmqpBackend, route: &DownlinkRoute) -> Result<Settings, String> {
-    // The parser's message may quote the URI, password included.
-    let uri: AMQPUri = backend
-        .uri
-        .parse()
-        .map_err(|e: String| format!("invalid uri: {}", e.replace(&backend.uri, "<uri>")))?;
-    if uri.scheme == AMQPScheme::AMQPS {
-        return Err("amqps:// needs TLS, which this build does not include".into());
-    }
+/// Validates what the broker would refuse on every attempt; every problem
+/// is reported, keyed below the route.
+pub(super) fn check(
+    backend: &AmqpBackend,
+    route: &DownlinkRoute,
+) -> Result<Settings, Vec<SettingError>> {
+    let mut errors = Vec::new();
+    let mut short = |key: &'static str, value: &str| {
+        super::short(key, value).map_err(|e| errors.push(SettingError::new(key, e)))
+    };
+    let queue = short("queue", &route.queue);
+    let bind = if route.bind_exchange.is_empty() {
+        Ok(None)
+    } else {
+        match (
+            short("bind_exchange", &route.bind_exchange),
+            short("binding_key", &route.binding_key),
+        ) {
+            (Ok(e), Ok(k)) => Ok(Some((e, k))),
+            _ => Err(()),
+        }
+    };
     if route.queue.is_empty() {
-        return Err("an AMQP downlink needs a queue".into());
+        errors.push(SettingError::new("queue", "an AMQP downlink needs a queue"));
     }
     if route.prefetch == 0 {
         // 0 means "unlimited" to the broker: nothing would bound what is in flight.
-        return Err("prefetch must be greater than 0".into());
+        errors.push(SettingError::new("prefetch", "must be greater than 0"));
     }
-    let bind = if route.bind_exchange.is_empty() {
-        None
-    } else {
-        Some((
-            short("bind_exchange", &route.bind_exchange)?,
-            short("binding_key", &route.binding_key)?,
-        ))
-    };
-    Ok(Settings {
-        backend: backend.name.clone(),
-        route: Arc::from(route.name.as_str()),
-        uri,
-        queue: short("queue", &route.queue)?,
-        declare_queue: route.declare_queue,
-        bind,
-        prefetch: route.prefetch,
-    })
+    let uri = super::parse_uri(backend.uri.expose())
+        .map_err(|e| errors.push(SettingError::new("uri", e)));
+    match (uri, queue, bind) {
+        (Ok(uri), Ok(queue), Ok(bind)) if errors.is_empty() => Ok(Settings {
+            backend: backend.name.clone(),
+            route: Arc::from(route.name.as_str()),
+            uri,
+            queue,
+            declare_queue: route.declare_queue,
+            bind,
+            prefetch: route.prefetch,
+        }),
+        _ => Err(errors),
+    }
 }
 
 /// Why a session ended.
@@ -128,13 +135,8 @@ enum End {
 struct Source {
     s: Settings,
     tx: CommandTx,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
     backoff: Backoff,
-}
-
-/// Resolves once `stop` is true (or its sender is gone, i.e. the gateway is).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 impl Source {
@@ -143,7 +145,7 @@ impl Source {
         loop {
             let opened = tokio::select! {
                 biased;
-                _ = stopped(&mut self.stop) => return,
+                _ = self.stop.cancelled() => return,
                 opened = Session::open(&self.s) => opened,
             };
             match opened {
@@ -171,7 +173,7 @@ impl Source {
             let delay = self.backoff.next_delay();
             tokio::select! {
                 biased;
-                _ = stopped(&mut self.stop) => return,
+                _ = self.stop.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
             }
             tracing::info!(%route, %queue, "AMQP downlink reconnecting");
@@ -193,7 +195,7 @@ impl Source {
         let end = loop {
             tokio::select! {
                 biased;
-                _ = stopped(&mut self.stop) => break End::Stopped,
+                _ = self.stop.cancelled() => break End::Stopped,
                 d = session.deliveries.recv() => match d {
                     Some(Ok(Some(delivery))) => {
                         let (command, acker) = convert::command(self.s.queue.as_str(), delivery);
@@ -204,7 +206,7 @@ impl Source {
                         // leaves the delivery unacked (requeued at close).
                         tokio::select! {
                             biased;
-                            _ = stopped(&mut self.stop) => break End::Stopped,
+                            _ = self.stop.cancelled() => break End::Stopped,
                             sent = self.tx.send(env) => if sent.is_err() {
                                 break End::ProcessorGone;
                             },

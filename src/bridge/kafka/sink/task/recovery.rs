@@ -10,12 +10,18 @@ use rdkafka::producer::{Producer as _, PurgeConfig};
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::Sink;
-use crate::bridge::kafka::message::code;
-use crate::bridge::kafka::topics::Presence;
+use crate::bridge::driver::Backoff;
+use crate::bridge::kafka::sink::message::code;
+use crate::bridge::kafka::sink::topics::Presence;
 use crate::bridge::Envelope;
 
-pub(super) const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// The sink's retry delays: 250 ms doubling to 30 s, jittered.
+pub(super) fn backoff() -> Backoff {
+    Backoff::between(BACKOFF_MIN, BACKOFF_MAX)
+}
 /// How long the oldest record may wait before its topic is looked up again.
 pub(super) const STALLED_AFTER: Duration = Duration::from_secs(15);
 /// Most distinct topics looked up per stall check.
@@ -48,7 +54,7 @@ impl Sink {
                     }
                 }
             }
-            self.backoff = BACKOFF_MIN;
+            self.backoff.reset();
             if missing.is_empty() {
                 return;
             }
@@ -88,7 +94,7 @@ impl Sink {
         };
         front.sent = Instant::now();
         let mut waiting: Vec<String> = Vec::new();
-        for p in &self.pending {
+        for p in self.pending.iter() {
             let target = &p.envelope.record.target;
             if !waiting.contains(target) {
                 waiting.push(target.clone());
@@ -194,9 +200,9 @@ impl Sink {
     pub(super) async fn pause(&mut self, why: &str) {
         self.counters.up.set(0);
         let backend = &*self.settings.backend;
-        tracing::debug!(backend, "{why}; retrying in {:?}", self.backoff);
-        tokio::time::sleep(self.backoff).await;
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        let delay = self.backoff.next_delay();
+        tracing::debug!(backend, "{why}; retrying in {delay:?}");
+        tokio::time::sleep(delay).await;
     }
 }
 

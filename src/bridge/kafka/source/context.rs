@@ -25,21 +25,11 @@ fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
 
 impl ClientContext for SourceContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        let route = &*self.route;
-        match level {
-            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
-                tracing::error!(route, "librdkafka {fac}: {message}")
-            }
-            // A broker being away is logged at "error" on every reconnect
-            // attempt; the source keeps waiting for it, nothing is at risk.
-            RDKafkaLogLevel::Error | RDKafkaLogLevel::Warning => {
-                tracing::warn!(route, "librdkafka {fac}: {message}")
-            }
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(route, "librdkafka {fac}: {message}")
-            }
-            RDKafkaLogLevel::Debug => tracing::debug!(route, "librdkafka {fac}: {message}"),
-        }
+        let owner = crate::bridge::kafka::Owner {
+            backend: None,
+            route: Some(&self.route),
+        };
+        crate::bridge::kafka::forward_log(owner, level, fac, message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {

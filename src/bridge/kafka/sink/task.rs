@@ -10,7 +10,7 @@
 
 mod recovery;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use super::message::{code, headers, permanent};
 use super::topics::{Presence, Topics};
 use super::{Producer, SinkContext};
+use crate::bridge::driver::{Backoff, SettleQueue};
 use crate::bridge::metrics::BackendCounters;
 use crate::bridge::{Envelope, SinkError};
 
@@ -53,7 +54,7 @@ pub(super) struct Sink {
     /// `create_topics` is on): created again if they disappear.
     owned: HashSet<String>,
     /// In hand-off order; the front is settled first.
-    pending: VecDeque<Pending>,
+    pending: SettleQueue<Pending>,
     /// Bumped when records must be re-sent; new records wait until every
     /// record of an older generation is settled, so that a re-sent record
     /// does not fall behind newer ones of the same key.
@@ -61,7 +62,7 @@ pub(super) struct Sink {
     /// Which producer this is (counts replacements).
     producer_no: u64,
     /// Delay before the next retry; grows while retries fail.
-    backoff: Duration,
+    backoff: Backoff,
 }
 
 struct Pending {
@@ -88,10 +89,10 @@ impl Sink {
             counters,
             topics,
             owned: HashSet::new(),
-            pending: VecDeque::new(),
+            pending: SettleQueue::new(),
             generation: 0,
             producer_no: 0,
-            backoff: recovery::BACKOFF_MIN,
+            backoff: recovery::backoff(),
         }
     }
 
@@ -111,7 +112,7 @@ impl Sink {
                 .map(|p| p.sent + recovery::STALLED_AFTER);
             tokio::select! {
                 biased;
-                report = front(&mut self.pending), if !self.pending.is_empty() => {
+                report = self.pending.oldest(|p| &mut p.delivery), if !self.pending.is_empty() => {
                     if let Some(p) = self.pending.pop_front() {
                         self.settle(p, report).await;
                     }
@@ -185,7 +186,7 @@ impl Sink {
         let error = match report {
             Ok(Ok(_)) => {
                 self.counters.up.set(1);
-                self.backoff = recovery::BACKOFF_MIN;
+                self.backoff.reset();
                 self.counters
                     .confirm
                     .observe(p.since.elapsed().as_secs_f64());
@@ -231,14 +232,6 @@ impl Sink {
         if let Some(confirm) = envelope.confirm {
             let _ = confirm.send(Err(SinkError::Rejected(why)));
         }
-    }
-}
-
-/// The delivery report of the oldest pending record.
-async fn front(pending: &mut VecDeque<Pending>) -> Report {
-    match pending.front_mut() {
-        Some(p) => (&mut p.delivery).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use lapin::types::{AMQPValue, FieldArray, FieldTable, ShortString};
 use lapin::BasicProperties;
 
+use crate::bridge::amqp::short;
 use crate::bridge::Record;
 use crate::config::AmqpBackend;
 
@@ -68,11 +69,6 @@ pub(super) fn headers(pairs: &[(String, String)]) -> Result<FieldTable, String> 
         }
     }
     Ok(FieldTable::from(table))
-}
-
-fn short(what: &str, s: &str) -> Result<ShortString, String> {
-    ShortString::try_new(s)
-        .map_err(|_| format!("{what} is {} bytes, AMQP allows at most 255", s.len()))
 }
 
 /// AMQP timestamps are whole seconds since the epoch.

@@ -14,8 +14,9 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::Message;
 use rdkafka::types::RDKafkaErrorCode;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tokio::time::{interval, sleep, timeout, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
 
 use super::context::SourceContext;
 use super::inflight::InFlight;
@@ -46,7 +47,7 @@ pub(super) struct Source {
     pub(super) config: ClientConfig,
     pub(super) admin: Option<Admin>,
     pub(super) tx: CommandTx,
-    pub(super) stop: watch::Receiver<bool>,
+    pub(super) stop: CancellationToken,
 }
 
 /// Creates a consumer of the route (its ledger starts empty).
@@ -74,7 +75,7 @@ impl Source {
             loop {
                 let created = tokio::select! {
                     r = admin.create(&name) => r,
-                    _ = stopped(&mut self.stop) => return,
+                    _ = self.stop.cancelled() => return,
                 };
                 let Err(e) = created else { break };
                 let delay = backoff.next_delay();
@@ -123,7 +124,7 @@ impl Source {
     /// Sleeps; true if told to stop meanwhile.
     async fn pause(&mut self, delay: Duration) -> bool {
         tokio::select! {
-            _ = stopped(&mut self.stop) => true,
+            _ = self.stop.cancelled() => true,
             _ = sleep(delay) => false,
         }
     }
@@ -142,7 +143,7 @@ impl Source {
         loop {
             tokio::select! {
                 biased;
-                _ = stopped(&mut self.stop) => {
+                _ = self.stop.cancelled() => {
                     pending.drain(DRAIN, &ledger, name).await;
                     return (Exit::Stop, progressed);
                 }
@@ -183,7 +184,7 @@ impl Source {
                     // Awaiting a full processor is the backpressure.
                     let sent = tokio::select! {
                         r = self.tx.send(envelope) => r.is_ok(),
-                        _ = stopped(&mut self.stop) => false,
+                        _ = self.stop.cancelled() => false,
                     };
                     if !sent {
                         pending.drain(DRAIN, &ledger, name).await;
@@ -236,9 +237,4 @@ async fn close(consumer: Arc<Kafka>, route: &str) {
             "closing the Kafka consumer takes longer than {CLOSE:?}; not waiting"
         );
     }
-}
-
-/// Resolves once the gateway is stopping (or its stop signal is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }

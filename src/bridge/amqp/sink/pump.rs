@@ -121,7 +121,7 @@ impl Sink {
             let idle = self.inflight.is_empty();
             tokio::select! {
                 biased;
-                res = front(&mut self.inflight), if !idle => {
+                res = self.inflight.oldest(|f| &mut f.confirm), if !idle => {
                     if let Err(why) = self.settle(res) {
                         return End::Broken(why);
                     }
@@ -253,13 +253,5 @@ impl Sink {
             // Dropping the confirm is fine: its channel is being abandoned.
             self.replay.push_front(f.msg);
         }
-    }
-}
-
-/// The confirm of the oldest in-flight message.
-async fn front(inflight: &mut std::collections::VecDeque<InFlight>) -> lapin::Result<Confirmation> {
-    match inflight.front_mut() {
-        Some(f) => (&mut f.confirm).await,
-        None => std::future::pending().await,
     }
 }

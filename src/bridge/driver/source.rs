@@ -1,0 +1,174 @@
+//! [`run_source`]: drives a [`Source`] — hands commands to the route's
+//! processor, settles their positions strictly in consumption order,
+//! reconnects with backoff, and stops on the cancellation token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{Backoff, SettleQueue};
+use crate::bridge::contract::Source;
+use crate::bridge::downlink::{CommandEnvelope, CommandOutcome, CommandTx};
+
+/// Commands handed to the processor and not settled yet, at most: when
+/// reached, the driver consumes no further until the oldest is answered.
+pub const WINDOW: usize = 1000;
+/// On stop, how long commands already handed over may take to be answered
+/// (those not answered by then are consumed again after a restart).
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// Starts the driver task of one route's `source`; commands go to `tx`.
+pub fn run_source(
+    route: &str,
+    source: Box<dyn Source>,
+    tx: CommandTx,
+    cancel: CancellationToken,
+    tasks: &TaskTracker,
+) -> JoinHandle<()> {
+    let driver = Driver {
+        route: route.into(),
+        source,
+        tx,
+        cancel,
+        backoff: Backoff::new(),
+    };
+    tasks.spawn(driver.run())
+}
+
+struct Driver {
+    route: Arc<str>,
+    source: Box<dyn Source>,
+    tx: CommandTx,
+    cancel: CancellationToken,
+    backoff: Backoff,
+}
+
+/// A command handed to the processor, awaiting its outcome.
+struct Handed {
+    position: String,
+    outcome: oneshot::Receiver<CommandOutcome>,
+}
+
+/// Why a connection's consuming ended.
+enum End {
+    Stopped,
+    /// The processor is gone: nothing can be delivered any more.
+    ProcessorGone,
+    Lost(String),
+}
+
+impl Driver {
+    async fn run(mut self) {
+        let route = self.route.clone();
+        loop {
+            let connected = tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => return,
+                c = self.source.connect() => c,
+            };
+            match connected {
+                Ok(()) => match self.consume().await {
+                    End::Stopped => return,
+                    End::ProcessorGone => {
+                        tracing::error!(%route, "the command processor is gone; consuming stopped");
+                        return;
+                    }
+                    End::Lost(why) => {
+                        tracing::warn!(%route, "consuming interrupted, will resume from the last settled command: {why}")
+                    }
+                },
+                Err(error) => tracing::warn!(%route, %error, "command source could not connect"),
+            }
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => return,
+                _ = tokio::time::sleep(self.backoff.next_delay()) => {}
+            }
+        }
+    }
+
+    async fn consume(&mut self) -> End {
+        let mut handed: SettleQueue<Handed> = SettleQueue::new();
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => {
+                    self.drain(&mut handed).await;
+                    return End::Stopped;
+                }
+                answer = handed.oldest(|h| &mut h.outcome) => {
+                    let Some(h) = handed.pop_front() else { continue };
+                    if let Err(end) = self.settle(h, answer).await {
+                        return end;
+                    }
+                }
+                command = self.source.next(), if handed.len() < WINDOW => {
+                    let command = match command {
+                        Ok(c) => c,
+                        Err(e) => return End::Lost(e.to_string()),
+                    };
+                    let position = command.position.clone();
+                    let (done, outcome) = oneshot::channel();
+                    // A full processor input is backpressure; stopping
+                    // meanwhile leaves the command unsettled (consumed again).
+                    tokio::select! {
+                        biased;
+                        _ = self.cancel.cancelled() => {
+                            self.drain(&mut handed).await;
+                            return End::Stopped;
+                        }
+                        sent = self.tx.send(CommandEnvelope { command, done }) => if sent.is_err() {
+                            return End::ProcessorGone;
+                        },
+                    }
+                    handed.push_back(Handed { position, outcome });
+                }
+            }
+        }
+    }
+
+    /// Settles one answered command. A command not stored ends the
+    /// connection: it and everything after it are consumed again.
+    async fn settle(
+        &mut self,
+        h: Handed,
+        answer: Result<CommandOutcome, oneshot::error::RecvError>,
+    ) -> Result<(), End> {
+        // The processor dropping `done` means it did not store the command.
+        let outcome = answer.unwrap_or(CommandOutcome::Retry);
+        if let Err(e) = self.source.settle(&h.position, outcome).await {
+            return Err(End::Lost(format!("settling {}: {e}", h.position)));
+        }
+        if outcome == CommandOutcome::Retry {
+            return Err(End::Lost(format!("command {} not stored", h.position)));
+        }
+        self.backoff.reset();
+        Ok(())
+    }
+
+    /// On stop: settles what the processor answers within [`DRAIN`], in
+    /// order, up to the first command not stored.
+    async fn drain(&mut self, handed: &mut SettleQueue<Handed>) {
+        let drained = tokio::time::timeout(DRAIN, async {
+            while !handed.is_empty() {
+                let answer = handed.oldest(|h| &mut h.outcome).await;
+                let Some(h) = handed.pop_front() else { break };
+                if self.settle(h, answer).await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                route = &*self.route,
+                left = handed.len(),
+                "stopping with unanswered commands; they will be consumed again"
+            );
+        }
+    }
+}
