@@ -135,18 +135,14 @@ async fn start_downlink(
         };
         let capacity = bridge.queue_capacity.min(4096);
         let p = downlink::start(
-            r,
+            d,
             w.router.clone(),
             w.limits,
             sink.clone(),
             reporting,
             capacity,
             &w.tasks,
-        )
-        .map_err(|e| BridgeError::Backend {
-            backend: d.backend.name().to_string(),
-            reason: format!("downlink route {:?}: {e}", r.name),
-        })?;
+        );
         tasks.push(p.task);
         if let (Some(target), Some(sink)) = (&r.receipt_target, sink) {
             let route_counters = w.metrics.route(&r.name);

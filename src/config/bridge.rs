@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::ConfigError;
 pub use crate::bridge::amqp::config::AmqpBackend;
+use crate::bridge::downlink::CommandTemplate;
 pub use crate::bridge::file::config::FileBackend;
 pub use crate::bridge::kafka::config::KafkaBackend;
 use crate::bridge::registry::{self, Backend, SettingError};
@@ -305,11 +306,16 @@ pub struct ValidUplink {
     pub give_up: Option<Duration>,
 }
 
-/// A downlink route with the backend it consumes from.
+/// A downlink route with the backend it consumes from and its compiled
+/// templates.
 #[derive(Debug, Clone)]
 pub struct ValidDownlink {
     pub route: DownlinkRoute,
     pub backend: Arc<dyn Backend>,
+    /// MQTT topic of the delivered command.
+    pub topic: CommandTemplate,
+    /// Target client id of client-addressed commands.
+    pub client_id: Option<CommandTemplate>,
 }
 
 /// Collects the problems of one section, each with its dotted key.
@@ -362,11 +368,13 @@ impl BridgeConfig {
             if backend.is_none() && !broken(&r.backend) {
                 p.add(at("backend"), format!("no backend named {:?}", r.backend));
             }
-            check_downlink(r, backend.as_deref(), session_max_expiry, &at, &mut p);
-            if let Some(backend) = backend {
+            let templates = check_downlink(r, backend.as_deref(), session_max_expiry, &at, &mut p);
+            if let (Some(backend), Some((topic, client_id))) = (backend, templates) {
                 downlink.push(ValidDownlink {
                     route: r.clone(),
                     backend,
+                    topic,
+                    client_id,
                 });
             }
         }
@@ -460,13 +468,14 @@ fn uplink_route(
     })
 }
 
+/// Checks one downlink route; its compiled templates if they parse.
 fn check_downlink(
     r: &DownlinkRoute,
     backend: Option<&dyn Backend>,
     session_max_expiry: u32,
     at: &dyn Fn(&str) -> String,
     p: &mut Problems,
-) {
+) -> Option<(CommandTemplate, Option<CommandTemplate>)> {
     if let Some(b) = backend {
         p.settings(at("").trim_end_matches('.'), b.check_downlink(r));
     }
@@ -483,12 +492,12 @@ fn check_downlink(
     if r.create_sessions && r.client_id.is_none() {
         p.add(at("create_sessions"), "needs client_id");
     }
-    for (what, t) in [
-        ("topic", Some(&r.topic)),
-        ("client_id", r.client_id.as_ref()),
-    ] {
-        if let Some(Err(e)) = t.map(|t| crate::bridge::downlink::CommandTemplate::parse(t)) {
-            p.add(at(what), e.to_string());
-        }
-    }
+    let topic = CommandTemplate::parse(&r.topic).map_err(|e| p.add(at("topic"), e.to_string()));
+    let client_id = r
+        .client_id
+        .as_deref()
+        .map(CommandTemplate::parse)
+        .transpose()
+        .map_err(|e| p.add(at("client_id"), e.to_string()));
+    Some((topic.ok()?, client_id.ok()?))
 }

@@ -10,13 +10,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
-use super::{
-    Command, CommandEnvelope, CommandOutcome, CommandTemplate, CommandTemplateError, CommandTx,
-};
+use super::{Command, CommandEnvelope, CommandOutcome, CommandTemplate, CommandTx};
 use crate::admin::Readiness;
 use crate::bridge::metrics::{CommandCounters, RouteCounters};
 use crate::bridge::{Envelope, Record, SinkHandle};
-use crate::config::DownlinkRoute;
+use crate::config::{DownlinkRoute, ValidDownlink};
 use crate::mqtt::message::{now_ms, Message, MessageProps, Receipt};
 use crate::mqtt::router::{BudgetRefusal, CommandResult, ReceiptEvent, RouterMsg};
 use crate::mqtt::topic::{valid_topic_name, TopicLimits};
@@ -71,29 +69,26 @@ pub struct Reporting {
     pub ready: Arc<Readiness>,
 }
 
-/// Starts the processor of one downlink route (templates already validated).
+/// Starts the processor of one checked downlink route.
 pub fn start(
-    cfg: &DownlinkRoute,
+    route: &ValidDownlink,
     router: mpsc::Sender<RouterMsg>,
     limits: MessageLimits,
     sink: Option<SinkHandle>,
     reporting: Reporting,
     capacity: usize,
     tasks: &TaskTracker,
-) -> Result<Downlink, CommandTemplateError> {
+) -> Downlink {
     let Reporting {
         counters,
         dead_counters,
         ready,
     } = reporting;
+    let cfg = &route.route;
     let route = Route {
         cfg: cfg.clone(),
-        topic: CommandTemplate::parse(&cfg.topic)?,
-        client_id: cfg
-            .client_id
-            .as_deref()
-            .map(CommandTemplate::parse)
-            .transpose()?,
+        topic: route.topic.clone(),
+        client_id: route.client_id.clone(),
         max_packet: limits.max_packet,
         topic_limits: limits.topic,
         counters,
@@ -112,7 +107,7 @@ pub fn start(
         feed(route, rx, router, pending_tx).await;
         let _ = answer.await;
     });
-    Ok(Downlink { tx, task })
+    Downlink { tx, task }
 }
 
 type Pending = (oneshot::Sender<CommandOutcome>, PendingResult);

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::bridge::downlink::CommandOutcome;
-use crate::bridge::driver::backoff::jitter;
+use crate::bridge::driver::Backoff;
 
 /// Wait before returning a command that could not be stored: an immediate
 /// redelivery would most likely fail the same way.
@@ -30,7 +30,7 @@ pub(super) async fn run(
     stop: CancellationToken,
     route: Arc<str>,
 ) {
-    let mut delay = RETRY_BASE;
+    let mut backoff = Backoff::between(RETRY_BASE, RETRY_MAX);
     // Deliveries that may be returned without a wait of their own: those
     // consumed before the last wait ended belong to the same round (a wait
     // each would hold a prefetch's worth of commands back for minutes).
@@ -40,7 +40,7 @@ pub(super) async fn run(
         let outcome = p.outcome.await.unwrap_or(CommandOutcome::Retry);
         let settled = match outcome {
             CommandOutcome::Stored | CommandOutcome::Dropped => {
-                delay = RETRY_BASE;
+                backoff.reset();
                 same_round = 0;
                 p.acker.ack(BasicAckOptions::default()).await
             }
@@ -51,9 +51,8 @@ pub(super) async fn run(
                 } else if !stop.is_cancelled() {
                     tokio::select! {
                         _ = stop.cancelled() => {}
-                        _ = tokio::time::sleep(jitter(delay)) => {}
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
                     }
-                    delay = (delay * 2).min(RETRY_MAX);
                     same_round = rx.len();
                 }
                 tracing::debug!(%route, "command not stored; returned to the queue");
