@@ -18,30 +18,37 @@ const PER_DEVICE: usize = 80;
 const GAP: Duration = Duration::from_millis(40);
 const OUTAGE: Duration = Duration::from_secs(4);
 
-/// The pid of the local tansu broker, or None (skip; fail in CI).
-fn tansu_pid() -> Option<String> {
+/// The pids of the local tansu broker processes (by process name, so a
+/// shell or grep whose command line mentions tansu is never frozen in its
+/// place), or None (skip; fail in CI).
+fn tansu_pids() -> Option<Vec<String>> {
     let out = std::process::Command::new("pgrep")
-        .args(["-f", "tansu broker"])
+        .args(["-x", "tansu"])
         .output()
         .ok()?;
-    let pid = String::from_utf8_lossy(&out.stdout)
+    let pids: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .next()?
-        .trim()
-        .to_string();
-    if pid.is_empty() {
-        None
-    } else {
-        Some(pid)
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    (!pids.is_empty()).then_some(pids)
+}
+
+fn signal(pids: &[String], sig: &str) {
+    for pid in pids {
+        let _ = std::process::Command::new("kill").args([sig, pid]).status();
     }
 }
 
-fn signal(pid: &str, sig: &str) {
-    let _ = std::process::Command::new("kill").args([sig, pid]).status();
+/// The process state letter from `/proc/<pid>/stat` ('T' = stopped).
+fn state(pid: &str) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The state follows the parenthesised command name.
+    stat.rsplit_once(") ")?.1.chars().next()
 }
 
 /// Thaws the broker even if the test panics.
-struct Thaw(String);
+struct Thaw(Vec<String>);
 impl Drop for Thaw {
     fn drop(&mut self) {
         signal(&self.0, "-CONT");
@@ -53,7 +60,7 @@ async fn puback_waits_through_a_frozen_kafka_broker_and_nothing_acked_is_lost() 
     let Some((addr, _turn)) = service::kafka(Use::Alone).await else {
         return;
     };
-    let Some(pid) = tansu_pid() else {
+    let Some(pids) = tansu_pids() else {
         service::missing("a local tansu broker to freeze");
         return;
     };
@@ -63,9 +70,13 @@ async fn puback_waits_through_a_frozen_kafka_broker_and_nothing_acked_is_lost() 
         .map(|d| tokio::spawn(paced_device(t.addr, format!("kout{d}"), PER_DEVICE, GAP)))
         .collect();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    signal(&pid, "-STOP");
-    let thaw = Thaw(pid);
+    signal(&pids, "-STOP");
+    let thaw = Thaw(pids.clone());
     let frozen_at = Instant::now();
+    // The precondition of everything below: the broker really is frozen.
+    for pid in &pids {
+        assert_eq!(state(pid), Some('T'), "tansu pid {pid} did not stop");
+    }
     tokio::time::sleep(OUTAGE).await;
     drop(thaw);
     let mut acks = Vec::new();

@@ -218,7 +218,10 @@ pub mod b4 {
         }
 
         pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> SubAck {
-            self.client.subscribe(filter, qos).await.unwrap();
+            self.client
+                .subscribe(filter, qos)
+                .await
+                .expect("client connection open");
             super::within(10, async {
                 loop {
                     if let Event::Incoming(Packet::SubAck(s)) = self.next_event().await {
@@ -234,7 +237,7 @@ pub mod b4 {
             self.client
                 .publish(topic, qos, retain, payload.to_vec())
                 .await
-                .unwrap();
+                .expect("client connection open");
             super::within(10, async {
                 loop {
                     match self.next_event().await {
@@ -316,7 +319,10 @@ pub mod b4 {
 
         /// Sends DISCONNECT and waits until the connection is closed.
         pub async fn disconnect(mut self) {
-            self.client.disconnect().await.unwrap();
+            self.client
+                .disconnect()
+                .await
+                .expect("client connection open");
             self.closed().await;
             let _ = self.task.await;
         }
@@ -458,8 +464,12 @@ pub mod b5 {
                     .client
                     .subscribe_many_with_properties([filter], p)
                     .await
-                    .unwrap(),
-                None => self.client.subscribe_many([filter]).await.unwrap(),
+                    .expect("client connection open"),
+                None => self
+                    .client
+                    .subscribe_many([filter])
+                    .await
+                    .expect("client connection open"),
             }
             super::within(10, async {
                 loop {
@@ -488,7 +498,7 @@ pub mod b5 {
             self.client
                 .publish_with_properties(topic, qos, retain, payload.to_vec(), props)
                 .await
-                .unwrap();
+                .expect("client connection open");
             super::within(10, async {
                 loop {
                     match self.next_event().await {
@@ -567,7 +577,10 @@ pub mod b5 {
         }
 
         pub async fn disconnect(mut self) {
-            self.client.disconnect().await.unwrap();
+            self.client
+                .disconnect()
+                .await
+                .expect("client connection open");
             self.closed().await;
             let _ = self.task.await;
         }
