@@ -265,3 +265,7 @@ impl Driver {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "sink_tests.rs"]
+mod tests;
