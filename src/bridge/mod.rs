@@ -98,8 +98,20 @@ pub struct RunningSink {
 /// Why a backend could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
+    /// Starting the backend's client or its local files failed; `source`
+    /// is the underlying error (I/O, redb, librdkafka, ...).
+    #[error("backend {backend}: {what}")]
+    Backend {
+        backend: String,
+        /// What was being done, e.g. "creating ./data/uplink".
+        what: String,
+        #[source]
+        source: contract::BoxError,
+    },
+    /// The backend cannot do what the configuration asks of it (a sink that
+    /// was not started, a downlink route on a kind without a source).
     #[error("backend {backend}: {reason}")]
-    Backend { backend: String, reason: String },
+    Unsupported { backend: String, reason: String },
     /// Settings the backend can never work with (normally caught when the
     /// configuration is validated; this is for callers that skip that).
     #[error("backend {backend}{}: {}", route.as_ref().map(|r| format!(", downlink route {r:?}")).unwrap_or_default(), errors.iter().map(|e| format!("{}: {}", e.key, e.reason)).collect::<Vec<_>>().join("; "))]

@@ -99,7 +99,7 @@ pub trait Backend: Send + Sync + fmt::Debug {
     ) -> BoxFuture<'a, Result<JoinHandle<()>, BridgeError>> {
         let _ = start;
         Box::pin(async move {
-            Err(BridgeError::Backend {
+            Err(BridgeError::Unsupported {
                 backend: self.name().to_string(),
                 reason: format!("cannot carry downlink route {:?}", route.name),
             })

@@ -109,7 +109,7 @@ pub async fn start(bridge: &ValidBridge, w: Wiring<'_>) -> Result<Started, Bridg
 }
 
 fn not_started(backend: &str) -> BridgeError {
-    BridgeError::Backend {
+    BridgeError::Unsupported {
         backend: backend.to_string(),
         reason: "its sink was not started".into(),
     }

@@ -505,7 +505,14 @@ async fn refused_configuration_fails_the_start() {
         .await
         .err()
         .expect("refused");
-    assert!(err.to_string().contains("no.such.property"), "{err}");
+    // The librdkafka error naming the property is kept as the source.
+    let mut chain = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(e) = source {
+        chain.push_str(&format!(": {e}"));
+        source = e.source();
+    }
+    assert!(chain.contains("no.such.property"), "{chain}");
     let mut cfg = backend("127.0.0.1:1", false);
     cfg.compression = "brotli".into();
     assert!(

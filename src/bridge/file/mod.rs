@@ -32,12 +32,13 @@ pub fn start(
     capacity: usize,
     tasks: &TaskTracker,
 ) -> Result<RunningSink, BridgeError> {
-    let err = |reason: String| BridgeError::Backend {
+    let err = |what: String, e: std::io::Error| BridgeError::Backend {
         backend: cfg.name.clone(),
-        reason,
+        what,
+        source: e.into(),
     };
     std::fs::create_dir_all(&cfg.path)
-        .map_err(|e| err(format!("creating {}: {e}", cfg.path.display())))?;
+        .map_err(|e| err(format!("creating {}", cfg.path.display()), e))?;
     // The driver keeps at most WINDOW records unconfirmed, so this queue
     // rarely fills; when it does (the disk is slow), `send` waits.
     let (tx, rx) = mpsc::channel(WINDOW);
@@ -45,7 +46,7 @@ pub fn start(
     let thread = std::thread::Builder::new()
         .name(format!("sink-file-{}", cfg.name))
         .spawn(move || writer.run(rx))
-        .map_err(|e| err(format!("spawning the writer thread: {e}")))?;
+        .map_err(|e| err("spawning the writer thread".into(), e))?;
     // Ends once the driver has dropped the sink (and with it the sender).
     tasks.spawn_blocking(move || {
         let _ = thread.join();

@@ -117,15 +117,17 @@ pub fn start(
         store_health,
         max_bytes,
     } = disk;
-    let err = |reason: String| BridgeError::Backend {
+    let err = |what: String, source: crate::bridge::contract::BoxError| BridgeError::Backend {
         backend: format!("spool of route {route}"),
-        reason,
+        what,
+        source,
     };
-    std::fs::create_dir_all(dir).map_err(|e| err(format!("creating {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| err(format!("creating {}", dir.display()), e.into()))?;
     let path = dir.join(format!("{}.redb", sanitize(route)));
-    let db =
-        Database::create(&path).map_err(|e| err(format!("opening {}: {e}", path.display())))?;
-    let bytes = spooled_bytes(&db).map_err(|e| err(e.to_string()))?;
+    let db = Database::create(&path)
+        .map_err(|e| err(format!("opening {}", path.display()), e.into()))?;
+    let bytes = spooled_bytes(&db).map_err(|e| err("reading its size".into(), e.into()))?;
     if bytes > 0 {
         tracing::info!(
             route,
@@ -148,7 +150,7 @@ pub fn start(
     let writer = std::thread::Builder::new()
         .name(format!("spool-{route}"))
         .spawn(move || write_loop(writer_shared, rx))
-        .map_err(|e| err(format!("spawning the spool writer: {e}")))?;
+        .map_err(|e| err("spawning the spool writer".into(), e.into()))?;
     let drain = tasks.spawn(drain::run(shared, backend, counters));
     let task = tasks.spawn(async move {
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;

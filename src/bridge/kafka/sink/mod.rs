@@ -71,7 +71,8 @@ pub async fn start(
         .create_with_context(context.clone())
         .map_err(|e| BridgeError::Backend {
             backend: cfg.name.clone(),
-            reason: format!("cannot create the Kafka producer: {e}"),
+            what: "creating the Kafka producer".into(),
+            source: e.into(),
         })?;
     counters.up.set(0);
     let settings = task::Settings {

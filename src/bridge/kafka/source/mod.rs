@@ -53,10 +53,8 @@ pub async fn start(
     task::create(&config, route)
         .map_err(|e| BridgeError::Backend {
             backend: backend.name.clone(),
-            reason: format!(
-                "cannot create the Kafka consumer of route {}: {e}",
-                route.name
-            ),
+            what: format!("creating the Kafka consumer of route {}", route.name),
+            source: e.into(),
         })
         .map(drop)?;
     let mut topics = route.topics.clone();
