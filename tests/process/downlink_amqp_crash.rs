@@ -11,19 +11,13 @@ use std::time::{Duration, Instant};
 use crate::common::amqp::{broker, suffix};
 use crate::common::downlink::Commands;
 use crate::common::{b4, opts_v4};
+use crate::{free_port, wait_started};
 use rumqttc::QoS;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
 
 /// Starts the binary (log in `gw-<run>.log`) and waits for its MQTT port.
 async fn spawn(dir: &Path, port: u16, run: usize) -> Child {
     let log = std::fs::File::create(dir.join(format!("gw-{run}.log"))).expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_mqbridge"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mqbridge"))
         .arg("--config")
         .arg(dir.join("gw.toml"))
         .current_dir(dir)
@@ -37,14 +31,7 @@ async fn spawn(dir: &Path, port: u16, run: usize) -> Child {
         .stderr(log)
         .spawn()
         .expect("spawn mqbridge");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "gateway did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_started(&mut child, port, &dir.join(format!("gw-{run}.log"))).await;
     child
 }
 

@@ -10,17 +10,11 @@ use std::time::{Duration, Instant};
 
 use crate::common::b4;
 use crate::common::kafka as k;
+use crate::{free_port, wait_started};
 use rumqttc::QoS;
 
 const PARTITIONS: i32 = 3;
 const COMMANDS: usize = 50;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
 
 fn write_config(dir: &Path, port: u16, addr: &str, topic: &str, group: &str) {
     let toml = format!(
@@ -79,18 +73,7 @@ async fn spawn(dir: &Path, port: u16, run: usize) -> Child {
         .stderr(log)
         .spawn()
         .expect("spawn mqbridge");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        if let Ok(Some(status)) = child.try_wait() {
-            let log = std::fs::read_to_string(dir.join(format!("gw-{run}.log")));
-            panic!("mqbridge exited: {status}\n{}", log.unwrap_or_default());
-        }
-        assert!(Instant::now() < deadline, "gateway did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_started(&mut child, port, &dir.join(format!("gw-{run}.log"))).await;
     child
 }
 

@@ -10,3 +10,32 @@ mod downlink_amqp_crash;
 mod downlink_kafka_crash;
 mod restart;
 mod spool;
+
+use std::path::Path;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+/// A port nobody listens on right now (for a child gateway).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Waits (up to 20 s) until the child gateway accepts on `port`; fails at
+/// once, with its log, if it exits first.
+async fn wait_started(child: &mut Child, port: u16, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("mqbridge exited: {status}\n{log}");
+        }
+        assert!(Instant::now() < deadline, "gateway did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
 
+use crate::free_port;
+
 /// How long a graceful stop may take (the child runs with a 5 s grace period).
 const STOP_WITHIN: Duration = Duration::from_secs(10);
 const GRACE_SECS: &str = "5";
@@ -31,12 +33,6 @@ struct Node {
     /// Number of times the binary was started (names the log files).
     runs: usize,
     extra_env: Vec<(String, String)>,
-}
-
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().unwrap().port()
 }
 
 impl Node {

@@ -10,19 +10,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::amqp::{broker_alone, Blocked, Fixture};
+use crate::{free_port, wait_started};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn spawn(dir: &std::path::Path, port: u16, run: usize) -> Child {
     let log = std::fs::File::create(dir.join(format!("gw-{run}.log"))).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_mqbridge"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mqbridge"))
         .arg("--config")
         .arg(dir.join("spool.toml"))
         .current_dir(dir)
@@ -31,14 +24,7 @@ async fn spawn(dir: &std::path::Path, port: u16, run: usize) -> Child {
         .stderr(log)
         .spawn()
         .expect("spawn mqbridge");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "gateway did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_started(&mut child, port, &dir.join(format!("gw-{run}.log"))).await;
     child
 }
 
