@@ -290,12 +290,30 @@ impl Gateway {
     /// Serves until `shutdown` resolves or a supervised task fails; then
     /// stops. A task failure is returned as an error (the binary exits non-zero).
     pub async fn serve(
-        mut self,
+        self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), AppError> {
-        let failure = tokio::select! {
-            _ = shutdown => None,
-            f = self.failed.recv() => f,
+        let (_none, reloads) = mpsc::channel(1);
+        self.serve_reloading(shutdown, reloads).await
+    }
+
+    /// [`Gateway::serve`], and [`Gateway::reload`] on every message of
+    /// `reloads` (the binary sends one per SIGHUP).
+    pub async fn serve_reloading(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+        mut reloads: mpsc::Receiver<()>,
+    ) -> Result<(), AppError> {
+        tokio::pin!(shutdown);
+        let failure = loop {
+            tokio::select! {
+                _ = &mut shutdown => break None,
+                f = self.failed.recv() => break f,
+                Some(()) = reloads.recv() => {
+                    tracing::info!("reloading");
+                    self.reload();
+                }
+            }
         };
         tracing::info!("shutting down");
         self.shutdown().await;
@@ -381,6 +399,18 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AppError> {
     Gateway::start(cfg).await?.serve(shutdown).await
+}
+
+/// [`run`], reloading on every message of `reloads`.
+pub async fn run_reloading(
+    cfg: Validated,
+    shutdown: impl std::future::Future<Output = ()>,
+    reloads: mpsc::Receiver<()>,
+) -> Result<(), AppError> {
+    Gateway::start(cfg)
+        .await?
+        .serve_reloading(shutdown, reloads)
+        .await
 }
 
 /// `e` and its sources, outermost first.

@@ -14,7 +14,7 @@ pub mod ws;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 use crate::config::listeners::{ListenerKind, ListenerSpec};
 use crate::metrics::{ListenerMetrics, TlsFailure};
+use crate::mqtt::admission::{LogLimiter, WARN_EVERY};
 use crate::mqtt::connection::{serve, Shared};
 pub use tls::PeerIdentity;
 
@@ -252,8 +253,8 @@ pub async fn establish(stream: TcpStream, mut ctx: ConnCtx, sh: Arc<Shared>) {
     }
 }
 
-/// The server side of the TLS handshake; a failure is counted and logged
-/// (debug: a port scan must not flood the log) and the socket closed.
+/// The server side of the TLS handshake; a failure is counted, logged
+/// (rate-limited: a scan must not flood the log) and the socket closed.
 async fn tls_handshake(stream: TcpStream, ctx: &mut ConnCtx) -> Option<TlsStream> {
     let on = &ctx.listener;
     let state = on.tls.as_ref()?;
@@ -272,6 +273,15 @@ async fn tls_handshake(stream: TcpStream, ctx: &mut ConnCtx) -> Option<TlsStream
         Err(_) => (TlsFailure::Timeout, None),
     };
     on.metrics.tls_failure(failure.0);
-    tracing::debug!(listener = %on.name, peer = %ctx.peer, reason = failure.0.as_str(), error = ?failure.1, "TLS handshake failed");
+    let (reason, error) = (failure.0.as_str(), failure.1.map(|e| e.to_string()));
+    static WARN: OnceLock<LogLimiter> = OnceLock::new();
+    match WARN.get_or_init(|| LogLimiter::new(WARN_EVERY)).allow() {
+        Some(suppressed) => {
+            tracing::warn!(listener = %on.name, peer = %ctx.peer, reason, ?error, suppressed, "TLS handshake failed")
+        }
+        None => {
+            tracing::debug!(listener = %on.name, peer = %ctx.peer, reason, ?error, "TLS handshake failed")
+        }
+    }
     None
 }

@@ -230,3 +230,60 @@ pub fn failure_reason(e: &std::io::Error) -> crate::metrics::TlsFailure {
         _ => F::Protocol,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, DnType, KeyPair, SanType};
+
+    fn device(cn: &str) -> (rcgen::Certificate, KeyPair) {
+        let mut p = CertificateParams::new(vec![format!("{cn}.example")]).expect("params");
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.subject_alt_names.push(SanType::Rfc822Name(
+            format!("{cn}@example.org").try_into().expect("ia5"),
+        ));
+        p.subject_alt_names.push(SanType::URI(
+            format!("urn:device:{cn}").try_into().expect("ia5"),
+        ));
+        let key = KeyPair::generate().expect("key");
+        (p.self_signed(&key).expect("cert"), key)
+    }
+
+    #[test]
+    fn peer_identity_reads_common_name_and_sans() {
+        let (cert, _) = device("devA");
+        let id = PeerIdentity::from_der(cert.der()).expect("parses");
+        assert_eq!(id.common_name.as_deref(), Some("devA"));
+        assert_eq!(id.san_dns, ["devA.example"]);
+        assert_eq!(id.san_email, ["devA@example.org"]);
+        assert_eq!(id.san_uri, ["urn:device:devA"]);
+        assert_eq!(PeerIdentity::from_der(b"not a certificate"), None);
+    }
+
+    #[test]
+    fn load_refuses_a_key_that_is_not_the_certificates() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = device("server");
+        let (_, other_key) = device("other");
+        let write = |name: &str, pem: String| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, pem).expect("write");
+            p
+        };
+        let mut spec = TlsSpec {
+            cert_file: write("chain.pem", cert.pem()),
+            key_file: write("key.pem", key.serialize_pem()),
+            client_ca_file: None,
+            client_certificates: ClientCertificates::None,
+            min_version: TlsVersion::V1_3,
+        };
+        let loaded = load(&spec).expect("matching pair loads");
+        assert!(loaded.not_after > 0);
+        spec.key_file = write("other.pem", other_key.serialize_pem());
+        let e = load(&spec).err().expect("mismatch refused");
+        assert_eq!(e.field(), "key_file");
+        spec.cert_file = write("empty.pem", String::new());
+        let e = load(&spec).err().expect("no certificate refused");
+        assert_eq!(e.field(), "cert_file");
+    }
+}
