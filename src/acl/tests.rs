@@ -266,3 +266,108 @@ fn mosquitto_file_errors_name_the_line() {
         }
     }
 }
+
+fn problems(cfg: &crate::config::Config) -> Vec<String> {
+    match cfg.validate() {
+        Ok(_) => Vec::new(),
+        Err(errors) => errors.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+#[test]
+fn config_rules_are_validated_with_their_keys() {
+    use crate::config::{AclRuleConfig, Config};
+    let mut cfg = Config::default();
+    let good = AclRuleConfig {
+        permission: "allow".into(),
+        action: "both".into(),
+        topic: "devices/%u/#".into(),
+        users: None,
+    };
+    cfg.acl.rules = vec![
+        good.clone(),
+        AclRuleConfig {
+            permission: "permit".into(),
+            action: "read".into(),
+            topic: "a/#/b".into(),
+            users: Some(vec![]),
+        },
+        AclRuleConfig {
+            users: Some(vec!["ops".into(), String::new()]),
+            ..good.clone()
+        },
+    ];
+    let p = problems(&cfg);
+    for key in [
+        "acl.rules[1].permission",
+        "acl.rules[1].action",
+        "acl.rules[1].topic",
+        "acl.rules[1].users",
+        "acl.rules[2].users",
+    ] {
+        assert!(p.iter().any(|e| e.starts_with(key)), "{key} in {p:?}");
+    }
+    assert!(!p.iter().any(|e| e.starts_with("acl.rules[0]")), "{p:?}");
+    cfg.acl.rules = vec![good];
+    let v = cfg.validate().expect("valid");
+    assert_eq!(v.acl_rules().rules().len(), 1);
+}
+
+#[test]
+fn a_bad_acl_file_is_a_config_error_naming_key_and_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("acl");
+    std::fs::write(
+        &path,
+        "user devA\ntopic readwrite devices/devA/#\ntopik x\n",
+    )
+    .expect("write");
+    let mut cfg = crate::config::Config::default();
+    cfg.acl.file = path.clone();
+    let p = problems(&cfg);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].starts_with("acl.file: ") && p[0].contains("line 3"),
+        "{p:?}"
+    );
+    cfg.acl.file = dir.path().join("missing");
+    let p = problems(&cfg);
+    assert!(p.len() == 1 && p[0].starts_with("acl.file: "), "{p:?}");
+}
+
+#[test]
+fn the_reference_acl_file_keeps_devices_in_their_lanes() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/acl-reference.acl");
+    let rules = AclRules::new(Vec::new(), Some(path)).expect("reference file parses");
+    let a = rules.compile(&"devA".into(), Some(&"devA".into()));
+    assert!(a.may_publish("devices/devA/telemetry"));
+    assert!(!a.may_publish("devices/devB/commands"));
+    assert!(a.may_subscribe("devices/devA/commands"));
+    assert!(!a.may_subscribe("devices/+/commands"));
+    assert!(!a.may_read("devices/devB/commands"));
+}
+
+#[test]
+fn reload_keeps_the_old_rules_when_the_file_goes_bad() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("acl");
+    std::fs::write(&path, "pattern readwrite a/%c/#\n").expect("write");
+    let acl = Acl::new(
+        AclRules::new(Vec::new(), Some(path.clone())).expect("valid"),
+        AclMetrics::unregistered(),
+    );
+    let client: Arc<str> = "c1".into();
+    let mut conn = acl.compile(&client, None);
+    assert!(conn.current(&acl).may_publish("a/c1/x"));
+    std::fs::write(&path, "pattern readwrite b/%c/#\n").expect("write");
+    assert!(acl.reload().expect("good file"));
+    assert!(!conn.current(&acl).may_publish("a/c1/x"), "recompiled");
+    assert!(conn.current(&acl).may_publish("b/c1/x"));
+    assert!(
+        !acl.reload().expect("unchanged"),
+        "same rules: no new generation"
+    );
+    std::fs::write(&path, "nonsense\n").expect("write");
+    assert!(acl.reload().is_err());
+    assert!(conn.current(&acl).may_publish("b/c1/x"), "old rules kept");
+}

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod acl;
 mod bridge;
 mod load;
 mod secret;
@@ -30,6 +31,7 @@ mod secret;
 mod tests;
 mod validate;
 
+pub use acl::{AclConfig, AclRuleConfig};
 pub use load::{load, load_with_env};
 pub use secret::Secret;
 pub use validate::Validated;
@@ -158,6 +160,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// The bridge to Kafka / AMQP / files (`[bridge]`).
     pub bridge: BridgeConfig,
+    /// Topic authorisation (`[acl]`).
+    pub acl: AclConfig,
     /// What [`load`] could not take (unknown keys, values of the wrong
     /// type); reported by [`Config::validate`] with the other problems.
     #[serde(skip)]

@@ -23,6 +23,7 @@ pub struct Validated {
     admin_listen: Option<SocketAddr>,
     queue_full_policy: QueueFullPolicy,
     bridge: ValidBridge,
+    acl: crate::acl::AclRules,
 }
 
 impl Validated {
@@ -30,6 +31,11 @@ impl Validated {
     /// routes with their backend and compiled templates.
     pub fn valid_bridge(&self) -> &ValidBridge {
         &self.bridge
+    }
+
+    /// `[acl]`: the config rules and the `acl_file`, read and parsed.
+    pub fn acl_rules(&self) -> &crate::acl::AclRules {
+        &self.acl
     }
 
     /// `log.level`, a valid `tracing` filter directive.
@@ -115,12 +121,20 @@ impl Config {
                 None
             }
         };
+        let acl = match self.acl.validate() {
+            Ok(acl) => Some(acl),
+            Err(problems) => {
+                errors.0.extend(problems);
+                None
+            }
+        };
         match (
             log_filter,
             mqtt_listen,
             queue_full_policy,
             admin_listen,
             bridge,
+            acl,
         ) {
             (
                 Some(log_filter),
@@ -128,6 +142,7 @@ impl Config {
                 Some(queue_full_policy),
                 Some(admin_listen),
                 Some(bridge),
+                Some(acl),
             ) if errors.0.is_empty() => Ok(Validated {
                 config: self.clone(),
                 log_filter,
@@ -135,6 +150,7 @@ impl Config {
                 admin_listen,
                 queue_full_policy,
                 bridge,
+                acl,
             }),
             _ => Err(errors.0),
         }
