@@ -71,6 +71,8 @@ pub struct Gateway {
     /// For fault injection in tests; weak so it never keeps the router alive.
     router_tx: mpsc::WeakSender<crate::mqtt::router::RouterMsg>,
     grace: Duration,
+    /// The live ACL rules (re-read by [`Gateway::reload_acl`]).
+    acl: Arc<crate::acl::Acl>,
 }
 
 /// Opens the store (on a blocking thread: it recovers every session).
@@ -129,6 +131,13 @@ impl Gateway {
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::new(&mut registry));
         let bridge_metrics = BridgeMetrics::new(&mut registry);
+        let acl = Arc::new(crate::acl::Acl::new(
+            cfg.acl_rules().clone(),
+            crate::acl::AclMetrics::new(&mut registry),
+        ));
+        if cfg.acl_rules().is_empty() && !cfg.mqtt_listen().ip().is_loopback() {
+            tracing::warn!(listen = %cfg.mqtt_listen(), "no ACL rules: every client may publish and subscribe to any topic (see [acl] in config/default.toml)");
+        }
         let (store, recovered) = open_store(&cfg, &metrics).await?;
         let ready = Arc::new(crate::admin::Readiness::default());
         let disk_watch = DiskWatch {
@@ -157,7 +166,8 @@ impl Gateway {
             recovered,
             router_tx.downgrade(),
             tasks.clone(),
-        );
+        )
+        .with_acl(acl.clone());
         if cfg
             .bridge
             .downlink
@@ -215,6 +225,7 @@ impl Gateway {
             cfg: cfg.clone(),
             metrics,
             router: router_tx,
+            acl: acl.clone(),
         });
         tasks.supervise(
             "mqtt listener",
@@ -232,6 +243,7 @@ impl Gateway {
             failed,
             router_tx: router_weak,
             grace: cfg.server.shutdown_grace(),
+            acl,
         })
     }
 
@@ -260,6 +272,19 @@ impl Gateway {
     #[doc(hidden)]
     pub async fn failed_task(&mut self) -> Option<&'static str> {
         self.failed.recv().await.map(|f| f.task)
+    }
+
+    /// Re-reads `acl.file`. New rules apply to every connection at its next
+    /// packet and to every session's deliveries; a file that cannot be read
+    /// or parsed keeps the previous rules (logged, and counted in
+    /// `mqbridge_acl_reloads_total{result="failed"}`).
+    pub async fn reload_acl(&self) -> Result<(), crate::acl::AclFileError> {
+        if self.acl.reload()? {
+            if let Some(tx) = self.router_tx.upgrade() {
+                let _ = tx.send(crate::mqtt::router::RouterMsg::AclReloaded).await;
+            }
+        }
+        Ok(())
     }
 
     /// Injects a fault, to test supervision.
