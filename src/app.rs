@@ -154,7 +154,11 @@ impl Gateway {
             crate::acl::AclMetrics::new(&mut registry),
         ));
         if cfg.acl_rules().is_empty() {
-            for l in cfg.listeners().iter().filter(|l| !l.addr.ip().is_loopback()) {
+            for l in cfg
+                .listeners()
+                .iter()
+                .filter(|l| !l.addr.ip().is_loopback())
+            {
                 tracing::warn!(listener = &*l.name, listen = %l.addr, "no ACL rules: every client may publish and subscribe to any topic (see [acl] in config/default.toml)");
             }
         }
