@@ -97,6 +97,26 @@ pub struct Gateway {
     acl: Arc<crate::acl::Acl>,
 }
 
+/// The bridge routes as the admin API and the status page show them, with
+/// the connection gauge of each one's backend (uplink) or source (downlink).
+fn admin_routes(cfg: &Validated, m: &BridgeMetrics) -> Arc<[crate::admin::api::RouteInfo]> {
+    use crate::admin::api::RouteInfo;
+    let b = cfg.valid_bridge();
+    let uplink = b.uplink.iter().map(|r| RouteInfo {
+        name: r.route.name.clone(),
+        direction: "uplink",
+        backend: r.backend.name().to_string(),
+        up: m.backend(r.backend.name()).up,
+    });
+    let downlink = b.downlink.iter().map(|r| RouteInfo {
+        name: r.route.name.clone(),
+        direction: "downlink",
+        backend: r.backend.name().to_string(),
+        up: m.source_up(&r.route.name),
+    });
+    uplink.chain(downlink).collect()
+}
+
 /// How long the admin endpoint may take to stop, once everything else has.
 const ADMIN_GRACE: Duration = Duration::from_secs(2);
 
@@ -238,8 +258,14 @@ impl Gateway {
         let (admin_tasks, admin_failed) = Tasks::new();
         let admin_addr = if let Some(addr) = cfg.admin_listen() {
             let (l, bound) = bind("admin endpoint", addr).await?;
-            let serve =
-                crate::admin::serve(l, Arc::new(registry), ready.clone(), admin_tasks.clone());
+            let state = crate::admin::AdminState {
+                registry: Arc::new(registry),
+                ready: ready.clone(),
+                router: router_tx.downgrade(),
+                token: cfg.raw().admin.token.clone(),
+                routes: admin_routes(&cfg, &bridge_metrics),
+            };
+            let serve = crate::admin::serve(l, state, admin_tasks.clone());
             admin_tasks.supervise("admin endpoint", async move {
                 if let Err(error) = serve.await {
                     tracing::error!(%error, "admin endpoint failed");
