@@ -405,3 +405,38 @@ async fn clients_cannot_publish_dollar_topics_v5() {
     c.publish("plain/topic", Q5::AtLeastOnce, false, b"x").await;
     t.gw.shutdown().await;
 }
+
+/// Python paho (a third-party client) sees the refusals with their codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paho_sees_the_refusal_codes() {
+    if !service::tool(
+        "python3",
+        &["-c", "import paho.mqtt"],
+        None,
+        "Python paho-mqtt (scripts/test.sh installs it)",
+    ) {
+        return;
+    }
+    init_tracing();
+    let t = start_with(|c| secured(c, reference_file())).await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/acl_paho.py");
+    let out = within(
+        30,
+        Command::new("python3")
+            .arg(script)
+            .arg(t.addr.port().to_string())
+            .output(),
+    )
+    .await
+    .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "paho script failed: {stdout}");
+    let seen: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("one JSON line");
+    // SUBACK: A's commands 0x87, its own granted QoS 1; PUBACK 0x87; the
+    // 3.1.1 CONNACK 0x05 (paho reports it as 5.0's 0x87).
+    assert_eq!(seen["suback"], serde_json::json!([0x87, 1]), "{seen}");
+    assert_eq!(seen["puback"], serde_json::json!(0x87), "{seen}");
+    assert_eq!(seen["connack"], serde_json::json!([0, 0x87]), "{seen}");
+    t.gw.shutdown().await;
+}
