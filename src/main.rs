@@ -1,5 +1,5 @@
 //! `mqbridge` binary: parse the command line, load and validate the config,
-//! run the gateway until SIGINT/SIGTERM.
+//! run the gateway until SIGINT/SIGTERM; SIGHUP reloads the TLS files.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,7 +48,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(mqbridge::app::run(cfg, shutdown_signal())) {
+    let served = runtime.block_on(async {
+        let (tx, reloads) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(forward_hangups(tx));
+        mqbridge::app::run_reloading(cfg, shutdown_signal(), reloads).await
+    });
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let chain = error_chain(&e);
@@ -79,6 +84,21 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+/// Sends one reload request per SIGHUP (several in a row make one).
+async fn forward_hangups(tx: tokio::sync::mpsc::Sender<()>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP; reload is off");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        let _ = tx.try_send(());
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

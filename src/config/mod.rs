@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 mod acl;
 mod bridge;
+pub mod listeners;
 mod load;
 mod secret;
 #[cfg(test)]
@@ -189,8 +190,13 @@ impl Default for LogConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
-    /// MQTT TCP listener address, `IP:PORT`.
+    /// Plain MQTT TCP listener address, `IP:PORT` (the listener named
+    /// `tcp`); empty turns it off.
     pub listen: String,
+    /// More listeners: TLS, WebSocket, secure WebSocket, TCP
+    /// (`[[mqtt.listeners]]`), checked by [`Config::validate`].
+    #[serde(default)]
+    pub listeners: Vec<listeners::ListenerConfig>,
     /// Seconds a new connection has to send CONNECT (> 0).
     pub connect_timeout_secs: u64,
     /// Largest accepted packet in bytes, 64..=268435455.
@@ -262,6 +268,7 @@ impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
             listen: "0.0.0.0:1883".to_owned(),
+            listeners: Vec::new(),
             connect_timeout_secs: 10,
             max_packet_size: 1_048_576,
             receive_maximum: 64,
@@ -291,9 +298,12 @@ impl Default for MqttConfig {
 }
 
 impl MqttConfig {
-    /// `listen` as a socket address.
-    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
-        validate::parse_addr("mqtt.listen", &self.listen)
+    /// `listen` as a socket address, or `None` when the plain TCP listener is off.
+    pub fn listen_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if self.listen.is_empty() {
+            return Ok(None);
+        }
+        validate::parse_addr("mqtt.listen", &self.listen).map(Some)
     }
 
     /// `connect_timeout_secs` as a [`Duration`].

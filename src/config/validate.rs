@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 
+use super::listeners::{self, ListenerSpec};
 use super::{
     Config, ConfigError, QueueFullPolicy, ValidBridge, MAX_DURATION_SECS, MAX_NODE_ID_LEN,
     MAX_PACKET_SIZE, MIN_PACKET_SIZE,
@@ -19,7 +20,9 @@ use super::{
 pub struct Validated {
     config: Config,
     log_filter: String,
-    mqtt_listen: SocketAddr,
+    /// The plain TCP listener (when `mqtt.listen` is set) first, then
+    /// `[[mqtt.listeners]]` in order.
+    listeners: Vec<ListenerSpec>,
     admin_listen: Option<SocketAddr>,
     queue_full_policy: QueueFullPolicy,
     bridge: ValidBridge,
@@ -49,9 +52,10 @@ impl Validated {
         tracing_subscriber::EnvFilter::builder().parse_lossy(&self.log_filter)
     }
 
-    /// `mqtt.listen`.
-    pub fn mqtt_listen(&self) -> SocketAddr {
-        self.mqtt_listen
+    /// Every MQTT listener: `mqtt.listen` (named `tcp`) unless it is empty,
+    /// then the `[[mqtt.listeners]]` entries in order. Never empty.
+    pub fn listeners(&self) -> &[ListenerSpec] {
+        &self.listeners
     }
 
     /// `admin.listen`, or `None` when the endpoint is disabled.
@@ -103,6 +107,7 @@ impl Config {
         errors.0.extend(self.problems.iter().map(|p| p.error()));
         let log_filter = errors.take(log_filter(&self.log.level));
         let mqtt_listen = errors.take(self.mqtt.listen_addr());
+        let listeners = self.check_listeners(&mut errors, mqtt_listen);
         self.check_mqtt(&mut errors);
         let queue_full_policy = errors.take(
             self.session
@@ -130,7 +135,7 @@ impl Config {
         };
         match (
             log_filter,
-            mqtt_listen,
+            listeners,
             queue_full_policy,
             admin_listen,
             bridge,
@@ -138,7 +143,7 @@ impl Config {
         ) {
             (
                 Some(log_filter),
-                Some(mqtt_listen),
+                Some(listeners),
                 Some(queue_full_policy),
                 Some(admin_listen),
                 Some(bridge),
@@ -146,7 +151,7 @@ impl Config {
             ) if errors.0.is_empty() => Ok(Validated {
                 config: self.clone(),
                 log_filter,
-                mqtt_listen,
+                listeners,
                 admin_listen,
                 queue_full_policy,
                 bridge,
@@ -154,6 +159,37 @@ impl Config {
             }),
             _ => Err(errors.0),
         }
+    }
+
+    /// `mqtt.listen` (already parsed: `Some(None)` when empty) and the
+    /// `[[mqtt.listeners]]`; at least one listener must remain.
+    fn check_listeners(
+        &self,
+        errors: &mut Errors,
+        tcp: Option<Option<SocketAddr>>,
+    ) -> Option<Vec<ListenerSpec>> {
+        let tcp_on = !self.mqtt.listen.is_empty();
+        let more = match listeners::check(&self.mqtt.listeners, tcp_on) {
+            Ok(specs) => specs,
+            Err(problems) => {
+                errors.0.extend(problems);
+                return None;
+            }
+        };
+        let tcp = tcp?;
+        let all: Vec<ListenerSpec> = tcp
+            .map(ListenerSpec::plain_tcp)
+            .into_iter()
+            .chain(more)
+            .collect();
+        if all.is_empty() {
+            errors.0.push(ConfigError::invalid(
+                "mqtt.listen",
+                "is empty and no [[mqtt.listeners]] is configured: clients could not connect",
+            ));
+            return None;
+        }
+        Some(all)
     }
 
     fn check_mqtt(&self, errors: &mut Errors) {

@@ -11,6 +11,7 @@ mod features;
 mod hostile;
 mod interop;
 mod limits;
+mod listeners;
 mod qos;
 mod regression_codec;
 mod regression_conn;

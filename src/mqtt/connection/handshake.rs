@@ -2,13 +2,11 @@
 //! validate it, attach to the router and answer CONNACK.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::BytesMut;
 use rumqttc::v5::mqttbytes::v5 as p5;
 use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as Code;
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{ConnError, Shared};
@@ -17,6 +15,7 @@ use crate::metrics::ProtocolErrorReason as Why;
 use crate::mqtt::codec::{self, Version};
 use crate::mqtt::message::{Message, MessageProps};
 use crate::mqtt::router::{ConnectOutcome, ConnectRequest, Kick, Outbound, RouterMsg, Will};
+use crate::mqtt::transport::ConnCtx;
 
 /// What the main loop needs after a successful CONNECT.
 pub struct Attached {
@@ -40,8 +39,8 @@ pub struct Attached {
 }
 
 /// Reads bytes until a whole CONNECT is buffered; returns its version.
-async fn read_connect(
-    stream: &mut TcpStream,
+async fn read_connect<T: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut T,
     buf: &mut BytesMut,
     sh: &Shared,
 ) -> Result<Version, ConnError> {
@@ -66,14 +65,16 @@ async fn read_connect(
     }
 }
 
-pub async fn handshake(
-    stream: &mut TcpStream,
+pub async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut T,
     buf: &mut BytesMut,
     sh: &Shared,
-    conn_id: u64,
+    ctx: &ConnCtx,
 ) -> Result<Attached, ConnError> {
-    let timeout = Duration::from_secs(sh.cfg.mqtt.connect_timeout_secs);
-    let version = match tokio::time::timeout(timeout, read_connect(stream, buf, sh)).await {
+    let conn_id = ctx.id;
+    // Counted from the accept: a TLS handshake or WebSocket upgrade used part of it.
+    let deadline = ctx.connect_deadline;
+    let version = match tokio::time::timeout_at(deadline, read_connect(stream, buf, sh)).await {
         Ok(v) => v?,
         Err(_) => {
             return Err(ConnError::protocol(
@@ -202,7 +203,7 @@ pub async fn handshake(
         tx0,
         kick: kick_tx,
         username: username.clone(),
-        peer_ip: stream.peer_addr().ok().map(|a| a.ip()),
+        peer_ip: Some(ctx.peer.ip()),
     };
     let (reply_tx, reply) = oneshot::channel();
     sh.router
@@ -318,8 +319,8 @@ impl PropsDefault for Option<p5::ConnectProperties> {
 
 /// A CONNECT that cannot be decoded or breaks a string rule: 5.0 gets a
 /// CONNACK with the reason code first (5.0 3.1.4: MAY), 3.1.1 a plain close.
-async fn refuse_undecodable(
-    stream: &mut TcpStream,
+async fn refuse_undecodable<T: AsyncWrite + Unpin>(
+    stream: &mut T,
     version: Version,
     e: codec::DecodeError,
 ) -> ConnError {
