@@ -157,6 +157,9 @@ impl Acl {
     /// the old rules (logged and counted); `Ok(true)` when the rules changed.
     pub fn reload(&self) -> Result<bool, AclFileError> {
         let old = self.rules();
+        if old.file.is_none() {
+            return Ok(false);
+        }
         let new = match old.reread() {
             Ok(new) => new,
             Err(e) => {
