@@ -440,3 +440,43 @@ async fn paho_sees_the_refusal_codes() {
     assert_eq!(seen["connack"], serde_json::json!([0, 0x87]), "{seen}");
     t.gw.shutdown().await;
 }
+
+/// A will accepted at CONNECT is checked again when it is published: rules
+/// reloaded in between that forbid its topic keep it from going out.
+#[tokio::test]
+async fn a_will_is_checked_again_when_published() {
+    init_tracing();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("acl");
+    std::fs::write(&file, "pattern readwrite devices/%u/#\n").expect("write acl");
+    let t = start_with(|c| secured(c, file.clone())).await;
+    let mut ops = b4::connect(v4_as(t.addr, "ops", "ops")).await;
+    ops.subscribe("devices/+/status", QoS::AtLeastOnce).await;
+    let with_will = |id: &str, payload: &str| {
+        let mut o = v4_as(t.addr, id, id);
+        let topic = format!("devices/{id}/status");
+        o.set_last_will(LastWill::new(topic, payload, QoS::AtLeastOnce, false));
+        o
+    };
+    let b = b4::connect(with_will("devB", "b-gone")).await;
+    let c = b4::connect(with_will("devC", "c-gone")).await;
+    // Under the rules it was accepted with, a will goes out.
+    b.kill().await;
+    assert_eq!(b4::payloads(&ops.expect_publishes(1).await), ["b-gone"]);
+    // Not after rules that forbid its topic.
+    std::fs::write(&file, "pattern read devices/%u/commands\n").expect("new rules");
+    assert_eq!(t.gw.reload(), 0);
+    c.kill().await;
+    // The close is seen when the gateway reads the socket: wait for the refusal.
+    within(10, async {
+        while denied(t.gw.admin_addr, "will").await < 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        ops.until_control().await.is_empty(),
+        "c-gone was not published"
+    );
+    t.gw.shutdown().await;
+}
