@@ -395,11 +395,12 @@ impl Gateway {
     }
 
     /// Re-reads what can change without a restart (SIGHUP): each TLS
-    /// listener's certificate, key and client CAs. A listener whose files
-    /// do not load keeps its current ones (logged and counted); live
-    /// connections keep theirs either way. Returns how many failed.
+    /// listener's certificate, key and client CAs, and `acl.file`. A
+    /// listener whose files do not load keeps its current ones (logged and
+    /// counted); live connections keep theirs either way. An ACL file that
+    /// does not load keeps the rules in force. Returns how many failed.
     pub fn reload(&self) -> usize {
-        let mut failed = 0;
+        let mut failed = usize::from(self.reload_acl().is_err());
         for on in &self.listeners {
             let Some(tls) = &on.tls else { continue };
             match tls.reload() {
@@ -428,15 +429,24 @@ impl Gateway {
         self.failed.recv().await.map(|f| f.task)
     }
 
-    /// Re-reads `acl.file`. New rules apply to every connection at its next
-    /// packet and to every session's deliveries; a file that cannot be read
-    /// or parsed keeps the previous rules (logged, and counted in
+    /// Re-reads `acl.file` (part of [`Gateway::reload`]). New rules apply
+    /// to every connection at its next packet and, once the router has
+    /// taken the notice, to every session's deliveries; a file that cannot
+    /// be read or parsed keeps the previous rules (logged, and counted in
     /// `mqbridge_acl_reloads_total{result="failed"}`).
-    pub async fn reload_acl(&self) -> Result<(), crate::acl::AclFileError> {
-        if self.acl.reload()? {
-            if let Some(tx) = self.router_tx.upgrade() {
-                let _ = tx.send(crate::mqtt::router::RouterMsg::AclReloaded).await;
-            }
+    pub fn reload_acl(&self) -> Result<(), crate::acl::AclFileError> {
+        if !self.acl.reload()? {
+            return Ok(());
+        }
+        let Some(tx) = self.router_tx.upgrade() else {
+            return Ok(()); // Stopping: no session to recompile.
+        };
+        let notice = crate::mqtt::router::RouterMsg::AclReloaded;
+        if let Err(mpsc::error::TrySendError::Full(notice)) = tx.try_send(notice) {
+            // Behind the messages already queued, like any other.
+            self.tasks.spawn("acl reload notice", async move {
+                let _ = tx.send(notice).await;
+            });
         }
         Ok(())
     }
