@@ -28,6 +28,24 @@ if [ "${#need[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+# 1a. mosquitto: mosquitto_passwd writes the password files the auth tests
+#     read, and its broker reads what `mqbridge passwd` writes. Installed
+#     under a policy-rc.d that exits 101, so the packaged broker service does
+#     not start (and take port 1883).
+if ! command -v mosquitto_passwd >/dev/null || ! [ -x /usr/sbin/mosquitto ]; then
+  log "installing mosquitto (its service is not started)"
+  policy=/usr/sbin/policy-rc.d
+  made_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+    $SUDO chmod +x "$policy"
+    made_policy=1
+  fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mosquitto >/dev/null
+  [ "$made_policy" -eq 0 ] || $SUDO rm -f "$policy"
+fi
+
 # 1b. Third-party MQTT clients driven by the interop tests: MQTT.js (npm,
 #     pinned by tests/interop/package-lock.json) and Python paho-mqtt.
 if [ ! -d tests/interop/node_modules/mqtt ]; then

@@ -129,6 +129,10 @@ impl Gateway {
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::new(&mut registry));
         let bridge_metrics = BridgeMetrics::new(&mut registry);
+        let auth = Arc::new(crate::auth::Auth::new(
+            cfg.valid_auth().clone(),
+            crate::auth::metrics::AuthMetrics::new(&mut registry),
+        ));
         let (store, recovered) = open_store(&cfg, &metrics).await?;
         let ready = Arc::new(crate::admin::Readiness::default());
         let disk_watch = DiskWatch {
@@ -169,6 +173,7 @@ impl Gateway {
         tasks.supervise("router", router.run(router_rx, tasks.cancelled()));
 
         let (listener, mqtt_addr) = bind("MQTT listener", cfg.mqtt_listen()).await?;
+        warn_insecure(&cfg, mqtt_addr);
         let admin_addr = if let Some(addr) = cfg.admin_listen() {
             let (l, bound) = bind("admin endpoint", addr).await?;
             let serve = crate::admin::serve(l, Arc::new(registry), ready.clone(), tasks.clone());
@@ -215,6 +220,7 @@ impl Gateway {
             cfg: cfg.clone(),
             metrics,
             router: router_tx,
+            auth,
         });
         tasks.supervise(
             "mqtt listener",
@@ -284,6 +290,21 @@ impl Gateway {
         } else {
             tracing::error!(grace = ?self.grace, ?unfinished, "shutdown grace period exceeded; exiting anyway");
         }
+    }
+}
+
+/// Start-up warnings for a listener reachable from other hosts that lets
+/// anyone in, or that takes passwords in clear text.
+fn warn_insecure(cfg: &Validated, addr: SocketAddr) {
+    if addr.ip().is_loopback() {
+        return;
+    }
+    let auth = cfg.valid_auth();
+    if auth.methods.is_empty() || auth.allow_anonymous {
+        tracing::warn!(listener = "tcp", %addr, "anonymous access is allowed on a non-loopback listener (set [auth] methods and allow_anonymous = false for a fleet)");
+    }
+    if auth.methods.contains(&crate::config::Method::PasswordFile) {
+        tracing::warn!(listener = "tcp", %addr, "passwords are accepted without TLS on a non-loopback listener");
     }
 }
 

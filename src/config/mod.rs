@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod auth;
 mod bridge;
 mod load;
 mod secret;
@@ -30,6 +31,7 @@ mod secret;
 mod tests;
 mod validate;
 
+pub use auth::{AuthConfig, ClientIdBinding, Method, ValidAuth};
 pub use load::{load, load_with_env};
 pub use secret::Secret;
 pub use validate::Validated;
@@ -158,6 +160,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// The bridge to Kafka / AMQP / files (`[bridge]`).
     pub bridge: BridgeConfig,
+    /// Who may connect (`[auth]`).
+    pub auth: AuthConfig,
     /// What [`load`] could not take (unknown keys, values of the wrong
     /// type); reported by [`Config::validate`] with the other problems.
     #[serde(skip)]

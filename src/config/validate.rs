@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 
 use super::{
-    Config, ConfigError, QueueFullPolicy, ValidBridge, MAX_DURATION_SECS, MAX_NODE_ID_LEN,
-    MAX_PACKET_SIZE, MIN_PACKET_SIZE,
+    Config, ConfigError, QueueFullPolicy, ValidAuth, ValidBridge, MAX_DURATION_SECS,
+    MAX_NODE_ID_LEN, MAX_PACKET_SIZE, MIN_PACKET_SIZE,
 };
 
 /// A configuration that passed [`Config::validate`]; only it makes one.
@@ -23,6 +23,7 @@ pub struct Validated {
     admin_listen: Option<SocketAddr>,
     queue_full_policy: QueueFullPolicy,
     bridge: ValidBridge,
+    auth: ValidAuth,
 }
 
 impl Validated {
@@ -30,6 +31,11 @@ impl Validated {
     /// routes with their backend and compiled templates.
     pub fn valid_bridge(&self) -> &ValidBridge {
         &self.bridge
+    }
+
+    /// The `[auth]` section, checked, with its password file read.
+    pub fn valid_auth(&self) -> &ValidAuth {
+        &self.auth
     }
 
     /// `log.level`, a valid `tracing` filter directive.
@@ -115,12 +121,20 @@ impl Config {
                 None
             }
         };
+        let auth = match self.auth.validate() {
+            Ok(auth) => Some(auth),
+            Err(problems) => {
+                errors.0.extend(problems);
+                None
+            }
+        };
         match (
             log_filter,
             mqtt_listen,
             queue_full_policy,
             admin_listen,
             bridge,
+            auth,
         ) {
             (
                 Some(log_filter),
@@ -128,6 +142,7 @@ impl Config {
                 Some(queue_full_policy),
                 Some(admin_listen),
                 Some(bridge),
+                Some(auth),
             ) if errors.0.is_empty() => Ok(Validated {
                 config: self.clone(),
                 log_filter,
@@ -135,6 +150,7 @@ impl Config {
                 admin_listen,
                 queue_full_policy,
                 bridge,
+                auth,
             }),
             _ => Err(errors.0),
         }

@@ -8,6 +8,7 @@ mod common;
 mod config_cli;
 mod downlink_amqp_crash;
 mod downlink_kafka_crash;
+mod passwd;
 mod restart;
 mod spool;
 

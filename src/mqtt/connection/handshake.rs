@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{ConnError, Shared};
+use crate::auth::{AuthRequest, Password, Refusal};
 use crate::metrics::ProtocolErrorReason as Why;
 use crate::mqtt::codec::{self, Version};
 use crate::mqtt::message::{Message, MessageProps};
@@ -27,7 +28,8 @@ pub struct Attached {
     pub client_max_packet: u32,
     /// The client's Topic Alias Maximum for what we send it (5.0; 0 = none).
     pub client_topic_alias_max: u16,
-    /// User name from CONNECT (for uplink templates).
+    /// The identity's user name (verified when an auth method is
+    /// configured): uplink templates and the `mqtt_username` header.
     pub username: Option<String>,
     /// QoS 2 packet ids of this client still awaiting PUBREL (from its session).
     pub qos2_pending: Vec<u16>,
@@ -69,7 +71,13 @@ pub async fn handshake(
     sh: &Shared,
     conn_id: u64,
 ) -> Result<Attached, ConnError> {
+    let peer = stream.peer_addr().ok();
+    if peer.is_some_and(|p| sh.auth.banned(p.ip())) {
+        return Err(ConnError::Unauthenticated);
+    }
     let timeout = Duration::from_secs(sh.cfg.mqtt.connect_timeout_secs);
+    // CONNECT and its authentication finish within the connect timeout.
+    let deadline = tokio::time::Instant::now() + timeout;
     let version = match tokio::time::timeout(timeout, read_connect(stream, buf, sh)).await {
         Ok(v) => v?,
         Err(_) => {
@@ -124,6 +132,46 @@ pub async fn handshake(
     } else {
         connect.client_id.as_str().into()
     };
+    // Before the will is built and before the router is asked: a refused
+    // client never touches a session.
+    let req = AuthRequest {
+        listener: LISTENER,
+        peer,
+        client_id: &client_id,
+        username: login
+            .as_ref()
+            .map(|l| l.username.as_str())
+            .filter(|u| !u.is_empty()),
+        password: login
+            .as_ref()
+            .filter(|l| !l.password.is_empty())
+            .map(|l| Password(bytes::Bytes::copy_from_slice(l.password.as_bytes()))),
+    };
+    let identity = match tokio::time::timeout_at(deadline, sh.auth.authenticate(&req)).await {
+        Ok(Ok(identity)) => identity,
+        Ok(Err(refusal)) => {
+            let penalty = sh.auth.penalty(LISTENER, peer);
+            // A sleep, no CPU: the per-IP connection limit bounds how many
+            // one address can hold.
+            tokio::time::sleep(penalty.delay).await;
+            refuse(
+                match refusal {
+                    Refusal::BadCredentials => Code::BadUserNamePassword,
+                    Refusal::NotAuthorized => Code::NotAuthorized,
+                },
+                &mut out,
+            );
+            super::write_raw(stream, &out).await?;
+            return Err(ConnError::Unauthenticated);
+        }
+        Err(_) => {
+            return Err(ConnError::protocol(
+                Why::ConnectTimeout,
+                "authentication did not finish within the connect timeout".into(),
+            ))
+        }
+    };
+    drop(req);
     let will =
         match will.map(|w| make_will(w, version, &sh.cfg.mqtt.topic_limits(), Some(&sh.metrics))) {
             Some(Err((why, detail))) => {
@@ -181,12 +229,8 @@ pub async fn handshake(
         tx,
         tx0,
         kick: kick_tx,
-        username: login
-            .as_ref()
-            .map(|l| l.username.as_str())
-            .filter(|u| !u.is_empty())
-            .map(Arc::from),
-        peer_ip: stream.peer_addr().ok().map(|a| a.ip()),
+        username: identity.username.clone(),
+        peer_ip: peer.map(|a| a.ip()),
     };
     let (reply_tx, reply) = oneshot::channel();
     sh.router
@@ -260,13 +304,17 @@ pub async fn handshake(
         expiry_secs,
         client_max_packet: props.max_packet_size.unwrap_or(u32::MAX),
         client_topic_alias_max: props.topic_alias_max.unwrap_or(0),
-        username: login.map(|l| l.username).filter(|u| !u.is_empty()),
+        username: identity.username.as_deref().map(str::to_string),
         qos2_pending,
         rx,
         rx0,
         kick,
     })
 }
+
+/// The `listener` label of the one plain TCP listener (per-listener names
+/// come with `[[mqtt.listeners]]`).
+const LISTENER: &str = "tcp";
 
 /// Tells the router a connection it attached is gone.
 async fn detach(sh: &Shared, conn_id: u64, client_id: &Arc<str>, publish_will: bool) {

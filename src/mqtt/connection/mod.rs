@@ -44,6 +44,8 @@ pub struct Shared {
     pub uplink: crate::bridge::uplink::Uplink,
     pub metrics: Arc<Metrics>,
     pub router: mpsc::Sender<RouterMsg>,
+    /// The authentication chain (`[auth]`).
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +64,9 @@ pub enum ConnError {
     Refused(String),
     #[error("server shutting down")]
     ShuttingDown,
+    /// Refused by authentication (already counted and logged by `auth`).
+    #[error("not authenticated")]
+    Unauthenticated,
 }
 
 impl ConnError {
@@ -260,7 +265,7 @@ fn report(sh: &Shared, e: &ConnError, client_id: &str, peer: Option<std::net::So
             }
         }
         ConnError::Refused(why) => tracing::warn!(client_id, ?peer, %why, "connection refused"),
-        ConnError::Closed | ConnError::ShuttingDown => {}
+        ConnError::Closed | ConnError::ShuttingDown | ConnError::Unauthenticated => {}
         ConnError::Io(err) => tracing::debug!(client_id, ?peer, %err, "connection i/o error"),
     }
 }

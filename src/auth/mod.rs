@@ -1,0 +1,292 @@
+//! Authentication at CONNECT (docs/security.md section 2).
+//!
+//! - [`Auth`]: the chain of `auth.methods`; each method accepts (an
+//!   identity), declines (not for it) or refuses; the first that accepts
+//!   wins. With no method configured the CONNECT user name is taken
+//!   unverified, as before authentication existed.
+//! - [`password`]: Mosquitto's `password_file` format and `mqbridge passwd`.
+//! - [`failures`]: failures per address, for the refusal delay and bans.
+//! - [`metrics`]: the `mqbridge_auth_*` families.
+
+pub mod failures;
+pub mod metrics;
+pub mod passwd;
+pub mod password;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+use crate::config::{Method, ValidAuth};
+use crate::mqtt::admission::{LogLimiter, WARN_EVERY};
+use failures::{Failures, Penalty};
+use metrics::{AuthMetrics, AuthResult};
+use password::{Hash, DEFAULT_ITERATIONS};
+
+/// A CONNECT password: never printed (`Debug` shows `***`).
+#[derive(Clone)]
+pub struct Password(pub bytes::Bytes);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// What a CONNECT presents.
+#[derive(Debug)]
+pub struct AuthRequest<'a> {
+    /// The listener's name (the `listener` label).
+    pub listener: &'a str,
+    pub peer: Option<SocketAddr>,
+    pub client_id: &'a str,
+    /// The CONNECT user name; `None` when absent or empty.
+    pub username: Option<&'a str>,
+    pub password: Option<Password>,
+}
+
+/// How an identity was established.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityMethod {
+    /// No method configured: the CONNECT user name, unverified. Binds nothing.
+    Unverified,
+    /// No credentials, anonymous access allowed.
+    Anonymous,
+    /// Verified by a method of the chain.
+    Verified(Method),
+}
+
+impl IdentityMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentityMethod::Unverified | IdentityMethod::Anonymous => "none",
+            IdentityMethod::Verified(m) => m.as_str(),
+        }
+    }
+}
+
+/// Who a client is, as the rest of the gateway sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub username: Option<Arc<str>>,
+    pub method: IdentityMethod,
+}
+
+impl Identity {
+    /// The user name if it was verified (what sessions are bound to).
+    pub fn verified_username(&self) -> Option<&Arc<str>> {
+        match self.method {
+            IdentityMethod::Verified(_) => self.username.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// Why a CONNECT is refused: 3.1.1 0x04 / 5.0 0x86, or 3.1.1 0x05 / 5.0 0x87.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    BadCredentials,
+    NotAuthorized,
+}
+
+impl Refusal {
+    fn result(self) -> AuthResult {
+        match self {
+            Refusal::BadCredentials => AuthResult::BadCredentials,
+            Refusal::NotAuthorized => AuthResult::NotAuthorized,
+        }
+    }
+}
+
+/// What one method said.
+enum Verdict {
+    Accept(Identity),
+    Decline,
+    Refuse,
+}
+
+/// The authentication chain, shared by every connection.
+pub struct Auth {
+    cfg: ValidAuth,
+    failures: Failures,
+    /// Bounds the `$7$` verifications running at once: the blocking pool has
+    /// hundreds of threads, so this is what bounds the CPU in a reconnect storm.
+    verify: Arc<Semaphore>,
+    /// Verified for unknown users, so timing does not tell which names exist.
+    dummy: Hash,
+    metrics: AuthMetrics,
+    warn: LogLimiter,
+}
+
+impl Auth {
+    pub fn new(cfg: ValidAuth, metrics: AuthMetrics) -> Auth {
+        Auth {
+            failures: Failures::new(cfg.failures.clone()),
+            verify: Arc::new(Semaphore::new(cfg.verify_concurrency.max(1))),
+            dummy: Hash::new_pbkdf2(b"dummy", DEFAULT_ITERATIONS),
+            cfg,
+            metrics,
+            warn: LogLimiter::new(WARN_EVERY),
+        }
+    }
+
+    pub fn config(&self) -> &ValidAuth {
+        &self.cfg
+    }
+
+    /// Whether a client without credentials may connect.
+    pub fn allows_anonymous(&self) -> bool {
+        self.cfg.methods.is_empty() || self.cfg.allow_anonymous
+    }
+
+    /// Whether `ip` is banned (refused before CONNECT is read).
+    pub fn banned(&self, ip: std::net::IpAddr) -> bool {
+        let banned = self.failures.banned(ip);
+        if banned {
+            self.metrics.banned_refusals.inc();
+        }
+        banned
+    }
+
+    /// Runs the chain. Counted; a refusal is logged (rate-limited) but not
+    /// yet penalised: the caller calls [`Auth::refused`] for that, as other
+    /// CONNECT-time checks (client-id binding) refuse too.
+    pub async fn authenticate(&self, req: &AuthRequest<'_>) -> Result<Identity, Refusal> {
+        if self.cfg.methods.is_empty() {
+            let identity = Identity {
+                username: req.username.map(Arc::from),
+                method: IdentityMethod::Unverified,
+            };
+            self.metrics
+                .result(req.listener, "none", AuthResult::Accepted);
+            return Ok(identity);
+        }
+        let mut refused_by = None;
+        for &m in &self.cfg.methods {
+            match self.run(m, req).await {
+                Verdict::Accept(identity) => {
+                    self.metrics
+                        .result(req.listener, m.as_str(), AuthResult::Accepted);
+                    return Ok(identity);
+                }
+                Verdict::Decline => {}
+                Verdict::Refuse => refused_by = Some(m),
+            }
+        }
+        if req.username.is_some() || req.password.is_some() {
+            let method = refused_by.map_or("none", Method::as_str);
+            return Err(self.refuse(req, method, Refusal::BadCredentials, "bad credentials"));
+        }
+        if self.cfg.allow_anonymous {
+            self.metrics
+                .result(req.listener, "none", AuthResult::Anonymous);
+            return Ok(Identity {
+                username: None,
+                method: IdentityMethod::Anonymous,
+            });
+        }
+        Err(self.refuse(
+            req,
+            "none",
+            Refusal::NotAuthorized,
+            "no credentials and anonymous access is off",
+        ))
+    }
+
+    /// Counts and logs a refusal (of the chain or of a later CONNECT check).
+    pub fn refuse(
+        &self,
+        req: &AuthRequest<'_>,
+        method: &'static str,
+        refusal: Refusal,
+        why: &str,
+    ) -> Refusal {
+        self.metrics.result(req.listener, method, refusal.result());
+        if let Some(suppressed) = self.warn.allow() {
+            tracing::warn!(
+                listener = req.listener,
+                peer = ?req.peer,
+                client_id = req.client_id,
+                username = ?req.username,
+                method,
+                reason = why,
+                suppressed,
+                "connection refused by authentication"
+            );
+        }
+        refusal
+    }
+
+    /// Records a refused CONNECT from `peer`: how long to wait before the
+    /// refusing CONNACK (counted when not zero).
+    pub fn penalty(&self, listener: &str, peer: Option<SocketAddr>) -> Penalty {
+        let Some(peer) = peer else {
+            return Penalty {
+                delay: std::time::Duration::ZERO,
+                banned: false,
+            };
+        };
+        let p = self.failures.fail(peer.ip());
+        self.metrics.tracked.set(self.failures.tracked() as i64);
+        if !p.delay.is_zero() {
+            self.metrics.delayed(listener);
+        }
+        if p.banned {
+            self.metrics.bans.inc();
+            tracing::warn!(%peer, listener, ban = ?self.cfg.failures.ban, "address banned after repeated authentication failures");
+        }
+        p
+    }
+
+    async fn run(&self, m: Method, req: &AuthRequest<'_>) -> Verdict {
+        match m {
+            Method::PasswordFile => self.password_file(req).await,
+        }
+    }
+
+    async fn password_file(&self, req: &AuthRequest<'_>) -> Verdict {
+        let Some(user) = req.username else {
+            return Verdict::Decline;
+        };
+        let Some(file) = &self.cfg.password_file else {
+            return Verdict::Decline;
+        };
+        let password = req.password.as_ref().map(|p| p.0.clone());
+        let (hash, known) = match file.get(user) {
+            Some(h) => (h, true),
+            None => (&self.dummy, false),
+        };
+        // A missing password is verified as an empty one (same timing), and
+        // never accepted.
+        let ok = self
+            .verify(hash, password.clone().unwrap_or_default())
+            .await;
+        if ok && known && password.is_some() {
+            Verdict::Accept(Identity {
+                username: Some(Arc::from(user)),
+                method: IdentityMethod::Verified(Method::PasswordFile),
+            })
+        } else {
+            Verdict::Refuse
+        }
+    }
+
+    /// Verifies inline when cheap (`$6$`), else on a blocking thread behind
+    /// the `auth.verify_concurrency` semaphore.
+    async fn verify(&self, hash: &Hash, password: bytes::Bytes) -> bool {
+        if !hash.is_heavy() {
+            return hash.verify(&password);
+        }
+        let Ok(permit) = self.verify.clone().acquire_owned().await else {
+            return false;
+        };
+        let hash = hash.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            hash.verify(&password)
+        })
+        .await
+        .unwrap_or(false)
+    }
+}

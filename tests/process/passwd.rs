@@ -1,0 +1,164 @@
+//! `mqbridge passwd FILE USER`: the file it writes is read by Debian's
+//! Mosquitto broker (2.0.11) and by the gateway, with the same answers.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::common::{self, b4, opts_v4, service};
+
+/// Runs `mqbridge passwd` with `stdin` piped in; returns whether it succeeded.
+fn passwd(file: &Path, args: &[&str], stdin: &str) -> bool {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mqbridge"))
+        .arg("passwd")
+        .arg(file)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("mqbridge passwd runs");
+    if let Some(mut i) = child.stdin.take() {
+        i.write_all(stdin.as_bytes()).expect("stdin");
+    }
+    child.wait().expect("mqbridge passwd ends").success()
+}
+
+async fn mosquitto_pub(port: u16, user: &str, password: &str) -> bool {
+    let port = port.to_string();
+    tokio::process::Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-t",
+            "x",
+            "-m",
+            "m",
+            "-u",
+            user,
+            "-P",
+            password,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .expect("mosquitto_pub runs")
+        .success()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwd_writes_a_file_mosquitto_and_the_gateway_accept() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("passwords");
+    assert!(passwd(&file, &["dev1", "--password-stdin"], "pw-one\n"));
+    assert!(passwd(&file, &["dev2"], "pw-two\n"));
+    assert!(passwd(&file, &["dev3"], "pw-three\n"));
+    assert!(passwd(&file, &["dev3", "--delete"], ""));
+    assert!(!passwd(&file, &["dev3", "--delete"], ""), "already gone");
+    assert!(!passwd(&file, &["a:b"], "x\n"), "':' in a user name");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(text.lines().all(|l| l.contains(":$7$1000$")), "{text}");
+
+    // The gateway.
+    let t = common::start_with(|cfg| {
+        cfg.auth.methods = vec!["password_file".into()];
+        cfg.auth.allow_anonymous = false;
+        cfg.auth.password_file = file.clone();
+    })
+    .await;
+    let login = |user: &str, pw: &str| {
+        let mut o = opts_v4(t.addr, user, true);
+        o.set_credentials(user, pw);
+        o
+    };
+    b4::connect(login("dev1", "pw-one"))
+        .await
+        .disconnect()
+        .await;
+    b4::connect(login("dev2", "pw-two"))
+        .await
+        .disconnect()
+        .await;
+    for (user, pw) in [("dev1", "pw-two"), ("dev3", "pw-three")] {
+        assert!(
+            matches!(
+                b4::try_connect(login(user, pw)).await,
+                Err(rumqttc::ConnectionError::ConnectionRefused(
+                    rumqttc::ConnectReturnCode::BadUserNamePassword
+                ))
+            ),
+            "{user}"
+        );
+    }
+    t.gw.shutdown().await;
+
+    // Mosquitto's broker, reading the same file.
+    if !service::program(
+        "mosquitto_pub",
+        "mosquitto_pub (Debian package mosquitto-clients)",
+    ) {
+        return;
+    }
+    let port = crate::free_port();
+    let conf = dir.path().join("mosquitto.conf");
+    // `user root` keeps a root test run from switching to the mosquitto
+    // user, who could not read the 0600 file; ignored when not root.
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\nuser root\n",
+            file.display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("mosquitto.log")).unwrap();
+    // Debian puts the broker in /usr/sbin, often not on a user's PATH.
+    let broker = ["/usr/sbin/mosquitto", "mosquitto"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("mosquitto");
+    let child = Command::new(broker)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn();
+    let Ok(mut child) = child else {
+        service::missing("the mosquitto broker (Debian package mosquitto)");
+        return;
+    };
+    let started = common::within(10, async {
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            if let Ok(Some(_)) = child.try_wait() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
+    })
+    .await;
+    let answers = if started {
+        Some((
+            mosquitto_pub(port, "dev1", "pw-one").await,
+            mosquitto_pub(port, "dev2", "pw-two").await,
+            mosquitto_pub(port, "dev1", "pw-two").await,
+        ))
+    } else {
+        None
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(dir.path().join("mosquitto.log")).unwrap_or_default();
+    assert_eq!(
+        answers,
+        Some((true, true, false)),
+        "mosquitto's answers for dev1, dev2, dev1 with dev2's password; its log:\n{log}"
+    );
+}
