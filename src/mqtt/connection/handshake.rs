@@ -11,8 +11,8 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
+use super::identify::{identify, refuse_later, Decision};
 use super::{ConnError, Shared};
-use crate::auth::{AuthRequest, Password, Refusal};
 use crate::metrics::ProtocolErrorReason as Why;
 use crate::mqtt::codec::{self, Version};
 use crate::mqtt::message::{Message, MessageProps};
@@ -134,44 +134,24 @@ pub async fn handshake(
     };
     // Before the will is built and before the router is asked: a refused
     // client never touches a session.
-    let req = AuthRequest {
-        listener: LISTENER,
+    let mut client_id = client_id;
+    let identity = match identify(
+        sh,
         peer,
-        client_id: &client_id,
-        username: login
-            .as_ref()
-            .map(|l| l.username.as_str())
-            .filter(|u| !u.is_empty()),
-        password: login
-            .as_ref()
-            .filter(|l| !l.password.is_empty())
-            .map(|l| Password(bytes::Bytes::copy_from_slice(l.password.as_bytes()))),
-    };
-    let identity = match tokio::time::timeout_at(deadline, sh.auth.authenticate(&req)).await {
-        Ok(Ok(identity)) => identity,
-        Ok(Err(refusal)) => {
-            let penalty = sh.auth.penalty(LISTENER, peer);
-            // A sleep, no CPU: the per-IP connection limit bounds how many
-            // one address can hold.
-            tokio::time::sleep(penalty.delay).await;
-            refuse(
-                match refusal {
-                    Refusal::BadCredentials => Code::BadUserNamePassword,
-                    Refusal::NotAuthorized => Code::NotAuthorized,
-                },
-                &mut out,
-            );
+        login.as_ref(),
+        &mut client_id,
+        &mut assigned,
+        deadline,
+    )
+    .await?
+    {
+        Decision::Accept(identity) => identity,
+        Decision::Refuse(code) => {
+            refuse(code, &mut out);
             super::write_raw(stream, &out).await?;
             return Err(ConnError::Unauthenticated);
         }
-        Err(_) => {
-            return Err(ConnError::protocol(
-                Why::ConnectTimeout,
-                "authentication did not finish within the connect timeout".into(),
-            ))
-        }
     };
-    drop(req);
     let will =
         match will.map(|w| make_will(w, version, &sh.cfg.mqtt.topic_limits(), Some(&sh.metrics))) {
             Some(Err((why, detail))) => {
@@ -230,6 +210,7 @@ pub async fn handshake(
         tx0,
         kick: kick_tx,
         username: identity.username.clone(),
+        identity: identity.verified_username().cloned(),
         peer_ip: peer.map(|a| a.ip()),
     };
     let (reply_tx, reply) = oneshot::channel();
@@ -246,6 +227,13 @@ pub async fn handshake(
             session_present,
             qos2_pending,
         } => (session_present, qos2_pending),
+        ConnectOutcome::NotAuthorized => {
+            let why = "the session belongs to another identity";
+            let code = refuse_later(sh, peer, &client_id, &identity, why).await;
+            refuse(code, &mut out);
+            super::write_raw(stream, &out).await?;
+            return Err(ConnError::Unauthenticated);
+        }
         ConnectOutcome::QuotaExceeded | ConnectOutcome::StoreFailed => {
             let code = if outcome == ConnectOutcome::QuotaExceeded {
                 Code::QuotaExceeded
@@ -311,10 +299,6 @@ pub async fn handshake(
         kick,
     })
 }
-
-/// The `listener` label of the one plain TCP listener (per-listener names
-/// come with `[[mqtt.listeners]]`).
-const LISTENER: &str = "tcp";
 
 /// Tells the router a connection it attached is gone.
 async fn detach(sh: &Shared, conn_id: u64, client_id: &Arc<str>, publish_will: bool) {

@@ -9,6 +9,7 @@
 mod aliases;
 mod awaiting_rel;
 mod handshake;
+mod identify;
 mod inbound;
 mod keepalive;
 mod pending;

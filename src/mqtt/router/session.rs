@@ -87,6 +87,10 @@ pub struct Session {
     pub expiry_deadline: Option<Deadline>,
     /// Who this persistent session counts against (`Router::owners`).
     pub owner: Option<Owner>,
+    /// The verified identity that owns the session (stored with it): only
+    /// it may take the session over or clean it. `None` until an
+    /// authenticated client claims it.
+    pub identity: Option<Arc<str>>,
 }
 
 impl Session {
@@ -111,6 +115,7 @@ impl Session {
             will_deadline: None,
             expiry_deadline: None,
             owner: None,
+            identity: None,
         }
     }
 
@@ -144,6 +149,7 @@ impl Session {
                     subscription_id: o.subscription_id,
                 })
                 .collect(),
+            identity: self.identity.as_deref().map(str::to_string),
         }
     }
 
