@@ -56,7 +56,14 @@ pub trait Sink: Send + 'static {
     /// backpressure. `Err` means the connection is unusable: the driver
     /// reconnects and sends the record again, but first waits for the
     /// outcomes of the records already in flight (they may be confirmed).
-    fn send(&mut self, record: &Record) -> BoxFuture<'_, Result<Pending, BoxError>>;
+    fn send<'a>(&'a mut self, record: &'a Record) -> BoxFuture<'a, Result<Pending, BoxError>>;
+
+    /// Records sent and not yet confirmed, at most: bounds memory and what
+    /// is sent twice after a failure. A client that batches (Kafka) wants
+    /// more in flight than one that confirms each record.
+    fn window(&self) -> usize {
+        super::driver::sink::WINDOW
+    }
 
     /// Whether the connection still looks usable, checked by the driver
     /// every [`HEALTH_CHECK`](super::driver::sink::HEALTH_CHECK): `false`
@@ -106,5 +113,21 @@ pub trait Source: Send + 'static {
     /// the connection; whatever is unsettled is consumed again later.
     fn close(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
+    }
+}
+
+/// Shows an error with its whole cause chain (`what: why: root cause`),
+/// for log lines: `Display` of a typed error shows only its own level.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
     }
 }

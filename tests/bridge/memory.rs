@@ -142,7 +142,7 @@ impl Sink for MemorySink {
         Box::pin(async { Ok(()) })
     }
 
-    fn send(&mut self, record: &Record) -> BoxFuture<'_, Result<Pending, BoxError>> {
+    fn send<'a>(&'a mut self, record: &'a Record) -> BoxFuture<'a, Result<Pending, BoxError>> {
         let hub = self.0.clone();
         let entry = (
             record.target.clone(),

@@ -64,7 +64,7 @@ async fn spawn(dir: &Path, port: u16, run: usize) -> Child {
         .env(
             "RUST_LOG",
             std::env::var("GW_LOG").unwrap_or_else(|_| {
-                "mqbridge=info,mqbridge::bridge::kafka::source::task=trace".into()
+                "mqbridge=info,mqbridge::bridge::kafka::source::client=trace".into()
             }),
         )
         .env("NO_COLOR", "1")
@@ -127,7 +127,7 @@ async fn commands_survive_sigkill_between_consume_and_commit() {
     let log = dir.path().join("gw-1.log");
     while !std::fs::read_to_string(&log)
         .unwrap_or_default()
-        .contains("source::task: consumed")
+        .contains("source::client: consumed")
     {
         assert!(Instant::now() < deadline, "the gateway consumes nothing");
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -140,7 +140,7 @@ async fn commands_survive_sigkill_between_consume_and_commit() {
         .sum();
     let consumed = std::fs::read_to_string(&log)
         .unwrap_or_default()
-        .matches("source::task: consumed")
+        .matches("source::client: consumed")
         .count();
     producing.await.expect("producer");
     // The kill must land between consuming and committing, or this test

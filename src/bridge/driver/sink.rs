@@ -9,12 +9,11 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 use super::{Backoff, SettleQueue};
-use crate::bridge::contract::{Delivery, Pending, Sink};
+use crate::bridge::contract::{Chain, Delivery, Pending, Sink};
 use crate::bridge::metrics::BackendCounters;
 use crate::bridge::{Envelope, RunningSink, SinkError, SinkHandle};
 
-/// Records sent and not yet confirmed, at most: bounds memory and what is
-/// sent twice after a failure.
+/// The default of [`Sink::window`].
 pub const WINDOW: usize = 256;
 /// How often the driver asks [`Sink::healthy`].
 pub const HEALTH_CHECK: Duration = Duration::from_millis(500);
@@ -100,7 +99,7 @@ impl Driver {
                 }
                 Err(error) => {
                     self.counters.up.set(0);
-                    tracing::warn!(backend = &*self.backend, unsettled = self.replay.len(), %error, "backend could not be connected");
+                    tracing::warn!(backend = &*self.backend, unsettled = self.replay.len(), error = %Chain(&*error), "backend could not be connected");
                 }
             }
             if self.rx.is_closed() {
@@ -125,7 +124,7 @@ impl Driver {
         loop {
             let limit = match (&stalled, self.careful) {
                 (Some(_), _) => 0,
-                (None, 0) => WINDOW,
+                (None, 0) => self.sink.window().max(1),
                 (None, _) => 1,
             };
             while self.inflight.len() < limit {
@@ -175,7 +174,7 @@ impl Driver {
             }
             Err(e) => {
                 self.replay.push_front(taken);
-                Err(e.to_string())
+                Err(Chain(&*e).to_string())
             }
         }
     }

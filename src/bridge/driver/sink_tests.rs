@@ -38,7 +38,7 @@ impl Sink for Poisonable {
         Box::pin(async { Ok(()) })
     }
 
-    fn send(&mut self, record: &Record) -> BoxFuture<'_, Result<Pending, BoxError>> {
+    fn send<'a>(&'a mut self, record: &'a Record) -> BoxFuture<'a, Result<Pending, BoxError>> {
         let conn = {
             let mut st = self.state.lock().expect("state");
             let conn = st.poisoned.len() - 1;

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{Backoff, SettleQueue};
-use crate::bridge::contract::Source;
+use crate::bridge::contract::{BoxError, Chain, Source};
 use crate::bridge::downlink::{CommandEnvelope, CommandOutcome, CommandTx};
 
 /// Commands handed to the processor and not settled yet, at most: when
@@ -58,7 +58,17 @@ enum End {
     Stopped,
     /// The processor is gone: nothing can be delivered any more.
     ProcessorGone,
-    Lost(String),
+    /// The connection is no good: why, with the backend's error as source.
+    Lost(BoxError),
+}
+
+/// Settling a position failed.
+#[derive(Debug, thiserror::Error)]
+#[error("settling {position}")]
+struct Settling {
+    position: String,
+    #[source]
+    source: BoxError,
 }
 
 impl Driver {
@@ -80,12 +90,14 @@ impl Driver {
                             tracing::error!(%route, "the command processor is gone; consuming stopped");
                             return;
                         }
-                        End::Lost(why) => {
-                            tracing::warn!(%route, "consuming interrupted, will resume from the last settled command: {why}")
+                        End::Lost(error) => {
+                            tracing::warn!(%route, error = %Chain(&*error), "consuming interrupted, will resume from the last settled command")
                         }
                     }
                 }
-                Err(error) => tracing::warn!(%route, %error, "command source could not connect"),
+                Err(error) => {
+                    tracing::warn!(%route, error = %Chain(&*error), "command source could not connect")
+                }
             }
             tokio::select! {
                 biased;
@@ -113,7 +125,7 @@ impl Driver {
                 command = self.source.next(), if handed.len() < WINDOW => {
                     let command = match command {
                         Ok(c) => c,
-                        Err(e) => return End::Lost(e.to_string()),
+                        Err(e) => return End::Lost(e),
                     };
                     let position = command.position.clone();
                     let (done, outcome) = oneshot::channel();
@@ -146,13 +158,18 @@ impl Driver {
         // The processor dropping `done` means it did not store the command.
         let outcome = answer.unwrap_or(CommandOutcome::Retry);
         if let Err(e) = self.source.settle(&h.position, outcome).await {
-            return Err(End::Lost(format!("settling {}: {e}", h.position)));
+            return Err(End::Lost(Box::new(Settling {
+                position: h.position,
+                source: e,
+            })));
         }
         if outcome == CommandOutcome::Retry {
             if self.source.requeues_on_retry() {
                 return Ok(());
             }
-            return Err(End::Lost(format!("command {} not stored", h.position)));
+            return Err(End::Lost(
+                format!("command {} not stored", h.position).into(),
+            ));
         }
         self.backoff.reset();
         Ok(())

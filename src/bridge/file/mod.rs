@@ -78,7 +78,7 @@ impl Sink for FileSink {
         })
     }
 
-    fn send(&mut self, record: &Record) -> BoxFuture<'_, Result<Pending, BoxError>> {
+    fn send<'a>(&'a mut self, record: &'a Record) -> BoxFuture<'a, Result<Pending, BoxError>> {
         // Rendered here, so the record is not cloned for the thread.
         let (done, on_disk) = tokio::sync::oneshot::channel();
         let queued = Queued {

@@ -118,7 +118,7 @@ impl Sink for AmqpSink {
         })
     }
 
-    fn send(&mut self, record: &Record) -> BoxFuture<'_, Result<Pending, BoxError>> {
+    fn send<'a>(&'a mut self, record: &'a Record) -> BoxFuture<'a, Result<Pending, BoxError>> {
         // A record that can never be published is refused without a publish.
         let out = outgoing(&self.cfg, record);
         let payload = record.payload.clone();

@@ -7,11 +7,15 @@
 //! - [`topics`]: which topics exist (metadata, cached) and creating them, so
 //!   a record to a missing topic is rejected instead of waiting forever.
 //! - [`message`]: record → Kafka message; permanent vs transient errors.
-//! - [`task`]: the task: send in order, settle delivery reports in order,
-//!   reject what the broker refuses for good, re-send the rest.
+//! - [`client`]: the [`Sink`](crate::bridge::contract::Sink) driven by
+//!   [`run_sink`]: hand a record to the producer, turn its delivery report
+//!   into a confirm, a refusal or a re-send.
+//! - [`recovery`]: preparing topics, replacing a producer that cannot go
+//!   on, taking back records for a topic that disappeared.
 
+mod client;
 mod message;
-mod task;
+mod recovery;
 #[cfg(test)]
 mod tests;
 mod topics;
@@ -24,12 +28,12 @@ use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Statistics;
-use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
+use crate::bridge::driver::run_sink;
 use crate::bridge::metrics::BackendCounters;
 use crate::bridge::registry::SettingError;
-use crate::bridge::{BridgeError, Envelope, RunningSink, SinkHandle};
+use crate::bridge::{BridgeError, RunningSink};
 use crate::config::KafkaBackend;
 
 /// The producer type the sink uses.
@@ -53,7 +57,7 @@ const ALIASES: [(&str, &str); 4] = [
 /// routes using it (created at start-up when `create_topics` is set).
 ///
 /// Fails only on a configuration librdkafka refuses; a broker that is down
-/// is waited for by the task.
+/// is waited for by the driver.
 pub async fn start(
     cfg: &KafkaBackend,
     topics: Vec<String>,
@@ -74,8 +78,7 @@ pub async fn start(
             what: "creating the Kafka producer".into(),
             source: e.into(),
         })?;
-    counters.up.set(0);
-    let settings = task::Settings {
+    let settings = client::Settings {
         backend: backend.clone(),
         client_cfg,
         context,
@@ -83,12 +86,14 @@ pub async fn start(
         partitions: cfg.topic_partitions,
         replication: cfg.topic_replication,
     };
-    let (tx, rx) = mpsc::channel::<Envelope>(capacity.max(1));
-    let task = tasks.spawn(task::Sink::new(settings, producer, counters).run(rx, topics));
-    Ok(RunningSink {
-        handle: SinkHandle { backend, tx },
-        task,
-    })
+    let sink = client::KafkaSink::new(settings, producer, &counters, topics);
+    Ok(run_sink(
+        &cfg.name,
+        Box::new(sink),
+        counters,
+        capacity,
+        tasks,
+    ))
 }
 
 /// Producer settings: ours first, then the operator's `properties`, except

@@ -79,3 +79,47 @@ fn permanent_and_transient_errors() {
     assert!(!p(RDKafkaErrorCode::Fatal));
     assert!(!permanent(&KafkaError::Canceled));
 }
+
+/// What a delivery report becomes, and what it leaves for the next
+/// `connect` to act on.
+#[test]
+fn delivery_reports_become_deliveries() {
+    use rdkafka::message::{OwnedMessage, Timestamp};
+
+    use super::client::{outcome, Trouble};
+    use crate::bridge::contract::Delivery;
+
+    let failed = |c| {
+        let m = OwnedMessage::new(None, None, "t".into(), Timestamp::NotAvailable, 0, 0, None);
+        Ok(Err((KafkaError::MessageProduction(c), m)))
+    };
+    let trouble = Trouble::default();
+    let delivered = rdkafka::producer::future_producer::Delivery {
+        partition: 0,
+        offset: 7,
+        timestamp: Timestamp::NotAvailable,
+    };
+    assert_eq!(
+        outcome(Ok(Ok(delivered)), "t", &trouble),
+        Delivery::Confirmed
+    );
+
+    let d = outcome(failed(RDKafkaErrorCode::MessageSizeTooLarge), "t", &trouble);
+    assert!(matches!(d, Delivery::Rejected(_)), "{d:?}");
+    assert_eq!(std::mem::take(&mut trouble.lock().forget), ["t"]);
+
+    let d = outcome(
+        failed(RDKafkaErrorCode::OutOfOrderSequenceNumber),
+        "t",
+        &trouble,
+    );
+    assert!(matches!(d, Delivery::Retry(_)), "{d:?}");
+    assert!(trouble.lock().lost.take().is_some(), "producer to replace");
+
+    let d = outcome(failed(RDKafkaErrorCode::MessageTimedOut), "t", &trouble);
+    assert!(matches!(d, Delivery::Retry(_)), "{d:?}");
+    assert_eq!(std::mem::take(&mut trouble.lock().forget), ["t"]);
+
+    let t = trouble.lock();
+    assert!(t.forget.is_empty() && t.gone.is_empty() && t.lost.is_none());
+}

@@ -8,12 +8,13 @@
 //! [`MISSING_RECHECK`], in case someone created it.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::gauge::Gauge;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
 use rdkafka::producer::Producer as _;
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -30,7 +31,9 @@ const CACHE_LIMIT: usize = 10_000;
 /// What the broker says about a topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Presence {
-    Usable,
+    /// Writable; the name is shared so that records in flight can name it
+    /// without a copy each.
+    Usable(Arc<str>),
     /// Missing or not writable, for good (until someone changes it).
     Refused(String),
     /// The broker did not answer clearly; ask again later.
@@ -44,7 +47,7 @@ pub(super) struct Topics {
 }
 
 enum Known {
-    Usable,
+    Usable(Arc<str>),
     Refused(String, Instant),
 }
 
@@ -59,22 +62,23 @@ impl Topics {
 
     /// Whether records for `topic` can be sent, asking the broker when the
     /// cache has no fresh answer.
-    pub(super) async fn presence(&mut self, producer: &Producer, topic: &str) -> Presence {
+    pub(super) async fn presence(&mut self, producer: &Arc<Producer>, topic: &str) -> Presence {
         match self.known.get(topic) {
-            Some(Known::Usable) => return Presence::Usable,
+            Some(Known::Usable(name)) => return Presence::Usable(name.clone()),
             Some(Known::Refused(why, at)) if at.elapsed() < MISSING_RECHECK => {
                 return Presence::Refused(why.clone())
             }
             _ => {}
         }
-        let answer = lookup(producer, topic).await;
+        let answer = lookup(&Arc::downgrade(producer), topic).await;
         if self.known.len() >= CACHE_LIMIT {
             self.known.clear();
         }
         match &answer {
-            Presence::Usable => {
+            Presence::Usable(name) => {
                 self.up.set(1);
-                self.known.insert(topic.to_string(), Known::Usable);
+                self.known
+                    .insert(topic.to_string(), Known::Usable(name.clone()));
             }
             Presence::Refused(why) => {
                 self.up.set(1);
@@ -161,11 +165,14 @@ impl Topics {
 }
 
 /// Asks the broker about one topic (a blocking librdkafka call, so on the
-/// blocking pool).
-async fn lookup(producer: &Producer, topic: &str) -> Presence {
+/// blocking pool). A producer already replaced answers `Unknown`.
+pub(super) async fn lookup(producer: &Weak<Producer>, topic: &str) -> Presence {
     let producer = producer.clone();
     let name = topic.to_string();
+    // The upgraded producer is dropped on the blocking thread: if it was
+    // the last handle, dropping joins librdkafka's threads.
     let fetched = tokio::task::spawn_blocking(move || {
+        let producer = producer.upgrade().ok_or(KafkaError::Canceled)?;
         producer
             .client()
             .fetch_metadata(Some(&name), METADATA_TIMEOUT)
@@ -183,7 +190,7 @@ async fn lookup(producer: &Producer, topic: &str) -> Presence {
         None if found.partitions().is_empty() => {
             Presence::Refused(format!("topic {topic} has no partitions"))
         }
-        None => Presence::Usable,
+        None => Presence::Usable(topic.into()),
         Some(RDKafkaErrorCode::UnknownTopicOrPartition) => {
             Presence::Refused(format!("topic {topic} does not exist"))
         }

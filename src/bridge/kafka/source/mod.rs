@@ -5,15 +5,14 @@
 //!
 //! - this file: start-up, the consumer's configuration, topic creation,
 //!   message → [`Command`].
-//! - [`task`]: the task — consume, keep what is in flight in order, commit.
-//! - [`inflight`]: commands handed over and not answered yet, in order.
+//! - [`client`]: the [`Source`](crate::bridge::contract::Source) driven by
+//!   [`run_source`]: consume, record settled offsets, commit.
 //! - [`ledger`]: the offsets that may be committed.
 //! - [`context`]: librdkafka logs and the commit-before-rebalance hook.
 
+mod client;
 mod context;
-mod inflight;
 mod ledger;
-mod task;
 #[cfg(test)]
 mod tests;
 
@@ -28,13 +27,14 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::bridge::downlink::{Command, CommandTx};
+use crate::bridge::driver::run_source;
 use crate::bridge::registry::SettingError;
 use crate::bridge::BridgeError;
 use crate::config::{DownlinkRoute, KafkaBackend};
 
 /// Starts consuming `route.topics` with a consumer group; hands commands to
 /// `tx`. Fails only on a configuration librdkafka refuses: a broker that is
-/// down is waited for (and topics created) by the task.
+/// down is waited for (and topics created) by the driver.
 pub async fn start(
     backend: &KafkaBackend,
     route: &DownlinkRoute,
@@ -50,7 +50,7 @@ pub async fn start(
     let admin = admin_config(backend).map_err(settings)?;
     // Create (and drop) one consumer now so that a bad property fails the
     // start-up instead of the task; this does not contact the broker.
-    task::create(&config, route)
+    client::create(&config, route_name(route))
         .map_err(|e| BridgeError::Backend {
             backend: backend.name.clone(),
             what: format!("creating the Kafka consumer of route {}", route.name),
@@ -62,19 +62,14 @@ pub async fn start(
     // created here so that receipts and dead letters are not refused.
     topics.extend(route.receipt_target.iter().cloned());
     topics.extend(route.dead_letter_target.iter().cloned());
-    let src = task::Source {
-        route: route.clone(),
-        config,
-        admin: backend.create_topics.then_some(Admin {
-            config: admin,
-            topics,
-            partitions: backend.topic_partitions,
-            replication: backend.topic_replication,
-        }),
-        tx,
-        stop,
-    };
-    Ok(tasks.spawn(src.run()))
+    let admin = backend.create_topics.then_some(Admin {
+        config: admin,
+        topics,
+        partitions: backend.topic_partitions,
+        replication: backend.topic_replication,
+    });
+    let source = client::KafkaSource::new(route_name(route), route.topics.clone(), config, admin);
+    Ok(run_source(&route.name, Box::new(source), tx, stop, tasks))
 }
 
 /// Settings we decide, whatever `properties` say: offsets are committed by
@@ -153,9 +148,8 @@ struct Admin {
 impl Admin {
     /// Creates the missing topics. `Err` if the broker did not answer (try
     /// again later); a topic it refuses is logged and left to the operator.
-    async fn create(&self, route: &str) -> Result<(), String> {
-        let admin: AdminClient<DefaultClientContext> =
-            self.config.create().map_err(|e| e.to_string())?;
+    async fn create(&self, route: &str) -> Result<(), rdkafka::error::KafkaError> {
+        let admin: AdminClient<DefaultClientContext> = self.config.create()?;
         let new: Vec<NewTopic<'_>> = self
             .topics
             .iter()
@@ -168,10 +162,7 @@ impl Admin {
             })
             .collect();
         let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
-        let results = admin
-            .create_topics(&new, &opts)
-            .await
-            .map_err(|e| e.to_string())?;
+        let results = admin.create_topics(&new, &opts).await?;
         for r in results {
             match r {
                 Ok(topic) => tracing::info!(route, %topic, "created Kafka topic"),
@@ -207,15 +198,6 @@ fn command<M: Message>(m: &M) -> Command {
             .to_millis()
             .and_then(|t| u64::try_from(t).ok()),
     }
-}
-
-/// Jittered exponential backoff, 250 ms doubling to 30 s (a consumer group
-/// rejoin is costly; no need to hammer a broker that is down).
-fn backoff() -> crate::bridge::driver::backoff::Backoff {
-    crate::bridge::driver::backoff::Backoff::between(
-        Duration::from_millis(250),
-        Duration::from_secs(30),
-    )
 }
 
 /// Route name as a cheap shared string for the context.

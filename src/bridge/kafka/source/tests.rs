@@ -184,44 +184,12 @@ async fn a_property_librdkafka_refuses_fails_the_start() {
     assert!(err.is_err());
 }
 
-#[tokio::test(start_paused = true)]
-async fn in_flight_settles_in_order_and_stops_at_the_first_retry() {
-    use super::inflight::InFlight;
-    use crate::bridge::downlink::CommandOutcome::{Dropped, Retry, Stored};
-    let ledger = super::ledger::Shared::default();
-    ledger.lock().assign([("t".to_string(), 0)]);
-    let mut f = InFlight::default();
-    let mut answers = Vec::new();
-    for offset in 0..4 {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        f.push("t".into(), 0, offset, rx);
-        answers.push(tx);
-    }
-    let mut answers = answers.into_iter();
-    let (a, b, c, _d) = (
-        answers.next().unwrap(),
-        answers.next().unwrap(),
-        answers.next().unwrap(),
-        answers.next().unwrap(),
-    );
-    b.send(Stored).unwrap(); // out of order: the oldest is still waited for
-    let waited = tokio::time::timeout(Duration::from_secs(1), f.oldest()).await;
-    assert!(waited.is_err(), "offset 0 is unanswered");
-    a.send(Dropped).unwrap();
-    for _ in 0..2 {
-        let answer = f.oldest().await;
-        assert!(f.settle_oldest(answer, &ledger, "r"));
-    }
-    assert_eq!(ledger.lock().next_offset("t", 0), Some(2));
-    c.send(Retry).unwrap();
-    let answer = f.oldest().await;
-    assert!(!f.settle_oldest(answer, &ledger, "r"));
-    assert_eq!(
-        ledger.lock().next_offset("t", 0),
-        Some(2),
-        "nothing from the retry on"
-    );
-    // Offset 3 is never answered: the drain gives up after its limit.
-    f.drain(Duration::from_secs(5), &ledger, "r").await;
-    assert_eq!(ledger.lock().next_offset("t", 0), Some(2));
+#[test]
+fn positions_parse_back() {
+    use super::client::parse_position;
+    assert_eq!(parse_position("cmds/3/42"), Some(("cmds", 3, 42)));
+    assert_eq!(parse_position("a.b-c_d/0/0"), Some(("a.b-c_d", 0, 0)));
+    assert_eq!(parse_position("cmds/x/42"), None);
+    assert_eq!(parse_position("cmds/3"), None);
+    assert_eq!(parse_position(""), None);
 }
