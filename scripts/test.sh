@@ -14,12 +14,13 @@ SUDO=""
 
 # 1. Debian packages: cmake + curl headers build librdkafka (rdkafka's
 #    cmake-build), rabbitmq-server is the AMQP broker, mosquitto-clients are
-#    third-party MQTT clients used by tests.
+#    third-party MQTT clients used by tests, openssl makes the JWT tests' keys.
 need=()
 command -v cmake >/dev/null || need+=(cmake)
 dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || need+=(libcurl4-openssl-dev)
 command -v rabbitmq-server >/dev/null || need+=(rabbitmq-server)
 command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
+command -v openssl >/dev/null || need+=(openssl)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
 if [ "${#need[@]}" -gt 0 ]; then

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::jwt::JwtConfig;
 use super::{ConfigError, MAX_DURATION_SECS};
 use crate::auth::failures::Policy;
+use crate::auth::jwt::JwtVerifier;
 use crate::auth::password::PasswordFile;
 
 /// `[auth]` section.
@@ -17,7 +19,7 @@ use crate::auth::password::PasswordFile;
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// Ordered authentication methods; the first that accepts wins. Known:
-    /// `password_file`. Empty: no verification, the CONNECT user name is
+    /// `password_file`, `jwt`. Empty: no verification, the CONNECT user name is
     /// taken as given (the embedded default).
     pub methods: Vec<String>,
     /// Whether a client that presents no credentials at all may connect.
@@ -42,6 +44,8 @@ pub struct AuthConfig {
     pub ban_secs: u64,
     /// Addresses whose failures are tracked at once (> 0).
     pub max_tracked_addresses: usize,
+    /// JWT verification (`[auth.jwt]`), used by the `jwt` method.
+    pub jwt: JwtConfig,
 }
 
 impl Default for AuthConfig {
@@ -58,6 +62,7 @@ impl Default for AuthConfig {
             ban_after: 0,
             ban_secs: 300,
             max_tracked_addresses: 65_536,
+            jwt: JwtConfig::default(),
         }
     }
 }
@@ -66,14 +71,16 @@ impl Default for AuthConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Method {
     PasswordFile,
+    Jwt,
 }
 
 impl Method {
-    pub const ALL: &'static [Method] = &[Method::PasswordFile];
+    pub const ALL: &'static [Method] = &[Method::PasswordFile, Method::Jwt];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Method::PasswordFile => "password_file",
+            Method::Jwt => "jwt",
         }
     }
 }
@@ -93,6 +100,8 @@ pub struct ValidAuth {
     pub methods: Vec<Method>,
     pub allow_anonymous: bool,
     pub password_file: Option<Arc<PasswordFile>>,
+    /// Present when the `jwt` method is listed.
+    pub jwt: Option<Arc<JwtVerifier>>,
     pub client_id: ClientIdBinding,
     pub verify_concurrency: usize,
     pub failures: Policy,
@@ -111,7 +120,7 @@ impl AuthConfig {
                 Some(k) => methods.push(*k),
                 None => errors.push(ConfigError::at(
                     format!("auth.methods[{i}]"),
-                    format!("unknown method {m:?} (known: password_file)"),
+                    format!("unknown method {m:?} (known: password_file, jwt)"),
                 )),
             }
         }
@@ -141,6 +150,17 @@ impl AuthConfig {
                 }
             },
             (false, true) => None,
+        };
+        let jwt = if methods.contains(&Method::Jwt) {
+            match self.jwt.validate() {
+                Ok(v) => Some(Arc::new(v)),
+                Err(problems) => {
+                    errors.extend(problems);
+                    None
+                }
+            }
+        } else {
+            None
         };
         let client_id = match self.client_id.as_str() {
             "any" => ClientIdBinding::Any,
@@ -192,6 +212,7 @@ impl AuthConfig {
             methods,
             allow_anonymous: self.allow_anonymous,
             password_file,
+            jwt,
             client_id,
             verify_concurrency: match self.verify_concurrency {
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get()),

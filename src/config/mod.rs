@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 mod auth;
 mod bridge;
+mod jwt;
 mod load;
 mod secret;
 #[cfg(test)]
@@ -32,6 +33,7 @@ mod tests;
 mod validate;
 
 pub use auth::{AuthConfig, ClientIdBinding, Method, ValidAuth};
+pub use jwt::JwtConfig;
 pub use load::{load, load_with_env};
 pub use secret::Secret;
 pub use validate::Validated;

@@ -108,8 +108,8 @@ fn default_toml_comments_every_key() {
             "comment of key {key:?} in default.toml does not state the default"
         );
     }
-    // 1 + 25 + 11 + 7 + 1 + 2 fields, auth: 11, then bridge: 1 + 5 (file backend) + 6 (route).
-    assert_eq!(keys, 70, "unexpected number of keys in default.toml");
+    // 1 + 25 + 11 + 7 + 1 + 2 fields, auth: 11 + 9 (jwt), then bridge: 1 + 5 (file backend) + 6 (route).
+    assert_eq!(keys, 79, "unexpected number of keys in default.toml");
 }
 
 #[test]

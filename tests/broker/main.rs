@@ -7,6 +7,7 @@
 mod common;
 
 mod auth;
+mod auth_jwt;
 mod auth_sessions;
 mod features;
 mod hostile;
