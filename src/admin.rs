@@ -475,7 +475,7 @@ mod tests {
         let (status, _, _) = get(server.addr, "/readyz").await;
         assert_eq!(status, "HTTP/1.1 200 OK");
 
-        server.metrics.connections_active.set(7);
+        server.metrics.listener(&"tcp".into(), false).active.set(7);
         server.metrics.received(1);
         let (status, headers, body) = get(server.addr, "/metrics?x=1").await;
         assert_eq!(status, "HTTP/1.1 200 OK");
@@ -486,7 +486,7 @@ mod tests {
         assert!(headers.contains(&format!("Content-Length: {}\r\n", body.len())));
         assert!(body.contains("# TYPE mqbridge_mqtt_connections_active gauge\n"));
         assert!(
-            body.contains("\nmqbridge_mqtt_connections_active 7\n"),
+            body.contains("\nmqbridge_mqtt_connections_active{listener=\"tcp\"} 7\n"),
             "{body}"
         );
         assert!(body.contains("\nmqbridge_mqtt_messages_received_total{qos=\"1\"} 1\n"));

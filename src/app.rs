@@ -18,6 +18,7 @@ use crate::config::{Config, Validated};
 use crate::metrics::Metrics;
 use crate::mqtt::connection::Shared;
 use crate::mqtt::router::{Router, ROUTER_CHANNEL};
+use crate::mqtt::transport::ListenerCtx;
 use crate::store::{DiskWatch, Recovered, Store, StoreOptions};
 use crate::tasks::{TaskFailure, Tasks};
 
@@ -47,6 +48,16 @@ pub enum AppError {
     },
     #[error("node id")]
     NodeId(#[from] crate::node::NodeIdError),
+    /// No MQTT listener configured (validation refuses that).
+    #[error("no MQTT listener configured")]
+    NoListener,
+    /// A TLS listener's files changed since validation and no longer load.
+    #[error("TLS files of listener {listener}")]
+    Tls {
+        listener: String,
+        #[source]
+        source: crate::mqtt::transport::tls::TlsError,
+    },
     /// A long-lived task ended while the gateway was running.
     #[error("the {task} task {how} while the gateway was running")]
     TaskFailed {
@@ -57,8 +68,15 @@ pub enum AppError {
 
 /// A running gateway.
 pub struct Gateway {
-    /// Where the MQTT listener is bound (useful with port 0).
+    /// Where the first MQTT listener is bound (useful with port 0): the
+    /// plain TCP `mqtt.listen`, or the first `[[mqtt.listeners]]` entry
+    /// when that is off.
     pub mqtt_addr: SocketAddr,
+    /// Every MQTT listener by name, where it is bound.
+    pub listener_addrs: Vec<(Arc<str>, SocketAddr)>,
+    /// For reload: the TLS state of each listener.
+    listeners: Vec<Arc<ListenerCtx>>,
+    metrics: Arc<Metrics>,
     /// Where the admin endpoint is bound, if enabled.
     pub admin_addr: Option<SocketAddr>,
     /// Every task of the gateway. On the stop signal the downlink sources
@@ -71,6 +89,8 @@ pub struct Gateway {
     /// For fault injection in tests; weak so it never keeps the router alive.
     router_tx: mpsc::WeakSender<crate::mqtt::router::RouterMsg>,
     grace: Duration,
+    /// The live ACL rules (re-read by [`Gateway::reload_acl`]).
+    acl: Arc<crate::acl::Acl>,
 }
 
 /// Opens the store (on a blocking thread: it recovers every session).
@@ -133,6 +153,19 @@ impl Gateway {
             cfg.valid_auth().clone(),
             crate::auth::metrics::AuthMetrics::new(&mut registry),
         ));
+        let acl = Arc::new(crate::acl::Acl::new(
+            cfg.acl_rules().clone(),
+            crate::acl::AclMetrics::new(&mut registry),
+        ));
+        if cfg.acl_rules().is_empty() {
+            for l in cfg
+                .listeners()
+                .iter()
+                .filter(|l| !l.addr.ip().is_loopback())
+            {
+                tracing::warn!(listener = &*l.name, listen = %l.addr, "no ACL rules: every client may publish and subscribe to any topic (see [acl] in config/default.toml)");
+            }
+        }
         let (store, recovered) = open_store(&cfg, &metrics).await?;
         let ready = Arc::new(crate::admin::Readiness::default());
         let disk_watch = DiskWatch {
@@ -161,7 +194,8 @@ impl Gateway {
             recovered,
             router_tx.downgrade(),
             tasks.clone(),
-        );
+        )
+        .with_acl(acl.clone());
         if cfg
             .bridge
             .downlink
@@ -172,8 +206,32 @@ impl Gateway {
         }
         tasks.supervise("router", router.run(router_rx, tasks.cancelled()));
 
-        let (listener, mqtt_addr) = bind("MQTT listener", cfg.mqtt_listen()).await?;
-        warn_insecure(&cfg, mqtt_addr);
+        let mut bound = Vec::new();
+        for spec in cfg.listeners() {
+            let (l, addr) = bind("MQTT listener", spec.addr).await?;
+            let tls = match &spec.tls {
+                Some(t) => {
+                    let loaded =
+                        crate::mqtt::transport::tls::load(t).map_err(|source| AppError::Tls {
+                            listener: spec.name.to_string(),
+                            source,
+                        })?;
+                    Some((t.clone(), loaded))
+                }
+                None => None,
+            };
+            let lm = metrics.listener(&spec.name, tls.is_some());
+            let tls = tls.map(|(t, loaded)| {
+                if let Some(g) = &lm.certificate_expiry {
+                    g.set(loaded.not_after);
+                }
+                crate::mqtt::transport::tls::TlsState::new(t, loaded)
+            });
+            let on = Arc::new(ListenerCtx::new(spec, lm, tls));
+            warn_insecure(&cfg, &on, addr);
+            bound.push((l, addr, on));
+        }
+        let mqtt_addr = bound.first().map(|b| b.1).ok_or(AppError::NoListener)?;
         let admin_addr = if let Some(addr) = cfg.admin_listen() {
             let (l, bound) = bind("admin endpoint", addr).await?;
             let serve = crate::admin::serve(l, Arc::new(registry), ready.clone(), tasks.clone());
@@ -218,14 +276,23 @@ impl Gateway {
         let shared = Arc::new(Shared {
             uplink,
             cfg: cfg.clone(),
-            metrics,
+            metrics: metrics.clone(),
             router: router_tx,
+            next_conn_id: std::sync::atomic::AtomicU64::new(1),
+            acl: acl.clone(),
             auth,
         });
-        tasks.supervise(
-            "mqtt listener",
-            crate::mqtt::listener::run(listener, shared, tasks.clone()),
-        );
+        let admission = Arc::new(crate::mqtt::listener::Admission::new(&cfg.mqtt));
+        let mut listener_addrs = Vec::new();
+        let mut listeners = Vec::new();
+        for (l, addr, on) in bound {
+            tracing::info!(listener = %on.name, kind = on.kind.as_str(), %addr, "MQTT listener bound");
+            listener_addrs.push((on.name.clone(), addr));
+            listeners.push(on.clone());
+            let run =
+                crate::mqtt::listener::run(l, on, admission.clone(), shared.clone(), tasks.clone());
+            tasks.supervise("mqtt listener", run);
+        }
         tasks.supervise("store disk watch", disk_watch.run(tasks.cancelled()));
         // Ready once started, and from then on while the store accepts writes
         // (and no downlink is paused by the store budget).
@@ -233,23 +300,45 @@ impl Gateway {
         tracing::info!(%mqtt_addr, ?admin_addr, store = %cfg.store.path.display(), "mqbridge started");
         Ok(Gateway {
             mqtt_addr,
+            listener_addrs,
+            listeners,
+            metrics,
             admin_addr,
             tasks,
             failed,
             router_tx: router_weak,
             grace: cfg.server.shutdown_grace(),
+            acl,
         })
     }
 
     /// Serves until `shutdown` resolves or a supervised task fails; then
     /// stops. A task failure is returned as an error (the binary exits non-zero).
     pub async fn serve(
-        mut self,
+        self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), AppError> {
-        let failure = tokio::select! {
-            _ = shutdown => None,
-            f = self.failed.recv() => f,
+        let (_none, reloads) = mpsc::channel(1);
+        self.serve_reloading(shutdown, reloads).await
+    }
+
+    /// [`Gateway::serve`], and [`Gateway::reload`] on every message of
+    /// `reloads` (the binary sends one per SIGHUP).
+    pub async fn serve_reloading(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+        mut reloads: mpsc::Receiver<()>,
+    ) -> Result<(), AppError> {
+        tokio::pin!(shutdown);
+        let failure = loop {
+            tokio::select! {
+                _ = &mut shutdown => break None,
+                f = self.failed.recv() => break f,
+                Some(()) = reloads.recv() => {
+                    tracing::info!("reloading");
+                    self.reload();
+                }
+            }
         };
         tracing::info!("shutting down");
         self.shutdown().await;
@@ -262,10 +351,59 @@ impl Gateway {
         }
     }
 
+    /// Where listener `name` is bound.
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listener_addrs
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, a)| *a)
+    }
+
+    /// Re-reads what can change without a restart (SIGHUP): each TLS
+    /// listener's certificate, key and client CAs. A listener whose files
+    /// do not load keeps its current ones (logged and counted); live
+    /// connections keep theirs either way. Returns how many failed.
+    pub fn reload(&self) -> usize {
+        let mut failed = 0;
+        for on in &self.listeners {
+            let Some(tls) = &on.tls else { continue };
+            match tls.reload() {
+                Ok(not_after) => {
+                    self.metrics.tls_reload(crate::metrics::ReloadResult::Ok);
+                    if let Some(g) = &on.metrics.certificate_expiry {
+                        g.set(not_after);
+                    }
+                    tracing::info!(listener = %on.name, not_after, "TLS certificate reloaded");
+                }
+                Err(e) => {
+                    failed += 1;
+                    self.metrics
+                        .tls_reload(crate::metrics::ReloadResult::Failed);
+                    let error = error_chain(&e);
+                    tracing::error!(listener = %on.name, field = e.field(), %error, "TLS reload failed; the current certificate stays");
+                }
+            }
+        }
+        failed
+    }
+
     /// Resolves when a supervised task has failed (for tests).
     #[doc(hidden)]
     pub async fn failed_task(&mut self) -> Option<&'static str> {
         self.failed.recv().await.map(|f| f.task)
+    }
+
+    /// Re-reads `acl.file`. New rules apply to every connection at its next
+    /// packet and to every session's deliveries; a file that cannot be read
+    /// or parsed keeps the previous rules (logged, and counted in
+    /// `mqbridge_acl_reloads_total{result="failed"}`).
+    pub async fn reload_acl(&self) -> Result<(), crate::acl::AclFileError> {
+        if self.acl.reload()? {
+            if let Some(tx) = self.router_tx.upgrade() {
+                let _ = tx.send(crate::mqtt::router::RouterMsg::AclReloaded).await;
+            }
+        }
+        Ok(())
     }
 
     /// Injects a fault, to test supervision.
@@ -295,16 +433,17 @@ impl Gateway {
 
 /// Start-up warnings for a listener reachable from other hosts that lets
 /// anyone in, or that takes passwords in clear text.
-fn warn_insecure(cfg: &Validated, addr: SocketAddr) {
+fn warn_insecure(cfg: &Validated, on: &ListenerCtx, addr: SocketAddr) {
     if addr.ip().is_loopback() {
         return;
     }
     let auth = cfg.valid_auth();
+    let listener = &*on.name;
     if auth.methods.is_empty() || auth.allow_anonymous {
-        tracing::warn!(listener = "tcp", %addr, "anonymous access is allowed on a non-loopback listener (set [auth] methods and allow_anonymous = false for a fleet)");
+        tracing::warn!(listener, %addr, "anonymous access is allowed on a non-loopback listener (set [auth] methods and allow_anonymous = false for a fleet)");
     }
-    if auth.methods.contains(&crate::config::Method::PasswordFile) {
-        tracing::warn!(listener = "tcp", %addr, "passwords are accepted without TLS on a non-loopback listener");
+    if auth.methods.contains(&crate::config::Method::PasswordFile) && !on.kind.is_tls() {
+        tracing::warn!(listener, %addr, "passwords are accepted without TLS on a non-loopback listener");
     }
 }
 
@@ -314,4 +453,28 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AppError> {
     Gateway::start(cfg).await?.serve(shutdown).await
+}
+
+/// [`run`], reloading on every message of `reloads`.
+pub async fn run_reloading(
+    cfg: Validated,
+    shutdown: impl std::future::Future<Output = ()>,
+    reloads: mpsc::Receiver<()>,
+) -> Result<(), AppError> {
+    Gateway::start(cfg)
+        .await?
+        .serve_reloading(shutdown, reloads)
+        .await
+}
+
+/// `e` and its sources, outermost first.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }

@@ -1,6 +1,6 @@
 //! `mqbridge` binary: parse the command line, load and validate the config,
-//! run the gateway until SIGINT/SIGTERM; or `mqbridge passwd`, which edits a
-//! password file.
+//! run the gateway until SIGINT/SIGTERM; SIGHUP reloads the TLS files. Or
+//! `mqbridge passwd`, which edits a password file.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -83,7 +83,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(mqbridge::app::run(cfg, shutdown_signal())) {
+    let served = runtime.block_on(async {
+        let (tx, reloads) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(forward_hangups(tx));
+        mqbridge::app::run_reloading(cfg, shutdown_signal(), reloads).await
+    });
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let chain = error_chain(&e);
@@ -191,6 +196,21 @@ mod passwd {
         let _ = tcsetattr(&stdin, OptionalActions::Now, &saved);
         eprintln!();
         line
+    }
+}
+
+/// Sends one reload request per SIGHUP (several in a row make one).
+async fn forward_hangups(tx: tokio::sync::mpsc::Sender<()>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP; reload is off");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        let _ = tx.try_send(());
     }
 }
 

@@ -121,6 +121,11 @@ label_enum! {
         KeepaliveRefused => "keepalive_refused",
         /// A 3.1.1 client went over `mqtt.max_awaiting_rel`.
         AwaitingRelExceeded => "awaiting_rel_exceeded",
+        /// A `ws`/`wss` listener's HTTP upgrade failed (wrong path, no
+        /// `mqtt` subprotocol, not WebSocket at all).
+        WebsocketUpgrade => "websocket_upgrade",
+        /// A WebSocket text frame (MQTT goes in binary frames).
+        WebsocketText => "websocket_text",
     }
 }
 
@@ -220,9 +225,11 @@ pub struct WillDelayLabels {
     pub reason: WillDelayRefusal,
 }
 
-/// Label set `{result=...}`.
+/// Label set `{listener=...,result=...}`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ResultLabels {
+    /// The listener the connection came in on.
+    pub listener: ListenerName,
     /// Connection outcome.
     pub result: ConnectionResult,
 }
@@ -234,9 +241,11 @@ pub struct QosLabels {
     pub qos: Qos,
 }
 
-/// Label set `{reason=...}` of protocol errors.
+/// Label set `{listener=...,reason=...}` of protocol errors.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ProtocolErrorLabels {
+    /// The listener the connection came in on.
+    pub listener: ListenerName,
     /// Error reason.
     pub reason: ProtocolErrorReason,
 }
@@ -248,9 +257,11 @@ pub struct TopicLimitLabels {
     pub reason: TopicLimitReason,
 }
 
-/// Label set `{reason=...}` of connections refused by the listener.
+/// Label set `{listener=...,reason=...}` of connections refused by the listener.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct RefusedLabels {
+    /// The listener that refused it.
+    pub listener: ListenerName,
     /// Refusal reason.
     pub reason: RefusedReason,
 }
@@ -261,6 +272,13 @@ pub struct DropLabels {
     /// Drop reason.
     pub reason: DropReason,
 }
+
+// After label_enum!, which it uses.
+mod listener;
+pub use listener::{
+    ListenerLabels, ListenerMetrics, ListenerName, ReloadLabels, ReloadResult, TlsFailure,
+    TlsFailureLabels,
+};
 
 /// Start of the store commit duration buckets: 100 µs.
 pub const COMMIT_BUCKET_START_SECS: f64 = 0.000_1;
@@ -273,9 +291,9 @@ pub const COMMIT_BUCKET_COUNT: u16 = 16;
 /// (`m.queued_messages.set(n)`); counters mostly through the helper methods.
 #[derive(Debug, Clone)]
 pub struct Metrics {
-    /// `mqbridge_mqtt_connections_active`: open client connections.
-    pub connections_active: Gauge,
-    /// `mqbridge_mqtt_connections_total{result}`: connection attempts by outcome.
+    /// `mqbridge_mqtt_connections_active{listener}`: open client connections.
+    pub connections_active: Family<ListenerLabels, Gauge>,
+    /// `mqbridge_mqtt_connections_total{listener,result}`: connection attempts by outcome.
     pub connections: Family<ResultLabels, Counter>,
     /// `mqbridge_mqtt_messages_received_total{qos}`: PUBLISH packets received from clients.
     pub messages_received: Family<QosLabels, Counter>,
@@ -285,15 +303,22 @@ pub struct Metrics {
     pub bytes_received: Counter,
     /// `mqbridge_mqtt_bytes_sent_total`: bytes written to client connections.
     pub bytes_sent: Counter,
-    /// `mqbridge_mqtt_protocol_errors_total{reason}`: connections closed for a protocol error.
+    /// `mqbridge_mqtt_protocol_errors_total{listener,reason}`: connections closed for a protocol error.
     pub protocol_errors: Family<ProtocolErrorLabels, Counter>,
     /// `mqbridge_mqtt_topics_refused_total{reason}`: topic names and filters
     /// refused for `mqtt.max_topic_levels` / `mqtt.max_topic_bytes` (PUBLISH,
     /// SUBSCRIBE, UNSUBSCRIBE, will, and stored ones dropped at start-up).
     pub topics_refused: Family<TopicLimitLabels, Counter>,
-    /// `mqbridge_mqtt_connections_refused_total{reason}`: connections the
+    /// `mqbridge_mqtt_connections_refused_total{listener,reason}`: connections the
     /// listener closed before CONNECT because of a connection limit.
     pub connections_refused: Family<RefusedLabels, Counter>,
+    /// `mqbridge_tls_handshake_failures_total{listener,reason}`.
+    pub tls_handshake_failures: Family<TlsFailureLabels, Counter>,
+    /// `mqbridge_tls_reloads_total{result}`: certificate reloads of TLS listeners.
+    pub tls_reloads: Family<ReloadLabels, Counter>,
+    /// `mqbridge_tls_certificate_expiry_timestamp_seconds{listener}`: the
+    /// notAfter of the certificate a TLS listener serves.
+    pub tls_certificate_expiry: Family<ListenerLabels, Gauge>,
     /// `mqbridge_mqtt_awaiting_rel_refused_total`: incoming QoS 2 PUBLISHes
     /// refused because `mqtt.max_awaiting_rel` was reached.
     pub awaiting_rel_refused: Counter,
@@ -345,16 +370,13 @@ pub struct Metrics {
 
     // Handles into the families above, one per label value, indexed by the
     // enum's discriminant; they share the families' atomics.
-    by_result: Vec<Counter>,
     received_by_qos: Vec<Counter>,
     sent_by_qos: Vec<Counter>,
-    by_protocol_error: Vec<Counter>,
     by_topic_limit: Vec<Counter>,
     by_drop_reason: Vec<Counter>,
     by_retained_refusal: Vec<Counter>,
     by_session_refusal: Vec<Counter>,
     by_will_delay_refusal: Vec<Counter>,
-    by_refused_reason: Vec<Counter>,
 }
 
 fn handles<L, S>(family: &Family<S, Counter>, all: &[L], label: impl Fn(L) -> S) -> Vec<Counter>
@@ -388,14 +410,8 @@ impl Metrics {
         let connections_refused = Family::<RefusedLabels, Counter>::default();
 
         let m = Metrics {
-            by_result: handles(&connections, ConnectionResult::ALL, |result| ResultLabels {
-                result,
-            }),
             received_by_qos: handles(&messages_received, Qos::ALL, |qos| QosLabels { qos }),
             sent_by_qos: handles(&messages_sent, Qos::ALL, |qos| QosLabels { qos }),
-            by_protocol_error: handles(&protocol_errors, ProtocolErrorReason::ALL, |reason| {
-                ProtocolErrorLabels { reason }
-            }),
             by_drop_reason: handles(&dropped_messages, DropReason::ALL, |reason| DropLabels {
                 reason,
             }),
@@ -411,13 +427,13 @@ impl Metrics {
             by_will_delay_refusal: handles(&will_delay_refused, WillDelayRefusal::ALL, |reason| {
                 WillDelayLabels { reason }
             }),
-            by_refused_reason: handles(&connections_refused, RefusedReason::ALL, |reason| {
-                RefusedLabels { reason }
-            }),
             connections_refused,
+            tls_handshake_failures: Family::default(),
+            tls_reloads: Family::default(),
+            tls_certificate_expiry: Family::default(),
             awaiting_rel_refused: Counter::default(),
             awaiting_rel_expired: Counter::default(),
-            connections_active: Gauge::default(),
+            connections_active: Family::default(),
             connections,
             messages_received,
             messages_sent,
@@ -450,6 +466,9 @@ impl Metrics {
             store_quarantined_records: Counter::default(),
         };
 
+        for &result in ReloadResult::ALL {
+            let _ = m.tls_reloads.get_or_create(&ReloadLabels { result });
+        }
         let r = registry;
         r.register(
             "mqbridge_mqtt_connections_active",
@@ -495,6 +514,22 @@ impl Metrics {
             "mqbridge_mqtt_connections_refused",
             "Connections closed by the listener before CONNECT because of a connection limit, by reason",
             m.connections_refused.clone(),
+        );
+        r.register(
+            "mqbridge_tls_handshake_failures",
+            "TLS handshakes that failed on a tls or wss listener, by reason",
+            m.tls_handshake_failures.clone(),
+        );
+        r.register(
+            "mqbridge_tls_reloads",
+            "Certificate reloads of the TLS listeners, by result (a failed one keeps the old certificate)",
+            m.tls_reloads.clone(),
+        );
+        r.register_with_unit(
+            "mqbridge_tls_certificate_expiry_timestamp",
+            "notAfter of the certificate a TLS listener serves, in Unix time",
+            Unit::Seconds,
+            m.tls_certificate_expiry.clone(),
         );
         r.register(
             "mqbridge_mqtt_awaiting_rel_refused",
@@ -606,11 +641,6 @@ impl Metrics {
         m
     }
 
-    /// Counts a connection attempt by its outcome.
-    pub fn connection(&self, result: ConnectionResult) {
-        inc_at(&self.by_result, result as usize, 1);
-    }
-
     /// Counts a PUBLISH received from a client. Values above 2 are ignored.
     pub fn received(&self, qos: u8) {
         if let Some(qos) = Qos::from_u8(qos) {
@@ -635,20 +665,9 @@ impl Metrics {
         self.bytes_sent.inc_by(bytes as u64);
     }
 
-    /// Counts a connection closed for a protocol error.
-    pub fn protocol_error(&self, reason: ProtocolErrorReason) {
-        inc_at(&self.by_protocol_error, reason as usize, 1);
-    }
-
     /// Counts a topic name or filter refused for a topic limit.
     pub fn topic_refused(&self, reason: TopicLimitReason) {
         inc_at(&self.by_topic_limit, reason as usize, 1);
-    }
-
-    /// Counts a connection the listener refused, also as a rejected connection.
-    pub fn connection_refused(&self, reason: RefusedReason) {
-        inc_at(&self.by_refused_reason, reason as usize, 1);
-        self.connection(ConnectionResult::Rejected);
     }
 
     /// Counts one discarded message.
@@ -709,7 +728,8 @@ mod tests {
     #[test]
     fn type_lines_and_names() {
         let (m, registry) = rendered();
-        m.connections_active.set(3);
+        m.listener(&"tcp".into(), false).active.set(3);
+        m.listener(&"tls".into(), true);
         m.store_commit(10, Duration::from_micros(150));
         let text = render(&registry);
 
@@ -723,6 +743,9 @@ mod tests {
             ("mqbridge_mqtt_protocol_errors", "counter"),
             ("mqbridge_mqtt_topics_refused", "counter"),
             ("mqbridge_mqtt_connections_refused", "counter"),
+            ("mqbridge_tls_handshake_failures", "counter"),
+            ("mqbridge_tls_reloads", "counter"),
+            ("mqbridge_tls_certificate_expiry_timestamp_seconds", "gauge"),
             ("mqbridge_mqtt_awaiting_rel_refused", "counter"),
             ("mqbridge_mqtt_awaiting_rel_expired", "counter"),
             ("mqbridge_session_persistent_sessions", "gauge"),
@@ -757,16 +780,20 @@ mod tests {
 
         // Exposed sample names, exactly as documented.
         let samples = [
-            "mqbridge_mqtt_connections_active 3",
-            "mqbridge_mqtt_connections_total{result=\"accepted\"} 0",
-            "mqbridge_mqtt_connections_total{result=\"rejected\"} 0",
+            "mqbridge_mqtt_connections_active{listener=\"tcp\"} 3",
+            "mqbridge_mqtt_connections_active{listener=\"tls\"} 0",
+            "mqbridge_mqtt_connections_total{listener=\"tcp\",result=\"accepted\"} 0",
+            "mqbridge_mqtt_connections_total{listener=\"tls\",result=\"rejected\"} 0",
+            "mqbridge_tls_handshake_failures_total{listener=\"tls\",reason=\"no_client_certificate\"} 0",
+            "mqbridge_tls_reloads_total{result=\"failed\"} 0",
+            "mqbridge_tls_certificate_expiry_timestamp_seconds{listener=\"tls\"} 0",
             "mqbridge_mqtt_messages_received_total{qos=\"0\"} 0",
             "mqbridge_mqtt_messages_sent_total{qos=\"2\"} 0",
             "mqbridge_mqtt_bytes_received_total 0",
             "mqbridge_mqtt_bytes_sent_total 0",
-            "mqbridge_mqtt_protocol_errors_total{reason=\"receive_maximum_exceeded\"} 0",
+            "mqbridge_mqtt_protocol_errors_total{listener=\"tcp\",reason=\"receive_maximum_exceeded\"} 0",
             "mqbridge_mqtt_topics_refused_total{reason=\"too_many_levels\"} 0",
-            "mqbridge_mqtt_connections_refused_total{reason=\"per_ip\"} 0",
+            "mqbridge_mqtt_connections_refused_total{listener=\"tcp\",reason=\"per_ip\"} 0",
             "mqbridge_mqtt_awaiting_rel_refused_total 0",
             "mqbridge_mqtt_awaiting_rel_expired_total 0",
             "mqbridge_session_persistent_sessions 0",
@@ -803,11 +830,19 @@ mod tests {
 
     #[test]
     fn every_label_value_is_exported() {
-        let (_m, registry) = rendered();
+        let (m, registry) = rendered();
+        m.listener(&"tcp".into(), true);
         let text = render(&registry);
+        for r in TlsFailure::ALL {
+            let s = format!(
+                "mqbridge_tls_handshake_failures_total{{listener=\"tcp\",reason=\"{}\"}} 0",
+                r.as_str()
+            );
+            assert!(text.contains(&s), "{s}");
+        }
         for r in ConnectionResult::ALL {
             let s = format!(
-                "mqbridge_mqtt_connections_total{{result=\"{}\"}} 0",
+                "mqbridge_mqtt_connections_total{{listener=\"tcp\",result=\"{}\"}} 0",
                 r.as_str()
             );
             assert!(text.contains(&s), "{s}");
@@ -823,14 +858,14 @@ mod tests {
         }
         for r in ProtocolErrorReason::ALL {
             let s = format!(
-                "mqbridge_mqtt_protocol_errors_total{{reason=\"{}\"}} 0",
+                "mqbridge_mqtt_protocol_errors_total{{listener=\"tcp\",reason=\"{}\"}} 0",
                 r.as_str()
             );
             assert!(text.contains(&s), "{s}");
         }
         for r in RefusedReason::ALL {
             let s = format!(
-                "mqbridge_mqtt_connections_refused_total{{reason=\"{}\"}} 0",
+                "mqbridge_mqtt_connections_refused_total{{listener=\"tcp\",reason=\"{}\"}} 0",
                 r.as_str()
             );
             assert!(text.contains(&s), "{s}");
@@ -854,9 +889,11 @@ mod tests {
     #[test]
     fn helpers_count_into_the_right_series() {
         let (m, registry) = rendered();
-        m.connection(ConnectionResult::Accepted);
-        m.connection(ConnectionResult::Accepted);
-        m.connection(ConnectionResult::Rejected);
+        let l = m.listener(&"tcp".into(), true);
+        l.connection(ConnectionResult::Accepted);
+        l.connection(ConnectionResult::Accepted);
+        l.connection(ConnectionResult::Rejected);
+        l.tls_failure(TlsFailure::Timeout);
         m.received(0);
         m.received(1);
         m.received(1);
@@ -864,9 +901,10 @@ mod tests {
         m.sent(2);
         m.bytes_in(100);
         m.bytes_out(40);
-        m.protocol_error(ProtocolErrorReason::ClientIdInvalid);
+        l.protocol_error(ProtocolErrorReason::ClientIdInvalid);
         m.dropped(DropReason::QueueFull);
-        m.connection_refused(RefusedReason::Rate);
+        l.connection_refused(RefusedReason::Rate);
+        m.tls_reload(ReloadResult::Failed);
         m.dropped_n(DropReason::SessionsFull, 5);
         m.expired_sessions.inc();
         m.takeovers.inc();
@@ -876,18 +914,21 @@ mod tests {
 
         let text = render(&registry);
         for sample in [
-            "mqbridge_mqtt_connections_total{result=\"accepted\"} 2",
-            "mqbridge_mqtt_connections_total{result=\"rejected\"} 2",
-            "mqbridge_mqtt_connections_refused_total{reason=\"rate\"} 1",
-            "mqbridge_mqtt_connections_refused_total{reason=\"per_ip\"} 0",
+            "mqbridge_mqtt_connections_total{listener=\"tcp\",result=\"accepted\"} 2",
+            "mqbridge_mqtt_connections_total{listener=\"tcp\",result=\"rejected\"} 3",
+            "mqbridge_mqtt_connections_refused_total{listener=\"tcp\",reason=\"rate\"} 1",
+            "mqbridge_mqtt_connections_refused_total{listener=\"tcp\",reason=\"per_ip\"} 0",
+            "mqbridge_tls_handshake_failures_total{listener=\"tcp\",reason=\"timeout\"} 1",
+            "mqbridge_tls_reloads_total{result=\"failed\"} 1",
+            "mqbridge_tls_reloads_total{result=\"ok\"} 0",
             "mqbridge_mqtt_messages_received_total{qos=\"0\"} 1",
             "mqbridge_mqtt_messages_received_total{qos=\"1\"} 2",
             "mqbridge_mqtt_messages_received_total{qos=\"2\"} 0",
             "mqbridge_mqtt_messages_sent_total{qos=\"2\"} 1",
             "mqbridge_mqtt_bytes_received_total 100",
             "mqbridge_mqtt_bytes_sent_total 40",
-            "mqbridge_mqtt_protocol_errors_total{reason=\"client_id_invalid\"} 1",
-            "mqbridge_mqtt_protocol_errors_total{reason=\"malformed\"} 0",
+            "mqbridge_mqtt_protocol_errors_total{listener=\"tcp\",reason=\"client_id_invalid\"} 1",
+            "mqbridge_mqtt_protocol_errors_total{listener=\"tcp\",reason=\"malformed\"} 0",
             "mqbridge_session_dropped_messages_total{reason=\"queue_full\"} 1",
             "mqbridge_session_dropped_messages_total{reason=\"sessions_full\"} 5",
             "mqbridge_session_expired_sessions_total 1",

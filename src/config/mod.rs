@@ -23,15 +23,18 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod acl;
 mod auth;
 mod bridge;
 mod jwt;
+pub mod listeners;
 mod load;
 mod secret;
 #[cfg(test)]
 mod tests;
 mod validate;
 
+pub use acl::{AclConfig, AclRuleConfig};
 pub use auth::{AuthConfig, ClientIdBinding, Method, ValidAuth};
 pub use jwt::JwtConfig;
 pub use load::{load, load_with_env};
@@ -162,6 +165,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// The bridge to Kafka / AMQP / files (`[bridge]`).
     pub bridge: BridgeConfig,
+    /// Topic authorisation (`[acl]`).
+    pub acl: AclConfig,
     /// Who may connect (`[auth]`).
     pub auth: AuthConfig,
     /// What [`load`] could not take (unknown keys, values of the wrong
@@ -191,8 +196,13 @@ impl Default for LogConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
-    /// MQTT TCP listener address, `IP:PORT`.
+    /// Plain MQTT TCP listener address, `IP:PORT` (the listener named
+    /// `tcp`); empty turns it off.
     pub listen: String,
+    /// More listeners: TLS, WebSocket, secure WebSocket, TCP
+    /// (`[[mqtt.listeners]]`), checked by [`Config::validate`].
+    #[serde(default)]
+    pub listeners: Vec<listeners::ListenerConfig>,
     /// Seconds a new connection has to send CONNECT (> 0).
     pub connect_timeout_secs: u64,
     /// Largest accepted packet in bytes, 64..=268435455.
@@ -264,6 +274,7 @@ impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
             listen: "0.0.0.0:1883".to_owned(),
+            listeners: Vec::new(),
             connect_timeout_secs: 10,
             max_packet_size: 1_048_576,
             receive_maximum: 64,
@@ -293,9 +304,12 @@ impl Default for MqttConfig {
 }
 
 impl MqttConfig {
-    /// `listen` as a socket address.
-    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
-        validate::parse_addr("mqtt.listen", &self.listen)
+    /// `listen` as a socket address, or `None` when the plain TCP listener is off.
+    pub fn listen_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if self.listen.is_empty() {
+            return Ok(None);
+        }
+        validate::parse_addr("mqtt.listen", &self.listen).map(Some)
     }
 
     /// `connect_timeout_secs` as a [`Duration`].

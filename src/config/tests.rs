@@ -108,8 +108,9 @@ fn default_toml_comments_every_key() {
             "comment of key {key:?} in default.toml does not state the default"
         );
     }
-    // 1 + 25 + 11 + 7 + 1 + 2 fields, auth: 11 + 9 (jwt), then bridge: 1 + 5 (file backend) + 6 (route).
-    assert_eq!(keys, 79, "unexpected number of keys in default.toml");
+    // 1 + 25 + 11 + 7 + 1 + 2 fields, auth: 11 + 9 (jwt), then bridge:
+    // 1 + 5 (file backend) + 6 (route), then acl: 1.
+    assert_eq!(keys, 80, "unexpected number of keys in default.toml");
 }
 
 #[test]
@@ -132,7 +133,7 @@ fn process_env_overrides() {
     assert_eq!(c.mqtt.listen, "127.0.0.1:1999");
     assert_eq!(
         c.mqtt.listen_addr().expect("valid"),
-        "127.0.0.1:1999".parse::<SocketAddr>().expect("literal")
+        Some("127.0.0.1:1999".parse::<SocketAddr>().expect("literal"))
     );
     assert_eq!(c.mqtt.max_connections, 42);
     assert_eq!(c.session.queue_full_policy, "reject_new");
@@ -565,4 +566,57 @@ fn every_problem_is_reported_at_once() {
             "store.queue_capacity",
         ]
     );
+}
+
+/// `mqtt.listen = ""` turns the plain listener off; with no other listener
+/// that is a configuration error (nobody could connect).
+#[test]
+fn no_listener_at_all_is_refused() {
+    let mut c = Config::default();
+    c.mqtt.listen = String::new();
+    let errors = c.validate().expect_err("no listener");
+    assert!(
+        errors.iter().any(|e| e.key() == Some("mqtt.listen")),
+        "{errors:?}"
+    );
+    let mut c = Config::default();
+    c.mqtt.listen = String::new();
+    c.mqtt
+        .listeners
+        .push(crate::config::listeners::ListenerConfig {
+            name: "tcp".into(),
+            kind: "tcp".into(),
+            listen: "127.0.0.1:0".into(),
+            cert_file: String::new(),
+            key_file: String::new(),
+            client_ca_file: String::new(),
+            client_certificates: "none".into(),
+            min_tls_version: "1.2".into(),
+            path: String::new(),
+            auth: None,
+            allow_anonymous: None,
+        });
+    let v = c
+        .validate()
+        .expect("the name tcp is free when mqtt.listen is off");
+    assert_eq!(v.listeners().len(), 1);
+}
+
+/// `[[mqtt.listeners]]` read from a file, optional keys defaulted; an
+/// unknown key inside an entry is refused.
+#[test]
+fn listeners_load_from_a_file() {
+    let f = toml_file(
+        "[[mqtt.listeners]]\nname = \"web\"\nkind = \"ws\"\nlisten = \"127.0.0.1:8080\"\n\
+         [[mqtt.listeners]]\nname = \"more\"\nkind = \"tcp\"\nlisten = \"127.0.0.1:1884\"\nallow_anonymous = false\n",
+    );
+    let v = load_isolated(Some(f.path())).expect("valid");
+    let names: Vec<&str> = v.listeners().iter().map(|l| &*l.name).collect();
+    assert_eq!(names, ["tcp", "web", "more"]);
+    assert_eq!(v.listeners()[1].path, "/mqtt");
+    assert_eq!(v.listeners()[2].allow_anonymous, Some(false));
+    let e = err_of(
+        "[[mqtt.listeners]]\nname = \"web\"\nkind = \"ws\"\nlisten = \"127.0.0.1:8080\"\nport = 1\n",
+    );
+    assert!(e.contains("port"), "{e}");
 }

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 
+use super::listeners::{self, ListenerSpec};
 use super::{
     Config, ConfigError, QueueFullPolicy, ValidAuth, ValidBridge, MAX_DURATION_SECS,
     MAX_NODE_ID_LEN, MAX_PACKET_SIZE, MIN_PACKET_SIZE,
@@ -19,10 +20,13 @@ use super::{
 pub struct Validated {
     config: Config,
     log_filter: String,
-    mqtt_listen: SocketAddr,
+    /// The plain TCP listener (when `mqtt.listen` is set) first, then
+    /// `[[mqtt.listeners]]` in order.
+    listeners: Vec<ListenerSpec>,
     admin_listen: Option<SocketAddr>,
     queue_full_policy: QueueFullPolicy,
     bridge: ValidBridge,
+    acl: crate::acl::AclRules,
     auth: ValidAuth,
 }
 
@@ -31,6 +35,11 @@ impl Validated {
     /// routes with their backend and compiled templates.
     pub fn valid_bridge(&self) -> &ValidBridge {
         &self.bridge
+    }
+
+    /// `[acl]`: the config rules and the `acl_file`, read and parsed.
+    pub fn acl_rules(&self) -> &crate::acl::AclRules {
+        &self.acl
     }
 
     /// The `[auth]` section, checked, with its password file read.
@@ -49,9 +58,10 @@ impl Validated {
         tracing_subscriber::EnvFilter::builder().parse_lossy(&self.log_filter)
     }
 
-    /// `mqtt.listen`.
-    pub fn mqtt_listen(&self) -> SocketAddr {
-        self.mqtt_listen
+    /// Every MQTT listener: `mqtt.listen` (named `tcp`) unless it is empty,
+    /// then the `[[mqtt.listeners]]` entries in order. Never empty.
+    pub fn listeners(&self) -> &[ListenerSpec] {
+        &self.listeners
     }
 
     /// `admin.listen`, or `None` when the endpoint is disabled.
@@ -103,6 +113,7 @@ impl Config {
         errors.0.extend(self.problems.iter().map(|p| p.error()));
         let log_filter = errors.take(log_filter(&self.log.level));
         let mqtt_listen = errors.take(self.mqtt.listen_addr());
+        let listeners = self.check_listeners(&mut errors, mqtt_listen);
         self.check_mqtt(&mut errors);
         let queue_full_policy = errors.take(
             self.session
@@ -121,6 +132,13 @@ impl Config {
                 None
             }
         };
+        let acl = match self.acl.validate() {
+            Ok(acl) => Some(acl),
+            Err(problems) => {
+                errors.0.extend(problems);
+                None
+            }
+        };
         let auth = match self.auth.validate() {
             Ok(auth) => Some(auth),
             Err(problems) => {
@@ -130,30 +148,64 @@ impl Config {
         };
         match (
             log_filter,
-            mqtt_listen,
+            listeners,
             queue_full_policy,
             admin_listen,
             bridge,
+            acl,
             auth,
         ) {
             (
                 Some(log_filter),
-                Some(mqtt_listen),
+                Some(listeners),
                 Some(queue_full_policy),
                 Some(admin_listen),
                 Some(bridge),
+                Some(acl),
                 Some(auth),
             ) if errors.0.is_empty() => Ok(Validated {
                 config: self.clone(),
                 log_filter,
-                mqtt_listen,
+                listeners,
                 admin_listen,
                 queue_full_policy,
                 bridge,
+                acl,
                 auth,
             }),
             _ => Err(errors.0),
         }
+    }
+
+    /// `mqtt.listen` (already parsed: `Some(None)` when empty) and the
+    /// `[[mqtt.listeners]]`; at least one listener must remain.
+    fn check_listeners(
+        &self,
+        errors: &mut Errors,
+        tcp: Option<Option<SocketAddr>>,
+    ) -> Option<Vec<ListenerSpec>> {
+        let tcp_on = !self.mqtt.listen.is_empty();
+        let more = match listeners::check(&self.mqtt.listeners, tcp_on) {
+            Ok(specs) => specs,
+            Err(problems) => {
+                errors.0.extend(problems);
+                return None;
+            }
+        };
+        let tcp = tcp?;
+        let all: Vec<ListenerSpec> = tcp
+            .map(ListenerSpec::plain_tcp)
+            .into_iter()
+            .chain(more)
+            .collect();
+        if all.is_empty() {
+            errors.0.push(ConfigError::invalid(
+                "mqtt.listen",
+                "is empty and no [[mqtt.listeners]] is configured: clients could not connect",
+            ));
+            return None;
+        }
+        Some(all)
     }
 
     fn check_mqtt(&self, errors: &mut Errors) {

@@ -1,39 +1,68 @@
-//! Accepts TCP connections and spawns one task per client, within the
-//! connection limits: the listener-wide rate, per-IP and total counts.
+//! Accepts connections, one task per listener, and spawns one task per
+//! client, within the connection limits: the rate, per-IP and total
+//! counts, global across listeners (adding a listener does not multiply
+//! the budget).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use super::admission::{LogLimiter, PerIp, TokenBucket, WARN_EVERY};
-use super::connection::{serve, Shared};
+use super::connection::Shared;
+use super::transport::{establish, ConnCtx, ListenerCtx};
 use crate::metrics::RefusedReason;
 use crate::tasks::Tasks;
 
-/// Accepts until the stop signal of `tasks`; each connection is a task on
-/// `tasks` (the router ends them on the same signal). Connections beyond a
-/// limit are closed at once (before CONNECT) and counted; the warnings are
-/// rate-limited.
-pub async fn run(listener: TcpListener, shared: Arc<Shared>, tasks: Tasks) {
+/// The connection limits every listener shares.
+pub struct Admission {
+    limit: Arc<Semaphore>,
+    per_ip: PerIp,
+    /// Taken once per accepted socket (never per packet).
+    rate: Option<Mutex<TokenBucket>>,
+    warn: Vec<LogLimiter>,
+}
+
+impl Admission {
+    pub fn new(m: &crate::config::MqttConfig) -> Admission {
+        Admission {
+            limit: Arc::new(Semaphore::new(m.max_connections)),
+            per_ip: PerIp::new(m.max_connections_per_ip),
+            rate: (m.max_connection_rate > 0)
+                .then(|| Mutex::new(TokenBucket::new(m.max_connection_rate))),
+            warn: RefusedReason::ALL
+                .iter()
+                .map(|_| LogLimiter::new(WARN_EVERY))
+                .collect(),
+        }
+    }
+}
+
+/// Accepts on `listener` until the stop signal of `tasks`; each connection
+/// is a task on `tasks` (the router ends them on the same signal).
+/// Connections beyond a limit are closed at once (before any TLS or
+/// CONNECT) and counted; the warnings are rate-limited.
+pub async fn run(
+    listener: TcpListener,
+    on: Arc<ListenerCtx>,
+    admission: Arc<Admission>,
+    shared: Arc<Shared>,
+    tasks: Tasks,
+) {
     let shutdown = tasks.cancelled();
-    let m = &shared.cfg.mqtt;
-    let limit = Arc::new(Semaphore::new(m.max_connections));
-    let per_ip = PerIp::new(m.max_connections_per_ip);
-    let mut rate = (m.max_connection_rate > 0).then(|| TokenBucket::new(m.max_connection_rate));
-    let warn: Vec<LogLimiter> = RefusedReason::ALL
-        .iter()
-        .map(|_| LogLimiter::new(WARN_EVERY))
-        .collect();
     let refuse = |reason: RefusedReason, peer: SocketAddr| {
-        shared.metrics.connection_refused(reason);
-        if let Some(suppressed) = warn.get(reason as usize).and_then(LogLimiter::allow) {
-            tracing::warn!(%peer, reason = reason.as_str(), suppressed, "connection limit reached; connection closed");
+        on.metrics.connection_refused(reason);
+        if let Some(suppressed) = admission
+            .warn
+            .get(reason as usize)
+            .and_then(LogLimiter::allow)
+        {
+            tracing::warn!(%peer, listener = %on.name, reason = reason.as_str(), suppressed, "connection limit reached; connection closed");
         }
     };
-    let ids = AtomicU64::new(1);
+    let connect_timeout = shared.cfg.mqtt.connect_timeout();
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -44,29 +73,39 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, tasks: Tasks) {
             Ok(a) => a,
             Err(e) => {
                 // Typically EMFILE: back off briefly instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
+                tracing::warn!(error = %e, listener = %on.name, "accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
         };
         // Cheapest check first: a flood is turned away before any bookkeeping.
-        if rate.as_mut().is_some_and(|r| !r.try_take()) {
+        let limited = admission
+            .rate
+            .as_ref()
+            .is_some_and(|r| !r.lock().unwrap_or_else(PoisonError::into_inner).try_take());
+        if limited {
             refuse(RefusedReason::Rate, peer);
             continue;
         }
-        let Ok(ip_slot) = per_ip.acquire(peer.ip()) else {
+        let Ok(ip_slot) = admission.per_ip.acquire(peer.ip()) else {
             refuse(RefusedReason::PerIp, peer);
             continue;
         };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
+        let Ok(permit) = admission.limit.clone().try_acquire_owned() else {
             refuse(RefusedReason::MaxConnections, peer);
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let id = ids.fetch_add(1, Ordering::Relaxed);
+        let ctx = ConnCtx {
+            id: shared.next_conn_id.fetch_add(1, Ordering::Relaxed),
+            peer,
+            listener: on.clone(),
+            peer_identity: None,
+            connect_deadline: tokio::time::Instant::now() + connect_timeout,
+        };
         let shared = shared.clone();
         tasks.spawn("mqtt connection", async move {
-            serve(stream, shared, id).await;
+            establish(stream, ctx, shared).await;
             drop((permit, ip_slot));
         });
     }

@@ -1,6 +1,7 @@
 //! The embedded MQTT broker.
 //!
-//! - [`listener`]: accepts TCP connections.
+//! - [`listener`]: accepts TCP connections, one task per listener.
+//! - [`transport`]: TCP, TLS, WebSocket and secure WebSocket streams.
 //! - [`admission`]: per-IP and rate limits for new connections, rate-limited warnings.
 //! - [`connection`]: one task per client (handshake, packets, keepalive, inflight).
 //! - [`codec`]: wire format over rumqttc's `mqttbytes` (3.1.1 and 5.0).
@@ -15,3 +16,4 @@ pub mod listener;
 pub mod message;
 pub mod router;
 pub mod topic;
+pub mod transport;

@@ -411,7 +411,7 @@ async fn assert_still_serves(t: &Hostile) {
         while ev.poll().await.is_ok() {}
     })
     .await;
-    let name = "mqbridge_mqtt_connections_active";
+    let name = "mqbridge_mqtt_connections_active{listener=\"tcp\"}";
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let active = metric(t, name).await;
@@ -1690,7 +1690,7 @@ async fn nul_in_client_id_is_refused() {
         metric(&t, "mqbridge_session_persistent_sessions").await,
         Some(0.0)
     );
-    let name = "mqbridge_mqtt_protocol_errors_total{reason=\"invalid_string\"}";
+    let name = "mqbridge_mqtt_protocol_errors_total{listener=\"tcp\",reason=\"invalid_string\"}";
     assert_eq!(metric(&t, name).await, Some(2.0));
     assert_still_serves(&t).await;
     t.gw.shutdown().await;

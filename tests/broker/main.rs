@@ -6,6 +6,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod acl;
 mod auth;
 mod auth_jwt;
 mod auth_sessions;
@@ -13,6 +14,7 @@ mod features;
 mod hostile;
 mod interop;
 mod limits;
+mod listeners;
 mod qos;
 mod regression_codec;
 mod regression_conn;

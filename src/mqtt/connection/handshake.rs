@@ -2,21 +2,21 @@
 //! validate it, attach to the router and answer CONNACK.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::BytesMut;
 use rumqttc::v5::mqttbytes::v5 as p5;
 use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as Code;
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 
 use super::identify::{identify, refuse_later, Decision};
 use super::{ConnError, Shared};
+use crate::acl::Denied;
 use crate::metrics::ProtocolErrorReason as Why;
 use crate::mqtt::codec::{self, Version};
 use crate::mqtt::message::{Message, MessageProps};
 use crate::mqtt::router::{ConnectOutcome, ConnectRequest, Kick, Outbound, RouterMsg, Will};
+use crate::mqtt::transport::ConnCtx;
 
 /// What the main loop needs after a successful CONNECT.
 pub struct Attached {
@@ -31,6 +31,8 @@ pub struct Attached {
     /// The identity's user name (verified when an auth method is
     /// configured): uplink templates and the `mqtt_username` header.
     pub username: Option<String>,
+    /// The client's ACL, compiled for its identity.
+    pub acl: crate::acl::ConnAcl,
     /// QoS 2 packet ids of this client still awaiting PUBREL (from its session).
     pub qos2_pending: Vec<u16>,
     pub rx: mpsc::Receiver<Outbound>,
@@ -39,8 +41,8 @@ pub struct Attached {
 }
 
 /// Reads bytes until a whole CONNECT is buffered; returns its version.
-async fn read_connect(
-    stream: &mut TcpStream,
+async fn read_connect<T: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut T,
     buf: &mut BytesMut,
     sh: &Shared,
 ) -> Result<Version, ConnError> {
@@ -65,20 +67,20 @@ async fn read_connect(
     }
 }
 
-pub async fn handshake(
-    stream: &mut TcpStream,
+pub async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut T,
     buf: &mut BytesMut,
     sh: &Shared,
-    conn_id: u64,
+    ctx: &ConnCtx,
 ) -> Result<Attached, ConnError> {
-    let peer = stream.peer_addr().ok();
-    if peer.is_some_and(|p| sh.auth.banned(p.ip())) {
+    let conn_id = ctx.id;
+    if sh.auth.banned(ctx.peer.ip()) {
         return Err(ConnError::Unauthenticated);
     }
-    let timeout = Duration::from_secs(sh.cfg.mqtt.connect_timeout_secs);
-    // CONNECT and its authentication finish within the connect timeout.
-    let deadline = tokio::time::Instant::now() + timeout;
-    let version = match tokio::time::timeout(timeout, read_connect(stream, buf, sh)).await {
+    // Counted from the accept: a TLS handshake or WebSocket upgrade used part
+    // of it; authentication must finish by then too.
+    let deadline = ctx.connect_deadline;
+    let version = match tokio::time::timeout_at(deadline, read_connect(stream, buf, sh)).await {
         Ok(v) => v?,
         Err(_) => {
             return Err(ConnError::protocol(
@@ -132,12 +134,12 @@ pub async fn handshake(
     } else {
         connect.client_id.as_str().into()
     };
-    // Before the will is built and before the router is asked: a refused
-    // client never touches a session.
+    // Who the client is, before the will is built and before the router is
+    // asked: a refused client never touches a session.
     let mut client_id = client_id;
     let identity = match identify(
         sh,
-        peer,
+        ctx,
         login.as_ref(),
         &mut client_id,
         &mut assigned,
@@ -152,6 +154,10 @@ pub async fn handshake(
             return Err(ConnError::Unauthenticated);
         }
     };
+    // The identity's user name (verified when a method is configured):
+    // everything below takes it from here.
+    let username: Option<Arc<str>> = identity.username.clone();
+    let acl = sh.acl.compile(&client_id, username.as_ref());
     let will =
         match will.map(|w| make_will(w, version, &sh.cfg.mqtt.topic_limits(), Some(&sh.metrics))) {
             Some(Err((why, detail))) => {
@@ -165,6 +171,15 @@ pub async fn handshake(
             Some(Ok(w)) => Some(w),
             None => None,
         };
+    if let Some(w) = will.as_ref() {
+        if !acl.get().may_publish(&w.message.topic) {
+            let topic = &w.message.topic;
+            sh.acl.metrics.denied(Denied::Will, &client_id, topic);
+            refuse(Code::NotAuthorized, &mut out);
+            super::write_raw(stream, &out).await?;
+            return Err(ConnError::Denied);
+        }
+    }
     let mqtt = &sh.cfg.mqtt;
     // Before attaching: a refused CONNECT must not take over a live session.
     let Some(keep_alive) =
@@ -209,9 +224,9 @@ pub async fn handshake(
         tx,
         tx0,
         kick: kick_tx,
-        username: identity.username.clone(),
+        username: username.clone(),
         identity: identity.verified_username().cloned(),
-        peer_ip: peer.map(|a| a.ip()),
+        peer_ip: Some(ctx.peer.ip()),
     };
     let (reply_tx, reply) = oneshot::channel();
     sh.router
@@ -229,7 +244,7 @@ pub async fn handshake(
         } => (session_present, qos2_pending),
         ConnectOutcome::NotAuthorized => {
             let why = "the session belongs to another identity";
-            let code = refuse_later(sh, peer, &client_id, &identity, why).await;
+            let code = refuse_later(sh, ctx, &client_id, &identity, why).await;
             refuse(code, &mut out);
             super::write_raw(stream, &out).await?;
             return Err(ConnError::Unauthenticated);
@@ -292,7 +307,8 @@ pub async fn handshake(
         expiry_secs,
         client_max_packet: props.max_packet_size.unwrap_or(u32::MAX),
         client_topic_alias_max: props.topic_alias_max.unwrap_or(0),
-        username: identity.username.as_deref().map(str::to_string),
+        username: username.as_deref().map(str::to_owned),
+        acl,
         qos2_pending,
         rx,
         rx0,
@@ -333,8 +349,8 @@ impl PropsDefault for Option<p5::ConnectProperties> {
 
 /// A CONNECT that cannot be decoded or breaks a string rule: 5.0 gets a
 /// CONNACK with the reason code first (5.0 3.1.4: MAY), 3.1.1 a plain close.
-async fn refuse_undecodable(
-    stream: &mut TcpStream,
+async fn refuse_undecodable<T: AsyncWrite + Unpin>(
+    stream: &mut T,
     version: Version,
     e: codec::DecodeError,
 ) -> ConnError {
@@ -405,5 +421,6 @@ pub(crate) fn make_will(
         message,
         delay_secs,
         expiry_secs: expiry,
+        acl: None,
     })
 }

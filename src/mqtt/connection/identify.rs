@@ -3,7 +3,6 @@
 //! session): the authentication chain, then the client-id binding
 //! (`auth.client_id`). A refusal waits out the address's failure delay.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rumqttc::v5::mqttbytes::v5 as p5;
@@ -14,10 +13,7 @@ use super::{ConnError, Shared};
 use crate::auth::{AuthRequest, Identity, Password, Refusal};
 use crate::config::ClientIdBinding;
 use crate::metrics::ProtocolErrorReason as Why;
-
-/// The `listener` label of the one plain TCP listener (per-listener names
-/// come with `[[mqtt.listeners]]`).
-pub(super) const LISTENER: &str = "tcp";
+use crate::mqtt::transport::ConnCtx;
 
 /// What the CONNECT is answered with.
 pub(super) enum Decision {
@@ -30,15 +26,15 @@ pub(super) enum Decision {
 /// (`assigned` is set) gets the user name under a binding.
 pub(super) async fn identify(
     sh: &Shared,
-    peer: Option<SocketAddr>,
+    ctx: &ConnCtx,
     login: Option<&p5::Login>,
     client_id: &mut Arc<str>,
     assigned: &mut Option<String>,
     deadline: Instant,
 ) -> Result<Decision, ConnError> {
     let req = AuthRequest {
-        listener: LISTENER,
-        peer,
+        listener: &ctx.listener.name,
+        peer: Some(ctx.peer),
         client_id,
         username: login.map(|l| l.username.as_str()).filter(|u| !u.is_empty()),
         password: login
@@ -47,7 +43,7 @@ pub(super) async fn identify(
     };
     let identity = match tokio::time::timeout_at(deadline, sh.auth.authenticate(&req)).await {
         Ok(Ok(identity)) => identity,
-        Ok(Err(refusal)) => return Ok(refused(sh, peer, refusal).await),
+        Ok(Err(refusal)) => return Ok(refused(sh, ctx, refusal).await),
         Err(_) => {
             return Err(ConnError::protocol(
                 Why::ConnectTimeout,
@@ -71,7 +67,7 @@ pub(super) async fn identify(
         Err(why) => {
             sh.auth
                 .refuse(&req, identity.method.as_str(), Refusal::NotAuthorized, why);
-            return Ok(refused(sh, peer, Refusal::NotAuthorized).await);
+            return Ok(refused(sh, ctx, Refusal::NotAuthorized).await);
         }
     }
     Ok(Decision::Accept(identity))
@@ -81,21 +77,21 @@ pub(super) async fn identify(
 /// counted, logged and delayed like the others.
 pub(super) async fn refuse_later(
     sh: &Shared,
-    peer: Option<SocketAddr>,
+    ctx: &ConnCtx,
     client_id: &str,
     identity: &Identity,
     why: &str,
 ) -> Code {
     let req = AuthRequest {
-        listener: LISTENER,
-        peer,
+        listener: &ctx.listener.name,
+        peer: Some(ctx.peer),
         client_id,
         username: identity.username.as_deref(),
         password: None,
     };
     sh.auth
         .refuse(&req, identity.method.as_str(), Refusal::NotAuthorized, why);
-    match refused(sh, peer, Refusal::NotAuthorized).await {
+    match refused(sh, ctx, Refusal::NotAuthorized).await {
         Decision::Refuse(code) => code,
         Decision::Accept(_) => Code::NotAuthorized,
     }
@@ -103,8 +99,8 @@ pub(super) async fn refuse_later(
 
 /// Records the failure and waits its delay: a sleep, no CPU (the per-IP
 /// connection limit bounds how many one address can hold).
-async fn refused(sh: &Shared, peer: Option<SocketAddr>, refusal: Refusal) -> Decision {
-    let penalty = sh.auth.penalty(LISTENER, peer);
+async fn refused(sh: &Shared, ctx: &ConnCtx, refusal: Refusal) -> Decision {
+    let penalty = sh.auth.penalty(&ctx.listener.name, Some(ctx.peer));
     tokio::time::sleep(penalty.delay).await;
     Decision::Refuse(match refusal {
         Refusal::BadCredentials => Code::BadUserNamePassword,

@@ -18,14 +18,14 @@ mod timers;
 pub(crate) use handshake::make_will;
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use rumqttc::v5::mqttbytes::v5 as p5;
 use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode as Reason;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -35,6 +35,7 @@ use crate::mqtt::admission::{LogLimiter, WARN_EVERY};
 use crate::mqtt::codec::{self, DecodeError, OutPublish, Version};
 use crate::mqtt::message::now_ms;
 use crate::mqtt::router::{pkid_of, Kick, Outbound, RouterMsg};
+use crate::mqtt::transport::{ConnCtx, ReadSide, Transport, WriteSide};
 use pending::{next_reply, Pending};
 use timers::Timers;
 
@@ -45,6 +46,11 @@ pub struct Shared {
     pub uplink: crate::bridge::uplink::Uplink,
     pub metrics: Arc<Metrics>,
     pub router: mpsc::Sender<RouterMsg>,
+    /// Connection ids, unique across listeners: the router tells a stale
+    /// connection from the current one by them.
+    pub next_conn_id: AtomicU64,
+    /// The live ACL rules; each connection compiles its own at CONNECT.
+    pub acl: Arc<crate::acl::Acl>,
     /// The authentication chain (`[auth]`).
     pub auth: Arc<crate::auth::Auth>,
 }
@@ -63,6 +69,9 @@ pub enum ConnError {
     },
     #[error("connect refused: {0}")]
     Refused(String),
+    /// Refused by the ACL (the will topic); logged and counted where decided.
+    #[error("connect refused by the ACL")]
+    Denied,
     #[error("server shutting down")]
     ShuttingDown,
     /// Refused by authentication (already counted and logged by `auth`).
@@ -110,8 +119,13 @@ impl ConnError {
     }
 }
 
-pub(super) async fn write_raw(stream: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
-    stream.write_all(bytes).await
+pub(super) async fn write_raw<T: AsyncWrite + Unpin>(
+    stream: &mut T,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    // TLS and WebSocket hold bytes until flushed.
+    stream.flush().await
 }
 
 /// State of one attached connection.
@@ -135,8 +149,9 @@ pub(crate) struct Conn<'a> {
     /// Packet ids of incoming QoS 2 PUBLISHes awaiting PUBREL, with the time
     /// each is forgotten; at most `mqtt.max_awaiting_rel` new ones.
     qos2_in: HashMap<u16, Instant>,
-    /// Per pending SUBSCRIBE: positions of the accepted and of the refused filters.
-    invalid_filters: VecDeque<(Vec<usize>, Vec<usize>)>,
+    /// Per pending SUBSCRIBE/UNSUBSCRIBE: positions of the filters sent to
+    /// the router, of the invalid ones, and of those the ACL refused.
+    invalid_filters: VecDeque<(Vec<usize>, Vec<usize>, Vec<usize>)>,
     /// Messages for the router produced while handling packets (sent in order).
     outbox: Vec<RouterMsg>,
     /// QoS 1/2 envelopes for uplink sinks, sent in order after `outbox`.
@@ -145,26 +160,31 @@ pub(crate) struct Conn<'a> {
         crate::bridge::Envelope,
     )>,
     username: Option<String>,
+    /// What this client may publish and subscribe to (recompiled after a reload).
+    acl: crate::acl::ConnAcl,
     /// Set by a DISCONNECT from the client.
     disconnect: Option<(bool, Option<u32>)>,
+    /// Bytes a buffered transport (TLS, WebSocket) took but did not flush yet.
+    unflushed: bool,
 }
 
-/// Serves one TCP connection until it closes.
-pub async fn serve(mut stream: TcpStream, sh: Arc<Shared>, conn_id: u64) {
-    let peer = stream.peer_addr().ok();
-    let mut buf = BytesMut::with_capacity(4096);
-    let attached = match handshake::handshake(&mut stream, &mut buf, &sh, conn_id).await {
+/// Serves one connection until it closes.
+pub async fn serve<T: Transport>(mut stream: T, ctx: ConnCtx, sh: Arc<Shared>) {
+    let conn_id = ctx.id;
+    let on = ctx.listener.clone();
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let attached = match handshake::handshake(&mut stream, &mut buf, &sh, &ctx).await {
         Ok(a) => a,
         Err(e) => {
-            report(&sh, &e, "-", peer);
-            sh.metrics
+            report(&ctx, &e, "-");
+            on.metrics
                 .connection(crate::metrics::ConnectionResult::Rejected);
             return;
         }
     };
-    sh.metrics
+    on.metrics
         .connection(crate::metrics::ConnectionResult::Accepted);
-    sh.metrics.connections_active.inc();
+    on.metrics.active.inc();
     let mut c = Conn {
         sh: &sh,
         conn_id,
@@ -194,17 +214,22 @@ pub async fn serve(mut stream: TcpStream, sh: Arc<Shared>, conn_id: u64) {
         outbox: Vec::new(),
         sink_outbox: Vec::new(),
         username: attached.username.clone(),
+        acl: attached.acl.clone(),
         invalid_filters: VecDeque::new(),
         disconnect: None,
+        unflushed: false,
     };
-    let result = c.run(&stream, &mut buf, attached).await;
+    let result = {
+        let (mut rd, mut wr) = stream.halves();
+        c.run(&mut rd, &mut wr, &mut buf, attached).await
+    };
     let (publish_will, new_expiry) = match (&result, c.disconnect) {
         (Ok(()), Some(d)) => d,
         (Err(ConnError::ShuttingDown), _) => (false, None),
         _ => (true, None),
     };
     if let Err(e) = &result {
-        report(&sh, e, &c.client_id, peer);
+        report(&ctx, e, &c.client_id);
         if let (ConnError::Protocol { reason, detail, .. }, Version::V5) = (e, c.version) {
             c.send_disconnect(*reason, Some(detail));
         }
@@ -221,18 +246,22 @@ pub async fn serve(mut stream: TcpStream, sh: Arc<Shared>, conn_id: u64) {
         })
     );
     if !stalled {
-        stalled = tokio::time::timeout(FINAL_FLUSH, stream.write_all(&c.out))
+        stalled = tokio::time::timeout(FINAL_FLUSH, write_raw(&mut stream, &c.out))
+            .await
+            .is_err();
+    }
+    if !stalled {
+        // TLS sends close_notify here, WebSocket a close frame: bounded too.
+        stalled = tokio::time::timeout(FINAL_FLUSH, stream.shutdown())
             .await
             .is_err();
     }
     if stalled {
         // Reset instead of close: a peer that reads nothing would otherwise
         // keep the kernel's send buffer of this socket alive after we are gone.
-        let _ = stream.set_zero_linger();
-    } else {
-        let _ = stream.shutdown().await;
+        let _ = stream.tcp().set_zero_linger();
     }
-    sh.metrics.connections_active.dec();
+    on.metrics.active.dec();
     let msg = RouterMsg::Disconnect {
         conn_id,
         client_id: c.client_id.clone(),
@@ -242,39 +271,71 @@ pub async fn serve(mut stream: TcpStream, sh: Arc<Shared>, conn_id: u64) {
     let _ = sh.router.send(msg).await;
 }
 
+/// The write branch: flush what a buffered transport holds, else write
+/// some of `out`. `Some(n)`: `n` bytes taken; `None`: flushed.
+async fn write_step<W: WriteSide>(
+    wr: &mut W,
+    out: &[u8],
+    unflushed: bool,
+) -> std::io::Result<Option<usize>> {
+    if unflushed {
+        wr.flush().await.map(|()| None)
+    } else {
+        wr.write(out).await.map(Some)
+    }
+}
+
 /// How long the last bytes of a closing connection may take.
 const FINAL_FLUSH: Duration = Duration::from_secs(1);
 
-/// Bytes reserved for one read from the socket.
-const READ_CHUNK: usize = 4096;
+use crate::mqtt::transport::READ_CHUNK;
 
 /// One log line and one counter per failed connection.
-fn report(sh: &Shared, e: &ConnError, client_id: &str, peer: Option<std::net::SocketAddr>) {
+fn report(ctx: &ConnCtx, e: &ConnError, client_id: &str) {
+    let peer = ctx.peer;
+    let listener = &*ctx.listener.name;
+    let metrics = &ctx.listener.metrics;
     match e {
+        ConnError::Io(err)
+            if err
+                .get_ref()
+                .is_some_and(|i| i.is::<crate::mqtt::transport::ws::TextFrame>()) =>
+        {
+            metrics.protocol_error(Why::WebsocketText);
+            tracing::debug!(client_id, %peer, listener, "closing connection: WebSocket text frame");
+        }
         ConnError::Protocol { why, detail, .. } => {
-            sh.metrics.protocol_error(*why);
+            metrics.protocol_error(*why);
             // Many clients misbehaving at once (a flood, a broken fleet) must
             // not turn into a log line each: the counter has them all.
             static WARN: OnceLock<LogLimiter> = OnceLock::new();
             match WARN.get_or_init(|| LogLimiter::new(WARN_EVERY)).allow() {
                 Some(suppressed) => {
-                    tracing::warn!(client_id, ?peer, reason = why.as_str(), %detail, suppressed, "closing connection: protocol violation")
+                    tracing::warn!(client_id, %peer, listener, reason = why.as_str(), %detail, suppressed, "closing connection: protocol violation")
                 }
                 None => {
-                    tracing::debug!(client_id, ?peer, reason = why.as_str(), %detail, "closing connection: protocol violation")
+                    tracing::debug!(client_id, %peer, listener, reason = why.as_str(), %detail, "closing connection: protocol violation")
                 }
             }
         }
-        ConnError::Refused(why) => tracing::warn!(client_id, ?peer, %why, "connection refused"),
-        ConnError::Closed | ConnError::ShuttingDown | ConnError::Unauthenticated => {}
-        ConnError::Io(err) => tracing::debug!(client_id, ?peer, %err, "connection i/o error"),
+        ConnError::Refused(why) => {
+            tracing::warn!(client_id, %peer, listener, %why, "connection refused")
+        }
+        ConnError::Closed
+        | ConnError::ShuttingDown
+        | ConnError::Denied
+        | ConnError::Unauthenticated => {}
+        ConnError::Io(err) => {
+            tracing::debug!(client_id, %peer, listener, %err, "connection i/o error")
+        }
     }
 }
 
 impl Conn<'_> {
-    async fn run(
+    async fn run<R: ReadSide, W: WriteSide>(
         &mut self,
-        stream: &TcpStream,
+        rd: &mut R,
+        wr: &mut W,
         buf: &mut BytesMut,
         a: handshake::Attached,
     ) -> Result<(), ConnError> {
@@ -326,10 +387,9 @@ impl Conn<'_> {
                     self.send_disconnect(reason, None);
                     return Err(ConnError::ShuttingDown);
                 }
-                w = stream.writable(), if !self.out.is_empty() => {
-                    w?;
+                w = write_step(wr, &self.out, self.unflushed), if !self.out.is_empty() || self.unflushed => {
                     let idle = rx.is_empty() && rx0.is_empty();
-                    self.write_some(stream, &mut t, idle)?;
+                    self.wrote::<W>(w?, &mut t, idle);
                 }
                 r = next_reply(&mut self.pending) => {
                     self.pending.pop_front();
@@ -338,22 +398,16 @@ impl Conn<'_> {
                 // Deliveries wait in the session while our buffer is full.
                 Some(o) = rx.recv(), if room => self.deliver(o),
                 Some(o) = rx0.recv(), if room => self.deliver(o),
-                r = stream.readable(), if may_read => {
-                    r?;
-                    buf.reserve(READ_CHUNK);
-                    match stream.try_read_buf(buf) {
-                        Ok(0) => return Err(ConnError::Closed),
-                        Ok(_) => {
-                            t.heard();
-                            let consumed = self.process(buf)?;
-                            t.after_read(buf.is_empty(), consumed);
-                            if buf.is_empty() {
-                                // An idle connection holds no read buffer.
-                                *buf = BytesMut::new();
-                            }
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(e.into()),
+                r = rd.read_into(buf), if may_read => {
+                    if r? == 0 {
+                        return Err(ConnError::Closed);
+                    }
+                    t.heard();
+                    let consumed = self.process(buf)?;
+                    t.after_read(buf.is_empty(), consumed);
+                    if buf.is_empty() {
+                        // An idle connection holds no read buffer.
+                        *buf = BytesMut::new();
                     }
                 }
                 _ = tokio::time::sleep_until(wake) => {
@@ -364,8 +418,33 @@ impl Conn<'_> {
             self.flush_outbox().await?;
             if !self.out.is_empty() {
                 let idle = rx.is_empty() && rx0.is_empty();
-                self.write_some(stream, &mut t, idle)?;
+                self.write_some(wr, &mut t, idle)?;
             }
+        }
+    }
+
+    /// After the write branch: bytes taken (`Some(n)`) or a flush done.
+    /// Through a buffered transport, bytes count as progress for the send
+    /// timeout only once flushed, so a stalled TLS peer is still cut off.
+    fn wrote<W: WriteSide>(&mut self, w: Option<usize>, t: &mut Timers, idle: bool) {
+        match w {
+            Some(n) => {
+                self.sh.metrics.bytes_sent.inc_by(n as u64);
+                self.out.advance(n);
+                if W::BUFFERED {
+                    self.unflushed = true;
+                    t.wrote(false, false);
+                } else {
+                    t.wrote(n > 0, self.out.is_empty());
+                }
+            }
+            None => {
+                self.unflushed = false;
+                t.wrote(true, self.out.is_empty());
+            }
+        }
+        if self.out.is_empty() && idle {
+            self.out = BytesMut::new();
         }
     }
 
@@ -373,13 +452,13 @@ impl Conn<'_> {
     /// delivery is waiting, so a drained buffer is given back (an idle
     /// connection holds none); under load it is kept and reused, not
     /// allocated again for every delivery.
-    fn write_some(
+    fn write_some<W: WriteSide>(
         &mut self,
-        stream: &TcpStream,
+        wr: &mut W,
         t: &mut Timers,
         idle: bool,
     ) -> Result<(), ConnError> {
-        match stream.try_write(&self.out) {
+        match wr.try_write(&self.out) {
             Ok(n) => {
                 self.sh.metrics.bytes_sent.inc_by(n as u64);
                 self.out.advance(n);

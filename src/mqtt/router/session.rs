@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::deadlines::Deadline;
 use super::{ConnId, Kick, Outbound, Owner, Will};
+use crate::acl::ClientAcl;
 use crate::mqtt::message::Message;
 use crate::mqtt::topic::SubOpts;
 use crate::store::{EntryState, SessionRecord, SubscriptionRecord};
@@ -91,12 +92,15 @@ pub struct Session {
     /// it may take the session over or clean it. `None` until an
     /// authenticated client claims it.
     pub identity: Option<Arc<str>>,
+    /// What the client may read (deliveries, retained messages) and publish
+    /// (its will); holds the identity it was compiled for. Set by the router
+    /// at restore, CONNECT and ACL reload.
+    pub acl: Arc<ClientAcl>,
 }
 
 impl Session {
     pub fn new(client_id: Arc<str>) -> Session {
         Session {
-            client_id,
             expiry_secs: 0,
             protocol: 4,
             subs: HashMap::new(),
@@ -116,6 +120,8 @@ impl Session {
             expiry_deadline: None,
             owner: None,
             identity: None,
+            acl: Arc::new(ClientAcl::open(&client_id)),
+            client_id,
         }
     }
 

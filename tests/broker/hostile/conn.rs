@@ -55,7 +55,7 @@ async fn protocol_errors(t: &Hostile, reason: &str) -> f64 {
     labelled(
         t,
         "mqbridge_mqtt_protocol_errors_total",
-        &format!("reason=\"{reason}\""),
+        &format!("listener=\"tcp\",reason=\"{reason}\""),
     )
     .await
 }
@@ -170,7 +170,7 @@ async fn stalled_readers_are_closed_by_the_send_timeout() {
     .await;
     // Left: the flooder and the reading subscriber.
     eventually(10, "connections gauge back to 2", || async {
-        metric(&t, "mqbridge_mqtt_connections_active").await == Some(2.0)
+        metric(&t, "mqbridge_mqtt_connections_active{listener=\"tcp\"}").await == Some(2.0)
     })
     .await;
     stop.store(1, Ordering::Relaxed);
@@ -240,7 +240,7 @@ async fn takeover_of_a_stalled_client_is_immediate() {
     // The old connection's task ends without its socket being read (reading
     // would unblock a task stuck in a write): only the new one is left.
     eventually(5, "only the new connection left", || async {
-        metric(&t, "mqbridge_mqtt_connections_active").await == Some(1.0)
+        metric(&t, "mqbridge_mqtt_connections_active{listener=\"tcp\"}").await == Some(1.0)
     })
     .await;
     let old = &mut stalled[0];
@@ -363,7 +363,10 @@ async fn per_ip_limit_refuses_the_next_connection() {
     let _ = extra.send(&connect(V311, "ip-extra", true, &[])).await;
     extra.expect_closed_silently().await;
     let refused = "mqbridge_mqtt_connections_refused_total";
-    assert_eq!(labelled(&t, refused, "reason=\"per_ip\"").await, 1.0);
+    assert_eq!(
+        labelled(&t, refused, "listener=\"tcp\",reason=\"per_ip\"").await,
+        1.0
+    );
     for r in &mut held {
         r.send(&[0xc0, 0x00]).await.unwrap();
         assert_eq!(
@@ -395,7 +398,10 @@ async fn connection_rate_limit_refuses_the_burst() {
     let _ = second.send(&connect(V311, "rate-2", true, &[])).await;
     second.expect_closed_silently().await;
     let refused = "mqbridge_mqtt_connections_refused_total";
-    assert_eq!(labelled(&t, refused, "reason=\"rate\"").await, 1.0);
+    assert_eq!(
+        labelled(&t, refused, "listener=\"tcp\",reason=\"rate\"").await,
+        1.0
+    );
     first.send(&[0xc0, 0x00]).await.unwrap();
     assert_eq!(
         first.next(Duration::from_secs(5)).await,
