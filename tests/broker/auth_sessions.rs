@@ -195,3 +195,47 @@ async fn username_binding_allows_only_the_own_client_id() {
     }
     gw.shutdown().await;
 }
+
+/// With `%u` ACL rules, an offline session restored at start-up is compiled
+/// for its stored owner: a command published while its device is away (after
+/// the restart) is queued and delivered, and another device still cannot
+/// read it.
+#[tokio::test]
+async fn a_restored_session_keeps_its_owner_for_the_acl() {
+    use mqbridge::config::AclRuleConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let file = passwords(dir.path());
+    let cfg = || {
+        let mut c = auth_config(dir.path(), &file, "username");
+        let rule = |permission: &str, action: &str, topic: &str, users: Option<Vec<String>>| {
+            AclRuleConfig {
+                permission: permission.into(),
+                action: action.into(),
+                topic: topic.into(),
+                users,
+            }
+        };
+        c.acl.rules = vec![
+            rule("allow", "publish", "devices/#", Some(vec!["ops".into()])),
+            rule("allow", "subscribe", "devices/%u/commands", None),
+        ];
+        c
+    };
+    let gw = start(cfg()).await;
+    let mut a = b4::connect(v4(&gw, "devA", "devA", false)).await;
+    let ack = a.subscribe("devices/devA/commands", QoS::AtLeastOnce).await;
+    assert_eq!(
+        ack.return_codes,
+        vec![rumqttc::SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+    );
+    a.disconnect().await;
+    gw.shutdown().await;
+
+    let gw = start(cfg()).await;
+    let mut ops = b4::connect(v4(&gw, "ops", "ops", true)).await;
+    ops.publish("devices/devA/commands", QoS::AtLeastOnce, false, b"open")
+        .await;
+    ops.disconnect().await;
+    a_gets(&gw, "open").await;
+    gw.shutdown().await;
+}
