@@ -437,13 +437,17 @@ fn warn_insecure(cfg: &Validated, on: &ListenerCtx, addr: SocketAddr) {
     if addr.ip().is_loopback() {
         return;
     }
-    let auth = cfg.valid_auth();
+    let auth = cfg.valid_auth().for_listener(&on.name);
     let listener = &*on.name;
     if auth.methods.is_empty() || auth.allow_anonymous {
         tracing::warn!(listener, %addr, "anonymous access is allowed on a non-loopback listener (set [auth] methods and allow_anonymous = false for a fleet)");
     }
-    if auth.methods.contains(&crate::config::Method::PasswordFile) && !on.kind.is_tls() {
-        tracing::warn!(listener, %addr, "passwords are accepted without TLS on a non-loopback listener");
+    let passwords = [
+        crate::config::Method::PasswordFile,
+        crate::config::Method::Jwt,
+    ];
+    if auth.methods.iter().any(|m| passwords.contains(m)) && !on.kind.is_tls() {
+        tracing::warn!(listener, %addr, "passwords or tokens are accepted without TLS on a non-loopback listener");
     }
 }
 

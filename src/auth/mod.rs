@@ -20,8 +20,9 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
-use crate::config::{Method, ValidAuth};
+use crate::config::{CertificateName, ListenerAuth, Method, ValidAuth};
 use crate::mqtt::admission::{LogLimiter, WARN_EVERY};
+use crate::mqtt::transport::tls::PeerIdentity;
 use failures::{Failures, Penalty};
 use metrics::{AuthMetrics, AuthResult};
 use password::{Hash, DEFAULT_ITERATIONS};
@@ -46,6 +47,8 @@ pub struct AuthRequest<'a> {
     /// The CONNECT user name; `None` when absent or empty.
     pub username: Option<&'a str>,
     pub password: Option<Password>,
+    /// The verified client certificate (mTLS listeners).
+    pub peer_identity: Option<&'a PeerIdentity>,
 }
 
 /// How an identity was established.
@@ -141,11 +144,6 @@ impl Auth {
         &self.cfg
     }
 
-    /// Whether a client without credentials may connect.
-    pub fn allows_anonymous(&self) -> bool {
-        self.cfg.methods.is_empty() || self.cfg.allow_anonymous
-    }
-
     /// Whether `ip` is banned (refused before CONNECT is read).
     pub fn banned(&self, ip: std::net::IpAddr) -> bool {
         let banned = self.failures.banned(ip);
@@ -159,7 +157,11 @@ impl Auth {
     /// yet penalised: the caller calls [`Auth::refused`] for that, as other
     /// CONNECT-time checks (client-id binding) refuse too.
     pub async fn authenticate(&self, req: &AuthRequest<'_>) -> Result<Identity, Refusal> {
-        if self.cfg.methods.is_empty() {
+        let ListenerAuth {
+            methods,
+            allow_anonymous,
+        } = self.cfg.for_listener(req.listener);
+        if methods.is_empty() {
             let identity = Identity {
                 username: req.username.map(Arc::from),
                 method: IdentityMethod::Unverified,
@@ -170,7 +172,7 @@ impl Auth {
         }
         let mut refused_by = None;
         let mut forbidden_by = None;
-        for &m in &self.cfg.methods {
+        for &m in &methods {
             match self.run(m, req).await {
                 Verdict::Accept(identity) => {
                     self.metrics
@@ -194,7 +196,7 @@ impl Auth {
             let method = refused_by.map_or("none", Method::as_str);
             return Err(self.refuse(req, method, Refusal::BadCredentials, "bad credentials"));
         }
-        if self.cfg.allow_anonymous {
+        if allow_anonymous {
             self.metrics
                 .result(req.listener, "none", AuthResult::Anonymous);
             return Ok(Identity {
@@ -259,7 +261,37 @@ impl Auth {
         match m {
             Method::PasswordFile => self.password_file(req).await,
             Method::Jwt => self.jwt(req),
+            Method::Certificate => self.certificate(req),
         }
+    }
+
+    /// The verified client certificate's name (`use_identity_as_username`);
+    /// a CONNECT user name that differs is ignored: the certificate wins.
+    fn certificate(&self, req: &AuthRequest<'_>) -> Verdict {
+        let Some(id) = req.peer_identity else {
+            return Verdict::Decline;
+        };
+        let name = match self.cfg.certificate_username {
+            CertificateName::CommonName => id.common_name.as_deref(),
+            CertificateName::SanDns => id.san_dns.first().map(String::as_str),
+            CertificateName::SanEmail => id.san_email.first().map(String::as_str),
+            CertificateName::SanUri => id.san_uri.first().map(String::as_str),
+        };
+        let Some(name) = name.filter(|n| !n.is_empty()) else {
+            tracing::debug!(client_id = req.client_id, peer = ?req.peer, "client certificate without the configured name");
+            return Verdict::Refuse;
+        };
+        if req.username.is_some_and(|u| u != name) {
+            tracing::debug!(
+                client_id = req.client_id,
+                certificate = name,
+                "CONNECT user name ignored: the certificate's name is used"
+            );
+        }
+        Verdict::Accept(Identity {
+            username: Some(Arc::from(name)),
+            method: IdentityMethod::Verified(Method::Certificate),
+        })
     }
 
     /// Inline: an HMAC or one signature verification (microseconds).

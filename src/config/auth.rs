@@ -2,6 +2,7 @@
 //! the password file, so a malformed line stops start-up with its line
 //! number, before any port is bound.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::jwt::JwtConfig;
+use super::listeners::{ListenerConfig, TCP_LISTENER};
 use super::{ConfigError, MAX_DURATION_SECS};
 use crate::auth::failures::Policy;
 use crate::auth::jwt::JwtVerifier;
@@ -19,7 +21,7 @@ use crate::auth::password::PasswordFile;
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// Ordered authentication methods; the first that accepts wins. Known:
-    /// `password_file`, `jwt`. Empty: no verification, the CONNECT user name is
+    /// `password_file`, `certificate`, `jwt`. Empty: no verification, the CONNECT user name is
     /// taken as given (the embedded default).
     pub methods: Vec<String>,
     /// Whether a client that presents no credentials at all may connect.
@@ -29,6 +31,9 @@ pub struct AuthConfig {
     pub password_file: PathBuf,
     /// Client-id binding: `any`, `username` or `username_prefix`.
     pub client_id: String,
+    /// What of a verified client certificate is the user name (the
+    /// `certificate` method): `cn`, `san_dns`, `san_email` or `san_uri`.
+    pub certificate_username: String,
     /// `$7$` hashes verified at once on blocking threads; 0 = CPU count.
     pub verify_concurrency: usize,
     /// Failures per address before refusals are delayed (>= 1).
@@ -55,6 +60,7 @@ impl Default for AuthConfig {
             allow_anonymous: true,
             password_file: PathBuf::new(),
             client_id: "any".into(),
+            certificate_username: "cn".into(),
             verify_concurrency: 0,
             failure_delay_after: 3,
             failure_delay_max_ms: 10_000,
@@ -71,18 +77,43 @@ impl Default for AuthConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Method {
     PasswordFile,
+    Certificate,
     Jwt,
 }
 
 impl Method {
-    pub const ALL: &'static [Method] = &[Method::PasswordFile, Method::Jwt];
+    pub const ALL: &'static [Method] = &[Method::PasswordFile, Method::Certificate, Method::Jwt];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Method::PasswordFile => "password_file",
+            Method::Certificate => "certificate",
             Method::Jwt => "jwt",
         }
     }
+
+    fn parse(s: &str) -> Option<Method> {
+        Method::ALL.iter().copied().find(|m| m.as_str() == s)
+    }
+}
+
+/// `auth.certificate_username`: which field of the client certificate is
+/// the user name.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CertificateName {
+    #[default]
+    CommonName,
+    SanDns,
+    SanEmail,
+    SanUri,
+}
+
+/// The authentication a listener applies: its own `auth` /
+/// `allow_anonymous`, or the `[auth]` defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerAuth {
+    pub methods: Vec<Method>,
+    pub allow_anonymous: bool,
 }
 
 /// `auth.client_id`: which client ids an identity may use.
@@ -99,6 +130,9 @@ pub enum ClientIdBinding {
 pub struct ValidAuth {
     pub methods: Vec<Method>,
     pub allow_anonymous: bool,
+    /// Listeners that override `methods` or `allow_anonymous`, by name.
+    pub listeners: HashMap<String, ListenerAuth>,
+    pub certificate_username: CertificateName,
     pub password_file: Option<Arc<PasswordFile>>,
     /// Present when the `jwt` method is listed.
     pub jwt: Option<Arc<JwtVerifier>>,
@@ -107,30 +141,95 @@ pub struct ValidAuth {
     pub failures: Policy,
 }
 
+impl ValidAuth {
+    /// What `listener` applies.
+    pub fn for_listener(&self, listener: &str) -> ListenerAuth {
+        self.listeners
+            .get(listener)
+            .cloned()
+            .unwrap_or_else(|| ListenerAuth {
+                methods: self.methods.clone(),
+                allow_anonymous: self.allow_anonymous,
+            })
+    }
+}
+
+/// Parses a list of method names; each problem is named `key[i]`.
+fn parse_methods(key: &str, names: &[String], errors: &mut Vec<ConfigError>) -> Vec<Method> {
+    let mut methods = Vec::new();
+    for (i, m) in names.iter().enumerate() {
+        match Method::parse(m) {
+            Some(k) if methods.contains(&k) => errors.push(ConfigError::at(
+                format!("{key}[{i}]"),
+                format!("{m:?} is listed twice"),
+            )),
+            Some(k) => methods.push(k),
+            None => errors.push(ConfigError::at(
+                format!("{key}[{i}]"),
+                format!("unknown method {m:?} (known: password_file, certificate, jwt)"),
+            )),
+        }
+    }
+    methods
+}
+
 impl AuthConfig {
-    pub(super) fn validate(&self) -> Result<ValidAuth, Vec<ConfigError>> {
+    /// Checks `[auth]` with the listeners' overrides (`mqtt.listeners[i].auth`
+    /// and `.allow_anonymous`): the files a method needs are read when any
+    /// listener uses it.
+    pub(super) fn validate(
+        &self,
+        listeners: &[ListenerConfig],
+    ) -> Result<ValidAuth, Vec<ConfigError>> {
         let mut errors = Vec::new();
-        let mut methods = Vec::new();
-        for (i, m) in self.methods.iter().enumerate() {
-            match Method::ALL.iter().find(|k| k.as_str() == m) {
-                Some(k) if methods.contains(k) => errors.push(ConfigError::at(
-                    format!("auth.methods[{i}]"),
-                    format!("{m:?} is listed twice"),
-                )),
-                Some(k) => methods.push(*k),
-                None => errors.push(ConfigError::at(
-                    format!("auth.methods[{i}]"),
-                    format!("unknown method {m:?} (known: password_file, jwt)"),
-                )),
+        let methods = parse_methods("auth.methods", &self.methods, &mut errors);
+        let mut overrides = HashMap::new();
+        let mut used = methods.clone();
+        let tcp_uses_defaults = std::iter::once((TCP_LISTENER, None, None));
+        let listed = listeners
+            .iter()
+            .map(|l| (l.name.as_str(), l.auth.as_ref(), l.allow_anonymous));
+        for (i, (name, auth, anonymous)) in tcp_uses_defaults.chain(listed).enumerate() {
+            let key = format!("mqtt.listeners[{}]", i.saturating_sub(1));
+            let own = auth.map(|a| parse_methods(&format!("{key}.auth"), a, &mut errors));
+            let effective = ListenerAuth {
+                methods: own.clone().unwrap_or_else(|| methods.clone()),
+                allow_anonymous: anonymous.unwrap_or(self.allow_anonymous),
+            };
+            if effective.methods.is_empty() && !effective.allow_anonymous {
+                errors.push(if i == 0 || (own.is_none() && anonymous.is_none()) {
+                    ConfigError::invalid(
+                        "auth.allow_anonymous",
+                        "false with no auth.methods: nobody could connect",
+                    )
+                } else {
+                    ConfigError::at(
+                        format!("{key}.allow_anonymous"),
+                        "false with no authentication method: nobody could connect",
+                    )
+                });
+            }
+            used.extend(effective.methods.iter().copied());
+            if own.is_some() || anonymous.is_some() {
+                overrides.insert(name.to_string(), effective);
             }
         }
-        if self.methods.is_empty() && !self.allow_anonymous {
-            errors.push(ConfigError::invalid(
-                "auth.allow_anonymous",
-                "false with no auth.methods: nobody could connect",
-            ));
-        }
-        let wants_file = methods.contains(&Method::PasswordFile);
+        errors.dedup_by(|a, b| a.to_string() == b.to_string());
+        let certificate_username = match self.certificate_username.as_str() {
+            "cn" => CertificateName::CommonName,
+            "san_dns" => CertificateName::SanDns,
+            "san_email" => CertificateName::SanEmail,
+            "san_uri" => CertificateName::SanUri,
+            other => {
+                errors.push(ConfigError::invalid(
+                    "auth.certificate_username",
+                    format!("{other:?}: expected cn, san_dns, san_email or san_uri"),
+                ));
+                CertificateName::CommonName
+            }
+        };
+        let methods_used = used;
+        let wants_file = methods_used.contains(&Method::PasswordFile);
         let password_file = match (wants_file, self.password_file.as_os_str().is_empty()) {
             (true, true) => {
                 errors.push(ConfigError::invalid(
@@ -151,7 +250,7 @@ impl AuthConfig {
             },
             (false, true) => None,
         };
-        let jwt = if methods.contains(&Method::Jwt) {
+        let jwt = if methods_used.contains(&Method::Jwt) {
             match self.jwt.validate() {
                 Ok(v) => Some(Arc::new(v)),
                 Err(problems) => {
@@ -211,6 +310,8 @@ impl AuthConfig {
         Ok(ValidAuth {
             methods,
             allow_anonymous: self.allow_anonymous,
+            listeners: overrides,
+            certificate_username,
             password_file,
             jwt,
             client_id,
@@ -247,7 +348,7 @@ mod tests {
     use super::*;
 
     fn problems(cfg: AuthConfig) -> Vec<String> {
-        cfg.validate()
+        cfg.validate(&[])
             .err()
             .unwrap_or_default()
             .iter()
@@ -302,5 +403,75 @@ mod tests {
             ..AuthConfig::default()
         });
         assert!(p[0].contains("No such file"), "{p:?}");
+    }
+}
+
+#[cfg(test)]
+mod listener_tests {
+    use super::*;
+
+    fn listener(name: &str, auth: Option<&[&str]>, anonymous: Option<bool>) -> ListenerConfig {
+        ListenerConfig {
+            name: name.into(),
+            kind: "tcp".into(),
+            listen: "127.0.0.1:0".into(),
+            cert_file: String::new(),
+            key_file: String::new(),
+            client_ca_file: String::new(),
+            client_certificates: "none".into(),
+            min_tls_version: "1.2".into(),
+            path: String::new(),
+            auth: auth.map(|a| a.iter().map(|m| m.to_string()).collect()),
+            allow_anonymous: anonymous,
+        }
+    }
+
+    #[test]
+    fn listeners_override_methods_and_anonymous_access() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "").unwrap();
+        let cfg = AuthConfig {
+            password_file: file,
+            ..AuthConfig::default()
+        };
+        let ls = [
+            listener("fleet", Some(&["password_file"]), Some(false)),
+            listener("lab", None, None),
+        ];
+        let v = cfg.validate(&ls).expect("valid");
+        assert_eq!(
+            v.for_listener("fleet"),
+            ListenerAuth {
+                methods: vec![Method::PasswordFile],
+                allow_anonymous: false
+            }
+        );
+        assert_eq!(v.for_listener("lab").methods, Vec::<Method>::new());
+        assert!(v.for_listener("tcp").allow_anonymous);
+
+        // A listener nobody could connect to, and a method its file is missing for.
+        let cfg = AuthConfig::default();
+        let ls = [
+            listener("x", Some(&[]), Some(false)),
+            listener("y", Some(&["password_file"]), None),
+        ];
+        let p: Vec<String> = cfg
+            .validate(&ls)
+            .err()
+            .unwrap_or_default()
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert!(
+            p.iter()
+                .any(|e| e.starts_with("mqtt.listeners[0].allow_anonymous")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|e| e.starts_with("auth.password_file: required")),
+            "{p:?}"
+        );
     }
 }

@@ -35,7 +35,7 @@ mod tests;
 mod validate;
 
 pub use acl::{AclConfig, AclRuleConfig};
-pub use auth::{AuthConfig, ClientIdBinding, Method, ValidAuth};
+pub use auth::{AuthConfig, CertificateName, ClientIdBinding, ListenerAuth, Method, ValidAuth};
 pub use jwt::JwtConfig;
 pub use load::{load, load_with_env};
 pub use secret::Secret;

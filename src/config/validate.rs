@@ -139,7 +139,7 @@ impl Config {
                 None
             }
         };
-        let auth = match self.auth.validate() {
+        let auth = match self.auth.validate(&self.mqtt.listeners) {
             Ok(auth) => Some(auth),
             Err(problems) => {
                 errors.0.extend(problems);

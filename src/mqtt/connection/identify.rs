@@ -40,6 +40,7 @@ pub(super) async fn identify(
         password: login
             .filter(|l| !l.password.is_empty())
             .map(|l| Password(bytes::Bytes::copy_from_slice(l.password.as_bytes()))),
+        peer_identity: ctx.peer_identity.as_ref(),
     };
     let identity = match tokio::time::timeout_at(deadline, sh.auth.authenticate(&req)).await {
         Ok(Ok(identity)) => identity,
@@ -88,6 +89,7 @@ pub(super) async fn refuse_later(
         client_id,
         username: identity.username.as_deref(),
         password: None,
+        peer_identity: None,
     };
     sh.auth
         .refuse(&req, identity.method.as_str(), Refusal::NotAuthorized, why);
