@@ -91,6 +91,8 @@ pub struct Gateway {
     grace: Duration,
     /// The live ACL rules (re-read by [`Gateway::reload_acl`]).
     acl: Arc<crate::acl::Acl>,
+    /// Authentication (its files re-read by [`Gateway::reload`]).
+    auth: Arc<crate::auth::Auth>,
 }
 
 /// Opens the store (on a blocking thread: it recovers every session).
@@ -149,10 +151,13 @@ impl Gateway {
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::new(&mut registry));
         let bridge_metrics = BridgeMetrics::new(&mut registry);
-        let auth = Arc::new(crate::auth::Auth::new(
-            cfg.valid_auth().clone(),
-            crate::auth::metrics::AuthMetrics::new(&mut registry),
-        ));
+        let auth = Arc::new(
+            crate::auth::Auth::new(
+                cfg.valid_auth().clone(),
+                crate::auth::metrics::AuthMetrics::new(&mut registry),
+            )
+            .reloadable(cfg.auth.clone(), cfg.mqtt.listeners.clone()),
+        );
         let acl = Arc::new(crate::acl::Acl::new(
             cfg.acl_rules().clone(),
             crate::acl::AclMetrics::new(&mut registry),
@@ -280,7 +285,7 @@ impl Gateway {
             router: router_tx,
             next_conn_id: std::sync::atomic::AtomicU64::new(1),
             acl: acl.clone(),
-            auth,
+            auth: auth.clone(),
         });
         let admission = Arc::new(crate::mqtt::listener::Admission::new(&cfg.mqtt));
         let mut listener_addrs = Vec::new();
@@ -309,6 +314,7 @@ impl Gateway {
             router_tx: router_weak,
             grace: cfg.server.shutdown_grace(),
             acl,
+            auth,
         })
     }
 
@@ -360,11 +366,12 @@ impl Gateway {
     }
 
     /// Re-reads what can change without a restart (SIGHUP): each TLS
-    /// listener's certificate, key and client CAs. A listener whose files
-    /// do not load keeps its current ones (logged and counted); live
-    /// connections keep theirs either way. Returns how many failed.
+    /// listener's certificate, key and client CAs, and the password file and
+    /// JWT keys. Files that do not load leave the current ones in force
+    /// (logged and counted); live connections keep theirs either way.
+    /// Returns how many failed.
     pub fn reload(&self) -> usize {
-        let mut failed = 0;
+        let mut failed = usize::from(self.auth.reload().is_err());
         for on in &self.listeners {
             let Some(tls) = &on.tls else { continue };
             match tls.reload() {

@@ -1,5 +1,6 @@
 //! `mqbridge` binary: parse the command line, load and validate the config,
-//! run the gateway until SIGINT/SIGTERM; SIGHUP reloads the TLS files. Or
+//! run the gateway until SIGINT/SIGTERM; SIGHUP reloads the TLS files, the
+//! password file and the JWT keys. Or
 //! `mqbridge passwd`, which edits a password file.
 
 use std::path::PathBuf;

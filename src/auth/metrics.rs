@@ -54,6 +54,14 @@ pub struct AuthMetrics {
     /// `mqbridge_auth_banned_refusals_total`: connections of a banned
     /// address closed before CONNECT.
     pub banned_refusals: Counter,
+    /// `mqbridge_auth_reloads_total{result}`: password file / JWT key
+    /// reloads, `ok` or `failed` (the previous files stay in force).
+    pub reloads: Family<ReloadLabel, Counter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReloadLabel {
+    pub result: &'static str,
 }
 
 impl AuthMetrics {
@@ -64,7 +72,16 @@ impl AuthMetrics {
             tracked: Gauge::default(),
             bans: Counter::default(),
             banned_refusals: Counter::default(),
+            reloads: Family::default(),
         };
+        for result in ["ok", "failed"] {
+            let _ = m.reloads.get_or_create(&ReloadLabel { result });
+        }
+        registry.register(
+            "mqbridge_auth_reloads",
+            "Reloads of the password file and JWT keys by result",
+            m.reloads.clone(),
+        );
         registry.register(
             "mqbridge_auth_results",
             "CONNECT authentication outcomes by listener, method and result",
@@ -101,6 +118,11 @@ impl AuthMetrics {
                 result: result.as_str(),
             })
             .inc();
+    }
+
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.reloads.get_or_create(&ReloadLabel { result }).inc();
     }
 
     pub fn delayed(&self, listener: &str) {

@@ -18,9 +18,11 @@ pub mod password;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
 
-use crate::config::{CertificateName, ListenerAuth, Method, ValidAuth};
+use crate::config::listeners::ListenerConfig;
+use crate::config::{AuthConfig, CertificateName, ListenerAuth, Method, ValidAuth};
 use crate::mqtt::admission::{LogLimiter, WARN_EVERY};
 use crate::mqtt::transport::tls::PeerIdentity;
 use failures::{Failures, Penalty};
@@ -117,7 +119,10 @@ enum Verdict {
 
 /// The authentication chain, shared by every connection.
 pub struct Auth {
-    cfg: ValidAuth,
+    /// Swapped by [`Auth::reload`]; each CONNECT runs on one snapshot.
+    cfg: ArcSwap<ValidAuth>,
+    /// What the configuration was validated from, to read the files again.
+    source: Option<(AuthConfig, Vec<ListenerConfig>)>,
     failures: Failures,
     /// Bounds the `$7$` verifications running at once: the blocking pool has
     /// hundreds of threads, so this is what bounds the CPU in a reconnect storm.
@@ -134,14 +139,49 @@ impl Auth {
             failures: Failures::new(cfg.failures.clone()),
             verify: Arc::new(Semaphore::new(cfg.verify_concurrency.max(1))),
             dummy: Hash::new_pbkdf2(b"dummy", DEFAULT_ITERATIONS),
-            cfg,
+            cfg: ArcSwap::from_pointee(cfg),
+            source: None,
             metrics,
             warn: LogLimiter::new(WARN_EVERY),
         }
     }
 
-    pub fn config(&self) -> &ValidAuth {
-        &self.cfg
+    /// Lets [`Auth::reload`] read the password file and JWT keys again
+    /// from this configuration.
+    pub fn reloadable(mut self, auth: AuthConfig, listeners: Vec<ListenerConfig>) -> Auth {
+        self.source = Some((auth, listeners));
+        self
+    }
+
+    /// The settings in force now.
+    pub fn config(&self) -> Arc<ValidAuth> {
+        self.cfg.load_full()
+    }
+
+    /// Re-reads the password file and the JWT keys (SIGHUP,
+    /// `Gateway::reload`). When one cannot be read or parsed the settings in
+    /// force stay, and every problem is returned. The failure delay table,
+    /// `verify_concurrency` and the failure settings are kept as started.
+    pub fn reload(&self) -> Result<(), Vec<crate::config::ConfigError>> {
+        let Some((auth, listeners)) = &self.source else {
+            return Ok(());
+        };
+        match auth.validate(listeners) {
+            Ok(new) => {
+                let users = new.password_file.as_ref().map(|f| f.len());
+                self.cfg.store(Arc::new(new));
+                self.metrics.reload(true);
+                tracing::info!(?users, "authentication files reloaded");
+                Ok(())
+            }
+            Err(errors) => {
+                self.metrics.reload(false);
+                for e in &errors {
+                    tracing::error!(error = %e, "authentication reload failed; the previous files stay in force");
+                }
+                Err(errors)
+            }
+        }
     }
 
     /// Whether `ip` is banned (refused before CONNECT is read).
@@ -154,13 +194,14 @@ impl Auth {
     }
 
     /// Runs the chain. Counted; a refusal is logged (rate-limited) but not
-    /// yet penalised: the caller calls [`Auth::refused`] for that, as other
+    /// yet penalised: the caller calls [`Auth::penalty`] for that, as other
     /// CONNECT-time checks (client-id binding) refuse too.
     pub async fn authenticate(&self, req: &AuthRequest<'_>) -> Result<Identity, Refusal> {
+        let cfg = self.cfg.load_full();
         let ListenerAuth {
             methods,
             allow_anonymous,
-        } = self.cfg.for_listener(req.listener);
+        } = cfg.for_listener(req.listener);
         if methods.is_empty() {
             let identity = Identity {
                 username: req.username.map(Arc::from),
@@ -173,7 +214,7 @@ impl Auth {
         let mut refused_by = None;
         let mut forbidden_by = None;
         for &m in &methods {
-            match self.run(m, req).await {
+            match self.run(&cfg, m, req).await {
                 Verdict::Accept(identity) => {
                     self.metrics
                         .result(req.listener, m.as_str(), AuthResult::Accepted);
@@ -252,72 +293,26 @@ impl Auth {
         }
         if p.banned {
             self.metrics.bans.inc();
-            tracing::warn!(%peer, listener, ban = ?self.cfg.failures.ban, "address banned after repeated authentication failures");
+            tracing::warn!(%peer, listener, ban = ?self.cfg.load().failures.ban, "address banned after repeated authentication failures");
         }
         p
     }
 
-    async fn run(&self, m: Method, req: &AuthRequest<'_>) -> Verdict {
+    async fn run(&self, cfg: &ValidAuth, m: Method, req: &AuthRequest<'_>) -> Verdict {
         match m {
-            Method::PasswordFile => self.password_file(req).await,
-            Method::Jwt => self.jwt(req),
-            Method::Certificate => self.certificate(req),
+            Method::PasswordFile => self.password_file(cfg, req).await,
+            Method::Jwt => jwt_verdict(cfg, req),
+            Method::Certificate => certificate(cfg, req),
         }
     }
 
     /// The verified client certificate's name (`use_identity_as_username`);
     /// a CONNECT user name that differs is ignored: the certificate wins.
-    fn certificate(&self, req: &AuthRequest<'_>) -> Verdict {
-        let Some(id) = req.peer_identity else {
-            return Verdict::Decline;
-        };
-        let name = match self.cfg.certificate_username {
-            CertificateName::CommonName => id.common_name.as_deref(),
-            CertificateName::SanDns => id.san_dns.first().map(String::as_str),
-            CertificateName::SanEmail => id.san_email.first().map(String::as_str),
-            CertificateName::SanUri => id.san_uri.first().map(String::as_str),
-        };
-        let Some(name) = name.filter(|n| !n.is_empty()) else {
-            tracing::debug!(client_id = req.client_id, peer = ?req.peer, "client certificate without the configured name");
-            return Verdict::Refuse;
-        };
-        if req.username.is_some_and(|u| u != name) {
-            tracing::debug!(
-                client_id = req.client_id,
-                certificate = name,
-                "CONNECT user name ignored: the certificate's name is used"
-            );
-        }
-        Verdict::Accept(Identity {
-            username: Some(Arc::from(name)),
-            method: IdentityMethod::Verified(Method::Certificate),
-        })
-    }
-
-    /// Inline: an HMAC or one signature verification (microseconds).
-    fn jwt(&self, req: &AuthRequest<'_>) -> Verdict {
-        let (Some(v), Some(password)) = (&self.cfg.jwt, &req.password) else {
-            return Verdict::Decline;
-        };
-        match v.check(&password.0, req.username, req.client_id) {
-            jwt::Outcome::NotAJwt => Verdict::Decline,
-            jwt::Outcome::Valid { username } => Verdict::Accept(Identity {
-                username: Some(Arc::from(username)),
-                method: IdentityMethod::Verified(Method::Jwt),
-            }),
-            jwt::Outcome::Invalid(why) => {
-                tracing::debug!(client_id = req.client_id, peer = ?req.peer, reason = why, "JWT refused");
-                Verdict::Refuse
-            }
-            jwt::Outcome::WrongClientId => Verdict::Forbid,
-        }
-    }
-
-    async fn password_file(&self, req: &AuthRequest<'_>) -> Verdict {
+    async fn password_file(&self, cfg: &ValidAuth, req: &AuthRequest<'_>) -> Verdict {
         let Some(user) = req.username else {
             return Verdict::Decline;
         };
-        let Some(file) = &self.cfg.password_file else {
+        let Some(file) = &cfg.password_file else {
             return Verdict::Decline;
         };
         let password = req.password.as_ref().map(|p| p.0.clone());
@@ -356,5 +351,53 @@ impl Auth {
         })
         .await
         .unwrap_or(false)
+    }
+}
+
+/// The verified client certificate's name (`use_identity_as_username`);
+/// a CONNECT user name that differs is ignored: the certificate wins.
+fn certificate(cfg: &ValidAuth, req: &AuthRequest<'_>) -> Verdict {
+    let Some(id) = req.peer_identity else {
+        return Verdict::Decline;
+    };
+    let name = match cfg.certificate_username {
+        CertificateName::CommonName => id.common_name.as_deref(),
+        CertificateName::SanDns => id.san_dns.first().map(String::as_str),
+        CertificateName::SanEmail => id.san_email.first().map(String::as_str),
+        CertificateName::SanUri => id.san_uri.first().map(String::as_str),
+    };
+    let Some(name) = name.filter(|n| !n.is_empty()) else {
+        tracing::debug!(client_id = req.client_id, peer = ?req.peer, "client certificate without the configured name");
+        return Verdict::Refuse;
+    };
+    if req.username.is_some_and(|u| u != name) {
+        tracing::debug!(
+            client_id = req.client_id,
+            certificate = name,
+            "CONNECT user name ignored: the certificate's name is used"
+        );
+    }
+    Verdict::Accept(Identity {
+        username: Some(Arc::from(name)),
+        method: IdentityMethod::Verified(Method::Certificate),
+    })
+}
+
+/// Inline: an HMAC or one signature verification (microseconds).
+fn jwt_verdict(cfg: &ValidAuth, req: &AuthRequest<'_>) -> Verdict {
+    let (Some(v), Some(password)) = (&cfg.jwt, &req.password) else {
+        return Verdict::Decline;
+    };
+    match v.check(&password.0, req.username, req.client_id) {
+        jwt::Outcome::NotAJwt => Verdict::Decline,
+        jwt::Outcome::Valid { username } => Verdict::Accept(Identity {
+            username: Some(Arc::from(username)),
+            method: IdentityMethod::Verified(Method::Jwt),
+        }),
+        jwt::Outcome::Invalid(why) => {
+            tracing::debug!(client_id = req.client_id, peer = ?req.peer, reason = why, "JWT refused");
+            Verdict::Refuse
+        }
+        jwt::Outcome::WrongClientId => Verdict::Forbid,
     }
 }

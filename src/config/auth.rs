@@ -177,10 +177,7 @@ impl AuthConfig {
     /// Checks `[auth]` with the listeners' overrides (`mqtt.listeners[i].auth`
     /// and `.allow_anonymous`): the files a method needs are read when any
     /// listener uses it.
-    pub(super) fn validate(
-        &self,
-        listeners: &[ListenerConfig],
-    ) -> Result<ValidAuth, Vec<ConfigError>> {
+    pub fn validate(&self, listeners: &[ListenerConfig]) -> Result<ValidAuth, Vec<ConfigError>> {
         let mut errors = Vec::new();
         let methods = parse_methods("auth.methods", &self.methods, &mut errors);
         let mut overrides = HashMap::new();

@@ -239,3 +239,36 @@ async fn a_restored_session_keeps_its_owner_for_the_acl() {
     a_gets(&gw, "open").await;
     gw.shutdown().await;
 }
+
+/// `Gateway::reload` (SIGHUP) re-reads the password file: a user added
+/// gets in without a restart; a file broken afterwards is refused and the
+/// previous one stays in force.
+#[tokio::test]
+async fn reload_reads_the_password_file_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = passwords(dir.path());
+    let gw = start(auth_config(dir.path(), &file, "username")).await;
+    let new_user = || {
+        let mut o = opts_v4(gw.mqtt_addr, "devC", true);
+        o.set_credentials("devC", "pw-devC");
+        o
+    };
+    assert_eq!(v4_refused(new_user()).await, C4::BadUserNamePassword);
+    let change = Change::Set {
+        password: b"pw-devC".to_vec(),
+        iterations: 10,
+    };
+    update(&file, "devC", &change).unwrap();
+    assert_eq!(gw.reload(), 0, "reload succeeded");
+    b4::connect(new_user()).await.disconnect().await;
+
+    let good = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("{good}devD:plain-text\n")).unwrap();
+    assert_eq!(gw.reload(), 1, "a broken file fails the reload");
+    b4::connect(new_user()).await.disconnect().await;
+    b4::connect(v4(&gw, "devA", "devA", true))
+        .await
+        .disconnect()
+        .await;
+    gw.shutdown().await;
+}
