@@ -51,9 +51,6 @@ pub struct AuthMetrics {
     pub tracked: Gauge,
     /// `mqbridge_auth_bans_total`: addresses banned.
     pub bans: Counter,
-    /// `mqbridge_auth_banned_refusals_total`: connections of a banned
-    /// address closed before CONNECT.
-    pub banned_refusals: Counter,
     /// `mqbridge_auth_reloads_total{result}`: password file / JWT key
     /// reloads, `ok` or `failed` (the previous files stay in force).
     pub reloads: Family<ReloadLabel, Counter>,
@@ -71,7 +68,6 @@ impl AuthMetrics {
             delayed: Family::default(),
             tracked: Gauge::default(),
             bans: Counter::default(),
-            banned_refusals: Counter::default(),
             reloads: Family::default(),
         };
         for result in ["ok", "failed"] {
@@ -101,11 +97,6 @@ impl AuthMetrics {
             "mqbridge_auth_bans",
             "Addresses banned after repeated authentication failures",
             m.bans.clone(),
-        );
-        registry.register(
-            "mqbridge_auth_banned_refusals",
-            "Connections from a banned address closed before CONNECT",
-            m.banned_refusals.clone(),
         );
         m
     }

@@ -184,13 +184,9 @@ impl Auth {
         }
     }
 
-    /// Whether `ip` is banned (refused before CONNECT is read).
+    /// Whether `ip` is banned (closed at accept, before TLS and CONNECT).
     pub fn banned(&self, ip: std::net::IpAddr) -> bool {
-        let banned = self.failures.banned(ip);
-        if banned {
-            self.metrics.banned_refusals.inc();
-        }
-        banned
+        self.failures.banned(ip)
     }
 
     /// Runs the chain. Counted; a refusal is logged (rate-limited) but not

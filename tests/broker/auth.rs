@@ -265,8 +265,8 @@ async fn repeated_failures_from_one_address_are_slowed() {
     t.gw.shutdown().await;
 }
 
-/// With `ban_after`, the address is refused before CONNECT for `ban_secs`,
-/// even with the right password.
+/// With `ban_after`, the address is closed at accept for `ban_secs`, even
+/// with the right password.
 #[tokio::test]
 async fn a_banned_address_is_closed_before_connect() {
     let dir = tempfile::tempdir().unwrap();
@@ -291,7 +291,11 @@ async fn a_banned_address_is_closed_before_connect() {
     }
     assert_eq!(scrape(&t, "mqbridge_auth_bans_total").await, Some(1.0));
     assert_eq!(
-        scrape(&t, "mqbridge_auth_banned_refusals_total").await,
+        scrape(
+            &t,
+            "mqbridge_mqtt_connections_refused_total{listener=\"tcp\",reason=\"banned\"}"
+        )
+        .await,
         Some(1.0)
     );
     t.gw.shutdown().await;

@@ -74,9 +74,6 @@ pub async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
     ctx: &ConnCtx,
 ) -> Result<Attached, ConnError> {
     let conn_id = ctx.id;
-    if sh.auth.banned(ctx.peer.ip()) {
-        return Err(ConnError::Unauthenticated);
-    }
     // Counted from the accept: a TLS handshake or WebSocket upgrade used part
     // of it; authentication must finish by then too.
     let deadline = ctx.connect_deadline;
