@@ -1,7 +1,7 @@
 //! Authentication (docs/security.md section 2): a password file written by
 //! Debian's `mosquitto_passwd` ($7$ and $6$) is accepted; wrong passwords,
 //! unknown users and missing credentials are refused with the 3.1.1 and
-//! 5.0 codes, by rumqttc and by `mosquitto_pub`; repeated failures from one
+//! 5.0 codes, by rumqttc, `mosquitto_pub` and paho; repeated failures from one
 //! address are slowed.
 
 use std::path::{Path, PathBuf};
@@ -313,5 +313,45 @@ async fn the_default_lets_anonymous_and_named_clients_in() {
     let mut o = opts_v4(t.addr, "named", true);
     o.set_credentials("anyone", "anything");
     b4::connect(o).await.disconnect().await;
+    t.gw.shutdown().await;
+}
+
+/// Python paho's view: the return code / reason code of the CONNACK.
+async fn paho_code(port: u16, version: &str, user: &str, password: &str) -> String {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/auth_paho.py");
+    let out = crate::common::within(
+        20,
+        tokio::process::Command::new("python3")
+            .arg(script)
+            .args([&port.to_string(), version, "paho-auth", user, password])
+            .output(),
+    )
+    .await
+    .expect("python3 runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paho_sees_the_refusal_codes() {
+    if !service::tool(
+        "python3",
+        &["-c", "import paho.mqtt"],
+        None,
+        "Python paho-mqtt",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some((t, _)) =
+        start_with_passwords(dir.path(), |c| c.auth.failure_delay_after = 1000).await
+    else {
+        return;
+    };
+    let port = t.addr.port();
+    assert_eq!(paho_code(port, "311", "alice", "s3cret").await, "0");
+    assert_eq!(paho_code(port, "311", "alice", "wrong").await, "4");
+    assert_eq!(paho_code(port, "5", "bob", "hunter2").await, "0");
+    assert_eq!(paho_code(port, "5", "bob", "wrong").await, "134");
     t.gw.shutdown().await;
 }
