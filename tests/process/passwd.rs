@@ -1,5 +1,6 @@
 //! `mqbridge passwd FILE USER`: the file it writes is read by Debian's
 //! Mosquitto broker (2.0.11) and by the gateway, with the same answers.
+//! And the binary's start-up warning about anonymous access.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -161,4 +162,46 @@ async fn passwd_writes_a_file_mosquitto_and_the_gateway_accept() {
         Some((true, true, false)),
         "mosquitto's answers for dev1, dev2, dev1 with dev2's password; its log:\n{log}"
     );
+}
+
+/// Starts the binary on the embedded defaults with `listen`, waits until it
+/// accepts, stops it, and returns its log.
+async fn log_of_a_start(listen_ip: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::free_port();
+    let log_path = dir.path().join("log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mqbridge"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("MQBRIDGE__") {
+            cmd.env_remove(key);
+        }
+    }
+    let mut child = cmd
+        .env_remove("RUST_LOG")
+        .env("MQBRIDGE__MQTT__LISTEN", format!("{listen_ip}:{port}"))
+        .env("MQBRIDGE__ADMIN__LISTEN", "")
+        .env("MQBRIDGE__STORE__PATH", dir.path().join("store"))
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("mqbridge starts");
+    crate::wait_started(&mut child, port, &log_path).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    std::fs::read_to_string(&log_path).unwrap_or_default()
+}
+
+/// The embedded default lets anyone in and says so at start-up for a
+/// listener reachable from other hosts, not for a loopback one.
+#[tokio::test]
+async fn the_default_warns_about_anonymous_access_off_loopback() {
+    const WARNING: &str = "anonymous access is allowed on a non-loopback listener";
+    let log = log_of_a_start("0.0.0.0").await;
+    assert!(log.contains(WARNING), "{log}");
+    let log = log_of_a_start("127.0.0.1").await;
+    assert!(log.contains("mqbridge started"), "{log}");
+    assert!(!log.contains(WARNING), "{log}");
 }
