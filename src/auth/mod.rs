@@ -397,3 +397,23 @@ fn jwt_verdict(cfg: &ValidAuth, req: &AuthRequest<'_>) -> Verdict {
         jwt::Outcome::WrongClientId => Verdict::Forbid,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_password() {
+        let req = AuthRequest {
+            listener: "tcp",
+            peer: None,
+            client_id: "dev1",
+            username: Some("dev1"),
+            password: Some(Password(bytes::Bytes::from_static(b"hunter2"))),
+            peer_identity: None,
+        };
+        let shown = format!("{req:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("***"), "{shown}");
+    }
+}
