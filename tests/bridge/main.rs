@@ -21,3 +21,4 @@ mod kafka_e2e_outage;
 mod kafka_security;
 mod kafka_sink;
 mod memory;
+mod readiness;
