@@ -474,6 +474,10 @@ fn warn_insecure(cfg: &Validated, on: &ListenerCtx, addr: SocketAddr) {
     if auth.methods.iter().any(|m| passwords.contains(m)) && !on.kind.is_tls() {
         tracing::warn!(listener, %addr, "passwords or tokens are accepted without TLS on a non-loopback listener");
     }
+    let binding = cfg.valid_auth().client_id;
+    if auth.methods.is_empty() && binding != crate::config::ClientIdBinding::Any {
+        tracing::warn!(listener, %addr, "auth.client_id binds client ids to user names nobody verifies on this listener (no auth method)");
+    }
 }
 
 /// Runs the gateway until `shutdown` resolves or one of its tasks fails.

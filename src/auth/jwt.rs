@@ -81,7 +81,12 @@ impl JwtVerifier {
         leeway_secs: u64,
     ) -> JwtVerifier {
         let mut validation = Validation::new(algorithm);
-        validation.set_required_spec_claims(&["exp"]);
+        // A configured issuer or audience must be in the token: the crate
+        // checks them only when present unless they are required.
+        let mut required = vec!["exp"];
+        required.extend(issuer.as_ref().map(|_| "iss"));
+        required.extend(audience.as_ref().map(|_| "aud"));
+        validation.set_required_spec_claims(&required);
         validation.validate_nbf = true;
         validation.leeway = leeway_secs;
         match &audience {
@@ -248,5 +253,39 @@ mod tests {
         ));
         assert_eq!(v.check(&bound, None, "dev2"), Outcome::WrongClientId);
         assert_eq!(v.check(b"hunter2", None, "x"), Outcome::NotAJwt);
+    }
+
+    #[test]
+    fn issuer_and_audience_when_configured() {
+        let v = JwtVerifier::new(
+            Algorithm::HS256,
+            Keys::One(DecodingKey::from_secret(b"secret").unwrap()),
+            "sub".into(),
+            None,
+            Some("fleet-idp".into()),
+            Some("mqbridge".into()),
+            0,
+        );
+        let exp = now() + 600;
+        let with = |iss: &str, aud: &str| {
+            token(
+                serde_json::json!({"sub": "dev1", "exp": exp, "iss": iss, "aud": aud}),
+                b"secret",
+            )
+        };
+        assert!(matches!(
+            v.check(&with("fleet-idp", "mqbridge"), None, "x"),
+            Outcome::Valid { .. }
+        ));
+        assert!(matches!(
+            v.check(&with("someone", "mqbridge"), None, "x"),
+            Outcome::Invalid(_)
+        ));
+        assert!(matches!(
+            v.check(&with("fleet-idp", "other"), None, "x"),
+            Outcome::Invalid(_)
+        ));
+        let bare = token(serde_json::json!({"sub": "dev1", "exp": exp}), b"secret");
+        assert!(matches!(v.check(&bare, None, "x"), Outcome::Invalid(_)));
     }
 }
