@@ -229,7 +229,8 @@ impl Auth {
                 "credentials valid but not for this client id",
             ));
         }
-        if req.username.is_some() || req.password.is_some() {
+        // Something was presented (a certificate a method refused counts too).
+        if req.username.is_some() || req.password.is_some() || refused_by.is_some() {
             let method = refused_by.map_or("none", Method::as_str);
             return Err(self.refuse(req, method, Refusal::BadCredentials, "bad credentials"));
         }
@@ -302,8 +303,9 @@ impl Auth {
         }
     }
 
-    /// The verified client certificate's name (`use_identity_as_username`);
-    /// a CONNECT user name that differs is ignored: the certificate wins.
+    /// The CONNECT user name and password against the password file. An
+    /// unknown user is verified against a dummy hash, so the time taken
+    /// does not tell which user names exist.
     async fn password_file(&self, cfg: &ValidAuth, req: &AuthRequest<'_>) -> Verdict {
         let Some(user) = req.username else {
             return Verdict::Decline;
@@ -401,6 +403,86 @@ fn jwt_verdict(cfg: &ValidAuth, req: &AuthRequest<'_>) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn auth(dir: &std::path::Path, methods: &[&str]) -> Auth {
+        let file = dir.join("pw");
+        let set = passwd::Change::Set {
+            password: b"pw-dev1".to_vec(),
+            iterations: 2,
+        };
+        passwd::update(&file, "dev1", &set).unwrap();
+        let cfg = AuthConfig {
+            methods: methods.iter().map(|m| m.to_string()).collect(),
+            password_file: file,
+            ..AuthConfig::default()
+        };
+        let mut registry = prometheus_client::registry::Registry::default();
+        Auth::new(cfg.validate(&[]).unwrap(), AuthMetrics::new(&mut registry))
+    }
+
+    fn req<'a>(
+        username: Option<&'a str>,
+        password: Option<&'static [u8]>,
+        peer_identity: Option<&'a PeerIdentity>,
+    ) -> AuthRequest<'a> {
+        AuthRequest {
+            listener: "tcp",
+            peer: None,
+            client_id: "c",
+            username,
+            password: password.map(|p| Password(bytes::Bytes::from_static(p))),
+            peer_identity,
+        }
+    }
+
+    #[tokio::test]
+    async fn chain_outcomes() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = auth(dir.path(), &["password_file", "certificate"]);
+        let user = |r: Result<Identity, Refusal>| r.map(|i| (i.username, i.method));
+        let dev1 = Some(Arc::<str>::from("dev1"));
+        assert_eq!(
+            user(
+                a.authenticate(&req(Some("dev1"), Some(b"pw-dev1"), None))
+                    .await
+            ),
+            Ok((dev1.clone(), IdentityMethod::Verified(Method::PasswordFile)))
+        );
+        for r in [
+            req(Some("dev1"), Some(b"nope"), None),
+            req(Some("dev9"), Some(b"pw-dev1"), None),
+            req(Some("dev1"), None, None),
+        ] {
+            assert_eq!(
+                a.authenticate(&r).await,
+                Err(Refusal::BadCredentials),
+                "{r:?}"
+            );
+        }
+        // Nothing presented: anonymous (allowed by default).
+        assert_eq!(
+            user(a.authenticate(&req(None, None, None)).await),
+            Ok((None, IdentityMethod::Anonymous))
+        );
+        // A certificate accepted after the password was refused: first accept wins.
+        let cert = PeerIdentity {
+            common_name: Some("dev1".into()),
+            ..PeerIdentity::default()
+        };
+        assert_eq!(
+            user(
+                a.authenticate(&req(Some("x"), Some(b"y"), Some(&cert)))
+                    .await
+            ),
+            Ok((dev1, IdentityMethod::Verified(Method::Certificate)))
+        );
+        // A certificate without the configured name is not anonymous access.
+        let nameless = PeerIdentity::default();
+        assert_eq!(
+            a.authenticate(&req(None, None, Some(&nameless))).await,
+            Err(Refusal::BadCredentials)
+        );
+    }
 
     #[test]
     fn debug_never_shows_the_password() {
