@@ -241,6 +241,7 @@ impl Gateway {
             });
             let on = Arc::new(ListenerCtx::new(spec, lm, tls));
             warn_insecure(&cfg, &on, addr);
+            auth.expose(&on.name);
             bound.push((l, addr, on));
         }
         let mqtt_addr = bound.first().map(|b| b.1).ok_or(AppError::NoListener)?;

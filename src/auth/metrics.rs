@@ -18,6 +18,13 @@ pub enum AuthResult {
 }
 
 impl AuthResult {
+    pub const ALL: &'static [AuthResult] = &[
+        AuthResult::Accepted,
+        AuthResult::Anonymous,
+        AuthResult::BadCredentials,
+        AuthResult::NotAuthorized,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             AuthResult::Accepted => "accepted",
@@ -109,6 +116,21 @@ impl AuthMetrics {
                 result: result.as_str(),
             })
             .inc();
+    }
+
+    /// Creates the series at 0.
+    pub fn touch(&self, listener: &str, method: &'static str, result: AuthResult) {
+        let _ = self.results.get_or_create(&ResultLabels {
+            listener: listener.to_string(),
+            method,
+            result: result.as_str(),
+        });
+    }
+
+    pub fn touch_delayed(&self, listener: &str) {
+        let _ = self.delayed.get_or_create(&ListenerLabel {
+            listener: listener.to_string(),
+        });
     }
 
     pub fn reload(&self, ok: bool) {

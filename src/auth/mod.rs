@@ -184,6 +184,19 @@ impl Auth {
         }
     }
 
+    /// Creates `listener`'s series at 0 (every result of its methods, and
+    /// its delay counter), so they are exported from start-up.
+    pub fn expose(&self, listener: &str) {
+        let methods = self.cfg.load().for_listener(listener).methods;
+        let names = methods.iter().map(|m| m.as_str()).chain(["none"]);
+        for method in names {
+            for result in AuthResult::ALL {
+                self.metrics.touch(listener, method, *result);
+            }
+        }
+        self.metrics.touch_delayed(listener);
+    }
+
     /// Whether `ip` is banned (closed at accept, before TLS and CONNECT).
     pub fn banned(&self, ip: std::net::IpAddr) -> bool {
         self.failures.banned(ip)

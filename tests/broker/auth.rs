@@ -237,6 +237,11 @@ async fn repeated_failures_from_one_address_are_slowed() {
     else {
         return;
     };
+    // Exported from start-up, at 0.
+    assert_eq!(
+        scrape(&t, "mqbridge_auth_delayed_total{listener=\"tcp\"}").await,
+        Some(0.0)
+    );
     let expected_ms = [0u64, 100, 200, 400, 400];
     for (i, min) in expected_ms.iter().enumerate() {
         let started = Instant::now();
