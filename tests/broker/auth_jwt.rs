@@ -307,3 +307,58 @@ async fn password_file_and_jwt_in_one_chain() {
     assert_eq!(v4_code(o).await, C4::BadUserNamePassword);
     t.gw.shutdown().await;
 }
+
+/// A 5.0 CONNECT with a password and no user name (allowed in 5.0, not in
+/// 3.1.1), built by hand: rumqttc always sends a user name with one.
+fn connect_v5_password_only(client_id: &str, password: &[u8]) -> Vec<u8> {
+    let mut body = vec![0x00, 0x04, b'M', b'Q', b'T', b'T', 5, 0x42];
+    body.extend_from_slice(&60u16.to_be_bytes());
+    body.push(0x00);
+    for field in [client_id.as_bytes(), password] {
+        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
+        body.extend_from_slice(field);
+    }
+    let mut packet = vec![0x10];
+    let mut len = body.len();
+    loop {
+        let mut b = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            b |= 0x80;
+        }
+        packet.push(b);
+        if len == 0 {
+            break;
+        }
+    }
+    packet.extend(body);
+    packet
+}
+
+/// The token alone (no user name) is enough on 5.0: the claim is the user
+/// name. CONNACK reason 0 for a valid token, 0x86 for a forged one.
+#[tokio::test]
+async fn v5_token_without_a_user_name() {
+    use crate::common::raw;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "0123456789abcdef0123456789abcdef";
+    let file = dir.path().join("jwt.key");
+    std::fs::write(&file, secret).unwrap();
+    let t = start_jwt(|cfg| {
+        cfg.auth.jwt.algorithm = "HS256".into();
+        cfg.auth.jwt.secret_file = file.clone();
+    })
+    .await;
+    let key = EncodingKey::from_secret(secret.as_bytes()).unwrap();
+    let other = EncodingKey::from_secret(b"another-secret-another-secret-!!").unwrap();
+    for (key, want) in [(&key, 0x00u8), (&other, 0x86)] {
+        let token = mint(Algorithm::HS256, None, &claims("devA", 600), key);
+        let mut s = raw::send(t.addr, &connect_v5_password_only("devA", token.as_bytes())).await;
+        let ack = common::within(10, raw::read_packet(&mut s))
+            .await
+            .expect("a CONNACK");
+        assert_eq!(ack[0], 0x20, "CONNACK: {ack:?}");
+        assert_eq!(ack[3], want, "reason code: {ack:?}");
+    }
+    t.gw.shutdown().await;
+}
