@@ -184,10 +184,16 @@ impl Auth {
         }
     }
 
-    /// Creates `listener`'s series at 0 (every result of its methods, and
-    /// its delay counter), so they are exported from start-up.
+    /// Logs what `listener` applies and creates its series at 0 (every
+    /// result of its methods, and its delay counter), so they are exported
+    /// from start-up.
     pub fn expose(&self, listener: &str) {
-        let methods = self.cfg.load().for_listener(listener).methods;
+        let ListenerAuth {
+            methods,
+            allow_anonymous,
+        } = self.cfg.load().for_listener(listener);
+        let chain: Vec<&str> = methods.iter().map(|m| m.as_str()).collect();
+        tracing::info!(listener, methods = ?chain, allow_anonymous = allow_anonymous || methods.is_empty(), "authentication");
         let names = methods.iter().map(|m| m.as_str()).chain(["none"]);
         for method in names {
             for result in AuthResult::ALL {
