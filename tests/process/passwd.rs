@@ -1,6 +1,7 @@
 //! `mqbridge passwd FILE USER`: the file it writes is read by Debian's
 //! Mosquitto broker (2.0.11) and by the gateway, with the same answers.
-//! And the binary's start-up warning about anonymous access.
+//! The binary's start-up warning about anonymous access, and SIGHUP
+//! re-reading the password file.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -204,4 +205,79 @@ async fn the_default_warns_about_anonymous_access_off_loopback() {
     let log = log_of_a_start("127.0.0.1").await;
     assert!(log.contains("mqbridge started"), "{log}");
     assert!(!log.contains(WARNING), "{log}");
+}
+
+/// SIGHUP makes the running binary read the password file again: a user
+/// added with `mqbridge passwd` gets in without a restart.
+#[tokio::test]
+async fn sighup_reloads_the_password_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("passwords");
+    assert!(passwd(&file, &["devA"], "pw-a\n"));
+    let port = crate::free_port();
+    let conf = dir.path().join("gw.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[mqtt]\nlisten = \"127.0.0.1:{port}\"\n[admin]\nlisten = \"\"\n\
+             [store]\npath = \"{}\"\n[auth]\nmethods = [\"password_file\"]\n\
+             allow_anonymous = false\npassword_file = \"{}\"\nfailure_delay_after = 1000\n",
+            dir.path().join("store").display(),
+            file.display()
+        ),
+    )
+    .unwrap();
+    let log_path = dir.path().join("log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mqbridge"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("MQBRIDGE__") {
+            cmd.env_remove(key);
+        }
+    }
+    let mut child = cmd
+        .arg("--config")
+        .arg(&conf)
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("mqbridge starts");
+    crate::wait_started(&mut child, port, &log_path).await;
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let login = |user: &str, pw: &str| {
+        let mut o = opts_v4(addr, user, true);
+        o.set_credentials(user, pw);
+        o
+    };
+    let refused = matches!(
+        b4::try_connect(login("devB", "pw-b")).await,
+        Err(rumqttc::ConnectionError::ConnectionRefused(
+            rumqttc::ConnectReturnCode::BadUserNamePassword
+        ))
+    );
+    assert!(passwd(&file, &["devB"], "pw-b\n"));
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    // The reload is asynchronous: retry for a while.
+    let mut admitted = false;
+    for _ in 0..50 {
+        if let Ok(c) = b4::try_connect(login("devB", "pw-b")).await {
+            c.disconnect().await;
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(refused, "devB got in before it was added\n{log}");
+    assert!(hup, "kill -HUP failed");
+    assert!(admitted, "devB not admitted after SIGHUP\n{log}");
+    assert!(log.contains("authentication files reloaded"), "{log}");
 }
