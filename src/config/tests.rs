@@ -620,3 +620,14 @@ fn listeners_load_from_a_file() {
     );
     assert!(e.contains("port"), "{e}");
 }
+
+#[test]
+fn log_format_is_text_by_default_json_on_request_and_checked() {
+    let c = load_isolated(None).expect("valid");
+    assert_eq!(c.log_format(), LogFormat::Text);
+    let c = load_with_env(None, env(&[("MQBRIDGE__LOG__FORMAT", "json")])).expect("valid");
+    assert_eq!(c.log_format(), LogFormat::Json);
+    let e = load_with_env(None, env(&[("MQBRIDGE__LOG__FORMAT", "xml")])).expect_err("must fail");
+    let msg = e.to_string();
+    assert!(msg.contains("log.format") && msg.contains("xml"), "{msg}");
+}
