@@ -8,6 +8,7 @@ mod common;
 mod config_cli;
 mod downlink_amqp_crash;
 mod downlink_kafka_crash;
+mod ops;
 mod restart;
 mod spool;
 
