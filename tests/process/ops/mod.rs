@@ -189,3 +189,39 @@ fn metric_names_are_extracted_from_expressions() {
         ["mqbridge_store_commit_duration_seconds_bucket".to_owned()].into();
     assert_eq!(names, want);
 }
+
+#[test]
+fn dashboard_has_a_row_for_each_group_and_uses_the_provisioned_data_source() {
+    let d: serde_json::Value =
+        serde_json::from_str(&read("grafana/dashboards/mqbridge.json")).expect("dashboard is JSON");
+    let panels = d["panels"].as_array().expect("panels");
+    let rows: Vec<&str> = panels
+        .iter()
+        .filter(|p| p["type"] == "row")
+        .filter_map(|p| p["title"].as_str())
+        .collect();
+    for want in [
+        "Connections and sessions",
+        "Messages by QoS",
+        "Drops and refusals",
+        "Queued and retained",
+        "Bridge (uplink)",
+        "Bridge (downlink commands)",
+        "Store",
+    ] {
+        assert!(rows.contains(&want), "no row {want:?} in {rows:?}");
+    }
+    let datasource = read("grafana/provisioning/datasources/prometheus.yml");
+    assert!(datasource.contains("uid: prometheus"));
+    for p in panels.iter().filter(|p| p["type"] != "row") {
+        assert_eq!(p["datasource"]["uid"], "prometheus", "{}", p["title"]);
+        assert!(
+            p["targets"].as_array().is_some_and(|t| !t.is_empty()),
+            "panel {} has no query",
+            p["title"]
+        );
+    }
+    // Panel ids are unique (Grafana keys state on them).
+    let ids: BTreeSet<u64> = panels.iter().filter_map(|p| p["id"].as_u64()).collect();
+    assert_eq!(ids.len(), panels.len());
+}
