@@ -108,9 +108,9 @@ fn default_toml_comments_every_key() {
             "comment of key {key:?} in default.toml does not state the default"
         );
     }
-    // 2 (log) + 25 + 11 + 7 + 1 + 2 fields, then bridge: 1 + 5 (file
-    // backend) + 6 (route), then acl: 1.
-    assert_eq!(keys, 61, "unexpected number of keys in default.toml");
+    // 2 (log) + 25 + 11 + 7 + 1 + 2 fields, auth: 12 + 9 (jwt), then bridge:
+    // 1 + 5 (file backend) + 6 (route), then acl: 1.
+    assert_eq!(keys, 82, "unexpected number of keys in default.toml");
 }
 
 #[test]
@@ -608,13 +608,19 @@ fn no_listener_at_all_is_refused() {
 fn listeners_load_from_a_file() {
     let f = toml_file(
         "[[mqtt.listeners]]\nname = \"web\"\nkind = \"ws\"\nlisten = \"127.0.0.1:8080\"\n\
-         [[mqtt.listeners]]\nname = \"more\"\nkind = \"tcp\"\nlisten = \"127.0.0.1:1884\"\nallow_anonymous = false\n",
+         [[mqtt.listeners]]\nname = \"more\"\nkind = \"tcp\"\nlisten = \"127.0.0.1:1884\"\nallow_anonymous = false\n\
+         auth = [\"certificate\"]\n",
     );
     let v = load_isolated(Some(f.path())).expect("valid");
     let names: Vec<&str> = v.listeners().iter().map(|l| &*l.name).collect();
     assert_eq!(names, ["tcp", "web", "more"]);
     assert_eq!(v.listeners()[1].path, "/mqtt");
     assert_eq!(v.listeners()[2].allow_anonymous, Some(false));
+    // Anonymous access off with no method at all is refused.
+    let e = err_of(
+        "[[mqtt.listeners]]\nname = \"more\"\nkind = \"tcp\"\nlisten = \"127.0.0.1:1884\"\nallow_anonymous = false\n",
+    );
+    assert!(e.contains("mqtt.listeners[0].allow_anonymous"), "{e}");
     let e = err_of(
         "[[mqtt.listeners]]\nname = \"web\"\nkind = \"ws\"\nlisten = \"127.0.0.1:8080\"\nport = 1\n",
     );

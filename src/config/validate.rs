@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use super::listeners::{self, ListenerSpec};
 use super::{
-    Config, ConfigError, LogFormat, QueueFullPolicy, ValidBridge, MAX_DURATION_SECS,
+    Config, ConfigError, LogFormat, QueueFullPolicy, ValidAuth, ValidBridge, MAX_DURATION_SECS,
     MAX_NODE_ID_LEN, MAX_PACKET_SIZE, MIN_PACKET_SIZE,
 };
 
@@ -28,6 +28,7 @@ pub struct Validated {
     queue_full_policy: QueueFullPolicy,
     bridge: ValidBridge,
     acl: crate::acl::AclRules,
+    auth: ValidAuth,
 }
 
 impl Validated {
@@ -40,6 +41,11 @@ impl Validated {
     /// `[acl]`: the config rules and the `acl_file`, read and parsed.
     pub fn acl_rules(&self) -> &crate::acl::AclRules {
         &self.acl
+    }
+
+    /// The `[auth]` section, checked, with its password file read.
+    pub fn valid_auth(&self) -> &ValidAuth {
+        &self.auth
     }
 
     /// `log.level`, a valid `tracing` filter directive.
@@ -146,6 +152,13 @@ impl Config {
                 None
             }
         };
+        let auth = match self.auth.validate(&self.mqtt.listeners) {
+            Ok(auth) => Some(auth),
+            Err(problems) => {
+                errors.0.extend(problems);
+                None
+            }
+        };
         match (
             (log_filter, log_format),
             listeners,
@@ -153,6 +166,7 @@ impl Config {
             admin_listen,
             bridge,
             acl,
+            auth,
         ) {
             (
                 (Some(log_filter), Some(log_format)),
@@ -161,6 +175,7 @@ impl Config {
                 Some(admin_listen),
                 Some(bridge),
                 Some(acl),
+                Some(auth),
             ) if errors.0.is_empty() => Ok(Validated {
                 config: self.clone(),
                 log_filter,
@@ -170,6 +185,7 @@ impl Config {
                 queue_full_policy,
                 bridge,
                 acl,
+                auth,
             }),
             _ => Err(errors.0),
         }

@@ -10,6 +10,7 @@ mod config_cli;
 mod downlink_amqp_crash;
 mod downlink_kafka_crash;
 mod ops;
+mod passwd;
 mod restart;
 mod spool;
 
