@@ -1,5 +1,5 @@
 //! `log.format = "json"`: the binary writes one JSON object per line, with
-//! the event's structured fields at the top level.
+//! the event's structured fields at the top level — also for a refusal.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ async fn json_log_lines_parse_with_their_fields() {
         .env("MQBRIDGE__LOG__FORMAT", "json")
         .env("MQBRIDGE__MQTT__LISTEN", format!("127.0.0.1:{port}"))
         .env("MQBRIDGE__ADMIN__LISTEN", "")
+        .env("MQBRIDGE__MQTT__MAX_PACKET_SIZE", "1024")
         .env("MQBRIDGE__STORE__PATH", dir.path().join("store"))
         .current_dir(dir.path())
         .stdin(Stdio::null())
@@ -28,10 +29,19 @@ async fn json_log_lines_parse_with_their_fields() {
         .spawn()
         .expect("spawn mqbridge");
     crate::wait_started(&mut child, port, &log).await;
+    // A packet over mqtt.max_packet_size: the connection is closed, logged.
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let big = crate::common::b4::connect(crate::common::opts_v4(addr, "dev-big", true)).await;
+    big.client
+        .publish("a/b", rumqttc::QoS::AtLeastOnce, false, vec![b'x'; 3000])
+        .await
+        .expect("queue the publish");
     let deadline = Instant::now() + Duration::from_secs(10);
     let text = loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("mqbridge started") || Instant::now() > deadline {
+        if (text.contains("mqbridge started") && text.contains("packet_too_large"))
+            || Instant::now() > deadline
+        {
             break text;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
