@@ -11,6 +11,7 @@ mod downlink_amqp_crash;
 mod downlink_kafka_crash;
 mod ops;
 mod passwd;
+mod production;
 mod restart;
 mod spool;
 
