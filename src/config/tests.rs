@@ -108,9 +108,9 @@ fn default_toml_comments_every_key() {
             "comment of key {key:?} in default.toml does not state the default"
         );
     }
-    // 1 + 25 + 11 + 7 + 1 + 2 fields, auth: 12 + 9 (jwt), then bridge:
+    // 2 (log) + 25 + 11 + 7 + 1 + 2 fields, auth: 12 + 9 (jwt), then bridge:
     // 1 + 5 (file backend) + 6 (route), then acl: 1.
-    assert_eq!(keys, 81, "unexpected number of keys in default.toml");
+    assert_eq!(keys, 82, "unexpected number of keys in default.toml");
 }
 
 #[test]
@@ -641,4 +641,15 @@ fn listeners_load_from_a_file() {
         "[[mqtt.listeners]]\nname = \"web\"\nkind = \"ws\"\nlisten = \"127.0.0.1:8080\"\nport = 1\n",
     );
     assert!(e.contains("port"), "{e}");
+}
+
+#[test]
+fn log_format_is_text_by_default_json_on_request_and_checked() {
+    let c = load_isolated(None).expect("valid");
+    assert_eq!(c.log_format(), LogFormat::Text);
+    let c = load_with_env(None, env(&[("MQBRIDGE__LOG__FORMAT", "json")])).expect("valid");
+    assert_eq!(c.log_format(), LogFormat::Json);
+    let e = load_with_env(None, env(&[("MQBRIDGE__LOG__FORMAT", "xml")])).expect_err("must fail");
+    let msg = e.to_string();
+    assert!(msg.contains("log.format") && msg.contains("xml"), "{msg}");
 }
