@@ -272,6 +272,25 @@ pub struct RefusedLabels {
     pub reason: RefusedReason,
 }
 
+label_enum! {
+    /// Why a 3.1.1 connection was closed with a PUBLISH unacknowledged
+    /// (3.1.1 has no negative PUBACK; the device sends it again).
+    UnackedReason {
+        /// A bridge route's backend did not confirm within `give_up_secs`.
+        BackendGaveUp => "backend_gave_up",
+        /// The store's free space is below `store.min_free_bytes`.
+        DiskLow => "disk_low",
+        /// The store failed to commit.
+        StoreFailure => "store_failure",
+    }
+}
+
+/// Label set `{reason=...}` of unacknowledged closes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct UnackedLabels {
+    pub reason: UnackedReason,
+}
+
 /// Label set `{reason=...}` of dropped messages.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct DropLabels {
@@ -385,6 +404,7 @@ pub struct Metrics {
     sent_by_qos: Vec<Counter>,
     by_topic_limit: Vec<Counter>,
     by_drop_reason: Vec<Counter>,
+    by_unacked: Vec<Counter>,
     by_retained_refusal: Vec<Counter>,
     by_session_refusal: Vec<Counter>,
     by_will_delay_refusal: Vec<Counter>,
@@ -420,7 +440,16 @@ impl Metrics {
         let will_delay_refused = Family::<WillDelayLabels, Counter>::default();
         let connections_refused = Family::<RefusedLabels, Counter>::default();
 
+        let closed_unacknowledged = Family::<UnackedLabels, Counter>::default();
+        registry.register(
+            "mqbridge_mqtt_closed_unacknowledged",
+            "3.1.1 connections closed with a PUBLISH unacknowledged (backend or store), by reason",
+            closed_unacknowledged.clone(),
+        );
         let m = Metrics {
+            by_unacked: handles(&closed_unacknowledged, UnackedReason::ALL, |reason| {
+                UnackedLabels { reason }
+            }),
             received_by_qos: handles(&messages_received, Qos::ALL, |qos| QosLabels { qos }),
             sent_by_qos: handles(&messages_sent, Qos::ALL, |qos| QosLabels { qos }),
             by_drop_reason: handles(&dropped_messages, DropReason::ALL, |reason| DropLabels {
@@ -693,6 +722,11 @@ impl Metrics {
         inc_at(&self.by_topic_limit, reason as usize, 1);
     }
 
+    /// Counts one connection closed with a PUBLISH unacknowledged.
+    pub fn closed_unacknowledged(&self, reason: UnackedReason) {
+        inc_at(&self.by_unacked, reason as usize, 1);
+    }
+
     /// Counts one discarded message.
     pub fn dropped(&self, reason: DropReason) {
         self.dropped_n(reason, 1);
@@ -764,6 +798,7 @@ mod tests {
             ("mqbridge_mqtt_bytes_received", "counter"),
             ("mqbridge_mqtt_bytes_sent", "counter"),
             ("mqbridge_mqtt_protocol_errors", "counter"),
+            ("mqbridge_mqtt_closed_unacknowledged", "counter"),
             ("mqbridge_mqtt_topics_refused", "counter"),
             ("mqbridge_mqtt_connections_refused", "counter"),
             ("mqbridge_tls_handshake_failures", "counter"),

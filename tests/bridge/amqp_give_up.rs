@@ -73,7 +73,11 @@ async fn v311_device_is_disconnected_without_puback_on_give_up() {
     };
     let fx = Fixture::new(&conn, "devices.#").await;
     let exchange = fx.exchange.clone();
-    let t = start_with(|cfg| gateway_bridge(cfg, &exchange, AckMode::Backend, 1)).await;
+    let t = start_with(|cfg| {
+        gateway_bridge(cfg, &exchange, AckMode::Backend, 1);
+        cfg.admin.listen = "127.0.0.1:0".into();
+    })
+    .await;
     let (c, mut ev) = V4Client::new(opts_v4(t.addr, "giveup4", true), 10);
     c.publish("devices/giveup4/telemetry", V4QoS::AtLeastOnce, false, "ok")
         .await
@@ -115,6 +119,11 @@ async fn v311_device_is_disconnected_without_puback_on_give_up() {
         waited >= Duration::from_millis(900),
         "disconnected after the give-up time, not before ({waited:?})"
     );
+    // Counted as what it is, not as the device's protocol error.
+    let closed = r#"mqbridge_mqtt_closed_unacknowledged_total{reason="backend_gave_up"}"#;
+    assert_eq!(crate::common::scrape(&t, closed).await, Some(1.0));
+    let blamed = r#"mqbridge_mqtt_protocol_errors_total{listener="tcp",reason="protocol_error"}"#;
+    assert_eq!(crate::common::scrape(&t, blamed).await.unwrap_or(0.0), 0.0);
     t.gw.shutdown().await;
     fx.cleanup().await;
 }

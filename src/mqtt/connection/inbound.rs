@@ -9,6 +9,7 @@ use super::{Conn, ConnError, Pending};
 use crate::acl::Denied;
 use crate::bridge::uplink::{Origin, Wait};
 use crate::metrics::ProtocolErrorReason as Why;
+use crate::metrics::UnackedReason;
 use crate::mqtt::codec::{self, Version};
 use crate::mqtt::message::{now_ms, Message, MessageProps};
 use crate::mqtt::router::{PublishOutcome, RouterMsg, SubRequest};
@@ -522,17 +523,13 @@ impl Conn<'_> {
         if outcome == PublishOutcome::StoreFailed || ((bridge.gave_up > 0 || disk_low) && !v5) {
             // 3.1.1 cannot say "failed": close without acknowledging, the device resends.
             let why = if bridge.gave_up > 0 {
-                "backend did not confirm in time"
+                UnackedReason::BackendGaveUp
             } else if disk_low {
-                "store disk low (store.min_free_bytes)"
+                UnackedReason::DiskLow
             } else {
-                "store failure"
+                UnackedReason::StoreFailure
             };
-            return Err(ConnError::with_reason(
-                Why::ProtocolError,
-                why.into(),
-                Reason::UnspecifiedError,
-            ));
+            return Err(ConnError::Unacknowledged(why));
         }
         // 5.0 reason code: 0x80 gave up, 0x83 refused by a backend or a route's
         // template unresolved, then what the router said.

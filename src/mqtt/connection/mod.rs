@@ -77,6 +77,11 @@ pub enum ConnError {
     /// Refused by authentication (already counted and logged by `auth`).
     #[error("not authenticated")]
     Unauthenticated,
+    /// A 3.1.1 PUBLISH that could not be acknowledged (the backend or the
+    /// store failed it): the connection is closed so the device sends it
+    /// again. Not the client's fault: counted apart from protocol errors.
+    #[error("closed unacknowledged: {}", .0.as_str())]
+    Unacknowledged(crate::metrics::UnackedReason),
 }
 
 impl ConnError {
@@ -176,7 +181,7 @@ pub async fn serve<T: Transport>(mut stream: T, ctx: ConnCtx, sh: Arc<Shared>) {
     let attached = match handshake::handshake(&mut stream, &mut buf, &sh, &ctx).await {
         Ok(a) => a,
         Err(e) => {
-            report(&ctx, &e, "-");
+            report(&ctx, &sh.metrics, &e, "-");
             on.metrics
                 .connection(crate::metrics::ConnectionResult::Rejected);
             return;
@@ -229,7 +234,7 @@ pub async fn serve<T: Transport>(mut stream: T, ctx: ConnCtx, sh: Arc<Shared>) {
         _ => (true, None),
     };
     if let Err(e) = &result {
-        report(&ctx, e, &c.client_id);
+        report(&ctx, &c.sh.metrics, e, &c.client_id);
         if let (ConnError::Protocol { reason, detail, .. }, Version::V5) = (e, c.version) {
             c.send_disconnect(*reason, Some(detail));
         }
@@ -291,7 +296,7 @@ const FINAL_FLUSH: Duration = Duration::from_secs(1);
 use crate::mqtt::transport::READ_CHUNK;
 
 /// One log line and one counter per failed connection.
-fn report(ctx: &ConnCtx, e: &ConnError, client_id: &str) {
+fn report(ctx: &ConnCtx, shared: &Metrics, e: &ConnError, client_id: &str) {
     let peer = ctx.peer;
     let listener = &*ctx.listener.name;
     let metrics = &ctx.listener.metrics;
@@ -320,6 +325,13 @@ fn report(ctx: &ConnCtx, e: &ConnError, client_id: &str) {
         }
         ConnError::Refused(why) => {
             tracing::warn!(client_id, %peer, listener, %why, "connection refused")
+        }
+        ConnError::Unacknowledged(why) => {
+            shared.closed_unacknowledged(*why);
+            static WARN: OnceLock<LogLimiter> = OnceLock::new();
+            if let Some(suppressed) = WARN.get_or_init(|| LogLimiter::new(WARN_EVERY)).allow() {
+                tracing::warn!(client_id, %peer, listener, reason = why.as_str(), suppressed, "closing a 3.1.1 connection with a PUBLISH unacknowledged; the device will send it again");
+            }
         }
         ConnError::Closed
         | ConnError::ShuttingDown
