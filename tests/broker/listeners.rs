@@ -6,6 +6,7 @@
 mod certs;
 mod tcp;
 mod tls;
+mod ws;
 
 /// A script of tests/interop (third-party clients).
 fn interop_script(name: &str) -> std::path::PathBuf {
