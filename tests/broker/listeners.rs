@@ -3,7 +3,6 @@
 //! secure WebSocket, each driven by clients nobody here wrote where the
 //! transport allows (mosquitto_pub/sub, paho, MQTT.js).
 
-mod certs;
 mod tcp;
 mod tls;
 mod ws;

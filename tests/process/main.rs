@@ -10,6 +10,7 @@ mod downlink_amqp_crash;
 mod downlink_kafka_crash;
 mod restart;
 mod spool;
+mod tls_reload;
 
 use std::path::Path;
 use std::process::Child;

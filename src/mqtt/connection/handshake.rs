@@ -253,7 +253,7 @@ pub async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
         detach(sh, conn_id, &client_id, true).await;
         return Err(ConnError::Io(e));
     }
-    tracing::debug!(client_id = %client_id, ?version, session_present, expiry_secs, "client connected");
+    tracing::debug!(client_id = %client_id, listener = %ctx.listener.name, ?version, session_present, expiry_secs, "client connected");
     Ok(Attached {
         version,
         client_id,

@@ -9,7 +9,7 @@ use rumqttc::QoS;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::Command;
 
-use super::certs::{self, Ca};
+use crate::common::certs::{self, Ca};
 use crate::common::{b4, opts_v4, scrape, service, start_with, within, TestGateway};
 
 fn mosquitto_available() -> bool {

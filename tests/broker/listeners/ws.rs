@@ -11,7 +11,7 @@ use tokio::process::Command;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::certs::{self, Ca};
+use crate::common::certs::{self, Ca};
 use crate::common::{raw, scrape, service, start_with, within, TestGateway};
 
 struct Setup {
