@@ -89,6 +89,8 @@ pub struct Gateway {
     /// For fault injection in tests; weak so it never keeps the router alive.
     router_tx: mpsc::WeakSender<crate::mqtt::router::RouterMsg>,
     grace: Duration,
+    /// The live ACL rules (re-read by [`Gateway::reload_acl`]).
+    acl: Arc<crate::acl::Acl>,
 }
 
 /// Opens the store (on a blocking thread: it recovers every session).
@@ -147,6 +149,19 @@ impl Gateway {
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::new(&mut registry));
         let bridge_metrics = BridgeMetrics::new(&mut registry);
+        let acl = Arc::new(crate::acl::Acl::new(
+            cfg.acl_rules().clone(),
+            crate::acl::AclMetrics::new(&mut registry),
+        ));
+        if cfg.acl_rules().is_empty() {
+            for l in cfg
+                .listeners()
+                .iter()
+                .filter(|l| !l.addr.ip().is_loopback())
+            {
+                tracing::warn!(listener = &*l.name, listen = %l.addr, "no ACL rules: every client may publish and subscribe to any topic (see [acl] in config/default.toml)");
+            }
+        }
         let (store, recovered) = open_store(&cfg, &metrics).await?;
         let ready = Arc::new(crate::admin::Readiness::default());
         let disk_watch = DiskWatch {
@@ -175,7 +190,8 @@ impl Gateway {
             recovered,
             router_tx.downgrade(),
             tasks.clone(),
-        );
+        )
+        .with_acl(acl.clone());
         if cfg
             .bridge
             .downlink
@@ -257,6 +273,7 @@ impl Gateway {
             metrics: metrics.clone(),
             router: router_tx,
             next_conn_id: std::sync::atomic::AtomicU64::new(1),
+            acl: acl.clone(),
         });
         let admission = Arc::new(crate::mqtt::listener::Admission::new(&cfg.mqtt));
         let mut listener_addrs = Vec::new();
@@ -284,6 +301,7 @@ impl Gateway {
             failed,
             router_tx: router_weak,
             grace: cfg.server.shutdown_grace(),
+            acl,
         })
     }
 
@@ -297,8 +315,9 @@ impl Gateway {
         self.serve_reloading(shutdown, reloads).await
     }
 
-    /// [`Gateway::serve`], and [`Gateway::reload`] on every message of
-    /// `reloads` (the binary sends one per SIGHUP).
+    /// [`Gateway::serve`], and [`Gateway::reload`] and
+    /// [`Gateway::reload_acl`] on every message of `reloads` (the binary
+    /// sends one per SIGHUP).
     pub async fn serve_reloading(
         mut self,
         shutdown: impl std::future::Future<Output = ()>,
@@ -312,6 +331,8 @@ impl Gateway {
                 Some(()) = reloads.recv() => {
                     tracing::info!("reloading");
                     self.reload();
+                    // A bad file keeps the current rules; logged and counted there.
+                    let _ = self.reload_acl().await;
                 }
             }
         };
@@ -366,6 +387,19 @@ impl Gateway {
     #[doc(hidden)]
     pub async fn failed_task(&mut self) -> Option<&'static str> {
         self.failed.recv().await.map(|f| f.task)
+    }
+
+    /// Re-reads `acl.file`. New rules apply to every connection at its next
+    /// packet and to every session's deliveries; a file that cannot be read
+    /// or parsed keeps the previous rules (logged, and counted in
+    /// `mqbridge_acl_reloads_total{result="failed"}`).
+    pub async fn reload_acl(&self) -> Result<(), crate::acl::AclFileError> {
+        if self.acl.reload()? {
+            if let Some(tx) = self.router_tx.upgrade() {
+                let _ = tx.send(crate::mqtt::router::RouterMsg::AclReloaded).await;
+            }
+        }
+        Ok(())
     }
 
     /// Injects a fault, to test supervision.

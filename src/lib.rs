@@ -3,6 +3,8 @@
 //! An MQTT 3.1.1/5.0 gateway with durable sessions, bridged to Kafka and RabbitMQ.
 //!
 //! ## Layout
+//! - [`acl`]: authorisation rules (config and Mosquitto `acl_file`), compiled
+//!   per client and checked on PUBLISH, SUBSCRIBE, will and delivery.
 //! - [`config`]: load (file + `MQBRIDGE__SECTION__KEY` env), then validate
 //!   into `config::Validated` (every problem at once), the only form the
 //!   runtime takes; documented defaults; `config::Secret` for passwords.
@@ -22,6 +24,7 @@
 //!   (hidden; not a stable API).
 #![forbid(unsafe_code)]
 
+pub mod acl;
 pub mod admin;
 pub mod app;
 pub mod bridge;

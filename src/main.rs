@@ -1,5 +1,5 @@
 //! `mqbridge` binary: parse the command line, load and validate the config,
-//! run the gateway until SIGINT/SIGTERM; SIGHUP reloads the TLS files.
+//! run the gateway until SIGINT/SIGTERM; SIGHUP reloads the TLS files and the ACL file.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -75,7 +75,7 @@ impl RejectedKey {
 
 /// Keys whose default is an empty array: the `config` crate drops those
 /// when the defaults are serialized, so they are listed here as known.
-const EMPTY_BY_DEFAULT: &[&str] = &["bridge.downlink", "mqtt.listeners"];
+const EMPTY_BY_DEFAULT: &[&str] = &["bridge.downlink", "mqtt.listeners", "acl.rules"];
 
 /// Keys that were removed, with what to use instead. Refused rather than
 /// aliased when the meaning changed, so nobody gets a new behaviour unawares.
@@ -136,6 +136,7 @@ pub fn load_with_env(
         admin,
         server,
         bridge,
+        acl,
         problems,
     } = &mut config;
     problems.extend(rejected.into_iter().map(LoadProblem::Key));
@@ -147,6 +148,7 @@ pub fn load_with_env(
     section(&mut known, "admin", admin).unwrap_or_else(&mut wrong);
     section(&mut known, "server", server).unwrap_or_else(&mut wrong);
     section(&mut known, "bridge", bridge).unwrap_or_else(&mut wrong);
+    section(&mut known, "acl", acl).unwrap_or_else(&mut wrong);
     Ok(config)
 }
 

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod acl;
 mod bridge;
 pub mod listeners;
 mod load;
@@ -31,6 +32,7 @@ mod secret;
 mod tests;
 mod validate;
 
+pub use acl::{AclConfig, AclRuleConfig};
 pub use load::{load, load_with_env};
 pub use secret::Secret;
 pub use validate::Validated;
@@ -159,6 +161,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// The bridge to Kafka / AMQP / files (`[bridge]`).
     pub bridge: BridgeConfig,
+    /// Topic authorisation (`[acl]`).
+    pub acl: AclConfig,
     /// What [`load`] could not take (unknown keys, values of the wrong
     /// type); reported by [`Config::validate`] with the other problems.
     #[serde(skip)]

@@ -108,8 +108,9 @@ fn default_toml_comments_every_key() {
             "comment of key {key:?} in default.toml does not state the default"
         );
     }
-    // 1 + 25 + 11 + 7 + 1 + 2 fields, then bridge: 1 + 5 (file backend) + 6 (route).
-    assert_eq!(keys, 59, "unexpected number of keys in default.toml");
+    // 1 + 25 + 11 + 7 + 1 + 2 fields, then bridge: 1 + 5 (file backend) + 6
+    // (route), then acl: 1.
+    assert_eq!(keys, 60, "unexpected number of keys in default.toml");
 }
 
 #[test]

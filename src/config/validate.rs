@@ -26,6 +26,7 @@ pub struct Validated {
     admin_listen: Option<SocketAddr>,
     queue_full_policy: QueueFullPolicy,
     bridge: ValidBridge,
+    acl: crate::acl::AclRules,
 }
 
 impl Validated {
@@ -33,6 +34,11 @@ impl Validated {
     /// routes with their backend and compiled templates.
     pub fn valid_bridge(&self) -> &ValidBridge {
         &self.bridge
+    }
+
+    /// `[acl]`: the config rules and the `acl_file`, read and parsed.
+    pub fn acl_rules(&self) -> &crate::acl::AclRules {
+        &self.acl
     }
 
     /// `log.level`, a valid `tracing` filter directive.
@@ -120,12 +126,20 @@ impl Config {
                 None
             }
         };
+        let acl = match self.acl.validate() {
+            Ok(acl) => Some(acl),
+            Err(problems) => {
+                errors.0.extend(problems);
+                None
+            }
+        };
         match (
             log_filter,
             listeners,
             queue_full_policy,
             admin_listen,
             bridge,
+            acl,
         ) {
             (
                 Some(log_filter),
@@ -133,6 +147,7 @@ impl Config {
                 Some(queue_full_policy),
                 Some(admin_listen),
                 Some(bridge),
+                Some(acl),
             ) if errors.0.is_empty() => Ok(Validated {
                 config: self.clone(),
                 log_filter,
@@ -140,6 +155,7 @@ impl Config {
                 admin_listen,
                 queue_full_policy,
                 bridge,
+                acl,
             }),
             _ => Err(errors.0),
         }

@@ -118,6 +118,11 @@ pub struct SubEntry {
     /// The filter as subscribed (without `$share/group/`), for shared-group keys.
     pub filter: Arc<str>,
     pub opts: SubOpts,
+    /// The client's ACL allowed the whole filter when this was last checked
+    /// (at subscribe time, CONNECT or an ACL reload): a delivery through it
+    /// needs no check. Otherwise each delivery is checked (a stored
+    /// subscription the rules no longer cover is filtered, not deleted).
+    pub covered: bool,
 }
 
 #[derive(Default, Debug)]
@@ -183,6 +188,32 @@ impl SubTree {
         list.push(entry);
         self.len += 1;
         false
+    }
+
+    /// The subscription of (client, group) on `filter`, if any.
+    pub fn get_mut(
+        &mut self,
+        filter: &str,
+        client: &str,
+        group: Option<&str>,
+    ) -> Option<&mut SubEntry> {
+        let mut levels = filter.split('/').peekable();
+        let mut node = &mut self.root;
+        let mut multi = false;
+        while let Some(level) = levels.next() {
+            if level == "#" && levels.peek().is_none() {
+                multi = true;
+                break;
+            }
+            node = node.children.get_mut(level)?;
+        }
+        let list = if multi {
+            &mut node.multi
+        } else {
+            &mut node.exact
+        };
+        list.iter_mut()
+            .find(|e| &*e.client == client && e.group.as_deref() == group)
     }
 
     fn walk_mut<'a>(mut node: &'a mut Node, filter: &str) -> (&'a mut Node, bool) {

@@ -49,6 +49,7 @@ fn backend(addr: &str, create_topics: bool) -> KafkaBackend {
         topic_partitions: 3,
         topic_replication: 1,
         properties: vec!["linger.ms=2".into()],
+        ..KafkaBackend::default()
     }
 }
 

@@ -233,8 +233,22 @@ fn add_command(hub: &Hub, key: &str, payload: &str) -> String {
 
 /// Starts a gateway from a TOML file whose bridge uses `kind = "memory"`.
 async fn start(hub_name: &str) -> (Gateway, tempfile::TempDir) {
+    start_with_acl(hub_name, None).await
+}
+
+/// [`start`], with `acl` (when given) as the gateway's `acl.file`, written
+/// to `<dir>/acl`.
+async fn start_with_acl(hub_name: &str, acl: Option<&str>) -> (Gateway, tempfile::TempDir) {
     registry::register(MEMORY);
     let dir = tempfile::tempdir().expect("tempdir");
+    let acl_section = match acl {
+        Some(text) => {
+            let path = dir.path().join("acl");
+            std::fs::write(&path, text).expect("write acl file");
+            format!("[acl]\nfile = \"{}\"\n", path.display())
+        }
+        None => String::new(),
+    };
     let toml = format!(
         r#"
 [mqtt]
@@ -257,7 +271,7 @@ name = "commands"
 backend = "mem"
 topic = "devices/{{key}}/cmd"
 qos = 1
-"#,
+{acl_section}"#,
         store = dir.path().join("store").display()
     );
     let file = dir.path().join("mqbridge.toml");
@@ -350,6 +364,40 @@ async fn downlink_commands_reach_the_device_and_are_settled_once_stored() {
         hub.settled.lock().expect("hub lock")[1],
         (second, CommandOutcome::Stored)
     );
+    dev.disconnect().await;
+    gw.shutdown().await;
+}
+
+/// Commands come from the trusted backend: one reaches a device's
+/// subscription that the device's ACL no longer lets read MQTT messages
+/// (rules reloaded), while an MQTT client's message on the same topic is
+/// filtered.
+#[tokio::test]
+async fn downlink_commands_are_not_checked_against_device_acls() {
+    common::init_tracing();
+    let ops = "user ops\ntopic readwrite #\n";
+    let (gw, dir) = start_with_acl(
+        "downlink-acl",
+        Some(&format!("pattern readwrite devices/%c/#\n{ops}")),
+    )
+    .await;
+    let hub = hub("downlink-acl");
+    let mut dev = b4::connect(common::opts_v4(gw.mqtt_addr, "dev-3", false)).await;
+    dev.subscribe("devices/dev-3/cmd", QoS::AtLeastOnce).await;
+    let rules = format!("pattern write devices/%c/telemetry\n{ops}");
+    std::fs::write(dir.path().join("acl"), rules).expect("new rules");
+    gw.reload_acl().await.expect("rules reload");
+
+    let mut o = common::opts_v4(gw.mqtt_addr, "ops", true);
+    o.set_credentials("ops", "");
+    let mut operator = b4::connect(o).await;
+    operator
+        .publish("devices/dev-3/cmd", QoS::AtLeastOnce, false, b"over-mqtt")
+        .await;
+    add_command(&hub, "dev-3", "reboot");
+    // In order: a leaked MQTT message would come first.
+    assert_eq!(b4::payloads(&dev.expect_publishes(1).await), ["reboot"]);
+    operator.disconnect().await;
     dev.disconnect().await;
     gw.shutdown().await;
 }

@@ -83,6 +83,7 @@ pub fn backend(exchange: &str, declare: bool) -> AmqpBackend {
         declare_exchange: declare,
         persistent: true,
         mandatory: true,
+        ..AmqpBackend::default()
     }
 }
 
@@ -282,6 +283,7 @@ pub fn gateway_bridge(
         declare_exchange: false,
         persistent: true,
         mandatory: true,
+        ..AmqpBackend::default()
     })];
     cfg.bridge.uplink = vec![UplinkRoute {
         name: "telemetry".into(),

@@ -45,6 +45,7 @@ pub fn backend(addr: &str) -> KafkaBackend {
         topic_partitions: 3,
         topic_replication: 1,
         properties: Vec::new(),
+        ..KafkaBackend::default()
     }
 }
 

@@ -748,6 +748,7 @@ pub fn kafka_bridge(cfg: &mut mqbridge::config::Config, addr: &str, topic: &str)
         topic_partitions: 3,
         topic_replication: 1,
         properties: vec![],
+        ..KafkaBackend::default()
     })];
     cfg.bridge.uplink = vec![UplinkRoute {
         name: "telemetry".into(),

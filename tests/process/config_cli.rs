@@ -363,3 +363,32 @@ fn check_config_reports_every_mistake() {
         stderr(&out)
     );
 }
+
+/// A bad ACL rule and a bad line in the acl_file: exit 78 naming both,
+/// before the held listener port is bound.
+#[test]
+fn bad_acl_rules_and_file_stop_before_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    std::fs::write(
+        dir.path().join("bad.acl"),
+        "pattern read devices/%u/commands\nuser\n",
+    )
+    .unwrap();
+    let toml = "[acl]\nfile = \"bad.acl\"\n\n[[acl.rules]]\npermission = \"permit\"\n\
+                action = \"publish\"\ntopic = \"devices/%u/#\"\n";
+    std::fs::write(dir.path().join("acl.toml"), toml).unwrap();
+    let mut cmd = mqbridge(dir.path());
+    cmd.args(["--config", "acl.toml"]).env(
+        "MQBRIDGE__MQTT__LISTEN",
+        held.local_addr().unwrap().to_string(),
+    );
+    let (out, _) = run_bounded(cmd, 10);
+    assert_config_error(
+        &out,
+        dir.path(),
+        &["acl.rules[0].permission", "acl.file", "bad.acl: line 2"],
+    );
+    assert!(!stderr(&out).contains("binding"));
+    drop(held);
+}

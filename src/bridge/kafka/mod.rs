@@ -3,11 +3,13 @@
 //!
 //! - [`sink`]: uplink, an idempotent producer confirming on delivery reports.
 //! - [`source`]: downlink, a consumer group committing settled offsets.
+//! - [`security`]: SSL and SASL keys → librdkafka properties.
 //! - this file: the operator's `properties` parsed, and librdkafka's log
 //!   levels mapped to `tracing`, once for both directions.
 
 mod backend;
 pub mod config;
+mod security;
 pub mod sink;
 pub mod source;
 
@@ -19,18 +21,25 @@ use crate::config::KafkaBackend;
 pub use backend::KIND;
 pub use sink::start;
 
-/// The operator's `properties`, each `key=value` split at its first `=`
-/// and trimmed; every malformed one is reported.
+/// The librdkafka properties every client of the backend gets: the typed
+/// security keys mapped to their librdkafka names, then the operator's
+/// `properties`, each `key=value` split at its first `=` and trimmed. Every
+/// problem is reported: a malformed property, one that a typed key also
+/// sets, an unknown protocol or mechanism, an unreadable file or secret.
 fn properties(cfg: &KafkaBackend) -> Result<Vec<(&str, &str)>, Vec<SettingError>> {
-    let mut parsed = Vec::new();
-    let mut errors = Vec::new();
+    let (mut parsed, mut errors) = security::settings(cfg);
+    let typed = parsed.len();
     for (i, p) in cfg.properties.iter().enumerate() {
+        let key = format!("properties[{i}]");
         match p.split_once('=') {
+            Some((k, _)) if parsed[..typed].iter().any(|(t, _)| *t == k.trim()) => {
+                errors.push(SettingError::new(
+                    key,
+                    format!("{} is set by a typed key of this backend", k.trim()),
+                ))
+            }
             Some((k, v)) if !k.trim().is_empty() => parsed.push((k.trim(), v.trim())),
-            _ => errors.push(SettingError::new(
-                format!("properties[{i}]"),
-                format!("{p:?} is not key=value"),
-            )),
+            _ => errors.push(SettingError::new(key, format!("{p:?} is not key=value"))),
         }
     }
     if errors.is_empty() {

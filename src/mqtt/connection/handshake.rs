@@ -10,6 +10,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{ConnError, Shared};
+use crate::acl::Denied;
 use crate::metrics::ProtocolErrorReason as Why;
 use crate::mqtt::codec::{self, Version};
 use crate::mqtt::message::{Message, MessageProps};
@@ -28,6 +29,8 @@ pub struct Attached {
     pub client_topic_alias_max: u16,
     /// User name from CONNECT (for uplink templates).
     pub username: Option<String>,
+    /// The client's ACL, compiled for its identity.
+    pub acl: crate::acl::ConnAcl,
     /// QoS 2 packet ids of this client still awaiting PUBREL (from its session).
     pub qos2_pending: Vec<u16>,
     pub rx: mpsc::Receiver<Outbound>,
@@ -125,6 +128,14 @@ pub async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
     } else {
         connect.client_id.as_str().into()
     };
+    // Who the client is: the CONNECT user name, unverified (authentication
+    // replaces it with the verified identity). Everything below takes it from here.
+    let username: Option<Arc<str>> = login
+        .as_ref()
+        .map(|l| l.username.as_str())
+        .filter(|u| !u.is_empty())
+        .map(Arc::from);
+    let acl = sh.acl.compile(&client_id, username.as_ref());
     let will =
         match will.map(|w| make_will(w, version, &sh.cfg.mqtt.topic_limits(), Some(&sh.metrics))) {
             Some(Err((why, detail))) => {
@@ -138,6 +149,15 @@ pub async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
             Some(Ok(w)) => Some(w),
             None => None,
         };
+    if let Some(w) = will.as_ref() {
+        if !acl.get().may_publish(&w.message.topic) {
+            let topic = &w.message.topic;
+            sh.acl.metrics.denied(Denied::Will, &client_id, topic);
+            refuse(Code::NotAuthorized, &mut out);
+            super::write_raw(stream, &out).await?;
+            return Err(ConnError::Denied);
+        }
+    }
     let mqtt = &sh.cfg.mqtt;
     // Before attaching: a refused CONNECT must not take over a live session.
     let Some(keep_alive) =
@@ -182,11 +202,7 @@ pub async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
         tx,
         tx0,
         kick: kick_tx,
-        username: login
-            .as_ref()
-            .map(|l| l.username.as_str())
-            .filter(|u| !u.is_empty())
-            .map(Arc::from),
+        username: username.clone(),
         peer_ip: Some(ctx.peer.ip()),
     };
     let (reply_tx, reply) = oneshot::channel();
@@ -261,7 +277,8 @@ pub async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
         expiry_secs,
         client_max_packet: props.max_packet_size.unwrap_or(u32::MAX),
         client_topic_alias_max: props.topic_alias_max.unwrap_or(0),
-        username: login.map(|l| l.username).filter(|u| !u.is_empty()),
+        username: username.as_deref().map(str::to_owned),
+        acl,
         qos2_pending,
         rx,
         rx0,
@@ -374,5 +391,6 @@ pub(crate) fn make_will(
         message,
         delay_secs,
         expiry_secs: expiry,
+        acl: None,
     })
 }

@@ -6,6 +6,7 @@ use tokio::sync::oneshot;
 
 use super::pending::{BridgeSummary, PubWait, Ready};
 use super::{Conn, ConnError, Pending};
+use crate::acl::Denied;
 use crate::bridge::uplink::{Origin, Wait};
 use crate::metrics::ProtocolErrorReason as Why;
 use crate::mqtt::codec::{self, Version};
@@ -102,6 +103,10 @@ impl Conn<'_> {
                 Reason::PayloadFormatInvalid,
             ));
         }
+        if !self.acl.current(&self.sh.acl).may_publish(&topic) {
+            self.deny_publish(p.pkid, qos, &topic);
+            return Ok(());
+        }
         // A QoS 2 PUBLISH resent on this connection before PUBREL is a duplicate.
         let qos2_resent = qos == 2 && self.qos2_in.contains_key(&p.pkid);
         if qos == 2 && !qos2_resent && !self.await_rel(p.pkid)? {
@@ -170,6 +175,20 @@ impl Conn<'_> {
             })));
         }
         Ok(())
+    }
+
+    /// A PUBLISH the ACL refuses: never routed, retained or bridged; counted
+    /// and logged. 5.0 gets PUBACK/PUBREC 0x87 (which ends a QoS 2 flow),
+    /// 3.1.1 (no negative acknowledgement) a normal one; in request order.
+    fn deny_publish(&mut self, pkid: u16, qos: u8, topic: &str) {
+        self.sh.metrics.received(qos);
+        self.sh
+            .acl
+            .metrics
+            .denied(Denied::Publish, &self.client_id, topic);
+        if qos > 0 {
+            self.pending.push_back(Pending::Refused { pkid, qos });
+        }
     }
 
     /// Hands the message to every matching uplink route: QoS 0 best effort
@@ -273,6 +292,7 @@ impl Conn<'_> {
         let sub_id = s.properties.as_ref().and_then(|p| p.id).map(|id| id as u32);
         let mut reqs = Vec::with_capacity(s.filters.len());
         let mut invalid = Vec::new();
+        let mut denied = Vec::new();
         for (i, f) in s.filters.into_iter().enumerate() {
             let shared = parse_shared(&f.path);
             let ok =
@@ -280,6 +300,19 @@ impl Conn<'_> {
             // No Local on a shared subscription is a protocol error (MQTT-3.8.3-4); refuse the filter.
             if !ok || (f.nolocal && matches!(shared, Ok(Some(_)))) {
                 invalid.push(i);
+                continue;
+            }
+            // A shared subscription is checked on its inner filter.
+            let inner = match shared {
+                Ok(Some((_, inner))) => inner,
+                _ => &f.path,
+            };
+            if !self.acl.current(&self.sh.acl).may_subscribe(inner) {
+                self.sh
+                    .acl
+                    .metrics
+                    .denied(Denied::Subscribe, &self.client_id, &f.path);
+                denied.push(i);
                 continue;
             }
             let retain_handling = match f.retain_forward_rule {
@@ -312,7 +345,7 @@ impl Conn<'_> {
             reply: tx,
         })?;
         // Re-insert the refused filters' slots when the answer comes (see `answer`).
-        self.invalid_filters.push_back((indexes, invalid));
+        self.invalid_filters.push_back((indexes, invalid, denied));
         self.pending.push_back(Pending::Sub { pkid: s.pkid, rx });
         Ok(())
     }
@@ -349,7 +382,8 @@ impl Conn<'_> {
         };
         self.send(msg)?;
         // Answers come in request order, so SUBSCRIBE and UNSUBSCRIBE share the queue.
-        self.invalid_filters.push_back((indexes, invalid));
+        self.invalid_filters
+            .push_back((indexes, invalid, Vec::new()));
         self.pending.push_back(Pending::Unsub { pkid: u.pkid, rx });
         Ok(())
     }
@@ -401,16 +435,22 @@ impl Conn<'_> {
                 },
                 properties: None,
             }),
+            Ready::Refused { pkid, qos } => self.refused_reply(pkid, qos),
             Ready::Sub(pkid, results) => {
                 let results = results.ok_or(ConnError::ShuttingDown)?;
-                let (indexes, invalid) = self.invalid_filters.pop_front().unwrap_or_default();
+                let (indexes, invalid, denied) =
+                    self.invalid_filters.pop_front().unwrap_or_default();
                 let mut codes = vec![
                     p5::SubscribeReasonCode::TopicFilterInvalid;
-                    indexes.len() + invalid.len()
+                    indexes.len() + invalid.len() + denied.len()
                 ];
+                for i in denied {
+                    codes[i] = p5::SubscribeReasonCode::NotAuthorized;
+                }
                 for (i, r) in indexes.into_iter().zip(results) {
                     codes[i] = match r {
                         Ok(q) => p5::SubscribeReasonCode::Success(codec::qos_from(q)),
+                        Err(NOT_AUTHORIZED) => p5::SubscribeReasonCode::NotAuthorized,
                         Err(_) => p5::SubscribeReasonCode::QuotaExceeded,
                     };
                 }
@@ -422,7 +462,7 @@ impl Conn<'_> {
             }
             Ready::Unsub(pkid, results) => {
                 let results = results.ok_or(ConnError::ShuttingDown)?;
-                let (indexes, invalid) = self.invalid_filters.pop_front().unwrap_or_default();
+                let (indexes, invalid, _) = self.invalid_filters.pop_front().unwrap_or_default();
                 let mut reasons =
                     vec![p5::UnsubAckReason::TopicFilterInvalid; indexes.len() + invalid.len()];
                 for (i, existed) in indexes.into_iter().zip(results) {
@@ -444,7 +484,28 @@ impl Conn<'_> {
     }
 }
 
+/// 5.0 reason code the router answers a filter the ACL refuses with.
+const NOT_AUTHORIZED: u8 = 0x87;
+
 impl Conn<'_> {
+    /// The answer to a PUBLISH the ACL refused (see `deny_publish`).
+    fn refused_reply(&self, pkid: u16, qos: u8) -> p5::Packet {
+        // 3.1.1 cannot refuse: the codec writes any reason as a plain ack.
+        if qos == 1 {
+            p5::Packet::PubAck(p5::PubAck {
+                pkid,
+                reason: p5::PubAckReason::NotAuthorized,
+                properties: None,
+            })
+        } else {
+            p5::Packet::PubRec(p5::PubRec {
+                pkid,
+                reason: p5::PubRecReason::NotAuthorized,
+                properties: None,
+            })
+        }
+    }
+
     /// The PUBACK/PUBREC for a PUBLISH once the router and every uplink route
     /// answered. What was not stored or not confirmed is never acknowledged
     /// as a success.

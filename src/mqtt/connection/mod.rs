@@ -48,6 +48,8 @@ pub struct Shared {
     /// Connection ids, unique across listeners: the router tells a stale
     /// connection from the current one by them.
     pub next_conn_id: AtomicU64,
+    /// The live ACL rules; each connection compiles its own at CONNECT.
+    pub acl: Arc<crate::acl::Acl>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +66,9 @@ pub enum ConnError {
     },
     #[error("connect refused: {0}")]
     Refused(String),
+    /// Refused by the ACL (the will topic); logged and counted where decided.
+    #[error("connect refused by the ACL")]
+    Denied,
     #[error("server shutting down")]
     ShuttingDown,
 }
@@ -138,8 +143,9 @@ pub(crate) struct Conn<'a> {
     /// Packet ids of incoming QoS 2 PUBLISHes awaiting PUBREL, with the time
     /// each is forgotten; at most `mqtt.max_awaiting_rel` new ones.
     qos2_in: HashMap<u16, Instant>,
-    /// Per pending SUBSCRIBE: positions of the accepted and of the refused filters.
-    invalid_filters: VecDeque<(Vec<usize>, Vec<usize>)>,
+    /// Per pending SUBSCRIBE/UNSUBSCRIBE: positions of the filters sent to
+    /// the router, of the invalid ones, and of those the ACL refused.
+    invalid_filters: VecDeque<(Vec<usize>, Vec<usize>, Vec<usize>)>,
     /// Messages for the router produced while handling packets (sent in order).
     outbox: Vec<RouterMsg>,
     /// QoS 1/2 envelopes for uplink sinks, sent in order after `outbox`.
@@ -148,6 +154,8 @@ pub(crate) struct Conn<'a> {
         crate::bridge::Envelope,
     )>,
     username: Option<String>,
+    /// What this client may publish and subscribe to (recompiled after a reload).
+    acl: crate::acl::ConnAcl,
     /// Set by a DISCONNECT from the client.
     disconnect: Option<(bool, Option<u32>)>,
     /// Bytes a buffered transport (TLS, WebSocket) took but did not flush yet.
@@ -200,6 +208,7 @@ pub async fn serve<T: Transport>(mut stream: T, ctx: ConnCtx, sh: Arc<Shared>) {
         outbox: Vec::new(),
         sink_outbox: Vec::new(),
         username: attached.username.clone(),
+        acl: attached.acl.clone(),
         invalid_filters: VecDeque::new(),
         disconnect: None,
         unflushed: false,
@@ -306,7 +315,7 @@ fn report(ctx: &ConnCtx, e: &ConnError, client_id: &str) {
         ConnError::Refused(why) => {
             tracing::warn!(client_id, %peer, listener, %why, "connection refused")
         }
-        ConnError::Closed | ConnError::ShuttingDown => {}
+        ConnError::Closed | ConnError::ShuttingDown | ConnError::Denied => {}
         ConnError::Io(err) => {
             tracing::debug!(client_id, %peer, listener, %err, "connection i/o error")
         }

@@ -39,6 +39,11 @@ pub struct PubWait {
 
 pub enum Pending {
     Pub(Box<PubWait>),
+    /// A PUBLISH the ACL refused: answered in its turn, with nothing to wait for.
+    Refused {
+        pkid: u16,
+        qos: u8,
+    },
     Rel {
         pkid: u16,
         rx: oneshot::Receiver<bool>,
@@ -59,6 +64,10 @@ pub enum Ready {
         qos: u8,
         outcome: Option<PublishOutcome>,
         bridge: BridgeSummary,
+    },
+    Refused {
+        pkid: u16,
+        qos: u8,
     },
     /// PUBREL answered; false: the packet id was not awaiting a PUBREL.
     Rel(u16, bool),
@@ -98,6 +107,10 @@ pub async fn next_reply(p: &mut VecDeque<Pending>) -> Ready {
                 bridge: summary,
             }
         }
+        Some(Pending::Refused { pkid, qos }) => Ready::Refused {
+            pkid: *pkid,
+            qos: *qos,
+        },
         Some(Pending::Rel { pkid, rx }) => {
             let known = rx.await.unwrap_or(true);
             Ready::Rel(*pkid, known)

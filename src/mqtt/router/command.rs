@@ -90,7 +90,8 @@ impl Router {
     /// Queues a command in every matching session, or in none if the global
     /// budget cannot take it for all of them.
     fn command_all(&mut self, msg: &Arc<Message>) -> CommandResult {
-        let deliveries = self.targets(msg, None);
+        // From the trusted backend: not checked against device ACLs.
+        let deliveries = self.targets(msg, None, false);
         if let Some(why) = self.budget_refuses(self.stored_cost(msg, &deliveries)) {
             return CommandResult::Blocked(why);
         }
@@ -133,6 +134,8 @@ impl Router {
             // A preset session: persistent, offline since now, taken over by the
             // device's first CleanSession=0 connection.
             let mut s = Session::new(id.clone());
+            // No identity until its client connects (then compiled again).
+            s.acl = self.compile_acl(id, None);
             // Never 0 (that would not be persistent): fall back to the 3.1.1 expiry.
             s.expiry_secs = match self.cfg.session.max_session_expiry_secs {
                 0 => self.cfg.session.v311_session_expiry_secs,

@@ -110,6 +110,8 @@ impl Router {
             group: group.clone(),
             filter: filter.into(),
             opts,
+            // Until `set_acl` says otherwise.
+            covered: true,
         });
         if let (Some(g), false) = (&group, existed) {
             self.shared_member(g, filter, true);
@@ -233,6 +235,9 @@ impl Router {
             let below = s.next_seq;
             self.start_load(client.clone(), req.conn_id, below);
         }
+        // The identity of this connection decides what the session may read.
+        let acl = self.compile_acl(&client, req.username.as_ref());
+        self.set_acl(&client, acl);
         self.set_owner(&client, owner);
         self.sync_storage(&client);
         self.save_session(&client);

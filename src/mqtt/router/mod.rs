@@ -11,6 +11,7 @@
 //! one group, and the replies that promised durability are released when
 //! that group commits.
 
+mod access;
 mod command;
 mod deadlines;
 mod lifecycle;
@@ -56,6 +57,10 @@ pub struct Will {
     pub delay_secs: u32,
     /// 5.0 Message Expiry Interval, counted from when the will is published.
     pub expiry_secs: Option<u32>,
+    /// The publisher's ACL, set by the router when it takes the will: the
+    /// topic is checked again when the will is published (rules may have
+    /// been reloaded since CONNECT).
+    pub acl: Option<Arc<crate::acl::ClientAcl>>,
 }
 
 /// What the router sends to a connection.
@@ -235,6 +240,8 @@ pub enum RouterMsg {
         conn_id: ConnId,
         entries: Result<Vec<(u64, QueuedEntry)>, crate::store::StoreError>,
     },
+    /// The ACL rules were reloaded: recompile every session's ACL.
+    AclReloaded,
     /// Fault injection for supervision tests only.
     #[doc(hidden)]
     InjectFault(Fault),
@@ -320,6 +327,8 @@ pub struct Router {
     waiters: Vec<Waiter>,
     /// Session expiry and will-delay deadlines.
     deadlines: deadlines::Deadlines,
+    /// The ACL rules: each session holds its compiled [`crate::acl::ClientAcl`].
+    acl: Arc<crate::acl::Acl>,
 }
 
 impl Router {
@@ -353,9 +362,20 @@ impl Router {
             ops: Vec::new(),
             waiters: Vec::new(),
             deadlines: deadlines::Deadlines::default(),
+            acl: Arc::new(crate::acl::Acl::new(
+                crate::acl::AclRules::default(),
+                crate::acl::AclMetrics::unregistered(),
+            )),
         };
         router.restore(recovered);
         router
+    }
+
+    /// Checks clients against `acl` (without it, no rules: everything is allowed).
+    pub fn with_acl(mut self, acl: Arc<crate::acl::Acl>) -> Router {
+        self.acl = acl;
+        self.acl_reloaded();
+        self
     }
 
     /// Reports acknowledged commands with a receipt request to `tx`.
@@ -482,6 +502,7 @@ impl Router {
                 conn_id,
                 entries,
             } => self.loaded(&client_id, conn_id, entries),
+            RouterMsg::AclReloaded => self.acl_reloaded(),
             RouterMsg::InjectFault(Fault::RouterPanic) => panic!("injected router fault"),
             RouterMsg::InjectFault(Fault::StoreWriterPanic) => {
                 let store = self.store.clone();

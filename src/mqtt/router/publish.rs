@@ -116,15 +116,19 @@ impl Router {
         msg: Arc<Message>,
         from: Option<&Arc<str>>,
     ) -> (PublishOutcome, usize) {
-        let deliveries = self.targets(&msg, from);
+        let deliveries = self.targets(&msg, from, true);
         self.deliver(&msg, deliveries)
     }
 
-    /// The sessions `msg` goes to, once each (shared groups pick one member).
+    /// The sessions `msg` goes to, once each (shared groups pick one member
+    /// among those that may read it). With `check_acl` (every message but a
+    /// downlink command), a subscription the client's ACL does not cover
+    /// gets only the topics the ACL lets it read.
     pub(super) fn targets(
         &mut self,
         msg: &Message,
         from: Option<&Arc<str>>,
+        check_acl: bool,
     ) -> Vec<(Arc<str>, Target)> {
         let mut found: Vec<&SubEntry> = Vec::new();
         self.tree.matches(&msg.topic, &mut found);
@@ -132,6 +136,9 @@ impl Router {
         let mut targets: HashMap<Arc<str>, Target> = HashMap::new();
         let mut groups: HashMap<(Arc<str>, Arc<str>), Vec<&SubEntry>> = HashMap::new();
         for e in &matched {
+            if check_acl && !e.covered && !self.may_deliver(&e.client, &msg.topic) {
+                continue;
+            }
             if let Some(g) = &e.group {
                 groups
                     .entry((g.clone(), e.filter.clone()))
@@ -330,6 +337,13 @@ impl Router {
                 results.push(Err(QUOTA_EXCEEDED));
                 continue;
             }
+            if !self.may_subscribe(client_id, &req.filter) {
+                results.push(Err(super::access::NOT_AUTHORIZED));
+                continue;
+            }
+            let Some(s) = self.sessions.get_mut(client_id) else {
+                return;
+            };
             let (group, filter) = match parse_shared(&req.filter) {
                 Ok(Some((g, f))) => (Some(Arc::<str>::from(g)), f.to_string()),
                 _ => (None, req.filter.clone()),
@@ -340,6 +354,8 @@ impl Router {
                 group: group.clone(),
                 filter: filter.as_str().into(),
                 opts: req.opts,
+                // Checked just above.
+                covered: true,
             };
             let existed = self.tree.insert(entry);
             if let (Some(g), false) = (&group, existed) {

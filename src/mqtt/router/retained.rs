@@ -119,10 +119,14 @@ impl Router {
         for topic in expired {
             self.remove_retained(&topic);
         }
+        let Some(acl) = self.sessions.get(client_id).map(|s| s.acl.clone()) else {
+            return;
+        };
         let matching: Vec<Arc<Message>> = self
             .retained
             .values()
             .filter(|m| filter_matches(filter, &m.topic))
+            .filter(|m| acl.is_open() || self.may_get_retained(&acl, &m.topic))
             .cloned()
             .collect();
         let sub_ids: Arc<[u32]> = opts.subscription_id.into_iter().collect();

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::deadlines::Deadline;
 use super::{ConnId, Kick, Outbound, Owner, Will};
+use crate::acl::ClientAcl;
 use crate::mqtt::message::Message;
 use crate::mqtt::topic::SubOpts;
 use crate::store::{EntryState, SessionRecord, SubscriptionRecord};
@@ -87,12 +88,15 @@ pub struct Session {
     pub expiry_deadline: Option<Deadline>,
     /// Who this persistent session counts against (`Router::owners`).
     pub owner: Option<Owner>,
+    /// What the client may read (deliveries, retained messages) and publish
+    /// (its will); holds the identity it was compiled for. Set by the router
+    /// at restore, CONNECT and ACL reload.
+    pub acl: Arc<ClientAcl>,
 }
 
 impl Session {
     pub fn new(client_id: Arc<str>) -> Session {
         Session {
-            client_id,
             expiry_secs: 0,
             protocol: 4,
             subs: HashMap::new(),
@@ -111,6 +115,8 @@ impl Session {
             will_deadline: None,
             expiry_deadline: None,
             owner: None,
+            acl: Arc::new(ClientAcl::open(&client_id)),
+            client_id,
         }
     }
 

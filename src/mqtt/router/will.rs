@@ -13,6 +13,9 @@ use crate::mqtt::message::now_ms;
 
 impl Router {
     pub(super) fn publish_will(&mut self, w: Will) {
+        if !self.may_publish_will(&w) {
+            return;
+        }
         let mut msg = w.message;
         msg.expires_at_ms = w.expiry_secs.map(|s| now_ms() + s as u64 * 1000);
         tracing::debug!(topic = %msg.topic, "publishing will message");

@@ -12,6 +12,7 @@ fn entry(client: &str, filter: &str, qos: u8) -> SubEntry {
             retain_handling: 0,
             subscription_id: None,
         },
+        covered: true,
     }
 }
 

@@ -20,12 +20,12 @@ mod session;
 mod tests;
 
 use lapin::options::BasicPublishOptions;
-use lapin::uri::AMQPUri;
 use lapin::{Confirmation, ExchangeKind};
 use tokio_util::task::TaskTracker;
 
 use self::message::outgoing;
 use self::session::{Probe, Session};
+use crate::bridge::amqp::Endpoint;
 use crate::bridge::contract::{BoxError, BoxFuture, Delivery, Pending, Sink};
 use crate::bridge::driver::run_sink;
 use crate::bridge::metrics::BackendCounters;
@@ -60,10 +60,9 @@ pub async fn start(
 
 /// Validates what the broker would refuse for every message; every problem
 /// is reported, keyed by the setting.
-pub(super) fn check(cfg: &AmqpBackend) -> Result<(AMQPUri, ExchangeKind), Vec<SettingError>> {
+pub(super) fn check(cfg: &AmqpBackend) -> Result<(Endpoint, ExchangeKind), Vec<SettingError>> {
     let mut errors = Vec::new();
-    let uri =
-        super::parse_uri(cfg.uri.expose()).map_err(|e| errors.push(SettingError::new("uri", e)));
+    let uri = super::endpoint(cfg).map_err(|e| errors.extend(e));
     let kind = exchange_kind(&cfg.exchange_kind)
         .map_err(|e| errors.push(SettingError::new("exchange_kind", e)));
     if let Err(e) = super::short("exchange", &cfg.exchange) {
@@ -95,7 +94,7 @@ pub(super) fn exchange_kind(kind: &str) -> Result<ExchangeKind, String> {
 
 struct AmqpSink {
     cfg: AmqpBackend,
-    uri: AMQPUri,
+    uri: Endpoint,
     kind: ExchangeKind,
     session: Option<Session>,
 }

@@ -13,9 +13,9 @@ use std::io;
 
 use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
-use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ExchangeKind};
 
+use crate::bridge::amqp::Endpoint;
 use crate::config::AmqpBackend;
 
 /// Exchanges remembered as existing; the set is forgotten when full, which
@@ -42,10 +42,10 @@ impl Session {
     /// Connects, opens the publishing channel, declares the exchange if asked.
     pub async fn open(
         cfg: &AmqpBackend,
-        uri: &AMQPUri,
+        uri: &Endpoint,
         kind: &ExchangeKind,
     ) -> lapin::Result<Session> {
-        let conn = super::super::connect(uri, format!("mqbridge/{}", cfg.name)).await?;
+        let conn = uri.connect(format!("mqbridge/{}", cfg.name)).await?;
         let channel = open_channel(&conn, cfg, kind).await?;
         Ok(Session {
             conn,

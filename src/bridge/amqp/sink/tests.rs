@@ -22,6 +22,7 @@ fn cfg() -> AmqpBackend {
         declare_exchange: true,
         persistent: true,
         mandatory: true,
+        ..AmqpBackend::default()
     }
 }
 
@@ -110,7 +111,21 @@ fn settings_that_cannot_work_fail_at_start() {
         uri: "amqps://127.0.0.1/%2f".into(),
         ..cfg()
     };
-    assert!(check(&tls).is_err());
+    assert!(check(&tls).is_ok(), "amqps with the system roots");
+    let tls_files_on_plain = AmqpBackend {
+        tls_ca_file: Some("Cargo.toml".into()),
+        ..cfg()
+    };
+    assert!(check(&tls_files_on_plain).is_err());
+    let half_identity = AmqpBackend {
+        uri: "amqps://127.0.0.1/%2f".into(),
+        tls_cert_file: Some("Cargo.toml".into()),
+        tls_ca_file: Some("/nonexistent/ca.pem".into()),
+        ..cfg()
+    };
+    let why = check(&half_identity).expect_err("key missing, CA unreadable");
+    let keys: Vec<&str> = why.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["tls_ca_file", "tls_key_file"], "{why:?}");
     let nothing_to_declare = AmqpBackend {
         exchange: String::new(),
         ..cfg()

@@ -27,7 +27,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::types::ShortString;
-use lapin::uri::AMQPUri;
 use lapin::Acker;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -55,7 +54,7 @@ const DRAIN: Duration = Duration::from_secs(5);
 pub(super) struct Settings {
     backend: String,
     route: Arc<str>,
-    uri: AMQPUri,
+    uri: super::Endpoint,
     queue: ShortString,
     declare_queue: bool,
     /// Exchange and binding key to bind the queue with.
@@ -116,8 +115,7 @@ pub(super) fn check(
         // 0 means "unlimited" to the broker: nothing would bound what is in flight.
         errors.push(SettingError::new("prefetch", "must be greater than 0"));
     }
-    let uri = super::parse_uri(backend.uri.expose())
-        .map_err(|e| errors.push(SettingError::new("uri", e)));
+    let uri = super::endpoint(backend).map_err(|e| errors.extend(e));
     match (uri, queue, bind) {
         (Ok(uri), Ok(queue), Ok(bind)) if errors.is_empty() => Ok(Settings {
             backend: backend.name.clone(),

@@ -32,7 +32,7 @@ impl Session {
     /// Connects, sets up the topology and starts consuming (manual acks).
     pub async fn open(s: &Settings) -> lapin::Result<Session> {
         let name = format!("mqbridge/{}/downlink/{}", s.backend, s.route);
-        let conn = super::super::connect(&s.uri, name).await?;
+        let conn = s.uri.connect(name).await?;
         let mut channel = conn.create_channel().await?;
         if s.declare_queue {
             let durable = QueueDeclareOptions {

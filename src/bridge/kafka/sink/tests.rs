@@ -18,6 +18,7 @@ fn backend(properties: &[&str]) -> KafkaBackend {
         topic_partitions: 3,
         topic_replication: 1,
         properties: properties.iter().map(|p| p.to_string()).collect(),
+        ..KafkaBackend::default()
     }
 }
 
@@ -122,4 +123,22 @@ fn delivery_reports_become_deliveries() {
 
     let t = trouble.lock();
     assert!(t.forget.is_empty() && t.gone.is_empty() && t.lost.is_none());
+}
+
+#[test]
+fn typed_security_keys_reach_the_producer_and_cannot_be_set_twice() {
+    let mut b = backend(&["linger.ms=5"]);
+    b.security_protocol = "sasl_plaintext".into();
+    b.sasl_mechanism = "PLAIN".into();
+    b.sasl_username = "gw".into();
+    b.sasl_password = crate::config::Secret::new("pw");
+    let c = client_config(&b).expect("valid");
+    assert_eq!(c.get("security.protocol"), Some("sasl_plaintext"));
+    assert_eq!(c.get("sasl.mechanism"), Some("PLAIN"));
+    assert_eq!(c.get("sasl.password"), Some("pw"));
+    assert_eq!(c.get("linger.ms"), Some("5"));
+
+    b.properties = vec!["sasl.username=other".into()];
+    let errors = client_config(&b).expect_err("set twice");
+    assert_eq!(errors[0].key, "properties[0]");
 }

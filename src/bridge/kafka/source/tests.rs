@@ -13,6 +13,7 @@ fn backend(properties: &[&str]) -> KafkaBackend {
         topic_partitions: 1,
         topic_replication: 1,
         properties: properties.iter().map(|p| p.to_string()).collect(),
+        ..KafkaBackend::default()
     }
 }
 
