@@ -396,8 +396,10 @@ impl Conn<'_> {
                     t.heard();
                     let consumed = self.process(buf)?;
                     t.after_read(buf.is_empty(), consumed);
-                    if buf.is_empty() {
-                        // An idle connection holds no read buffer.
+                    if buf.is_empty() && !W::BUFFERED {
+                        // An idle TCP connection holds no read buffer. (TLS
+                        // and WebSocket reserve before each read and buffer
+                        // anyway: theirs is kept, not allocated per read.)
                         *buf = BytesMut::new();
                     }
                 }
