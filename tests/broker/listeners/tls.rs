@@ -316,7 +316,8 @@ async fn reload_swaps_the_certificate_without_dropping_connections() {
 }
 
 /// A client that connects to a TLS listener and says nothing is closed at
-/// the connect timeout and counted as a handshake timeout.
+/// the connect timeout and counted as a handshake timeout; one that speaks
+/// plain MQTT to it is closed at once, counted as a protocol failure.
 #[tokio::test]
 async fn silent_tls_client_is_closed_at_the_connect_timeout() {
     let p = pki();
