@@ -59,7 +59,7 @@ async fn read_connect<T: AsyncRead + AsyncWrite + Unpin>(
             }
             Err(e) => return Err(ConnError::decode(e)),
         }
-        if stream.read_buf(buf).await? == 0 {
+        if stream.read_buf(buf).await.map_err(ConnError::read)? == 0 {
             return Err(ConnError::Closed);
         }
     }

@@ -22,6 +22,10 @@ struct Setup {
 
 /// Listeners `ws` and `wss` (path /mqtt), and the admin endpoint.
 async fn start_ws() -> Setup {
+    start_ws_with(|_| {}).await
+}
+
+async fn start_ws_with(f: impl FnOnce(&mut mqbridge::config::Config)) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = Ca::new("ws test CA");
     let ca_path = ca.write(dir.path(), "ca.pem");
@@ -31,6 +35,7 @@ async fn start_ws() -> Setup {
     let t = start_with(|c| {
         c.admin.listen = "127.0.0.1:0".into();
         c.mqtt.listeners.extend([ws, wss]);
+        f(c);
     })
     .await;
     Setup {
@@ -258,5 +263,48 @@ async fn packets_need_not_align_with_messages_and_text_frames_close() {
         .await
         .expect("send");
     assert_eq!(read_bytes(&mut ws, 2).await, [0xd0, 0x00]);
+    s.t.gw.shutdown().await;
+}
+
+/// A message over `mqtt.max_packet_size` + 64 KiB closes the connection
+/// (counted as packet_too_large) before it is buffered whole; one just
+/// under the limit is read.
+#[tokio::test]
+async fn messages_are_bounded_by_the_packet_size() {
+    let s = start_ws_with(|c| c.mqtt.max_packet_size = 1024).await;
+    let t = &s.t;
+    let (mut ws, _) = client(t).await;
+    ws.send(Message::Binary(
+        raw::connect_packet(4, "ws-big", true).into(),
+    ))
+    .await
+    .expect("send");
+    assert_eq!(read_bytes(&mut ws, 4).await, [0x20, 0x02, 0x00, 0x00]);
+    // 64 KiB of PINGREQs in one message: within the limit, all answered.
+    let pings = [0xc0u8, 0x00].repeat(32 * 1024);
+    ws.send(Message::Binary(pings.into())).await.expect("send");
+    assert_eq!(read_bytes(&mut ws, 64 * 1024).await.len(), 64 * 1024);
+    let _ = ws
+        .send(Message::Binary(vec![0u8; 1024 + 64 * 1024 + 1].into()))
+        .await;
+    let closed = within(10, async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return true,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed);
+    let sample = "mqbridge_mqtt_protocol_errors_total{listener=\"ws\",reason=\"packet_too_large\"}";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while scrape(t, sample).await != Some(1.0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "oversized message not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     s.t.gw.shutdown().await;
 }
