@@ -20,6 +20,9 @@ command -v cmake >/dev/null || need+=(cmake)
 dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || need+=(libcurl4-openssl-dev)
 command -v rabbitmq-server >/dev/null || need+=(rabbitmq-server)
 command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
+command -v openssl >/dev/null || need+=(openssl)
+dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
+command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
 if [ "${#need[@]}" -gt 0 ]; then
@@ -58,6 +61,8 @@ wait_port() { # port seconds name
 }
 
 started_rabbit=0
+started_rabbit_tls=0
+amqps_dir=""
 started_tansu=0
 tansu_pid=""
 workdir=$(mktemp -d)
@@ -70,6 +75,11 @@ cleanup() {
     log "stopping RabbitMQ"
     rabbitmqctl stop >/dev/null 2>&1 || true
   fi
+  if [ "$started_rabbit_tls" = 1 ]; then
+    log "stopping the TLS RabbitMQ node"
+    rabbitmqctl -n "$TLS_NODE" stop >/dev/null 2>&1 || true
+  fi
+  [ -z "$amqps_dir" ] || rm -rf "$amqps_dir"
   rm -rf "$workdir"
 }
 trap cleanup EXIT
@@ -81,6 +91,55 @@ if ! port_open 5672; then
   started_rabbit=1
   wait_port 5672 60 RabbitMQ
   rabbitmqctl await_startup >/dev/null
+fi
+
+# 3b. A second, TLS-only RabbitMQ node on 5671 that requires client
+#     certificates, for the amqps:// tests: a CA, a server certificate for
+#     localhost and a client certificate made here with openssl (never
+#     committed). Its own node name, data and log directories, so the plain
+#     node is untouched. The broker runs as the rabbitmq user: it must be
+#     able to read the directory.
+TLS_NODE=mqbridge-tls@localhost
+if [ -z "${MQBRIDGE_TEST_AMQPS_URI:-}" ] && ! port_open 5671; then
+  log "starting a TLS RabbitMQ node on 5671"
+  amqps_dir=$(mktemp -d /tmp/mqbridge-amqps.XXXXXX)
+  (
+    cd "$amqps_dir"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=mqbridge test CA" \
+      -keyout ca.key -out ca.pem 2>/dev/null
+    for who in server client; do
+      cn=$([ "$who" = server ] && echo localhost || echo mqbridge)
+      openssl req -newkey rsa:2048 -nodes -subj "/CN=$cn" -keyout "$who.key" -out "$who.csr" 2>/dev/null
+    done
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >server.ext
+    printf 'extendedKeyUsage=clientAuth\n' >client.ext
+    for who in server client; do
+      openssl x509 -req -in "$who.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+        -out "$who.pem" -extfile "$who.ext" 2>/dev/null
+    done
+    cat >rabbitmq.conf <<CONF
+listeners.tcp = none
+listeners.ssl.default = 5671
+ssl_options.cacertfile = $amqps_dir/ca.pem
+ssl_options.certfile = $amqps_dir/server.pem
+ssl_options.keyfile = $amqps_dir/server.key
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = true
+CONF
+    echo '[].' >enabled_plugins
+  )
+  chmod 755 "$amqps_dir"
+  chown -R rabbitmq:rabbitmq "$amqps_dir" 2>/dev/null || true
+  RABBITMQ_NODENAME=$TLS_NODE RABBITMQ_DIST_PORT=25673 \
+    RABBITMQ_MNESIA_BASE="$amqps_dir/mnesia" RABBITMQ_LOG_BASE="$amqps_dir/log" \
+    RABBITMQ_ENABLED_PLUGINS_FILE="$amqps_dir/enabled_plugins" \
+    RABBITMQ_CONFIG_FILE="$amqps_dir/rabbitmq.conf" \
+    rabbitmq-server -detached >/dev/null 2>&1 || true
+  started_rabbit_tls=1
+  wait_port 5671 60 "TLS RabbitMQ"
+  rabbitmqctl -n "$TLS_NODE" await_startup >/dev/null
+  export MQBRIDGE_TEST_AMQPS_URI="amqps://guest:guest@localhost:5671/%2f"
+  export MQBRIDGE_TEST_AMQPS_DIR="$amqps_dir"
 fi
 
 # 4. tansu on 127.0.0.1:9092 with in-memory storage (run from an empty dir:

@@ -86,12 +86,19 @@ pub struct Gateway {
     tasks: Tasks,
     /// Long-lived tasks that ended before the stop signal.
     failed: mpsc::Receiver<TaskFailure>,
+    /// The admin endpoint's, stopped after everything else.
+    admin_tasks: Tasks,
+    admin_failed: mpsc::Receiver<TaskFailure>,
+    ready: Arc<crate::admin::Readiness>,
     /// For fault injection in tests; weak so it never keeps the router alive.
     router_tx: mpsc::WeakSender<crate::mqtt::router::RouterMsg>,
     grace: Duration,
     /// The live ACL rules (re-read by [`Gateway::reload_acl`]).
     acl: Arc<crate::acl::Acl>,
 }
+
+/// How long the admin endpoint may take to stop, once everything else has.
+const ADMIN_GRACE: Duration = Duration::from_secs(2);
 
 /// Opens the store (on a blocking thread: it recovers every session).
 async fn open_store(cfg: &Config, metrics: &Arc<Metrics>) -> Result<(Store, Recovered), AppError> {
@@ -226,10 +233,14 @@ impl Gateway {
             bound.push((l, addr, Arc::new(ListenerCtx::new(spec, lm, tls))));
         }
         let mqtt_addr = bound.first().map(|b| b.1).ok_or(AppError::NoListener)?;
+        // The admin endpoint has tasks of its own, stopped after the rest:
+        // during shutdown `/readyz` answers 503 instead of refusing.
+        let (admin_tasks, admin_failed) = Tasks::new();
         let admin_addr = if let Some(addr) = cfg.admin_listen() {
             let (l, bound) = bind("admin endpoint", addr).await?;
-            let serve = crate::admin::serve(l, Arc::new(registry), ready.clone(), tasks.clone());
-            tasks.supervise("admin endpoint", async move {
+            let serve =
+                crate::admin::serve(l, Arc::new(registry), ready.clone(), admin_tasks.clone());
+            admin_tasks.supervise("admin endpoint", async move {
                 if let Err(error) = serve.await {
                     tracing::error!(%error, "admin endpoint failed");
                 }
@@ -289,6 +300,7 @@ impl Gateway {
         tasks.supervise("store disk watch", disk_watch.run(tasks.cancelled()));
         // Ready once started, and from then on while the store accepts writes
         // (and no downlink is paused by the store budget).
+        ready.watch_router(router_weak.clone());
         ready.set_started(true);
         tracing::info!(%mqtt_addr, ?admin_addr, store = %cfg.store.path.display(), "mqbridge started");
         Ok(Gateway {
@@ -299,6 +311,9 @@ impl Gateway {
             admin_addr,
             tasks,
             failed,
+            admin_tasks,
+            admin_failed,
+            ready,
             router_tx: router_weak,
             grace: cfg.server.shutdown_grace(),
             acl,
@@ -328,6 +343,7 @@ impl Gateway {
             tokio::select! {
                 _ = &mut shutdown => break None,
                 f = self.failed.recv() => break f,
+                f = self.admin_failed.recv() => break f,
                 Some(()) = reloads.recv() => {
                     tracing::info!("reloading");
                     self.reload();
@@ -418,7 +434,9 @@ impl Gateway {
     /// clients and closes the store, the sinks drain what they hold. Logs
     /// by name what did not finish in time.
     pub async fn shutdown(self) {
-        let unfinished = self.tasks.shutdown(self.grace).await;
+        self.ready.set_stopping();
+        let mut unfinished = self.tasks.shutdown(self.grace).await;
+        unfinished.extend(self.admin_tasks.shutdown(ADMIN_GRACE).await);
         if unfinished.is_empty() {
             tracing::info!("mqbridge stopped");
         } else {

@@ -46,6 +46,9 @@ pub struct BridgeMetrics {
     pub receipts: Family<RouteResult, Counter>,
     /// `mqbridge_bridge_backend_up{backend}`: 1 while connected.
     pub backend_up: Family<BackendLabel, Gauge>,
+    /// `mqbridge_bridge_downlink_source_up{route}`: 1 while the route's
+    /// command source is connected.
+    pub source_up: Family<RouteLabel, Gauge>,
     /// `mqbridge_bridge_backend_retries_total{backend}`: reconnects and re-sends.
     pub retries: Family<BackendLabel, Counter>,
     /// `mqbridge_bridge_spool_full_total{route}`: times a route's spool was full
@@ -63,6 +66,7 @@ impl BridgeMetrics {
             downlink_blocked: Family::default(),
             receipts: Family::default(),
             backend_up: Family::default(),
+            source_up: Family::default(),
             retries: Family::default(),
             spool_full: Family::default(),
             confirm_duration: Family::new_with_constructor(|| {
@@ -93,6 +97,11 @@ impl BridgeMetrics {
             "mqbridge_bridge_backend_up",
             "1 while the backend is connected",
             m.backend_up.clone(),
+        );
+        registry.register(
+            "mqbridge_bridge_downlink_source_up",
+            "1 while the downlink route's command source is connected",
+            m.source_up.clone(),
         );
         registry.register(
             "mqbridge_bridge_backend_retries",
@@ -166,6 +175,15 @@ impl BridgeMetrics {
             receipts_sent: r("sent"),
             receipts_failed: r("failed"),
         }
+    }
+
+    /// The connection gauge of a downlink route's source.
+    pub fn source_up(&self, route: &str) -> Gauge {
+        self.source_up
+            .get_or_create(&RouteLabel {
+                route: route.to_string(),
+            })
+            .clone()
     }
 
     pub fn spool_full(&self, route: &str) -> Counter {

@@ -69,6 +69,9 @@ pub async fn start(bridge: &ValidBridge, w: Wiring<'_>) -> Result<Started, Bridg
             targets,
             tasks: w.tasks.clone(),
         };
+        let what = format!("uplink backend {}", b.name());
+        w.ready
+            .watch_connection(what, w.metrics.backend(b.name()).up);
         let RunningSink { handle, task } = b.start_sink(start).await?;
         sinks.insert(b.name().to_string(), handle);
         sink_tasks.push(task);
@@ -149,7 +152,11 @@ async fn start_downlink(
             let entry = (sink, target.clone(), route_counters, counters);
             receipt_targets.insert(r.name.clone(), entry);
         }
+        let up = w.metrics.source_up(&r.name);
+        w.ready
+            .watch_connection(format!("downlink route {}", r.name), up.clone());
         let start = SourceStart {
+            up,
             node_id: w.node_id.to_string(),
             tx: p.tx,
             cancel: w.cancel.clone(),

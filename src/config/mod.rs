@@ -493,7 +493,7 @@ pub struct AdminConfig {
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
-            listen: "127.0.0.1:9090".to_owned(),
+            listen: "127.0.0.1:9883".to_owned(),
         }
     }
 }

@@ -420,7 +420,7 @@ fn helpers() {
     assert_eq!(c.store.cache_bytes(), 64 * 1024 * 1024);
     assert_eq!(
         c.admin.listen_addr().expect("valid"),
-        Some("127.0.0.1:9090".parse().expect("literal"))
+        Some("127.0.0.1:9883".parse().expect("literal"))
     );
 }
 

@@ -128,9 +128,13 @@ impl Backend for Memory {
         });
         Box::pin(async move {
             let SourceStart {
-                tx, cancel, tasks, ..
+                tx,
+                cancel,
+                tasks,
+                up,
+                ..
             } = start;
-            Ok(run_source(&route.name, source, tx, cancel, &tasks))
+            Ok(run_source(&route.name, source, tx, up, cancel, &tasks))
         })
     }
 }

@@ -65,8 +65,6 @@ impl Backend for Amqp {
         route: &'a DownlinkRoute,
         start: SourceStart,
     ) -> BoxFuture<'a, Result<JoinHandle<()>, BridgeError>> {
-        Box::pin(async move {
-            super::source::start(&self.0, route, start.tx, start.cancel, &start.tasks).await
-        })
+        Box::pin(async move { super::source::start(&self.0, route, start).await })
     }
 }

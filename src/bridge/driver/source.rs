@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -26,10 +27,13 @@ pub fn run_source(
     route: &str,
     source: Box<dyn Source>,
     tx: CommandTx,
+    up: Gauge,
     cancel: CancellationToken,
     tasks: &TaskTracker,
 ) -> JoinHandle<()> {
+    up.set(0);
     let driver = Driver {
+        up,
         route: route.into(),
         source,
         tx,
@@ -40,6 +44,8 @@ pub fn run_source(
 }
 
 struct Driver {
+    /// 1 while connected.
+    up: Gauge,
     route: Arc<str>,
     source: Box<dyn Source>,
     tx: CommandTx,
@@ -82,7 +88,9 @@ impl Driver {
             };
             match connected {
                 Ok(()) => {
+                    self.up.set(1);
                     let end = self.consume().await;
+                    self.up.set(0);
                     self.source.close().await;
                     match end {
                         End::Stopped => return,

@@ -81,14 +81,6 @@ impl Backend for Kafka {
         route: &'a DownlinkRoute,
         start: SourceStart,
     ) -> BoxFuture<'a, Result<JoinHandle<()>, BridgeError>> {
-        Box::pin(async move {
-            let SourceStart {
-                node_id,
-                tx,
-                cancel,
-                tasks,
-            } = start;
-            super::source::start(&self.0, route, &node_id, tx, cancel, &tasks).await
-        })
+        Box::pin(async move { super::source::start(&self.0, route, start).await })
     }
 }

@@ -37,9 +37,10 @@ use tokio_util::task::TaskTracker;
 use self::session::Session;
 use self::settle::Pending;
 use crate::bridge::contract::{BoxError, BoxFuture, Source};
-use crate::bridge::downlink::{Command, CommandOutcome, CommandTx};
+use crate::bridge::downlink::{Command, CommandOutcome};
 use crate::bridge::driver::run_source;
 use crate::bridge::registry::SettingError;
+use crate::bridge::registry::SourceStart;
 use crate::bridge::BridgeError;
 use crate::config::{AmqpBackend, DownlinkRoute};
 
@@ -68,10 +69,16 @@ pub(super) struct Settings {
 pub async fn start(
     backend: &AmqpBackend,
     route: &DownlinkRoute,
-    tx: CommandTx,
-    stop: CancellationToken,
-    tasks: &TaskTracker,
+    start: SourceStart,
 ) -> Result<JoinHandle<()>, BridgeError> {
+    let SourceStart {
+        tx,
+        cancel: stop,
+        tasks,
+        up,
+        ..
+    } = start;
+    let tasks = &tasks;
     let settings = check(backend, route)
         .map_err(|errors| BridgeError::settings(&backend.name, &errors).in_route(&route.name))?;
     let source = AmqpSource {
@@ -83,7 +90,14 @@ pub async fn start(
         stop: stop.clone(),
         tasks: tasks.clone(),
     };
-    Ok(run_source(&route.name, Box::new(source), tx, stop, tasks))
+    Ok(run_source(
+        &route.name,
+        Box::new(source),
+        tx,
+        up,
+        stop,
+        tasks,
+    ))
 }
 
 /// Validates what the broker would refuse on every attempt; every problem

@@ -128,6 +128,7 @@ impl Sink for KafkaSink {
     fn connect(&mut self) -> BoxFuture<'_, Result<(), BoxError>> {
         Box::pin(async move {
             self.recover().await;
+            self.broker_answers().await?;
             if let Some(targets) = self.unprepared.take() {
                 if let Err((left, why)) = self.prepare_topics(targets).await {
                     self.unprepared = Some(left);

@@ -6,8 +6,13 @@ use std::sync::Arc;
 
 use rdkafka::producer::{Producer as _, PurgeConfig};
 
+use std::time::Duration;
+
 use super::client::KafkaSink;
 use super::topics::Presence;
+
+/// How long connecting waits for a broker to answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl KafkaSink {
     /// Start-up: checks the routes' literal topics, then creates the missing
@@ -102,6 +107,21 @@ impl KafkaSink {
             let producer = self.producer.clone();
             let purge = move || producer.purge(PurgeConfig::default().queue());
             let _ = tokio::task::spawn_blocking(purge).await;
+        }
+    }
+
+    /// Whether a broker answers (a cluster-id request): a connection that
+    /// counts as up is one that was seen to work.
+    pub(super) async fn broker_answers(&self) -> Result<(), String> {
+        let producer = Arc::downgrade(&self.producer);
+        let asked = tokio::task::spawn_blocking(move || {
+            let producer = producer.upgrade()?;
+            producer.client().fetch_cluster_id(PROBE_TIMEOUT)
+        })
+        .await;
+        match asked {
+            Ok(Some(_)) => Ok(()),
+            _ => Err("no Kafka broker answers".into()),
         }
     }
 

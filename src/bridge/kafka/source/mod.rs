@@ -26,9 +26,10 @@ use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::message::{Headers, Message};
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::bridge::downlink::{Command, CommandTx};
+use crate::bridge::downlink::Command;
 use crate::bridge::driver::run_source;
 use crate::bridge::registry::SettingError;
+use crate::bridge::registry::SourceStart;
 use crate::bridge::BridgeError;
 use crate::config::{DownlinkRoute, KafkaBackend};
 
@@ -38,11 +39,16 @@ use crate::config::{DownlinkRoute, KafkaBackend};
 pub async fn start(
     backend: &KafkaBackend,
     route: &DownlinkRoute,
-    node_id: &str,
-    tx: CommandTx,
-    stop: tokio_util::sync::CancellationToken,
-    tasks: &tokio_util::task::TaskTracker,
+    start: SourceStart,
 ) -> Result<tokio::task::JoinHandle<()>, BridgeError> {
+    let SourceStart {
+        node_id,
+        tx,
+        cancel: stop,
+        tasks,
+        up,
+    } = start;
+    let (node_id, tasks) = (node_id.as_str(), &tasks);
     let settings = |errors: Vec<SettingError>| {
         BridgeError::settings(&backend.name, &errors).in_route(&route.name)
     };
@@ -69,7 +75,14 @@ pub async fn start(
         replication: backend.topic_replication,
     });
     let source = client::KafkaSource::new(route_name(route), route.topics.clone(), config, admin);
-    Ok(run_source(&route.name, Box::new(source), tx, stop, tasks))
+    Ok(run_source(
+        &route.name,
+        Box::new(source),
+        tx,
+        up,
+        stop,
+        tasks,
+    ))
 }
 
 /// Settings we decide, whatever `properties` say: offsets are committed by

@@ -152,7 +152,7 @@ async fn start_and_stop_without_broker(create_topics: bool) {
     let stop = tokio_util::sync::CancellationToken::new();
     let begun = std::time::Instant::now();
     let tasks = tokio_util::task::TaskTracker::new();
-    let task = start(&b, &route(None), "node-a", tx, stop.clone(), &tasks)
+    let task = start(&b, &route(None), source_start(tx, stop.clone(), &tasks))
         .await
         .expect("starts");
     assert!(
@@ -173,13 +173,11 @@ async fn start_and_stop_without_broker(create_topics: bool) {
 async fn a_property_librdkafka_refuses_fails_the_start() {
     let (tx, _rx) = tokio::sync::mpsc::channel(8);
     let stop = tokio_util::sync::CancellationToken::new();
+    let tasks = tokio_util::task::TaskTracker::new();
     let err = start(
         &backend(&["no.such.property=1"]),
         &route(None),
-        "node-a",
-        tx,
-        stop,
-        &tokio_util::task::TaskTracker::new(),
+        source_start(tx, stop, &tasks),
     )
     .await;
     assert!(err.is_err());
@@ -193,4 +191,18 @@ fn positions_parse_back() {
     assert_eq!(parse_position("cmds/x/42"), None);
     assert_eq!(parse_position("cmds/3"), None);
     assert_eq!(parse_position(""), None);
+}
+
+fn source_start(
+    tx: crate::bridge::downlink::CommandTx,
+    cancel: tokio_util::sync::CancellationToken,
+    tasks: &tokio_util::task::TaskTracker,
+) -> crate::bridge::registry::SourceStart {
+    crate::bridge::registry::SourceStart {
+        node_id: "node-a".into(),
+        tx,
+        cancel,
+        tasks: tasks.clone(),
+        up: Default::default(),
+    }
 }

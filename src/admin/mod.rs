@@ -1,0 +1,160 @@
+//! Admin HTTP endpoint, on axum (routing) over hyper (HTTP/1.1).
+//!
+//! | request | response |
+//! |---|---|
+//! | `GET /metrics` | 200, the registry in the OpenMetrics text format, as `application/openmetrics-text` (what the body is) |
+//! | `GET /healthz` | 200 `ok`: the process is up |
+//! | `GET /readyz` | 200 `{"ready":true}`, or 503 `{"ready":false,"reasons":[...]}` naming what is not ready ([`Readiness`]) |
+//! | other method on those paths | 405 with `Allow` |
+//! | any other path | 404 |
+//!
+//! Bounded like the MQTT side: at most [`MAX_CONCURRENT_CONNECTIONS`]
+//! connections (more are closed at once), a request head must arrive within
+//! [`HEAD_TIMEOUT`], one request per connection (`Connection: close`). It
+//! has no authentication: bind it to a private interface.
+
+mod readiness;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+pub use readiness::Readiness;
+
+use crate::metrics::render;
+use crate::tasks::Tasks;
+
+/// Time a client has to send its whole request head.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a whole exchange may take, response included.
+pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Connections handled at once; further ones are closed at once.
+pub const MAX_CONCURRENT_CONNECTIONS: usize = 64;
+/// Content type of `/metrics`: the encoder writes OpenMetrics text.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Pause after a failed `accept` (e.g. out of file descriptors), so the
+/// loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What the handlers read.
+#[derive(Clone)]
+struct AdminState {
+    registry: Arc<Registry>,
+    ready: Arc<Readiness>,
+}
+
+fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+async fn metrics(State(s): State<AdminState>) -> Response {
+    let body = render(&s.registry);
+    ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], body).into_response()
+}
+
+async fn readyz(State(s): State<AdminState>) -> Response {
+    let reasons = s.ready.not_ready();
+    if reasons.is_empty() {
+        Json(serde_json::json!({ "ready": true })).into_response()
+    } else {
+        let body = serde_json::json!({ "ready": false, "reasons": reasons });
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Limits {
+    head_timeout: Duration,
+    max_concurrent: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            head_timeout: HEAD_TIMEOUT,
+            max_concurrent: MAX_CONCURRENT_CONNECTIONS,
+        }
+    }
+}
+
+/// Serves the admin endpoint on `listener` until the stop signal of `tasks`.
+/// Each connection runs in its own task on `tasks`, bounded by the timeouts
+/// above; failed `accept` calls are logged and retried.
+pub async fn serve(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    ready: Arc<Readiness>,
+    tasks: Tasks,
+) -> std::io::Result<()> {
+    let state = AdminState { registry, ready };
+    serve_with(listener, state, tasks, Limits::default()).await
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    state: AdminState,
+    tasks: Tasks,
+    limits: Limits,
+) -> std::io::Result<()> {
+    let service = TowerToHyperService::new(router(state));
+    let permits = Arc::new(Semaphore::new(limits.max_concurrent));
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "admin endpoint listening");
+    }
+    let shutdown = tasks.cancelled();
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(conn) => conn,
+            Err(error) => {
+                tracing::warn!(%error, "admin endpoint: accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            tracing::debug!(%peer, "admin endpoint: too many connections, closing");
+            continue;
+        };
+        let service = service.clone();
+        tasks.spawn("admin request", async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.head_timeout)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(EXCHANGE_TIMEOUT, conn).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, %error, "admin endpoint: connection failed")
+                }
+                Err(_) => tracing::debug!(%peer, "admin endpoint: exchange timed out"),
+            }
+            drop(permit);
+        });
+    }
+    tracing::info!("admin endpoint stopped");
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! `/readyz` tells the truth about the backends: a gateway whose Kafka
+//! backend cannot be reached answers 503 naming it, and 200 once the broker
+//! answers. The broker is the real tansu, reached through a TCP forwarder of
+//! the test that starts refused (nothing listens on its port) and is opened
+//! later; the client then talks to tansu itself (its advertised address).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mqbridge::config::{AckMode, BackendConfig, KafkaBackend, UplinkRoute};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::common::kafka::broker;
+
+async fn readyz(admin: SocketAddr) -> (u16, String) {
+    let mut s = TcpStream::connect(admin).await.expect("admin");
+    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.expect("response");
+    let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, body.to_string())
+}
+
+async fn wait_for(admin: SocketAddr, want: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = readyz(admin).await;
+        if status == want {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "/readyz stayed {status}: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Forwards every connection on `listener` to `to`.
+async fn forward(listener: TcpListener, to: String) {
+    while let Ok((mut inbound, _)) = listener.accept().await {
+        let to = to.clone();
+        tokio::spawn(async move {
+            if let Ok(mut outbound) = TcpStream::connect(&to).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_503_while_a_backend_is_unreachable_and_200_once_it_answers() {
+    let Some((kafka, _turn)) = broker().await else {
+        return;
+    };
+    // A port that refuses until the forwarder is started on it.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let t = crate::common::start_with(|cfg| {
+        cfg.admin.listen = "127.0.0.1:0".into();
+        cfg.bridge.backends.push(BackendConfig::Kafka(KafkaBackend {
+            name: "kafka".into(),
+            bootstrap_servers: format!("127.0.0.1:{port}"),
+            ..KafkaBackend::default()
+        }));
+        cfg.bridge.uplink.push(UplinkRoute {
+            name: "to-kafka".into(),
+            filter: "never/+".into(),
+            backend: "kafka".into(),
+            target: "unused".into(),
+            key: None,
+            routing_key: None,
+            ack: AckMode::Backend,
+            give_up_secs: 0,
+            spool_max_bytes: 1 << 30,
+        });
+    })
+    .await;
+    let admin = t.gw.admin_addr.expect("admin endpoint");
+    let body = wait_for(admin, 503).await;
+    assert!(
+        body.contains("uplink backend kafka not connected"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("uplink backend file"),
+        "the file backend is up: {body}"
+    );
+
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("rebind");
+    tokio::spawn(forward(listener, kafka));
+    let body = wait_for(admin, 200).await;
+    assert_eq!(body, r#"{"ready":true}"#);
+}
