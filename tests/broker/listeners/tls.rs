@@ -260,10 +260,15 @@ async fn reload_swaps_the_certificate_without_dropping_connections() {
     // New files: a server certificate from a new CA.
     let new_ca = Ca::new("new server CA");
     let new_ca_path = new_ca.write(p.dir.path(), "new-server-ca.pem");
-    let new_pair = new_ca.server();
+    let new_pair = new_ca.server_until(2040);
     certs::write(p.dir.path(), "server.pem", &new_pair.0);
     certs::write(p.dir.path(), "server.key", &new_pair.1);
+    let expiry = "mqbridge_tls_certificate_expiry_timestamp_seconds{listener=\"tls\"}";
+    let before = scrape(&t, expiry).await.expect("expiry gauge");
     assert_eq!(t.gw.reload(), 0, "every TLS listener reloaded");
+    // 2040-01-01T00:00:00Z: the new certificate's notAfter.
+    assert_eq!(scrape(&t, expiry).await, Some(2_208_988_800.0));
+    assert_ne!(before, 2_208_988_800.0);
     assert_eq!(
         scrape(&t, "mqbridge_tls_reloads_total{result=\"ok\"}").await,
         Some(3.0)
