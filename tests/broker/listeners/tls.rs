@@ -346,3 +346,39 @@ async fn silent_tls_client_is_closed_at_the_connect_timeout() {
     );
     t.gw.shutdown().await;
 }
+
+/// Whether `openssl s_client` limited to `version` completes a handshake
+/// with `port`, trusting `ca`.
+async fn s_client(port: u16, ca: &Path, version: &str) -> bool {
+    let out = within(
+        20,
+        Command::new("openssl")
+            .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+            .args([version, "-verify_return_error", "-CAfile"])
+            .arg(ca)
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("openssl runs");
+    out.status.success() && String::from_utf8_lossy(&out.stdout).contains("Verify return code: 0")
+}
+
+/// `min_tls_version = "1.3"` refuses a TLS 1.2 client (counted as
+/// incompatible); the default accepts both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_tls_version_is_enforced() {
+    if !service::program("openssl", "openssl (Debian package openssl)") {
+        return;
+    }
+    let p = pki();
+    let mut only13 = certs::tls_listener("tls13", "tls", &p.server);
+    only13.min_tls_version = "1.3".into();
+    let t = start_tls(&p, |c| c.mqtt.listeners.push(only13)).await;
+    assert!(s_client(port(&t, "tls"), &p.server_ca, "-tls1_2").await);
+    assert!(s_client(port(&t, "tls"), &p.server_ca, "-tls1_3").await);
+    assert!(s_client(port(&t, "tls13"), &p.server_ca, "-tls1_3").await);
+    assert!(!s_client(port(&t, "tls13"), &p.server_ca, "-tls1_2").await);
+    assert_eq!(tls_failures(&t, "tls13", "incompatible").await, 1.0);
+    t.gw.shutdown().await;
+}
