@@ -97,6 +97,26 @@ pub struct Gateway {
     acl: Arc<crate::acl::Acl>,
 }
 
+/// The bridge routes as the admin API and the status page show them, with
+/// the connection gauge of each one's backend (uplink) or source (downlink).
+fn admin_routes(cfg: &Validated, m: &BridgeMetrics) -> Arc<[crate::admin::api::RouteInfo]> {
+    use crate::admin::api::RouteInfo;
+    let b = cfg.valid_bridge();
+    let uplink = b.uplink.iter().map(|r| RouteInfo {
+        name: r.route.name.clone(),
+        direction: "uplink",
+        backend: r.backend.name().to_string(),
+        up: m.backend(r.backend.name()).up,
+    });
+    let downlink = b.downlink.iter().map(|r| RouteInfo {
+        name: r.route.name.clone(),
+        direction: "downlink",
+        backend: r.backend.name().to_string(),
+        up: m.source_up(&r.route.name),
+    });
+    uplink.chain(downlink).collect()
+}
+
 /// How long the admin endpoint may take to stop, once everything else has.
 const ADMIN_GRACE: Duration = Duration::from_secs(2);
 
@@ -238,8 +258,14 @@ impl Gateway {
         let (admin_tasks, admin_failed) = Tasks::new();
         let admin_addr = if let Some(addr) = cfg.admin_listen() {
             let (l, bound) = bind("admin endpoint", addr).await?;
-            let serve =
-                crate::admin::serve(l, Arc::new(registry), ready.clone(), admin_tasks.clone());
+            let state = crate::admin::AdminState {
+                registry: Arc::new(registry),
+                ready: ready.clone(),
+                router: router_tx.downgrade(),
+                token: cfg.raw().admin.token.clone(),
+                routes: admin_routes(&cfg, &bridge_metrics),
+            };
+            let serve = crate::admin::serve(l, state, admin_tasks.clone());
             admin_tasks.supervise("admin endpoint", async move {
                 if let Err(error) = serve.await {
                     tracing::error!(%error, "admin endpoint failed");
@@ -330,9 +356,8 @@ impl Gateway {
         self.serve_reloading(shutdown, reloads).await
     }
 
-    /// [`Gateway::serve`], and [`Gateway::reload`] and
-    /// [`Gateway::reload_acl`] on every message of `reloads` (the binary
-    /// sends one per SIGHUP).
+    /// [`Gateway::serve`], and [`Gateway::reload`] on every message of
+    /// `reloads` (the binary sends one per SIGHUP).
     pub async fn serve_reloading(
         mut self,
         shutdown: impl std::future::Future<Output = ()>,
@@ -347,8 +372,6 @@ impl Gateway {
                 Some(()) = reloads.recv() => {
                     tracing::info!("reloading");
                     self.reload();
-                    // A bad file keeps the current rules; logged and counted there.
-                    let _ = self.reload_acl().await;
                 }
             }
         };
@@ -372,11 +395,12 @@ impl Gateway {
     }
 
     /// Re-reads what can change without a restart (SIGHUP): each TLS
-    /// listener's certificate, key and client CAs. A listener whose files
-    /// do not load keeps its current ones (logged and counted); live
-    /// connections keep theirs either way. Returns how many failed.
+    /// listener's certificate, key and client CAs, and `acl.file`. A
+    /// listener whose files do not load keeps its current ones (logged and
+    /// counted); live connections keep theirs either way. An ACL file that
+    /// does not load keeps the rules in force. Returns how many failed.
     pub fn reload(&self) -> usize {
-        let mut failed = 0;
+        let mut failed = usize::from(self.reload_acl().is_err());
         for on in &self.listeners {
             let Some(tls) = &on.tls else { continue };
             match tls.reload() {
@@ -405,15 +429,24 @@ impl Gateway {
         self.failed.recv().await.map(|f| f.task)
     }
 
-    /// Re-reads `acl.file`. New rules apply to every connection at its next
-    /// packet and to every session's deliveries; a file that cannot be read
-    /// or parsed keeps the previous rules (logged, and counted in
+    /// Re-reads `acl.file` (part of [`Gateway::reload`]). New rules apply
+    /// to every connection at its next packet and, once the router has
+    /// taken the notice, to every session's deliveries; a file that cannot
+    /// be read or parsed keeps the previous rules (logged, and counted in
     /// `mqbridge_acl_reloads_total{result="failed"}`).
-    pub async fn reload_acl(&self) -> Result<(), crate::acl::AclFileError> {
-        if self.acl.reload()? {
-            if let Some(tx) = self.router_tx.upgrade() {
-                let _ = tx.send(crate::mqtt::router::RouterMsg::AclReloaded).await;
-            }
+    pub fn reload_acl(&self) -> Result<(), crate::acl::AclFileError> {
+        if !self.acl.reload()? {
+            return Ok(());
+        }
+        let Some(tx) = self.router_tx.upgrade() else {
+            return Ok(()); // Stopping: no session to recompile.
+        };
+        let notice = crate::mqtt::router::RouterMsg::AclReloaded;
+        if let Err(mpsc::error::TrySendError::Full(notice)) = tx.try_send(notice) {
+            // Behind the messages already queued, like any other.
+            self.tasks.spawn("acl reload notice", async move {
+                let _ = tx.send(notice).await;
+            });
         }
         Ok(())
     }

@@ -1,5 +1,6 @@
 //! `mqbridge` binary: parse the command line, load and validate the config,
-//! run the gateway until SIGINT/SIGTERM; SIGHUP reloads the TLS files and the ACL file.
+//! run the gateway until SIGINT/SIGTERM; SIGHUP reloads the TLS files and
+//! the acl_file.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -93,6 +93,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
                     group: key.2.as_deref().map(Arc::from),
                     filter: Arc::from(key.0.as_str()),
                     opts,
+                    covered: true,
                 };
                 let existed = tree.insert(entry);
                 assert_eq!(existed, model.insert(key, ()).is_some());

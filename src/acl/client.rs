@@ -36,7 +36,7 @@ impl AclRules {
     /// The rules that concern a client with this identity, substituted.
     pub fn compile(&self, client_id: &Arc<str>, username: Option<&Arc<str>>) -> ClientAcl {
         let mut rules = Vec::new();
-        for r in self.rules() {
+        for r in self.candidates(username.map(|u| &**u)) {
             let applies = match &r.who {
                 Who::Everyone => true,
                 Who::Anonymous => username.is_none(),

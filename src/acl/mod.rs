@@ -24,6 +24,7 @@ pub mod metrics;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -81,6 +82,11 @@ pub struct AclRules {
     from_config: usize,
     /// The `acl_file`, re-read on reload.
     file: Option<PathBuf>,
+    /// Positions in `rules` of the rules for everyone or for clients
+    /// without user name, and per user name those for that user: a CONNECT
+    /// looks at its own rules only, not at every user's of a large file.
+    general: Vec<usize>,
+    by_user: HashMap<Arc<str>, Vec<usize>>,
 }
 
 impl AclRules {
@@ -91,10 +97,45 @@ impl AclRules {
         if let Some(path) = &file {
             rules.extend(file::read(path)?);
         }
+        let mut general = Vec::new();
+        let mut by_user: HashMap<Arc<str>, Vec<usize>> = HashMap::new();
+        for (i, r) in rules.iter().enumerate() {
+            match &r.who {
+                Who::Everyone | Who::Anonymous => general.push(i),
+                Who::Users(users) => {
+                    for u in users {
+                        let own = by_user.entry(u.clone()).or_default();
+                        // A name listed twice in one rule: the rule once.
+                        if own.last() != Some(&i) {
+                            own.push(i);
+                        }
+                    }
+                }
+            }
+        }
         Ok(AclRules {
             rules,
             from_config,
             file,
+            general,
+            by_user,
+        })
+    }
+
+    /// The rules that may concern a client with `username`, in order.
+    pub(crate) fn candidates(&self, username: Option<&str>) -> impl Iterator<Item = &Rule> {
+        let own = username
+            .and_then(|u| self.by_user.get(u))
+            .map_or(&[][..], Vec::as_slice);
+        let (mut a, mut b) = (self.general.iter().peekable(), own.iter().peekable());
+        std::iter::from_fn(move || {
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if x <= y => a.next(),
+                (Some(_), Some(_)) => b.next(),
+                (Some(_), None) => a.next(),
+                (None, _) => b.next(),
+            };
+            next.and_then(|&i| self.rules.get(i))
         })
     }
 
@@ -157,6 +198,9 @@ impl Acl {
     /// the old rules (logged and counted); `Ok(true)` when the rules changed.
     pub fn reload(&self) -> Result<bool, AclFileError> {
         let old = self.rules();
+        if old.file.is_none() {
+            return Ok(false);
+        }
         let new = match old.reread() {
             Ok(new) => new,
             Err(e) => {

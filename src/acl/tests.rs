@@ -371,3 +371,27 @@ fn reload_keeps_the_old_rules_when_the_file_goes_bad() {
     assert!(acl.reload().is_err());
     assert!(conn.current(&acl).may_publish("b/c1/x"), "old rules kept");
 }
+
+#[test]
+fn per_user_rules_keep_their_place_among_the_others() {
+    use Permission::*;
+    use RuleAction::*;
+    let for_users = |p, topic: &str, users: &[&str]| Rule {
+        who: Who::Users(users.iter().map(|u| Arc::from(*u)).collect()),
+        ..rule(p, Publish, topic)
+    };
+    let rules = vec![
+        for_users(Allow, "a/#", &["u1", "u1"]),
+        rule(Deny, Publish, "a/x"),
+        for_users(Allow, "a/#", &["u2"]),
+        rule(Allow, Publish, "b/%u"),
+    ];
+    let u1 = acl_of(rules.clone(), "c", Some("u1"));
+    assert!(u1.may_publish("a/x"), "u1's allow comes before the deny");
+    assert!(u1.may_publish("b/u1") && !u1.may_publish("b/u2"));
+    let u2 = acl_of(rules.clone(), "c", Some("u2"));
+    assert!(!u2.may_publish("a/x"), "the deny comes before u2's allow");
+    assert!(u2.may_publish("a/y"));
+    let other = acl_of(rules, "c", Some("u3"));
+    assert!(!other.may_publish("a/y") && other.may_publish("b/u3"));
+}

@@ -5,14 +5,19 @@
 //! | `GET /metrics` | 200, the registry in the OpenMetrics text format, as `application/openmetrics-text` (what the body is) |
 //! | `GET /healthz` | 200 `ok`: the process is up |
 //! | `GET /readyz` | 200 `{"ready":true}`, or 503 `{"ready":false,"reasons":[...]}` naming what is not ready ([`Readiness`]) |
+//! | `GET /` | the status page ([`page`]) |
+//! | `/api/v1/...` | the JSON admin API ([`api`]) |
 //! | other method on those paths | 405 with `Allow` |
 //! | any other path | 404 |
 //!
 //! Bounded like the MQTT side: at most [`MAX_CONCURRENT_CONNECTIONS`]
 //! connections (more are closed at once), a request head must arrive within
 //! [`HEAD_TIMEOUT`], one request per connection (`Connection: close`). It
-//! has no authentication: bind it to a private interface.
+//! has no transport security: bind it to a private interface. Calls that
+//! change something need `admin.token` as a bearer token.
 
+pub mod api;
+mod page;
 mod readiness;
 #[cfg(test)]
 mod tests;
@@ -23,17 +28,19 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
 
 pub use readiness::Readiness;
 
+use crate::config::Secret;
 use crate::metrics::render;
+use crate::mqtt::router::RouterMsg;
 use crate::tasks::Tasks;
 
 /// Time a client has to send its whole request head.
@@ -52,16 +59,33 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// What the handlers read.
 #[derive(Clone)]
-struct AdminState {
-    registry: Arc<Registry>,
-    ready: Arc<Readiness>,
+pub struct AdminState {
+    pub registry: Arc<Registry>,
+    pub ready: Arc<Readiness>,
+    /// Weak: the admin endpoint must not keep the router alive.
+    pub router: mpsc::WeakSender<RouterMsg>,
+    /// `admin.token`: mutating calls need it.
+    pub token: Option<Secret>,
+    pub routes: Arc<[api::RouteInfo]>,
 }
 
 fn router(state: AdminState) -> Router {
     Router::new()
+        .route("/", get(page::status))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/api/v1/stats", get(api::stats))
+        .route("/api/v1/sessions", get(api::sessions))
+        .route(
+            "/api/v1/sessions/{client_id}",
+            get(api::session).delete(api::delete_session),
+        )
+        .route(
+            "/api/v1/clients/{client_id}/disconnect",
+            post(api::disconnect),
+        )
+        .route("/api/v1/routes", get(api::routes))
         .with_state(state)
 }
 
@@ -98,13 +122,7 @@ impl Default for Limits {
 /// Serves the admin endpoint on `listener` until the stop signal of `tasks`.
 /// Each connection runs in its own task on `tasks`, bounded by the timeouts
 /// above; failed `accept` calls are logged and retried.
-pub async fn serve(
-    listener: TcpListener,
-    registry: Arc<Registry>,
-    ready: Arc<Readiness>,
-    tasks: Tasks,
-) -> std::io::Result<()> {
-    let state = AdminState { registry, ready };
+pub async fn serve(listener: TcpListener, state: AdminState, tasks: Tasks) -> std::io::Result<()> {
     serve_with(listener, state, tasks, Limits::default()).await
 }
 

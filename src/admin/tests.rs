@@ -22,9 +22,13 @@ async fn start(limits: Limits) -> Server {
     let metrics = Metrics::new(&mut registry);
     let ready = Arc::new(Readiness::default());
     let (tasks, _) = Tasks::new();
+    let (router, _) = tokio::sync::mpsc::channel(1);
     let state = AdminState {
         registry: Arc::new(registry),
         ready: ready.clone(),
+        router: router.downgrade(),
+        token: None,
+        routes: Arc::new([]),
     };
     let task = tokio::spawn(serve_with(listener, state, tasks.clone(), limits));
     Server {

@@ -73,9 +73,14 @@ impl RejectedKey {
     }
 }
 
-/// Keys whose default is an empty array: the `config` crate drops those
-/// when the defaults are serialized, so they are listed here as known.
-const EMPTY_BY_DEFAULT: &[&str] = &["bridge.downlink", "mqtt.listeners", "acl.rules"];
+/// Keys whose default is an empty array or unset: the `config` crate drops
+/// those when the defaults are serialized, so they are listed here as known.
+const EMPTY_BY_DEFAULT: &[&str] = &[
+    "bridge.downlink",
+    "mqtt.listeners",
+    "acl.rules",
+    "admin.token",
+];
 
 /// Keys that were removed, with what to use instead. Refused rather than
 /// aliased when the meaning changed, so nobody gets a new behaviour unawares.

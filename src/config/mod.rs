@@ -488,17 +488,38 @@ impl StoreConfig {
 pub struct AdminConfig {
     /// Admin HTTP listener address, `IP:PORT`; empty disables the endpoint.
     pub listen: String,
+    /// Bearer token the mutating API calls need (a secret); unset, they are
+    /// refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: "127.0.0.1:9883".to_owned(),
+            token: None,
         }
     }
 }
 
 impl AdminConfig {
+    /// The token, checked: a file or variable that cannot be read, or an
+    /// empty token, is an error.
+    pub fn check_token(&self) -> Result<(), ConfigError> {
+        match &self.token {
+            Some(t) if t.problem().is_some() => Err(ConfigError::invalid(
+                "admin.token",
+                t.problem().unwrap_or_default().to_string(),
+            )),
+            Some(t) if t.is_empty() => Err(ConfigError::invalid(
+                "admin.token",
+                "must not be empty (leave it unset to refuse mutating calls)",
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// `listen` as a socket address, or `None` when the endpoint is disabled.
     pub fn listen_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
         if self.listen.is_empty() {

@@ -118,6 +118,7 @@ impl Config {
         self.check_session(&mut errors);
         self.check_store(&mut errors);
         let admin_listen = errors.take(self.admin.listen_addr());
+        errors.check(self.admin.check_token());
         self.check_server(&mut errors);
         let bridge = match self.bridge.validate(self.session.max_session_expiry_secs) {
             Ok(bridge) => Some(bridge),

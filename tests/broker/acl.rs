@@ -310,7 +310,7 @@ async fn a_wildcard_subscription_never_leaks_what_new_rules_forbid() {
     assert_eq!(ack.return_codes, [Sub4::Success(QoS::AtLeastOnce)]);
 
     std::fs::copy(reference_file(), &file).expect("new rules");
-    t.gw.reload_acl().await.expect("reference rules load");
+    assert_eq!(t.gw.reload(), 0, "reference rules load (what SIGHUP runs)");
     let mut ops = b4::connect(v4_as(t.addr, "ops", "ops")).await;
     for (topic, payload) in [
         ("devices/devA/commands", "a-cmd"),
@@ -332,7 +332,7 @@ async fn a_wildcard_subscription_never_leaks_what_new_rules_forbid() {
 
     // A file that does not parse keeps the rules in force.
     std::fs::write(&file, "topic read devices/#\nnonsense\n").expect("write acl");
-    assert!(t.gw.reload_acl().await.is_err());
+    assert_eq!(t.gw.reload(), 1, "the bad file is the one failure");
     ops.publish("devices/devA/commands", QoS::AtLeastOnce, false, b"a-cmd-2")
         .await;
     ops.publish("devices/devB/commands", QoS::AtLeastOnce, false, b"b-cmd-2")
@@ -403,5 +403,80 @@ async fn clients_cannot_publish_dollar_topics_v5() {
     .await;
     assert_eq!(reason, PubAckReason::NotAuthorized);
     c.publish("plain/topic", Q5::AtLeastOnce, false, b"x").await;
+    t.gw.shutdown().await;
+}
+
+/// Python paho (a third-party client) sees the refusals with their codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paho_sees_the_refusal_codes() {
+    if !service::tool(
+        "python3",
+        &["-c", "import paho.mqtt"],
+        None,
+        "Python paho-mqtt (scripts/test.sh installs it)",
+    ) {
+        return;
+    }
+    init_tracing();
+    let t = start_with(|c| secured(c, reference_file())).await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/acl_paho.py");
+    let out = within(
+        30,
+        Command::new("python3")
+            .arg(script)
+            .arg(t.addr.port().to_string())
+            .output(),
+    )
+    .await
+    .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "paho script failed: {stdout}");
+    let seen: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("one JSON line");
+    // SUBACK: A's commands 0x87, its own granted QoS 1; PUBACK 0x87; the
+    // 3.1.1 CONNACK 0x05 (paho reports it as 5.0's 0x87).
+    assert_eq!(seen["suback"], serde_json::json!([0x87, 1]), "{seen}");
+    assert_eq!(seen["puback"], serde_json::json!(0x87), "{seen}");
+    assert_eq!(seen["connack"], serde_json::json!([0, 0x87]), "{seen}");
+    t.gw.shutdown().await;
+}
+
+/// A will accepted at CONNECT is checked again when it is published: rules
+/// reloaded in between that forbid its topic keep it from going out.
+#[tokio::test]
+async fn a_will_is_checked_again_when_published() {
+    init_tracing();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("acl");
+    std::fs::write(&file, "pattern readwrite devices/%u/#\n").expect("write acl");
+    let t = start_with(|c| secured(c, file.clone())).await;
+    let mut ops = b4::connect(v4_as(t.addr, "ops", "ops")).await;
+    ops.subscribe("devices/+/status", QoS::AtLeastOnce).await;
+    let with_will = |id: &str, payload: &str| {
+        let mut o = v4_as(t.addr, id, id);
+        let topic = format!("devices/{id}/status");
+        o.set_last_will(LastWill::new(topic, payload, QoS::AtLeastOnce, false));
+        o
+    };
+    let b = b4::connect(with_will("devB", "b-gone")).await;
+    let c = b4::connect(with_will("devC", "c-gone")).await;
+    // Under the rules it was accepted with, a will goes out.
+    b.kill().await;
+    assert_eq!(b4::payloads(&ops.expect_publishes(1).await), ["b-gone"]);
+    // Not after rules that forbid its topic.
+    std::fs::write(&file, "pattern read devices/%u/commands\n").expect("new rules");
+    assert_eq!(t.gw.reload(), 0);
+    c.kill().await;
+    // The close is seen when the gateway reads the socket: wait for the refusal.
+    within(10, async {
+        while denied(t.gw.admin_addr, "will").await < 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        ops.until_control().await.is_empty(),
+        "c-gone was not published"
+    );
     t.gw.shutdown().await;
 }

@@ -7,6 +7,7 @@
 mod common;
 
 mod acl;
+mod admin_api;
 mod features;
 mod hostile;
 mod interop;

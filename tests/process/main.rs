@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod acl_reload;
 mod config_cli;
 mod downlink_amqp_crash;
 mod downlink_kafka_crash;

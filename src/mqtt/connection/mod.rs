@@ -379,6 +379,7 @@ impl Conn<'_> {
                 k = &mut kick => {
                     let reason = match k {
                         Ok(Kick::TakenOver) => Reason::SessionTakenOver,
+                        Ok(Kick::Administrative) => Reason::AdministrativeAction,
                         _ => Reason::ServerShuttingDown,
                     };
                     self.send_disconnect(reason, None);

@@ -25,6 +25,9 @@ impl Router {
         for r in rec.sessions {
             let client: Arc<str> = r.client_id.into();
             let mut s = Session::new(client.clone());
+            // The session's identity (none stored yet: slice 5 adds it to
+            // the record); `with_acl` compiles the real rules for it.
+            s.acl = self.compile_acl(&client, None);
             s.expiry_secs = r.record.expiry_secs;
             s.protocol = r.record.protocol;
             s.stored = true;

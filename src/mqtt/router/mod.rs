@@ -12,6 +12,7 @@
 //! that group commits.
 
 mod access;
+pub mod admin;
 mod command;
 mod deadlines;
 mod lifecycle;
@@ -37,6 +38,7 @@ use crate::mqtt::topic::{SubOpts, SubTree};
 use crate::store::{Op, QueuedEntry, Recovered, Store};
 use crate::tasks::Tasks;
 
+pub use admin::AdminQuery;
 pub use command::{BudgetRefusal, CommandResult};
 pub use session::pkid_of;
 use session::Session;
@@ -84,6 +86,8 @@ pub enum Outbound {
 pub enum Kick {
     TakenOver,
     ShuttingDown,
+    /// The admin API disconnected the client.
+    Administrative,
 }
 
 /// Everything the router needs to attach a connection to a session.
@@ -242,6 +246,8 @@ pub enum RouterMsg {
     },
     /// The ACL rules were reloaded: recompile every session's ACL.
     AclReloaded,
+    /// A question or an action of the admin API.
+    Admin(AdminQuery),
     /// Fault injection for supervision tests only.
     #[doc(hidden)]
     InjectFault(Fault),
@@ -503,6 +509,7 @@ impl Router {
                 entries,
             } => self.loaded(&client_id, conn_id, entries),
             RouterMsg::AclReloaded => self.acl_reloaded(),
+            RouterMsg::Admin(query) => self.admin(query),
             RouterMsg::InjectFault(Fault::RouterPanic) => panic!("injected router fault"),
             RouterMsg::InjectFault(Fault::StoreWriterPanic) => {
                 let store = self.store.clone();
