@@ -14,7 +14,7 @@ SUDO=""
 
 # 1. Debian packages: cmake + curl headers build librdkafka (rdkafka's
 #    cmake-build), rabbitmq-server is the AMQP broker, mosquitto-clients are
-#    third-party MQTT clients used by tests.
+#    third-party MQTT clients used by tests, openssl makes the JWT tests' keys.
 need=()
 command -v cmake >/dev/null || need+=(cmake)
 dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || need+=(libcurl4-openssl-dev)
@@ -30,6 +30,24 @@ if [ "${#need[@]}" -gt 0 ]; then
   log "installing ${need[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# 1a. mosquitto: mosquitto_passwd writes the password files the auth tests
+#     read, and its broker reads what `mqbridge passwd` writes. Installed
+#     under a policy-rc.d that exits 101, so the packaged broker service does
+#     not start (and take port 1883).
+if ! command -v mosquitto_passwd >/dev/null || ! [ -x /usr/sbin/mosquitto ]; then
+  log "installing mosquitto (its service is not started)"
+  policy=/usr/sbin/policy-rc.d
+  made_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+    $SUDO chmod +x "$policy"
+    made_policy=1
+  fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mosquitto >/dev/null
+  [ "$made_policy" -eq 0 ] || $SUDO rm -f "$policy"
 fi
 
 # 1b. Third-party MQTT clients driven by the interop tests: MQTT.js (npm,

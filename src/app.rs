@@ -95,6 +95,8 @@ pub struct Gateway {
     grace: Duration,
     /// The live ACL rules (re-read by [`Gateway::reload_acl`]).
     acl: Arc<crate::acl::Acl>,
+    /// Authentication (its files re-read by [`Gateway::reload`]).
+    auth: Arc<crate::auth::Auth>,
 }
 
 /// The bridge routes as the admin API and the status page show them, with
@@ -176,6 +178,13 @@ impl Gateway {
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::new(&mut registry));
         let bridge_metrics = BridgeMetrics::new(&mut registry);
+        let auth = Arc::new(
+            crate::auth::Auth::new(
+                cfg.valid_auth().clone(),
+                crate::auth::metrics::AuthMetrics::new(&mut registry),
+            )
+            .reloadable(cfg.auth.clone(), cfg.mqtt.listeners.clone()),
+        );
         let acl = Arc::new(crate::acl::Acl::new(
             cfg.acl_rules().clone(),
             crate::acl::AclMetrics::new(&mut registry),
@@ -250,7 +259,10 @@ impl Gateway {
                 }
                 crate::mqtt::transport::tls::TlsState::new(t, loaded)
             });
-            bound.push((l, addr, Arc::new(ListenerCtx::new(spec, lm, tls))));
+            let on = Arc::new(ListenerCtx::new(spec, lm, tls));
+            warn_insecure(&cfg, &on, addr);
+            auth.expose(&on.name);
+            bound.push((l, addr, on));
         }
         let mqtt_addr = bound.first().map(|b| b.1).ok_or(AppError::NoListener)?;
         // The admin endpoint has tasks of its own, stopped after the rest:
@@ -311,6 +323,7 @@ impl Gateway {
             router: router_tx,
             next_conn_id: std::sync::atomic::AtomicU64::new(1),
             acl: acl.clone(),
+            auth: auth.clone(),
         });
         let admission = Arc::new(crate::mqtt::listener::Admission::new(&cfg.mqtt));
         let mut listener_addrs = Vec::new();
@@ -343,6 +356,7 @@ impl Gateway {
             router_tx: router_weak,
             grace: cfg.server.shutdown_grace(),
             acl,
+            auth,
         })
     }
 
@@ -395,12 +409,13 @@ impl Gateway {
     }
 
     /// Re-reads what can change without a restart (SIGHUP): each TLS
-    /// listener's certificate, key and client CAs, and `acl.file`. A
-    /// listener whose files do not load keeps its current ones (logged and
-    /// counted); live connections keep theirs either way. An ACL file that
-    /// does not load keeps the rules in force. Returns how many failed.
+    /// listener's certificate, key and client CAs, `acl.file`, the password
+    /// file and the JWT keys. Files that do not load leave the current ones
+    /// in force (logged and counted); live connections keep theirs either
+    /// way. Returns how many failed.
     pub fn reload(&self) -> usize {
         let mut failed = usize::from(self.reload_acl().is_err());
+        failed += usize::from(self.auth.reload().is_err());
         for on in &self.listeners {
             let Some(tls) = &on.tls else { continue };
             match tls.reload() {
@@ -475,6 +490,30 @@ impl Gateway {
         } else {
             tracing::error!(grace = ?self.grace, ?unfinished, "shutdown grace period exceeded; exiting anyway");
         }
+    }
+}
+
+/// Start-up warnings for a listener reachable from other hosts that lets
+/// anyone in, or that takes passwords in clear text.
+fn warn_insecure(cfg: &Validated, on: &ListenerCtx, addr: SocketAddr) {
+    if addr.ip().is_loopback() {
+        return;
+    }
+    let auth = cfg.valid_auth().for_listener(&on.name);
+    let listener = &*on.name;
+    if auth.methods.is_empty() || auth.allow_anonymous {
+        tracing::warn!(listener, %addr, "anonymous access is allowed on a non-loopback listener (set [auth] methods and allow_anonymous = false for a fleet)");
+    }
+    let passwords = [
+        crate::config::Method::PasswordFile,
+        crate::config::Method::Jwt,
+    ];
+    if auth.methods.iter().any(|m| passwords.contains(m)) && !on.kind.is_tls() {
+        tracing::warn!(listener, %addr, "passwords or tokens are accepted without TLS on a non-loopback listener");
+    }
+    let binding = cfg.valid_auth().client_id;
+    if auth.methods.is_empty() && binding != crate::config::ClientIdBinding::Any {
+        tracing::warn!(listener, %addr, "auth.client_id binds client ids to user names nobody verifies on this listener (no auth method)");
     }
 }
 

@@ -8,6 +8,8 @@
 //! - [`config`]: load (file + `MQBRIDGE__SECTION__KEY` env), then validate
 //!   into `config::Validated` (every problem at once), the only form the
 //!   runtime takes; documented defaults; `config::Secret` for passwords.
+//! - [`auth`]: authentication at CONNECT (password file, anonymous
+//!   access, failure delays and bans) and `mqbridge passwd`.
 //! - [`mqtt`]: listener, per-client connection task, codec glue, router
 //!   (subscriptions, retained, shared groups, sessions), wills.
 //! - [`store`]: the durable session store (redb, group commit).
@@ -27,6 +29,7 @@
 pub mod acl;
 pub mod admin;
 pub mod app;
+pub mod auth;
 pub mod bridge;
 pub mod config;
 #[doc(hidden)]

@@ -1,6 +1,7 @@
 //! `mqbridge` binary: parse the command line, load and validate the config,
-//! run the gateway until SIGINT/SIGTERM; SIGHUP reloads the TLS files and
-//! the acl_file.
+//! run the gateway until SIGINT/SIGTERM; SIGHUP reloads the TLS files, the
+//! acl_file, the password file and the JWT keys. Or `mqbridge passwd`,
+//! which edits a password file.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,6 +19,30 @@ struct Args {
     /// Validate the configuration and exit.
     #[arg(long)]
     check_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Add or change a user in a Mosquitto-format password file ($7$,
+    /// PBKDF2-SHA512), or delete one. The password is read from the terminal
+    /// without echo, or as one line from stdin.
+    Passwd {
+        /// The password file (created with mode 0600 if missing).
+        file: PathBuf,
+        /// The user name.
+        user: String,
+        /// Delete the user instead.
+        #[arg(long)]
+        delete: bool,
+        /// PBKDF2 iterations.
+        #[arg(long, default_value_t = mqbridge::auth::password::DEFAULT_ITERATIONS)]
+        iterations: u32,
+        /// Read the password as one line from stdin, even from a terminal.
+        #[arg(long)]
+        password_stdin: bool,
+    },
 }
 
 /// Exit code for an invalid configuration (EX_CONFIG).
@@ -25,6 +50,16 @@ const EXIT_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Passwd {
+        file,
+        user,
+        delete,
+        iterations,
+        password_stdin,
+    }) = &args.command
+    {
+        return passwd::run(file, user, *delete, *iterations, *password_stdin);
+    }
     let cfg = match load_and_validate(&args) {
         Ok(c) => c,
         Err(errors) => {
@@ -85,6 +120,84 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+mod passwd {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    use std::path::Path;
+    use std::process::ExitCode;
+
+    use mqbridge::auth::passwd::{update, Change};
+
+    pub fn run(
+        file: &Path,
+        user: &str,
+        delete: bool,
+        iterations: u32,
+        from_stdin: bool,
+    ) -> ExitCode {
+        let change = if delete {
+            Change::Delete
+        } else {
+            let password = if from_stdin || !std::io::stdin().is_terminal() {
+                read_line()
+            } else {
+                prompt_twice()
+            };
+            match password {
+                Ok(p) => Change::Set {
+                    password: p.into_bytes(),
+                    iterations,
+                },
+                Err(e) => {
+                    eprintln!("mqbridge passwd: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        };
+        match update(file, user, &change) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mqbridge passwd: {}", super::error_chain(&e));
+                ExitCode::FAILURE
+            }
+        }
+    }
+
+    /// One line from stdin, without its line ending.
+    fn read_line() -> Result<String, String> {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| format!("reading the password: {e}"))?;
+        Ok(line.trim_end_matches(['\n', '\r']).to_string())
+    }
+
+    /// Asks twice on the terminal with echo off.
+    fn prompt_twice() -> Result<String, String> {
+        let first = prompt("Password: ")?;
+        let second = prompt("Reenter password: ")?;
+        if first != second {
+            return Err("passwords do not match".into());
+        }
+        Ok(first)
+    }
+
+    fn prompt(text: &str) -> Result<String, String> {
+        use rustix::termios::{tcgetattr, tcsetattr, LocalModes, OptionalActions};
+        eprint!("{text}");
+        let _ = std::io::stderr().flush();
+        let stdin = std::io::stdin();
+        let saved = tcgetattr(&stdin).map_err(|e| format!("terminal: {e}"))?;
+        let mut quiet = saved.clone();
+        quiet.local_modes.remove(LocalModes::ECHO);
+        tcsetattr(&stdin, OptionalActions::Now, &quiet).map_err(|e| format!("terminal: {e}"))?;
+        let line = read_line();
+        let _ = tcsetattr(&stdin, OptionalActions::Now, &saved);
+        eprintln!();
+        line
+    }
 }
 
 /// Sends one reload request per SIGHUP (several in a row make one).

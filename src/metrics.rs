@@ -148,6 +148,9 @@ label_enum! {
         PerIp => "per_ip",
         /// `mqtt.max_connection_rate` was exceeded.
         Rate => "rate",
+        /// The address is banned after repeated authentication failures
+        /// (`auth.ban_after`).
+        Banned => "banned",
     }
 }
 

@@ -56,6 +56,10 @@ pub struct BridgeMetrics {
     pub spool_full: Family<RouteLabel, Counter>,
     /// `mqbridge_bridge_confirm_duration_seconds{backend}`: hand-off to confirmation.
     pub confirm_duration: Family<BackendLabel, Histogram>,
+    /// `mqbridge_bridge_reserved_properties_dropped_total`: device user
+    /// properties dropped from bridged records because their name uses the
+    /// gateway's reserved `mqtt_` prefix (a forged header).
+    pub reserved_dropped: Counter,
 }
 
 impl BridgeMetrics {
@@ -72,7 +76,13 @@ impl BridgeMetrics {
             confirm_duration: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 16))
             }),
+            reserved_dropped: Counter::default(),
         };
+        registry.register(
+            "mqbridge_bridge_reserved_properties_dropped",
+            "Device user properties dropped from bridged records (reserved mqtt_ prefix)",
+            m.reserved_dropped.clone(),
+        );
         registry.register(
             "mqbridge_bridge_messages",
             "Uplink messages by route and result",

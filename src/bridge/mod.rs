@@ -54,7 +54,9 @@ pub struct Record {
     /// The MQTT payload, byte for byte.
     pub payload: Bytes,
     /// Metadata as headers: mqtt_topic, mqtt_client_id, mqtt_qos,
-    /// mqtt_retain, mqtt_received_at_ms, then the 5.0 user properties.
+    /// mqtt_retain, mqtt_received_at_ms, mqtt_username (when the client has
+    /// one), then the 5.0 user properties whose names are not reserved
+    /// (`mqtt_` prefix, see [`uplink::is_reserved`]).
     pub headers: Vec<(String, String)>,
     /// 5.0 content type, if any (AMQP content_type / Kafka header).
     pub content_type: Option<String>,

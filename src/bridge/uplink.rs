@@ -7,6 +7,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use prometheus_client::metrics::counter::Counter;
+
 use super::metrics::{BridgeMetrics, RouteCounters};
 use super::template::{Template, Vars};
 use super::{ConfirmTx, Envelope, Record, SinkError, SinkHandle};
@@ -24,10 +26,24 @@ struct Route {
     counters: RouteCounters,
 }
 
+/// The gateway's own header names all start with this; a device's user
+/// property with it (ASCII case-insensitive: consumers often compare header
+/// names that way) is dropped, never renamed (a renamed header would only
+/// open a second namespace to forge).
+pub const RESERVED_PREFIX: &str = "mqtt_";
+
+/// True when a device's user property name is reserved for the gateway.
+pub fn is_reserved(name: &str) -> bool {
+    name.len() >= RESERVED_PREFIX.len()
+        && name.as_bytes()[..RESERVED_PREFIX.len()].eq_ignore_ascii_case(RESERVED_PREFIX.as_bytes())
+}
+
 /// The compiled uplink routes.
 #[derive(Default)]
 pub struct Uplink {
     routes: Vec<Route>,
+    /// `mqbridge_bridge_reserved_properties_dropped_total`.
+    reserved_dropped: Counter,
 }
 
 /// A confirmation a device's acknowledgement waits for.
@@ -70,7 +86,10 @@ impl Uplink {
                 give_up: r.give_up,
             })
             .collect();
-        Uplink { routes }
+        Uplink {
+            routes,
+            reserved_dropped: metrics.reserved_dropped.clone(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -107,7 +126,7 @@ impl Uplink {
                     continue;
                 }
             };
-            let record = record(route, msg, from, target, key);
+            let record = record(route, msg, from, target, key, &self.reserved_dropped);
             let confirm: Option<ConfirmTx> = if msg.qos > 0 {
                 let (tx, rx) = oneshot::channel();
                 d.waits.push(Wait {
@@ -131,6 +150,7 @@ fn record(
     from: &Origin<'_>,
     target: String,
     key: Option<String>,
+    reserved_dropped: &Counter,
 ) -> Record {
     let mut headers = vec![
         ("mqtt_topic".to_string(), msg.topic.clone()),
@@ -142,7 +162,17 @@ fn record(
             from.received_at_ms.to_string(),
         ),
     ];
-    headers.extend(msg.props.user_properties.iter().cloned());
+    if let Some(u) = from.username {
+        headers.push(("mqtt_username".to_string(), u.to_string()));
+    }
+    for (k, v) in &msg.props.user_properties {
+        if is_reserved(k) {
+            reserved_dropped.inc();
+            tracing::debug!(route = %route.name, client_id = %from.client_id, property = %k, "reserved user property dropped from the bridged record");
+        } else {
+            headers.push((k.clone(), v.clone()));
+        }
+    }
     Record {
         route: route.name.clone(),
         counters: route.counters.clone(),
@@ -152,5 +182,20 @@ fn record(
         payload: msg.payload.clone(),
         headers,
         content_type: msg.props.content_type.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_reserved;
+
+    #[test]
+    fn reserved_prefix_is_case_insensitive() {
+        for name in ["mqtt_client_id", "MQTT_client_id", "Mqtt_x", "mqtt_"] {
+            assert!(is_reserved(name), "{name}");
+        }
+        for name in ["mqtt", "site", "mqttx_a", "", "x_mqtt_client_id"] {
+            assert!(!is_reserved(name), "{name}");
+        }
     }
 }

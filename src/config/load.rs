@@ -80,6 +80,7 @@ const EMPTY_BY_DEFAULT: &[&str] = &[
     "mqtt.listeners",
     "acl.rules",
     "admin.token",
+    "auth.methods",
 ];
 
 /// Keys that were removed, with what to use instead. Refused rather than
@@ -142,6 +143,7 @@ pub fn load_with_env(
         server,
         bridge,
         acl,
+        auth,
         problems,
     } = &mut config;
     problems.extend(rejected.into_iter().map(LoadProblem::Key));
@@ -154,6 +156,7 @@ pub fn load_with_env(
     section(&mut known, "server", server).unwrap_or_else(&mut wrong);
     section(&mut known, "bridge", bridge).unwrap_or_else(&mut wrong);
     section(&mut known, "acl", acl).unwrap_or_else(&mut wrong);
+    section(&mut known, "auth", auth).unwrap_or_else(&mut wrong);
     Ok(config)
 }
 

@@ -24,7 +24,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod acl;
+mod auth;
 mod bridge;
+mod jwt;
 pub mod listeners;
 mod load;
 mod secret;
@@ -33,6 +35,8 @@ mod tests;
 mod validate;
 
 pub use acl::{AclConfig, AclRuleConfig};
+pub use auth::{AuthConfig, CertificateName, ClientIdBinding, ListenerAuth, Method, ValidAuth};
+pub use jwt::JwtConfig;
 pub use load::{load, load_with_env};
 pub use secret::Secret;
 pub use validate::Validated;
@@ -163,6 +167,8 @@ pub struct Config {
     pub bridge: BridgeConfig,
     /// Topic authorisation (`[acl]`).
     pub acl: AclConfig,
+    /// Who may connect (`[auth]`).
+    pub auth: AuthConfig,
     /// What [`load`] could not take (unknown keys, values of the wrong
     /// type); reported by [`Config::validate`] with the other problems.
     #[serde(skip)]

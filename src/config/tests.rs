@@ -108,9 +108,9 @@ fn default_toml_comments_every_key() {
             "comment of key {key:?} in default.toml does not state the default"
         );
     }
-    // 1 + 25 + 11 + 7 + 1 + 2 fields, then bridge: 1 + 5 (file backend) + 6
-    // (route), then acl: 1.
-    assert_eq!(keys, 60, "unexpected number of keys in default.toml");
+    // 1 + 25 + 11 + 7 + 1 + 2 fields, auth: 12 + 9 (jwt), then bridge:
+    // 1 + 5 (file backend) + 6 (route), then acl: 1.
+    assert_eq!(keys, 81, "unexpected number of keys in default.toml");
 }
 
 #[test]
@@ -606,15 +606,25 @@ fn no_listener_at_all_is_refused() {
 /// unknown key inside an entry is refused.
 #[test]
 fn listeners_load_from_a_file() {
-    let f = toml_file(
+    // A method that can accept on a plain TCP listener ("certificate" needs
+    // client certificates): the password file, here with no user.
+    let passwords = toml_file("# no users yet\n");
+    let f = toml_file(&format!(
         "[[mqtt.listeners]]\nname = \"web\"\nkind = \"ws\"\nlisten = \"127.0.0.1:8080\"\n\
-         [[mqtt.listeners]]\nname = \"more\"\nkind = \"tcp\"\nlisten = \"127.0.0.1:1884\"\nallow_anonymous = false\n",
-    );
+         [[mqtt.listeners]]\nname = \"more\"\nkind = \"tcp\"\nlisten = \"127.0.0.1:1884\"\nallow_anonymous = false\n\
+         auth = [\"password_file\"]\n[auth]\npassword_file = {:?}\n",
+        passwords.path()
+    ));
     let v = load_isolated(Some(f.path())).expect("valid");
     let names: Vec<&str> = v.listeners().iter().map(|l| &*l.name).collect();
     assert_eq!(names, ["tcp", "web", "more"]);
     assert_eq!(v.listeners()[1].path, "/mqtt");
     assert_eq!(v.listeners()[2].allow_anonymous, Some(false));
+    // Anonymous access off with no method at all is refused.
+    let e = err_of(
+        "[[mqtt.listeners]]\nname = \"more\"\nkind = \"tcp\"\nlisten = \"127.0.0.1:1884\"\nallow_anonymous = false\n",
+    );
+    assert!(e.contains("mqtt.listeners[0].allow_anonymous"), "{e}");
     let e = err_of(
         "[[mqtt.listeners]]\nname = \"web\"\nkind = \"ws\"\nlisten = \"127.0.0.1:8080\"\nport = 1\n",
     );

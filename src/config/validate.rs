@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 
 use super::listeners::{self, ListenerSpec};
 use super::{
-    Config, ConfigError, QueueFullPolicy, ValidBridge, MAX_DURATION_SECS, MAX_NODE_ID_LEN,
-    MAX_PACKET_SIZE, MIN_PACKET_SIZE,
+    Config, ConfigError, QueueFullPolicy, ValidAuth, ValidBridge, MAX_DURATION_SECS,
+    MAX_NODE_ID_LEN, MAX_PACKET_SIZE, MIN_PACKET_SIZE,
 };
 
 /// A configuration that passed [`Config::validate`]; only it makes one.
@@ -27,6 +27,7 @@ pub struct Validated {
     queue_full_policy: QueueFullPolicy,
     bridge: ValidBridge,
     acl: crate::acl::AclRules,
+    auth: ValidAuth,
 }
 
 impl Validated {
@@ -39,6 +40,11 @@ impl Validated {
     /// `[acl]`: the config rules and the `acl_file`, read and parsed.
     pub fn acl_rules(&self) -> &crate::acl::AclRules {
         &self.acl
+    }
+
+    /// The `[auth]` section, checked, with its password file read.
+    pub fn valid_auth(&self) -> &ValidAuth {
+        &self.auth
     }
 
     /// `log.level`, a valid `tracing` filter directive.
@@ -134,6 +140,13 @@ impl Config {
                 None
             }
         };
+        let auth = match self.auth.validate(&self.mqtt.listeners) {
+            Ok(auth) => Some(auth),
+            Err(problems) => {
+                errors.0.extend(problems);
+                None
+            }
+        };
         match (
             log_filter,
             listeners,
@@ -141,6 +154,7 @@ impl Config {
             admin_listen,
             bridge,
             acl,
+            auth,
         ) {
             (
                 Some(log_filter),
@@ -149,6 +163,7 @@ impl Config {
                 Some(admin_listen),
                 Some(bridge),
                 Some(acl),
+                Some(auth),
             ) if errors.0.is_empty() => Ok(Validated {
                 config: self.clone(),
                 log_filter,
@@ -157,6 +172,7 @@ impl Config {
                 queue_full_policy,
                 bridge,
                 acl,
+                auth,
             }),
             _ => Err(errors.0),
         }

@@ -7,11 +7,10 @@
 
 use bytes::BytesMut;
 use rumqttc::v5::mqttbytes::v5 as p5;
-use serde::{de::DeserializeOwned, Serialize};
 
 use crate::mqtt::codec::{self, DecodeError, Version};
 use crate::mqtt::router::Will;
-use crate::store::StoreError;
+use crate::store::{StoreError, Versioned};
 
 /// What the start of a connection's byte stream amounts to, read the way the
 /// CONNECT handshake reads it.
@@ -59,12 +58,12 @@ pub fn connect(bytes: &[u8], max_size: u32) -> ConnectParse {
 
 /// Decodes one stored record (session, queued entry or retained message)
 /// with the store's own decoder.
-pub fn decode_record<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+pub fn decode_record<T: Versioned>(bytes: &[u8]) -> Result<T, StoreError> {
     crate::store::decode_record(bytes)
 }
 
 /// Encodes one record with the store's own encoder.
-pub fn encode_record<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+pub fn encode_record<T: Versioned>(value: &T) -> Result<Vec<u8>, StoreError> {
     crate::store::encode_record(value)
 }
 

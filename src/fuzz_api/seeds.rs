@@ -336,6 +336,7 @@ fn store_records() -> Seeds {
             retain_handling: 1,
             subscription_id: Some(7),
         }],
+        identity: Some("dev1".into()),
     };
     let queued = QueuedEntry {
         message: message(true),

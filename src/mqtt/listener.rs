@@ -87,6 +87,11 @@ pub async fn run(
             refuse(RefusedReason::Rate, peer);
             continue;
         }
+        // Before any TLS work: a banned address costs one lookup.
+        if shared.auth.banned(peer.ip()) {
+            refuse(RefusedReason::Banned, peer);
+            continue;
+        }
         let Ok(ip_slot) = admission.per_ip.acquire(peer.ip()) else {
             refuse(RefusedReason::PerIp, peer);
             continue;

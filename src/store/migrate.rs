@@ -1,18 +1,43 @@
 //! Store format versions at open: a new store is stamped with
 //! [`FORMAT_VERSION`]; a store without a stamp (format 0, written before
 //! versions existed: bare postcard records) is rewritten record by record
-//! into the current format; a store stamped by a newer build is refused
-//! rather than misread.
+//! into the current format; format 1 (session records without their owning
+//! identity) has its session records rewritten, each reading as owned by no
+//! identity; a store stamped by a newer build is refused rather than misread
+//! (a build of format 1 would not know version-2 session records).
 //!
 //! Runs inside the recovery transaction, so a crash half-way leaves the old
 //! store untouched and the migration simply runs again.
 
 use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{Deserialize, Serialize};
 
-use super::tables::{decode_legacy, encode, Tables, FORMAT_KEY, FORMAT_VERSION, META};
-use super::{QueuedEntry, SessionRecord, StoreError};
+use super::tables::{
+    decode, decode_legacy, encode, Tables, Versioned, FORMAT_KEY, FORMAT_VERSION, META,
+};
+use super::{QueuedEntry, SessionRecord, StoreError, SubscriptionRecord};
 use crate::mqtt::message::Message;
+
+/// A session record of formats 0 and 1 (record version 1): no identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SessionRecordV1 {
+    pub protocol: u8,
+    pub expiry_secs: u32,
+    pub disconnected_at_ms: Option<u64>,
+    pub subscriptions: Vec<SubscriptionRecord>,
+}
+
+impl From<SessionRecordV1> for SessionRecord {
+    fn from(r: SessionRecordV1) -> SessionRecord {
+        SessionRecord {
+            protocol: r.protocol,
+            expiry_secs: r.expiry_secs,
+            disconnected_at_ms: r.disconnected_at_ms,
+            subscriptions: r.subscriptions,
+            identity: None,
+        }
+    }
+}
 
 /// Checks the store's format, migrates a format-0 store and stamps it.
 /// Returns the format the store had when opened.
@@ -33,11 +58,15 @@ pub(super) fn check_and_migrate(
         None if is_empty(tables)? => FORMAT_VERSION,
         None => 0,
     };
-    if found == 0 {
-        let n = migrate_v0(tables)?;
+    if found < FORMAT_VERSION {
+        let n = if found == 0 {
+            migrate_v0(tables)?
+        } else {
+            migrate_sessions_v1(tables)?
+        };
         tracing::info!(
             records = n,
-            from = 0,
+            from = found,
             to = FORMAT_VERSION,
             "store migrated to the current format"
         );
@@ -55,7 +84,8 @@ fn is_empty(t: &Tables<'_>) -> Result<bool, StoreError> {
 fn migrate_v0(t: &mut Tables<'_>) -> Result<u64, StoreError> {
     let mut n = 0;
     for (key, bytes) in rows(&t.sessions)? {
-        match reencode::<SessionRecord>(&bytes) {
+        let record = decode_legacy::<SessionRecordV1>(&bytes).map(SessionRecord::from);
+        match record.and_then(|r| encode(&r)) {
             Ok(v) => t.sessions.insert(key.as_str(), v.as_slice()).map(drop)?,
             Err(e) => {
                 t.quarantine("sessions", &key, 0, &bytes, &e)?;
@@ -96,7 +126,25 @@ fn migrate_v0(t: &mut Tables<'_>) -> Result<u64, StoreError> {
     Ok(n)
 }
 
-fn reencode<T: Serialize + DeserializeOwned>(bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
+/// Rewrites every format-1 session record (version 1) as version 2; one
+/// that does not decode is quarantined. Queue and retained records are
+/// unchanged. Returns the records rewritten.
+fn migrate_sessions_v1(t: &mut Tables<'_>) -> Result<u64, StoreError> {
+    let mut n = 0;
+    for (key, bytes) in rows(&t.sessions)? {
+        match decode::<SessionRecord>(&bytes).and_then(|r| encode(&r)) {
+            Ok(v) => t.sessions.insert(key.as_str(), v.as_slice()).map(drop)?,
+            Err(e) => {
+                t.quarantine("sessions", &key, 0, &bytes, &e)?;
+                t.sessions.remove(key.as_str())?;
+            }
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
+fn reencode<T: Versioned>(bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
     encode(&decode_legacy::<T>(bytes)?)
 }
 

@@ -31,6 +31,7 @@ mod tests;
 
 pub use handle::{Commit, CommitObserver, Store, StoreOptions, StoreStats, DB_FILE};
 pub use health::{available_bytes, DiskTransition, StoreHealth};
+pub use tables::Versioned;
 pub(crate) use tables::{decode as decode_record, encode as encode_record};
 pub use watch::DiskWatch;
 
@@ -57,6 +58,10 @@ pub struct SessionRecord {
     /// When the client disconnected (unix ms); `None` while connected.
     pub disconnected_at_ms: Option<u64>,
     pub subscriptions: Vec<SubscriptionRecord>,
+    /// The verified identity (user name) that owns the session: only it may
+    /// take the session over or clean it. `None`: created anonymously or
+    /// without verification (and by records of store format 1).
+    pub identity: Option<String>,
 }
 
 /// Delivery state of a queued message.

@@ -37,10 +37,35 @@ pub(super) const QUARANTINE: TableDefinition<(&str, &str, u64), &[u8]> =
 /// Key of the format version in [`META`].
 pub(super) const FORMAT_KEY: &str = "format_version";
 /// Format of stores written by this build. 0 = before versions (no `meta`).
-pub(super) const FORMAT_VERSION: u32 = 1;
-/// Leading byte of every record encoded by this build. A later build that
-/// changes a stored struct adds a byte value and keeps decoding this one.
+pub(super) const FORMAT_VERSION: u32 = 2;
+/// Leading byte of the records encoded by this build, unless their type says
+/// otherwise ([`Versioned::VERSION`]). A later build that changes a stored
+/// struct gives it a new byte value and keeps decoding the old ones.
 pub(super) const RECORD_VERSION: u8 = 1;
+
+/// A stored record type: the version byte it is written with, and how its
+/// older versions are read.
+pub trait Versioned: Serialize + DeserializeOwned {
+    const VERSION: u8 = RECORD_VERSION;
+
+    /// Decodes the body of an older `version`; `None` if unknown.
+    fn decode_old(_version: u8, _body: &[u8]) -> Option<Result<Self, StoreError>> {
+        None
+    }
+}
+
+impl Versioned for QueuedEntry {}
+impl Versioned for crate::mqtt::message::Message {}
+
+/// Version 2 added `identity` (store format 2); version 1 reads as `None`.
+impl Versioned for super::SessionRecord {
+    const VERSION: u8 = 2;
+
+    fn decode_old(version: u8, body: &[u8]) -> Option<Result<Self, StoreError>> {
+        (version == RECORD_VERSION)
+            .then(|| decode_legacy::<super::migrate::SessionRecordV1>(body).map(Into::into))
+    }
+}
 
 // redb has one error type per operation; the store reduces them to what a
 // caller can act on: I/O (transient: reopen and retry) or anything else.
@@ -100,20 +125,22 @@ pub(super) fn state_from_u8(byte: u8) -> Option<EntryState> {
     }
 }
 
-/// Encodes a record: [`RECORD_VERSION`], then its postcard body.
-pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    let mut out = vec![RECORD_VERSION];
+/// Encodes a record: its version byte, then its postcard body.
+pub(crate) fn encode<T: Versioned>(value: &T) -> Result<Vec<u8>, StoreError> {
+    let mut out = vec![T::VERSION];
     postcard::to_io(value, &mut out).map_err(StoreError::Encode)?;
     Ok(out)
 }
 
 /// Decodes a record written by [`encode`] (any version this build knows).
-pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+pub(crate) fn decode<T: Versioned>(bytes: &[u8]) -> Result<T, StoreError> {
     match bytes.split_first() {
-        Some((&RECORD_VERSION, body)) => decode_legacy(body),
-        Some((v, _)) => Err(StoreError::Corrupt {
-            what: format!("unknown record version {v}"),
-            source: None,
+        Some((&v, body)) if v == T::VERSION => decode_legacy(body),
+        Some((&v, body)) => T::decode_old(v, body).unwrap_or_else(|| {
+            Err(StoreError::Corrupt {
+                what: format!("unknown record version {v}"),
+                source: None,
+            })
         }),
         None => Err(StoreError::Corrupt {
             what: "empty record".into(),

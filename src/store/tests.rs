@@ -46,6 +46,7 @@ pub(super) fn record(expiry_secs: u32) -> SessionRecord {
             retain_handling: 0,
             subscription_id: Some(7),
         }],
+        identity: Some("dev1".into()),
     }
 }
 

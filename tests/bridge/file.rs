@@ -195,3 +195,63 @@ async fn unresolvable_template_is_refused_without_blocking_others() {
     assert_eq!(lines[0]["payload"], "b");
     t.gw.shutdown().await;
 }
+
+/// A device cannot forge the gateway's headers: its own `mqtt_client_id`
+/// (any case) and other `mqtt_`-prefixed user properties are dropped from
+/// the bridged record and counted; its other properties pass; the user
+/// name it connected with is the `mqtt_username` header.
+#[tokio::test]
+async fn device_cannot_forge_reserved_headers() {
+    let t = start_with(|cfg| cfg.admin.listen = "127.0.0.1:0".into()).await;
+    let mut o = opts_v5(t.addr, "dev-b", true, None);
+    o.set_credentials("devB", "pw");
+    let (c, mut ev) = rumqttc::v5::AsyncClient::new(o, 10);
+    let props = PublishProperties {
+        user_properties: vec![
+            ("mqtt_client_id".into(), "dev-a".into()),
+            ("MQTT_Username".into(), "devA".into()),
+            ("mqtt_topic".into(), "devices/dev-a/telemetry".into()),
+            ("site".into(), "lab".into()),
+        ],
+        ..Default::default()
+    };
+    c.publish_with_properties(
+        "devices/dev-b/telemetry",
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        false,
+        "x",
+        props,
+    )
+    .await
+    .unwrap();
+    within(10, async {
+        loop {
+            if let rumqttc::v5::Event::Incoming(P5::PubAck(a)) = ev.poll().await.unwrap() {
+                assert_eq!(a.reason, rumqttc::v5::mqttbytes::v5::PubAckReason::Success);
+                break;
+            }
+        }
+    })
+    .await;
+    let text = std::fs::read_to_string(t.dir.path().join("uplink/telemetry.jsonl")).unwrap();
+    assert!(
+        !text.contains("dev-a"),
+        "forged value reached the backend: {text}"
+    );
+    assert!(
+        !text.contains("devA"),
+        "forged value reached the backend: {text}"
+    );
+    let lines = read_lines(t.dir.path(), "telemetry");
+    let h = lines[0]["headers"].as_object().unwrap();
+    assert_eq!(h["mqtt_client_id"], "dev-b");
+    assert_eq!(h["mqtt_topic"], "devices/dev-b/telemetry");
+    assert_eq!(h["mqtt_username"], "devB");
+    assert_eq!(h["site"], "lab");
+    assert!(!h.contains_key("MQTT_Username"), "{h:?}");
+    assert_eq!(
+        scrape(&t, "mqbridge_bridge_reserved_properties_dropped_total").await,
+        Some(3.0)
+    );
+    t.gw.shutdown().await;
+}

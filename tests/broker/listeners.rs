@@ -3,6 +3,7 @@
 //! secure WebSocket, each driven by clients nobody here wrote where the
 //! transport allows (mosquitto_pub/sub, paho, MQTT.js).
 
+mod cert_auth;
 mod tcp;
 mod tls;
 mod ws;

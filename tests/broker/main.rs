@@ -8,6 +8,9 @@ mod common;
 
 mod acl;
 mod admin_api;
+mod auth;
+mod auth_jwt;
+mod auth_sessions;
 mod features;
 mod hostile;
 mod interop;

@@ -109,6 +109,7 @@ impl H {
             tx0,
             kick: kick_tx,
             username: None,
+            identity: None,
             peer_ip: None,
         };
         let (reply, r) = oneshot::channel();

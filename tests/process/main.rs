@@ -9,6 +9,7 @@ mod acl_reload;
 mod config_cli;
 mod downlink_amqp_crash;
 mod downlink_kafka_crash;
+mod passwd;
 mod restart;
 mod spool;
 mod tls_reload;

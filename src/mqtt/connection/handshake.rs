@@ -9,6 +9,7 @@ use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as Code;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 
+use super::identify::{identify, refuse_later, Decision};
 use super::{ConnError, Shared};
 use crate::acl::Denied;
 use crate::metrics::ProtocolErrorReason as Why;
@@ -27,7 +28,8 @@ pub struct Attached {
     pub client_max_packet: u32,
     /// The client's Topic Alias Maximum for what we send it (5.0; 0 = none).
     pub client_topic_alias_max: u16,
-    /// User name from CONNECT (for uplink templates).
+    /// The identity's user name (verified when an auth method is
+    /// configured): uplink templates and the `mqtt_username` header.
     pub username: Option<String>,
     /// The client's ACL, compiled for its identity.
     pub acl: crate::acl::ConnAcl,
@@ -72,7 +74,8 @@ pub async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
     ctx: &ConnCtx,
 ) -> Result<Attached, ConnError> {
     let conn_id = ctx.id;
-    // Counted from the accept: a TLS handshake or WebSocket upgrade used part of it.
+    // Counted from the accept: a TLS handshake or WebSocket upgrade used part
+    // of it; authentication must finish by then too.
     let deadline = ctx.connect_deadline;
     let version = match tokio::time::timeout_at(deadline, read_connect(stream, buf, sh)).await {
         Ok(v) => v?,
@@ -128,13 +131,29 @@ pub async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
     } else {
         connect.client_id.as_str().into()
     };
-    // Who the client is: the CONNECT user name, unverified (authentication
-    // replaces it with the verified identity). Everything below takes it from here.
-    let username: Option<Arc<str>> = login
-        .as_ref()
-        .map(|l| l.username.as_str())
-        .filter(|u| !u.is_empty())
-        .map(Arc::from);
+    // Who the client is, before the will is built and before the router is
+    // asked: a refused client never touches a session.
+    let mut client_id = client_id;
+    let identity = match identify(
+        sh,
+        ctx,
+        login.as_ref(),
+        &mut client_id,
+        &mut assigned,
+        deadline,
+    )
+    .await?
+    {
+        Decision::Accept(identity) => identity,
+        Decision::Refuse(code) => {
+            refuse(code, &mut out);
+            super::write_raw(stream, &out).await?;
+            return Err(ConnError::Unauthenticated);
+        }
+    };
+    // The identity's user name (verified when a method is configured):
+    // everything below takes it from here.
+    let username: Option<Arc<str>> = identity.username.clone();
     let acl = sh.acl.compile(&client_id, username.as_ref());
     let will =
         match will.map(|w| make_will(w, version, &sh.cfg.mqtt.topic_limits(), Some(&sh.metrics))) {
@@ -203,6 +222,7 @@ pub async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
         tx0,
         kick: kick_tx,
         username: username.clone(),
+        identity: identity.verified_username().cloned(),
         peer_ip: Some(ctx.peer.ip()),
     };
     let (reply_tx, reply) = oneshot::channel();
@@ -219,6 +239,13 @@ pub async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
             session_present,
             qos2_pending,
         } => (session_present, qos2_pending),
+        ConnectOutcome::NotAuthorized => {
+            let why = "the session belongs to another identity";
+            let code = refuse_later(sh, ctx, &client_id, &identity, why).await;
+            refuse(code, &mut out);
+            super::write_raw(stream, &out).await?;
+            return Err(ConnError::Unauthenticated);
+        }
         ConnectOutcome::QuotaExceeded | ConnectOutcome::StoreFailed => {
             let code = if outcome == ConnectOutcome::QuotaExceeded {
                 Code::QuotaExceeded

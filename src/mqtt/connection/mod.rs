@@ -9,6 +9,7 @@
 mod aliases;
 mod awaiting_rel;
 mod handshake;
+mod identify;
 mod inbound;
 mod keepalive;
 mod pending;
@@ -50,6 +51,8 @@ pub struct Shared {
     pub next_conn_id: AtomicU64,
     /// The live ACL rules; each connection compiles its own at CONNECT.
     pub acl: Arc<crate::acl::Acl>,
+    /// The authentication chain (`[auth]`).
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +74,9 @@ pub enum ConnError {
     Denied,
     #[error("server shutting down")]
     ShuttingDown,
+    /// Refused by authentication (already counted and logged by `auth`).
+    #[error("not authenticated")]
+    Unauthenticated,
 }
 
 impl ConnError {
@@ -321,7 +327,10 @@ fn report(ctx: &ConnCtx, e: &ConnError, client_id: &str) {
         ConnError::Refused(why) => {
             tracing::warn!(client_id, %peer, listener, %why, "connection refused")
         }
-        ConnError::Closed | ConnError::ShuttingDown | ConnError::Denied => {}
+        ConnError::Closed
+        | ConnError::ShuttingDown
+        | ConnError::Denied
+        | ConnError::Unauthenticated => {}
         ConnError::Io(err) => {
             tracing::debug!(client_id, %peer, listener, %err, "connection i/o error")
         }

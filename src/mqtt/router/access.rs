@@ -54,12 +54,16 @@ impl Router {
     }
 
     /// The rules changed (or were first set): every session's ACL is
-    /// compiled again for the identity it had.
+    /// compiled again for the identity it had; a session restored from the
+    /// store has its stored owning identity.
     pub(super) fn acl_reloaded(&mut self) {
         let ids: Vec<(Arc<str>, Option<Arc<str>>)> = self
             .sessions
             .iter()
-            .map(|(id, s)| (id.clone(), s.acl.username().cloned()))
+            .map(|(id, s)| {
+                let user = s.acl.username().or(s.identity.as_ref());
+                (id.clone(), user.cloned())
+            })
             .collect();
         for (id, user) in ids {
             let acl = self.compile_acl(&id, user.as_ref());

@@ -30,6 +30,7 @@ impl Router {
             s.acl = self.compile_acl(&client, None);
             s.expiry_secs = r.record.expiry_secs;
             s.protocol = r.record.protocol;
+            s.identity = r.record.identity.map(Arc::from);
             s.stored = true;
             // A session that was connected when the gateway died starts its expiry now.
             let since = r.record.disconnected_at_ms.unwrap_or(now);
@@ -142,6 +143,20 @@ impl Router {
 
     pub(super) fn connect(&mut self, req: ConnectRequest, reply: oneshot::Sender<ConnectOutcome>) {
         let client = req.client_id.clone();
+        // First, the session's owner: a CONNECT under another identity neither
+        // takes the session over nor cleans it (docs/security.md section 4).
+        if let Some(owner) = self
+            .sessions
+            .get(&client)
+            .filter(|s| !s.expired(Instant::now()))
+            .and_then(|s| s.identity.as_ref())
+        {
+            if req.identity.as_ref() != Some(owner) {
+                tracing::debug!(client_id = %client, "session belongs to another identity; CONNECT refused");
+                let _ = reply.send(ConnectOutcome::NotAuthorized);
+                return;
+            }
+        }
         // Refuse over the persistent-session limit before touching anything:
         // a refused CONNECT must not take over (and end) the current connection.
         // Resuming (or replacing) an existing persistent session is always allowed.
@@ -216,6 +231,11 @@ impl Router {
             self.persistent += 1;
         } else if s.persistent() && req.expiry_secs == 0 {
             self.persistent -= 1;
+        }
+        // An unowned session (new, anonymous, preset by a command) is claimed
+        // by the first verified identity.
+        if s.identity.is_none() {
+            s.identity = req.identity.clone();
         }
         s.expiry_secs = req.expiry_secs;
         s.protocol = req.protocol;

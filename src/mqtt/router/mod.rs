@@ -108,6 +108,9 @@ pub struct ConnectRequest {
     pub kick: oneshot::Sender<Kick>,
     /// User name from CONNECT, if any (per-user session limit).
     pub username: Option<Arc<str>>,
+    /// The verified identity (user name); `None` when anonymous or not
+    /// verified. A session owned by an identity is refused to any other.
+    pub identity: Option<Arc<str>>,
     /// Peer address (per-IP session limit for clients without a user name).
     pub peer_ip: Option<std::net::IpAddr>,
 }
@@ -145,6 +148,9 @@ pub enum ConnectOutcome {
     },
     /// Refused because a global limit (persistent sessions) is reached.
     QuotaExceeded,
+    /// Refused because the session belongs to another identity: nothing
+    /// happened to it (no takeover, no clean start).
+    NotAuthorized,
     /// The store failed to persist the session.
     StoreFailed,
 }

@@ -88,6 +88,10 @@ pub struct Session {
     pub expiry_deadline: Option<Deadline>,
     /// Who this persistent session counts against (`Router::owners`).
     pub owner: Option<Owner>,
+    /// The verified identity that owns the session (stored with it): only
+    /// it may take the session over or clean it. `None` until an
+    /// authenticated client claims it.
+    pub identity: Option<Arc<str>>,
     /// What the client may read (deliveries, retained messages) and publish
     /// (its will); holds the identity it was compiled for. Set by the router
     /// at restore, CONNECT and ACL reload.
@@ -115,6 +119,7 @@ impl Session {
             will_deadline: None,
             expiry_deadline: None,
             owner: None,
+            identity: None,
             acl: Arc::new(ClientAcl::open(&client_id)),
             client_id,
         }
@@ -150,6 +155,7 @@ impl Session {
                     subscription_id: o.subscription_id,
                 })
                 .collect(),
+            identity: self.identity.as_deref().map(str::to_string),
         }
     }
 

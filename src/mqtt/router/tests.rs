@@ -76,6 +76,7 @@ impl Harness {
             tx0,
             kick,
             username: None,
+            identity: None,
             peer_ip: None,
         };
         let (reply, _) = oneshot::channel();

@@ -143,7 +143,7 @@ async fn unversioned_store_is_migrated_and_records_get_a_version() {
         overwrite(dir.path(), |txn| {
             let mut sessions = txn.open_table(tables::SESSIONS).unwrap();
             sessions
-                .insert("old", bare(&super::record(60)).as_slice())
+                .insert("old", bare(&v1(super::record(60))).as_slice())
                 .unwrap();
             let mut queue = txn.open_table(tables::QUEUE).unwrap();
             queue
@@ -161,7 +161,7 @@ async fn unversioned_store_is_migrated_and_records_get_a_version() {
     }
     let (store, recovered) = Store::open(&opts(dir.path())).unwrap();
     let s = session(&recovered, "old").expect("legacy session read");
-    assert_eq!(s.record, super::record(60));
+    assert_eq!(s.record, unowned(super::record(60)));
     assert_eq!(s.index.iter().map(|i| i.seq).collect::<Vec<_>>(), vec![1]);
     assert_eq!(recovered.retained, vec![message("r", b"k")]);
     assert_eq!(recovered.quarantined, 1);
@@ -177,7 +177,67 @@ async fn unversioned_store_is_migrated_and_records_get_a_version() {
     assert_eq!(version, tables::FORMAT_VERSION);
     let sessions = txn.open_table(tables::SESSIONS).unwrap();
     let raw = sessions.get("old").unwrap().unwrap().value().to_vec();
-    assert_eq!(raw[0], tables::RECORD_VERSION);
+    assert_eq!(raw[0], 2, "session records are version 2");
+}
+
+/// The record as formats 0 and 1 stored it (no identity).
+fn v1(r: crate::store::SessionRecord) -> crate::store::migrate::SessionRecordV1 {
+    crate::store::migrate::SessionRecordV1 {
+        protocol: r.protocol,
+        expiry_secs: r.expiry_secs,
+        disconnected_at_ms: r.disconnected_at_ms,
+        subscriptions: r.subscriptions,
+    }
+}
+
+fn unowned(r: crate::store::SessionRecord) -> crate::store::SessionRecord {
+    crate::store::SessionRecord {
+        identity: None,
+        ..r
+    }
+}
+
+/// Format 1 (record version 1, no owning identity) is migrated to format
+/// 2: its sessions read as owned by no identity, its queue is untouched,
+/// and new records carry the identity.
+#[tokio::test]
+async fn format_1_sessions_are_migrated_without_an_identity() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = Store::open(&opts(dir.path())).unwrap();
+    commit(
+        &store,
+        vec![put("old"), enqueue("old", 1, entry("t", b"a"))],
+    )
+    .await;
+    store.close().await.unwrap();
+    drop(store);
+    overwrite(dir.path(), |txn| {
+        let mut meta = txn.open_table(tables::META).unwrap();
+        meta.insert(tables::FORMAT_KEY, 1).unwrap();
+        let mut body = vec![tables::RECORD_VERSION];
+        body.extend(postcard::to_allocvec(&v1(super::record(60))).unwrap());
+        let mut sessions = txn.open_table(tables::SESSIONS).unwrap();
+        sessions.insert("old", body.as_slice()).unwrap();
+    });
+    let (store, recovered) = Store::open(&opts(dir.path())).unwrap();
+    let s = session(&recovered, "old").expect("format-1 session read");
+    assert_eq!(s.record, unowned(super::record(60)));
+    assert_eq!(recovered.quarantined, 0);
+    assert_eq!(store.load_queue("old", u64::MAX).await.unwrap().len(), 1);
+    commit(&store, vec![put("new")]).await;
+    store.close().await.unwrap();
+    drop(store);
+    let (store, recovered) = Store::open(&opts(dir.path())).unwrap();
+    assert_eq!(
+        session(&recovered, "new").unwrap().record,
+        super::record(3600)
+    );
+    store.close().await.unwrap();
+    drop(store);
+    let db = redb::Database::create(dir.path().join(DB_FILE)).unwrap();
+    let txn = db.begin_read().unwrap();
+    let meta = txn.open_table(tables::META).unwrap();
+    assert_eq!(meta.get(tables::FORMAT_KEY).unwrap().unwrap().value(), 2);
 }
 
 #[tokio::test]
