@@ -169,6 +169,9 @@ label_enum! {
         SessionsFull => "sessions_full",
         /// Free space of the store below `store.min_free_bytes`, or its commits failing.
         DiskLow => "disk_low",
+        /// Larger than the client's Maximum Packet Size (5.0): discarded as
+        /// if delivered, as the specification says.
+        TooLarge => "too_large",
     }
 }
 

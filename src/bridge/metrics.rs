@@ -15,6 +15,15 @@ pub struct RouteResult {
     pub result: &'static str,
 }
 
+/// A message a downlink route produces to its backend: a delivery receipt
+/// or a dead letter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProducedLabels {
+    pub route: String,
+    pub kind: &'static str,
+    pub result: &'static str,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabel {
     pub route: String,
@@ -32,6 +41,10 @@ pub struct BridgeMetrics {
     /// (gave up / backend closed), dropped (QoS 0 buffer full), unresolved
     /// (template could not be resolved).
     pub messages: Family<RouteResult, Counter>,
+    /// `mqbridge_bridge_downlink_produced_total{route,kind,result}`: what a
+    /// downlink route produced to its backend (kind receipt or dead_letter),
+    /// with the same results as `messages`; kept apart from the uplink.
+    pub produced: Family<ProducedLabels, Counter>,
     /// `mqbridge_bridge_commands_total{route,result}`: downlink commands by
     /// outcome: stored, no_session, rejected (one per session whose queue or
     /// store limit refused it), expired,
@@ -66,6 +79,7 @@ impl BridgeMetrics {
     pub fn new(registry: &mut Registry) -> BridgeMetrics {
         let m = BridgeMetrics {
             messages: Family::default(),
+            produced: Family::default(),
             commands: Family::default(),
             downlink_blocked: Family::default(),
             receipts: Family::default(),
@@ -87,6 +101,11 @@ impl BridgeMetrics {
             "mqbridge_bridge_messages",
             "Uplink messages by route and result",
             m.messages.clone(),
+        );
+        registry.register(
+            "mqbridge_bridge_downlink_produced",
+            "Receipts and dead letters produced by downlink routes, by result",
+            m.produced.clone(),
         );
         registry.register(
             "mqbridge_bridge_commands",
@@ -137,6 +156,27 @@ impl BridgeMetrics {
             self.messages
                 .get_or_create(&RouteResult {
                     route: route.to_string(),
+                    result,
+                })
+                .clone()
+        };
+        RouteCounters {
+            delivered: c("delivered"),
+            rejected: c("rejected"),
+            failed: c("failed"),
+            dropped: c("dropped"),
+            unresolved: c("unresolved"),
+        }
+    }
+
+    /// Counters for what downlink route `route` produces: `kind` is
+    /// "receipt" or "dead_letter".
+    pub fn produced(&self, route: &str, kind: &'static str) -> RouteCounters {
+        let c = |result| {
+            self.produced
+                .get_or_create(&ProducedLabels {
+                    route: route.to_string(),
+                    kind,
                     result,
                 })
                 .clone()
@@ -249,4 +289,31 @@ pub struct CommandCounters {
     pub blocked_now: Gauge,
     pub receipts_sent: Counter,
     pub receipts_failed: Counter,
+}
+
+#[cfg(test)]
+mod produced_tests {
+    use super::*;
+
+    /// Receipts and dead letters are counted apart from the uplink messages.
+    #[test]
+    fn produced_messages_are_not_uplink_messages() {
+        let mut registry = Registry::default();
+        let m = BridgeMetrics::new(&mut registry);
+        m.produced("cmds", "dead_letter").delivered.inc();
+        m.produced("cmds", "receipt").failed.inc();
+        let text = crate::metrics::render(&registry);
+        assert!(
+            text.contains(r#"mqbridge_bridge_downlink_produced_total{route="cmds",kind="dead_letter",result="delivered"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"mqbridge_bridge_downlink_produced_total{route="cmds",kind="receipt",result="failed"} 1"#),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#"mqbridge_bridge_messages_total{route="cmds""#),
+            "{text}"
+        );
+    }
 }

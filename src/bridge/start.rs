@@ -133,7 +133,7 @@ async fn start_downlink(
         let counters = w.metrics.downlink(&r.name);
         let reporting = Reporting {
             counters: counters.clone(),
-            dead_counters: w.metrics.route(&r.name),
+            dead_counters: w.metrics.produced(&r.name, "dead_letter"),
             ready: w.ready.clone(),
         };
         let capacity = bridge.queue_capacity.min(4096);
@@ -148,7 +148,7 @@ async fn start_downlink(
         );
         tasks.push(p.task);
         if let (Some(target), Some(sink)) = (&r.receipt_target, sink) {
-            let route_counters = w.metrics.route(&r.name);
+            let route_counters = w.metrics.produced(&r.name, "receipt");
             let entry = (sink, target.clone(), route_counters, counters);
             receipt_targets.insert(r.name.clone(), entry);
         }

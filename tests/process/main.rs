@@ -10,6 +10,7 @@ mod config_cli;
 mod downlink_amqp_crash;
 mod downlink_kafka_crash;
 mod passwd;
+mod production;
 mod restart;
 mod spool;
 mod tls_reload;

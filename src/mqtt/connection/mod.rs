@@ -557,7 +557,7 @@ impl Conn<'_> {
                     // Over the client's Maximum Packet Size: discarded as if delivered (5.0 3.1.2.11).
                     self.sh
                         .metrics
-                        .dropped(crate::metrics::DropReason::QueueFull);
+                        .dropped(crate::metrics::DropReason::TooLarge);
                     tracing::debug!(client_id = %self.client_id, "message larger than client's maximum packet size discarded");
                 }
                 if written {
