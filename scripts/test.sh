@@ -14,7 +14,9 @@ SUDO=""
 
 # 1. Debian packages: cmake + curl headers build librdkafka (rdkafka's
 #    cmake-build), rabbitmq-server is the AMQP broker, mosquitto-clients are
-#    third-party MQTT clients used by tests, openssl makes the JWT tests' keys.
+#    third-party MQTT clients used by tests, openssl makes the JWT tests' keys;
+#    prometheus (promtool) and docker-compose check the files in docker/ and
+#    grafana/.
 need=()
 command -v cmake >/dev/null || need+=(cmake)
 dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || need+=(libcurl4-openssl-dev)
@@ -26,6 +28,10 @@ dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
+# Operations files: promtool/prometheus check the rules and run the
+# dashboard's queries; docker-compose validates docker/compose.yaml.
+command -v promtool >/dev/null || need+=(prometheus)
+command -v docker-compose >/dev/null || need+=(docker-compose)
 if [ "${#need[@]}" -gt 0 ]; then
   log "installing ${need[*]}"
   $SUDO apt-get update -qq

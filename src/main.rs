@@ -76,7 +76,12 @@ fn main() -> ExitCode {
     }
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| cfg.env_filter());
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match cfg.log_format() {
+        mqbridge::config::LogFormat::Text => logs.init(),
+        // Fields at the top level, not under "fields": what shippers index.
+        mqbridge::config::LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

@@ -337,6 +337,11 @@ pub struct Metrics {
     pub queued_messages: Gauge,
     /// `mqbridge_session_queued_bytes`: bytes of those messages.
     pub queued_bytes: Gauge,
+    /// `mqbridge_session_stored_bytes`: bytes of queued messages of
+    /// persistent sessions, held in the store (`session.max_stored_bytes`).
+    pub stored_bytes: Gauge,
+    /// `mqbridge_session_sessions`: sessions held, clean and persistent.
+    pub sessions: Gauge,
     /// `mqbridge_session_dropped_messages_total{reason}`: messages discarded.
     pub dropped_messages: Family<DropLabels, Counter>,
     /// `mqbridge_session_refused_total{reason}`: new persistent sessions
@@ -450,6 +455,8 @@ impl Metrics {
             persistent_sessions: Gauge::default(),
             queued_messages: Gauge::default(),
             queued_bytes: Gauge::default(),
+            stored_bytes: Gauge::default(),
+            sessions: Gauge::default(),
             dropped_messages,
             expired_sessions: Counter::default(),
             takeovers: Counter::default(),
@@ -561,6 +568,16 @@ impl Metrics {
             "mqbridge_session_queued_bytes",
             "Bytes of messages queued or in flight across all sessions",
             m.queued_bytes.clone(),
+        );
+        r.register(
+            "mqbridge_session_stored_bytes",
+            "Bytes of queued messages of persistent sessions, held in the store",
+            m.stored_bytes.clone(),
+        );
+        r.register(
+            "mqbridge_session_sessions",
+            "Sessions held, clean and persistent",
+            m.sessions.clone(),
         );
         r.register(
             "mqbridge_session_dropped_messages",
@@ -761,6 +778,8 @@ mod tests {
             ("mqbridge_session_expired_sessions", "counter"),
             ("mqbridge_session_refused", "counter"),
             ("mqbridge_session_takeovers", "counter"),
+            ("mqbridge_session_stored_bytes", "gauge"),
+            ("mqbridge_session_sessions", "gauge"),
             ("mqbridge_retained_messages", "gauge"),
             ("mqbridge_retained_refused", "counter"),
             ("mqbridge_retained_bytes", "gauge"),

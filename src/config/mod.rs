@@ -182,13 +182,55 @@ pub struct LogConfig {
     /// tracing `EnvFilter` directive, e.g. `"info"` or
     /// `"info,mqbridge::store=debug"`. `RUST_LOG`, when set, replaces it.
     pub level: String,
+    /// Line format: a [`LogFormat`] value (`"text"` or `"json"`), checked by
+    /// [`Config::validate`].
+    pub format: String,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".to_owned(),
+            format: LogFormat::Text.to_string(),
         }
+    }
+}
+
+/// How log lines are written (`log.format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, the event's fields at the top level, for
+    /// log shippers (Loki, Elasticsearch, journald's JSON input).
+    Json,
+}
+
+impl LogFormat {
+    /// The configuration value, e.g. `"json"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+impl std::fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        [LogFormat::Text, LogFormat::Json]
+            .into_iter()
+            .find(|f| f.as_str() == s)
+            .ok_or_else(|| format!("unknown format {s:?} (expected \"text\" or \"json\")"))
     }
 }
 

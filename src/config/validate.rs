@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use super::listeners::{self, ListenerSpec};
 use super::{
-    Config, ConfigError, QueueFullPolicy, ValidAuth, ValidBridge, MAX_DURATION_SECS,
+    Config, ConfigError, LogFormat, QueueFullPolicy, ValidAuth, ValidBridge, MAX_DURATION_SECS,
     MAX_NODE_ID_LEN, MAX_PACKET_SIZE, MIN_PACKET_SIZE,
 };
 
@@ -20,6 +20,7 @@ use super::{
 pub struct Validated {
     config: Config,
     log_filter: String,
+    log_format: LogFormat,
     /// The plain TCP listener (when `mqtt.listen` is set) first, then
     /// `[[mqtt.listeners]]` in order.
     listeners: Vec<ListenerSpec>,
@@ -50,6 +51,11 @@ impl Validated {
     /// `log.level`, a valid `tracing` filter directive.
     pub fn log_filter(&self) -> &str {
         &self.log_filter
+    }
+
+    /// `log.format`.
+    pub fn log_format(&self) -> LogFormat {
+        self.log_format
     }
 
     /// `log.level` as a filter.
@@ -112,6 +118,12 @@ impl Config {
         let mut errors = Errors::default();
         errors.0.extend(self.problems.iter().map(|p| p.error()));
         let log_filter = errors.take(log_filter(&self.log.level));
+        let log_format = errors.take(
+            self.log
+                .format
+                .parse::<LogFormat>()
+                .map_err(|reason| ConfigError::invalid("log.format", reason)),
+        );
         let mqtt_listen = errors.take(self.mqtt.listen_addr());
         let listeners = self.check_listeners(&mut errors, mqtt_listen);
         self.check_mqtt(&mut errors);
@@ -148,7 +160,7 @@ impl Config {
             }
         };
         match (
-            log_filter,
+            (log_filter, log_format),
             listeners,
             queue_full_policy,
             admin_listen,
@@ -157,7 +169,7 @@ impl Config {
             auth,
         ) {
             (
-                Some(log_filter),
+                (Some(log_filter), Some(log_format)),
                 Some(listeners),
                 Some(queue_full_policy),
                 Some(admin_listen),
@@ -167,6 +179,7 @@ impl Config {
             ) if errors.0.is_empty() => Ok(Validated {
                 config: self.clone(),
                 log_filter,
+                log_format,
                 listeners,
                 admin_listen,
                 queue_full_policy,

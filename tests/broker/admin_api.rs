@@ -197,3 +197,64 @@ async fn status_page_in_headless_chromium() {
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");
     gw.shutdown().await;
 }
+
+/// The queue gauges move with each message, not on the periodic tick, and
+/// count clean sessions too; stored bytes are the persistent part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_gauges_are_current_and_cover_every_session() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = test_config(dir.path());
+    cfg.admin.listen = "127.0.0.1:0".into();
+    // A tick far away: only the per-message updates can move the gauges.
+    cfg.session.expiry_check_interval_secs = 3600;
+    let gw = Gateway::start(cfg.validate().expect("valid"))
+        .await
+        .expect("starts");
+    let (addr, admin) = (gw.mqtt_addr, gw.admin_addr.expect("admin"));
+    let sample = |text: &str, name: &str| -> Option<i64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+    };
+    let mut dev = b4::connect(opts_v4(addr, "gauge-dev", false)).await;
+    dev.subscribe("gauge/#", QoS::AtLeastOnce).await;
+    dev.disconnect().await;
+    let mut p = b4::connect(opts_v4(addr, "gauge-pub", true)).await;
+    for i in 0..2 {
+        p.publish(
+            "gauge/x",
+            QoS::AtLeastOnce,
+            false,
+            format!("m{i}").as_bytes(),
+        )
+        .await;
+    }
+    let (_, text) = call(admin, "GET", "/metrics", None).await;
+    assert_eq!(
+        sample(&text, "mqbridge_session_queued_messages"),
+        Some(2),
+        "{text}"
+    );
+    let queued = sample(&text, "mqbridge_session_queued_bytes").expect("queued bytes");
+    let stored = sample(&text, "mqbridge_session_stored_bytes").expect("stored bytes");
+    assert!(
+        queued > 0 && stored == queued,
+        "queued {queued}, stored {stored}"
+    );
+    // Delivered and acknowledged: gone from both.
+    let mut dev = b4::connect(opts_v4(addr, "gauge-dev", false)).await;
+    dev.expect_publishes(2).await;
+    let mut zero = false;
+    for _ in 0..50 {
+        let (_, text) = call(admin, "GET", "/metrics", None).await;
+        if sample(&text, "mqbridge_session_queued_messages") == Some(0)
+            && sample(&text, "mqbridge_session_queued_bytes") == Some(0)
+        {
+            zero = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(zero, "the gauges did not come back to 0 after the acks");
+    gw.shutdown().await;
+}

@@ -9,6 +9,7 @@ mod acl_reload;
 mod config_cli;
 mod downlink_amqp_crash;
 mod downlink_kafka_crash;
+mod ops;
 mod passwd;
 mod production;
 mod restart;

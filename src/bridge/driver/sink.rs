@@ -223,7 +223,7 @@ impl Driver {
     /// One emit point for refusals: log line, counter, the device's answer.
     fn rejected(&self, envelope: &Envelope, why: String) -> SinkError {
         let r = &envelope.record;
-        tracing::warn!(backend = &*self.backend, route = &*r.route, client_id = &*r.client_id, target = %r.target, "backend refused a message: {why}");
+        tracing::warn!(backend = &*self.backend, route = &*r.route, client_id = &*r.client_id, target = %r.target, reason = %why, "backend refused a message");
         r.counters.rejected.inc();
         SinkError::Rejected(why)
     }

@@ -57,6 +57,8 @@ impl Router {
                 });
                 s.queued_bytes += i.size as usize;
                 self.stored_bytes += i.size as u64;
+                self.metrics.queued_messages.inc();
+                self.metrics.queued_bytes.inc_by(i64::from(i.size));
             }
             s.next_seq = r.index.last().map_or(1, |i| i.seq + 1);
             self.restore_subs(&mut s, r.record.subscriptions);
@@ -432,6 +434,8 @@ impl Router {
 
     /// Ends a session for good: its will (if pending), subscriptions and stored state.
     pub(super) fn end_session(&mut self, mut s: Session) {
+        self.metrics.queued_messages.dec_by(s.queue.len() as i64);
+        self.metrics.queued_bytes.dec_by(s.queued_bytes as i64);
         self.deadlines.cancel(&mut s.will_deadline);
         self.deadlines.cancel(&mut s.expiry_deadline);
         if let Some(w) = s.pending_will.take() {
@@ -517,8 +521,12 @@ impl Router {
             self.forget_will(&w);
             self.publish_will(w);
         }
+        // Kept current on every change; recounted here in case a path
+        // that drops a queue was missed.
         let queued: usize = self.sessions.values().map(|s| s.queue.len()).sum();
+        let bytes: usize = self.sessions.values().map(|s| s.queued_bytes).sum();
         self.metrics.queued_messages.set(queued as i64);
+        self.metrics.queued_bytes.set(bytes as i64);
         for id in expired {
             self.expire(&id);
         }

@@ -610,7 +610,8 @@ impl Router {
 
     fn update_gauges(&self) {
         self.metrics.persistent_sessions.set(self.persistent as i64);
-        self.metrics.queued_bytes.set(self.stored_bytes as i64);
+        self.metrics.stored_bytes.set(self.stored_bytes as i64);
+        self.metrics.sessions.set(self.sessions.len() as i64);
         self.metrics
             .retained_messages
             .set(self.retained.len() as i64);

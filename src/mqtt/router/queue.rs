@@ -105,6 +105,8 @@ pub fn enqueue(s: &mut Session, cx: &mut Ctx<'_>, d: Delivery<'_>) -> bool {
         stored: persistent,
     });
     s.queued_bytes += size as usize;
+    cx.metrics.queued_messages.inc();
+    cx.metrics.queued_bytes.inc_by(i64::from(size));
     pump(s, cx);
     true
 }
@@ -150,6 +152,8 @@ fn make_room(s: &mut Session, cx: &mut Ctx<'_>, size: u32) -> bool {
 /// Removes an entry from the queue and, for a stored session, from the store.
 pub fn remove_entry(s: &mut Session, cx: &mut Ctx<'_>, idx: usize) {
     if let Some(e) = s.remove_at(idx) {
+        cx.metrics.queued_messages.dec();
+        cx.metrics.queued_bytes.dec_by(i64::from(e.size));
         if e.stored {
             cx.ops.push(Op::RemoveEntry {
                 client_id: s.client_id.to_string(),

@@ -170,7 +170,7 @@ impl Source for AmqpSource {
             self.close_session().await;
             let (route, queue) = (&self.s.route, self.s.queue.as_str());
             let session = Session::open(&self.s).await.map_err(|e| {
-                tracing::warn!(%route, %queue, backend = %self.s.backend, "AMQP downlink could not connect and consume: {e}");
+                tracing::warn!(%route, %queue, backend = %self.s.backend, error = %e, "AMQP downlink could not connect and consume");
                 e
             })?;
             tracing::info!(%route, %queue, prefetch = self.s.prefetch, "AMQP downlink consuming");

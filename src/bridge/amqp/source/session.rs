@@ -108,7 +108,7 @@ impl Session {
             .channel
             .basic_cancel(self.consumer.tag(), BasicCancelOptions::default());
         if let Ok(Err(e)) = tokio::time::timeout(CLOSE_TIMEOUT, cancel).await {
-            tracing::debug!("AMQP downlink: basic.cancel failed: {e}");
+            tracing::debug!(error = %e, "AMQP downlink: basic.cancel failed");
         }
     }
 

@@ -66,7 +66,7 @@ pub(super) async fn run(
             Ok(true) => {}
             // The channel is gone: the broker redelivers the command.
             Ok(false) => tracing::debug!(%route, "delivery could not be settled (channel closed)"),
-            Err(e) => tracing::debug!(%route, "delivery could not be settled: {e}"),
+            Err(e) => tracing::debug!(%route, error = %e, "delivery could not be settled"),
         }
     }
 }

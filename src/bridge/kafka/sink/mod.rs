@@ -163,13 +163,13 @@ impl ClientContext for SinkContext {
         match error.rdkafka_error_code() {
             Some(RDKafkaErrorCode::AllBrokersDown) => {
                 self.up.set(0);
-                tracing::warn!(backend, "Kafka client: {error} ({reason})");
+                tracing::warn!(backend, %error, reason, "Kafka client error");
             }
             // Already logged by librdkafka itself (see `log`).
             Some(RDKafkaErrorCode::BrokerTransportFailure) => {
-                tracing::debug!(backend, "Kafka client: {error} ({reason})")
+                tracing::debug!(backend, %error, reason, "Kafka client error")
             }
-            _ => tracing::warn!(backend, "Kafka client: {error} ({reason})"),
+            _ => tracing::warn!(backend, %error, reason, "Kafka client error"),
         }
     }
 }

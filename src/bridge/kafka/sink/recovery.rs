@@ -43,7 +43,8 @@ impl KafkaSink {
                 tracing::error!(
                     backend = &*self.settings.backend,
                     topic,
-                    "{why} and create_topics is off; messages to it will be rejected"
+                    reason = %why,
+                    "Kafka topic unusable and create_topics is off; messages to it will be rejected"
                 );
             }
             return Ok(());

@@ -117,7 +117,8 @@ impl Topics {
             Err(e) => {
                 tracing::error!(
                     backend,
-                    "cannot create a Kafka admin client to create topics: {e}"
+                    error = %e,
+                    "cannot create a Kafka admin client to create topics"
                 );
                 return Vec::new();
             }
@@ -132,7 +133,7 @@ impl Topics {
         let results = match admin.create_topics(&new, &opts).await {
             Ok(results) => results,
             Err(e) => {
-                tracing::warn!(backend, "creating Kafka topics failed, will retry: {e}");
+                tracing::warn!(backend, error = %e, "creating Kafka topics failed, will retry");
                 return missing.to_vec();
             }
         };
@@ -147,14 +148,16 @@ impl Topics {
                     tracing::warn!(
                         backend,
                         topic,
-                        "creating Kafka topic failed, will retry: {code}"
+                        error = %code,
+                        "creating Kafka topic failed, will retry"
                     );
                     again.push(topic);
                 }
                 Err((topic, code)) => tracing::error!(
                     backend,
                     topic,
-                    "cannot create Kafka topic: {code}; messages to it will be rejected"
+                    error = %code,
+                    "cannot create Kafka topic; messages to it will be rejected"
                 ),
             }
         }

@@ -33,7 +33,7 @@ impl ClientContext for SourceContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(route = &*self.route, "Kafka consumer: {error} ({reason})");
+        tracing::warn!(route = &*self.route, %error, reason, "Kafka consumer error");
     }
 }
 
@@ -55,7 +55,8 @@ impl ConsumerContext for SourceContext {
                 Ok(()) => tracing::debug!(route = &*self.route, "committed before rebalance"),
                 Err(e) => tracing::warn!(
                     route = &*self.route,
-                    "commit before rebalance failed: {e}; the next owner consumes those commands again"
+                    error = %e,
+                    "commit before rebalance failed; the next owner consumes those commands again"
                 ),
             }
         }
@@ -78,7 +79,9 @@ impl ConsumerContext for SourceContext {
                 );
             }
             Rebalance::Revoke(_) => {}
-            Rebalance::Error(e) => tracing::warn!(route = &*self.route, "rebalance failed: {e}"),
+            Rebalance::Error(e) => {
+                tracing::warn!(route = &*self.route, error = %e, "rebalance failed")
+            }
         }
     }
 
@@ -87,7 +90,8 @@ impl ConsumerContext for SourceContext {
             // Not lost: the offsets stay in the ledger and go with the next commit.
             tracing::warn!(
                 route = &*self.route,
-                "offset commit failed: {e}; will retry"
+                error = %e,
+                "offset commit failed; will retry"
             );
             self.ledger.lock().commit_failed();
         }

@@ -181,7 +181,7 @@ impl Admin {
                 Ok(topic) => tracing::info!(route, %topic, "created Kafka topic"),
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((topic, code)) => {
-                    tracing::warn!(route, %topic, "cannot create Kafka topic: {code}")
+                    tracing::warn!(route, %topic, error = %code, "cannot create Kafka topic")
                 }
             }
         }
