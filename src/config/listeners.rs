@@ -226,6 +226,15 @@ pub(super) fn check(
                     );
                 }
             }
+            // Nothing could ever be verified: a configuration mistake.
+            let verifies = kind.is_some_and(ListenerKind::is_tls)
+                && client_certificates.is_some_and(|c| c != ClientCertificates::None);
+            if methods.iter().any(|m| m == "certificate") && !verifies {
+                bad(
+                    "auth",
+                    "method \"certificate\" needs client_certificates = \"optional\" or \"required\" (kind tls or wss)".into(),
+                );
+            }
         }
         let is_tls = kind.is_some_and(ListenerKind::is_tls);
         let is_ws = kind.is_some_and(ListenerKind::is_ws);
@@ -358,7 +367,7 @@ mod tests {
         let mut bad_ws = entry("web", "ws");
         bad_ws.path = "mqtt".into();
         bad_ws.listen = "localhost:80".into();
-        bad_ws.auth = Some(vec!["ldap".into()]);
+        bad_ws.auth = Some(vec!["ldap".into(), "certificate".into()]);
         let got = problems(&[
             bad_tcp,
             entry("tcp", "tcp"),
@@ -378,6 +387,7 @@ mod tests {
             "mqtt.listeners[5].path: \"mqtt\" must start with /",
             "mqtt.listeners[5].listen: invalid socket address",
             "mqtt.listeners[5].auth: unknown method \"ldap\"",
+            "mqtt.listeners[5].auth: method \"certificate\" needs client_certificates",
         ] {
             assert!(
                 got.iter().any(|g| g.starts_with(want)),

@@ -622,11 +622,15 @@ fn no_listener_at_all_is_refused() {
 /// unknown key inside an entry is refused.
 #[test]
 fn listeners_load_from_a_file() {
-    let f = toml_file(
+    // A method that can accept on a plain TCP listener ("certificate" needs
+    // client certificates): the password file, here with no user.
+    let passwords = toml_file("# no users yet\n");
+    let f = toml_file(&format!(
         "[[mqtt.listeners]]\nname = \"web\"\nkind = \"ws\"\nlisten = \"127.0.0.1:8080\"\n\
          [[mqtt.listeners]]\nname = \"more\"\nkind = \"tcp\"\nlisten = \"127.0.0.1:1884\"\nallow_anonymous = false\n\
-         auth = [\"certificate\"]\n",
-    );
+         auth = [\"password_file\"]\n[auth]\npassword_file = {:?}\n",
+        passwords.path()
+    ));
     let v = load_isolated(Some(f.path())).expect("valid");
     let names: Vec<&str> = v.listeners().iter().map(|l| &*l.name).collect();
     assert_eq!(names, ["tcp", "web", "more"]);

@@ -22,9 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
-#[path = "../broker/listeners/certs.rs"]
-#[allow(dead_code)]
-mod certs;
+use crate::common::certs;
 
 const PATIENCE: Duration = Duration::from_secs(20);
 

@@ -4,9 +4,9 @@
 //! transport allows (mosquitto_pub/sub, paho, MQTT.js).
 
 mod cert_auth;
-mod certs;
 mod tcp;
 mod tls;
+mod ws;
 
 /// A script of tests/interop (third-party clients).
 fn interop_script(name: &str) -> std::path::PathBuf {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod amqp;
+pub mod certs;
 pub mod downlink;
 pub mod kafka;
 pub mod service;

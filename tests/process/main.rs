@@ -14,6 +14,7 @@ mod passwd;
 mod production;
 mod restart;
 mod spool;
+mod tls_reload;
 
 use std::path::Path;
 use std::process::Child;

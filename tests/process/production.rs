@@ -17,9 +17,7 @@ use crate::common::service;
 use crate::{free_port, wait_started};
 use rdkafka::Message;
 
-#[path = "../broker/listeners/certs.rs"]
-#[allow(dead_code)]
-mod certs;
+use crate::common::certs;
 
 const PASSWORD: &str = "correct horse battery staple";
 

@@ -61,7 +61,7 @@ async fn read_connect<T: AsyncRead + AsyncWrite + Unpin>(
             }
             Err(e) => return Err(ConnError::decode(e)),
         }
-        if stream.read_buf(buf).await? == 0 {
+        if stream.read_buf(buf).await.map_err(ConnError::read)? == 0 {
             return Err(ConnError::Closed);
         }
     }
@@ -296,7 +296,7 @@ pub async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
         detach(sh, conn_id, &client_id, true).await;
         return Err(ConnError::Io(e));
     }
-    tracing::debug!(client_id = %client_id, ?version, session_present, expiry_secs, "client connected");
+    tracing::debug!(client_id = %client_id, listener = %ctx.listener.name, ?version, session_present, expiry_secs, "client connected");
     Ok(Attached {
         version,
         client_id,

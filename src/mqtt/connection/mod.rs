@@ -109,6 +109,20 @@ impl ConnError {
         }
     }
 
+    /// A read error; a WebSocket violation is a protocol error.
+    fn read(e: std::io::Error) -> ConnError {
+        use crate::mqtt::transport::ws::Violation;
+        let Some(v) = e.get_ref().and_then(|i| i.downcast_ref::<Violation>()) else {
+            return ConnError::Io(e);
+        };
+        let why = match v {
+            Violation::Text => Why::WebsocketText,
+            Violation::TooLarge(_) => Why::PacketTooLarge,
+            Violation::Protocol(_) => Why::ProtocolError,
+        };
+        ConnError::protocol(why, v.to_string())
+    }
+
     fn decode(e: DecodeError) -> ConnError {
         match e {
             DecodeError::TooLarge { .. } => ConnError::protocol(Why::PacketTooLarge, e.to_string()),
@@ -301,14 +315,6 @@ fn report(ctx: &ConnCtx, shared: &Metrics, e: &ConnError, client_id: &str) {
     let listener = &*ctx.listener.name;
     let metrics = &ctx.listener.metrics;
     match e {
-        ConnError::Io(err)
-            if err
-                .get_ref()
-                .is_some_and(|i| i.is::<crate::mqtt::transport::ws::TextFrame>()) =>
-        {
-            metrics.protocol_error(Why::WebsocketText);
-            tracing::debug!(client_id, %peer, listener, "closing connection: WebSocket text frame");
-        }
         ConnError::Protocol { why, detail, .. } => {
             metrics.protocol_error(*why);
             // Many clients misbehaving at once (a flood, a broken fleet) must
@@ -412,14 +418,16 @@ impl Conn<'_> {
                 Some(o) = rx.recv(), if room => self.deliver(o),
                 Some(o) = rx0.recv(), if room => self.deliver(o),
                 r = rd.read_into(buf), if may_read => {
-                    if r? == 0 {
+                    if r.map_err(ConnError::read)? == 0 {
                         return Err(ConnError::Closed);
                     }
                     t.heard();
                     let consumed = self.process(buf)?;
                     t.after_read(buf.is_empty(), consumed);
-                    if buf.is_empty() {
-                        // An idle connection holds no read buffer.
+                    if buf.is_empty() && !W::BUFFERED {
+                        // An idle TCP connection holds no read buffer. (TLS
+                        // and WebSocket reserve before each read and buffer
+                        // anyway: theirs is kept, not allocated per read.)
                         *buf = BytesMut::new();
                     }
                 }

@@ -267,6 +267,9 @@ async fn tls_handshake(stream: TcpStream, ctx: &mut ConnCtx) -> Option<TlsStream
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .and_then(|leaf| PeerIdentity::from_der(leaf));
+            if let Some(id) = &ctx.peer_identity {
+                tracing::debug!(listener = %on.name, peer = %ctx.peer, common_name = ?id.common_name, "client certificate verified");
+            }
             return Some(tls);
         }
         Ok(Err(e)) => (tls::failure_reason(&e), Some(e)),

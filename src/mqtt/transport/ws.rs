@@ -23,10 +23,20 @@ use crate::mqtt::connection::Shared;
 /// more than one packet), and the largest message we send.
 pub const MESSAGE_SLACK: usize = 64 * 1024;
 
-/// A text frame arrived: a protocol error (MQTT-6.0.0-1).
+/// What the client did wrong at the WebSocket layer; carried inside the
+/// `io::Error` of a read, and turned into a protocol error by the
+/// connection (counted and logged like any other).
 #[derive(Debug, thiserror::Error)]
-#[error("WebSocket text frame (MQTT must be sent in binary frames)")]
-pub struct TextFrame;
+pub enum Violation {
+    /// MQTT-6.0.0-1: MQTT goes in binary frames.
+    #[error("WebSocket text frame (MQTT must be sent in binary frames)")]
+    Text,
+    /// Over `mqtt.max_packet_size` + 64 KiB.
+    #[error("WebSocket message or frame too large: {0}")]
+    TooLarge(String),
+    #[error("WebSocket protocol error: {0}")]
+    Protocol(String),
+}
 
 /// Bytes over the binary messages of a WebSocket.
 pub struct WsStream<S> {
@@ -45,6 +55,14 @@ fn io_err(e: WsError) -> io::Error {
     match e {
         WsError::Io(e) => e,
         WsError::ConnectionClosed | WsError::AlreadyClosed => io::ErrorKind::BrokenPipe.into(),
+        WsError::Capacity(e) => io::Error::new(
+            io::ErrorKind::InvalidData,
+            Violation::TooLarge(e.to_string()),
+        ),
+        WsError::Protocol(e) => io::Error::new(
+            io::ErrorKind::InvalidData,
+            Violation::Protocol(e.to_string()),
+        ),
         e => io::Error::new(io::ErrorKind::InvalidData, e),
     }
 }
@@ -59,7 +77,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
             match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
                 Some(Ok(Message::Binary(b))) => self.leftover = b,
                 Some(Ok(Message::Text(_))) => {
-                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, TextFrame)))
+                    let e = io::Error::new(io::ErrorKind::InvalidData, Violation::Text);
+                    return Poll::Ready(Err(e));
                 }
                 // Pings are answered by tungstenite.
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}

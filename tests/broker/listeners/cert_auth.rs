@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use rumqttc::QoS;
 use tokio::process::Command;
 
-use super::certs::{self, Ca};
+use crate::common::certs::{self, Ca};
 use crate::common::{b4, opts_v4, service, start_with, within, TestGateway};
 
 /// mosquitto_pub to `listener` as client id `id`, with these TLS options;

@@ -9,7 +9,7 @@ use rumqttc::QoS;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::Command;
 
-use super::certs::{self, Ca};
+use crate::common::certs::{self, Ca};
 use crate::common::{b4, opts_v4, scrape, service, start_with, within, TestGateway};
 
 fn mosquitto_available() -> bool {
@@ -260,10 +260,15 @@ async fn reload_swaps_the_certificate_without_dropping_connections() {
     // New files: a server certificate from a new CA.
     let new_ca = Ca::new("new server CA");
     let new_ca_path = new_ca.write(p.dir.path(), "new-server-ca.pem");
-    let new_pair = new_ca.server();
+    let new_pair = new_ca.server_until(2040);
     certs::write(p.dir.path(), "server.pem", &new_pair.0);
     certs::write(p.dir.path(), "server.key", &new_pair.1);
+    let expiry = "mqbridge_tls_certificate_expiry_timestamp_seconds{listener=\"tls\"}";
+    let before = scrape(&t, expiry).await.expect("expiry gauge");
     assert_eq!(t.gw.reload(), 0, "every TLS listener reloaded");
+    // 2040-01-01T00:00:00Z: the new certificate's notAfter.
+    assert_eq!(scrape(&t, expiry).await, Some(2_208_988_800.0));
+    assert_ne!(before, 2_208_988_800.0);
     assert_eq!(
         scrape(&t, "mqbridge_tls_reloads_total{result=\"ok\"}").await,
         Some(3.0)
@@ -316,7 +321,8 @@ async fn reload_swaps_the_certificate_without_dropping_connections() {
 }
 
 /// A client that connects to a TLS listener and says nothing is closed at
-/// the connect timeout and counted as a handshake timeout.
+/// the connect timeout and counted as a handshake timeout; one that speaks
+/// plain MQTT to it is closed at once, counted as a protocol failure.
 #[tokio::test]
 async fn silent_tls_client_is_closed_at_the_connect_timeout() {
     let p = pki();
@@ -338,5 +344,41 @@ async fn silent_tls_client_is_closed_at_the_connect_timeout() {
         .await,
         Some(1.0)
     );
+    t.gw.shutdown().await;
+}
+
+/// Whether `openssl s_client` limited to `version` completes a handshake
+/// with `port`, trusting `ca`.
+async fn s_client(port: u16, ca: &Path, version: &str) -> bool {
+    let out = within(
+        20,
+        Command::new("openssl")
+            .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+            .args([version, "-verify_return_error", "-CAfile"])
+            .arg(ca)
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("openssl runs");
+    out.status.success() && String::from_utf8_lossy(&out.stdout).contains("Verify return code: 0")
+}
+
+/// `min_tls_version = "1.3"` refuses a TLS 1.2 client (counted as
+/// incompatible); the default accepts both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_tls_version_is_enforced() {
+    if !service::program("openssl", "openssl (Debian package openssl)") {
+        return;
+    }
+    let p = pki();
+    let mut only13 = certs::tls_listener("tls13", "tls", &p.server);
+    only13.min_tls_version = "1.3".into();
+    let t = start_tls(&p, |c| c.mqtt.listeners.push(only13)).await;
+    assert!(s_client(port(&t, "tls"), &p.server_ca, "-tls1_2").await);
+    assert!(s_client(port(&t, "tls"), &p.server_ca, "-tls1_3").await);
+    assert!(s_client(port(&t, "tls13"), &p.server_ca, "-tls1_3").await);
+    assert!(!s_client(port(&t, "tls13"), &p.server_ca, "-tls1_2").await);
+    assert_eq!(tls_failures(&t, "tls13", "incompatible").await, 1.0);
     t.gw.shutdown().await;
 }

@@ -32,6 +32,14 @@ impl Ca {
         self.sign(params)
     }
 
+    /// [`Ca::server`] valid until 1 January of `year`.
+    pub fn server_until(&self, year: i32) -> (String, String) {
+        let mut params =
+            CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).expect("params");
+        params.not_after = rcgen::date_time_ymd(year, 1, 1);
+        self.sign(params)
+    }
+
     /// A device certificate with common name `cn` and SANs
     /// `<cn>.devices.example` (DNS) and `<cn>@devices.example` (email).
     pub fn device(&self, cn: &str) -> (String, String) {
