@@ -32,6 +32,7 @@ fn config(dir: &Path, port: u16, admin: u16, kafka: &str, topic: &str) -> String
         .replace("/etc/mqbridge/", &format!("{d}/"))
         .replace("/var/lib/mqbridge", &format!("{d}/store"))
         .replace("0.0.0.0:8883", &format!("127.0.0.1:{port}"))
+        .replace("0.0.0.0:8884", &format!("127.0.0.1:{}", crate::free_port()))
         .replace("127.0.0.1:9883", &format!("127.0.0.1:{admin}"))
         .replace("127.0.0.1:9092", kafka)
         .replace("mqbridge.telemetry", topic)
