@@ -62,6 +62,13 @@ pub struct BridgeMetrics {
     /// `mqbridge_bridge_downlink_source_up{route}`: 1 while the route's
     /// command source is connected.
     pub source_up: Family<RouteLabel, Gauge>,
+    /// `mqbridge_bridge_downlink_unsettled_commands{route}`: commands
+    /// consumed and not settled yet (not committed / acked).
+    pub source_unsettled: Family<RouteLabel, Gauge>,
+    /// `mqbridge_bridge_downlink_lag_messages{route}`: Kafka only, messages
+    /// behind the ends of the route's partitions (librdkafka statistics,
+    /// every 5 s).
+    pub source_lag: Family<RouteLabel, Gauge>,
     /// `mqbridge_bridge_backend_retries_total{backend}`: reconnects and re-sends.
     pub retries: Family<BackendLabel, Counter>,
     /// `mqbridge_bridge_spool_full_total{route}`: times a route's spool was full
@@ -85,6 +92,8 @@ impl BridgeMetrics {
             receipts: Family::default(),
             backend_up: Family::default(),
             source_up: Family::default(),
+            source_unsettled: Family::default(),
+            source_lag: Family::default(),
             retries: Family::default(),
             spool_full: Family::default(),
             confirm_duration: Family::new_with_constructor(|| {
@@ -131,6 +140,16 @@ impl BridgeMetrics {
             "mqbridge_bridge_downlink_source_up",
             "1 while the downlink route's command source is connected",
             m.source_up.clone(),
+        );
+        registry.register(
+            "mqbridge_bridge_downlink_unsettled_commands",
+            "Commands consumed by the downlink route and not settled yet",
+            m.source_unsettled.clone(),
+        );
+        registry.register(
+            "mqbridge_bridge_downlink_lag_messages",
+            "Kafka: messages behind the ends of the downlink route's partitions",
+            m.source_lag.clone(),
         );
         registry.register(
             "mqbridge_bridge_backend_retries",
@@ -227,6 +246,18 @@ impl BridgeMetrics {
         }
     }
 
+    /// The gauges of a downlink route's source.
+    pub fn source(&self, route: &str) -> SourceGauges {
+        let l = RouteLabel {
+            route: route.to_string(),
+        };
+        SourceGauges {
+            up: self.source_up.get_or_create(&l).clone(),
+            unsettled: self.source_unsettled.get_or_create(&l).clone(),
+            lag: self.source_lag.get_or_create(&l).clone(),
+        }
+    }
+
     /// The connection gauge of a downlink route's source.
     pub fn source_up(&self, route: &str) -> Gauge {
         self.source_up
@@ -272,6 +303,17 @@ pub struct BackendCounters {
     pub up: Gauge,
     pub retries: Counter,
     pub confirm: Histogram,
+}
+
+/// Gauges of one downlink route's source.
+#[derive(Clone, Debug, Default)]
+pub struct SourceGauges {
+    /// 1 while connected (`/readyz` too).
+    pub up: Gauge,
+    /// Consumed and not settled yet.
+    pub unsettled: Gauge,
+    /// Kafka: messages behind the partitions' ends.
+    pub lag: Gauge,
 }
 
 /// Counters of one downlink route.

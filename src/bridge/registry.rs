@@ -59,8 +59,8 @@ pub struct SourceStart {
     pub cancel: CancellationToken,
     /// Where the source's tasks are spawned.
     pub tasks: TaskTracker,
-    /// 1 while the source is connected (`/readyz` and the metric).
-    pub up: prometheus_client::metrics::gauge::Gauge,
+    /// The source's gauges (connected, unsettled, lag).
+    pub gauges: crate::bridge::metrics::SourceGauges,
 }
 
 /// A configured, checked backend.

@@ -152,11 +152,11 @@ async fn start_downlink(
             let entry = (sink, target.clone(), route_counters, counters);
             receipt_targets.insert(r.name.clone(), entry);
         }
-        let up = w.metrics.source_up(&r.name);
-        w.ready
-            .watch_connection(format!("downlink route {}", r.name), up.clone());
+        let gauges = w.metrics.source(&r.name);
+        let what = format!("downlink route {}", r.name);
+        w.ready.watch_connection(what, gauges.up.clone());
         let start = SourceStart {
-            up,
+            gauges,
             node_id: w.node_id.to_string(),
             tx: p.tx,
             cancel: w.cancel.clone(),

@@ -131,10 +131,10 @@ impl Backend for Memory {
                 tx,
                 cancel,
                 tasks,
-                up,
+                gauges,
                 ..
             } = start;
-            Ok(run_source(&route.name, source, tx, up, cancel, &tasks))
+            Ok(run_source(&route.name, source, tx, gauges, cancel, &tasks))
         })
     }
 }

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::metrics::gauge::Gauge;
+
+use crate::bridge::metrics::SourceGauges;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -27,13 +29,14 @@ pub fn run_source(
     route: &str,
     source: Box<dyn Source>,
     tx: CommandTx,
-    up: Gauge,
+    gauges: SourceGauges,
     cancel: CancellationToken,
     tasks: &TaskTracker,
 ) -> JoinHandle<()> {
-    up.set(0);
+    gauges.up.set(0);
     let driver = Driver {
-        up,
+        up: gauges.up,
+        unsettled: gauges.unsettled,
         route: route.into(),
         source,
         tx,
@@ -46,6 +49,8 @@ pub fn run_source(
 struct Driver {
     /// 1 while connected.
     up: Gauge,
+    /// Handed to the processor and not settled.
+    unsettled: Gauge,
     route: Arc<str>,
     source: Box<dyn Source>,
     tx: CommandTx,
@@ -91,6 +96,8 @@ impl Driver {
                     self.up.set(1);
                     let end = self.consume().await;
                     self.up.set(0);
+                    // What was not settled is consumed again on the next connection.
+                    self.unsettled.set(0);
                     self.source.close().await;
                     match end {
                         End::Stopped => return,
@@ -126,6 +133,7 @@ impl Driver {
                 }
                 answer = handed.oldest(|h| &mut h.outcome) => {
                     let Some(h) = handed.pop_front() else { continue };
+                    self.unsettled.set(handed.len() as i64);
                     if let Err(end) = self.settle(h, answer).await {
                         return end;
                     }
@@ -150,6 +158,7 @@ impl Driver {
                         },
                     }
                     handed.push_back(Handed { position, outcome });
+                    self.unsettled.set(handed.len() as i64);
                 }
             }
         }
@@ -190,6 +199,7 @@ impl Driver {
             while !handed.is_empty() {
                 let answer = handed.oldest(|h| &mut h.outcome).await;
                 let Some(h) = handed.pop_front() else { break };
+                self.unsettled.set(handed.len() as i64);
                 if self.settle(h, answer).await.is_err() {
                     break;
                 }

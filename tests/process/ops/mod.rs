@@ -225,3 +225,33 @@ fn dashboard_has_a_row_for_each_group_and_uses_the_provisioned_data_source() {
     let ids: BTreeSet<u64> = panels.iter().filter_map(|p| p["id"].as_u64()).collect();
     assert_eq!(ids.len(), panels.len());
 }
+
+/// The README's metrics table names every family `/metrics` exposes, with
+/// its type, and nothing that does not exist (counters as `<family>_total`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_documents_every_metric_with_its_type() {
+    let (t, admin) = gateway_with_traffic().await;
+    let exposed: BTreeMap<String, String> = families(&scrape(admin).await)
+        .into_iter()
+        .map(|(name, kind)| {
+            let name = if kind == "counter" {
+                format!("{name}_total")
+            } else {
+                name
+            };
+            (name, kind)
+        })
+        .collect();
+    let readme = read("README.md");
+    let documented: BTreeMap<String, String> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `mqbridge_"))
+        .filter_map(|rest| {
+            let (name, rest) = rest.split_once('`')?;
+            let kind = rest.trim_start_matches([' ', '|']).split(' ').next()?;
+            Some((format!("mqbridge_{name}"), kind.to_owned()))
+        })
+        .collect();
+    assert_eq!(documented, exposed, "README metrics table vs /metrics");
+    t.gw.shutdown().await;
+}

@@ -75,7 +75,7 @@ pub async fn start(
         tx,
         cancel: stop,
         tasks,
-        up,
+        gauges,
         ..
     } = start;
     let tasks = &tasks;
@@ -94,7 +94,7 @@ pub async fn start(
         &route.name,
         Box::new(source),
         tx,
-        up,
+        gauges,
         stop,
         tasks,
     ))

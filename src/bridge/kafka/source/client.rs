@@ -14,6 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::gauge::Gauge;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaResult;
@@ -51,13 +52,20 @@ pub(super) struct KafkaSource {
     pub(super) tick: Interval,
     /// The current pause after consumer errors.
     pub(super) errors: Duration,
+    /// Messages behind the partitions' ends, set from the statistics.
+    pub(super) lag: Gauge,
 }
 
 /// Creates a consumer of the route (its ledger starts empty).
-pub(super) fn create(config: &ClientConfig, route: Arc<str>) -> KafkaResult<Arc<Kafka>> {
+pub(super) fn create(
+    config: &ClientConfig,
+    route: Arc<str>,
+    lag: Gauge,
+) -> KafkaResult<Arc<Kafka>> {
     let context = SourceContext {
         route,
         ledger: Arc::new(Shared::default()),
+        lag,
     };
     Ok(Arc::new(config.create_with_context(context)?))
 }
@@ -68,6 +76,7 @@ impl KafkaSource {
         topics: Vec<String>,
         config: ClientConfig,
         admin: Option<Admin>,
+        lag: Gauge,
     ) -> KafkaSource {
         let mut tick = interval(COMMIT_EVERY);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -79,6 +88,7 @@ impl KafkaSource {
             consumer: None,
             tick,
             errors: Duration::ZERO,
+            lag,
         }
     }
 
@@ -131,7 +141,7 @@ impl Source for KafkaSource {
                     })?;
                 self.admin = None;
             }
-            let consumer = create(&self.config, self.route.clone())?;
+            let consumer = create(&self.config, self.route.clone(), self.lag.clone())?;
             let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
             consumer.subscribe(&topics)?;
             tracing::info!(route = &*self.route, topics = ?self.topics, "consuming commands");

@@ -3,17 +3,20 @@
 
 use std::sync::Arc;
 
+use prometheus_client::metrics::gauge::Gauge;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::TopicPartitionList;
+use rdkafka::{Statistics, TopicPartitionList};
 
 use super::ledger::Shared;
 
 pub(super) struct SourceContext {
     pub(super) route: Arc<str>,
     pub(super) ledger: Arc<Shared>,
+    /// `mqbridge_bridge_downlink_lag_messages{route}`.
+    pub(super) lag: Gauge,
 }
 
 fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
@@ -30,6 +33,20 @@ impl ClientContext for SourceContext {
             route: Some(&self.route),
         };
         crate::bridge::kafka::forward_log(owner, level, fac, message);
+    }
+
+    /// The lag of the partitions this consumer owns (librdkafka reports -1
+    /// for one it does not know yet, and -1 as the partition of its internal
+    /// "unassigned" entry: both skipped).
+    fn stats(&self, statistics: Statistics) {
+        let lag: i64 = statistics
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.values())
+            .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+            .map(|p| p.consumer_lag)
+            .sum();
+        self.lag.set(lag);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {

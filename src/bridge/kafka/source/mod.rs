@@ -46,7 +46,7 @@ pub async fn start(
         tx,
         cancel: stop,
         tasks,
-        up,
+        gauges,
     } = start;
     let (node_id, tasks) = (node_id.as_str(), &tasks);
     let settings = |errors: Vec<SettingError>| {
@@ -56,7 +56,7 @@ pub async fn start(
     let admin = admin_config(backend).map_err(settings)?;
     // Create (and drop) one consumer now so that a bad property fails the
     // start-up instead of the task; this does not contact the broker.
-    client::create(&config, route_name(route))
+    client::create(&config, route_name(route), Default::default())
         .map_err(|e| BridgeError::Backend {
             backend: backend.name.clone(),
             what: format!("creating the Kafka consumer of route {}", route.name),
@@ -74,12 +74,18 @@ pub async fn start(
         partitions: backend.topic_partitions,
         replication: backend.topic_replication,
     });
-    let source = client::KafkaSource::new(route_name(route), route.topics.clone(), config, admin);
+    let source = client::KafkaSource::new(
+        route_name(route),
+        route.topics.clone(),
+        config,
+        admin,
+        gauges.lag.clone(),
+    );
     Ok(run_source(
         &route.name,
         Box::new(source),
         tx,
-        up,
+        gauges,
         stop,
         tasks,
     ))
@@ -118,7 +124,9 @@ fn consumer_config(
         // starts at the oldest retained command. A command produced before
         // the gateway first joined must not be skipped; a duplicate is
         // better than a lost command.
-        .set("auto.offset.reset", "earliest");
+        .set("auto.offset.reset", "earliest")
+        // Consumer lag for mqbridge_bridge_downlink_lag_messages.
+        .set("statistics.interval.ms", "5000");
     for (key, value) in super::properties(backend)? {
         if key == "group.id" {
             tracing::warn!(route = %route.name, "Kafka property group.id={value} ignored by the downlink: the route's group is {group}");

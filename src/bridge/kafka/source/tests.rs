@@ -203,6 +203,6 @@ fn source_start(
         tx,
         cancel,
         tasks: tasks.clone(),
-        up: Default::default(),
+        gauges: Default::default(),
     }
 }
