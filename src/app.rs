@@ -48,6 +48,13 @@ pub enum AppError {
     },
     #[error("node id")]
     NodeId(#[from] crate::node::NodeIdError),
+    /// The admin endpoint's TLS files changed since validation and no
+    /// longer load.
+    #[error("TLS files of the admin endpoint")]
+    AdminTls {
+        #[source]
+        source: crate::mqtt::transport::tls::TlsError,
+    },
     /// No MQTT listener configured (validation refuses that).
     #[error("no MQTT listener configured")]
     NoListener,
@@ -277,7 +284,15 @@ impl Gateway {
                 token: cfg.raw().admin.token.clone(),
                 routes: admin_routes(&cfg, &bridge_metrics),
             };
-            let serve = crate::admin::serve(l, state, admin_tasks.clone());
+            let tls = match cfg.admin_tls() {
+                Some(spec) => {
+                    let loaded = crate::mqtt::transport::tls::load(spec)
+                        .map_err(|source| AppError::AdminTls { source })?;
+                    Some(tokio_rustls::TlsAcceptor::from(loaded.config))
+                }
+                None => None,
+            };
+            let serve = crate::admin::serve(l, state, tls, admin_tasks.clone());
             admin_tasks.supervise("admin endpoint", async move {
                 if let Err(error) = serve.await {
                     tracing::error!(%error, "admin endpoint failed");

@@ -35,6 +35,7 @@ use hyper_util::service::TowerToHyperService;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
+use tokio_rustls::TlsAcceptor;
 
 pub use readiness::Readiness;
 
@@ -122,13 +123,20 @@ impl Default for Limits {
 /// Serves the admin endpoint on `listener` until the stop signal of `tasks`.
 /// Each connection runs in its own task on `tasks`, bounded by the timeouts
 /// above; failed `accept` calls are logged and retried.
-pub async fn serve(listener: TcpListener, state: AdminState, tasks: Tasks) -> std::io::Result<()> {
-    serve_with(listener, state, tasks, Limits::default()).await
+/// With `tls`, it serves HTTPS (the handshake bounded by [`HEAD_TIMEOUT`]).
+pub async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    tls: Option<TlsAcceptor>,
+    tasks: Tasks,
+) -> std::io::Result<()> {
+    serve_with(listener, state, tls, tasks, Limits::default()).await
 }
 
 async fn serve_with(
     listener: TcpListener,
     state: AdminState,
+    tls: Option<TlsAcceptor>,
     tasks: Tasks,
     limits: Limits,
 ) -> std::io::Result<()> {
@@ -156,23 +164,42 @@ async fn serve_with(
             tracing::debug!(%peer, "admin endpoint: too many connections, closing");
             continue;
         };
-        let service = service.clone();
+        let (service, tls) = (service.clone(), tls.clone());
         tasks.spawn("admin request", async move {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.head_timeout)
-                .keep_alive(false)
-                .serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(EXCHANGE_TIMEOUT, conn).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => {
-                    tracing::debug!(%peer, %error, "admin endpoint: connection failed")
+            match tls {
+                None => exchange(stream, service, limits, peer).await,
+                Some(tls) => {
+                    match tokio::time::timeout(limits.head_timeout, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => exchange(stream, service, limits, peer).await,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%peer, %error, "admin endpoint: TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(%peer, "admin endpoint: TLS handshake timed out"),
+                    }
                 }
-                Err(_) => tracing::debug!(%peer, "admin endpoint: exchange timed out"),
             }
             drop(permit);
         });
     }
     tracing::info!("admin endpoint stopped");
     Ok(())
+}
+
+type Service = TowerToHyperService<Router>;
+
+/// One request and its response on `io`, bounded by the timeouts.
+async fn exchange<S>(io: S, service: Service, limits: Limits, peer: std::net::SocketAddr)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.head_timeout)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(io), service);
+    match tokio::time::timeout(EXCHANGE_TIMEOUT, conn).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::debug!(%peer, %error, "admin endpoint: connection failed"),
+        Err(_) => tracing::debug!(%peer, "admin endpoint: exchange timed out"),
+    }
 }

@@ -30,7 +30,7 @@ async fn start(limits: Limits) -> Server {
         token: None,
         routes: Arc::new([]),
     };
-    let task = tokio::spawn(serve_with(listener, state, tasks.clone(), limits));
+    let task = tokio::spawn(serve_with(listener, state, None, tasks.clone(), limits));
     Server {
         addr,
         ready,

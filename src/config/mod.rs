@@ -540,6 +540,12 @@ pub struct AdminConfig {
     /// refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<Secret>,
+    /// Serve HTTPS: PEM certificate chain (with `key_file`); empty = HTTP.
+    #[serde(default)]
+    pub cert_file: String,
+    /// The certificate's private key (PEM), with `cert_file`.
+    #[serde(default)]
+    pub key_file: String,
 }
 
 impl Default for AdminConfig {
@@ -547,6 +553,8 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: "127.0.0.1:9883".to_owned(),
             token: None,
+            cert_file: String::new(),
+            key_file: String::new(),
         }
     }
 }
@@ -565,6 +573,40 @@ impl AdminConfig {
                 "must not be empty (leave it unset to refuse mutating calls)",
             )),
             _ => Ok(()),
+        }
+    }
+
+    /// The TLS files, checked (they must load, the key match the
+    /// certificate); `None` for plain HTTP.
+    pub fn tls(&self) -> Result<Option<listeners::TlsSpec>, ConfigError> {
+        let spec = match (self.cert_file.is_empty(), self.key_file.is_empty()) {
+            (true, true) => return Ok(None),
+            (false, false) => listeners::TlsSpec {
+                cert_file: self.cert_file.clone().into(),
+                key_file: self.key_file.clone().into(),
+                client_ca_file: None,
+                client_certificates: listeners::ClientCertificates::None,
+                min_version: listeners::TlsVersion::V1_2,
+            },
+            (true, false) => {
+                return Err(ConfigError::invalid(
+                    "admin.cert_file",
+                    "needed with admin.key_file",
+                ))
+            }
+            (false, true) => {
+                return Err(ConfigError::invalid(
+                    "admin.key_file",
+                    "needed with admin.cert_file",
+                ))
+            }
+        };
+        match crate::mqtt::transport::tls::load(&spec) {
+            Ok(_) => Ok(Some(spec)),
+            Err(e) if e.field() == "key_file" => {
+                Err(ConfigError::invalid("admin.key_file", e.to_string()))
+            }
+            Err(e) => Err(ConfigError::invalid("admin.cert_file", e.to_string())),
         }
     }
 

@@ -108,9 +108,9 @@ fn default_toml_comments_every_key() {
             "comment of key {key:?} in default.toml does not state the default"
         );
     }
-    // 2 (log) + 25 + 11 + 7 + 1 + 2 fields, auth: 12 + 9 (jwt), then bridge:
-    // 1 + 5 (file backend) + 6 (route), then acl: 1.
-    assert_eq!(keys, 82, "unexpected number of keys in default.toml");
+    // 2 (log) + 25 + 11 + 7 + 3 (admin) + 2 fields, auth: 12 + 9 (jwt),
+    // then bridge: 1 + 5 (file backend) + 6 (route), then acl: 1.
+    assert_eq!(keys, 84, "unexpected number of keys in default.toml");
 }
 
 #[test]

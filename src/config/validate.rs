@@ -25,6 +25,7 @@ pub struct Validated {
     /// `[[mqtt.listeners]]` in order.
     listeners: Vec<ListenerSpec>,
     admin_listen: Option<SocketAddr>,
+    admin_tls: Option<super::listeners::TlsSpec>,
     queue_full_policy: QueueFullPolicy,
     bridge: ValidBridge,
     acl: crate::acl::AclRules,
@@ -73,6 +74,11 @@ impl Validated {
     /// `admin.listen`, or `None` when the endpoint is disabled.
     pub fn admin_listen(&self) -> Option<SocketAddr> {
         self.admin_listen
+    }
+
+    /// `admin.cert_file` / `key_file`, checked: `None` for plain HTTP.
+    pub fn admin_tls(&self) -> Option<&super::listeners::TlsSpec> {
+        self.admin_tls.as_ref()
     }
 
     /// `session.queue_full_policy`.
@@ -137,6 +143,7 @@ impl Config {
         self.check_store(&mut errors);
         let admin_listen = errors.take(self.admin.listen_addr());
         errors.check(self.admin.check_token());
+        let admin_tls = errors.take(self.admin.tls());
         self.check_server(&mut errors);
         let bridge = match self.bridge.validate(self.session.max_session_expiry_secs) {
             Ok(bridge) => Some(bridge),
@@ -163,7 +170,7 @@ impl Config {
             (log_filter, log_format),
             listeners,
             queue_full_policy,
-            admin_listen,
+            (admin_listen, admin_tls),
             bridge,
             acl,
             auth,
@@ -172,7 +179,7 @@ impl Config {
                 (Some(log_filter), Some(log_format)),
                 Some(listeners),
                 Some(queue_full_policy),
-                Some(admin_listen),
+                (Some(admin_listen), Some(admin_tls)),
                 Some(bridge),
                 Some(acl),
                 Some(auth),
@@ -182,6 +189,7 @@ impl Config {
                 log_format,
                 listeners,
                 admin_listen,
+                admin_tls,
                 queue_full_policy,
                 bridge,
                 acl,

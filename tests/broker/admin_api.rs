@@ -258,3 +258,61 @@ async fn queue_gauges_are_current_and_cover_every_session() {
     assert!(zero, "the gauges did not come back to 0 after the acks");
     gw.shutdown().await;
 }
+
+/// With `admin.cert_file` / `key_file` the endpoint serves HTTPS only: curl
+/// trusting the test's CA gets the status page and the API; plain HTTP is
+/// not answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoint_over_https() {
+    if !service::program("curl", "curl (Debian package curl)") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = crate::common::certs::Ca::new("admin test CA");
+    let ca_file = ca.write(dir.path(), "ca.pem");
+    let (cert, key) = crate::common::certs::write_pair(dir.path(), "admin", &ca.server());
+    let mut cfg = test_config(dir.path());
+    cfg.admin.listen = "127.0.0.1:0".into();
+    cfg.admin.cert_file = cert.display().to_string();
+    cfg.admin.key_file = key.display().to_string();
+    let gw = Gateway::start(cfg.validate().expect("valid"))
+        .await
+        .expect("starts");
+    let admin = gw.admin_addr.expect("admin");
+    let url = format!("https://localhost:{}/api/v1/stats", admin.port());
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(&ca_file)
+        .arg(&url)
+        .output()
+        .await
+        .expect("curl runs");
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats: Value = serde_json::from_str(&body).expect("JSON over HTTPS");
+    assert!(stats["sessions"].is_number(), "{stats}");
+    // Plain HTTP on the same port gets no HTTP answer.
+    let plain = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        call(admin, "GET", "/healthz", None),
+    )
+    .await
+    .expect("closed in time");
+    assert_ne!(plain.0, 200, "answered over plain HTTP: {plain:?}");
+    gw.shutdown().await;
+
+    // Half a pair is refused by validation, naming the key.
+    let mut cfg = test_config(dir.path());
+    cfg.admin.cert_file = cert.display().to_string();
+    let errors = cfg.validate().expect_err("key_file missing");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.to_string().starts_with("admin.key_file")),
+        "{errors:?}"
+    );
+}
