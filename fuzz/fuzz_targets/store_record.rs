@@ -7,10 +7,9 @@
 
 use mqbridge::fuzz_api::{decode_record, encode_record};
 use mqbridge::mqtt::message::Message;
-use mqbridge::store::{QueuedEntry, SessionRecord};
-use serde::{de::DeserializeOwned, Serialize};
+use mqbridge::store::{QueuedEntry, SessionRecord, Versioned};
 
-fn round_trip<T: DeserializeOwned + Serialize + PartialEq + std::fmt::Debug>(bytes: &[u8]) {
+fn round_trip<T: Versioned + PartialEq + std::fmt::Debug>(bytes: &[u8]) {
     let Ok(value) = decode_record::<T>(bytes) else {
         return;
     };
