@@ -111,17 +111,27 @@ pub struct Gateway {
 fn admin_routes(cfg: &Validated, m: &BridgeMetrics) -> Arc<[crate::admin::api::RouteInfo]> {
     use crate::admin::api::RouteInfo;
     let b = cfg.valid_bridge();
-    let uplink = b.uplink.iter().map(|r| RouteInfo {
-        name: r.route.name.clone(),
-        direction: "uplink",
-        backend: r.backend.name().to_string(),
-        up: m.backend(r.backend.name()).up,
+    let uplink = b.uplink.iter().map(|r| {
+        let counters = m.backend(r.backend.name());
+        RouteInfo {
+            name: r.route.name.clone(),
+            direction: "uplink",
+            backend: r.backend.name().to_string(),
+            up: counters.up,
+            last_error: counters.last_error,
+            source: None,
+        }
     });
-    let downlink = b.downlink.iter().map(|r| RouteInfo {
-        name: r.route.name.clone(),
-        direction: "downlink",
-        backend: r.backend.name().to_string(),
-        up: m.source_up(&r.route.name),
+    let downlink = b.downlink.iter().map(|r| {
+        let gauges = m.source(&r.route.name);
+        RouteInfo {
+            name: r.route.name.clone(),
+            direction: "downlink",
+            backend: r.backend.name().to_string(),
+            up: gauges.up.clone(),
+            last_error: gauges.last_error.clone(),
+            source: Some(gauges),
+        }
     });
     uplink.chain(downlink).collect()
 }

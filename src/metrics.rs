@@ -361,6 +361,9 @@ pub struct Metrics {
     pub stored_bytes: Gauge,
     /// `mqbridge_session_sessions`: sessions held, clean and persistent.
     pub sessions: Gauge,
+    /// `mqbridge_session_inflight_messages`: deliveries handed to
+    /// connections and not acknowledged yet (recounted on the router tick).
+    pub inflight: Gauge,
     /// `mqbridge_session_dropped_messages_total{reason}`: messages discarded.
     pub dropped_messages: Family<DropLabels, Counter>,
     /// `mqbridge_session_refused_total{reason}`: new persistent sessions
@@ -486,6 +489,7 @@ impl Metrics {
             queued_bytes: Gauge::default(),
             stored_bytes: Gauge::default(),
             sessions: Gauge::default(),
+            inflight: Gauge::default(),
             dropped_messages,
             expired_sessions: Counter::default(),
             takeovers: Counter::default(),
@@ -607,6 +611,11 @@ impl Metrics {
             "mqbridge_session_sessions",
             "Sessions held, clean and persistent",
             m.sessions.clone(),
+        );
+        r.register(
+            "mqbridge_session_inflight_messages",
+            "Deliveries handed to connections and not acknowledged yet",
+            m.inflight.clone(),
         );
         r.register(
             "mqbridge_session_dropped_messages",
@@ -815,6 +824,7 @@ mod tests {
             ("mqbridge_session_takeovers", "counter"),
             ("mqbridge_session_stored_bytes", "gauge"),
             ("mqbridge_session_sessions", "gauge"),
+            ("mqbridge_session_inflight_messages", "gauge"),
             ("mqbridge_retained_messages", "gauge"),
             ("mqbridge_retained_refused", "counter"),
             ("mqbridge_retained_bytes", "gauge"),

@@ -36,6 +36,12 @@ pub struct RouteInfo {
     pub backend: String,
     #[serde(skip)]
     pub up: prometheus_client::metrics::gauge::Gauge,
+    /// The backend's (uplink) or the source's (downlink).
+    #[serde(skip)]
+    pub last_error: crate::bridge::metrics::LastError,
+    /// Downlink: commands consumed and not settled, and (Kafka) the lag.
+    #[serde(skip)]
+    pub source: Option<crate::bridge::metrics::SourceGauges>,
 }
 
 #[derive(Debug, Serialize)]
@@ -43,6 +49,12 @@ struct RouteState<'a> {
     #[serde(flatten)]
     route: &'a RouteInfo,
     connected: bool,
+    /// What went wrong last, and when (ms since the epoch).
+    last_error: Option<String>,
+    last_error_at_ms: Option<u64>,
+    unsettled_commands: Option<i64>,
+    /// Kafka downlink only (0 for AMQP).
+    lag_messages: Option<i64>,
 }
 
 /// A refusal or failure of a call: its status and why, as JSON.
@@ -188,9 +200,16 @@ pub(super) async fn routes(State(s): State<AdminState>) -> Response {
     let routes: Vec<RouteState<'_>> = s
         .routes
         .iter()
-        .map(|route| RouteState {
-            route,
-            connected: route.up.get() == 1,
+        .map(|route| {
+            let last = route.last_error.get();
+            RouteState {
+                route,
+                connected: route.up.get() == 1,
+                last_error_at_ms: last.as_ref().map(|(_, at)| *at),
+                last_error: last.map(|(what, _)| what),
+                unsettled_commands: route.source.as_ref().map(|g| g.unsettled.get()),
+                lag_messages: route.source.as_ref().map(|g| g.lag.get()),
+            }
         })
         .collect();
     Json(routes).into_response()

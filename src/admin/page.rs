@@ -69,19 +69,21 @@ pub(super) async fn status(State(s): State<AdminState>) -> Response {
         }
         None => page.push_str("<p class=\"bad\">the router does not answer</p>"),
     }
-    page.push_str("</div><h2>Bridge routes</h2><table><tr><th>route</th><th>direction</th><th>backend</th><th>state</th></tr>");
+    page.push_str("</div><h2>Bridge routes</h2><table><tr><th>route</th><th>direction</th><th>backend</th><th>state</th><th>last error</th></tr>");
     for r in s.routes.iter() {
         let state = if r.up.get() == 1 {
             "<td class=\"ok\">connected</td>"
         } else {
             "<td class=\"bad\">not connected</td>"
         };
+        let last = r.last_error.get().map(|(what, _)| what).unwrap_or_default();
         let _ = write!(
             page,
-            "<tr><td>{}</td><td>{}</td><td>{}</td>{state}</tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td>{state}<td>{}</td></tr>",
             escape(&r.name),
             r.direction,
-            escape(&r.backend)
+            escape(&r.backend),
+            escape(&last)
         );
     }
     page.push_str("</table><p><a href=\"/metrics\">metrics</a> · <a href=\"/api/v1/stats\">API</a></p></body></html>");

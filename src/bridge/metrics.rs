@@ -2,6 +2,9 @@
 //! few), never by client id or topic. Per-route counters are resolved once
 //! when routes are built ([`RouteCounters`]), so the hot path is an atomic add.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -34,8 +37,29 @@ pub struct BackendLabel {
     pub backend: String,
 }
 
+/// The last error of a backend connection or a downlink source, for the
+/// admin API: what it was and when (ms since the epoch). Written only on
+/// errors, read per API call.
+#[derive(Clone, Debug, Default)]
+pub struct LastError(Arc<Mutex<Option<(String, u64)>>>);
+
+impl LastError {
+    pub fn set(&self, what: String) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((what, now));
+    }
+
+    pub fn get(&self) -> Option<(String, u64)> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 /// Registered bridge metric families.
 pub struct BridgeMetrics {
+    /// Last errors by "backend:<name>" / "route:<name>".
+    last_errors: Mutex<HashMap<String, LastError>>,
     /// `mqbridge_bridge_messages_total{route,result}`: result is delivered
     /// (backend confirmed), rejected (backend refused for good), failed
     /// (gave up / backend closed), dropped (QoS 0 buffer full), unresolved
@@ -85,6 +109,7 @@ pub struct BridgeMetrics {
 impl BridgeMetrics {
     pub fn new(registry: &mut Registry) -> BridgeMetrics {
         let m = BridgeMetrics {
+            last_errors: Mutex::default(),
             messages: Family::default(),
             produced: Family::default(),
             commands: Family::default(),
@@ -246,12 +271,18 @@ impl BridgeMetrics {
         }
     }
 
+    fn last_error(&self, key: &str) -> LastError {
+        let mut m = self.last_errors.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(key.to_string()).or_default().clone()
+    }
+
     /// The gauges of a downlink route's source.
     pub fn source(&self, route: &str) -> SourceGauges {
         let l = RouteLabel {
             route: route.to_string(),
         };
         SourceGauges {
+            last_error: self.last_error(&format!("route:{route}")),
             up: self.source_up.get_or_create(&l).clone(),
             unsettled: self.source_unsettled.get_or_create(&l).clone(),
             lag: self.source_lag.get_or_create(&l).clone(),
@@ -280,6 +311,7 @@ impl BridgeMetrics {
             backend: backend.to_string(),
         };
         BackendCounters {
+            last_error: self.last_error(&format!("backend:{backend}")),
             up: self.backend_up.get_or_create(&l).clone(),
             retries: self.retries.get_or_create(&l).clone(),
             confirm: self.confirm_duration.get_or_create(&l).clone(),
@@ -301,6 +333,7 @@ pub struct RouteCounters {
 #[derive(Clone, Debug)]
 pub struct BackendCounters {
     pub up: Gauge,
+    pub last_error: LastError,
     pub retries: Counter,
     pub confirm: Histogram,
 }
@@ -314,6 +347,7 @@ pub struct SourceGauges {
     pub unsettled: Gauge,
     /// Kafka: messages behind the partitions' ends.
     pub lag: Gauge,
+    pub last_error: LastError,
 }
 
 /// Counters of one downlink route.

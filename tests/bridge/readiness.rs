@@ -25,6 +25,16 @@ async fn readyz(admin: SocketAddr) -> (u16, String) {
     (status, body.to_string())
 }
 
+async fn get(admin: SocketAddr, path: &str) -> serde_json::Value {
+    let mut s = TcpStream::connect(admin).await.expect("admin");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    s.write_all(request.as_bytes()).await.expect("request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.expect("response");
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).expect("JSON")
+}
+
 async fn wait_for(admin: SocketAddr, want: u16) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -91,6 +101,25 @@ async fn readyz_is_503_while_a_backend_is_unreachable_and_200_once_it_answers() 
         !body.contains("uplink backend file"),
         "the file backend is up: {body}"
     );
+    // The admin API names the route's state and, once a connect failed,
+    // its backend's last error.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let route = loop {
+        let routes = get(admin, "/api/v1/routes").await;
+        let route = routes
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["name"] == "to-kafka"))
+            .cloned()
+            .expect("route listed");
+        if route["last_error"].is_string() || Instant::now() > deadline {
+            break route;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(route["connected"], false, "{route}");
+    assert_eq!(route["backend"], "kafka", "{route}");
+    let last = route["last_error"].as_str().unwrap_or_default();
+    assert!(last.contains("Kafka"), "{route}");
 
     let listener = TcpListener::bind(("127.0.0.1", port))
         .await
@@ -98,4 +127,10 @@ async fn readyz_is_503_while_a_backend_is_unreachable_and_200_once_it_answers() 
     tokio::spawn(forward(listener, kafka));
     let body = wait_for(admin, 200).await;
     assert_eq!(body, r#"{"ready":true}"#);
+    let routes = get(admin, "/api/v1/routes").await;
+    let up = routes.as_array().is_some_and(|a| {
+        a.iter()
+            .any(|r| r["name"] == "to-kafka" && r["connected"] == true)
+    });
+    assert!(up, "{routes}");
 }

@@ -87,6 +87,9 @@ async fn sessions_are_looked_up_disconnected_and_deleted() {
 
     // Disconnect a connected client: refused without the token, done with it.
     let mut other = b4::connect(opts_v4(addr, &b, true)).await;
+    let live = json(admin, &format!("/api/v1/sessions/{b}")).await;
+    assert_eq!(live["connected"], true, "{live}");
+    assert_eq!(live["listener"], "tcp", "{live}");
     let path = format!("/api/v1/clients/{b}/disconnect");
     assert_eq!(call(admin, "POST", &path, None).await.0, 401);
     assert_eq!(call(admin, "POST", &path, Some("wrong")).await.0, 401);

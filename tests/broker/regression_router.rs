@@ -111,6 +111,7 @@ impl H {
             username: None,
             identity: None,
             peer_ip: None,
+            listener: None,
         };
         let (reply, r) = oneshot::channel();
         self.send(RouterMsg::Connect { req, reply }).await;

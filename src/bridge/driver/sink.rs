@@ -93,12 +93,14 @@ impl Driver {
                         }
                         Err(why) => {
                             self.counters.up.set(0);
+                            self.counters.last_error.set(why.clone());
                             tracing::warn!(backend = &*self.backend, unsettled = self.replay.len(), error = %why, "sending interrupted, will send again");
                         }
                     }
                 }
                 Err(error) => {
                     self.counters.up.set(0);
+                    self.counters.last_error.set(Chain(&*error).to_string());
                     tracing::warn!(backend = &*self.backend, unsettled = self.replay.len(), error = %Chain(&*error), "backend could not be connected");
                 }
             }

@@ -37,6 +37,7 @@ pub fn run_source(
     let driver = Driver {
         up: gauges.up,
         unsettled: gauges.unsettled,
+        last_error: gauges.last_error,
         route: route.into(),
         source,
         tx,
@@ -51,6 +52,7 @@ struct Driver {
     up: Gauge,
     /// Handed to the processor and not settled.
     unsettled: Gauge,
+    last_error: crate::bridge::metrics::LastError,
     route: Arc<str>,
     source: Box<dyn Source>,
     tx: CommandTx,
@@ -106,11 +108,13 @@ impl Driver {
                             return;
                         }
                         End::Lost(error) => {
+                            self.last_error.set(Chain(&*error).to_string());
                             tracing::warn!(%route, error = %Chain(&*error), "consuming interrupted, will resume from the last settled command")
                         }
                     }
                 }
                 Err(error) => {
+                    self.last_error.set(Chain(&*error).to_string());
                     tracing::warn!(%route, error = %Chain(&*error), "command source could not connect")
                 }
             }

@@ -224,6 +224,7 @@ pub async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
         username: username.clone(),
         identity: identity.verified_username().cloned(),
         peer_ip: Some(ctx.peer.ip()),
+        listener: Some(ctx.listener.name.clone()),
     };
     let (reply_tx, reply) = oneshot::channel();
     sh.router

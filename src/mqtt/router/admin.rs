@@ -75,6 +75,8 @@ pub struct SessionSummary {
 pub struct SessionInfo {
     pub client_id: String,
     pub connected: bool,
+    /// The listener of the current connection, if connected.
+    pub listener: Option<String>,
     /// 4 (3.1.1) or 5.
     pub protocol: u8,
     pub username: Option<String>,
@@ -170,6 +172,10 @@ impl Router {
         Some(SessionInfo {
             client_id: s.client_id.to_string(),
             connected: s.conn.is_some(),
+            listener: s
+                .conn
+                .as_ref()
+                .and_then(|c| c.listener.as_deref().map(str::to_owned)),
             protocol: s.protocol,
             username: s.acl.username().map(|u| u.to_string()),
             persistent: s.persistent(),

@@ -251,6 +251,7 @@ impl Router {
             kick: Some(req.kick),
             window: req.window.max(1),
             inflight: 0,
+            listener: req.listener,
         });
         // A load of an earlier connection may still be running: its answer will be
         // ignored, so the flag is re-derived here.
@@ -527,6 +528,13 @@ impl Router {
         let bytes: usize = self.sessions.values().map(|s| s.queued_bytes).sum();
         self.metrics.queued_messages.set(queued as i64);
         self.metrics.queued_bytes.set(bytes as i64);
+        let inflight: usize = self
+            .sessions
+            .values()
+            .filter_map(|s| s.conn.as_ref())
+            .map(|c| c.inflight)
+            .sum();
+        self.metrics.inflight.set(inflight as i64);
         for id in expired {
             self.expire(&id);
         }

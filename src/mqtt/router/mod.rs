@@ -113,6 +113,8 @@ pub struct ConnectRequest {
     pub identity: Option<Arc<str>>,
     /// Peer address (per-IP session limit for clients without a user name).
     pub peer_ip: Option<std::net::IpAddr>,
+    /// The listener the connection came in on (admin API).
+    pub listener: Option<Arc<str>>,
 }
 
 impl ConnectRequest {

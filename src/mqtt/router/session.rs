@@ -56,6 +56,8 @@ pub struct Conn {
     pub window: usize,
     /// Entries handed to this connection and not yet acknowledged.
     pub inflight: usize,
+    /// The listener it came in on.
+    pub listener: Option<Arc<str>>,
 }
 
 pub struct Session {

@@ -78,6 +78,7 @@ impl Harness {
             username: None,
             identity: None,
             peer_ip: None,
+            listener: None,
         };
         let (reply, _) = oneshot::channel();
         self.router.handle(RouterMsg::Connect { req, reply });
