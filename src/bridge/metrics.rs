@@ -98,6 +98,9 @@ pub struct BridgeMetrics {
     /// `mqbridge_bridge_spool_full_total{route}`: times a route's spool was full
     /// and acknowledgements fell back to waiting for the backend.
     pub spool_full: Family<RouteLabel, Counter>,
+    /// `mqbridge_bridge_spool_bytes{route}`: bytes in the route's spool
+    /// (encoded sizes), waiting for the backend.
+    pub spool_bytes: Family<RouteLabel, Gauge>,
     /// `mqbridge_bridge_confirm_duration_seconds{backend}`: hand-off to confirmation.
     pub confirm_duration: Family<BackendLabel, Histogram>,
     /// `mqbridge_bridge_reserved_properties_dropped_total`: device user
@@ -121,6 +124,7 @@ impl BridgeMetrics {
             source_lag: Family::default(),
             retries: Family::default(),
             spool_full: Family::default(),
+            spool_bytes: Family::default(),
             confirm_duration: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 16))
             }),
@@ -185,6 +189,11 @@ impl BridgeMetrics {
             "mqbridge_bridge_spool_full",
             "Times a route's spool was full (acks waited for the backend)",
             m.spool_full.clone(),
+        );
+        registry.register(
+            "mqbridge_bridge_spool_bytes",
+            "Bytes in a route's spool, waiting for the backend",
+            m.spool_bytes.clone(),
         );
         registry.register_with_unit(
             "mqbridge_bridge_confirm_duration",
@@ -292,6 +301,14 @@ impl BridgeMetrics {
     /// The connection gauge of a downlink route's source.
     pub fn source_up(&self, route: &str) -> Gauge {
         self.source_up
+            .get_or_create(&RouteLabel {
+                route: route.to_string(),
+            })
+            .clone()
+    }
+
+    pub fn spool_bytes(&self, route: &str) -> Gauge {
+        self.spool_bytes
             .get_or_create(&RouteLabel {
                 route: route.to_string(),
             })

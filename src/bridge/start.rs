@@ -88,6 +88,7 @@ pub async fn start(bridge: &ValidBridge, w: Wiring<'_>) -> Result<Started, Bridg
                     dir: &w.store_dir.join("spool"),
                     store_health: w.store_health.clone(),
                     max_bytes: r.route.spool_max_bytes,
+                    bytes_gauge: w.metrics.spool_bytes(&r.route.name),
                 },
                 backend.clone(),
                 w.metrics.route(&r.route.name),

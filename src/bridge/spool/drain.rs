@@ -88,7 +88,8 @@ async fn settle(sh: &Arc<Shared>, inflight: &mut InFlight) {
         });
     match res {
         Ok(()) => {
-            sh.bytes.fetch_sub(freed, Ordering::AcqRel);
+            let left = sh.bytes.fetch_sub(freed, Ordering::AcqRel).saturating_sub(freed);
+            sh.bytes_gauge.set(left as i64);
         }
         Err(e) => {
             tracing::error!(route = %sh.route, error = %e, "deleting drained spool entries failed")

@@ -87,6 +87,8 @@ struct Shared {
     appended: Notify,
     route: String,
     spool_full: prometheus_client::metrics::counter::Counter,
+    /// `bytes`, exported.
+    bytes_gauge: prometheus_client::metrics::gauge::Gauge,
     /// The store's health: appends wait while its disk is below the
     /// watermark (the spool lives on the same filesystem, under store.path).
     store_health: Arc<crate::store::StoreHealth>,
@@ -99,6 +101,8 @@ pub struct SpoolDisk<'a> {
     pub dir: &'a Path,
     pub store_health: Arc<crate::store::StoreHealth>,
     pub max_bytes: u64,
+    /// `mqbridge_bridge_spool_bytes{route}`.
+    pub bytes_gauge: prometheus_client::metrics::gauge::Gauge,
 }
 
 /// Starts the spool of one route in front of `backend`. Returns the
@@ -116,6 +120,7 @@ pub fn start(
         dir,
         store_health,
         max_bytes,
+        bytes_gauge,
     } = disk;
     let err = |what: String, source: crate::bridge::contract::BoxError| BridgeError::Backend {
         backend: format!("spool of route {route}"),
@@ -144,7 +149,9 @@ pub fn start(
         route: route.to_string(),
         spool_full,
         store_health,
+        bytes_gauge,
     });
+    shared.bytes_gauge.set(bytes as i64);
     let (tx, rx) = mpsc::channel(capacity);
     let writer_shared = shared.clone();
     let writer = std::thread::Builder::new()
@@ -302,6 +309,7 @@ fn append(sh: &Shared, db: &Database, first: u64, batch: &[Envelope]) -> Result<
         }
     }
     txn.commit()?;
-    sh.bytes.fetch_add(added, Ordering::AcqRel);
+    let now = sh.bytes.fetch_add(added, Ordering::AcqRel) + added;
+    sh.bytes_gauge.set(now as i64);
     Ok(())
 }
