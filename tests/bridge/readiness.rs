@@ -134,3 +134,41 @@ async fn readyz_is_503_while_a_backend_is_unreachable_and_200_once_it_answers() 
     });
     assert!(up, "{routes}");
 }
+
+/// RabbitMQ stopped (`rabbitmqctl stop_app`) under a running gateway:
+/// `/readyz` turns 503 naming the backend, and 200 again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_rabbitmq_going_away_and_coming_back() {
+    use crate::common::amqp::{broker_alone, gateway_bridge, rabbitmqctl, Fixture};
+    let Some((conn, _turn)) = broker_alone().await else {
+        return;
+    };
+    let fx = Fixture::new(&conn, "#").await;
+    let exchange = fx.exchange.clone();
+    let t = crate::common::start_with(|cfg| {
+        gateway_bridge(cfg, &exchange, AckMode::Backend, 0);
+        cfg.admin.listen = "127.0.0.1:0".into();
+    })
+    .await;
+    let admin = t.gw.admin_addr.expect("admin endpoint");
+    wait_for(admin, 200).await;
+
+    /// Starts the app again even if the test fails half-way.
+    struct Restart;
+    impl Drop for Restart {
+        fn drop(&mut self) {
+            rabbitmqctl(&["start_app"]);
+        }
+    }
+    let restart = Restart;
+    assert!(rabbitmqctl(&["stop_app"]), "rabbitmqctl stop_app");
+    let body = wait_for(admin, 503).await;
+    assert!(
+        body.contains("uplink backend rabbitmq not connected"),
+        "{body}"
+    );
+    drop(restart);
+    wait_for(admin, 200).await;
+    t.gw.shutdown().await;
+    fx.cleanup().await;
+}

@@ -88,7 +88,10 @@ async fn settle(sh: &Arc<Shared>, inflight: &mut InFlight) {
         });
     match res {
         Ok(()) => {
-            let left = sh.bytes.fetch_sub(freed, Ordering::AcqRel).saturating_sub(freed);
+            let left = sh
+                .bytes
+                .fetch_sub(freed, Ordering::AcqRel)
+                .saturating_sub(freed);
             sh.bytes_gauge.set(left as i64);
         }
         Err(e) => {
