@@ -392,6 +392,10 @@ pub struct Metrics {
     pub store_ops: Counter,
     /// `mqbridge_store_commit_duration_seconds`: commit latency.
     pub store_commit_duration: Histogram,
+    /// `mqbridge_store_commit_batch_ops`: operations per commit (1 .. 4096+).
+    pub store_commit_batch: Histogram,
+    /// `mqbridge_store_file_bytes`: size of the store's database file.
+    pub store_file_bytes: Gauge,
     /// `mqbridge_store_free_bytes`: bytes available on the store's filesystem.
     pub store_free_bytes: Gauge,
     /// `mqbridge_store_disk_low`: 1 while free space is below `store.min_free_bytes`.
@@ -506,6 +510,8 @@ impl Metrics {
                 COMMIT_BUCKET_FACTOR,
                 COMMIT_BUCKET_COUNT,
             )),
+            store_commit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
+            store_file_bytes: Gauge::default(),
             store_free_bytes: Gauge::default(),
             store_disk_low: Gauge::default(),
             store_commit_failures: Counter::default(),
@@ -680,6 +686,16 @@ impl Metrics {
             m.store_commit_duration.clone(),
         );
         r.register(
+            "mqbridge_store_commit_batch_ops",
+            "Operations per session store commit",
+            m.store_commit_batch.clone(),
+        );
+        r.register(
+            "mqbridge_store_file_bytes",
+            "Size of the session store's database file",
+            m.store_file_bytes.clone(),
+        );
+        r.register(
             "mqbridge_store_free_bytes",
             "Bytes available on the store's filesystem",
             m.store_free_bytes.clone(),
@@ -766,6 +782,7 @@ impl Metrics {
         self.store_commits.inc();
         self.store_ops.inc_by(ops as u64);
         self.store_commit_duration.observe(duration.as_secs_f64());
+        self.store_commit_batch.observe(ops as f64);
     }
 }
 
@@ -833,6 +850,8 @@ mod tests {
             ("mqbridge_store_commits", "counter"),
             ("mqbridge_store_ops", "counter"),
             ("mqbridge_store_commit_duration_seconds", "histogram"),
+            ("mqbridge_store_commit_batch_ops", "histogram"),
+            ("mqbridge_store_file_bytes", "gauge"),
             ("mqbridge_store_free_bytes", "gauge"),
             ("mqbridge_store_disk_low", "gauge"),
             ("mqbridge_store_commit_failures", "counter"),

@@ -61,6 +61,10 @@ impl DiskWatch {
         self.metrics
             .store_disk_low
             .set(i64::from(health.disk_low()));
+        if let Ok(meta) = std::fs::metadata(self.path.join(super::DB_FILE)) {
+            let size = i64::try_from(meta.len()).unwrap_or(i64::MAX);
+            self.metrics.store_file_bytes.set(size);
+        }
     }
 
     /// Checks every `interval` until `stop` resolves.

@@ -244,6 +244,11 @@ async fn queue_gauges_are_current_and_cover_every_session() {
         queued > 0 && stored == queued,
         "queued {queued}, stored {stored}"
     );
+    // The store: its file measured at start-up, each commit's batch observed.
+    let file = sample(&text, "mqbridge_store_file_bytes").expect("store file bytes");
+    assert!(file > 0, "{text}");
+    let batches = sample(&text, "mqbridge_store_commit_batch_ops_count").expect("batch count");
+    assert!(batches > 0, "{text}");
     // Delivered and acknowledged: gone from both.
     let mut dev = b4::connect(opts_v4(addr, "gauge-dev", false)).await;
     dev.expect_publishes(2).await;
