@@ -172,3 +172,46 @@ async fn readyz_follows_rabbitmq_going_away_and_coming_back() {
     t.gw.shutdown().await;
     fx.cleanup().await;
 }
+
+/// During shutdown `/readyz` answers 503 "shutting down" (the admin endpoint
+/// stops last): a message waits for a blocked RabbitMQ, so the drain takes
+/// the whole grace period, and the endpoint is asked meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_503_while_shutting_down() {
+    use crate::common::amqp::{broker_alone, gateway_bridge, Blocked, Fixture};
+    use crate::common::opts_v4;
+    let Some((conn, turn)) = broker_alone().await else {
+        return;
+    };
+    let fx = Fixture::new(&conn, "#").await;
+    let exchange = fx.exchange.clone();
+    let t = crate::common::start_with(|cfg| {
+        gateway_bridge(cfg, &exchange, AckMode::Backend, 0);
+        cfg.admin.listen = "127.0.0.1:0".into();
+        cfg.server.shutdown_grace_secs = 4;
+    })
+    .await;
+    let admin = t.gw.admin_addr.expect("admin endpoint");
+    wait_for(admin, 200).await;
+    let blocked = Blocked::start(&turn);
+    // A QoS 1 message the blocked broker never confirms.
+    let (c, mut ev) = rumqttc::AsyncClient::new(opts_v4(t.addr, "drain-dev", true), 10);
+    c.publish(
+        "devices/drain-dev/telemetry",
+        rumqttc::QoS::AtLeastOnce,
+        false,
+        "x",
+    )
+    .await
+    .expect("queued");
+    let poller = tokio::spawn(async move { while ev.poll().await.is_ok() {} });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let stopping = tokio::spawn(t.gw.shutdown());
+    let body = wait_for(admin, 503).await;
+    assert!(body.contains("shutting down"), "{body}");
+    drop(blocked);
+    stopping.await.expect("shutdown");
+    poller.abort();
+    fx.cleanup().await;
+}
