@@ -206,6 +206,16 @@ else
   log "0 tests skipped"
 fi
 
+# 5b. Benchmark harness smoke (only after a green suite): every scenario of
+#     bench/ with tiny counts against the debug build and Mosquitto, so the
+#     harness keeps building and running. It measures nothing (no speed is
+#     asserted anywhere); real runs: see README, "Benchmark".
+if [ "$status" -eq 0 ]; then
+  log "benchmark harness smoke"
+  cargo build -q --bin mqbridge
+  cargo run -q -p mqbridge-bench -- --smoke --mqbridge target/debug/mqbridge || status=$?
+fi
+
 # 6. Fuzz smoke (only after a green suite): every cargo-fuzz target in fuzz/
 #    for a few seconds, so the targets keep building and a shallow crash fails
 #    the run. The fuzz crate is its own workspace with its own target dir: a

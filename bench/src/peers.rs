@@ -1,0 +1,130 @@
+//! The brokers under test, each a child process on a free loopback port:
+//! mqbridge (its own binary, embedded defaults, a temporary store) and
+//! Mosquitto (Debian's `mosquitto`, no persistence, queues large enough to
+//! drop nothing mqbridge keeps). Killed when dropped.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// Which broker a row is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Kind {
+    Mqbridge,
+    Mosquitto,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Mqbridge => "mqbridge",
+            Kind::Mosquitto => "mosquitto",
+        }
+    }
+}
+
+pub struct Broker {
+    pub kind: Kind,
+    pub addr: SocketAddr,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Broker {
+    pub fn start(kind: Kind, mqbridge: &Path) -> Result<Broker> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let log = std::fs::File::create(dir.path().join("broker.log"))?;
+        let mut cmd = match kind {
+            Kind::Mqbridge => {
+                let mut c = Command::new(mqbridge);
+                c.env("MQBRIDGE__MQTT__LISTEN", addr.to_string())
+                    .env("MQBRIDGE__ADMIN__LISTEN", "")
+                    .env("MQBRIDGE__STORE__PATH", dir.path().join("store"))
+                    .env("MQBRIDGE__LOG__LEVEL", "warn")
+                    .current_dir(dir.path());
+                c
+            }
+            Kind::Mosquitto => {
+                let conf = dir.path().join("mosquitto.conf");
+                std::fs::write(
+                    &conf,
+                    format!(
+                        "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                         max_queued_messages 1000000\nmax_inflight_messages 1000\nlog_type error\n"
+                    ),
+                )?;
+                // Debian installs it in /usr/sbin, not always on a user's PATH.
+                let sbin = Path::new("/usr/sbin/mosquitto");
+                let mut c = Command::new(if sbin.exists() {
+                    sbin
+                } else {
+                    Path::new("mosquitto")
+                });
+                c.arg("-c").arg(conf);
+                c
+            }
+        };
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", kind.name()))?;
+        let mut broker = Broker {
+            kind,
+            addr,
+            child,
+            _dir: dir,
+        };
+        broker.wait_listening()?;
+        Ok(broker)
+    }
+
+    fn wait_listening(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(self.addr).is_err() {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("{} exited at start: {status}", self.kind.name());
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not listen within 30 s", self.kind.name());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Resident memory of the broker process, in KiB.
+    pub fn rss_kib(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .context("no VmRSS")
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The mqbridge binary: given, or the release build; absolute, since the
+/// child runs in its own directory.
+pub fn mqbridge_binary(given: Option<PathBuf>) -> Result<PathBuf> {
+    let path = given.unwrap_or_else(|| PathBuf::from("target/release/mqbridge"));
+    std::fs::canonicalize(&path).with_context(|| format!("mqbridge binary {}", path.display()))
+}
