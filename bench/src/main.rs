@@ -93,7 +93,13 @@ async fn main() -> Result<()> {
                         Some(q) => scenarios::p2p(&broker, a.pairs, a.messages, a.size, q).await?,
                         None => scenarios::conn_idle(&broker, a.idle).await?,
                     };
-                    eprintln!("{name} {}: {:.1} {}", kind.name(), m.value, m.unit);
+                    eprintln!(
+                        "{name} {}: {:.1} {} {:?}",
+                        kind.name(),
+                        m.value,
+                        m.unit,
+                        m.delivered
+                    );
                     runs.push((kind, m));
                 }
             }
@@ -146,6 +152,17 @@ fn report(a: &Args, rows: &[Row]) -> Result<(String, String)> {
         md,
         "Machine: {cpus} CPUs, load average before: {}",
         load.split(' ').take(3).collect::<Vec<_>>().join(" ")
+    )?;
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    writeln!(
+        md,
+        "Commit: {commit}; both brokers: per-client queue {}, in-flight window {}",
+        peers::QUEUED,
+        peers::INFLIGHT
     )?;
     writeln!(
         md,

@@ -26,6 +26,10 @@ impl Kind {
     }
 }
 
+/// Per-client queue and in-flight window, the same for every broker.
+pub const QUEUED: usize = 100_000;
+pub const INFLIGHT: usize = 100;
+
 pub struct Broker {
     pub kind: Kind,
     pub addr: SocketAddr,
@@ -50,6 +54,9 @@ impl Broker {
                     .env("MQBRIDGE__ADMIN__LISTEN", "")
                     .env("MQBRIDGE__STORE__PATH", dir.path().join("store"))
                     .env("MQBRIDGE__LOG__LEVEL", "warn")
+                    // The same limits as the Mosquitto configuration below.
+                    .env("MQBRIDGE__SESSION__MAX_QUEUED_MESSAGES", QUEUED.to_string())
+                    .env("MQBRIDGE__MQTT__MAX_INFLIGHT", INFLIGHT.to_string())
                     .current_dir(dir.path());
                 c
             }
@@ -59,7 +66,7 @@ impl Broker {
                     &conf,
                     format!(
                         "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-                         max_queued_messages 1000000\nmax_inflight_messages 1000\nlog_type error\n"
+                         max_queued_messages {QUEUED}\nmax_inflight_messages {INFLIGHT}\nlog_type error\n"
                     ),
                 )?;
                 // Debian installs it in /usr/sbin, not always on a user's PATH.
