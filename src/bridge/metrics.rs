@@ -205,42 +205,24 @@ impl BridgeMetrics {
     }
 
     pub fn route(&self, route: &str) -> RouteCounters {
-        let c = |result| {
-            self.messages
-                .get_or_create(&RouteResult {
-                    route: route.to_string(),
-                    result,
-                })
-                .clone()
-        };
-        RouteCounters {
-            delivered: c("delivered"),
-            rejected: c("rejected"),
-            failed: c("failed"),
-            dropped: c("dropped"),
-            unresolved: c("unresolved"),
-        }
+        RouteCounters::by_result(|result| {
+            self.messages.get_or_create(&RouteResult {
+                route: route.to_string(),
+                result,
+            })
+        })
     }
 
     /// Counters for what downlink route `route` produces: `kind` is
     /// "receipt" or "dead_letter".
     pub fn produced(&self, route: &str, kind: &'static str) -> RouteCounters {
-        let c = |result| {
-            self.produced
-                .get_or_create(&ProducedLabels {
-                    route: route.to_string(),
-                    kind,
-                    result,
-                })
-                .clone()
-        };
-        RouteCounters {
-            delivered: c("delivered"),
-            rejected: c("rejected"),
-            failed: c("failed"),
-            dropped: c("dropped"),
-            unresolved: c("unresolved"),
-        }
+        RouteCounters::by_result(|result| {
+            self.produced.get_or_create(&ProducedLabels {
+                route: route.to_string(),
+                kind,
+                result,
+            })
+        })
     }
 
     pub fn downlink(&self, route: &str) -> CommandCounters {
@@ -298,15 +280,6 @@ impl BridgeMetrics {
         }
     }
 
-    /// The connection gauge of a downlink route's source.
-    pub fn source_up(&self, route: &str) -> Gauge {
-        self.source_up
-            .get_or_create(&RouteLabel {
-                route: route.to_string(),
-            })
-            .clone()
-    }
-
     pub fn spool_bytes(&self, route: &str) -> Gauge {
         self.spool_bytes
             .get_or_create(&RouteLabel {
@@ -344,6 +317,23 @@ pub struct RouteCounters {
     pub failed: Counter,
     pub dropped: Counter,
     pub unresolved: Counter,
+}
+
+impl RouteCounters {
+    /// One counter per result, each from `counter(result)`.
+    fn by_result<C>(counter: impl Fn(&'static str) -> C) -> RouteCounters
+    where
+        C: std::ops::Deref<Target = Counter>,
+    {
+        let c = |result| counter(result).clone();
+        RouteCounters {
+            delivered: c("delivered"),
+            rejected: c("rejected"),
+            failed: c("failed"),
+            dropped: c("dropped"),
+            unresolved: c("unresolved"),
+        }
+    }
 }
 
 /// Metrics of one backend.

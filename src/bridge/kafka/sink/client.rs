@@ -9,6 +9,7 @@
 //! topics found gone while records waited for them.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -61,9 +62,14 @@ pub(super) struct KafkaSink {
     pub(super) trouble: Arc<Trouble>,
 }
 
-/// What records in flight found out, for the next `connect` to act on.
+/// What records in flight found out, for the next `connect` (or `send`)
+/// to act on. `pending_forget` lets `send` skip the lock on every record
+/// while there is nothing to forget.
 #[derive(Default)]
-pub(super) struct Trouble(Mutex<Troubles>);
+pub(super) struct Trouble {
+    troubles: Mutex<Troubles>,
+    pending_forget: AtomicBool,
+}
 
 #[derive(Default)]
 pub(super) struct Troubles {
@@ -79,7 +85,21 @@ impl Trouble {
     /// Poisoning cannot leave it inconsistent: every update is one push or
     /// one assignment.
     pub(super) fn lock(&self) -> MutexGuard<'_, Troubles> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.troubles.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The broker contradicted what is cached about `topic`.
+    pub(super) fn forget(&self, topic: &str) {
+        self.lock().forget.push(topic.to_string());
+        self.pending_forget.store(true, Ordering::Release);
+    }
+
+    /// The topics to look up again; takes the lock only if there are any.
+    pub(super) fn take_forget(&self) -> Vec<String> {
+        if !self.pending_forget.swap(false, Ordering::AcqRel) {
+            return Vec::new();
+        }
+        std::mem::take(&mut self.lock().forget)
     }
 }
 
@@ -141,8 +161,7 @@ impl Sink for KafkaSink {
 
     fn send<'a>(&'a mut self, record: &'a Record) -> BoxFuture<'a, Result<Pending, BoxError>> {
         Box::pin(async move {
-            let forget = std::mem::take(&mut self.trouble.lock().forget);
-            for topic in forget {
+            for topic in self.trouble.take_forget() {
                 self.topics.forget(&topic);
             }
             let topic = match self.topics.presence(&self.producer, &record.target).await {
@@ -220,13 +239,13 @@ pub(super) fn outcome(
         Err(_) => return Delivery::Retry("the Kafka producer was replaced".into()),
     };
     if permanent(&error) {
-        trouble.lock().forget.push(topic.to_string());
+        trouble.forget(topic);
         return Delivery::Rejected(error.to_string());
     }
     match code(&error) {
         // Only with an operator-set timeout. Look the topic up again: a
         // missing one is then rejected by `send`.
-        Some(RDKafkaErrorCode::MessageTimedOut) => trouble.lock().forget.push(topic.to_string()),
+        Some(RDKafkaErrorCode::MessageTimedOut) => trouble.forget(topic),
         _ if producer_state_lost(&error) => trouble.lock().lost = Some(error.to_string()),
         _ => {}
     }
@@ -243,9 +262,8 @@ pub(super) fn outcome(
 async fn stall_check(producer: &Weak<Producer>, topic: &str, trouble: &Trouble) -> Option<String> {
     match lookup(producer, topic).await {
         Presence::Refused(why) => {
-            let mut t = trouble.lock();
-            t.forget.push(topic.to_string());
-            t.gone.push(topic.to_string());
+            trouble.forget(topic);
+            trouble.lock().gone.push(topic.to_string());
             Some(why)
         }
         Presence::Usable(_) | Presence::Unknown(_) => None,

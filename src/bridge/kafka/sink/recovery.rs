@@ -62,13 +62,10 @@ impl KafkaSink {
     /// topics found gone, takes back records queued for topics found gone,
     /// and replaces a producer that cannot go on.
     pub(super) async fn recover(&mut self) {
-        let (forget, gone, lost) = {
+        let forget = self.trouble.take_forget();
+        let (gone, lost) = {
             let mut t = self.trouble.lock();
-            (
-                std::mem::take(&mut t.forget),
-                std::mem::take(&mut t.gone),
-                t.lost.take(),
-            )
+            (std::mem::take(&mut t.gone), t.lost.take())
         };
         for topic in &forget {
             self.topics.forget(topic);

@@ -107,7 +107,7 @@ fn delivery_reports_become_deliveries() {
 
     let d = outcome(failed(RDKafkaErrorCode::MessageSizeTooLarge), "t", &trouble);
     assert!(matches!(d, Delivery::Rejected(_)), "{d:?}");
-    assert_eq!(std::mem::take(&mut trouble.lock().forget), ["t"]);
+    assert_eq!(trouble.take_forget(), ["t"]);
 
     let d = outcome(
         failed(RDKafkaErrorCode::OutOfOrderSequenceNumber),
@@ -119,7 +119,7 @@ fn delivery_reports_become_deliveries() {
 
     let d = outcome(failed(RDKafkaErrorCode::MessageTimedOut), "t", &trouble);
     assert!(matches!(d, Delivery::Retry(_)), "{d:?}");
-    assert_eq!(std::mem::take(&mut trouble.lock().forget), ["t"]);
+    assert_eq!(trouble.take_forget(), ["t"]);
 
     let t = trouble.lock();
     assert!(t.forget.is_empty() && t.gone.is_empty() && t.lost.is_none());
