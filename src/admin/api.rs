@@ -58,7 +58,7 @@ struct RouteState<'a> {
 }
 
 /// A refusal or failure of a call: its status and why, as JSON.
-struct ApiError(StatusCode, &'static str);
+pub(super) struct ApiError(StatusCode, &'static str);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -71,7 +71,7 @@ fn error(status: StatusCode, why: &'static str) -> Response {
 }
 
 /// Asks the router; `Err` is the HTTP answer when it cannot answer.
-async fn ask<T>(
+pub(super) async fn ask<T>(
     s: &AdminState,
     query: impl FnOnce(oneshot::Sender<T>) -> AdminQuery,
 ) -> Result<T, ApiError> {

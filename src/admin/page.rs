@@ -8,26 +8,13 @@ use std::fmt::Write;
 use axum::extract::State;
 use axum::response::{Html, IntoResponse, Response};
 
-use super::api::ROUTER_TIMEOUT;
 use super::AdminState;
-use crate::mqtt::router::{AdminQuery, RouterMsg};
+use crate::mqtt::router::AdminQuery;
 
 pub const REFRESH_SECS: u32 = 5;
 
 pub(super) async fn status(State(s): State<AdminState>) -> Response {
-    let stats = async {
-        let router = s.router.upgrade()?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        router
-            .send(RouterMsg::Admin(AdminQuery::Stats(tx)))
-            .await
-            .ok()?;
-        rx.await.ok()
-    };
-    let stats = tokio::time::timeout(ROUTER_TIMEOUT, stats)
-        .await
-        .ok()
-        .flatten();
+    let stats = super::api::ask(&s, AdminQuery::Stats).await.ok();
     let reasons = s.ready.not_ready();
     let mut page = String::with_capacity(4096);
     let _ = write!(
