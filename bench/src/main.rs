@@ -2,118 +2,102 @@
 //! in the same run, alternating them round by round, and reports the median
 //! of each, the spread, and the ratio (docs/performance.md).
 //!
-//! Built so far: `p2p` (QoS 0 and 1) and `conn-idle`, against Mosquitto.
+//! Map: `peers` starts the brokers under test (mqbridge's release binary,
+//! Mosquitto) on free loopback ports; `scenarios/` holds one module per
+//! scenario, each offering [`scenarios::Variant`]s; `report` writes the
+//! table.
 //!
 //!   cargo build --release && cargo run --release -p mqbridge-bench -- p2p conn-idle
 //!   cargo run -p mqbridge-bench -- --smoke --mqbridge target/debug/mqbridge
 
 mod peers;
+mod report;
 mod scenarios;
 
-use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Parser;
-use rumqttc::QoS;
 
-use peers::{Broker, Kind};
 use scenarios::Measured;
 
 #[derive(Parser, Debug)]
-struct Args {
-    /// Scenarios to run: p2p, conn-idle (default: all built).
-    scenarios: Vec<String>,
+pub struct Args {
+    /// Scenarios to run (default: all built; see `scenarios::ALL`).
+    pub scenarios: Vec<String>,
     /// The mqbridge binary (default: target/release/mqbridge).
-    #[arg(long)]
-    mqbridge: Option<PathBuf>,
-    /// Rounds per scenario (each runs every broker once).
+    #[arg(long = "mqbridge")]
+    pub given_bin: Option<PathBuf>,
+    /// The resolved, absolute mqbridge binary.
+    #[arg(skip)]
+    pub bin: PathBuf,
+    /// Rounds per scenario (each runs every side once).
     #[arg(long, default_value_t = 3)]
-    rounds: usize,
+    pub rounds: usize,
     /// p2p: publisher→subscriber pairs.
     #[arg(long, default_value_t = 4)]
-    pairs: usize,
+    pub pairs: usize,
     /// p2p: messages per pair.
     #[arg(long, default_value_t = 20_000)]
-    messages: usize,
-    /// p2p: payload bytes.
+    pub messages: usize,
+    /// Payload bytes.
     #[arg(long, default_value_t = 100)]
-    size: usize,
+    pub size: usize,
     /// conn-idle: connections.
     #[arg(long, default_value_t = 5_000)]
-    idle: usize,
+    pub idle: usize,
     /// Tiny counts, one round: checks the harness works, measures nothing.
     #[arg(long)]
-    smoke: bool,
+    pub smoke: bool,
     /// Where to write the results (markdown and JSON); none with --smoke.
     #[arg(long, default_value = "bench/results")]
-    out: PathBuf,
+    pub out: PathBuf,
 }
 
-#[derive(Debug, serde::Serialize)]
-struct Row {
-    scenario: String,
-    broker: &'static str,
-    /// Every round's figure, in run order.
-    runs: Vec<Measured>,
-    median: f64,
-    min: f64,
-    max: f64,
-    unit: &'static str,
+impl Args {
+    /// The counts of a smoke run: every scenario, a few seconds in all.
+    fn shrink_for_smoke(&mut self) {
+        self.rounds = 1;
+        self.pairs = 2;
+        self.messages = 200;
+        self.idle = 50;
+    }
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let mut a = Args::parse();
     if a.smoke {
-        (a.rounds, a.pairs, a.messages, a.idle) = (1, 2, 200, 50);
+        a.shrink_for_smoke();
     }
-    let scenarios = if a.scenarios.is_empty() {
-        vec!["p2p".to_string(), "conn-idle".to_string()]
+    a.bin = peers::mqbridge_binary(a.given_bin.clone())?;
+    let names: Vec<String> = if a.scenarios.is_empty() {
+        scenarios::ALL.iter().map(|s| s.to_string()).collect()
     } else {
         a.scenarios.clone()
     };
-    let bin = peers::mqbridge_binary(a.mqbridge.clone())?;
-    let mut rows = Vec::new();
-    for s in &scenarios {
-        let variants: Vec<(String, Option<QoS>)> = match s.as_str() {
-            "p2p" => vec![
-                ("p2p-qos0".into(), Some(QoS::AtMostOnce)),
-                ("p2p-qos1".into(), Some(QoS::AtLeastOnce)),
-            ],
-            "conn-idle" => vec![("conn-idle".into(), None)],
-            other => anyhow::bail!("unknown scenario {other} (built: p2p, conn-idle)"),
-        };
-        for (name, qos) in variants {
-            let mut runs: Vec<(Kind, Measured)> = Vec::new();
+    let mut tables = Vec::new();
+    for name in &names {
+        for v in scenarios::variants(name, &a)? {
+            let mut runs: Vec<Vec<Measured>> = vec![Vec::new(); v.sides.len()];
             for _ in 0..a.rounds {
-                for kind in [Kind::Mqbridge, Kind::Mosquitto] {
-                    let broker = Broker::start(kind, &bin)?;
-                    let m = match qos {
-                        Some(q) => scenarios::p2p(&broker, a.pairs, a.messages, a.size, q).await?,
-                        None => scenarios::conn_idle(&broker, a.idle).await?,
-                    };
+                for (i, side) in v.sides.iter().enumerate() {
+                    let m = (v.run)(*side).await?;
                     eprintln!(
-                        "{name} {}: {:.1} {} {:?}",
-                        kind.name(),
+                        "{} {}: {:.1} {} {:?}",
+                        v.name,
+                        side.name(),
                         m.value,
                         m.unit,
                         m.delivered
                     );
-                    runs.push((kind, m));
+                    runs[i].push(m);
                 }
             }
-            for kind in [Kind::Mqbridge, Kind::Mosquitto] {
-                let mine: Vec<Measured> = runs
-                    .iter()
-                    .filter(|(k, _)| *k == kind)
-                    .map(|(_, m)| m.clone())
-                    .collect();
-                rows.push(row(&name, kind, mine));
-            }
+            tables.push(report::Table::new(&v, runs));
         }
     }
-    let (md, json) = report(&a, &rows)?;
+    let (md, json) = report::render(&tables)?;
     println!("{md}");
     if !a.smoke {
         std::fs::create_dir_all(&a.out)?;
@@ -126,80 +110,4 @@ async fn main() -> Result<()> {
         std::fs::write(a.out.join(format!("{stamp}.json")), json)?;
     }
     Ok(())
-}
-
-fn row(scenario: &str, kind: Kind, runs: Vec<Measured>) -> Row {
-    let mut v: Vec<f64> = runs.iter().map(|m| m.value).collect();
-    v.sort_by(f64::total_cmp);
-    let unit = runs.first().map_or("", |m| m.unit);
-    Row {
-        scenario: scenario.to_string(),
-        broker: kind.name(),
-        median: v.get(v.len() / 2).copied().unwrap_or(0.0),
-        min: v.first().copied().unwrap_or(0.0),
-        max: v.last().copied().unwrap_or(0.0),
-        runs,
-        unit,
-    }
-}
-
-/// The markdown table (mqbridge, Mosquitto, ratio per scenario) and JSON.
-fn report(a: &Args, rows: &[Row]) -> Result<(String, String)> {
-    let mut md = String::new();
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    writeln!(
-        md,
-        "Machine: {cpus} CPUs, load average before: {}",
-        load.split(' ').take(3).collect::<Vec<_>>().join(" ")
-    )?;
-    let commit = std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    writeln!(
-        md,
-        "Commit: {commit}; both brokers: per-client queue {}, in-flight window {}",
-        peers::QUEUED,
-        peers::INFLIGHT
-    )?;
-    writeln!(
-        md,
-        "Command: mqbridge-bench --rounds {} --pairs {} --messages {} --size {} --idle {}\n",
-        a.rounds, a.pairs, a.messages, a.size, a.idle
-    )?;
-    writeln!(md, "| scenario | mqbridge (median, min–max) | Mosquitto (median, min–max) | ratio | p99 µs mqbridge / Mosquitto |")?;
-    writeln!(md, "|---|---|---|---|---|")?;
-    for pair in rows.chunks(2) {
-        let [m, p] = pair else { continue };
-        let ratio = if p.median > 0.0 {
-            m.median / p.median
-        } else {
-            0.0
-        };
-        let p99 = |r: &Row| {
-            let mut v: Vec<u64> = r.runs.iter().filter_map(|m| m.p99_us).collect();
-            v.sort_unstable();
-            v.get(v.len() / 2)
-                .map_or("-".to_string(), |x| x.to_string())
-        };
-        writeln!(
-            md,
-            "| {} | {:.0} ({:.0}–{:.0}) {} | {:.0} ({:.0}–{:.0}) {} | {:.2}× | {} / {} |",
-            m.scenario,
-            m.median,
-            m.min,
-            m.max,
-            m.unit,
-            p.median,
-            p.min,
-            p.max,
-            p.unit,
-            ratio,
-            p99(m),
-            p99(p)
-        )?;
-    }
-    Ok((md, serde_json::to_string_pretty(rows)?))
 }

@@ -10,18 +10,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-/// Which broker a row is about.
+/// One side of a comparison: mqbridge or a peer. Brokers are started by
+/// [`Broker::start`]; client-only peers (raw Kafka/AMQP clients) are run by
+/// their scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub enum Kind {
+pub enum Side {
     Mqbridge,
     Mosquitto,
 }
 
-impl Kind {
+impl Side {
     pub fn name(self) -> &'static str {
         match self {
-            Kind::Mqbridge => "mqbridge",
-            Kind::Mosquitto => "mosquitto",
+            Side::Mqbridge => "mqbridge",
+            Side::Mosquitto => "mosquitto",
         }
     }
 }
@@ -31,7 +33,7 @@ pub const QUEUED: usize = 100_000;
 pub const INFLIGHT: usize = 100;
 
 pub struct Broker {
-    pub kind: Kind,
+    pub side: Side,
     pub addr: SocketAddr,
     child: Child,
     _dir: tempfile::TempDir,
@@ -42,13 +44,13 @@ fn free_port() -> Result<u16> {
 }
 
 impl Broker {
-    pub fn start(kind: Kind, mqbridge: &Path) -> Result<Broker> {
+    pub fn start(side: Side, mqbridge: &Path) -> Result<Broker> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let log = std::fs::File::create(dir.path().join("broker.log"))?;
-        let mut cmd = match kind {
-            Kind::Mqbridge => {
+        let mut cmd = match side {
+            Side::Mqbridge => {
                 let mut c = Command::new(mqbridge);
                 c.env("MQBRIDGE__MQTT__LISTEN", addr.to_string())
                     .env("MQBRIDGE__ADMIN__LISTEN", "")
@@ -60,7 +62,7 @@ impl Broker {
                     .current_dir(dir.path());
                 c
             }
-            Kind::Mosquitto => {
+            Side::Mosquitto => {
                 let conf = dir.path().join("mosquitto.conf");
                 std::fs::write(
                     &conf,
@@ -85,9 +87,9 @@ impl Broker {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .with_context(|| format!("starting {}", kind.name()))?;
+            .with_context(|| format!("starting {}", side.name()))?;
         let mut broker = Broker {
-            kind,
+            side,
             addr,
             child,
             _dir: dir,
@@ -100,10 +102,10 @@ impl Broker {
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(self.addr).is_err() {
             if let Some(status) = self.child.try_wait()? {
-                bail!("{} exited at start: {status}", self.kind.name());
+                bail!("{} exited at start: {status}", self.side.name());
             }
             if Instant::now() > deadline {
-                bail!("{} did not listen within 30 s", self.kind.name());
+                bail!("{} did not listen within 30 s", self.side.name());
             }
             std::thread::sleep(Duration::from_millis(20));
         }

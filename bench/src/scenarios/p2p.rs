@@ -1,49 +1,41 @@
-//! The scenarios (names as in the Open MQTT Benchmark Suite). Each runs
-//! against one broker and returns what it measured; the caller alternates
-//! brokers and rounds.
+//! `p2p`: N publisher→subscriber pairs on their own topics, QoS 0 and 1,
+//! against Mosquitto.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
 use tokio::sync::Mutex;
 
-use crate::peers::Broker;
+use super::common::{connected, options, Measured, IDLE_END};
+use super::{Better, Variant};
+use crate::peers::{Broker, Side};
+use crate::Args;
 
-/// A receiver that gets nothing for this long has all it will get.
-const IDLE_END: Duration = Duration::from_secs(5);
-
-/// What one run of a scenario measured.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Measured {
-    /// Messages per second (p2p), or KiB per connection (conn-idle).
-    pub value: f64,
-    pub unit: &'static str,
-    /// p50 / p99 latency in µs (p2p only).
-    pub p50_us: Option<u64>,
-    pub p99_us: Option<u64>,
-    /// p2p: messages delivered of those sent (QoS 0 may drop).
-    pub delivered: Option<(usize, usize)>,
-}
-
-fn options(addr: SocketAddr, id: &str) -> MqttOptions {
-    let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
-    o.set_keep_alive(Duration::from_secs(60))
-        .set_inflight(100)
-        .set_max_packet_size(1 << 20, 1 << 20);
-    o
-}
-
-/// Polls until CONNACK.
-async fn connected(ev: &mut EventLoop) -> Result<()> {
-    loop {
-        if let Event::Incoming(Packet::ConnAck(_)) = ev.poll().await? {
-            return Ok(());
+pub fn variants(a: &Args) -> Vec<Variant> {
+    [
+        ("p2p-qos0", QoS::AtMostOnce),
+        ("p2p-qos1", QoS::AtLeastOnce),
+    ]
+    .into_iter()
+    .map(|(name, qos)| {
+        let (bin, pairs, messages, size) = (a.bin.clone(), a.pairs, a.messages, a.size);
+        Variant {
+            name: name.to_string(),
+            sides: vec![Side::Mqbridge, Side::Mosquitto],
+            better: Better::Higher,
+            run: Box::new(move |side| {
+                let bin = bin.clone();
+                Box::pin(async move {
+                    let broker = Broker::start(side, &bin)?;
+                    p2p(&broker, pairs, messages, size, qos).await
+                })
+            }),
         }
-    }
+    })
+    .collect()
 }
 
 /// `pairs` publisher→subscriber pairs on their own topics, `messages` each
@@ -139,7 +131,7 @@ pub async fn p2p(
     if delivered < expected && qos != QoS::AtMostOnce {
         bail!(
             "{} delivered {delivered} of {expected} at {qos:?}",
-            b.kind.name()
+            b.side.name()
         );
     }
     let secs = last.duration_since(start).as_secs_f64().max(1e-6);
@@ -151,48 +143,4 @@ pub async fn p2p(
         p99_us: Some(h.value_at_quantile(0.99)),
         delivered: Some((delivered, expected)),
     })
-}
-
-/// `n` idle clean connections: the broker's resident memory per connection
-/// (plateau minus before, over `n`).
-pub async fn conn_idle(b: &Broker, n: usize) -> Result<Measured> {
-    let before = plateau(b).await?;
-    let mut held = Vec::with_capacity(n);
-    for i in 0..n {
-        let (c, mut ev) = AsyncClient::new(options(b.addr, &format!("idle-{i}")), 10);
-        connected(&mut ev)
-            .await
-            .with_context(|| format!("connection {i}"))?;
-        let driver = tokio::spawn(async move { while ev.poll().await.is_ok() {} });
-        held.push((c, driver));
-    }
-    let after = plateau(b).await?;
-    for (c, driver) in held {
-        let _ = c.disconnect().await;
-        driver.abort();
-    }
-    Ok(Measured {
-        value: after.saturating_sub(before) as f64 / n.max(1) as f64,
-        unit: "KiB/conn",
-        p50_us: None,
-        p99_us: None,
-        delivered: None,
-    })
-}
-
-/// RSS once three samples 300 ms apart agree within 1 %, or after 5 s.
-async fn plateau(b: &Broker) -> Result<u64> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut samples = vec![b.rss_kib()?];
-    loop {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        samples.push(b.rss_kib()?);
-        let last3 = &samples[samples.len().saturating_sub(3)..];
-        let (lo, hi) = (last3.iter().min(), last3.iter().max());
-        if let (true, Some(lo), Some(hi)) = (last3.len() == 3, lo, hi) {
-            if (hi - lo) * 100 <= *hi || Instant::now() > deadline {
-                return Ok(*hi);
-            }
-        }
-    }
 }

@@ -1,0 +1,48 @@
+//! The scenarios (names as in the Open MQTT Benchmark Suite). Each module
+//! offers one or more [`Variant`]s: a name, the sides it compares (mqbridge
+//! first, then its peers) and how to run one side once. `main` alternates
+//! the sides round by round and reports medians and ratios.
+
+pub mod common;
+mod idle;
+mod p2p;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use anyhow::Result;
+
+pub use common::Measured;
+
+use crate::peers::Side;
+use crate::Args;
+
+/// One side's run of a variant, started fresh each round.
+pub type RunFn = Box<dyn Fn(Side) -> Pin<Box<dyn Future<Output = Result<Measured>>>>>;
+
+/// Whether a bigger figure is better (msg/s) or worse (KiB, seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Better {
+    Higher,
+    Lower,
+}
+
+pub struct Variant {
+    pub name: String,
+    /// mqbridge first; every ratio is mqbridge over that peer.
+    pub sides: Vec<Side>,
+    pub better: Better,
+    pub run: RunFn,
+}
+
+/// Every scenario name the harness knows, in the order they run by default.
+pub const ALL: &[&str] = &["p2p", "conn-idle"];
+
+/// The variants of scenario `name`, sized by `a`.
+pub fn variants(name: &str, a: &Args) -> Result<Vec<Variant>> {
+    Ok(match name {
+        "p2p" => p2p::variants(a),
+        "conn-idle" => idle::variants(a),
+        other => anyhow::bail!("unknown scenario {other} (built: {})", ALL.join(", ")),
+    })
+}
