@@ -66,6 +66,9 @@ impl Args {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    // Stops the shared RabbitMQ node, if a scenario started one, however
+    // main returns.
+    let _rabbit = peers::rabbit::SharedGuard;
     let mut a = Args::parse();
     if a.smoke {
         a.shrink_for_smoke();

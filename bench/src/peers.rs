@@ -1,11 +1,16 @@
-//! The brokers under test, each a child process on a free loopback port:
-//! mqbridge (its own binary, embedded defaults, a temporary store) and
-//! Mosquitto (Debian's `mosquitto`, no persistence, queues large enough to
-//! drop nothing mqbridge keeps). Killed when dropped.
+//! The brokers under test, each on free loopback ports: mqbridge (its own
+//! binary, embedded defaults plus a scenario's bridge section, a temporary
+//! store), Mosquitto (Debian's `mosquitto`, no persistence, queues large
+//! enough to drop nothing mqbridge keeps), both child processes killed when
+//! dropped, and RabbitMQ's MQTT plugin (`rabbit`: one node per harness run,
+//! shared by the rounds).
+
+pub mod rabbit;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -17,6 +22,8 @@ use anyhow::{bail, Context, Result};
 pub enum Side {
     Mqbridge,
     Mosquitto,
+    /// RabbitMQ's `rabbitmq_mqtt` plugin on a node of the harness' own.
+    RabbitMqtt,
 }
 
 impl Side {
@@ -24,6 +31,7 @@ impl Side {
         match self {
             Side::Mqbridge => "mqbridge",
             Side::Mosquitto => "mosquitto",
+            Side::RabbitMqtt => "rabbitmq-mqtt",
         }
     }
 }
@@ -34,17 +42,41 @@ pub const INFLIGHT: usize = 100;
 
 pub struct Broker {
     pub side: Side,
+    /// Its MQTT listener.
     pub addr: SocketAddr,
-    child: Child,
-    _dir: tempfile::TempDir,
+    /// RabbitMqtt: the node's AMQP URI (where the plugin publishes).
+    #[allow(dead_code)] // until the AMQP scenarios read it
+    pub amqp_uri: Option<String>,
+    proc: Proc,
 }
 
-fn free_port() -> Result<u16> {
+enum Proc {
+    /// The temporary directory lives as long as the process.
+    Child(Child, #[allow(dead_code)] tempfile::TempDir),
+    Rabbit(Arc<rabbit::RabbitNode>),
+}
+
+pub(crate) fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 impl Broker {
     pub fn start(side: Side, mqbridge: &Path) -> Result<Broker> {
+        Broker::start_with(side, mqbridge, None)
+    }
+
+    /// `bridge`: a TOML configuration for mqbridge (its bridge section), in
+    /// a file given with `--config`; the other sides ignore it.
+    pub fn start_with(side: Side, mqbridge: &Path, bridge: Option<&str>) -> Result<Broker> {
+        if side == Side::RabbitMqtt {
+            let node = rabbit::shared()?;
+            return Ok(Broker {
+                side,
+                addr: node.mqtt,
+                amqp_uri: Some(node.amqp_uri.clone()),
+                proc: Proc::Rabbit(node),
+            });
+        }
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -60,6 +92,11 @@ impl Broker {
                     .env("MQBRIDGE__SESSION__MAX_QUEUED_MESSAGES", QUEUED.to_string())
                     .env("MQBRIDGE__MQTT__MAX_INFLIGHT", INFLIGHT.to_string())
                     .current_dir(dir.path());
+                if let Some(toml) = bridge {
+                    let file = dir.path().join("mqbridge.toml");
+                    std::fs::write(&file, toml)?;
+                    c.arg("--config").arg(file);
+                }
                 c
             }
             Side::Mosquitto => {
@@ -81,6 +118,7 @@ impl Broker {
                 c.arg("-c").arg(conf);
                 c
             }
+            other => bail!("{} is not a broker", other.name()),
         };
         let child = cmd
             .stdin(Stdio::null())
@@ -91,8 +129,8 @@ impl Broker {
         let mut broker = Broker {
             side,
             addr,
-            child,
-            _dir: dir,
+            amqp_uri: None,
+            proc: Proc::Child(child, dir),
         };
         broker.wait_listening()?;
         Ok(broker)
@@ -101,7 +139,10 @@ impl Broker {
     fn wait_listening(&mut self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(self.addr).is_err() {
-            if let Some(status) = self.child.try_wait()? {
+            let Proc::Child(child, _) = &mut self.proc else {
+                return Ok(());
+            };
+            if let Some(status) = child.try_wait()? {
                 bail!("{} exited at start: {status}", self.side.name());
             }
             if Instant::now() > deadline {
@@ -113,8 +154,13 @@ impl Broker {
     }
 
     /// Resident memory of the broker process, in KiB.
+    /// (RabbitMQ: its beam process.)
     pub fn rss_kib(&self) -> Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let pid = match &self.proc {
+            Proc::Child(child, _) => child.id(),
+            Proc::Rabbit(node) => node.pid,
+        };
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -125,9 +171,12 @@ impl Broker {
 }
 
 impl Drop for Broker {
+    /// A RabbitMQ node outlives its rounds: `rabbit::SharedGuard` stops it.
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Proc::Child(child, _) = &mut self.proc {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
