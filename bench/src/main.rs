@@ -37,9 +37,18 @@ pub struct Args {
     /// p2p: publisher→subscriber pairs.
     #[arg(long, default_value_t = 4)]
     pub pairs: usize,
-    /// p2p: messages per pair.
+    /// p2p: messages per pair; fan-in: per device.
     #[arg(long, default_value_t = 20_000)]
     pub messages: usize,
+    /// fan-in: devices publishing at once (`--messages` each).
+    #[arg(long, default_value_t = 4)]
+    pub devices: usize,
+    /// Kafka bootstrap servers (tansu, as the test command starts it).
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    pub kafka: String,
+    /// RabbitMQ main node (the AMQP backend of mqbridge and of raw lapin).
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    pub amqp: String,
     /// Payload bytes.
     #[arg(long, default_value_t = 100)]
     pub size: usize,
@@ -59,6 +68,7 @@ impl Args {
     fn shrink_for_smoke(&mut self) {
         self.rounds = 1;
         self.pairs = 2;
+        self.devices = 2;
         self.messages = 200;
         self.idle = 50;
     }

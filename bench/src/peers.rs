@@ -24,6 +24,10 @@ pub enum Side {
     Mosquitto,
     /// RabbitMQ's `rabbitmq_mqtt` plugin on a node of the harness' own.
     RabbitMqtt,
+    /// A raw `rdkafka` producer (client only, no broker of its own).
+    RawKafka,
+    /// A raw `lapin` publisher with confirms (client only).
+    RawAmqp,
 }
 
 impl Side {
@@ -32,6 +36,8 @@ impl Side {
             Side::Mqbridge => "mqbridge",
             Side::Mosquitto => "mosquitto",
             Side::RabbitMqtt => "rabbitmq-mqtt",
+            Side::RawKafka => "rdkafka",
+            Side::RawAmqp => "lapin",
         }
     }
 }
@@ -45,7 +51,6 @@ pub struct Broker {
     /// Its MQTT listener.
     pub addr: SocketAddr,
     /// RabbitMqtt: the node's AMQP URI (where the plugin publishes).
-    #[allow(dead_code)] // until the AMQP scenarios read it
     pub amqp_uri: Option<String>,
     proc: Proc,
 }

@@ -3,7 +3,9 @@
 //! first, then its peers) and how to run one side once. `main` alternates
 //! the sides round by round and reports medians and ratios.
 
+mod backends;
 pub mod common;
+mod fan_in;
 mod idle;
 mod p2p;
 
@@ -36,13 +38,18 @@ pub struct Variant {
 }
 
 /// Every scenario name the harness knows, in the order they run by default.
-pub const ALL: &[&str] = &["p2p", "conn-idle"];
+pub const ALL: &[&str] = &["p2p", "conn-idle", "fan-in-kafka", "fan-in-amqp"];
 
 /// The variants of scenario `name`, sized by `a`.
 pub fn variants(name: &str, a: &Args) -> Result<Vec<Variant>> {
     Ok(match name {
         "p2p" => p2p::variants(a),
         "conn-idle" => idle::variants(a),
+        // One module offers both; each name runs its own variant.
+        "fan-in-kafka" | "fan-in-amqp" => fan_in::variants(a)
+            .into_iter()
+            .filter(|v| v.name == name)
+            .collect(),
         other => anyhow::bail!("unknown scenario {other} (built: {})", ALL.join(", ")),
     })
 }
