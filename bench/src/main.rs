@@ -43,6 +43,12 @@ pub struct Args {
     /// fan-in: devices publishing at once (`--messages` each).
     #[arg(long, default_value_t = 4)]
     pub devices: usize,
+    /// downlink: offline persistent sessions the commands are for.
+    #[arg(long, default_value_t = 1_000)]
+    pub sessions: usize,
+    /// downlink: commands produced (round-robin over the sessions).
+    #[arg(long, default_value_t = 10_000)]
+    pub commands: usize,
     /// Kafka bootstrap servers (tansu, as the test command starts it).
     #[arg(long, default_value = "127.0.0.1:9092")]
     pub kafka: String,
@@ -69,6 +75,8 @@ impl Args {
         self.rounds = 1;
         self.pairs = 2;
         self.devices = 2;
+        self.sessions = 20;
+        self.commands = 100;
         self.messages = 200;
         self.idle = 50;
     }

@@ -73,6 +73,17 @@ impl Broker {
     /// `bridge`: a TOML configuration for mqbridge (its bridge section), in
     /// a file given with `--config`; the other sides ignore it.
     pub fn start_with(side: Side, mqbridge: &Path, bridge: Option<&str>) -> Result<Broker> {
+        Broker::start_with_env(side, mqbridge, bridge, &[])
+    }
+
+    /// As [`Broker::start_with`]; mqbridge also gets `env` (set last, so it
+    /// replaces the harness' own settings, e.g. to turn the admin API on).
+    pub fn start_with_env(
+        side: Side,
+        mqbridge: &Path,
+        bridge: Option<&str>,
+        env: &[(&str, String)],
+    ) -> Result<Broker> {
         if side == Side::RabbitMqtt {
             let node = rabbit::shared()?;
             return Ok(Broker {
@@ -102,6 +113,7 @@ impl Broker {
                     std::fs::write(&file, toml)?;
                     c.arg("--config").arg(file);
                 }
+                c.envs(env.iter().map(|(k, v)| (k, v)));
                 c
             }
             Side::Mosquitto => {

@@ -94,6 +94,23 @@ pub fn render(tables: &[Table]) -> Result<(String, String)> {
         let Some((m, peers)) = t.rows.split_first() else {
             continue;
         };
+        if peers.is_empty() {
+            // Report only: no peer to compare with.
+            writeln!(
+                md,
+                "| {} | {:.1} ({:.1}–{:.1}) {} | – | – | – | {} | {} / – |",
+                t.scenario,
+                m.median,
+                m.min,
+                m.max,
+                m.unit,
+                match t.better {
+                    Better::Higher => "higher",
+                    Better::Lower => "lower",
+                },
+                median_p99(m)
+            )?;
+        }
         for p in peers {
             let ratio = if p.median > 0.0 {
                 m.median / p.median

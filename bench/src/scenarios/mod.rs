@@ -5,6 +5,7 @@
 
 mod backends;
 pub mod common;
+mod downlink;
 mod fan_in;
 mod idle;
 mod p2p;
@@ -38,7 +39,14 @@ pub struct Variant {
 }
 
 /// Every scenario name the harness knows, in the order they run by default.
-pub const ALL: &[&str] = &["p2p", "conn-idle", "fan-in-kafka", "fan-in-amqp"];
+pub const ALL: &[&str] = &[
+    "p2p",
+    "conn-idle",
+    "fan-in-kafka",
+    "fan-in-amqp",
+    "downlink-kafka",
+    "downlink-amqp",
+];
 
 /// The variants of scenario `name`, sized by `a`.
 pub fn variants(name: &str, a: &Args) -> Result<Vec<Variant>> {
@@ -47,6 +55,10 @@ pub fn variants(name: &str, a: &Args) -> Result<Vec<Variant>> {
         "conn-idle" => idle::variants(a),
         // One module offers both; each name runs its own variant.
         "fan-in-kafka" | "fan-in-amqp" => fan_in::variants(a)
+            .into_iter()
+            .filter(|v| v.name == name)
+            .collect(),
+        "downlink-kafka" | "downlink-amqp" => downlink::variants(a)
             .into_iter()
             .filter(|v| v.name == name)
             .collect(),
