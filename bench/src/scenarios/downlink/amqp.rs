@@ -116,7 +116,9 @@ qos = 1
     wait_settled(ch, queue, &admin).await?;
     let mut took = start.elapsed();
     if !queue_empty(queue)? {
-        // Unacked deliveries remain: the end is when they are acked.
+        // Unacked deliveries remain: the end is when they are acked (to
+        // rabbitmqctl's precision, about a second: worth knowing).
+        eprintln!("downlink-amqp: deliveries still unacked when drained");
         wait_empty(queue).await?;
         took = start.elapsed();
     }
