@@ -3,7 +3,7 @@
 //! route (`topic = "devices/{key}/commands"` / `{routing_key}`, QoS 1): a
 //! command is committed (Kafka) / acked (AMQP) only once it is stored in its
 //! session, so the figure is commands / time from the first command produced
-//! to the last one settled. Report only (no peer yet, as the design allows).
+//! to the last one settled.
 //!
 //! `--sessions` devices connect with a persistent session, subscribe to
 //! their command topic and disconnect; `--commands` commands of `--size`
@@ -16,6 +16,10 @@
 //! Afterwards a sample of devices reconnects and must receive exactly its
 //! commands. One command with no session is settled first so the route is
 //! connected (and the Kafka group joined) before the clock starts.
+//!
+//! Peer (`raw`): a consumer that appends each batch to a file, fsyncs it
+//! and then commits / acks it, timed the same way (Kafka: the committed
+//! offsets; AMQP: every command acked, then the same `rabbitmqctl` check).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -34,6 +38,7 @@ use crate::peers::{Broker, Side};
 use crate::Args;
 
 mod amqp;
+mod raw;
 
 /// How long settling may take before the run fails.
 const SETTLE_LIMIT: Duration = Duration::from_secs(300);
@@ -63,20 +68,20 @@ pub fn variants(a: &Args) -> Vec<Variant> {
     vec![
         Variant {
             name: "downlink-kafka".to_string(),
-            sides: vec![Side::Mqbridge],
+            sides: vec![Side::Mqbridge, Side::RawKafka],
             better: Better::Higher,
-            run: Box::new(move |_| {
+            run: Box::new(move |side| {
                 let l = k.clone();
-                Box::pin(async move { downlink_kafka(&l).await })
+                Box::pin(async move { downlink_kafka(side, &l).await })
             }),
         },
         Variant {
             name: "downlink-amqp".to_string(),
-            sides: vec![Side::Mqbridge],
+            sides: vec![Side::Mqbridge, Side::RawAmqp],
             better: Better::Higher,
-            run: Box::new(move |_| {
+            run: Box::new(move |side| {
                 let l = q.clone();
-                Box::pin(async move { amqp::downlink_amqp(&l).await })
+                Box::pin(async move { amqp::downlink_amqp(side, &l).await })
             }),
         },
     ]
@@ -176,15 +181,15 @@ pub(super) fn measured(commands: usize, took: Duration) -> Measured {
     }
 }
 
-async fn downlink_kafka(l: &Load) -> Result<Measured> {
+async fn downlink_kafka(side: Side, l: &Load) -> Result<Measured> {
     let topic = unique("cmd");
     create_topic(&l.kafka, &topic).await?;
-    let r = kafka_round(l, &topic).await;
+    let r = kafka_round(side, l, &topic).await;
     delete_topic(&l.kafka, &topic).await;
     r
 }
 
-async fn kafka_round(l: &Load, topic: &str) -> Result<Measured> {
+async fn kafka_round(side: Side, l: &Load, topic: &str) -> Result<Measured> {
     let group = unique("dl-group");
     let config = format!(
         r#"
@@ -206,9 +211,15 @@ qos = 1
 "#,
         l.kafka
     );
-    let broker = Broker::start_with(Side::Mqbridge, &l.bin, Some(&config))?;
     let fleet = Fleet::new(l.sessions);
-    fleet.create_sessions(broker.addr).await?;
+    let (mut broker, mut raw) = (None, None);
+    if side == Side::Mqbridge {
+        let b = Broker::start_with(side, &l.bin, Some(&config))?;
+        fleet.create_sessions(b.addr).await?;
+        broker = Some(b);
+    } else {
+        raw = Some(raw::kafka(&l.kafka, topic, &group)?);
+    }
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &l.kafka)
         .set("acks", "all")
@@ -257,7 +268,10 @@ qos = 1
     }
     wait_committed(&l.kafka, &group, topic, &ends).await?;
     let took = start.elapsed();
-    fleet.check_sample(broker.addr, l.commands).await?;
+    if let Some(b) = &broker {
+        fleet.check_sample(b.addr, l.commands).await?;
+    }
+    drop(raw);
     Ok(measured(l.commands, took))
 }
 

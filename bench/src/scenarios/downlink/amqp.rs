@@ -2,8 +2,10 @@
 //! queue of the main RabbitMQ node. Settled = no ready message in the queue
 //! (passive `queue.declare`) and no unsettled command in the route (its
 //! admin API), then confirmed with `rabbitmqctl list_queues messages`,
-//! which also counts unacknowledged messages.
+//! which also counts unacknowledged messages. The raw peer: its own count
+//! of acked commands, then the same `rabbitmqctl` check.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -24,14 +26,14 @@ use crate::scenarios::common::Measured;
 /// Unconfirmed commands at most while producing.
 const WINDOW: usize = 1000;
 
-pub(super) async fn downlink_amqp(l: &Load) -> Result<Measured> {
+pub(super) async fn downlink_amqp(side: Side, l: &Load) -> Result<Measured> {
     let fleet = Fleet::new(l.sessions);
     let (exchange, queue) = (format!("{}-x", fleet.run), format!("{}-q", fleet.run));
     let conn = Connection::connect(&l.amqp, ConnectionProperties::default())
         .await
         .context("lapin connect")?;
     let ch = conn.create_channel().await?;
-    let r = round(l, &fleet, &ch, &exchange, &queue).await;
+    let r = round(side, l, &fleet, &ch, &exchange, &queue).await;
     let _ = ch
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await;
@@ -42,7 +44,15 @@ pub(super) async fn downlink_amqp(l: &Load) -> Result<Measured> {
     r
 }
 
+/// Who settles the commands, and how the harness sees it.
+enum Settler {
+    /// mqbridge: its admin API's address (unsettled commands of the route).
+    Route(Broker, String),
+    Raw(super::raw::RawConsumer),
+}
+
 async fn round(
+    side: Side,
     l: &Load,
     fleet: &Fleet,
     ch: &Channel,
@@ -98,22 +108,27 @@ qos = 1
 "##,
         l.amqp
     );
-    let admin = format!("127.0.0.1:{}", free_port()?);
-    let env = [("MQBRIDGE__ADMIN__LISTEN", admin.clone())];
-    let broker = Broker::start_with_env(Side::Mqbridge, &l.bin, Some(&config), &env)?;
-    fleet.create_sessions(broker.addr).await?;
+    let settler = if side == Side::Mqbridge {
+        let admin = format!("127.0.0.1:{}", free_port()?);
+        let env = [("MQBRIDGE__ADMIN__LISTEN", admin.clone())];
+        let broker = Broker::start_with_env(side, &l.bin, Some(&config), &env)?;
+        fleet.create_sessions(broker.addr).await?;
+        Settler::Route(broker, admin)
+    } else {
+        Settler::Raw(super::raw::amqp(&l.amqp, queue).await?)
+    };
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let origin = Instant::now();
     // Warm-up: a command for no session, acked once the route consumes.
     let warm = format!("{}-warm", fleet.run);
     publish(ch, exchange, &[warm], 8, origin).await?;
-    wait_settled(ch, queue, &admin).await?;
+    wait_settled(ch, queue, &settler, 1).await?;
     wait_empty(queue).await?;
 
     let start = Instant::now();
     let keys: Vec<String> = (0..l.commands).map(|j| fleet.of_command(j)).collect();
     publish(ch, exchange, &keys, l.size, origin).await?;
-    wait_settled(ch, queue, &admin).await?;
+    wait_settled(ch, queue, &settler, 1 + l.commands).await?;
     let mut took = start.elapsed();
     if !queue_empty(queue)? {
         // Unacked deliveries remain: the end is when they are acked (to
@@ -122,7 +137,9 @@ qos = 1
         wait_empty(queue).await?;
         took = start.elapsed();
     }
-    fleet.check_sample(broker.addr, l.commands).await?;
+    if let Settler::Route(broker, _) = &settler {
+        fleet.check_sample(broker.addr, l.commands).await?;
+    }
     Ok(measured(l.commands, took))
 }
 
@@ -160,8 +177,9 @@ async fn publish(
     Ok(())
 }
 
-/// No ready message in `queue` and no unsettled command in the route.
-async fn wait_settled(ch: &Channel, queue: &str, admin: &str) -> Result<()> {
+/// No ready message in `queue` and no unsettled command in the route; for
+/// the raw consumer, `total` commands acked.
+async fn wait_settled(ch: &Channel, queue: &str, settler: &Settler, total: usize) -> Result<()> {
     let passive = QueueDeclareOptions {
         passive: true,
         ..Default::default()
@@ -171,8 +189,14 @@ async fn wait_settled(ch: &Channel, queue: &str, admin: &str) -> Result<()> {
         let q = ch
             .queue_declare(queue.into(), passive, FieldTable::default())
             .await?;
-        // The admin API may not answer yet right after the start.
-        if q.message_count() == 0 && unsettled(admin).await.ok() == Some(0) {
+        let done = match settler {
+            // The admin API may not answer yet right after the start.
+            Settler::Route(_, admin) => {
+                q.message_count() == 0 && unsettled(admin).await.ok() == Some(0)
+            }
+            Settler::Raw(raw) => raw.settled.load(Ordering::Relaxed) >= total,
+        };
+        if done {
             return Ok(());
         }
         if Instant::now() > deadline {
