@@ -87,6 +87,17 @@ async fn main() -> Result<()> {
     // Stops the shared RabbitMQ node, if a scenario started one, however
     // main returns.
     let _rabbit = peers::rabbit::SharedGuard;
+    // On Ctrl-C or SIGTERM (`timeout`), dropping the run kills the brokers
+    // it started; then the guard stops RabbitMQ.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = run() => r,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+        _ = term.recv() => anyhow::bail!("terminated"),
+    }
+}
+
+async fn run() -> Result<()> {
     let mut a = Args::parse();
     if a.smoke {
         a.shrink_for_smoke();
