@@ -153,11 +153,14 @@ pub async fn kafka_counter(
     let _ = tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await;
     let mut seen = Arrivals::new()?;
     Ok(tokio::spawn(async move {
-        // librdkafka retries by itself; a run of errors means it gave up.
+        // librdkafka retries by itself; 100 errors in a row: it gave up.
         let mut errors = 0;
         while seen.got < expected && errors < 100 {
             match tokio::time::timeout(seen.wait(), consumer.recv()).await {
-                Ok(Ok(m)) => seen.record(origin, m.payload().unwrap_or_default()),
+                Ok(Ok(m)) => {
+                    errors = 0;
+                    seen.record(origin, m.payload().unwrap_or_default());
+                }
                 Ok(Err(e)) => {
                     errors += 1;
                     eprintln!("kafka counter: {e}");
