@@ -61,6 +61,13 @@ pub struct Args {
     /// conn-idle: connections.
     #[arg(long, default_value_t = 5_000)]
     pub idle: usize,
+    /// p2p-latency: the offered load, messages per second over all pairs
+    /// (below what either broker saturates at on this machine).
+    #[arg(long, default_value_t = 20_000.0)]
+    pub rate: f64,
+    /// p2p-latency: seconds of load at that rate.
+    #[arg(long, default_value_t = 5.0)]
+    pub rate_secs: f64,
     /// Tiny counts, one round: checks the harness works, measures nothing.
     #[arg(long)]
     pub smoke: bool,
@@ -79,6 +86,8 @@ impl Args {
         self.commands = 100;
         self.messages = 200;
         self.idle = 50;
+        self.rate = 1000.0;
+        self.rate_secs = 0.5;
     }
 }
 

@@ -8,6 +8,7 @@ pub mod common;
 mod downlink;
 mod fan_in;
 mod idle;
+mod latency;
 mod p2p;
 
 use std::future::Future;
@@ -41,6 +42,7 @@ pub struct Variant {
 /// Every scenario name the harness knows, in the order they run by default.
 pub const ALL: &[&str] = &[
     "p2p",
+    "p2p-latency",
     "conn-idle",
     "fan-in-kafka",
     "fan-in-amqp",
@@ -52,6 +54,7 @@ pub const ALL: &[&str] = &[
 pub fn variants(name: &str, a: &Args) -> Result<Vec<Variant>> {
     Ok(match name {
         "p2p" => p2p::variants(a),
+        "p2p-latency" => latency::variants(a),
         "conn-idle" => idle::variants(a),
         // One module offers both; each name runs its own variant.
         "fan-in-kafka" | "fan-in-amqp" => fan_in::variants(a)
