@@ -436,6 +436,7 @@ impl Conn<'_> {
                 r = next_reply(&mut self.pending) => {
                     self.pending.pop_front();
                     self.answer(r)?;
+                    self.answer_ready()?;
                 }
                 // Deliveries wait in the session while our buffer is full.
                 Some(o) = rx.recv(), if room => self.deliver(o),
