@@ -19,6 +19,9 @@ mod session;
 #[cfg(test)]
 mod tests;
 
+use std::future::Future as _;
+use std::task::Poll;
+
 use lapin::options::BasicPublishOptions;
 use lapin::{Confirmation, ExchangeKind};
 use tokio_util::task::TaskTracker;
@@ -138,18 +141,34 @@ impl Sink for AmqpSink {
                 mandatory: self.cfg.mandatory,
                 immediate: false,
             };
-            let confirm = s
-                .channel
-                .basic_publish(
-                    out.exchange,
-                    out.routing_key,
-                    options,
-                    &payload,
-                    out.properties,
-                )
-                .await
-                .map_err(|e| format!("publish: {e}"))?;
-            let pending: Pending = Box::pin(async move { delivery(confirm.await) });
+            let channel = s.channel.clone();
+            let mut publish = Box::pin(async move {
+                channel
+                    .basic_publish(
+                        out.exchange,
+                        out.routing_key,
+                        options,
+                        &payload,
+                        out.properties,
+                    )
+                    .await
+            });
+            // The first poll queues the frames and takes the delivery tag,
+            // which fixes the record's place; what is left is lapin's I/O
+            // loop writing them. Awaiting that here made the driver wait a
+            // round trip through that loop per record (one record at a time
+            // for every device); the record's outcome waits for it instead.
+            let first = std::future::poll_fn(|cx| Poll::Ready(publish.as_mut().poll(cx))).await;
+            let pending: Pending = match first {
+                Poll::Ready(Ok(confirm)) => Box::pin(async move { delivery(confirm.await) }),
+                Poll::Ready(Err(e)) => return Err(format!("publish: {e}").into()),
+                Poll::Pending => Box::pin(async move {
+                    match publish.await {
+                        Ok(confirm) => delivery(confirm.await),
+                        Err(e) => delivery(Err(e)),
+                    }
+                }),
+            };
             Ok(pending)
         })
     }
