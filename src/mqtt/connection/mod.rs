@@ -319,6 +319,14 @@ async fn write_step<W: WriteSide>(
     }
 }
 
+/// The next QoS 0 delivery, once the router made the channel.
+async fn recv0(rx0: &mut Option<mpsc::Receiver<Outbound>>) -> Option<Outbound> {
+    match rx0 {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// How long the last bytes of a closing connection may take.
 const FINAL_FLUSH: Duration = Duration::from_secs(1);
 
@@ -374,11 +382,12 @@ impl Conn<'_> {
     ) -> Result<(), ConnError> {
         let handshake::Attached {
             mut rx,
-            mut rx0,
             mut kick,
             keep_alive,
             ..
         } = a;
+        // Made by the router at the first QoS 0 delivery (`Outbound::Qos0Channel`).
+        let mut rx0: Option<mpsc::Receiver<Outbound>> = None;
         let mut t = Timers::new(&self.sh.cfg.mqtt, keep_alive);
         let out_cap = self.sh.cfg.mqtt.max_outbound_buffer_bytes;
         // Anything that arrived with the CONNECT.
@@ -430,7 +439,7 @@ impl Conn<'_> {
                     return Err(ConnError::ShuttingDown);
                 }
                 w = write_step(wr, &self.out, self.unflushed), if !self.out.is_empty() || self.unflushed => {
-                    let idle = rx.is_empty() && rx0.is_empty();
+                    let idle = rx.is_empty() && rx0.as_ref().is_none_or(|r| r.is_empty());
                     self.wrote::<W>(w?, &mut t, idle);
                 }
                 r = next_reply(&mut self.pending) => {
@@ -438,8 +447,11 @@ impl Conn<'_> {
                     self.answer(r)?;
                 }
                 // Deliveries wait in the session while our buffer is full.
-                Some(o) = rx.recv(), if room => self.deliver(o),
-                Some(o) = rx0.recv(), if room => self.deliver(o),
+                Some(o) = rx.recv(), if room => match o {
+                    Outbound::Qos0Channel(r) => rx0 = Some(r),
+                    o => self.deliver(o),
+                },
+                Some(o) = recv0(&mut rx0), if room && rx0.is_some() => self.deliver(o),
                 r = rd.read_into(buf), if may_read => {
                     if r.map_err(ConnError::read)? == 0 {
                         return Err(ConnError::Closed);
@@ -461,7 +473,7 @@ impl Conn<'_> {
             }
             self.flush_outbox().await?;
             if !self.out.is_empty() {
-                let idle = rx.is_empty() && rx0.is_empty();
+                let idle = rx.is_empty() && rx0.as_ref().is_none_or(|r| r.is_empty());
                 self.write_some(wr, &mut t, idle)?;
             }
         }
@@ -548,6 +560,8 @@ impl Conn<'_> {
     /// Writes one delivery from the router.
     fn deliver(&mut self, o: Outbound) {
         match o {
+            // Taken by the loop before it gets here; nothing to write.
+            Outbound::Qos0Channel(_) => {}
             Outbound::PubRel { seq } => {
                 let pkid = pkid_of(seq);
                 self.inflight.insert(pkid, seq);

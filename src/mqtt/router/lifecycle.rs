@@ -247,7 +247,7 @@ impl Router {
         s.conn = Some(Conn {
             id: req.conn_id,
             tx: req.tx,
-            tx0: req.tx0,
+            tx0: None,
             kick: Some(req.kick),
             window: req.window.max(1),
             inflight: 0,

@@ -12,7 +12,7 @@ use crate::store::StoreOptions;
 /// A router on a fresh store, and the connections it attached (kept open).
 struct Harness {
     router: Router,
-    conns: Vec<(mpsc::Receiver<Outbound>, mpsc::Receiver<Outbound>)>,
+    conns: Vec<mpsc::Receiver<Outbound>>,
     _dir: tempfile::TempDir,
 }
 
@@ -59,11 +59,10 @@ impl Harness {
 
     /// Attaches a clean (expiry 0) client.
     fn connect(&mut self, id: &str) {
-        let (tx, rx) = mpsc::channel(8);
-        let (tx0, rx0) = mpsc::channel(8);
+        let (tx, rx) = mpsc::channel(8 + 3);
         let (kick, _) = oneshot::channel();
         let conn_id = self.conns.len() as u64 + 1;
-        self.conns.push((rx, rx0));
+        self.conns.push(rx);
         let req = ConnectRequest {
             conn_id,
             client_id: id.into(),
@@ -73,7 +72,6 @@ impl Harness {
             will: None,
             window: 8,
             tx,
-            tx0,
             kick,
             username: None,
             identity: None,
