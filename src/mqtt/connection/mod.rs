@@ -12,6 +12,7 @@ mod handshake;
 mod identify;
 mod inbound;
 mod keepalive;
+mod outbox;
 mod pending;
 mod timers;
 
@@ -396,7 +397,7 @@ impl Conn<'_> {
         if buf.is_empty() {
             *buf = BytesMut::new();
         }
-        self.flush_outbox().await?;
+        self.try_flush_outbox()?;
         // One timer for the life of the connection, moved rather than made
         // anew each turn: a later deadline is a store, not a trip through
         // the timer wheel's lock.
@@ -413,7 +414,13 @@ impl Conn<'_> {
             // cannot make us buffer PINGRESPs and acks without end.
             let limit = self.sh.cfg.mqtt.receive_maximum as usize;
             let room = self.out.len() < out_cap;
+            // A full router or sink queue: nothing more is read (the device
+            // is slowed, not lied to) until it has room, while acks,
+            // deliveries, the keepalive and a takeover go on.
+            let blocked = self.blocked_on();
+            let is_blocked = blocked.is_some();
             let may_read = room
+                && !is_blocked
                 && match self.version {
                     Version::V311 => self.pending.len() < limit,
                     Version::V5 => self.pending.len() < limit * 2,
@@ -470,8 +477,9 @@ impl Conn<'_> {
                     t.check(keep_alive)?;
                     self.forget_expired_qos2(Instant::now());
                 }
+                r = outbox::room(blocked), if is_blocked => self.send_reserved(r)?,
             }
-            self.flush_outbox().await?;
+            self.try_flush_outbox()?;
             if !self.out.is_empty() {
                 let idle = rx.is_empty() && rx0.as_ref().is_none_or(|r| r.is_empty());
                 self.write_some(wr, &mut t, idle)?;
@@ -629,67 +637,5 @@ impl Conn<'_> {
             seq,
         };
         self.outbox.push_back(msg);
-    }
-
-    /// Sends what the packets just handled produced for the router, in order.
-    /// Without waiting when the channels have room, as they nearly always
-    /// do; the waiting path is boxed, so an idle connection's task does not
-    /// carry the space of its send futures.
-    async fn flush_outbox(&mut self) -> Result<(), ConnError> {
-        if self.try_flush_outbox()? {
-            return Ok(());
-        }
-        Box::pin(self.flush_outbox_waiting()).await
-    }
-
-    /// `Ok(true)`: all sent; `Ok(false)`: a channel is full, the rest waits.
-    fn try_flush_outbox(&mut self) -> Result<bool, ConnError> {
-        use tokio::sync::mpsc::error::TrySendError;
-        while let Some(msg) = self.outbox.pop_front() {
-            match self.sh.router.try_send(msg) {
-                Ok(()) => {}
-                Err(TrySendError::Full(msg)) => {
-                    self.outbox.push_front(msg);
-                    return Ok(false);
-                }
-                Err(TrySendError::Closed(_)) => return Err(ConnError::ShuttingDown),
-            }
-        }
-        while let Some((tx, env)) = self.sink_outbox.pop_front() {
-            match tx.try_send(env) {
-                Ok(()) => {}
-                Err(TrySendError::Full(env)) => {
-                    self.sink_outbox.push_front((tx, env));
-                    return Ok(false);
-                }
-                Err(TrySendError::Closed(env)) => refuse_closed(env),
-            }
-        }
-        Ok(true)
-    }
-
-    async fn flush_outbox_waiting(&mut self) -> Result<(), ConnError> {
-        while let Some(msg) = self.outbox.pop_front() {
-            self.sh
-                .router
-                .send(msg)
-                .await
-                .map_err(|_| ConnError::ShuttingDown)?;
-        }
-        // A full sink queue makes this wait: the device is slowed, not lied to.
-        while let Some((tx, env)) = self.sink_outbox.pop_front() {
-            if let Err(e) = tx.send(env).await {
-                refuse_closed(e.0);
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A sink that is gone fails what was handed to it: the device is not
-/// acknowledged.
-fn refuse_closed(env: crate::bridge::Envelope) {
-    if let Some(c) = env.confirm {
-        let _ = c.send(Err(crate::bridge::SinkError::Closed));
     }
 }
