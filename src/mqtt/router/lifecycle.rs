@@ -522,6 +522,7 @@ impl Router {
             self.forget_will(&w);
             self.publish_will(w);
         }
+        self.purge_expired_retained();
         // Kept current on every change; recounted here in case a path
         // that drops a queue was missed.
         let queued: usize = self.sessions.values().map(|s| s.queue.len()).sum();

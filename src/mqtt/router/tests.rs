@@ -199,3 +199,21 @@ async fn start_up_loads_retained_messages_only_up_to_the_limits() {
     let h = harness_in(Config::default(), dir);
     assert_eq!(h.router.retained.len(), 2);
 }
+
+#[tokio::test]
+async fn expired_retained_messages_stop_counting_at_the_tick_unsubscribed() {
+    let mut h = harness(Config::default());
+    h.publish("r/keep", b"k", true);
+    h.publish("r/old", b"o", true);
+    // Expire one in place: no subscription will come to find it.
+    let old = h.router.retained.get_mut("r/old").expect("retained");
+    Arc::make_mut(old).expires_at_ms = Some(1);
+    let before = h.router.retained_bytes;
+    h.router.tick();
+    assert_eq!(
+        h.router.retained.keys().collect::<Vec<_>>(),
+        ["r/keep"],
+        "the expired one is purged, the other kept"
+    );
+    assert!(h.router.retained_bytes < before);
+}
