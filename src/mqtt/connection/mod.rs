@@ -328,6 +328,9 @@ async fn recv0(rx0: &mut Option<mpsc::Receiver<Outbound>>) -> Option<Outbound> {
     }
 }
 
+/// At most this many deliveries taken from a channel in one turn of the loop.
+const DELIVERY_BATCH: usize = 64;
+
 /// How long the last bytes of a closing connection may take.
 const FINAL_FLUSH: Duration = Duration::from_secs(1);
 
@@ -454,11 +457,34 @@ impl Conn<'_> {
                     self.answer(r)?;
                 }
                 // Deliveries wait in the session while our buffer is full.
-                Some(o) = rx.recv(), if room => match o {
-                    Outbound::Qos0Channel(r) => rx0 = Some(r),
-                    o => self.deliver(o),
-                },
-                Some(o) = recv0(&mut rx0), if room && rx0.is_some() => self.deliver(o),
+                // Deliveries already waiting go out in the same write (one
+                // syscall for a burst, not one per message), within the
+                // buffer's bound and a batch that keeps the loop fair.
+                Some(o) = rx.recv(), if room => {
+                    self.take(o, &mut rx0);
+                    for _ in 1..DELIVERY_BATCH {
+                        match rx.try_recv() {
+                            Ok(o) if self.out.len() < out_cap => self.take(o, &mut rx0),
+                            Ok(o) => {
+                                self.take(o, &mut rx0);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Some(o) = recv0(&mut rx0), if room && rx0.is_some() => {
+                    self.deliver(o);
+                    for _ in 1..DELIVERY_BATCH {
+                        let Some(r) = rx0.as_mut().filter(|_| self.out.len() < out_cap) else {
+                            break;
+                        };
+                        match r.try_recv() {
+                            Ok(o) => self.deliver(o),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 r = rd.read_into(buf), if may_read => {
                     if r.map_err(ConnError::read)? == 0 {
                         return Err(ConnError::Closed);
@@ -562,6 +588,15 @@ impl Conn<'_> {
     fn send_disconnect(&mut self, reason: Reason, why: Option<&str>) {
         if self.version == Version::V5 {
             codec::encode_disconnect(reason as u8, why, &mut self.out);
+        }
+    }
+
+    /// One message from the router's channel: the QoS 0 channel it hands
+    /// over, or a delivery to write.
+    fn take(&mut self, o: Outbound, rx0: &mut Option<mpsc::Receiver<Outbound>>) {
+        match o {
+            Outbound::Qos0Channel(r) => *rx0 = Some(r),
+            o => self.deliver(o),
         }
     }
 
