@@ -455,6 +455,14 @@ impl Conn<'_> {
                 r = next_reply(&mut self.pending) => {
                     self.pending.pop_front();
                     self.answer(r)?;
+                    // Replies due at the same time go out in the same write.
+                    for _ in 1..DELIVERY_BATCH {
+                        let Some(r) = pending::ready_reply(&mut self.pending) else {
+                            break;
+                        };
+                        self.pending.pop_front();
+                        self.answer(r)?;
+                    }
                 }
                 // Deliveries wait in the session while our buffer is full.
                 // Deliveries already waiting go out in the same write (one
