@@ -645,7 +645,12 @@ impl Conn<'_> {
                     dup,
                     pkid,
                     subscription_ids: &sub_ids,
-                    now_ms: now_ms(),
+                    // Only a message with an expiry needs the clock.
+                    now_ms: if msg.expires_at_ms.is_some() {
+                        now_ms()
+                    } else {
+                        0
+                    },
                     topic_alias,
                 };
                 let written =
