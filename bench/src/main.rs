@@ -46,6 +46,26 @@ pub struct Args {
     /// conn-idle: connections.
     #[arg(long, default_value_t = 5_000)]
     pub idle: usize,
+    /// fan-out: subscribers of the one topic (or of `#`).
+    #[arg(long, default_value_t = 50)]
+    pub subscribers: usize,
+    /// fan-out: messages published (each delivered to every subscriber).
+    #[arg(long, default_value_t = 2_000)]
+    pub fanout_messages: usize,
+    /// offline-drain: persistent sessions (needs about twice as many open
+    /// files; the harness raises its soft limit up to the hard one).
+    #[arg(long, default_value_t = 10_000)]
+    pub sessions: usize,
+    /// offline-drain: messages queued per session while it is offline.
+    #[arg(long, default_value_t = 10)]
+    pub drain_queued: usize,
+    /// restart: persistent sessions in the store (issue: 100,000).
+    #[arg(long, default_value_t = 10_000)]
+    pub restart_sessions: usize,
+    /// restart: queued messages in the store, measured at this and a tenth
+    /// of it (issue: 1,000,000).
+    #[arg(long, default_value_t = 100_000)]
+    pub restart_queued: usize,
     /// Tiny counts, one round: checks the harness works, measures nothing.
     #[arg(long)]
     pub smoke: bool,
@@ -61,6 +81,12 @@ impl Args {
         self.pairs = 2;
         self.messages = 200;
         self.idle = 50;
+        self.subscribers = 5;
+        self.fanout_messages = 50;
+        self.sessions = 20;
+        self.drain_queued = 10;
+        self.restart_sessions = 20;
+        self.restart_queued = 200;
     }
 }
 

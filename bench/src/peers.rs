@@ -45,6 +45,12 @@ fn free_port() -> Result<u16> {
 
 impl Broker {
     pub fn start(side: Side, mqbridge: &Path) -> Result<Broker> {
+        Broker::start_with_store(side, mqbridge, None)
+    }
+
+    /// [`Broker::start`], mqbridge's store at `store` when given (kept
+    /// across restarts) instead of in the broker's temporary directory.
+    pub fn start_with_store(side: Side, mqbridge: &Path, store: Option<&Path>) -> Result<Broker> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -54,11 +60,18 @@ impl Broker {
                 let mut c = Command::new(mqbridge);
                 c.env("MQBRIDGE__MQTT__LISTEN", addr.to_string())
                     .env("MQBRIDGE__ADMIN__LISTEN", "")
-                    .env("MQBRIDGE__STORE__PATH", dir.path().join("store"))
+                    .env(
+                        "MQBRIDGE__STORE__PATH",
+                        store.map_or_else(|| dir.path().join("store"), Path::to_path_buf),
+                    )
                     .env("MQBRIDGE__LOG__LEVEL", "warn")
                     // The same limits as the Mosquitto configuration below.
                     .env("MQBRIDGE__SESSION__MAX_QUEUED_MESSAGES", QUEUED.to_string())
                     .env("MQBRIDGE__MQTT__MAX_INFLIGHT", INFLIGHT.to_string())
+                    // Mosquitto has no cap on persistent sessions; every
+                    // bench client connects from 127.0.0.1 without a user.
+                    .env("MQBRIDGE__SESSION__MAX_PERSISTENT_SESSIONS", "10000000")
+                    .env("MQBRIDGE__SESSION__MAX_PERSISTENT_SESSIONS_PER_IP", "0")
                     .current_dir(dir.path());
                 c
             }
@@ -107,9 +120,37 @@ impl Broker {
             if Instant::now() > deadline {
                 bail!("{} did not listen within 30 s", self.side.name());
             }
-            std::thread::sleep(Duration::from_millis(20));
+            // Fine-grained: `restart` times start-up with it.
+            std::thread::sleep(Duration::from_millis(2));
         }
         Ok(())
+    }
+
+    /// Stops the broker with SIGTERM (a graceful shutdown: mqbridge closes
+    /// its store) and waits up to 60 s for it to exit.
+    pub fn stop(mut self) -> Result<()> {
+        let pid = libc::pid_t::try_from(self.child.id())?;
+        // SAFETY: kill(2) on our own child's pid, not yet reaped.
+        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+            bail!(
+                "SIGTERM to {}: {}",
+                self.side.name(),
+                std::io::Error::last_os_error()
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                if !status.success() {
+                    bail!("{} exited with {status} after SIGTERM", self.side.name());
+                }
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{} still running 60 s after SIGTERM", self.side.name());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Resident memory of the broker process, in KiB.

@@ -65,6 +65,13 @@ fn median_p99(r: &Row) -> String {
         .map_or("-".to_string(), |x| x.to_string())
 }
 
+fn better(b: Better) -> &'static str {
+    match b {
+        Better::Higher => "higher",
+        Better::Lower => "lower",
+    }
+}
+
 /// One markdown line per (variant, peer): mqbridge, the peer, the ratio.
 pub fn render(tables: &[Table]) -> Result<(String, String)> {
     let mut md = String::new();
@@ -94,6 +101,20 @@ pub fn render(tables: &[Table]) -> Result<(String, String)> {
         let Some((m, peers)) = t.rows.split_first() else {
             continue;
         };
+        if peers.is_empty() {
+            // A "report" row (no peer): mqbridge's figure alone.
+            writeln!(
+                md,
+                "| {} | {:.1} ({:.1}–{:.1}) {} | – | – | – | {} | {} / – |",
+                t.scenario,
+                m.median,
+                m.min,
+                m.max,
+                m.unit,
+                better(t.better),
+                median_p99(m)
+            )?;
+        }
         for p in peers {
             let ratio = if p.median > 0.0 {
                 m.median / p.median
@@ -114,10 +135,7 @@ pub fn render(tables: &[Table]) -> Result<(String, String)> {
                 p.max,
                 p.unit,
                 ratio,
-                match t.better {
-                    Better::Higher => "higher",
-                    Better::Lower => "lower",
-                },
+                better(t.better),
                 median_p99(m),
                 median_p99(p)
             )?;

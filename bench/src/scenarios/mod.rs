@@ -4,8 +4,11 @@
 //! the sides round by round and reports medians and ratios.
 
 pub mod common;
+mod fan_out;
 mod idle;
+mod offline_drain;
 mod p2p;
+mod restart;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -36,13 +39,21 @@ pub struct Variant {
 }
 
 /// Every scenario name the harness knows, in the order they run by default.
-pub const ALL: &[&str] = &["p2p", "conn-idle"];
+/// (`p2p-persistent` runs only that variant of `p2p`.)
+pub const ALL: &[&str] = &["p2p", "conn-idle", "fan-out", "offline-drain", "restart"];
 
 /// The variants of scenario `name`, sized by `a`.
 pub fn variants(name: &str, a: &Args) -> Result<Vec<Variant>> {
     Ok(match name {
         "p2p" => p2p::variants(a),
+        "p2p-persistent" => p2p::variants(a)
+            .into_iter()
+            .filter(|v| v.name.starts_with("p2p-persistent"))
+            .collect(),
         "conn-idle" => idle::variants(a),
+        "fan-out" => fan_out::variants(a),
+        "offline-drain" => offline_drain::variants(a),
+        "restart" => restart::variants(a),
         other => anyhow::bail!("unknown scenario {other} (built: {})", ALL.join(", ")),
     })
 }

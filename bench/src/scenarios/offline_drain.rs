@@ -1,0 +1,278 @@
+//! `offline-drain`: S persistent sessions (default 10,000), each subscribed
+//! at QoS 1 to its own topic, disconnected; a publisher queues 10 QoS 1
+//! messages for each (waiting for every PUBACK); then all S reconnect at
+//! once (clean session false) and the figure is the time from the first
+//! reconnect to the last of the S×10 messages delivered. Every message must
+//! arrive (counted once per session and sequence number), else the run
+//! fails. Against Mosquitto (in memory, `persistence false`). Equal on both
+//! sides: sessions, messages per session, payload size, QoS, per-client
+//! queue and in-flight window, the client library, and the reconnect pace
+//! (at most [`CONNECTING`] handshakes outstanding, so the figure measures the
+//! drain and not the listen backlog). p50/p99 are each message's delivery
+//! time counted from the first reconnect.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use hdrhistogram::Histogram;
+use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, QoS};
+use tokio::sync::{Mutex, Semaphore};
+use tokio::task::JoinSet;
+
+use super::common::{connected, options, Measured};
+use super::{Better, Variant};
+use crate::peers::{Broker, Side};
+use crate::Args;
+
+/// Handshakes (TCP connect to CONNACK, and SUBSCRIBE while populating) in
+/// flight at once; below every broker's listen backlog.
+pub const CONNECTING: usize = 100;
+
+/// A reconnected session that gets nothing for this long has all it will get.
+const DRAIN_IDLE: Duration = Duration::from_secs(30);
+
+pub fn variants(a: &Args) -> Vec<Variant> {
+    let (bin, sessions, per, size) = (a.bin.clone(), a.sessions, a.drain_queued, a.size);
+    vec![Variant {
+        name: "offline-drain".to_string(),
+        sides: vec![Side::Mqbridge, Side::Mosquitto],
+        better: Better::Lower,
+        run: Box::new(move |side| {
+            let bin = bin.clone();
+            Box::pin(async move {
+                raise_fd_limit(2 * sessions + 256)?;
+                let broker = Broker::start(side, &bin)?;
+                offline_drain(&broker, sessions, per, size).await
+            })
+        }),
+    }]
+}
+
+/// Raises the soft open-file limit (inherited by the brokers started
+/// after) to at least `want`, within the hard limit.
+pub fn raise_fd_limit(want: usize) -> Result<()> {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to our own struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
+            bail!("getrlimit: {}", std::io::Error::last_os_error());
+        }
+        let want = want as libc::rlim_t;
+        if l.rlim_cur >= want {
+            return Ok(());
+        }
+        if l.rlim_max < want {
+            bail!(
+                "{want} open files needed, hard limit {}: run under `ulimit -n {want}` or lower --sessions",
+                l.rlim_max
+            );
+        }
+        l.rlim_cur = want;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+            bail!("setrlimit: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// A run-unique prefix for client ids and topics (a peer may outlive a round).
+pub fn run_id() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    format!("{:x}{:x}", std::process::id(), t & 0xff_ffff)
+}
+
+/// Sends DISCONNECT and polls until it is written (flushing any PUBACKs
+/// before it), within 10 s.
+pub async fn disconnect(c: &AsyncClient, ev: &mut EventLoop) {
+    if c.try_disconnect().is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ev.poll().await {
+                Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+}
+
+/// Creates `n` persistent sessions `{prefix}-{i}`, each subscribed at QoS 1
+/// to `{prefix}/{i}`, and disconnects them, [`CONNECTING`] at a time.
+pub async fn create_sessions(b: &Broker, prefix: &str, n: usize) -> Result<()> {
+    let gate = Arc::new(Semaphore::new(CONNECTING));
+    let mut tasks = JoinSet::new();
+    for i in 0..n {
+        let permit = gate.clone().acquire_owned().await?;
+        let (addr, prefix) = (b.addr, prefix.to_string());
+        let side = b.side;
+        tasks.spawn(async move {
+            let _permit = permit;
+            let mut o = options(addr, &format!("{prefix}-{i}"));
+            o.set_clean_session(false);
+            let (c, mut ev) = AsyncClient::new(o, 16);
+            connected(&mut ev).await?;
+            c.subscribe(format!("{prefix}/{i}"), QoS::AtLeastOnce)
+                .await?;
+            loop {
+                if let Event::Incoming(Packet::SubAck(_)) = ev.poll().await? {
+                    break;
+                }
+            }
+            disconnect(&c, &mut ev).await;
+            anyhow::Ok(())
+        });
+        // Reap as we go so that a failure stops the loop early.
+        while let Some(done) = tasks.try_join_next() {
+            done?.with_context(|| format!("{} creating sessions", side.name()))?;
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        done?.with_context(|| format!("{} creating sessions", b.side.name()))?;
+    }
+    Ok(())
+}
+
+/// Publishes messages number `range` of a round robin over the sessions'
+/// topics `{prefix}/{i}` (message k to session k % sessions, sequence
+/// number k / sessions in the payload's bytes 12..16), QoS 1, `size` bytes,
+/// and waits for every PUBACK.
+pub async fn queue_messages(
+    b: &Broker,
+    prefix: &str,
+    sessions: usize,
+    range: std::ops::Range<usize>,
+    size: usize,
+) -> Result<()> {
+    let (publ, mut ev) = AsyncClient::new(options(b.addr, &format!("{prefix}-pub")), 1000);
+    connected(&mut ev).await.context("publisher connect")?;
+    let total = range.len();
+    let acks = tokio::spawn(async move {
+        let mut acked = 0;
+        while acked < total {
+            match tokio::time::timeout(Duration::from_secs(60), ev.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => bail!("publisher: {e} after {acked} PUBACKs"),
+                Err(_) => bail!("publisher: no PUBACK for 60 s after {acked}"),
+            }
+        }
+        Ok(ev)
+    });
+    let mut payload = vec![0u8; size.max(16)];
+    for k in range {
+        let (i, seq) = (k % sessions.max(1), k / sessions.max(1));
+        payload[8..12].copy_from_slice(&(i as u32).to_be_bytes());
+        payload[12..16].copy_from_slice(&(seq as u32).to_be_bytes());
+        publ.publish(
+            format!("{prefix}/{i}"),
+            QoS::AtLeastOnce,
+            false,
+            payload.clone(),
+        )
+        .await?;
+    }
+    let mut ev = acks.await??;
+    disconnect(&publ, &mut ev).await;
+    Ok(())
+}
+
+pub async fn offline_drain(
+    b: &Broker,
+    sessions: usize,
+    per: usize,
+    size: usize,
+) -> Result<Measured> {
+    let prefix = format!("drain-{}", run_id());
+    let t = Instant::now();
+    create_sessions(b, &prefix, sessions).await?;
+    let created = t.elapsed();
+    queue_messages(b, &prefix, sessions, 0..sessions * per, size).await?;
+    eprintln!(
+        "offline-drain {}: {sessions} sessions created in {:.1} s, {} messages queued in {:.1} s",
+        b.side.name(),
+        created.as_secs_f64(),
+        sessions * per,
+        (t.elapsed() - created).as_secs_f64()
+    );
+
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1,
+        600_000_000,
+        3,
+    )?));
+    let gate = Arc::new(Semaphore::new(CONNECTING));
+    let start = Instant::now();
+    let mut tasks = JoinSet::new();
+    for i in 0..sessions {
+        let permit = gate.clone().acquire_owned().await?;
+        let (b_addr, side, id) = (b.addr, b.side, format!("{prefix}-{i}"));
+        let hist = hist.clone();
+        tasks.spawn(async move {
+            let mut o = options(b_addr, &id);
+            o.set_clean_session(false);
+            let (c, mut ev) = AsyncClient::new(o, 16);
+            let mut seen = vec![false; per];
+            let mut local = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+            let mut got = 0;
+            let mut permit = Some(permit);
+            let mut last = start;
+            while got < per {
+                match tokio::time::timeout(DRAIN_IDLE, ev.poll()).await {
+                    Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => drop(permit.take()),
+                    Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                        let seq = p
+                            .payload
+                            .get(12..16)
+                            .and_then(|s| s.try_into().ok())
+                            .map_or(usize::MAX, |s| u32::from_be_bytes(s) as usize);
+                        if let Some(slot) = seen.get_mut(seq).filter(|s| !**s) {
+                            *slot = true;
+                            got += 1;
+                            last = Instant::now();
+                            let _ = local.record(last.duration_since(start).as_micros() as u64);
+                        }
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        eprintln!("{} {id}: {e} after {got} of {per}", side.name());
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            drop(permit);
+            disconnect(&c, &mut ev).await;
+            let _ = hist.lock().await.add(&local);
+            anyhow::Ok((got, last))
+        });
+    }
+    let (mut delivered, mut last) = (0, start);
+    while let Some(done) = tasks.join_next().await {
+        let (got, at) = done??;
+        delivered += got;
+        last = last.max(at);
+    }
+    let expected = sessions * per;
+    if delivered < expected {
+        bail!(
+            "{} delivered {delivered} of {expected} queued messages",
+            b.side.name()
+        );
+    }
+    let h = hist.lock().await;
+    Ok(Measured {
+        value: last.duration_since(start).as_secs_f64() * 1e3,
+        unit: "ms",
+        p50_us: Some(h.value_at_quantile(0.5)),
+        p99_us: Some(h.value_at_quantile(0.99)),
+        delivered: Some((delivered, expected)),
+    })
+}
