@@ -52,7 +52,7 @@ pub struct Args {
     /// fan-out: messages published (each delivered to every subscriber).
     #[arg(long, default_value_t = 2_000)]
     pub fanout_messages: usize,
-    /// offline-drain: persistent sessions (needs about twice as many open
+    /// offline-drain: persistent sessions (needs as many open
     /// files; the harness raises its soft limit up to the hard one).
     #[arg(long, default_value_t = 10_000)]
     pub sessions: usize,

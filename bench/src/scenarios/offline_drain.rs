@@ -41,7 +41,7 @@ pub fn variants(a: &Args) -> Vec<Variant> {
         run: Box::new(move |side| {
             let bin = bin.clone();
             Box::pin(async move {
-                raise_fd_limit(2 * sessions + 256)?;
+                raise_fd_limit(sessions + 256)?;
                 let broker = Broker::start(side, &bin)?;
                 offline_drain(&broker, sessions, per, size).await
             })
@@ -223,10 +223,13 @@ pub async fn offline_drain(
             let mut local = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
             let mut got = 0;
             let mut permit = Some(permit);
-            let mut last = start;
+            let (mut last, mut connack) = (start, start);
             while got < per {
                 match tokio::time::timeout(DRAIN_IDLE, ev.poll()).await {
-                    Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => drop(permit.take()),
+                    Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
+                        connack = Instant::now();
+                        drop(permit.take());
+                    }
                     Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
                         let seq = p
                             .payload
@@ -251,15 +254,22 @@ pub async fn offline_drain(
             drop(permit);
             disconnect(&c, &mut ev).await;
             let _ = hist.lock().await.add(&local);
-            anyhow::Ok((got, last))
+            anyhow::Ok((got, last, connack))
         });
     }
-    let (mut delivered, mut last) = (0, start);
+    let (mut delivered, mut last, mut connacks) = (0, start, start);
     while let Some(done) = tasks.join_next().await {
-        let (got, at) = done??;
+        let (got, at, connack) = done??;
         delivered += got;
         last = last.max(at);
+        connacks = connacks.max(connack);
     }
+    // To tell the drain from the reconnects: when the last CONNACK came.
+    eprintln!(
+        "offline-drain {}: last CONNACK after {:.0} ms",
+        b.side.name(),
+        connacks.duration_since(start).as_secs_f64() * 1e3
+    );
     let expected = sessions * per;
     if delivered < expected {
         bail!(
