@@ -52,10 +52,10 @@ pub struct Args {
     /// fan-out: messages published (each delivered to every subscriber).
     #[arg(long, default_value_t = 2_000)]
     pub fanout_messages: usize,
-    /// offline-drain: persistent sessions (needs as many open
-    /// files; the harness raises its soft limit up to the hard one).
+    /// offline-drain: persistent sessions (needs as many open files; the
+    /// harness raises its soft limit up to the hard one).
     #[arg(long, default_value_t = 10_000)]
-    pub sessions: usize,
+    pub drain_sessions: usize,
     /// offline-drain: messages queued per session while it is offline.
     #[arg(long, default_value_t = 10)]
     pub drain_queued: usize,
@@ -83,7 +83,7 @@ impl Args {
         self.idle = 50;
         self.subscribers = 5;
         self.fanout_messages = 50;
-        self.sessions = 20;
+        self.drain_sessions = 20;
         self.drain_queued = 10;
         self.restart_sessions = 20;
         self.restart_queued = 200;

@@ -4,8 +4,8 @@
 //! once (clean session false) and the figure is the time from the first
 //! reconnect to the last of the S×10 messages delivered. Every message must
 //! arrive (counted once per session and sequence number), else the run
-//! fails. Against Mosquitto (in memory, `persistence false`). Equal on both
-//! sides: sessions, messages per session, payload size, QoS, per-client
+//! fails. Against Mosquitto (in memory, `persistence false`). Equal on
+//! every side: sessions, messages per session, payload size, QoS, per-client
 //! queue and in-flight window, the client library, and the reconnect pace
 //! (at most [`CONNECTING`] handshakes outstanding, so the figure measures the
 //! drain and not the listen backlog). p50/p99 are each message's delivery
@@ -30,10 +30,15 @@ use crate::Args;
 pub const CONNECTING: usize = 100;
 
 /// A reconnected session that gets nothing for this long has all it will get.
-const DRAIN_IDLE: Duration = Duration::from_secs(30);
+const DRAIN_IDLE: Duration = Duration::from_secs(60);
+
+/// How long a client waits for CONNACK: RabbitMQ's plugin, resuming 10,000
+/// sessions at 100 handshakes at a time, answered some after more than 60 s
+/// here (rumqttc gives up after 5 s by default).
+const CONNECT_WAIT: u64 = 300;
 
 pub fn variants(a: &Args) -> Vec<Variant> {
-    let (bin, sessions, per, size) = (a.bin.clone(), a.sessions, a.drain_queued, a.size);
+    let (bin, sessions, per, size) = (a.bin.clone(), a.drain_sessions, a.drain_queued, a.size);
     vec![Variant {
         name: "offline-drain".to_string(),
         sides: vec![Side::Mqbridge, Side::Mosquitto],
@@ -67,7 +72,7 @@ pub fn raise_fd_limit(want: usize) -> Result<()> {
         }
         if l.rlim_max < want {
             bail!(
-                "{want} open files needed, hard limit {}: run under `ulimit -n {want}` or lower --sessions",
+                "{want} open files needed, hard limit {}: run under `ulimit -n {want}` or lower --drain-sessions",
                 l.rlim_max
             );
         }
@@ -85,6 +90,16 @@ pub fn run_id() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros());
     format!("{:x}{:x}", std::process::id(), t & 0xff_ffff)
+}
+
+/// A client for a session of this scenario: persistent, and patient with a
+/// broker busy resuming thousands of sessions ([`CONNECT_WAIT`]).
+pub fn persistent(addr: std::net::SocketAddr, id: &str) -> (AsyncClient, EventLoop) {
+    let mut o = options(addr, id);
+    o.set_clean_session(false);
+    let (c, mut ev) = AsyncClient::new(o, 16);
+    ev.network_options.set_connection_timeout(CONNECT_WAIT);
+    (c, ev)
 }
 
 /// Sends DISCONNECT and polls until it is written (flushing any PUBACKs
@@ -115,9 +130,7 @@ pub async fn create_sessions(b: &Broker, prefix: &str, n: usize) -> Result<()> {
         let side = b.side;
         tasks.spawn(async move {
             let _permit = permit;
-            let mut o = options(addr, &format!("{prefix}-{i}"));
-            o.set_clean_session(false);
-            let (c, mut ev) = AsyncClient::new(o, 16);
+            let (c, mut ev) = persistent(addr, &format!("{prefix}-{i}"));
             connected(&mut ev).await?;
             c.subscribe(format!("{prefix}/{i}"), QoS::AtLeastOnce)
                 .await?;
@@ -216,18 +229,22 @@ pub async fn offline_drain(
         let (b_addr, side, id) = (b.addr, b.side, format!("{prefix}-{i}"));
         let hist = hist.clone();
         tasks.spawn(async move {
-            let mut o = options(b_addr, &id);
-            o.set_clean_session(false);
-            let (c, mut ev) = AsyncClient::new(o, 16);
+            let (c, mut ev) = persistent(b_addr, &id);
             let mut seen = vec![false; per];
             let mut local = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
             let mut got = 0;
             let mut permit = Some(permit);
-            let (mut last, mut connack) = (start, start);
+            let (mut last, mut connack, mut present) = (start, start, false);
             while got < per {
-                match tokio::time::timeout(DRAIN_IDLE, ev.poll()).await {
-                    Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
+                // Until CONNACK (the permit is held) rumqttc's own timeout.
+                let idle = match permit {
+                    Some(_) => Duration::from_secs(CONNECT_WAIT + 1),
+                    None => DRAIN_IDLE,
+                };
+                match tokio::time::timeout(idle, ev.poll()).await {
+                    Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
                         connack = Instant::now();
+                        present = ack.session_present;
                         drop(permit.take());
                     }
                     Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
@@ -254,6 +271,12 @@ pub async fn offline_drain(
             drop(permit);
             disconnect(&c, &mut ev).await;
             let _ = hist.lock().await.add(&local);
+            if got < per {
+                eprintln!(
+                    "{} {id}: {got} of {per} (session present: {present})",
+                    side.name()
+                );
+            }
             anyhow::Ok((got, last, connack))
         });
     }
