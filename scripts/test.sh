@@ -207,8 +207,10 @@ else
 fi
 
 # 5b. Benchmark harness smoke (only after a green suite): every scenario of
-#     bench/ with tiny counts against the debug build and Mosquitto, so the
-#     harness keeps building and running. It measures nothing (no speed is
+#     bench/ with tiny counts against the debug build and its peers
+#     (Mosquitto and a RabbitMQ node with the MQTT plugin, both started by
+#     the harness; tansu and RabbitMQ as started above), so the harness keeps
+#     building and running. It measures nothing (no speed is
 #     asserted anywhere); real runs: see README, "Benchmark".
 if [ "$status" -eq 0 ]; then
   log "benchmark harness smoke"

@@ -37,15 +37,37 @@ pub struct Args {
     /// p2p: publisher→subscriber pairs.
     #[arg(long, default_value_t = 4)]
     pub pairs: usize,
-    /// p2p: messages per pair.
+    /// p2p: messages per pair; fan-in: per device.
     #[arg(long, default_value_t = 20_000)]
     pub messages: usize,
+    /// fan-in: devices publishing at once (`--messages` each).
+    #[arg(long, default_value_t = 4)]
+    pub devices: usize,
+    /// downlink: offline persistent sessions the commands are for.
+    #[arg(long, default_value_t = 1_000)]
+    pub sessions: usize,
+    /// downlink: commands produced (round-robin over the sessions).
+    #[arg(long, default_value_t = 10_000)]
+    pub commands: usize,
+    /// Kafka bootstrap servers (tansu, as the test command starts it).
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    pub kafka: String,
+    /// RabbitMQ main node (the AMQP backend of mqbridge and of raw lapin).
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    pub amqp: String,
     /// Payload bytes.
     #[arg(long, default_value_t = 100)]
     pub size: usize,
     /// conn-idle: connections.
     #[arg(long, default_value_t = 5_000)]
     pub idle: usize,
+    /// p2p-latency: the offered load, messages per second over all pairs
+    /// (below what either broker saturates at on this machine).
+    #[arg(long, default_value_t = 20_000.0)]
+    pub rate: f64,
+    /// p2p-latency: seconds of load at that rate.
+    #[arg(long, default_value_t = 5.0)]
+    pub rate_secs: f64,
     /// fan-out: subscribers of the one topic (or of `#`).
     #[arg(long, default_value_t = 50)]
     pub subscribers: usize,
@@ -79,8 +101,13 @@ impl Args {
     fn shrink_for_smoke(&mut self) {
         self.rounds = 1;
         self.pairs = 2;
+        self.devices = 2;
+        self.sessions = 20;
+        self.commands = 100;
         self.messages = 200;
         self.idle = 50;
+        self.rate = 1000.0;
+        self.rate_secs = 0.5;
         self.subscribers = 5;
         self.fanout_messages = 50;
         self.drain_sessions = 20;
@@ -92,6 +119,20 @@ impl Args {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    // Stops the shared RabbitMQ node, if a scenario started one, however
+    // main returns.
+    let _rabbit = peers::rabbit::SharedGuard;
+    // On Ctrl-C or SIGTERM (`timeout`), dropping the run kills the brokers
+    // it started; then the guard stops RabbitMQ.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = run() => r,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+        _ = term.recv() => anyhow::bail!("terminated"),
+    }
+}
+
+async fn run() -> Result<()> {
     let mut a = Args::parse();
     if a.smoke {
         a.shrink_for_smoke();

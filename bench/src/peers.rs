@@ -1,11 +1,16 @@
-//! The brokers under test, each a child process on a free loopback port:
-//! mqbridge (its own binary, embedded defaults, a temporary store) and
-//! Mosquitto (Debian's `mosquitto`, no persistence, queues large enough to
-//! drop nothing mqbridge keeps). Killed when dropped.
+//! The brokers under test, each on free loopback ports: mqbridge (its own
+//! binary, embedded defaults plus a scenario's bridge section, a temporary
+//! store), Mosquitto (Debian's `mosquitto`, no persistence, queues large
+//! enough to drop nothing mqbridge keeps), both child processes killed when
+//! dropped, and RabbitMQ's MQTT plugin (`rabbit`: one node per harness run,
+//! shared by the rounds).
+
+pub mod rabbit;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -17,6 +22,12 @@ use anyhow::{bail, Context, Result};
 pub enum Side {
     Mqbridge,
     Mosquitto,
+    /// RabbitMQ's `rabbitmq_mqtt` plugin on a node of the harness' own.
+    RabbitMqtt,
+    /// A raw `rdkafka` producer (client only, no broker of its own).
+    RawKafka,
+    /// A raw `lapin` publisher with confirms (client only).
+    RawAmqp,
 }
 
 impl Side {
@@ -24,6 +35,9 @@ impl Side {
         match self {
             Side::Mqbridge => "mqbridge",
             Side::Mosquitto => "mosquitto",
+            Side::RabbitMqtt => "rabbitmq-mqtt",
+            Side::RawKafka => "rdkafka",
+            Side::RawAmqp => "lapin",
         }
     }
 }
@@ -34,23 +48,51 @@ pub const INFLIGHT: usize = 100;
 
 pub struct Broker {
     pub side: Side,
+    /// Its MQTT listener.
     pub addr: SocketAddr,
-    child: Child,
-    _dir: tempfile::TempDir,
+    /// RabbitMqtt: the node's AMQP URI (where the plugin publishes).
+    pub amqp_uri: Option<String>,
+    proc: Proc,
 }
 
-fn free_port() -> Result<u16> {
+enum Proc {
+    /// The temporary directory lives as long as the process.
+    Child(Child, #[allow(dead_code)] tempfile::TempDir),
+    Rabbit(Arc<rabbit::RabbitNode>),
+}
+
+pub(crate) fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 impl Broker {
     pub fn start(side: Side, mqbridge: &Path) -> Result<Broker> {
-        Broker::start_with_store(side, mqbridge, None)
+        Broker::start_with(side, mqbridge, None)
     }
 
-    /// [`Broker::start`], mqbridge's store at `store` when given (kept
-    /// across restarts) instead of in the broker's temporary directory.
-    pub fn start_with_store(side: Side, mqbridge: &Path, store: Option<&Path>) -> Result<Broker> {
+    /// `bridge`: a TOML configuration for mqbridge (its bridge section), in
+    /// a file given with `--config`; the other sides ignore it.
+    pub fn start_with(side: Side, mqbridge: &Path, bridge: Option<&str>) -> Result<Broker> {
+        Broker::start_with_env(side, mqbridge, bridge, &[])
+    }
+
+    /// As [`Broker::start_with`]; mqbridge also gets `env` (set last, so it
+    /// replaces the harness' own settings, e.g. to turn the admin API on).
+    pub fn start_with_env(
+        side: Side,
+        mqbridge: &Path,
+        bridge: Option<&str>,
+        env: &[(&str, String)],
+    ) -> Result<Broker> {
+        if side == Side::RabbitMqtt {
+            let node = rabbit::shared()?;
+            return Ok(Broker {
+                side,
+                addr: node.mqtt,
+                amqp_uri: Some(node.amqp_uri.clone()),
+                proc: Proc::Rabbit(node),
+            });
+        }
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -60,10 +102,7 @@ impl Broker {
                 let mut c = Command::new(mqbridge);
                 c.env("MQBRIDGE__MQTT__LISTEN", addr.to_string())
                     .env("MQBRIDGE__ADMIN__LISTEN", "")
-                    .env(
-                        "MQBRIDGE__STORE__PATH",
-                        store.map_or_else(|| dir.path().join("store"), Path::to_path_buf),
-                    )
+                    .env("MQBRIDGE__STORE__PATH", dir.path().join("store"))
                     .env("MQBRIDGE__LOG__LEVEL", "warn")
                     // The same limits as the Mosquitto configuration below.
                     .env("MQBRIDGE__SESSION__MAX_QUEUED_MESSAGES", QUEUED.to_string())
@@ -73,6 +112,12 @@ impl Broker {
                     .env("MQBRIDGE__SESSION__MAX_PERSISTENT_SESSIONS", "10000000")
                     .env("MQBRIDGE__SESSION__MAX_PERSISTENT_SESSIONS_PER_IP", "0")
                     .current_dir(dir.path());
+                if let Some(toml) = bridge {
+                    let file = dir.path().join("mqbridge.toml");
+                    std::fs::write(&file, toml)?;
+                    c.arg("--config").arg(file);
+                }
+                c.envs(env.iter().map(|(k, v)| (k, v)));
                 c
             }
             Side::Mosquitto => {
@@ -94,6 +139,7 @@ impl Broker {
                 c.arg("-c").arg(conf);
                 c
             }
+            other => bail!("{} is not a broker", other.name()),
         };
         let child = cmd
             .stdin(Stdio::null())
@@ -104,8 +150,8 @@ impl Broker {
         let mut broker = Broker {
             side,
             addr,
-            child,
-            _dir: dir,
+            amqp_uri: None,
+            proc: Proc::Child(child, dir),
         };
         broker.wait_listening()?;
         Ok(broker)
@@ -114,7 +160,10 @@ impl Broker {
     fn wait_listening(&mut self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(self.addr).is_err() {
-            if let Some(status) = self.child.try_wait()? {
+            let Proc::Child(child, _) = &mut self.proc else {
+                return Ok(());
+            };
+            if let Some(status) = child.try_wait()? {
                 bail!("{} exited at start: {status}", self.side.name());
             }
             if Instant::now() > deadline {
@@ -126,36 +175,41 @@ impl Broker {
         Ok(())
     }
 
-    /// Stops the broker with SIGTERM (a graceful shutdown: mqbridge closes
-    /// its store) and waits up to 60 s for it to exit.
+    /// Stops a broker of ours with SIGTERM (a graceful shutdown: mqbridge
+    /// closes its store) and waits up to 60 s for it to exit.
     pub fn stop(mut self) -> Result<()> {
-        let pid = libc::pid_t::try_from(self.child.id())?;
+        let side = self.side.name();
+        let Proc::Child(child, _) = &mut self.proc else {
+            bail!("{side} is shared, not stopped by a round");
+        };
+        let pid = libc::pid_t::try_from(child.id())?;
         // SAFETY: kill(2) on our own child's pid, not yet reaped.
         if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
-            bail!(
-                "SIGTERM to {}: {}",
-                self.side.name(),
-                std::io::Error::last_os_error()
-            );
+            bail!("SIGTERM to {side}: {}", std::io::Error::last_os_error());
         }
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(status) = self.child.try_wait()? {
+            if let Some(status) = child.try_wait()? {
                 if !status.success() {
-                    bail!("{} exited with {status} after SIGTERM", self.side.name());
+                    bail!("{side} exited with {status} after SIGTERM");
                 }
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("{} still running 60 s after SIGTERM", self.side.name());
+                bail!("{side} still running 60 s after SIGTERM");
             }
             std::thread::sleep(Duration::from_millis(10));
         }
     }
 
     /// Resident memory of the broker process, in KiB.
+    /// (RabbitMQ: its beam process.)
     pub fn rss_kib(&self) -> Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let pid = match &self.proc {
+            Proc::Child(child, _) => child.id(),
+            Proc::Rabbit(node) => node.pid,
+        };
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -166,9 +220,12 @@ impl Broker {
 }
 
 impl Drop for Broker {
+    /// A RabbitMQ node outlives its rounds: `rabbit::SharedGuard` stops it.
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Proc::Child(child, _) = &mut self.proc {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

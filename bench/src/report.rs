@@ -102,7 +102,7 @@ pub fn render(tables: &[Table]) -> Result<(String, String)> {
             continue;
         };
         if peers.is_empty() {
-            // A "report" row (no peer): mqbridge's figure alone.
+            // Report only: no peer to compare with.
             writeln!(
                 md,
                 "| {} | {:.1} ({:.1}–{:.1}) {} | – | – | – | {} | {} / – |",
@@ -111,7 +111,10 @@ pub fn render(tables: &[Table]) -> Result<(String, String)> {
                 m.min,
                 m.max,
                 m.unit,
-                better(t.better),
+                match t.better {
+                    Better::Higher => "higher",
+                    Better::Lower => "lower",
+                },
                 median_p99(m)
             )?;
         }

@@ -3,9 +3,13 @@
 //! first, then its peers) and how to run one side once. `main` alternates
 //! the sides round by round and reports medians and ratios.
 
+mod backends;
 pub mod common;
+mod downlink;
+mod fan_in;
 mod fan_out;
 mod idle;
+mod latency;
 mod offline_drain;
 mod p2p;
 mod restart;
@@ -40,17 +44,38 @@ pub struct Variant {
 
 /// Every scenario name the harness knows, in the order they run by default.
 /// (`p2p-persistent` runs only that variant of `p2p`.)
-pub const ALL: &[&str] = &["p2p", "conn-idle", "fan-out", "offline-drain", "restart"];
+pub const ALL: &[&str] = &[
+    "p2p",
+    "p2p-latency",
+    "conn-idle",
+    "fan-in-kafka",
+    "fan-in-amqp",
+    "downlink-kafka",
+    "downlink-amqp",
+    "fan-out",
+    "offline-drain",
+    "restart",
+];
 
 /// The variants of scenario `name`, sized by `a`.
 pub fn variants(name: &str, a: &Args) -> Result<Vec<Variant>> {
     Ok(match name {
         "p2p" => p2p::variants(a),
+        "p2p-latency" => latency::variants(a),
+        "conn-idle" => idle::variants(a),
+        // One module offers both; each name runs its own variant.
+        "fan-in-kafka" | "fan-in-amqp" => fan_in::variants(a)
+            .into_iter()
+            .filter(|v| v.name == name)
+            .collect(),
+        "downlink-kafka" | "downlink-amqp" => downlink::variants(a)
+            .into_iter()
+            .filter(|v| v.name == name)
+            .collect(),
         "p2p-persistent" => p2p::variants(a)
             .into_iter()
             .filter(|v| v.name.starts_with("p2p-persistent"))
             .collect(),
-        "conn-idle" => idle::variants(a),
         "fan-out" => fan_out::variants(a),
         "offline-drain" => offline_drain::variants(a),
         "restart" => restart::variants(a),

@@ -4,8 +4,8 @@
 //! once (clean session false) and the figure is the time from the first
 //! reconnect to the last of the S×10 messages delivered. Every message must
 //! arrive (counted once per session and sequence number), else the run
-//! fails. Against Mosquitto (in memory, `persistence false`). Equal on
-//! every side: sessions, messages per session, payload size, QoS, per-client
+//! fails. Against Mosquitto (in memory, `persistence false`) and RabbitMQ's
+//! MQTT plugin (a durable queue per session). Equal on every side: sessions, messages per session, payload size, QoS, per-client
 //! queue and in-flight window, the client library, and the reconnect pace
 //! (at most [`CONNECTING`] handshakes outstanding, so the figure measures the
 //! drain and not the listen backlog). p50/p99 are each message's delivery
@@ -41,7 +41,7 @@ pub fn variants(a: &Args) -> Vec<Variant> {
     let (bin, sessions, per, size) = (a.bin.clone(), a.drain_sessions, a.drain_queued, a.size);
     vec![Variant {
         name: "offline-drain".to_string(),
-        sides: vec![Side::Mqbridge, Side::Mosquitto],
+        sides: vec![Side::Mqbridge, Side::Mosquitto, Side::RabbitMqtt],
         better: Better::Lower,
         run: Box::new(move |side| {
             let bin = bin.clone();

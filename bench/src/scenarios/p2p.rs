@@ -57,6 +57,32 @@ pub async fn p2p(
     qos: QoS,
     persistent: bool,
 ) -> Result<Measured> {
+    paced_with(b, pairs, messages, size, qos, None, persistent).await
+}
+
+/// [`p2p`], each publisher offering `rate` messages per second when given
+/// (an open-loop load: latency is then compared at the same offered load,
+/// not at each broker's own saturation), as fast as it can otherwise.
+pub async fn paced(
+    b: &Broker,
+    pairs: usize,
+    messages: usize,
+    size: usize,
+    qos: QoS,
+    rate: Option<f64>,
+) -> Result<Measured> {
+    paced_with(b, pairs, messages, size, qos, rate, false).await
+}
+
+async fn paced_with(
+    b: &Broker,
+    pairs: usize,
+    messages: usize,
+    size: usize,
+    qos: QoS,
+    rate: Option<f64>,
+    persistent: bool,
+) -> Result<Measured> {
     let origin = Instant::now();
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
         1, 60_000_000, 3,
@@ -111,7 +137,14 @@ pub async fn p2p(
         let topic = format!("bench/{run}/{i}");
         senders.push(tokio::spawn(async move {
             let mut payload = vec![0u8; size.max(8)];
-            for _ in 0..messages {
+            let began = tokio::time::Instant::now();
+            for n in 0..messages {
+                if let Some(rate) = rate {
+                    // Sent on schedule, not after the previous one: a slow
+                    // broker's queueing shows in its latency.
+                    let due = began + std::time::Duration::from_secs_f64(n as f64 / rate);
+                    tokio::time::sleep_until(due).await;
+                }
                 let now = origin.elapsed().as_micros() as u64;
                 payload[..8].copy_from_slice(&now.to_be_bytes());
                 if publ

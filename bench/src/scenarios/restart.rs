@@ -13,7 +13,7 @@
 //! per round; the populate times are printed. Each round also checks that a
 //! stored session is still there (CONNACK session present).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -88,8 +88,7 @@ async fn populate<'a>(
     if st.sessions >= sessions && st.queued >= queued {
         return Ok(st);
     }
-    let path = store_path(st);
-    let b = Broker::start_with_store(Side::Mqbridge, bin, Some(&path))?;
+    let b = start_on(bin, st)?;
     if st.sessions < sessions {
         let t = Instant::now();
         create_sessions(&b, &st.prefix, sessions).await?;
@@ -113,8 +112,15 @@ async fn populate<'a>(
     Ok(st)
 }
 
-fn store_path(st: &Store) -> PathBuf {
-    st.dir.path().join("store")
+/// mqbridge on the shared store (not in its own temporary directory).
+fn start_on(bin: &Path, st: &Store) -> Result<Broker> {
+    let path = st.dir.path().join("store").to_string_lossy().into_owned();
+    Broker::start_with_env(
+        Side::Mqbridge,
+        bin,
+        None,
+        &[("MQBRIDGE__STORE__PATH", path)],
+    )
 }
 
 /// Starts mqbridge on the store: ms from spawning it to a fresh client's
@@ -122,7 +128,7 @@ fn store_path(st: &Store) -> PathBuf {
 /// checking that a stored session survived.
 async fn restart(bin: &Path, st: &Store) -> Result<(f64, u64)> {
     let start = Instant::now();
-    let b = Broker::start_with_store(Side::Mqbridge, bin, Some(&store_path(st)))?;
+    let b = start_on(bin, st)?;
     let (probe, mut ev) = AsyncClient::new(options(b.addr, &format!("{}-probe", st.prefix)), 16);
     wait_connack(&mut ev).await?;
     let ms = start.elapsed().as_secs_f64() * 1e3;

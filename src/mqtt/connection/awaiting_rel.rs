@@ -73,7 +73,7 @@ impl Conn<'_> {
             self.sh.metrics.awaiting_rel_expired.inc();
             tracing::debug!(client_id = %self.client_id, pkid, "QoS 2 packet id forgotten: no PUBREL in time");
             let (tx, _rx) = oneshot::channel();
-            self.outbox.push(RouterMsg::PubRel {
+            self.outbox.push_back(RouterMsg::PubRel {
                 conn_id: self.conn_id,
                 client_id: self.client_id.clone(),
                 pkid,

@@ -216,7 +216,7 @@ pub async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
         clean_start: connect.clean_start,
         expiry_secs,
         protocol: if version == Version::V5 { 5 } else { 4 },
-        will,
+        will: will.map(Box::new),
         window,
         tx,
         tx0,

@@ -67,7 +67,7 @@ impl Conn<'_> {
     /// Queues a message for the router; the run loop sends the outbox in
     /// order (awaiting room, which is the publisher's backpressure).
     fn send(&mut self, msg: RouterMsg) -> Result<(), ConnError> {
-        self.outbox.push(msg);
+        self.outbox.push_back(msg);
         Ok(())
     }
 
@@ -212,7 +212,7 @@ impl Conn<'_> {
         };
         for (tx, env) in d.sends {
             if env.confirm.is_some() {
-                self.sink_outbox.push((tx, env));
+                self.sink_outbox.push_back((tx, env));
             } else if let Err(e) = tx.try_send(env) {
                 let env = match e {
                     tokio::sync::mpsc::error::TrySendError::Full(env) => env,

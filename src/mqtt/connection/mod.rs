@@ -172,9 +172,9 @@ pub(crate) struct Conn<'a> {
     /// the router, of the invalid ones, and of those the ACL refused.
     invalid_filters: VecDeque<(Vec<usize>, Vec<usize>, Vec<usize>)>,
     /// Messages for the router produced while handling packets (sent in order).
-    outbox: Vec<RouterMsg>,
+    outbox: VecDeque<RouterMsg>,
     /// QoS 1/2 envelopes for uplink sinks, sent in order after `outbox`.
-    sink_outbox: Vec<(
+    sink_outbox: VecDeque<(
         mpsc::Sender<crate::bridge::Envelope>,
         crate::bridge::Envelope,
     )>,
@@ -192,7 +192,9 @@ pub async fn serve<T: Transport>(mut stream: T, ctx: ConnCtx, sh: Arc<Shared>) {
     let conn_id = ctx.id;
     let on = ctx.listener.clone();
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
-    let attached = match handshake::handshake(&mut stream, &mut buf, &sh, &ctx).await {
+    // Boxed, here and below: an idle connection's task holds only the
+    // loop's state, not the space the handshake and the close once needed.
+    let attached = match Box::pin(handshake::handshake(&mut stream, &mut buf, &sh, &ctx)).await {
         Ok(a) => a,
         Err(e) => {
             report(&ctx, &sh.metrics, &e, "-");
@@ -230,8 +232,8 @@ pub async fn serve<T: Transport>(mut stream: T, ctx: ConnCtx, sh: Arc<Shared>) {
                 .map(|&id| (id, forget_at))
                 .collect()
         },
-        outbox: Vec::new(),
-        sink_outbox: Vec::new(),
+        outbox: VecDeque::new(),
+        sink_outbox: VecDeque::new(),
         username: attached.username.clone(),
         acl: attached.acl.clone(),
         invalid_filters: VecDeque::new(),
@@ -240,15 +242,29 @@ pub async fn serve<T: Transport>(mut stream: T, ctx: ConnCtx, sh: Arc<Shared>) {
     };
     let result = {
         let (mut rd, mut wr) = stream.halves();
-        c.run(&mut rd, &mut wr, &mut buf, attached).await
+        Box::pin(c.run(&mut rd, &mut wr, &mut buf, attached)).await
     };
+    Box::pin(close(stream, &ctx, c, result)).await;
+    on.metrics.active.dec();
+}
+
+/// After the loop: the will decision, a last DISCONNECT and what was owed
+/// (bounded in time), then the router is told.
+async fn close<T: Transport>(
+    mut stream: T,
+    ctx: &ConnCtx,
+    mut c: Conn<'_>,
+    result: Result<(), ConnError>,
+) {
+    let sh = c.sh;
+    let conn_id = c.conn_id;
     let (publish_will, new_expiry) = match (&result, c.disconnect) {
         (Ok(()), Some(d)) => d,
         (Err(ConnError::ShuttingDown), _) => (false, None),
         _ => (true, None),
     };
     if let Err(e) = &result {
-        report(&ctx, &c.sh.metrics, e, &c.client_id);
+        report(ctx, c.sh.metrics.as_ref(), e, &c.client_id);
         if let (ConnError::Protocol { reason, detail, .. }, Version::V5) = (e, c.version) {
             c.send_disconnect(*reason, Some(detail));
         }
@@ -280,7 +296,6 @@ pub async fn serve<T: Transport>(mut stream: T, ctx: ConnCtx, sh: Arc<Shared>) {
         // keep the kernel's send buffer of this socket alive after we are gone.
         let _ = stream.tcp().set_zero_linger();
     }
-    on.metrics.active.dec();
     let msg = RouterMsg::Disconnect {
         conn_id,
         client_id: c.client_id.clone(),
@@ -373,6 +388,11 @@ impl Conn<'_> {
             *buf = BytesMut::new();
         }
         self.flush_outbox().await?;
+        // One timer for the life of the connection, moved rather than made
+        // anew each turn: a later deadline is a store, not a trip through
+        // the timer wheel's lock.
+        let sleep = tokio::time::sleep_until(t.next(self.qos2_in.values().min().copied()));
+        tokio::pin!(sleep);
         loop {
             if self.disconnect.is_some() {
                 return Ok(());
@@ -395,6 +415,9 @@ impl Conn<'_> {
                 t.reading_paused();
             }
             let wake = t.next(self.qos2_in.values().min().copied());
+            if sleep.deadline() != wake {
+                sleep.as_mut().reset(wake);
+            }
             tokio::select! {
                 biased;
                 k = &mut kick => {
@@ -431,7 +454,7 @@ impl Conn<'_> {
                         *buf = BytesMut::new();
                     }
                 }
-                _ = tokio::time::sleep_until(wake) => {
+                () = &mut sleep => {
                     t.check(keep_alive)?;
                     self.forget_expired_qos2(Instant::now());
                 }
@@ -591,12 +614,48 @@ impl Conn<'_> {
             client_id: self.client_id.clone(),
             seq,
         };
-        self.outbox.push(msg);
+        self.outbox.push_back(msg);
     }
 
     /// Sends what the packets just handled produced for the router, in order.
+    /// Without waiting when the channels have room, as they nearly always
+    /// do; the waiting path is boxed, so an idle connection's task does not
+    /// carry the space of its send futures.
     async fn flush_outbox(&mut self) -> Result<(), ConnError> {
-        for msg in self.outbox.drain(..) {
+        if self.try_flush_outbox()? {
+            return Ok(());
+        }
+        Box::pin(self.flush_outbox_waiting()).await
+    }
+
+    /// `Ok(true)`: all sent; `Ok(false)`: a channel is full, the rest waits.
+    fn try_flush_outbox(&mut self) -> Result<bool, ConnError> {
+        use tokio::sync::mpsc::error::TrySendError;
+        while let Some(msg) = self.outbox.pop_front() {
+            match self.sh.router.try_send(msg) {
+                Ok(()) => {}
+                Err(TrySendError::Full(msg)) => {
+                    self.outbox.push_front(msg);
+                    return Ok(false);
+                }
+                Err(TrySendError::Closed(_)) => return Err(ConnError::ShuttingDown),
+            }
+        }
+        while let Some((tx, env)) = self.sink_outbox.pop_front() {
+            match tx.try_send(env) {
+                Ok(()) => {}
+                Err(TrySendError::Full(env)) => {
+                    self.sink_outbox.push_front((tx, env));
+                    return Ok(false);
+                }
+                Err(TrySendError::Closed(env)) => refuse_closed(env),
+            }
+        }
+        Ok(true)
+    }
+
+    async fn flush_outbox_waiting(&mut self) -> Result<(), ConnError> {
+        while let Some(msg) = self.outbox.pop_front() {
             self.sh
                 .router
                 .send(msg)
@@ -604,13 +663,19 @@ impl Conn<'_> {
                 .map_err(|_| ConnError::ShuttingDown)?;
         }
         // A full sink queue makes this wait: the device is slowed, not lied to.
-        for (tx, env) in self.sink_outbox.drain(..) {
+        while let Some((tx, env)) = self.sink_outbox.pop_front() {
             if let Err(e) = tx.send(env).await {
-                if let Some(c) = e.0.confirm {
-                    let _ = c.send(Err(crate::bridge::SinkError::Closed));
-                }
+                refuse_closed(e.0);
             }
         }
         Ok(())
+    }
+}
+
+/// A sink that is gone fails what was handed to it: the device is not
+/// acknowledged.
+fn refuse_closed(env: crate::bridge::Envelope) {
+    if let Some(c) = env.confirm {
+        let _ = c.send(Err(crate::bridge::SinkError::Closed));
     }
 }

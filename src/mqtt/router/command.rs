@@ -149,7 +149,7 @@ impl Router {
                 super::deadlines::Kind::SessionExpiry,
                 expiry,
             );
-            self.sessions.insert(id.clone(), s);
+            self.sessions.insert(id.clone(), Box::new(s));
             self.persistent += 1;
             self.save_session(id);
             tracing::info!(client_id = %id, "preset session created for a client-addressed command");

@@ -63,7 +63,7 @@ impl Router {
             s.next_seq = r.index.last().map_or(1, |i| i.seq + 1);
             self.restore_subs(&mut s, r.record.subscriptions);
             self.persistent += 1;
-            self.sessions.insert(client, s);
+            self.sessions.insert(client, Box::new(s));
         }
         self.restore_retained(rec.retained);
         tracing::info!(
@@ -228,7 +228,7 @@ impl Router {
         let s = self
             .sessions
             .entry(client.clone())
-            .or_insert_with(|| Session::new(client.clone()));
+            .or_insert_with(|| Box::new(Session::new(client.clone())));
         if new_persistent {
             self.persistent += 1;
         } else if s.persistent() && req.expiry_secs == 0 {
@@ -434,7 +434,7 @@ impl Router {
     }
 
     /// Ends a session for good: its will (if pending), subscriptions and stored state.
-    pub(super) fn end_session(&mut self, mut s: Session) {
+    pub(super) fn end_session(&mut self, mut s: Box<Session>) {
         self.metrics.queued_messages.dec_by(s.queue.len() as i64);
         self.metrics.queued_bytes.dec_by(s.queued_bytes as i64);
         self.deadlines.cancel(&mut s.will_deadline);

@@ -98,7 +98,7 @@ pub struct ConnectRequest {
     /// Effective session expiry (0 = the session ends with the connection).
     pub expiry_secs: u32,
     pub protocol: u8,
-    pub will: Option<Will>,
+    pub will: Option<Box<Will>>,
     /// Outgoing inflight window (QoS>0 deliveries not yet acknowledged).
     pub window: usize,
     /// Credit-limited channel for QoS>0 deliveries and PUBRELs.
@@ -310,7 +310,7 @@ pub struct Router {
     /// Where the router's helper tasks (commit waiters, queue loads) run, so
     /// that shutdown waits for them.
     tasks: Tasks,
-    sessions: HashMap<Arc<str>, Session>,
+    sessions: HashMap<Arc<str>, Box<Session>>,
     tree: SubTree,
     retained: HashMap<String, Arc<Message>>,
     /// Sum of `Message::size` of `retained` (mqtt.max_retained_bytes).
@@ -584,7 +584,7 @@ impl Router {
     }
 
     /// The router state the queue code works on, split from the session map.
-    fn ctx(&mut self) -> (queue::Ctx<'_>, &mut HashMap<Arc<str>, Session>) {
+    fn ctx(&mut self) -> (queue::Ctx<'_>, &mut HashMap<Arc<str>, Box<Session>>) {
         let cx = queue::Ctx {
             cfg: &self.cfg,
             metrics: &self.metrics,

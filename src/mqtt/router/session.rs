@@ -81,9 +81,9 @@ pub struct Session {
     pub stored: bool,
     pub disconnected_at_ms: Option<u64>,
     /// The will of the current connection.
-    pub will: Option<Will>,
+    pub will: Option<Box<Will>>,
     /// A will waiting for its delay after the connection closed (5.0).
-    pub pending_will: Option<Will>,
+    pub pending_will: Option<Box<Will>>,
     /// When the pending will is due.
     pub will_deadline: Option<Deadline>,
     /// When the session expires, while its client is offline.

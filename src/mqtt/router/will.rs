@@ -12,12 +12,16 @@ use crate::metrics::WillDelayRefusal;
 use crate::mqtt::message::now_ms;
 
 impl Router {
-    pub(super) fn publish_will(&mut self, w: Will) {
+    pub(super) fn publish_will(&mut self, w: Box<Will>) {
         if !self.may_publish_will(&w) {
             return;
         }
-        let mut msg = w.message;
-        msg.expires_at_ms = w.expiry_secs.map(|s| now_ms() + s as u64 * 1000);
+        let Will {
+            message: mut msg,
+            expiry_secs,
+            ..
+        } = *w;
+        msg.expires_at_ms = expiry_secs.map(|s| now_ms() + s as u64 * 1000);
         tracing::debug!(topic = %msg.topic, "publishing will message");
         if msg.retain {
             self.set_retained(&msg);
@@ -29,7 +33,7 @@ impl Router {
     /// limits it is published now instead. Published early rather than
     /// dropped: a will reports a real abnormal disconnect, and losing that
     /// report is worse than missing the grace period of its delay.
-    pub(super) fn delay_will(&mut self, client: &Arc<str>, w: Will) {
+    pub(super) fn delay_will(&mut self, client: &Arc<str>, w: Box<Will>) {
         let size = w.message.size() as u64;
         let m = &self.cfg.mqtt;
         let refusal = if self.delayed_wills >= m.max_delayed_wills {

@@ -14,6 +14,7 @@ pub mod ws;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 
 use bytes::BytesMut;
@@ -231,25 +232,36 @@ layered_transport!(ws::WsStream<TlsStream>, |s| s.get_ref().get_ref().0);
 /// Runs one accepted socket: the TLS handshake and the WebSocket upgrade
 /// its listener asks for (within the connect timeout), then the MQTT
 /// connection.
-pub async fn establish(stream: TcpStream, mut ctx: ConnCtx, sh: Arc<Shared>) {
-    let on = ctx.listener.clone();
-    match on.kind {
-        ListenerKind::Tcp => serve(stream, ctx, sh).await,
-        ListenerKind::Ws => {
-            if let Some(ws) = ws::upgrade(stream, &ctx, &sh).await {
-                serve(ws, ctx, sh).await;
+///
+/// One boxed future per listener kind, so a connection's task is only as
+/// large as its own path needs: a plain TCP connection does not carry the
+/// space of a TLS stream or a WebSocket upgrade it never makes (an async
+/// `match` over the kinds would be the size of the largest).
+pub fn establish(
+    stream: TcpStream,
+    mut ctx: ConnCtx,
+    sh: Arc<Shared>,
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    match ctx.listener.kind {
+        ListenerKind::Tcp => Box::pin(serve(stream, ctx, sh)),
+        ListenerKind::Ws => Box::pin(async move {
+            if let Some(ws) = Box::pin(ws::upgrade(stream, &ctx, &sh)).await {
+                Box::pin(serve(ws, ctx, sh)).await;
             }
-        }
-        ListenerKind::Tls | ListenerKind::Wss => {
-            let Some(tls) = tls_handshake(stream, &mut ctx).await else {
+        }),
+        ListenerKind::Tls => Box::pin(async move {
+            if let Some(tls) = Box::pin(tls_handshake(stream, &mut ctx)).await {
+                Box::pin(serve(tls, ctx, sh)).await;
+            }
+        }),
+        ListenerKind::Wss => Box::pin(async move {
+            let Some(tls) = Box::pin(tls_handshake(stream, &mut ctx)).await else {
                 return;
             };
-            if on.kind == ListenerKind::Tls {
-                serve(tls, ctx, sh).await;
-            } else if let Some(ws) = ws::upgrade(tls, &ctx, &sh).await {
-                serve(ws, ctx, sh).await;
+            if let Some(ws) = Box::pin(ws::upgrade(tls, &ctx, &sh)).await {
+                Box::pin(serve(ws, ctx, sh)).await;
             }
-        }
+        }),
     }
 }
 
