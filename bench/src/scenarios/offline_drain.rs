@@ -229,6 +229,7 @@ pub async fn offline_drain(
         let (b_addr, side, id) = (b.addr, b.side, format!("{prefix}-{i}"));
         let hist = hist.clone();
         tasks.spawn(async move {
+            let began = Instant::now();
             let (c, mut ev) = persistent(b_addr, &id);
             let mut seen = vec![false; per];
             let mut local = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
@@ -277,21 +278,33 @@ pub async fn offline_drain(
                     side.name()
                 );
             }
-            anyhow::Ok((got, last, connack))
+            // The handshake's own time, not the wait for a permit.
+            let handshake = connack.saturating_duration_since(began);
+            anyhow::Ok((got, last, connack, handshake))
         });
     }
     let (mut delivered, mut last, mut connacks) = (0, start, start);
+    let mut handshakes = Vec::with_capacity(sessions);
     while let Some(done) = tasks.join_next().await {
-        let (got, at, connack) = done??;
+        let (got, at, connack, handshake) = done??;
         delivered += got;
         last = last.max(at);
         connacks = connacks.max(connack);
+        handshakes.push(handshake.as_secs_f64() * 1e3);
     }
-    // To tell the drain from the reconnects: when the last CONNACK came.
+    // To tell the drain from the reconnects: when the last CONNACK came,
+    // and how long one reconnect took (connect to CONNACK).
+    handshakes.sort_by(f64::total_cmp);
+    let pct = |q: f64| {
+        let i = ((handshakes.len() as f64 * q) as usize).min(handshakes.len().saturating_sub(1));
+        handshakes.get(i).copied().unwrap_or(0.0)
+    };
     eprintln!(
-        "offline-drain {}: last CONNACK after {:.0} ms",
+        "offline-drain {}: last CONNACK after {:.0} ms; reconnect to CONNACK p50 {:.1} ms, p99 {:.1} ms",
         b.side.name(),
-        connacks.duration_since(start).as_secs_f64() * 1e3
+        connacks.duration_since(start).as_secs_f64() * 1e3,
+        pct(0.5),
+        pct(0.99)
     );
     let expected = sessions * per;
     if delivered < expected {
