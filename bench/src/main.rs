@@ -143,6 +143,12 @@ async fn run() -> Result<()> {
     } else {
         a.scenarios.clone()
     };
+    // offline-drain holds a connection per session: raise the open-file
+    // limit before any broker starts, as they inherit it (the shared
+    // RabbitMQ node may be started by an earlier scenario).
+    if names.iter().any(|n| n == "offline-drain") {
+        scenarios::raise_fd_limit(a.drain_sessions + 256)?;
+    }
     let mut tables = Vec::new();
     for name in &names {
         for v in scenarios::variants(name, &a)? {

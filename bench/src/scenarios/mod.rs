@@ -20,6 +20,7 @@ use std::pin::Pin;
 use anyhow::Result;
 
 pub use common::Measured;
+pub use offline_drain::raise_fd_limit;
 
 use crate::peers::Side;
 use crate::Args;
