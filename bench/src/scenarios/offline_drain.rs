@@ -5,11 +5,12 @@
 //! reconnect to the last of the S×10 messages delivered. Every message must
 //! arrive (counted once per session and sequence number), else the run
 //! fails. Against Mosquitto (in memory, `persistence false`) and RabbitMQ's
-//! MQTT plugin (a durable queue per session). Equal on every side: sessions, messages per session, payload size, QoS, per-client
-//! queue and in-flight window, the client library, and the reconnect pace
-//! (at most [`CONNECTING`] handshakes outstanding, so the figure measures the
-//! drain and not the listen backlog). p50/p99 are each message's delivery
-//! time counted from the first reconnect.
+//! MQTT plugin (a durable queue per session). Equal on every side:
+//! sessions, messages per session, payload size, QoS, per-client queue and
+//! in-flight window, the client library, and the reconnect pace (at most
+//! [`CONNECTING`] handshakes outstanding, so the figure measures the drain
+//! and not the listen backlog). p50/p99 are each message's delivery time
+//! counted from the first reconnect.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -236,6 +237,7 @@ pub async fn offline_drain(
             let mut got = 0;
             let mut permit = Some(permit);
             let (mut last, mut connack, mut present) = (start, start, false);
+            let mut ended = String::new();
             while got < per {
                 // Until CONNACK (the permit is held) rumqttc's own timeout.
                 let idle = match permit {
@@ -263,34 +265,44 @@ pub async fn offline_drain(
                     }
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => {
-                        eprintln!("{} {id}: {e} after {got} of {per}", side.name());
+                        ended = format!("{e}");
                         break;
                     }
-                    Err(_) => break,
+                    Err(_) => {
+                        ended = "idle".to_string();
+                        break;
+                    }
                 }
             }
             drop(permit);
             disconnect(&c, &mut ev).await;
             let _ = hist.lock().await.add(&local);
-            if got < per {
-                eprintln!(
-                    "{} {id}: {got} of {per} (session present: {present})",
+            let short = (got < per).then(|| {
+                format!(
+                    "{} {id}: {got} of {per}, session present {present}, ended: {ended}",
                     side.name()
-                );
-            }
+                )
+            });
             // The handshake's own time, not the wait for a permit.
             let handshake = connack.saturating_duration_since(began);
-            anyhow::Ok((got, last, connack, handshake))
+            anyhow::Ok((got, last, connack, handshake, short))
         });
     }
-    let (mut delivered, mut last, mut connacks) = (0, start, start);
+    let (mut delivered, mut last, mut connacks, mut shorts) = (0, start, start, 0usize);
     let mut handshakes = Vec::with_capacity(sessions);
     while let Some(done) = tasks.join_next().await {
-        let (got, at, connack, handshake) = done??;
+        let (got, at, connack, handshake, short) = done??;
         delivered += got;
         last = last.max(at);
         connacks = connacks.max(connack);
         handshakes.push(handshake.as_secs_f64() * 1e3);
+        if let Some(short) = short {
+            // A few examples of what went wrong, not thousands of lines.
+            shorts += 1;
+            if shorts <= 5 {
+                eprintln!("{short}");
+            }
+        }
     }
     // To tell the drain from the reconnects: when the last CONNACK came,
     // and how long one reconnect took (connect to CONNACK).
@@ -309,7 +321,7 @@ pub async fn offline_drain(
     let expected = sessions * per;
     if delivered < expected {
         bail!(
-            "{} delivered {delivered} of {expected} queued messages",
+            "{} delivered {delivered} of {expected} queued messages ({shorts} sessions short)",
             b.side.name()
         );
     }
