@@ -43,7 +43,11 @@ pub fn enqueue(s: &mut Session, cx: &mut Ctx<'_>, d: Delivery<'_>) -> bool {
         return drop_one(cx, s, DropReason::Expired);
     }
     if d.qos == 0 && !s.loading && s.handed == s.queue.len() {
-        if let Some(conn) = s.conn.as_ref() {
+        let max_queued = cx.cfg.session.max_queued_messages;
+        if let Some(conn) = s.conn.as_mut() {
+            let Some(tx0) = conn.qos0(max_queued) else {
+                return drop_one(cx, s, DropReason::QueueFull);
+            };
             let out = Outbound::Publish {
                 seq: 0,
                 msg: d.msg.clone(),
@@ -52,7 +56,7 @@ pub fn enqueue(s: &mut Session, cx: &mut Ctx<'_>, d: Delivery<'_>) -> bool {
                 dup: false,
                 sub_ids: d.sub_ids,
             };
-            return match conn.tx0.try_send(out) {
+            return match tx0.try_send(out) {
                 Ok(()) => true,
                 Err(_) => drop_one(cx, s, DropReason::QueueFull),
             };
