@@ -68,6 +68,26 @@ pub struct Args {
     /// p2p-latency: seconds of load at that rate.
     #[arg(long, default_value_t = 5.0)]
     pub rate_secs: f64,
+    /// fan-out: subscribers of the one topic (or of `#`).
+    #[arg(long, default_value_t = 50)]
+    pub subscribers: usize,
+    /// fan-out: messages published (each delivered to every subscriber).
+    #[arg(long, default_value_t = 2_000)]
+    pub fanout_messages: usize,
+    /// offline-drain: persistent sessions (needs as many open files; the
+    /// harness raises its soft limit up to the hard one).
+    #[arg(long, default_value_t = 10_000)]
+    pub drain_sessions: usize,
+    /// offline-drain: messages queued per session while it is offline.
+    #[arg(long, default_value_t = 10)]
+    pub drain_queued: usize,
+    /// restart: persistent sessions in the store (issue: 100,000).
+    #[arg(long, default_value_t = 10_000)]
+    pub restart_sessions: usize,
+    /// restart: queued messages in the store, measured at this and a tenth
+    /// of it (issue: 1,000,000).
+    #[arg(long, default_value_t = 100_000)]
+    pub restart_queued: usize,
     /// Tiny counts, one round: checks the harness works, measures nothing.
     #[arg(long)]
     pub smoke: bool,
@@ -88,6 +108,12 @@ impl Args {
         self.idle = 50;
         self.rate = 1000.0;
         self.rate_secs = 0.5;
+        self.subscribers = 5;
+        self.fanout_messages = 50;
+        self.drain_sessions = 20;
+        self.drain_queued = 10;
+        self.restart_sessions = 20;
+        self.restart_queued = 200;
     }
 }
 
@@ -117,6 +143,12 @@ async fn run() -> Result<()> {
     } else {
         a.scenarios.clone()
     };
+    // offline-drain holds a connection per session: raise the open-file
+    // limit before any broker starts, as they inherit it (the shared
+    // RabbitMQ node may be started by an earlier scenario).
+    if names.iter().any(|n| n == "offline-drain") {
+        scenarios::raise_fd_limit(a.drain_sessions + 256)?;
+    }
     let mut tables = Vec::new();
     for name in &names {
         for v in scenarios::variants(name, &a)? {

@@ -107,6 +107,10 @@ impl Broker {
                     // The same limits as the Mosquitto configuration below.
                     .env("MQBRIDGE__SESSION__MAX_QUEUED_MESSAGES", QUEUED.to_string())
                     .env("MQBRIDGE__MQTT__MAX_INFLIGHT", INFLIGHT.to_string())
+                    // Mosquitto has no cap on persistent sessions; every
+                    // bench client connects from 127.0.0.1 without a user.
+                    .env("MQBRIDGE__SESSION__MAX_PERSISTENT_SESSIONS", "10000000")
+                    .env("MQBRIDGE__SESSION__MAX_PERSISTENT_SESSIONS_PER_IP", "0")
                     .current_dir(dir.path());
                 if let Some(toml) = bridge {
                     let file = dir.path().join("mqbridge.toml");
@@ -165,9 +169,37 @@ impl Broker {
             if Instant::now() > deadline {
                 bail!("{} did not listen within 30 s", self.side.name());
             }
-            std::thread::sleep(Duration::from_millis(20));
+            // Fine-grained: `restart` times start-up with it.
+            std::thread::sleep(Duration::from_millis(2));
         }
         Ok(())
+    }
+
+    /// Stops a broker of ours with SIGTERM (a graceful shutdown: mqbridge
+    /// closes its store) and waits up to 60 s for it to exit.
+    pub fn stop(mut self) -> Result<()> {
+        let side = self.side.name();
+        let Proc::Child(child, _) = &mut self.proc else {
+            bail!("{side} is shared, not stopped by a round");
+        };
+        let pid = libc::pid_t::try_from(child.id())?;
+        // SAFETY: kill(2) on our own child's pid, not yet reaped.
+        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+            bail!("SIGTERM to {side}: {}", std::io::Error::last_os_error());
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                if !status.success() {
+                    bail!("{side} exited with {status} after SIGTERM");
+                }
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{side} still running 60 s after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Resident memory of the broker process, in KiB.

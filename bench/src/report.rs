@@ -65,6 +65,13 @@ fn median_p99(r: &Row) -> String {
         .map_or("-".to_string(), |x| x.to_string())
 }
 
+fn better(b: Better) -> &'static str {
+    match b {
+        Better::Higher => "higher",
+        Better::Lower => "lower",
+    }
+}
+
 /// One markdown line per (variant, peer): mqbridge, the peer, the ratio.
 pub fn render(tables: &[Table]) -> Result<(String, String)> {
     let mut md = String::new();
@@ -131,10 +138,7 @@ pub fn render(tables: &[Table]) -> Result<(String, String)> {
                 p.max,
                 p.unit,
                 ratio,
-                match t.better {
-                    Better::Higher => "higher",
-                    Better::Lower => "lower",
-                },
+                better(t.better),
                 median_p99(m),
                 median_p99(p)
             )?;

@@ -67,6 +67,12 @@ impl Message {
         self.expires_at_ms.is_some_and(|at| now_ms >= at)
     }
 
+    /// [`Message::is_expired`] now; reads the clock only for a message that
+    /// has an expiry (most have none: no clock read per delivery).
+    pub fn is_expired_now(&self) -> bool {
+        self.expires_at_ms.is_some_and(|at| now_ms() >= at)
+    }
+
     /// Remaining expiry interval in whole seconds, to put in an outgoing PUBLISH.
     pub fn remaining_expiry_secs(&self, now_ms: u64) -> Option<u32> {
         self.expires_at_ms

@@ -243,6 +243,15 @@ async fn start(hub_name: &str) -> (Gateway, tempfile::TempDir) {
 /// [`start`], with `acl` (when given) as the gateway's `acl.file`, written
 /// to `<dir>/acl`.
 async fn start_with_acl(hub_name: &str, acl: Option<&str>) -> (Gateway, tempfile::TempDir) {
+    start_with(hub_name, acl, "").await
+}
+
+/// [`start_with_acl`], with `extra` TOML appended to the config.
+async fn start_with(
+    hub_name: &str,
+    acl: Option<&str>,
+    extra: &str,
+) -> (Gateway, tempfile::TempDir) {
     registry::register(MEMORY);
     let dir = tempfile::tempdir().expect("tempdir");
     let acl_section = match acl {
@@ -275,7 +284,8 @@ name = "commands"
 backend = "mem"
 topic = "devices/{{key}}/cmd"
 qos = 1
-{acl_section}"#,
+{acl_section}
+{extra}"#,
         store = dir.path().join("store").display()
     );
     let file = dir.path().join("mqbridge.toml");
@@ -330,6 +340,57 @@ async fn uplink_puback_waits_for_the_memory_sink_confirm() {
         )]
     );
     dev.disconnect().await;
+    gw.shutdown().await;
+}
+
+/// A device whose uplink waits for room in a full sink queue still gets
+/// its deliveries and is still taken over at once: the wait is a branch of
+/// its connection's loop, not a pause of it.
+#[tokio::test]
+async fn a_device_waiting_for_a_full_sink_still_gets_deliveries_and_takeovers() {
+    common::init_tracing();
+    // The memory sink takes 256 records in flight; 4 more wait in its queue.
+    let (gw, _dir) = start_with("full-sink", None, "[bridge]\nqueue_capacity = 4\n").await;
+    let hub = hub("full-sink");
+    let mut devs = Vec::new();
+    for id in ["full-a", "full-b", "full-c"] {
+        let dev = b4::connect(common::opts_v4(gw.mqtt_addr, id, true)).await;
+        devs.push(dev);
+    }
+    let mut blocked = devs.pop().expect("three devices");
+    blocked.subscribe("news/full", QoS::AtLeastOnce).await;
+    // 300 unconfirmed QoS 1 publishes (100 each, rumqttc's window) against
+    // room for 260: the last device's connection waits for the sink.
+    for dev in devs.iter().chain(std::iter::once(&blocked)) {
+        for i in 0..100 {
+            let topic = format!("devices/{i}/telemetry");
+            dev.client
+                .publish(topic, QoS::AtLeastOnce, false, b"x".to_vec())
+                .await
+                .expect("publish queued");
+        }
+        tokio::time::sleep(common::QUIET).await;
+    }
+    assert!(hub.confirmed.lock().expect("hub lock").is_empty());
+    // A delivery reaches it while it waits.
+    let mut other = b4::connect(common::opts_v4(gw.mqtt_addr, "full-news", true)).await;
+    other
+        .publish("news/full", QoS::AtLeastOnce, false, b"hello")
+        .await;
+    let got = common::within(5, blocked.expect_publishes(1)).await;
+    assert_eq!(&got[0].payload[..], b"hello");
+    // A takeover closes it at once, although its uplink still waits.
+    let _new = b4::connect(common::opts_v4(gw.mqtt_addr, "full-c", true)).await;
+    common::within(5, async {
+        loop {
+            match blocked.events.recv().await {
+                Some(Ok(_)) => continue,
+                _ => return,
+            }
+        }
+    })
+    .await;
+    hub.gate().send_replace(true);
     gw.shutdown().await;
 }
 

@@ -94,8 +94,7 @@ impl H {
         expiry: u32,
         window: usize,
     ) -> (Client, oneshot::Receiver<ConnectOutcome>) {
-        let (tx, rx) = mpsc::channel(window + 2);
-        let (tx0, rx0) = mpsc::channel(1000);
+        let (tx, rx) = mpsc::channel(window + 3);
         let (kick_tx, kick) = oneshot::channel();
         let req = ConnectRequest {
             conn_id,
@@ -106,7 +105,6 @@ impl H {
             will: None,
             window,
             tx,
-            tx0,
             kick: kick_tx,
             username: None,
             identity: None,
@@ -120,7 +118,6 @@ impl H {
                 conn_id,
                 id: client.into(),
                 rx,
-                rx0,
                 _kick: kick,
             },
             r,
@@ -208,7 +205,6 @@ struct Client {
     conn_id: u64,
     id: String,
     rx: mpsc::Receiver<Outbound>,
-    rx0: mpsc::Receiver<Outbound>,
     _kick: oneshot::Receiver<Kick>,
 }
 
@@ -234,6 +230,7 @@ fn describe(o: &Outbound) -> String {
             String::from_utf8_lossy(&msg.payload)
         ),
         Outbound::PubRel { seq } => format!("PUBREL seq={seq}"),
+        Outbound::Qos0Channel(_) => "QOS0 CHANNEL".to_string(),
     }
 }
 
@@ -242,6 +239,13 @@ async fn next(rx: &mut mpsc::Receiver<Outbound>, ms: u64) -> Option<Outbound> {
         .await
         .ok()
         .flatten()
+}
+
+async fn recv0(rx0: &mut Option<mpsc::Receiver<Outbound>>) -> Option<Outbound> {
+    match rx0 {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn accepted(r: oneshot::Receiver<ConnectOutcome>) {
@@ -278,7 +282,14 @@ async fn load_race_once(iter: usize) -> bool {
     // schedules it on the router's worker (pushing the load task out of the
     // LIFO slot, where an idle worker can steal it).
     let mut y = y;
-    let drain = tokio::spawn(async move { while y.rx0.recv().await.is_some() {} });
+    let drain = tokio::spawn(async move {
+        // The router hands over the QoS 0 channel first.
+        while let Some(o) = y.rx.recv().await {
+            if let Outbound::Qos0Channel(mut rx0) = o {
+                while rx0.recv().await.is_some() {}
+            }
+        }
+    });
     h.start();
     let outcome = tokio::time::timeout(Duration::from_secs(5), puback)
         .await
@@ -565,14 +576,20 @@ async fn review_qos0_messages_on_one_topic_reordered_after_reconnect() {
             .map(|s| s.rsplit(' ').next().unwrap_or_default().to_string())
             .collect()
     };
+    // Direct QoS 0 deliveries come on the channel the router hands over first.
+    let mut rx0: Option<mpsc::Receiver<Outbound>> = None;
     let done = tokio::time::timeout(Duration::from_secs(5), async {
         while qos0(&order).len() < 2 {
             // Biased: both channels can be ready at once, and a random pick
             // would hide an overtaking (direct) QoS 0 delivery.
             tokio::select! {
                 biased;
-                Some(o) = a.rx0.recv() => order.push(describe(&o)),
+                Some(o) = recv0(&mut rx0) => order.push(describe(&o)),
                 Some(o) = a.rx.recv() => {
+                    if let Outbound::Qos0Channel(r) = o {
+                        rx0 = Some(r);
+                        continue;
+                    }
                     order.push(describe(&o));
                     // Queued deliveries hold the window (1) until acknowledged.
                     if let Outbound::Publish { seq, .. } = o {

@@ -1,7 +1,10 @@
-//! `conn-idle`: resident memory per idle connection, against Mosquitto.
+//! `conn-idle`: resident memory per idle connection, against Mosquitto:
+//! clean connections, and persistent sessions that each subscribed to a
+//! topic of their own at QoS 1 (a device waiting for its commands). Both
+//! brokers have the same per-client limits (`peers`); no messages flow.
 
 use anyhow::{Context, Result};
-use rumqttc::AsyncClient;
+use rumqttc::{AsyncClient, Event, Packet, QoS};
 
 use super::common::{connected, options, plateau, Measured};
 use super::{Better, Variant};
@@ -9,31 +12,49 @@ use crate::peers::{Broker, Side};
 use crate::Args;
 
 pub fn variants(a: &Args) -> Vec<Variant> {
-    let (bin, n) = (a.bin.clone(), a.idle);
-    vec![Variant {
-        name: "conn-idle".to_string(),
-        sides: vec![Side::Mqbridge, Side::Mosquitto],
-        better: Better::Lower,
-        run: Box::new(move |side| {
-            let bin = bin.clone();
-            Box::pin(async move {
-                let broker = Broker::start(side, &bin)?;
-                conn_idle(&broker, n).await
-            })
-        }),
-    }]
+    [("conn-idle", false), ("conn-idle-persistent", true)]
+        .into_iter()
+        .map(|(name, persistent)| {
+            let (bin, n) = (a.bin.clone(), a.idle);
+            Variant {
+                name: name.to_string(),
+                sides: vec![Side::Mqbridge, Side::Mosquitto],
+                better: Better::Lower,
+                run: Box::new(move |side| {
+                    let bin = bin.clone();
+                    Box::pin(async move {
+                        let broker = Broker::start(side, &bin)?;
+                        conn_idle(&broker, n, persistent).await
+                    })
+                }),
+            }
+        })
+        .collect()
 }
 
-/// `n` idle clean connections: the broker's resident memory per connection
-/// (plateau minus before, over `n`).
-pub async fn conn_idle(b: &Broker, n: usize) -> Result<Measured> {
+/// `n` idle connections, clean or persistent (each subscribed to its own
+/// topic): the broker's resident memory per connection (plateau minus
+/// before, over `n`).
+pub async fn conn_idle(b: &Broker, n: usize, persistent: bool) -> Result<Measured> {
     let before = plateau(b).await?;
     let mut held = Vec::with_capacity(n);
+    let run = std::process::id();
     for i in 0..n {
-        let (c, mut ev) = AsyncClient::new(options(b.addr, &format!("idle-{i}")), 10);
+        let mut o = options(b.addr, &format!("idle-{run}-{i}"));
+        o.set_clean_session(!persistent);
+        let (c, mut ev) = AsyncClient::new(o, 10);
         connected(&mut ev)
             .await
             .with_context(|| format!("connection {i}"))?;
+        if persistent {
+            c.subscribe(format!("idle/{i}/cmd"), QoS::AtLeastOnce)
+                .await?;
+            loop {
+                if let Event::Incoming(Packet::SubAck(_)) = ev.poll().await? {
+                    break;
+                }
+            }
+        }
         let driver = tokio::spawn(async move { while ev.poll().await.is_ok() {} });
         held.push((c, driver));
     }

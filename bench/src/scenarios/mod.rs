@@ -7,9 +7,12 @@ mod backends;
 pub mod common;
 mod downlink;
 mod fan_in;
+mod fan_out;
 mod idle;
 mod latency;
+mod offline_drain;
 mod p2p;
+mod restart;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,6 +20,7 @@ use std::pin::Pin;
 use anyhow::Result;
 
 pub use common::Measured;
+pub use offline_drain::raise_fd_limit;
 
 use crate::peers::Side;
 use crate::Args;
@@ -40,6 +44,7 @@ pub struct Variant {
 }
 
 /// Every scenario name the harness knows, in the order they run by default.
+/// (`p2p-persistent` runs only that variant of `p2p`.)
 pub const ALL: &[&str] = &[
     "p2p",
     "p2p-latency",
@@ -48,6 +53,9 @@ pub const ALL: &[&str] = &[
     "fan-in-amqp",
     "downlink-kafka",
     "downlink-amqp",
+    "fan-out",
+    "offline-drain",
+    "restart",
 ];
 
 /// The variants of scenario `name`, sized by `a`.
@@ -65,6 +73,13 @@ pub fn variants(name: &str, a: &Args) -> Result<Vec<Variant>> {
             .into_iter()
             .filter(|v| v.name == name)
             .collect(),
+        "p2p-persistent" => p2p::variants(a)
+            .into_iter()
+            .filter(|v| v.name.starts_with("p2p-persistent"))
+            .collect(),
+        "fan-out" => fan_out::variants(a),
+        "offline-drain" => offline_drain::variants(a),
+        "restart" => restart::variants(a),
         other => anyhow::bail!("unknown scenario {other} (built: {})", ALL.join(", ")),
     })
 }

@@ -1,5 +1,10 @@
 //! `p2p`: N publisher→subscriber pairs on their own topics, QoS 0 and 1,
-//! against Mosquitto.
+//! against Mosquitto. `p2p-persistent-qos1` is the store's row: QoS 1 with
+//! persistent subscribers (clean session false) that stay connected;
+//! mqbridge stores every message (fsync batched) where Mosquitto keeps it in
+//! memory (`persistence false`); the target is within 2× of it.
+//! Equal on both sides: payload size, count, QoS, per-client queue and
+//! in-flight window, the client library.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,11 +21,12 @@ use crate::Args;
 
 pub fn variants(a: &Args) -> Vec<Variant> {
     [
-        ("p2p-qos0", QoS::AtMostOnce),
-        ("p2p-qos1", QoS::AtLeastOnce),
+        ("p2p-qos0", QoS::AtMostOnce, false),
+        ("p2p-qos1", QoS::AtLeastOnce, false),
+        ("p2p-persistent-qos1", QoS::AtLeastOnce, true),
     ]
     .into_iter()
-    .map(|(name, qos)| {
+    .map(|(name, qos, persistent)| {
         let (bin, pairs, messages, size) = (a.bin.clone(), a.pairs, a.messages, a.size);
         Variant {
             name: name.to_string(),
@@ -30,7 +36,7 @@ pub fn variants(a: &Args) -> Vec<Variant> {
                 let bin = bin.clone();
                 Box::pin(async move {
                     let broker = Broker::start(side, &bin)?;
-                    p2p(&broker, pairs, messages, size, qos).await
+                    p2p(&broker, pairs, messages, size, qos, persistent).await
                 })
             }),
         }
@@ -41,15 +47,17 @@ pub fn variants(a: &Args) -> Vec<Variant> {
 /// `pairs` publisher→subscriber pairs on their own topics, `messages` each
 /// of `size` bytes at `qos`; throughput from the first publish to the last
 /// delivery, latency from each publish to its delivery (the payload carries
-/// the send time of this process' clock).
+/// the send time of this process' clock). `persistent`: the subscribers
+/// connect with clean session false.
 pub async fn p2p(
     b: &Broker,
     pairs: usize,
     messages: usize,
     size: usize,
     qos: QoS,
+    persistent: bool,
 ) -> Result<Measured> {
-    paced(b, pairs, messages, size, qos, None).await
+    paced_with(b, pairs, messages, size, qos, None, persistent).await
 }
 
 /// [`p2p`], each publisher offering `rate` messages per second when given
@@ -63,6 +71,18 @@ pub async fn paced(
     qos: QoS,
     rate: Option<f64>,
 ) -> Result<Measured> {
+    paced_with(b, pairs, messages, size, qos, rate, false).await
+}
+
+async fn paced_with(
+    b: &Broker,
+    pairs: usize,
+    messages: usize,
+    size: usize,
+    qos: QoS,
+    rate: Option<f64>,
+    persistent: bool,
+) -> Result<Measured> {
     let origin = Instant::now();
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
         1, 60_000_000, 3,
@@ -73,7 +93,9 @@ pub async fn paced(
     );
     let mut receivers = Vec::new();
     for i in 0..pairs {
-        let (sub, mut ev) = AsyncClient::new(options(b.addr, &format!("bs-{run}-{i}")), 1000);
+        let mut o = options(b.addr, &format!("bs-{run}-{i}"));
+        o.set_clean_session(!persistent);
+        let (sub, mut ev) = AsyncClient::new(o, 1000);
         connected(&mut ev).await.context("subscriber connect")?;
         sub.subscribe(format!("bench/{run}/{i}"), qos).await?;
         loop {

@@ -36,7 +36,6 @@ pub struct Attached {
     /// QoS 2 packet ids of this client still awaiting PUBREL (from its session).
     pub qos2_pending: Vec<u16>,
     pub rx: mpsc::Receiver<Outbound>,
-    pub rx0: mpsc::Receiver<Outbound>,
     pub kick: oneshot::Receiver<Kick>,
 }
 
@@ -204,11 +203,9 @@ pub async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
         .receive_maximum
         .unwrap_or(u16::MAX)
         .min(mqtt.max_inflight) as usize;
-    let (tx, rx) = mpsc::channel(window + 2);
-    // QoS 0 deliveries buffered towards a slow online client, bounded like a
-    // session queue (session.max_queued_messages); beyond it they are dropped
-    // and counted (reason queue_full).
-    let (tx0, rx0) = mpsc::channel(sh.cfg.session.max_queued_messages.clamp(1, 1 << 20));
+    // The window, a PUBREL re-send, and one slot for the QoS 0 channel the
+    // router sends when it first has a QoS 0 delivery for this connection.
+    let (tx, rx) = mpsc::channel(window + 3);
     let (kick_tx, kick) = oneshot::channel();
     let req = ConnectRequest {
         conn_id,
@@ -219,7 +216,6 @@ pub async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
         will: will.map(Box::new),
         window,
         tx,
-        tx0,
         kick: kick_tx,
         username: username.clone(),
         identity: identity.verified_username().cloned(),
@@ -309,7 +305,6 @@ pub async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
         acl,
         qos2_pending,
         rx,
-        rx0,
         kick,
     })
 }

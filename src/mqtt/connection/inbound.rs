@@ -1,11 +1,10 @@
 //! Packets from the client after CONNECT, and the answers to them.
 
-use futures_util::FutureExt as _;
 use rumqttc::v5::mqttbytes::v5 as p5;
 use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode as Reason;
 use tokio::sync::oneshot;
 
-use super::pending::{next_reply, BridgeSummary, PubWait, Ready};
+use super::pending::{BridgeSummary, PubWait, Ready};
 use super::{Conn, ConnError, Pending};
 use crate::acl::Denied;
 use crate::bridge::uplink::{Origin, Wait};
@@ -414,17 +413,6 @@ impl Conn<'_> {
         // Only a normal disconnection (0x00) deletes the will (MQTT 5 3.1.2.5).
         let with_will = d.reason_code != Reason::NormalDisconnection;
         self.disconnect = Some((with_will, new_expiry));
-        Ok(())
-    }
-
-    /// Answers every further reply that is already due, so that a burst of
-    /// backend confirms leaves in one write instead of a syscall per PUBACK
-    /// (loopback sends cost most of the connection's time in `fan-in-*`).
-    pub(super) fn answer_ready(&mut self) -> Result<(), ConnError> {
-        while let Some(r) = next_reply(&mut self.pending).now_or_never() {
-            self.pending.pop_front();
-            self.answer(r)?;
-        }
         Ok(())
     }
 

@@ -12,6 +12,7 @@ mod handshake;
 mod identify;
 mod inbound;
 mod keepalive;
+mod outbox;
 mod pending;
 mod timers;
 
@@ -319,6 +320,17 @@ async fn write_step<W: WriteSide>(
     }
 }
 
+/// The next QoS 0 delivery, once the router made the channel.
+async fn recv0(rx0: &mut Option<mpsc::Receiver<Outbound>>) -> Option<Outbound> {
+    match rx0 {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// At most this many deliveries taken from a channel in one turn of the loop.
+const DELIVERY_BATCH: usize = 64;
+
 /// How long the last bytes of a closing connection may take.
 const FINAL_FLUSH: Duration = Duration::from_secs(1);
 
@@ -374,11 +386,12 @@ impl Conn<'_> {
     ) -> Result<(), ConnError> {
         let handshake::Attached {
             mut rx,
-            mut rx0,
             mut kick,
             keep_alive,
             ..
         } = a;
+        // Made by the router at the first QoS 0 delivery (`Outbound::Qos0Channel`).
+        let mut rx0: Option<mpsc::Receiver<Outbound>> = None;
         let mut t = Timers::new(&self.sh.cfg.mqtt, keep_alive);
         let out_cap = self.sh.cfg.mqtt.max_outbound_buffer_bytes;
         // Anything that arrived with the CONNECT.
@@ -387,7 +400,7 @@ impl Conn<'_> {
         if buf.is_empty() {
             *buf = BytesMut::new();
         }
-        self.flush_outbox().await?;
+        self.try_flush_outbox()?;
         // One timer for the life of the connection, moved rather than made
         // anew each turn: a later deadline is a store, not a trip through
         // the timer wheel's lock.
@@ -404,7 +417,13 @@ impl Conn<'_> {
             // cannot make us buffer PINGRESPs and acks without end.
             let limit = self.sh.cfg.mqtt.receive_maximum as usize;
             let room = self.out.len() < out_cap;
+            // A full router or sink queue: nothing more is read (the device
+            // is slowed, not lied to) until it has room, while acks,
+            // deliveries, the keepalive and a takeover go on.
+            let blocked = self.blocked_on();
+            let is_blocked = blocked.is_some();
             let may_read = room
+                && !is_blocked
                 && match self.version {
                     Version::V311 => self.pending.len() < limit,
                     Version::V5 => self.pending.len() < limit * 2,
@@ -430,17 +449,50 @@ impl Conn<'_> {
                     return Err(ConnError::ShuttingDown);
                 }
                 w = write_step(wr, &self.out, self.unflushed), if !self.out.is_empty() || self.unflushed => {
-                    let idle = rx.is_empty() && rx0.is_empty();
+                    let idle = rx.is_empty() && rx0.as_ref().is_none_or(|r| r.is_empty());
                     self.wrote::<W>(w?, &mut t, idle);
                 }
                 r = next_reply(&mut self.pending) => {
                     self.pending.pop_front();
                     self.answer(r)?;
-                    self.answer_ready()?;
+                    // Replies due at the same time go out in the same write.
+                    for _ in 1..DELIVERY_BATCH {
+                        let Some(r) = pending::ready_reply(&mut self.pending) else {
+                            break;
+                        };
+                        self.pending.pop_front();
+                        self.answer(r)?;
+                    }
                 }
                 // Deliveries wait in the session while our buffer is full.
-                Some(o) = rx.recv(), if room => self.deliver(o),
-                Some(o) = rx0.recv(), if room => self.deliver(o),
+                // Deliveries already waiting go out in the same write (one
+                // syscall for a burst, not one per message), within the
+                // buffer's bound and a batch that keeps the loop fair.
+                Some(o) = rx.recv(), if room => {
+                    self.take(o, &mut rx0);
+                    for _ in 1..DELIVERY_BATCH {
+                        match rx.try_recv() {
+                            Ok(o) if self.out.len() < out_cap => self.take(o, &mut rx0),
+                            Ok(o) => {
+                                self.take(o, &mut rx0);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Some(o) = recv0(&mut rx0), if room && rx0.is_some() => {
+                    self.deliver(o);
+                    for _ in 1..DELIVERY_BATCH {
+                        let Some(r) = rx0.as_mut().filter(|_| self.out.len() < out_cap) else {
+                            break;
+                        };
+                        match r.try_recv() {
+                            Ok(o) => self.deliver(o),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 r = rd.read_into(buf), if may_read => {
                     if r.map_err(ConnError::read)? == 0 {
                         return Err(ConnError::Closed);
@@ -459,10 +511,11 @@ impl Conn<'_> {
                     t.check(keep_alive)?;
                     self.forget_expired_qos2(Instant::now());
                 }
+                r = outbox::room(blocked), if is_blocked => self.send_reserved(r)?,
             }
-            self.flush_outbox().await?;
+            self.try_flush_outbox()?;
             if !self.out.is_empty() {
-                let idle = rx.is_empty() && rx0.is_empty();
+                let idle = rx.is_empty() && rx0.as_ref().is_none_or(|r| r.is_empty());
                 self.write_some(wr, &mut t, idle)?;
             }
         }
@@ -546,9 +599,20 @@ impl Conn<'_> {
         }
     }
 
+    /// One message from the router's channel: the QoS 0 channel it hands
+    /// over, or a delivery to write.
+    fn take(&mut self, o: Outbound, rx0: &mut Option<mpsc::Receiver<Outbound>>) {
+        match o {
+            Outbound::Qos0Channel(r) => *rx0 = Some(r),
+            o => self.deliver(o),
+        }
+    }
+
     /// Writes one delivery from the router.
     fn deliver(&mut self, o: Outbound) {
         match o {
+            // Taken by the loop before it gets here; nothing to write.
+            Outbound::Qos0Channel(_) => {}
             Outbound::PubRel { seq } => {
                 let pkid = pkid_of(seq);
                 self.inflight.insert(pkid, seq);
@@ -581,7 +645,12 @@ impl Conn<'_> {
                     dup,
                     pkid,
                     subscription_ids: &sub_ids,
-                    now_ms: now_ms(),
+                    // Only a message with an expiry needs the clock.
+                    now_ms: if msg.expires_at_ms.is_some() {
+                        now_ms()
+                    } else {
+                        0
+                    },
                     topic_alias,
                 };
                 let written =
@@ -616,67 +685,5 @@ impl Conn<'_> {
             seq,
         };
         self.outbox.push_back(msg);
-    }
-
-    /// Sends what the packets just handled produced for the router, in order.
-    /// Without waiting when the channels have room, as they nearly always
-    /// do; the waiting path is boxed, so an idle connection's task does not
-    /// carry the space of its send futures.
-    async fn flush_outbox(&mut self) -> Result<(), ConnError> {
-        if self.try_flush_outbox()? {
-            return Ok(());
-        }
-        Box::pin(self.flush_outbox_waiting()).await
-    }
-
-    /// `Ok(true)`: all sent; `Ok(false)`: a channel is full, the rest waits.
-    fn try_flush_outbox(&mut self) -> Result<bool, ConnError> {
-        use tokio::sync::mpsc::error::TrySendError;
-        while let Some(msg) = self.outbox.pop_front() {
-            match self.sh.router.try_send(msg) {
-                Ok(()) => {}
-                Err(TrySendError::Full(msg)) => {
-                    self.outbox.push_front(msg);
-                    return Ok(false);
-                }
-                Err(TrySendError::Closed(_)) => return Err(ConnError::ShuttingDown),
-            }
-        }
-        while let Some((tx, env)) = self.sink_outbox.pop_front() {
-            match tx.try_send(env) {
-                Ok(()) => {}
-                Err(TrySendError::Full(env)) => {
-                    self.sink_outbox.push_front((tx, env));
-                    return Ok(false);
-                }
-                Err(TrySendError::Closed(env)) => refuse_closed(env),
-            }
-        }
-        Ok(true)
-    }
-
-    async fn flush_outbox_waiting(&mut self) -> Result<(), ConnError> {
-        while let Some(msg) = self.outbox.pop_front() {
-            self.sh
-                .router
-                .send(msg)
-                .await
-                .map_err(|_| ConnError::ShuttingDown)?;
-        }
-        // A full sink queue makes this wait: the device is slowed, not lied to.
-        while let Some((tx, env)) = self.sink_outbox.pop_front() {
-            if let Err(e) = tx.send(env).await {
-                refuse_closed(e.0);
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A sink that is gone fails what was handed to it: the device is not
-/// acknowledged.
-fn refuse_closed(env: crate::bridge::Envelope) {
-    if let Some(c) = env.confirm {
-        let _ = c.send(Err(crate::bridge::SinkError::Closed));
     }
 }

@@ -7,6 +7,9 @@
 //! is saved in the entry the moment it arrives.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
 
 use tokio::sync::oneshot;
 
@@ -118,5 +121,17 @@ pub async fn next_reply(p: &mut VecDeque<Pending>) -> Ready {
         Some(Pending::Sub { pkid, rx }) => Ready::Sub(*pkid, rx.await.ok()),
         Some(Pending::Unsub { pkid, rx }) => Ready::Unsub(*pkid, rx.await.ok()),
         None => std::future::pending().await,
+    }
+}
+
+/// The oldest owed reply if it can be given now, without waiting: replies
+/// that became due together are written together. The loop polls
+/// [`next_reply`] again with its own waker before it sleeps, so the no-op
+/// waker left here is never the one relied on.
+pub fn ready_reply(p: &mut VecDeque<Pending>) -> Option<Ready> {
+    let mut cx = Context::from_waker(Waker::noop());
+    match pin!(next_reply(p)).poll(&mut cx) {
+        Poll::Ready(r) => Some(r),
+        Poll::Pending => None,
     }
 }

@@ -247,7 +247,7 @@ impl Router {
         s.conn = Some(Conn {
             id: req.conn_id,
             tx: req.tx,
-            tx0: req.tx0,
+            tx0: None,
             kick: Some(req.kick),
             window: req.window.max(1),
             inflight: 0,
@@ -522,6 +522,7 @@ impl Router {
             self.forget_will(&w);
             self.publish_will(w);
         }
+        self.purge_expired_retained();
         // Kept current on every change; recounted here in case a path
         // that drops a queue was missed.
         let queued: usize = self.sessions.values().map(|s| s.queue.len()).sum();

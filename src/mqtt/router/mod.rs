@@ -79,6 +79,10 @@ pub enum Outbound {
     },
     /// Resend PUBREL for a QoS 2 message whose PUBREC arrived before a reconnect.
     PubRel { seq: u64 },
+    /// The channel of QoS 0 deliveries to this online connection, made at
+    /// its first one: a connection that never gets one (an idle device, a
+    /// QoS 1 fleet) does not hold its 1.8 KB.
+    Qos0Channel(mpsc::Receiver<Outbound>),
 }
 
 /// Why the router closes a connection.
@@ -101,10 +105,9 @@ pub struct ConnectRequest {
     pub will: Option<Box<Will>>,
     /// Outgoing inflight window (QoS>0 deliveries not yet acknowledged).
     pub window: usize,
-    /// Credit-limited channel for QoS>0 deliveries and PUBRELs.
+    /// Credit-limited channel for QoS>0 deliveries and PUBRELs (and, once,
+    /// the QoS 0 channel): room for `window` + 3.
     pub tx: mpsc::Sender<Outbound>,
-    /// QoS 0 deliveries to an online client; full => dropped and counted.
-    pub tx0: mpsc::Sender<Outbound>,
     pub kick: oneshot::Sender<Kick>,
     /// User name from CONNECT, if any (per-user session limit).
     pub username: Option<Arc<str>>,

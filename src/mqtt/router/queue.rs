@@ -39,11 +39,15 @@ pub struct Delivery<'a> {
 pub fn enqueue(s: &mut Session, cx: &mut Ctx<'_>, d: Delivery<'_>) -> bool {
     // QoS 0 goes straight to an online client only when nothing queued is
     // waiting ahead of it (order per topic), and not when already expired.
-    if d.msg.is_expired(now_ms()) {
+    if d.msg.is_expired_now() {
         return drop_one(cx, s, DropReason::Expired);
     }
     if d.qos == 0 && !s.loading && s.handed == s.queue.len() {
-        if let Some(conn) = s.conn.as_ref() {
+        let max_queued = cx.cfg.session.max_queued_messages;
+        if let Some(conn) = s.conn.as_mut() {
+            let Some(tx0) = conn.qos0(max_queued) else {
+                return drop_one(cx, s, DropReason::QueueFull);
+            };
             let out = Outbound::Publish {
                 seq: 0,
                 msg: d.msg.clone(),
@@ -52,7 +56,7 @@ pub fn enqueue(s: &mut Session, cx: &mut Ctx<'_>, d: Delivery<'_>) -> bool {
                 dup: false,
                 sub_ids: d.sub_ids,
             };
-            return match conn.tx0.try_send(out) {
+            return match tx0.try_send(out) {
                 Ok(()) => true,
                 Err(_) => drop_one(cx, s, DropReason::QueueFull),
             };
@@ -189,7 +193,6 @@ pub fn pump(s: &mut Session, cx: &mut Ctx<'_>) {
     if s.loading || s.conn.is_none() {
         return;
     }
-    let now = now_ms();
     while s.handed < s.queue.len() {
         let Some(conn) = s.conn.as_ref() else { return };
         if conn.inflight >= conn.window {
@@ -206,7 +209,7 @@ pub fn pump(s: &mut Session, cx: &mut Ctx<'_>) {
             // Not loaded yet: wait for the load to fill it in.
             return;
         };
-        if e.state == EntryState::Queued && body.msg.is_expired(now) {
+        if e.state == EntryState::Queued && body.msg.is_expired_now() {
             remove_entry(s, cx, idx);
             drop_one(cx, s, DropReason::Expired);
             continue;

@@ -105,10 +105,10 @@ impl Router {
         }
     }
 
-    /// Queues the retained messages matching a new subscription (RETAIN set).
-    pub(super) fn send_retained(&mut self, client_id: &Arc<str>, filter: &str, opts: SubOpts) {
-        // Expired retained messages are purged, not sent (and stop counting
-        // against the retained limits).
+    /// Deletes the expired retained messages (periodic tick): they are never
+    /// sent, and must stop counting against the retained limits even if no
+    /// subscription comes to find them.
+    pub(super) fn purge_expired_retained(&mut self) {
         let now = now_ms();
         let expired: Vec<String> = self
             .retained
@@ -119,16 +119,38 @@ impl Router {
         for topic in expired {
             self.remove_retained(&topic);
         }
+    }
+
+    /// Queues the retained messages matching a new subscription (RETAIN set).
+    /// A filter without wildcards (a device's own command topic, the usual
+    /// case) is one map look-up; one with wildcards is one pass over the
+    /// retained messages, which also purges the expired ones it meets
+    /// (they are not sent, and stop counting against the retained limits).
+    pub(super) fn send_retained(&mut self, client_id: &Arc<str>, filter: &str, opts: SubOpts) {
         let Some(acl) = self.sessions.get(client_id).map(|s| s.acl.clone()) else {
             return;
         };
-        let matching: Vec<Arc<Message>> = self
-            .retained
-            .values()
-            .filter(|m| filter_matches(filter, &m.topic))
-            .filter(|m| acl.is_open() || self.may_get_retained(&acl, &m.topic))
-            .cloned()
-            .collect();
+        let now = now_ms();
+        let mut expired: Vec<String> = Vec::new();
+        let mut matching: Vec<Arc<Message>> = Vec::new();
+        let mut consider = |m: &Arc<Message>| {
+            if m.is_expired(now) {
+                expired.push(m.topic.clone());
+            } else if acl.is_open() || self.may_get_retained(&acl, &m.topic) {
+                matching.push(m.clone());
+            }
+        };
+        if filter.contains(['+', '#']) {
+            self.retained
+                .values()
+                .filter(|m| filter_matches(filter, &m.topic))
+                .for_each(&mut consider);
+        } else if let Some(m) = self.retained.get(filter) {
+            consider(m);
+        }
+        for topic in expired {
+            self.remove_retained(&topic);
+        }
         let sub_ids: Arc<[u32]> = opts.subscription_id.into_iter().collect();
         for msg in matching {
             let (mut cx, sessions) = self.ctx();

@@ -51,13 +51,32 @@ pub struct Entry {
 pub struct Conn {
     pub id: ConnId,
     pub tx: mpsc::Sender<Outbound>,
-    pub tx0: mpsc::Sender<Outbound>,
+    /// QoS 0 deliveries; made at the first (see [`Conn::qos0`]).
+    pub tx0: Option<mpsc::Sender<Outbound>>,
     pub kick: Option<oneshot::Sender<Kick>>,
     pub window: usize,
     /// Entries handed to this connection and not yet acknowledged.
     pub inflight: usize,
     /// The listener it came in on.
     pub listener: Option<Arc<str>>,
+}
+
+impl Conn {
+    /// The QoS 0 channel, made and handed to the connection on first use;
+    /// `None` if the connection has no room for it now (the delivery is then
+    /// dropped as queue_full, as on a full QoS 0 channel).
+    ///
+    /// Bounded like a session queue (`session.max_queued_messages`): QoS 0
+    /// deliveries buffered towards a slow online client beyond it are
+    /// dropped and counted (reason queue_full).
+    pub fn qos0(&mut self, max_queued: usize) -> Option<&mpsc::Sender<Outbound>> {
+        if self.tx0.is_none() {
+            let (tx0, rx0) = mpsc::channel(max_queued.clamp(1, 1 << 20));
+            self.tx.try_send(Outbound::Qos0Channel(rx0)).ok()?;
+            self.tx0 = Some(tx0);
+        }
+        self.tx0.as_ref()
+    }
 }
 
 pub struct Session {

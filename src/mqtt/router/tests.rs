@@ -12,7 +12,7 @@ use crate::store::StoreOptions;
 /// A router on a fresh store, and the connections it attached (kept open).
 struct Harness {
     router: Router,
-    conns: Vec<(mpsc::Receiver<Outbound>, mpsc::Receiver<Outbound>)>,
+    conns: Vec<mpsc::Receiver<Outbound>>,
     _dir: tempfile::TempDir,
 }
 
@@ -59,11 +59,10 @@ impl Harness {
 
     /// Attaches a clean (expiry 0) client.
     fn connect(&mut self, id: &str) {
-        let (tx, rx) = mpsc::channel(8);
-        let (tx0, rx0) = mpsc::channel(8);
+        let (tx, rx) = mpsc::channel(8 + 3);
         let (kick, _) = oneshot::channel();
         let conn_id = self.conns.len() as u64 + 1;
-        self.conns.push((rx, rx0));
+        self.conns.push(rx);
         let req = ConnectRequest {
             conn_id,
             client_id: id.into(),
@@ -73,7 +72,6 @@ impl Harness {
             will: None,
             window: 8,
             tx,
-            tx0,
             kick,
             username: None,
             identity: None,
@@ -200,4 +198,22 @@ async fn start_up_loads_retained_messages_only_up_to_the_limits() {
     let dir = h.close().await;
     let h = harness_in(Config::default(), dir);
     assert_eq!(h.router.retained.len(), 2);
+}
+
+#[tokio::test]
+async fn expired_retained_messages_stop_counting_at_the_tick_unsubscribed() {
+    let mut h = harness(Config::default());
+    h.publish("r/keep", b"k", true);
+    h.publish("r/old", b"o", true);
+    // Expire one in place: no subscription will come to find it.
+    let old = h.router.retained.get_mut("r/old").expect("retained");
+    Arc::make_mut(old).expires_at_ms = Some(1);
+    let before = h.router.retained_bytes;
+    h.router.tick();
+    assert_eq!(
+        h.router.retained.keys().collect::<Vec<_>>(),
+        ["r/keep"],
+        "the expired one is purged, the other kept"
+    );
+    assert!(h.router.retained_bytes < before);
 }
