@@ -125,8 +125,11 @@ impl Broker {
                 std::fs::write(
                     &conf,
                     format!(
+                        // Nagle off, as mqbridge has it: its default (on)
+                        // would add the clients' delayed ACK to its latency.
                         "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-                         max_queued_messages {QUEUED}\nmax_inflight_messages {INFLIGHT}\nlog_type error\n"
+                         max_queued_messages {QUEUED}\nmax_inflight_messages {INFLIGHT}\n\
+                         set_tcp_nodelay true\nlog_type error\n"
                     ),
                 )?;
                 // Debian installs it in /usr/sbin, not always on a user's PATH.

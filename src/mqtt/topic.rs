@@ -127,7 +127,9 @@ pub struct SubEntry {
 
 #[derive(Default, Debug)]
 struct Node {
-    children: HashMap<Box<str>, Node>,
+    /// Boxed: a map's buckets hold one pointer each, not a whole node, and
+    /// most nodes of a device fleet's tree have one child.
+    children: HashMap<Box<str>, Box<Node>>,
     /// Filters ending exactly at this node.
     exact: Vec<SubEntry>,
     /// Filters ending with `#` below this node (`a/#` lives on `a`).
@@ -144,7 +146,7 @@ impl Node {
 /// per level, and a deep enough branch would overflow the stack.
 impl Drop for Node {
     fn drop(&mut self) {
-        let mut stack: Vec<Node> = self.children.drain().map(|(_, c)| c).collect();
+        let mut stack: Vec<Box<Node>> = self.children.drain().map(|(_, c)| c).collect();
         while let Some(mut n) = stack.pop() {
             stack.extend(n.children.drain().map(|(_, c)| c));
         }
@@ -184,6 +186,10 @@ impl SubTree {
         {
             *e = entry;
             return true;
+        }
+        if list.capacity() == 0 {
+            // Most filters have one subscriber: no room for four.
+            list.reserve_exact(1);
         }
         list.push(entry);
         self.len += 1;

@@ -204,6 +204,54 @@ async fn load_queue_sees_ops_submitted_before_it() {
     store.close().await.unwrap();
 }
 
+/// Loads among ops (served inside the batch's transaction when they share
+/// one) see the ops before them and none after, however the writer groups
+/// them; many loads in a row are all answered.
+#[tokio::test]
+async fn loads_among_ops_see_exactly_the_ops_before_them() {
+    let dir = TempDir::new().unwrap();
+    // Room for every request: each send completes when first polled, so
+    // the FIFO order is the order below.
+    let big = StoreOptions {
+        queue_capacity: 1024,
+        ..opts(dir.path())
+    };
+    let (store, _) = Store::open(&big).unwrap();
+    let mut loads = Vec::new();
+    for i in 0..50u64 {
+        let client = format!("c{i}");
+        drop(
+            store
+                .submit(vec![put(&client), enqueue(&client, 1, entry("t", b"x"))])
+                .await
+                .unwrap(),
+        );
+        let (s2, c2) = (store.clone(), client.clone());
+        // Sent now (polled once), answered later.
+        let mut load = Box::pin(async move { s2.load_queue(&c2, u64::MAX).await });
+        assert!(futures_util::poll!(&mut load).is_pending());
+        loads.push(load);
+        // After the load: removes seq 1 and adds seq 2; the load sees neither.
+        drop(
+            store
+                .submit(vec![
+                    Op::RemoveEntry {
+                        client_id: client.clone(),
+                        seq: 1,
+                    },
+                    enqueue(&client, 2, entry("t", b"y")),
+                ])
+                .await
+                .unwrap(),
+        );
+    }
+    for (i, load) in loads.into_iter().enumerate() {
+        let seqs: Vec<u64> = load.await.unwrap().iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, vec![1], "load {i} saw ops submitted after it");
+    }
+    store.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn delete_session_removes_only_that_client() {
     let dir = TempDir::new().unwrap();

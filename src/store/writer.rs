@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redb::{Database, Durability};
+use redb::{Database, Durability, ReadableTable};
 use tokio::sync::{mpsc, oneshot};
 
 use super::health::StoreHealth;
@@ -64,12 +64,29 @@ pub(super) struct Counters {
     pub commit_failures: AtomicU64,
 }
 
-/// Ops to commit together and everyone waiting for that commit.
+/// Ops to commit together, everyone waiting for that commit, and the queue
+/// reads that arrived among them.
 #[derive(Default)]
 struct Batch {
     ops: Vec<Op>,
     waiters: Vec<Reply<()>>,
+    loads: Vec<Load>,
 }
+
+/// A queue read, served inside the batch's write transaction at its place in
+/// the FIFO (after the `at` ops before it, before the ones after it), so it
+/// sees exactly what a read after a commit of those ops would, without a
+/// commit (an fsync) of its own: a storm of reconnecting persistent
+/// sessions interleaved with acks no longer costs an fsync per session.
+struct Load {
+    at: usize,
+    client_id: String,
+    below_seq: u64,
+    reply: Reply<Vec<(u64, QueuedEntry)>>,
+}
+
+/// Entries read for one load, and the undecodable ones to quarantine.
+type Read = (Vec<(u64, QueuedEntry)>, Vec<(u64, Vec<u8>, StoreError)>);
 
 pub(super) struct Writer {
     /// `None` only between dropping a failed database and reopening it.
@@ -105,7 +122,25 @@ impl Writer {
                     let mut batch = Batch {
                         ops,
                         waiters: vec![reply],
+                        loads: Vec::new(),
                     };
+                    carried = self.fill(&mut batch);
+                    if self.commit(batch).is_err() {
+                        break;
+                    }
+                }
+                Request::Load {
+                    client_id,
+                    below_seq,
+                    reply,
+                } => {
+                    let mut batch = Batch::default();
+                    batch.loads.push(Load {
+                        at: 0,
+                        client_id,
+                        below_seq,
+                        reply,
+                    });
                     carried = self.fill(&mut batch);
                     if self.commit(batch).is_err() {
                         break;
@@ -115,13 +150,6 @@ impl Writer {
                 // waiters were told it failed).
                 Request::Flush(reply) => {
                     let _ = reply.send(Ok(()));
-                }
-                Request::Load {
-                    client_id,
-                    below_seq,
-                    reply,
-                } => {
-                    let _ = reply.send(self.load(&client_id, below_seq));
                 }
                 Request::Close(reply) => {
                     let _ = reply.send(());
@@ -133,9 +161,9 @@ impl Writer {
         tracing::debug!("store writer stopped");
     }
 
-    /// Drains queued requests into `batch` up to `max_batch_ops`. Returns the
-    /// first request that cannot join (a load or close, which must see this
-    /// batch committed first, or ops that would overflow the batch).
+    /// Drains queued requests into `batch` up to `max_batch_ops`, loads
+    /// included at their place. Returns the first request that cannot join
+    /// (a close, or ops that would overflow the batch).
     fn fill(&mut self, batch: &mut Batch) -> Option<Request> {
         while batch.ops.len() < self.max_batch_ops {
             match self.rx.try_recv() {
@@ -148,6 +176,16 @@ impl Writer {
                 }
                 // A flush is satisfied by the commit of everything before it.
                 Ok(Request::Flush(reply)) => batch.waiters.push(reply),
+                Ok(Request::Load {
+                    client_id,
+                    below_seq,
+                    reply,
+                }) => batch.loads.push(Load {
+                    at: batch.ops.len(),
+                    client_id,
+                    below_seq,
+                    reply,
+                }),
                 Ok(other) => return Some(other),
                 Err(_) => return None,
             }
@@ -158,11 +196,25 @@ impl Writer {
     /// Applies the batch in one transaction and commits it durably, retrying
     /// (see the module comment) until it lands, then answers every waiter.
     fn commit(&mut self, batch: Batch) -> Result<(), Fatal> {
+        if batch.ops.is_empty() {
+            // Only reads (and flushes of what is already committed).
+            for l in batch.loads {
+                let _ = l.reply.send(self.load(&l.client_id, l.below_seq));
+            }
+            for waiter in batch.waiters {
+                let _ = waiter.send(Ok(()));
+            }
+            return Ok(());
+        }
         let mut started = Instant::now();
         let mut failing_since: Option<Instant> = None;
         let mut pause = RETRY_FIRST;
         let mut attempts = 0u64;
-        while let Err(e) = self.write(&batch.ops) {
+        let reads = loop {
+            let e = match self.write(&batch.ops, &batch.loads) {
+                Ok(reads) => break reads,
+                Err(e) => e,
+            };
             attempts += 1;
             self.counters
                 .commit_failures
@@ -191,7 +243,7 @@ impl Writer {
             pause = (pause * 2).min(RETRY_MAX);
             self.reopen();
             started = Instant::now();
-        }
+        };
         if attempts > 0 {
             self.health.set_failing(false);
             tracing::warn!(store = %self.path.display(), attempts, "store commit succeeded after failures; store healthy again");
@@ -209,6 +261,11 @@ impl Writer {
         }
         for waiter in batch.waiters {
             let _ = waiter.send(Ok(()));
+        }
+        // Answered once the ops they saw are durable.
+        for (l, (entries, corrupt)) in batch.loads.into_iter().zip(reads) {
+            self.quarantine_logged(&l.client_id, &corrupt);
+            let _ = l.reply.send(Ok(entries));
         }
         Ok(())
     }
@@ -240,13 +297,23 @@ impl Writer {
         })
     }
 
-    fn write(&self, ops: &[Op]) -> Result<(), StoreError> {
+    /// Applies `ops` in one transaction, serving each load at its place
+    /// among them, and commits.
+    fn write(&self, ops: &[Op], loads: &[Load]) -> Result<Vec<Read>, StoreError> {
         let mut txn = self.db()?.begin_write()?;
         txn.set_durability(Durability::Immediate);
+        let mut reads = Vec::with_capacity(loads.len());
         let quarantined = {
             let mut tables = Tables::open(&txn)?;
-            for op in ops {
+            let mut next = loads.iter().peekable();
+            for (i, op) in ops.iter().enumerate() {
+                while let Some(l) = next.next_if(|l| l.at == i) {
+                    reads.push(read_queue(&tables.queue, &l.client_id, l.below_seq)?);
+                }
                 tables.apply(op)?;
+            }
+            for l in next {
+                reads.push(read_queue(&tables.queue, &l.client_id, l.below_seq)?);
             }
             tables.quarantined
         };
@@ -255,11 +322,12 @@ impl Writer {
         self.counters
             .quarantined
             .fetch_add(quarantined, Ordering::Relaxed);
-        Ok(())
+        Ok(reads)
     }
 
-    /// Reads queued bodies below `below_seq`. A body that fails to decode is
-    /// quarantined; the caller treats an absent seq as gone.
+    /// Reads queued bodies below `below_seq` in a read transaction. A body
+    /// that fails to decode is quarantined; the caller treats an absent seq
+    /// as gone.
     fn load(&self, client_id: &str, below_seq: u64) -> Result<Vec<(u64, QueuedEntry)>, StoreError> {
         let txn = self.db()?.begin_read()?;
         let queue = match txn.open_table(QUEUE) {
@@ -267,28 +335,25 @@ impl Writer {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
             Err(e) => return Err(e.into()),
         };
-        let mut entries = Vec::new();
-        let mut corrupt = Vec::new();
-        for row in queue.range((client_id, 0u64)..(client_id, below_seq))? {
-            let (key, value) = row?;
-            let seq = key.value().1;
-            match decode::<QueuedEntry>(value.value()) {
-                Ok(entry) => entries.push((seq, entry)),
-                Err(e) => corrupt.push((seq, value.value().to_vec(), e)),
-            }
-        }
+        let (entries, corrupt) = read_queue(&queue, client_id, below_seq)?;
         drop((queue, txn));
-        if !corrupt.is_empty() {
-            if let Err(e) = self.quarantine(client_id, &corrupt) {
-                // Left in place; the next start-up quarantines it.
-                tracing::error!(
-                    client_id,
-                    error = &e as &dyn std::error::Error,
-                    "moving undecodable queued entries to quarantine failed"
-                );
-            }
-        }
+        self.quarantine_logged(client_id, &corrupt);
         Ok(entries)
+    }
+
+    /// Moves undecodable entries to quarantine; a failure leaves them in
+    /// place for the next start-up.
+    fn quarantine_logged(&self, client_id: &str, corrupt: &[(u64, Vec<u8>, StoreError)]) {
+        if corrupt.is_empty() {
+            return;
+        }
+        if let Err(e) = self.quarantine(client_id, corrupt) {
+            tracing::error!(
+                client_id,
+                error = &e as &dyn std::error::Error,
+                "moving undecodable queued entries to quarantine failed"
+            );
+        }
     }
 
     fn quarantine(
@@ -309,4 +374,24 @@ impl Writer {
         self.counters.quarantined.fetch_add(n, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// The queued entries of `client_id` below `below_seq`, ascending, from a
+/// read or write transaction's queue table.
+fn read_queue(
+    queue: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    client_id: &str,
+    below_seq: u64,
+) -> Result<Read, StoreError> {
+    let mut entries = Vec::new();
+    let mut corrupt = Vec::new();
+    for row in queue.range((client_id, 0u64)..(client_id, below_seq))? {
+        let (key, value) = row?;
+        let seq = key.value().1;
+        match decode::<QueuedEntry>(value.value()) {
+            Ok(entry) => entries.push((seq, entry)),
+            Err(e) => corrupt.push((seq, value.value().to_vec(), e)),
+        }
+    }
+    Ok((entries, corrupt))
 }

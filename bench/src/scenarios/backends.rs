@@ -249,7 +249,7 @@ impl Devices {
 /// One empty QoS 1 message, its PUBACK awaited: the broker's route to the
 /// backend is connected before the clock starts (the counters skip it).
 async fn warm_up(addr: std::net::SocketAddr, id: &str, topic: &str) -> Result<()> {
-    let (c, mut ev) = AsyncClient::new(options(addr, id), 10);
+    let (c, mut ev) = super::common::client(options(addr, id), 10);
     connected(&mut ev).await.context("warm-up connect")?;
     c.publish(topic, QoS::AtLeastOnce, false, Vec::new())
         .await?;
@@ -282,7 +282,7 @@ pub async fn mqtt_load(
     warm_up(addr, &format!("{run}-warm"), &topic(0)).await?;
     let mut clients = Vec::new();
     for i in 0..devices {
-        let (c, mut ev) = AsyncClient::new(options(addr, &format!("{run}-{i}")), 1000);
+        let (c, mut ev) = super::common::client(options(addr, &format!("{run}-{i}")), 1000);
         connected(&mut ev).await.context("device connect")?;
         let driver = tokio::spawn(async move { while ev.poll().await.is_ok() {} });
         clients.push((c, driver, topic(i)));

@@ -33,6 +33,15 @@ pub fn options(addr: SocketAddr, id: &str) -> MqttOptions {
     o
 }
 
+/// A client like `AsyncClient::new`, with Nagle's algorithm off (rumqttc
+/// leaves it on): otherwise small messages wait for the broker's delayed
+/// ACK and every latency figure measures that, on every broker alike.
+pub fn client(o: MqttOptions, cap: usize) -> (rumqttc::AsyncClient, EventLoop) {
+    let (c, mut ev) = rumqttc::AsyncClient::new(o, cap);
+    ev.network_options.set_tcp_nodelay(true);
+    (c, ev)
+}
+
 /// Polls until CONNACK.
 pub async fn connected(ev: &mut EventLoop) -> Result<()> {
     loop {

@@ -29,7 +29,7 @@ use anyhow::{bail, Context, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use rumqttc::{AsyncClient, Event, Packet, QoS};
+use rumqttc::{Event, Packet, QoS};
 
 use super::backends::{create_topic, delete_topic, stamp, unique, PARTITIONS};
 use super::common::{connected, options, Measured, IDLE_END};
@@ -121,7 +121,7 @@ impl Fleet {
                 joins.push(tokio::spawn(async move {
                     let mut o = options(addr, &id);
                     o.set_clean_session(false);
-                    let (c, mut ev) = AsyncClient::new(o, 10);
+                    let (c, mut ev) = super::common::client(o, 10);
                     connected(&mut ev).await?;
                     c.subscribe(format!("devices/{id}/commands"), QoS::AtLeastOnce)
                         .await?;
@@ -150,7 +150,7 @@ impl Fleet {
             let id = self.device(i);
             let mut o = options(addr, &id);
             o.set_clean_session(false);
-            let (c, mut ev) = AsyncClient::new(o, 10);
+            let (c, mut ev) = super::common::client(o, 10);
             connected(&mut ev).await?;
             let want = self.share(i, commands);
             let mut got = 0;

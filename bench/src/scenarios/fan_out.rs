@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
-use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
+use rumqttc::{Event, EventLoop, Packet, QoS};
 use tokio::sync::Mutex;
 
 use super::common::{connected, options, Measured, IDLE_END};
@@ -69,7 +69,7 @@ pub async fn fan_out(
     };
     let mut receivers = Vec::new();
     for i in 0..subs {
-        let (sub, mut ev) = AsyncClient::new(options(b.addr, &format!("fs-{run}-{i}")), 1000);
+        let (sub, mut ev) = super::common::client(options(b.addr, &format!("fs-{run}-{i}")), 1000);
         connected(&mut ev).await.context("subscriber connect")?;
         sub.subscribe(&filter, qos).await?;
         loop {
@@ -86,7 +86,7 @@ pub async fn fan_out(
             r
         }));
     }
-    let (publ, mut ev) = AsyncClient::new(options(b.addr, &format!("fp-{run}")), 1000);
+    let (publ, mut ev) = super::common::client(options(b.addr, &format!("fp-{run}")), 1000);
     connected(&mut ev).await.context("publisher connect")?;
     let driver = tokio::spawn(async move { while ev.poll().await.is_ok() {} });
     let start = Instant::now();

@@ -4,7 +4,7 @@
 //! brokers have the same per-client limits (`peers`); no messages flow.
 
 use anyhow::{Context, Result};
-use rumqttc::{AsyncClient, Event, Packet, QoS};
+use rumqttc::{Event, Packet, QoS};
 
 use super::common::{connected, options, plateau, Measured};
 use super::{Better, Variant};
@@ -42,7 +42,7 @@ pub async fn conn_idle(b: &Broker, n: usize, persistent: bool) -> Result<Measure
     for i in 0..n {
         let mut o = options(b.addr, &format!("idle-{run}-{i}"));
         o.set_clean_session(!persistent);
-        let (c, mut ev) = AsyncClient::new(o, 10);
+        let (c, mut ev) = super::common::client(o, 10);
         connected(&mut ev)
             .await
             .with_context(|| format!("connection {i}"))?;

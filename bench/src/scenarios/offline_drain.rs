@@ -98,7 +98,7 @@ pub fn run_id() -> String {
 pub fn persistent(addr: std::net::SocketAddr, id: &str) -> (AsyncClient, EventLoop) {
     let mut o = options(addr, id);
     o.set_clean_session(false);
-    let (c, mut ev) = AsyncClient::new(o, 16);
+    let (c, mut ev) = super::common::client(o, 16);
     ev.network_options.set_connection_timeout(CONNECT_WAIT);
     (c, ev)
 }
@@ -165,7 +165,7 @@ pub async fn queue_messages(
     range: std::ops::Range<usize>,
     size: usize,
 ) -> Result<()> {
-    let (publ, mut ev) = AsyncClient::new(options(b.addr, &format!("{prefix}-pub")), 1000);
+    let (publ, mut ev) = super::common::client(options(b.addr, &format!("{prefix}-pub")), 1000);
     connected(&mut ev).await.context("publisher connect")?;
     let total = range.len();
     let acks = tokio::spawn(async move {

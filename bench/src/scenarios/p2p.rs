@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
-use rumqttc::{AsyncClient, Event, Packet, QoS};
+use rumqttc::{Event, Packet, QoS};
 use tokio::sync::Mutex;
 
 use super::common::{connected, options, Measured, IDLE_END};
@@ -95,7 +95,7 @@ async fn paced_with(
     for i in 0..pairs {
         let mut o = options(b.addr, &format!("bs-{run}-{i}"));
         o.set_clean_session(!persistent);
-        let (sub, mut ev) = AsyncClient::new(o, 1000);
+        let (sub, mut ev) = super::common::client(o, 1000);
         connected(&mut ev).await.context("subscriber connect")?;
         sub.subscribe(format!("bench/{run}/{i}"), qos).await?;
         loop {
@@ -131,7 +131,7 @@ async fn paced_with(
     let start = Instant::now();
     let mut senders = Vec::new();
     for i in 0..pairs {
-        let (publ, mut ev) = AsyncClient::new(options(b.addr, &format!("bp-{run}-{i}")), 1000);
+        let (publ, mut ev) = super::common::client(options(b.addr, &format!("bp-{run}-{i}")), 1000);
         connected(&mut ev).await.context("publisher connect")?;
         let driver = tokio::spawn(async move { while ev.poll().await.is_ok() {} });
         let topic = format!("bench/{run}/{i}");

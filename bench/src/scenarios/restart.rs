@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use rumqttc::{AsyncClient, Event, Packet};
+use rumqttc::{Event, Packet};
 use tokio::sync::Mutex;
 
 use super::common::{options, Measured};
@@ -129,7 +129,8 @@ fn start_on(bin: &Path, st: &Store) -> Result<Broker> {
 async fn restart(bin: &Path, st: &Store) -> Result<(f64, u64)> {
     let start = Instant::now();
     let b = start_on(bin, st)?;
-    let (probe, mut ev) = AsyncClient::new(options(b.addr, &format!("{}-probe", st.prefix)), 16);
+    let (probe, mut ev) =
+        super::common::client(options(b.addr, &format!("{}-probe", st.prefix)), 16);
     wait_connack(&mut ev).await?;
     let ms = start.elapsed().as_secs_f64() * 1e3;
     let kib = b.rss_kib()?;
@@ -140,7 +141,7 @@ async fn restart(bin: &Path, st: &Store) -> Result<(f64, u64)> {
     // QoS 1 is resent).
     let mut o = options(b.addr, &format!("{}-0", st.prefix));
     o.set_clean_session(false).set_manual_acks(true);
-    let (c, mut ev) = AsyncClient::new(o, 16);
+    let (c, mut ev) = super::common::client(o, 16);
     if !wait_connack(&mut ev).await? {
         bail!("restart: the stored session {}-0 was not found", st.prefix);
     }

@@ -45,6 +45,9 @@ impl Router {
                 Duration::from_millis(left),
             );
             s.incoming_qos2 = r.incoming_qos2.into_iter().collect();
+            // Exactly the entries there are: growing by doubling would leave up
+            // to half of every session's index unused, for its whole life.
+            s.queue.reserve_exact(r.index.len());
             for i in &r.index {
                 s.queue.push_back(Entry {
                     seq: i.seq,
