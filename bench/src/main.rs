@@ -149,6 +149,8 @@ async fn run() -> Result<()> {
     if names.iter().any(|n| n == "offline-drain") {
         scenarios::raise_fd_limit(a.drain_sessions + 256)?;
     }
+    // Before anything runs: at the end it would measure the run itself.
+    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut tables = Vec::new();
     for name in &names {
         for v in scenarios::variants(name, &a)? {
@@ -170,7 +172,7 @@ async fn run() -> Result<()> {
             tables.push(report::Table::new(&v, runs));
         }
     }
-    let (md, json) = report::render(&tables)?;
+    let (md, json) = report::render(&tables, &load_before)?;
     println!("{md}");
     if !a.smoke {
         std::fs::create_dir_all(&a.out)?;

@@ -73,10 +73,10 @@ fn better(b: Better) -> &'static str {
 }
 
 /// One markdown line per (variant, peer): mqbridge, the peer, the ratio.
-pub fn render(tables: &[Table]) -> Result<(String, String)> {
+/// `load`: /proc/loadavg as read before the first scenario.
+pub fn render(tables: &[Table], load: &str) -> Result<(String, String)> {
     let mut md = String::new();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     writeln!(
         md,
         "Machine: {cpus} CPUs, load average before: {}",
