@@ -17,8 +17,8 @@ use rumqttc::{Event, EventLoop, Packet, QoS};
 use tokio::sync::Mutex;
 
 use super::common::{connected, options, Measured, IDLE_END};
-use super::{Better, Variant};
-use crate::peers::{Broker, Side};
+use super::{against_mosquitto, Better, Variant};
+use crate::peers::Broker;
 use crate::Args;
 
 pub fn variants(a: &Args) -> Vec<Variant> {
@@ -29,19 +29,10 @@ pub fn variants(a: &Args) -> Vec<Variant> {
     ]
     .into_iter()
     .map(|(name, qos, wildcard)| {
-        let (bin, subs, messages, size) = (a.bin.clone(), a.subscribers, a.fanout_messages, a.size);
-        Variant {
-            name: name.to_string(),
-            sides: vec![Side::Mqbridge, Side::Mosquitto],
-            better: Better::Higher,
-            run: Box::new(move |side| {
-                let bin = bin.clone();
-                Box::pin(async move {
-                    let broker = Broker::start(side, &bin)?;
-                    fan_out(&broker, subs, messages, size, qos, wildcard).await
-                })
-            }),
-        }
+        let (subs, messages, size) = (a.subscribers, a.fanout_messages, a.size);
+        against_mosquitto(name, Better::Higher, &a.bin, move |b| async move {
+            fan_out(&b, subs, messages, size, qos, wildcard).await
+        })
     })
     .collect()
 }

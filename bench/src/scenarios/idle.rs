@@ -7,27 +7,18 @@ use anyhow::{Context, Result};
 use rumqttc::{Event, Packet, QoS};
 
 use super::common::{connected, options, plateau, Measured};
-use super::{Better, Variant};
-use crate::peers::{Broker, Side};
+use super::{against_mosquitto, Better, Variant};
+use crate::peers::Broker;
 use crate::Args;
 
 pub fn variants(a: &Args) -> Vec<Variant> {
     [("conn-idle", false), ("conn-idle-persistent", true)]
         .into_iter()
         .map(|(name, persistent)| {
-            let (bin, n) = (a.bin.clone(), a.idle);
-            Variant {
-                name: name.to_string(),
-                sides: vec![Side::Mqbridge, Side::Mosquitto],
-                better: Better::Lower,
-                run: Box::new(move |side| {
-                    let bin = bin.clone();
-                    Box::pin(async move {
-                        let broker = Broker::start(side, &bin)?;
-                        conn_idle(&broker, n, persistent).await
-                    })
-                }),
-            }
+            let n = a.idle;
+            against_mosquitto(name, Better::Lower, &a.bin, move |b| async move {
+                conn_idle(&b, n, persistent).await
+            })
         })
         .collect()
 }

@@ -8,8 +8,7 @@
 use rumqttc::QoS;
 
 use super::common::Measured;
-use super::{p2p, Better, Variant};
-use crate::peers::{Broker, Side};
+use super::{against_mosquitto, p2p, Better, Variant};
 use crate::Args;
 
 pub fn variants(a: &Args) -> Vec<Variant> {
@@ -19,23 +18,14 @@ pub fn variants(a: &Args) -> Vec<Variant> {
     ]
     .into_iter()
     .map(|(name, qos)| {
-        let (bin, pairs, size) = (a.bin.clone(), a.pairs.max(1), a.size);
+        let (pairs, size) = (a.pairs.max(1), a.size);
         let per_pair = a.rate / pairs as f64;
         // As many messages as a few seconds at the rate.
         let messages = ((per_pair * a.rate_secs) as usize).max(10);
-        Variant {
-            name: name.to_string(),
-            sides: vec![Side::Mqbridge, Side::Mosquitto],
-            better: Better::Lower,
-            run: Box::new(move |side| {
-                let bin = bin.clone();
-                Box::pin(async move {
-                    let broker = Broker::start(side, &bin)?;
-                    let m = p2p::paced(&broker, pairs, messages, size, qos, Some(per_pair)).await?;
-                    Ok(at_rate(m))
-                })
-            }),
-        }
+        against_mosquitto(name, Better::Lower, &a.bin, move |b| async move {
+            let m = p2p::paced(&b, pairs, messages, size, qos, Some(per_pair)).await?;
+            Ok(at_rate(m))
+        })
     })
     .collect()
 }

@@ -15,6 +15,7 @@ mod p2p;
 mod restart;
 
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
 
 use anyhow::Result;
@@ -22,7 +23,7 @@ use anyhow::Result;
 pub use common::Measured;
 pub use offline_drain::raise_fd_limit;
 
-use crate::peers::Side;
+use crate::peers::{Broker, Side};
 use crate::Args;
 
 /// One side's run of a variant, started fresh each round.
@@ -41,6 +42,26 @@ pub struct Variant {
     pub sides: Vec<Side>,
     pub better: Better,
     pub run: RunFn,
+}
+
+/// A variant of mqbridge against Mosquitto in which each round starts a
+/// fresh broker on each side and runs `f` against it (the broker stops when
+/// `f`'s future is done with it).
+pub fn against_mosquitto<F, Fut>(name: &str, better: Better, bin: &Path, f: F) -> Variant
+where
+    F: Fn(Broker) -> Fut + Clone + 'static,
+    Fut: Future<Output = Result<Measured>> + 'static,
+{
+    let bin = bin.to_path_buf();
+    Variant {
+        name: name.to_string(),
+        sides: vec![Side::Mqbridge, Side::Mosquitto],
+        better,
+        run: Box::new(move |side| {
+            let (bin, f) = (bin.clone(), f.clone());
+            Box::pin(async move { f(Broker::start(side, &bin)?).await })
+        }),
+    }
 }
 
 /// Every scenario name the harness knows, in the order they run by default.

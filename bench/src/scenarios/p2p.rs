@@ -15,8 +15,8 @@ use rumqttc::{Event, Packet, QoS};
 use tokio::sync::Mutex;
 
 use super::common::{connected, options, Measured, IDLE_END};
-use super::{Better, Variant};
-use crate::peers::{Broker, Side};
+use super::{against_mosquitto, Better, Variant};
+use crate::peers::Broker;
 use crate::Args;
 
 pub fn variants(a: &Args) -> Vec<Variant> {
@@ -27,19 +27,10 @@ pub fn variants(a: &Args) -> Vec<Variant> {
     ]
     .into_iter()
     .map(|(name, qos, persistent)| {
-        let (bin, pairs, messages, size) = (a.bin.clone(), a.pairs, a.messages, a.size);
-        Variant {
-            name: name.to_string(),
-            sides: vec![Side::Mqbridge, Side::Mosquitto],
-            better: Better::Higher,
-            run: Box::new(move |side| {
-                let bin = bin.clone();
-                Box::pin(async move {
-                    let broker = Broker::start(side, &bin)?;
-                    p2p(&broker, pairs, messages, size, qos, persistent).await
-                })
-            }),
-        }
+        let (pairs, messages, size) = (a.pairs, a.messages, a.size);
+        against_mosquitto(name, Better::Higher, &a.bin, move |b| async move {
+            p2p(&b, pairs, messages, size, qos, persistent).await
+        })
     })
     .collect()
 }
