@@ -8,6 +8,7 @@ pub mod common;
 mod downlink;
 mod fan_in;
 mod fan_out;
+mod flow;
 mod idle;
 mod latency;
 mod offline_drain;
