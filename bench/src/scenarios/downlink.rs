@@ -66,24 +66,24 @@ pub fn variants(a: &Args) -> Vec<Variant> {
     };
     let (k, q) = (load.clone(), load);
     vec![
-        Variant {
-            name: "downlink-kafka".to_string(),
-            sides: vec![Side::Mqbridge, Side::RawKafka],
-            better: Better::Higher,
-            run: Box::new(move |side| {
+        Variant::new(
+            "downlink-kafka",
+            vec![Side::Mqbridge, Side::RawKafka],
+            Better::Higher,
+            move |side| {
                 let l = k.clone();
-                Box::pin(async move { downlink_kafka(side, &l).await })
-            }),
-        },
-        Variant {
-            name: "downlink-amqp".to_string(),
-            sides: vec![Side::Mqbridge, Side::RawAmqp],
-            better: Better::Higher,
-            run: Box::new(move |side| {
+                async move { downlink_kafka(side, &l).await }
+            },
+        ),
+        Variant::new(
+            "downlink-amqp",
+            vec![Side::Mqbridge, Side::RawAmqp],
+            Better::Higher,
+            move |side| {
                 let l = q.clone();
-                Box::pin(async move { amqp::downlink_amqp(side, &l).await })
-            }),
-        },
+                async move { amqp::downlink_amqp(side, &l).await }
+            },
+        ),
     ]
 }
 

@@ -56,24 +56,24 @@ pub fn variants(a: &Args) -> Vec<Variant> {
     };
     let (k, q) = (load.clone(), load);
     vec![
-        Variant {
-            name: "fan-in-kafka".to_string(),
-            sides: vec![Side::Mqbridge, Side::RawKafka],
-            better: Better::Higher,
-            run: Box::new(move |side| {
+        Variant::new(
+            "fan-in-kafka",
+            vec![Side::Mqbridge, Side::RawKafka],
+            Better::Higher,
+            move |side| {
                 let l = k.clone();
-                Box::pin(async move { fan_in_kafka(side, &l).await })
-            }),
-        },
-        Variant {
-            name: "fan-in-amqp".to_string(),
-            sides: vec![Side::Mqbridge, Side::RabbitMqtt, Side::RawAmqp],
-            better: Better::Higher,
-            run: Box::new(move |side| {
+                async move { fan_in_kafka(side, &l).await }
+            },
+        ),
+        Variant::new(
+            "fan-in-amqp",
+            vec![Side::Mqbridge, Side::RabbitMqtt, Side::RawAmqp],
+            Better::Higher,
+            move |side| {
                 let l = q.clone();
-                Box::pin(async move { fan_in_amqp(side, &l).await })
-            }),
-        },
+                async move { fan_in_amqp(side, &l).await }
+            },
+        ),
     ]
 }
 

@@ -45,6 +45,22 @@ pub struct Variant {
     pub run: RunFn,
 }
 
+impl Variant {
+    /// A variant whose each run is `f(side)`.
+    pub fn new<F, Fut>(name: impl Into<String>, sides: Vec<Side>, better: Better, f: F) -> Variant
+    where
+        F: Fn(Side) -> Fut + 'static,
+        Fut: Future<Output = Result<Measured>> + 'static,
+    {
+        Variant {
+            name: name.into(),
+            sides,
+            better,
+            run: Box::new(move |side| Box::pin(f(side))),
+        }
+    }
+}
+
 /// A variant of mqbridge against Mosquitto in which each round starts a
 /// fresh broker on each side and runs `f` against it (the broker stops when
 /// `f`'s future is done with it).
@@ -54,15 +70,11 @@ where
     Fut: Future<Output = Result<Measured>> + 'static,
 {
     let bin = bin.to_path_buf();
-    Variant {
-        name: name.to_string(),
-        sides: vec![Side::Mqbridge, Side::Mosquitto],
-        better,
-        run: Box::new(move |side| {
-            let (bin, f) = (bin.clone(), f.clone());
-            Box::pin(async move { f(Broker::start(side, &bin)?).await })
-        }),
-    }
+    let sides = vec![Side::Mqbridge, Side::Mosquitto];
+    Variant::new(name, sides, better, move |side| {
+        let (bin, f) = (bin.clone(), f.clone());
+        async move { f(Broker::start(side, &bin)?).await }
+    })
 }
 
 /// Every scenario name the harness knows, in the order they run by default.

@@ -40,19 +40,20 @@ const CONNECT_WAIT: u64 = 300;
 
 pub fn variants(a: &Args) -> Vec<Variant> {
     let (bin, sessions, per, size) = (a.bin.clone(), a.drain_sessions, a.drain_queued, a.size);
-    vec![Variant {
-        name: "offline-drain".to_string(),
-        sides: vec![Side::Mqbridge, Side::Mosquitto, Side::RabbitMqtt],
-        better: Better::Lower,
-        run: Box::new(move |side| {
+    let sides = vec![Side::Mqbridge, Side::Mosquitto, Side::RabbitMqtt];
+    vec![Variant::new(
+        "offline-drain",
+        sides,
+        Better::Lower,
+        move |side| {
             let bin = bin.clone();
-            Box::pin(async move {
+            async move {
                 raise_fd_limit(sessions + 256)?;
                 let broker = Broker::start(side, &bin)?;
                 offline_drain(&broker, sessions, per, size).await
-            })
-        }),
-    }]
+            }
+        },
+    )]
 }
 
 /// Raises the soft open-file limit (inherited by the brokers started

@@ -42,13 +42,14 @@ pub fn variants(a: &Args) -> Vec<Variant> {
     for m in [a.restart_queued / 10, a.restart_queued] {
         for rss in [false, true] {
             let (bin, size, store) = (a.bin.clone(), a.size, store.clone());
-            out.push(Variant {
-                name: format!("restart-s{s}-q{m}{}", if rss { "-rss" } else { "" }),
-                sides: vec![Side::Mqbridge],
-                better: Better::Lower,
-                run: Box::new(move |_| {
+            let name = format!("restart-s{s}-q{m}{}", if rss { "-rss" } else { "" });
+            out.push(Variant::new(
+                name,
+                vec![Side::Mqbridge],
+                Better::Lower,
+                move |_| {
                     let (bin, store) = (bin.clone(), store.clone());
-                    Box::pin(async move {
+                    async move {
                         let mut store = store.lock().await;
                         let st = populate(&mut store, &bin, s, m, size).await?;
                         let (ms, kib) = restart(&bin, st).await?;
@@ -59,9 +60,9 @@ pub fn variants(a: &Args) -> Vec<Variant> {
                             p99_us: None,
                             delivered: None,
                         })
-                    })
-                }),
-            });
+                    }
+                },
+            ));
         }
     }
     out
