@@ -52,6 +52,8 @@ pub struct Broker {
     pub addr: SocketAddr,
     /// RabbitMqtt: the node's AMQP URI (where the plugin publishes).
     pub amqp_uri: Option<String>,
+    /// The environment mqbridge was given, `FREE_PORT` resolved.
+    env: Vec<(String, String)>,
     proc: Proc,
 }
 
@@ -59,6 +61,14 @@ enum Proc {
     /// The temporary directory lives as long as the process.
     Child(Child, #[allow(dead_code)] tempfile::TempDir),
     Rabbit(Arc<rabbit::RabbitNode>),
+}
+
+/// The last lines of a broker's log, for an error that says why it stopped.
+fn log_tail(path: &Path) -> String {
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+    format!("its log ended with:\n{tail}")
 }
 
 pub(crate) fn free_port() -> Result<u16> {
@@ -90,13 +100,54 @@ impl Broker {
                 side,
                 addr: node.mqtt,
                 amqp_uri: Some(node.amqp_uri.clone()),
+                env: Vec::new(),
                 proc: Proc::Rabbit(node),
             });
         }
+        // A port from `free_port` is only free until someone else takes it
+        // (any outgoing connection may get it as its local port): a broker
+        // that lost its port at start is started again on new ones.
+        let mut attempt = 1;
+        loop {
+            match Broker::spawn(side, mqbridge, bridge, env) {
+                Err(e) if attempt < 3 && format!("{e:#}").contains("in use") => {
+                    eprintln!("{}: port taken at start, retrying: {e:#}", side.name());
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The value an environment variable got (`FREE_PORT` in a value is
+    /// replaced by a port free at the start).
+    pub fn env(&self, key: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn spawn(
+        side: Side,
+        mqbridge: &Path,
+        bridge: Option<&str>,
+        env: &[(&str, String)],
+    ) -> Result<Broker> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let log = std::fs::File::create(dir.path().join("broker.log"))?;
+        let log_path = dir.path().join("broker.log");
+        let log = std::fs::File::create(&log_path)?;
+        let mut resolved = Vec::with_capacity(env.len());
+        for (k, v) in env {
+            let v = if v.contains("FREE_PORT") {
+                v.replace("FREE_PORT", &free_port()?.to_string())
+            } else {
+                v.clone()
+            };
+            resolved.push((k.to_string(), v));
+        }
         let mut cmd = match side {
             Side::Mqbridge => {
                 let mut c = Command::new(mqbridge);
@@ -117,7 +168,7 @@ impl Broker {
                     std::fs::write(&file, toml)?;
                     c.arg("--config").arg(file);
                 }
-                c.envs(env.iter().map(|(k, v)| (k, v)));
+                c.envs(resolved.iter().map(|(k, v)| (k, v)));
                 c
             }
             Side::Mosquitto => {
@@ -154,9 +205,12 @@ impl Broker {
             side,
             addr,
             amqp_uri: None,
+            env: resolved,
             proc: Proc::Child(child, dir),
         };
-        broker.wait_listening()?;
+        broker
+            .wait_listening()
+            .with_context(|| log_tail(&log_path))?;
         Ok(broker)
     }
 

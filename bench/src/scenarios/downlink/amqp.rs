@@ -19,7 +19,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{measured, Fleet, Load, SETTLE_LIMIT};
-use crate::peers::{free_port, Broker, Side};
+use crate::peers::{Broker, Side};
 use crate::scenarios::backends::stamp;
 use crate::scenarios::common::Measured;
 
@@ -109,9 +109,12 @@ qos = 1
         l.amqp
     );
     let settler = if side == Side::Mqbridge {
-        let admin = format!("127.0.0.1:{}", free_port()?);
-        let env = [("MQBRIDGE__ADMIN__LISTEN", admin.clone())];
+        let env = [("MQBRIDGE__ADMIN__LISTEN", "127.0.0.1:FREE_PORT".to_owned())];
         let broker = Broker::start_with_env(side, &l.bin, Some(&config), &env)?;
+        let admin = broker
+            .env("MQBRIDGE__ADMIN__LISTEN")
+            .context("no admin address")?
+            .to_owned();
         fleet.create_sessions(broker.addr).await?;
         Settler::Route(broker, admin)
     } else {
