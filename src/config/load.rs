@@ -144,6 +144,7 @@ pub fn load_with_env(
         bridge,
         acl,
         auth,
+        cluster,
         problems,
     } = &mut config;
     problems.extend(rejected.into_iter().map(LoadProblem::Key));
@@ -157,6 +158,7 @@ pub fn load_with_env(
     section(&mut known, "bridge", bridge).unwrap_or_else(&mut wrong);
     section(&mut known, "acl", acl).unwrap_or_else(&mut wrong);
     section(&mut known, "auth", auth).unwrap_or_else(&mut wrong);
+    section(&mut known, "cluster", cluster).unwrap_or_else(&mut wrong);
     Ok(config)
 }
 

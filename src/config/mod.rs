@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 mod acl;
 mod auth;
 mod bridge;
+mod cluster;
 mod jwt;
 pub mod listeners;
 mod load;
@@ -36,6 +37,7 @@ mod validate;
 
 pub use acl::{AclConfig, AclRuleConfig};
 pub use auth::{AuthConfig, CertificateName, ClientIdBinding, ListenerAuth, Method, ValidAuth};
+pub use cluster::ClusterConfig;
 pub use jwt::JwtConfig;
 pub use load::{load, load_with_env};
 pub use secret::Secret;
@@ -169,6 +171,9 @@ pub struct Config {
     pub acl: AclConfig,
     /// Who may connect (`[auth]`).
     pub auth: AuthConfig,
+    /// Cluster mode (`[cluster]`): sessions, retained messages and routing
+    /// shared through Kafka.
+    pub cluster: ClusterConfig,
     /// What [`load`] could not take (unknown keys, values of the wrong
     /// type); reported by [`Config::validate`] with the other problems.
     #[serde(skip)]

@@ -109,8 +109,8 @@ fn default_toml_comments_every_key() {
         );
     }
     // 2 (log) + 25 + 11 + 7 + 3 (admin) + 2 fields, auth: 12 + 9 (jwt),
-    // then bridge: 1 + 5 (file backend) + 6 (route), then acl: 1.
-    assert_eq!(keys, 84, "unexpected number of keys in default.toml");
+    // then bridge: 1 + 5 (file backend) + 6 (route), then acl: 1, cluster: 7.
+    assert_eq!(keys, 91, "unexpected number of keys in default.toml");
 }
 
 #[test]
@@ -656,4 +656,36 @@ fn log_format_is_text_by_default_json_on_request_and_checked() {
     let e = load_with_env(None, env(&[("MQBRIDGE__LOG__FORMAT", "xml")])).expect_err("must fail");
     let msg = e.to_string();
     assert!(msg.contains("log.format") && msg.contains("xml"), "{msg}");
+}
+
+#[test]
+fn cluster_needs_a_kafka_backend_and_valid_settings() {
+    let mut c = Config::default();
+    c.cluster.enabled = true;
+    c.cluster.node_id = "bad id".into();
+    c.cluster.topic_prefix = "a/b".into();
+    c.cluster.partitions = 0;
+    c.cluster.node_timeout_secs = 0;
+    c.cluster.advertise = "nohost".into();
+    let errors = c.validate().expect_err("invalid");
+    let keys: Vec<String> = errors
+        .iter()
+        .filter_map(|e| e.key().map(str::to_owned))
+        .collect();
+    for key in [
+        "cluster.node_id",
+        "cluster.backend",
+        "cluster.topic_prefix",
+        "cluster.partitions",
+        "cluster.node_timeout_secs",
+        "cluster.advertise",
+    ] {
+        assert!(
+            keys.iter().any(|k| k == key),
+            "{key} not reported: {keys:?}"
+        );
+    }
+    // Off, none of it is checked.
+    c.cluster.enabled = false;
+    assert!(c.validate().is_ok());
 }

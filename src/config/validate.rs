@@ -145,6 +145,7 @@ impl Config {
         errors.check(self.admin.check_token());
         let admin_tls = errors.take(self.admin.tls());
         self.check_server(&mut errors);
+        errors.0.extend(self.check_cluster());
         let bridge = match self.bridge.validate(self.session.max_session_expiry_secs) {
             Ok(bridge) => Some(bridge),
             Err(problems) => {
@@ -367,7 +368,7 @@ fn positive<T: PartialEq + Default>(key: &'static str, value: T) -> Result<(), C
     }
 }
 
-fn duration_secs(key: &'static str, value: u64) -> Result<(), ConfigError> {
+pub(super) fn duration_secs(key: &'static str, value: u64) -> Result<(), ConfigError> {
     positive(key, value)?;
     if value > MAX_DURATION_SECS {
         return Err(ConfigError::invalid(
