@@ -24,6 +24,9 @@ use crate::tasks::{TaskFailure, Tasks};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
+    /// Cluster mode could not join: Kafka unreachable or a topic unusable.
+    #[error("starting cluster mode")]
+    Cluster(#[source] crate::cluster::ClusterError),
     #[error("opening the store at {path}")]
     Store {
         path: String,
@@ -253,6 +256,22 @@ impl Gateway {
         {
             router = router.with_receipts(receipt_tx);
         }
+        let cluster = if cfg.cluster.enabled {
+            let cluster = crate::cluster::Cluster::start(crate::cluster::Wiring {
+                cfg: &cfg,
+                node_id: cfg.cluster_node_id(&node_id),
+                router: &router_tx,
+                metrics: crate::cluster::ClusterMetrics::new(&mut registry),
+                tasks: &tasks,
+                advertise: cfg.cluster.advertise.clone(),
+            })
+            .await
+            .map_err(AppError::Cluster)?;
+            router = router.with_cluster(cluster.link.clone());
+            Some(cluster)
+        } else {
+            None
+        };
         tasks.supervise("router", router.run(router_rx, tasks.cancelled()));
 
         let mut bound = Vec::new();

@@ -31,6 +31,7 @@ pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod bridge;
+pub mod cluster;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzz_api;

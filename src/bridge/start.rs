@@ -56,7 +56,14 @@ pub struct Started {
 pub async fn start(bridge: &ValidBridge, w: Wiring<'_>) -> Result<Started, BridgeError> {
     let mut sinks = HashMap::new();
     let mut sink_tasks = Vec::new();
-    for b in &bridge.backends {
+    // A sink lives as long as a route holds its handle: a backend no route
+    // uses (e.g. one only cluster mode uses) gets none, or its task would
+    // end at once and stop the gateway.
+    let used = |name: &str| {
+        bridge.uplink.iter().any(|r| r.backend.name() == name)
+            || bridge.downlink.iter().any(|d| d.backend.name() == name)
+    };
+    for b in bridge.backends.iter().filter(|b| used(b.name())) {
         let targets = bridge
             .uplink
             .iter()

@@ -44,6 +44,13 @@ impl Default for ClusterConfig {
     }
 }
 
+impl ClusterConfig {
+    /// `node_timeout_secs` as a [`std::time::Duration`].
+    pub fn node_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.node_timeout_secs)
+    }
+}
+
 /// Longest `cluster.topic_prefix`: Kafka topic names end at 249 bytes.
 const MAX_PREFIX: usize = 200;
 

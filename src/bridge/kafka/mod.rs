@@ -26,7 +26,7 @@ pub use sink::start;
 /// `properties`, each `key=value` split at its first `=` and trimmed. Every
 /// problem is reported: a malformed property, one that a typed key also
 /// sets, an unknown protocol or mechanism, an unreadable file or secret.
-fn properties(cfg: &KafkaBackend) -> Result<Vec<(&str, &str)>, Vec<SettingError>> {
+pub fn properties(cfg: &KafkaBackend) -> Result<Vec<(&str, &str)>, Vec<SettingError>> {
     let (mut parsed, mut errors) = security::settings(cfg);
     let typed = parsed.len();
     for (i, p) in cfg.properties.iter().enumerate() {

@@ -53,6 +53,7 @@ impl Router {
         create: bool,
         reply: oneshot::Sender<CommandResult>,
     ) {
+        self.share_command(&msg, client.as_ref());
         let msg = Arc::new(msg);
         self.disk_refused = 0;
         let mut result = match client {
@@ -106,7 +107,7 @@ impl Router {
     }
 
     /// Queues a client-addressed command in that client's session.
-    fn command_to(&mut self, id: &Arc<str>, msg: &Arc<Message>, create: bool) -> CommandResult {
+    pub(super) fn command_to(&mut self, id: &Arc<str>, msg: &Arc<Message>, create: bool) -> CommandResult {
         if !create && !self.sessions.contains_key(id) {
             return CommandResult::NoSession;
         }

@@ -13,6 +13,7 @@
 
 mod access;
 pub mod admin;
+mod cluster;
 mod command;
 mod deadlines;
 mod lifecycle;
@@ -259,6 +260,8 @@ pub enum RouterMsg {
     AclReloaded,
     /// A question or an action of the admin API.
     Admin(AdminQuery),
+    /// Cluster mode: a message or retained change from the other nodes.
+    Cluster(crate::cluster::Inbound),
     /// Fault injection for supervision tests only.
     #[doc(hidden)]
     InjectFault(Fault),
@@ -346,6 +349,10 @@ pub struct Router {
     deadlines: deadlines::Deadlines,
     /// The ACL rules: each session holds its compiled [`crate::acl::ClientAcl`].
     acl: Arc<crate::acl::Acl>,
+    /// Cluster mode: where this node's messages go to the other nodes, and
+    /// the records of the current batch.
+    cluster: Option<crate::cluster::Link>,
+    cluster_out: Vec<crate::cluster::Outgoing>,
 }
 
 impl Router {
@@ -383,6 +390,8 @@ impl Router {
                 crate::acl::AclRules::default(),
                 crate::acl::AclMetrics::unregistered(),
             )),
+            cluster: None,
+            cluster_out: Vec::new(),
         };
         router.restore(recovered);
         router
@@ -521,6 +530,7 @@ impl Router {
             } => self.loaded(&client_id, conn_id, entries),
             RouterMsg::AclReloaded => self.acl_reloaded(),
             RouterMsg::Admin(query) => self.admin(query),
+            RouterMsg::Cluster(inbound) => self.from_cluster(inbound),
             RouterMsg::InjectFault(Fault::RouterPanic) => panic!("injected router fault"),
             RouterMsg::InjectFault(Fault::StoreWriterPanic) => {
                 let store = self.store.clone();
@@ -540,28 +550,42 @@ impl Router {
     /// replies when it commits (in a task, so the router moves on meanwhile).
     async fn flush(&mut self) {
         let waiters = std::mem::take(&mut self.waiters);
-        if self.ops.is_empty() {
+        // Cluster mode: the batch's records go to Kafka alongside the commit.
+        let shared = self.cluster_flush();
+        if self.ops.is_empty() && shared.is_none() {
             waiters.into_iter().for_each(|w| w(true));
             self.send_loads();
             return;
         }
-        let ops = std::mem::take(&mut self.ops);
-        match self.store.submit(ops).await {
-            Ok(commit) => {
-                if !waiters.is_empty() {
-                    self.tasks.spawn("router commit wait", async move {
-                        let ok = commit.await.is_ok();
-                        waiters.into_iter().for_each(|w| w(ok));
-                    });
+        let commit = if self.ops.is_empty() {
+            None
+        } else {
+            let ops = std::mem::take(&mut self.ops);
+            match self.store.submit(ops).await {
+                Ok(commit) => Some(commit),
+                Err(e) => {
+                    tracing::error!(
+                        error = &e as &dyn std::error::Error,
+                        "store rejected a batch; replies report failure"
+                    );
+                    waiters.into_iter().for_each(|w| w(false));
+                    self.send_loads();
+                    return;
                 }
             }
-            Err(e) => {
-                tracing::error!(
-                    error = &e as &dyn std::error::Error,
-                    "store rejected a batch; replies report failure"
-                );
-                waiters.into_iter().for_each(|w| w(false));
-            }
+        };
+        if !waiters.is_empty() || shared.is_some() {
+            self.tasks.spawn("router commit wait", async move {
+                let stored = match commit {
+                    Some(c) => c.await.is_ok(),
+                    None => true,
+                };
+                let shared = match shared {
+                    Some(s) => s.await,
+                    None => true,
+                };
+                waiters.into_iter().for_each(|w| w(stored && shared));
+            });
         }
         self.send_loads();
     }

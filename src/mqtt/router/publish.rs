@@ -58,6 +58,7 @@ impl Router {
             self.set_retained(&msg);
         }
         self.disk_refused = 0;
+        self.share_publish(client_id, &msg);
         let mut outcome = self.route(Arc::new(msg), Some(client_id));
         if std::mem::take(&mut self.disk_refused) > 0 {
             outcome = PublishOutcome::DiskLow;

@@ -1,0 +1,66 @@
+//! Cluster metrics (`mqbridge_cluster_*`): records produced and consumed by
+//! topic kind, failures, and the live nodes seen.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TopicLabels {
+    /// `messages`, `retained` or `nodes`.
+    pub topic: &'static str,
+}
+
+#[derive(Clone, Default)]
+pub struct ClusterMetrics {
+    /// `mqbridge_cluster_produced_records_total{topic}`: records Kafka acknowledged.
+    pub produced: Family<TopicLabels, Counter>,
+    /// `mqbridge_cluster_produce_failures_total{topic}`: records Kafka
+    /// refused or never acknowledged (the PUBLISH they carried was refused).
+    pub produce_failures: Family<TopicLabels, Counter>,
+    /// `mqbridge_cluster_consumed_records_total{topic}`: records read from other nodes.
+    pub consumed: Family<TopicLabels, Counter>,
+    /// `mqbridge_cluster_undecodable_records_total`: records skipped because
+    /// they could not be decoded (a newer node's format, or not ours).
+    pub undecodable: Counter,
+    /// `mqbridge_cluster_nodes`: nodes with a recent heartbeat, this one included.
+    pub nodes: Gauge,
+}
+
+impl ClusterMetrics {
+    pub fn new(r: &mut Registry) -> ClusterMetrics {
+        let m = ClusterMetrics::default();
+        r.register(
+            "mqbridge_cluster_produced_records",
+            "Cluster records acknowledged by Kafka, by topic",
+            m.produced.clone(),
+        );
+        r.register(
+            "mqbridge_cluster_produce_failures",
+            "Cluster records Kafka refused or did not acknowledge, by topic",
+            m.produce_failures.clone(),
+        );
+        r.register(
+            "mqbridge_cluster_consumed_records",
+            "Cluster records read from the other nodes, by topic",
+            m.consumed.clone(),
+        );
+        r.register(
+            "mqbridge_cluster_undecodable_records",
+            "Cluster records skipped because they could not be decoded",
+            m.undecodable.clone(),
+        );
+        r.register(
+            "mqbridge_cluster_nodes",
+            "Cluster nodes with a recent heartbeat, this one included",
+            m.nodes.clone(),
+        );
+        m
+    }
+
+    pub fn topic(topic: &'static str) -> TopicLabels {
+        TopicLabels { topic }
+    }
+}
