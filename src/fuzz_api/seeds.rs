@@ -342,6 +342,7 @@ fn store_records() -> Seeds {
         message: message(true),
         subscription_ids: vec![7],
         state: EntryState::Sent,
+        origin: Some((3, 42)),
     };
     let tagged = |kind: u8, bytes: Vec<u8>| [vec![kind], bytes].concat();
     let enc = |e: Result<Vec<u8>, _>| e.expect("encode record");

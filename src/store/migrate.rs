@@ -27,6 +27,25 @@ pub(crate) struct SessionRecordV1 {
     pub subscriptions: Vec<SubscriptionRecord>,
 }
 
+/// A queued entry of formats 0 to 2 (record version 1): no cluster position.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct QueuedEntryV1 {
+    pub message: Message,
+    pub subscription_ids: Vec<u32>,
+    pub state: super::EntryState,
+}
+
+impl From<QueuedEntryV1> for QueuedEntry {
+    fn from(e: QueuedEntryV1) -> QueuedEntry {
+        QueuedEntry {
+            message: e.message,
+            subscription_ids: e.subscription_ids,
+            state: e.state,
+            origin: None,
+        }
+    }
+}
+
 impl From<SessionRecordV1> for SessionRecord {
     fn from(r: SessionRecordV1) -> SessionRecord {
         SessionRecord {
@@ -59,10 +78,12 @@ pub(super) fn check_and_migrate(
         None => 0,
     };
     if found < FORMAT_VERSION {
-        let n = if found == 0 {
-            migrate_v0(tables)?
-        } else {
-            migrate_sessions_v1(tables)?
+        // Format 2 -> 3 rewrites nothing: version-1 queue entries read as
+        // having no cluster position.
+        let n = match found {
+            0 => migrate_v0(tables)?,
+            1 => migrate_sessions_v1(tables)?,
+            _ => 0,
         };
         tracing::info!(
             records = n,
@@ -104,7 +125,7 @@ fn migrate_v0(t: &mut Tables<'_>) -> Result<u64, StoreError> {
         })
         .collect::<Result<_, StoreError>>()?;
     for ((client, seq), bytes) in queued {
-        match reencode::<QueuedEntry>(&bytes) {
+        match decode_legacy::<QueuedEntryV1>(&bytes).and_then(|e| encode(&QueuedEntry::from(e))) {
             Ok(v) => t
                 .queue
                 .insert((client.as_str(), seq), v.as_slice())

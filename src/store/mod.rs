@@ -82,7 +82,14 @@ pub struct QueuedEntry {
     pub message: Message,
     pub subscription_ids: Vec<u32>,
     pub state: EntryState,
+    /// Cluster mode: where the message is in the cluster's `messages` topic
+    /// (acknowledgements travel between nodes as positions). `None` in
+    /// single-node mode and for entries of record version 1.
+    pub origin: Option<ClusterPos>,
 }
+
+/// A position in the cluster's `messages` topic: (partition, offset).
+pub type ClusterPos = (i32, i64);
 
 /// A change to the store.
 #[derive(Debug, Clone)]

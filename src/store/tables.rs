@@ -37,7 +37,7 @@ pub(super) const QUARANTINE: TableDefinition<(&str, &str, u64), &[u8]> =
 /// Key of the format version in [`META`].
 pub(super) const FORMAT_KEY: &str = "format_version";
 /// Format of stores written by this build. 0 = before versions (no `meta`).
-pub(super) const FORMAT_VERSION: u32 = 2;
+pub(super) const FORMAT_VERSION: u32 = 3;
 /// Leading byte of the records encoded by this build, unless their type says
 /// otherwise ([`Versioned::VERSION`]). A later build that changes a stored
 /// struct gives it a new byte value and keeps decoding the old ones.
@@ -54,7 +54,15 @@ pub trait Versioned: Serialize + DeserializeOwned {
     }
 }
 
-impl Versioned for QueuedEntry {}
+/// Version 2 added `origin` (store format 3); version 1 reads as `None`.
+impl Versioned for QueuedEntry {
+    const VERSION: u8 = 2;
+
+    fn decode_old(version: u8, body: &[u8]) -> Option<Result<Self, StoreError>> {
+        (version == RECORD_VERSION)
+            .then(|| decode_legacy::<super::migrate::QueuedEntryV1>(body).map(Into::into))
+    }
+}
 impl Versioned for crate::mqtt::message::Message {}
 
 /// Version 2 added `identity` (store format 2); version 1 reads as `None`.

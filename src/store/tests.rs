@@ -55,6 +55,7 @@ pub(super) fn entry(topic: &str, payload: &'static [u8]) -> QueuedEntry {
         message: message(topic, payload),
         subscription_ids: vec![7],
         state: EntryState::Queued,
+        origin: None,
     }
 }
 

@@ -155,6 +155,7 @@ impl Router {
             self.save_session(id);
             tracing::info!(client_id = %id, "preset session created for a client-addressed command");
         }
+        let origin = self.routing_origin;
         let (mut cx, sessions) = self.ctx();
         let Some(s) = sessions.get_mut(id) else {
             return CommandResult::NoSession;
@@ -164,6 +165,7 @@ impl Router {
             qos: msg.qos,
             retain: msg.retain,
             sub_ids: Arc::from([]),
+            origin,
         };
         if enqueue(s, &mut cx, d) {
             CommandResult::Stored { refused: 0 }

@@ -57,6 +57,8 @@ impl Router {
                     state: i.state,
                     body: None,
                     stored: true,
+                    // Known once the body is read (see `loaded`).
+                    origin: None,
                 });
                 s.queued_bytes += i.size as usize;
                 self.stored_bytes += i.size as u64;
@@ -328,6 +330,7 @@ impl Router {
                 let e = &mut s.queue[idx];
                 e.qos = qe.message.qos;
                 e.retain = qe.message.retain;
+                e.origin = qe.origin;
                 e.body = Some(Body {
                     msg: Arc::new(qe.message),
                     sub_ids: qe.subscription_ids.into(),
@@ -369,6 +372,7 @@ impl Router {
                     message,
                     subscription_ids: b.sub_ids.to_vec(),
                     state: e.state,
+                    origin: e.origin,
                 };
                 self.ops.push(Op::Enqueue {
                     client_id: client.to_string(),

@@ -353,6 +353,9 @@ pub struct Router {
     /// the records of the current batch.
     cluster: Option<crate::cluster::Link>,
     cluster_out: Vec<crate::cluster::Outgoing>,
+    /// The `messages` position of the message being routed from the
+    /// cluster log (set only while it is routed).
+    routing_origin: Option<crate::store::ClusterPos>,
 }
 
 impl Router {
@@ -392,6 +395,7 @@ impl Router {
             )),
             cluster: None,
             cluster_out: Vec::new(),
+            routing_origin: None,
         };
         router.restore(recovered);
         router

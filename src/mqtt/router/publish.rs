@@ -190,6 +190,7 @@ impl Router {
         }
         let mut accepted = 0;
         let total = deliveries.len();
+        let origin = self.routing_origin;
         for (client, t) in deliveries {
             let (mut cx, sessions) = self.ctx();
             let Some(s) = sessions.get_mut(&client) else {
@@ -200,6 +201,7 @@ impl Router {
                 qos: msg.qos.min(t.qos),
                 retain: msg.retain && (t.retain_as_published && s.protocol == 5),
                 sub_ids: t.sub_ids.into(),
+                origin,
             };
             accepted += enqueue(s, &mut cx, d) as usize;
         }

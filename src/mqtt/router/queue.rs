@@ -32,6 +32,8 @@ pub struct Delivery<'a> {
     pub qos: u8,
     pub retain: bool,
     pub sub_ids: Arc<[u32]>,
+    /// Cluster mode: the message's position in the `messages` topic.
+    pub origin: Option<crate::store::ClusterPos>,
 }
 
 /// Queues (or, for QoS 0 to an online client, sends) a message.
@@ -87,6 +89,7 @@ pub fn enqueue(s: &mut Session, cx: &mut Ctx<'_>, d: Delivery<'_>) -> bool {
             message,
             subscription_ids: d.sub_ids.to_vec(),
             state: EntryState::Queued,
+            origin: d.origin,
         };
         cx.ops.push(Op::Enqueue {
             client_id: s.client_id.to_string(),
@@ -107,6 +110,7 @@ pub fn enqueue(s: &mut Session, cx: &mut Ctx<'_>, d: Delivery<'_>) -> bool {
         state: EntryState::Queued,
         body,
         stored: persistent,
+        origin: d.origin,
     });
     s.queued_bytes += size as usize;
     cx.metrics.queued_messages.inc();

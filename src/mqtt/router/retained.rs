@@ -162,6 +162,7 @@ impl Router {
                 qos: msg.qos.min(opts.qos),
                 retain: true,
                 sub_ids: sub_ids.clone(),
+                origin: None,
             };
             enqueue(s, &mut cx, d);
         }

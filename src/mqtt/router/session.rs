@@ -45,6 +45,9 @@ pub struct Entry {
     /// Whether the store holds this entry (a session's persistence can change
     /// while entries are queued: 5.0 expiry set or cleared on reconnect).
     pub stored: bool,
+    /// Cluster mode: the message's position in the `messages` topic (`None`
+    /// in single-node mode, and until the body of a restored entry is read).
+    pub origin: Option<crate::store::ClusterPos>,
 }
 
 /// The connection currently attached to a session.

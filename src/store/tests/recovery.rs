@@ -237,7 +237,43 @@ async fn format_1_sessions_are_migrated_without_an_identity() {
     let db = redb::Database::create(dir.path().join(DB_FILE)).unwrap();
     let txn = db.begin_read().unwrap();
     let meta = txn.open_table(tables::META).unwrap();
-    assert_eq!(meta.get(tables::FORMAT_KEY).unwrap().unwrap().value(), 2);
+    assert_eq!(
+        meta.get(tables::FORMAT_KEY).unwrap().unwrap().value(),
+        tables::FORMAT_VERSION
+    );
+}
+
+/// Format 2 queue entries (record version 1, no cluster position) are read
+/// as they are, with no position; the store is stamped with format 3.
+#[tokio::test]
+async fn format_2_queue_entries_read_without_a_cluster_position() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = Store::open(&opts(dir.path())).unwrap();
+    commit(&store, vec![put("old")]).await;
+    store.close().await.unwrap();
+    drop(store);
+    let old = crate::store::migrate::QueuedEntryV1 {
+        message: entry("t", b"a").message,
+        subscription_ids: vec![7],
+        state: crate::store::EntryState::Sent,
+    };
+    overwrite(dir.path(), |txn| {
+        let mut meta = txn.open_table(tables::META).unwrap();
+        meta.insert(tables::FORMAT_KEY, 2).unwrap();
+        let mut body = vec![tables::RECORD_VERSION];
+        body.extend(postcard::to_allocvec(&old).unwrap());
+        let mut queue = txn.open_table(tables::QUEUE).unwrap();
+        queue.insert(("old", 1), body.as_slice()).unwrap();
+        let mut index = txn.open_table(tables::QUEUE_INDEX).unwrap();
+        index.insert(("old", 1), (10, 1)).unwrap();
+    });
+    let (store, recovered) = Store::open(&opts(dir.path())).unwrap();
+    assert_eq!(recovered.quarantined, 0);
+    let loaded = store.load_queue("old", u64::MAX).await.unwrap();
+    let expected = crate::store::QueuedEntry::from(old);
+    assert_eq!(expected.origin, None);
+    assert_eq!(loaded, vec![(1, expected)]);
+    store.close().await.unwrap();
 }
 
 #[tokio::test]
