@@ -256,8 +256,8 @@ impl Gateway {
         {
             router = router.with_receipts(receipt_tx);
         }
-        let cluster = if cfg.cluster.enabled {
-            let cluster = crate::cluster::Cluster::start(crate::cluster::Wiring {
+        let mut cluster = if cfg.cluster.enabled {
+            let cluster = crate::cluster::Cluster::connect(crate::cluster::Wiring {
                 cfg: &cfg,
                 node_id: cfg.cluster_node_id(&node_id),
                 router: &router_tx,
@@ -273,6 +273,11 @@ impl Gateway {
             None
         };
         tasks.supervise("router", router.run(router_rx, tasks.cancelled()));
+        if let Some(c) = cluster.as_mut() {
+            // Before any listener: a node takes devices only once it knows
+            // the cluster's sessions and retained messages.
+            c.follow(&tasks).await.map_err(AppError::Cluster)?;
+        }
 
         let mut bound = Vec::new();
         for spec in cfg.listeners() {

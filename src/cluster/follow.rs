@@ -1,16 +1,21 @@
 //! The consumers that bring the cluster into this node's router:
 //!
-//! - `messages`: this node's own consumer group (`<prefix>node.<id>`,
-//!   static membership), so a restarted node resumes where it stopped and
-//!   its persistent sessions get what was published meanwhile. Records this
-//!   node produced are skipped (it routed them when it took them). An offset
+//! - `messages`: every partition, assigned by hand, with offsets committed
+//!   under this node's own group id (`<prefix>node.<id>`), so a restarted
+//!   node resumes where it stopped and
+//!   its persistent sessions get what was published meanwhile. An offset
 //!   is committed only once the router stored every durable copy, in order;
 //!   a message the router could not store ends the consumer, which resumes
 //!   from the last commit after a pause (duplicates possible, loss never).
-//! - `retained`: every partition from the beginning, no commits: every
-//!   change in the log's order, this node's own included, so every node ends
-//!   with the log's last value of each topic.
+//! - `retained` and `sessions` (the state logs): every partition from the
+//!   beginning, no commits: every change in the log's order, this node's own
+//!   included, so every node ends with the log's last value of each key.
+//!
+//! Records this node produced come back to it too: in cluster mode a node
+//! routes its own devices' messages when it reads them back, so that every
+//! node queues them in the same per-partition order and with their position.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +37,10 @@ use crate::tasks::Tasks;
 const WINDOW: usize = 1024;
 /// Pause before a new consumer after one ended on an error.
 const RESTART_PAUSE: Duration = Duration::from_secs(1);
+/// Longest a node waits at start to have read the state logs and to have
+/// its message partitions, before it gives up starting.
+const CATCH_UP: Duration = Duration::from_secs(60);
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub(super) struct Follow {
@@ -44,19 +53,35 @@ pub(super) struct Follow {
 }
 
 impl Follow {
-    /// Starts both consumers (the retained one after checking that its
-    /// topic's partitions can be read).
-    pub async fn start(self, tasks: &Tasks, _partitions: i32) -> Result<(), ClusterError> {
-        let retained = self.retained_consumer()?;
+    /// Starts the consumers and returns once this node has read the state
+    /// logs (sessions, retained) up to their ends as of now and its message
+    /// consumer has its partitions: only then may it take devices.
+    pub async fn start(self, tasks: &Tasks) -> Result<(), ClusterError> {
+        let (consumer, ends) = self.state_consumer()?;
+        let (caught_up, state_ready) = oneshot::channel();
+        let (assigned, messages_ready) = oneshot::channel();
         let this = self.clone();
-        tasks.supervise("cluster messages", async move { this.messages().await });
-        tasks.supervise("cluster retained", async move { self.retained(retained).await });
+        tasks.supervise(
+            "cluster messages",
+            async move { this.messages(assigned).await },
+        );
+        tasks.supervise("cluster state log", async move {
+            self.state_log(consumer, ends, caught_up).await
+        });
+        let ready = async {
+            let _ = state_ready.await;
+            let _ = messages_ready.await;
+        };
+        if tokio::time::timeout(CATCH_UP, ready).await.is_err() {
+            return Err(ClusterError::CatchUp(CATCH_UP));
+        }
         Ok(())
     }
 
-    async fn messages(self) {
+    async fn messages(self, assigned: oneshot::Sender<()>) {
+        let mut assigned = Some(assigned);
         while !self.cancel.is_cancelled() {
-            match self.messages_once().await {
+            match self.messages_once(&mut assigned).await {
                 Ok(()) => return,
                 Err(reason) => {
                     tracing::warn!(%reason, "cluster message consumer restarts from its last commit");
@@ -70,25 +95,39 @@ impl Follow {
     }
 
     /// One consumer's life: `Ok` at shutdown, `Err` when it must restart.
-    async fn messages_once(&self) -> Result<(), String> {
+    /// Every partition is assigned by hand (no group membership to wait
+    /// for: every node reads them all), from this node's committed offsets,
+    /// or from the end for a partition it never read.
+    async fn messages_once(
+        &self,
+        assigned: &mut Option<oneshot::Sender<()>>,
+    ) -> Result<(), String> {
         let mut c = self.base.clone();
-        let prefix = &self.topics.prefix;
-        c.set("group.id", format!("{prefix}node.{}", self.node))
-            .set("group.instance.id", &*self.node)
-            .set("group.protocol", "classic")
-            .set("enable.auto.commit", "true")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.commit.interval.ms", "200")
-            // A new node serves no session yet: what was routed before it
-            // joined is not for it.
-            .set("auto.offset.reset", "latest");
-        let consumer: Arc<StreamConsumer> =
-            Arc::new(c.create().map_err(|e| format!("creating the consumer: {e}"))?);
+        c.set(
+            "group.id",
+            format!("{}node.{}", self.topics.prefix, self.node),
+        )
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.commit.interval.ms", "200");
+        let consumer: Arc<StreamConsumer> = Arc::new(
+            c.create()
+                .map_err(|e| format!("creating the consumer: {e}"))?,
+        );
+        let start = {
+            let (consumer, topic) = (consumer.clone(), self.topics.messages.clone());
+            tokio::task::spawn_blocking(move || start_offsets(&consumer, &topic))
+                .await
+                .map_err(|e| format!("finding start offsets: {e}"))??
+        };
         consumer
-            .subscribe(&[&self.topics.messages])
-            .map_err(|e| format!("subscribing: {e}"))?;
+            .assign(&start)
+            .map_err(|e| format!("assigning: {e}"))?;
+        if let Some(tx) = assigned.take() {
+            let _ = tx.send(());
+        }
         let result = self.consume(&consumer).await;
-        // Commit what was stored and leave, off the async threads (librdkafka blocks).
+        // Commit what was stored, off the async threads (librdkafka blocks).
         let _ = tokio::task::spawn_blocking(move || {
             let _ = consumer.commit_consumer_state(CommitMode::Sync);
             drop(consumer);
@@ -114,7 +153,8 @@ impl Follow {
                 m = consumer.recv(), if window.len() < WINDOW => {
                     let m = m.map_err(|e| format!("consuming: {e}"))?;
                     let (partition, offset) = (m.partition(), m.offset());
-                    let reply = self.route(m.payload()).await?;
+                    let publisher = m.key().and_then(|k| std::str::from_utf8(k).ok()).map(Arc::from);
+                    let reply = self.route(m.payload(), publisher, (partition, offset)).await?;
                     window.push_back(Box::pin(async move {
                         let stored: bool = match reply {
                             Some(rx) => rx.await.unwrap_or(false),
@@ -127,9 +167,14 @@ impl Follow {
         }
     }
 
-    /// Hands one record to the router; `None`: nothing to wait for (ours,
-    /// or undecodable and skipped).
-    async fn route(&self, payload: Option<&[u8]>) -> Result<Option<oneshot::Receiver<bool>>, String> {
+    /// Hands one record to the router; `None`: nothing to wait for
+    /// (undecodable, skipped and counted).
+    async fn route(
+        &self,
+        payload: Option<&[u8]>,
+        publisher: Option<Arc<str>>,
+        pos: crate::store::ClusterPos,
+    ) -> Result<Option<oneshot::Receiver<bool>>, String> {
         let routed = match payload.map(super::wire::decode_routed) {
             Some(Ok(r)) => r,
             Some(Err(e)) => {
@@ -138,15 +183,17 @@ impl Follow {
             }
             None => return Ok(None),
         };
-        if *routed.origin == *self.node {
-            return Ok(None);
-        }
         self.metrics
             .consumed
             .get_or_create(&ClusterMetrics::topic("messages"))
             .inc();
         let (tx, rx) = oneshot::channel();
-        let msg = RouterMsg::Cluster(Inbound::Message { routed, reply: tx });
+        let msg = RouterMsg::Cluster(Inbound::Message {
+            routed,
+            publisher,
+            pos,
+            reply: tx,
+        });
         self.router
             .send(msg)
             .await
@@ -156,39 +203,72 @@ impl Follow {
 
     fn undecodable(&self, e: &crate::store::StoreError) {
         self.metrics.undecodable.inc();
-        tracing::warn!(error = e as &dyn std::error::Error, "cluster record skipped: not decodable");
+        tracing::warn!(
+            error = e as &dyn std::error::Error,
+            "cluster record skipped: not decodable"
+        );
     }
 
-    /// A consumer of every partition of `retained`, from the beginning.
-    fn retained_consumer(&self) -> Result<StreamConsumer, ClusterError> {
+    /// A consumer of every partition of `retained` and `sessions` from the
+    /// beginning, and the end of each as of now.
+    fn state_consumer(
+        &self,
+    ) -> Result<(StreamConsumer, HashMap<(String, i32), i64>), ClusterError> {
         let mut c = self.base.clone();
-        let prefix = &self.topics.prefix;
         // Never joins or commits: the group id only names the client.
-        c.set("group.id", format!("{prefix}retained.{}", self.node))
-            .set("enable.auto.commit", "false");
+        c.set(
+            "group.id",
+            format!("{}state.{}", self.topics.prefix, self.node),
+        )
+        .set("enable.auto.commit", "false");
         let consumer: StreamConsumer = c.create().map_err(ClusterError::Client)?;
-        let meta = consumer
-            .fetch_metadata(Some(&self.topics.retained), Duration::from_secs(10))
-            .map_err(ClusterError::Topics)?;
         let mut list = TopicPartitionList::new();
-        for t in meta.topics() {
-            for p in t.partitions() {
-                list.add_partition_offset(t.name(), p.id(), Offset::Beginning)
+        let mut ends = HashMap::new();
+        for topic in [&self.topics.retained, &self.topics.sessions] {
+            let meta = consumer
+                .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+                .map_err(ClusterError::Topics)?;
+            let partitions: Vec<i32> = meta
+                .topics()
+                .iter()
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect();
+            if partitions.is_empty() {
+                return Err(ClusterError::Topic {
+                    topic: topic.clone(),
+                    reason: "no partitions".into(),
+                });
+            }
+            for p in partitions {
+                list.add_partition_offset(topic, p, Offset::Beginning)
                     .map_err(ClusterError::Topics)?;
+                let (_, high) = consumer
+                    .fetch_watermarks(topic, p, METADATA_TIMEOUT)
+                    .map_err(ClusterError::Topics)?;
+                if high > 0 {
+                    ends.insert((topic.clone(), p), high);
+                }
             }
         }
-        if list.count() == 0 {
-            return Err(ClusterError::Topic {
-                topic: self.topics.retained.clone(),
-                reason: "no partitions".into(),
-            });
-        }
         consumer.assign(&list).map_err(ClusterError::Topics)?;
-        Ok(consumer)
+        Ok((consumer, ends))
     }
 
-    async fn retained(self, consumer: StreamConsumer) {
+    /// Applies every retained and session record in the log's order;
+    /// `caught_up` once the ends of `ends` are reached.
+    async fn state_log(
+        self,
+        consumer: StreamConsumer,
+        mut ends: HashMap<(String, i32), i64>,
+        caught_up: oneshot::Sender<()>,
+    ) {
+        let mut caught_up = Some(caught_up);
         loop {
+            if ends.is_empty() {
+                if let Some(tx) = caught_up.take() {
+                    let _ = tx.send(());
+                }
+            }
             let m = tokio::select! {
                 _ = self.cancel.cancelled() => return,
                 m = consumer.recv() => m,
@@ -196,34 +276,99 @@ impl Follow {
             let m = match m {
                 Ok(m) => m,
                 Err(error) => {
-                    tracing::warn!(%error, "cluster retained consumer error");
+                    tracing::warn!(%error, "cluster state log consumer error");
                     tokio::time::sleep(RESTART_PAUSE).await;
                     continue;
                 }
             };
-            let Some(Ok(topic)) = m.key().map(std::str::from_utf8) else {
-                self.metrics.undecodable.inc();
+            let key = (m.topic().to_owned(), m.partition());
+            if ends.get(&key).is_some_and(|end| m.offset() + 1 >= *end) {
+                ends.remove(&key);
+            }
+            let Some(inbound) = self.state_record(&m) else {
                 continue;
             };
-            let message = match m.payload().map(super::wire::decode_retained) {
-                None => None,
-                Some(Ok(msg)) => Some(msg),
-                Some(Err(e)) => {
-                    self.undecodable(&e);
-                    continue;
-                }
-            };
-            self.metrics
-                .consumed
-                .get_or_create(&ClusterMetrics::topic("retained"))
-                .inc();
-            let msg = RouterMsg::Cluster(Inbound::Retained {
-                topic: topic.to_owned(),
-                message,
-            });
-            if self.router.send(msg).await.is_err() {
+            if self.router.send(RouterMsg::Cluster(inbound)).await.is_err() {
                 return;
             }
         }
     }
+
+    /// One record of a state log as the router takes it; `None`: skipped.
+    fn state_record(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> Option<Inbound> {
+        let Some(Ok(key)) = m.key().map(std::str::from_utf8) else {
+            self.metrics.undecodable.inc();
+            return None;
+        };
+        let sessions = m.topic() == self.topics.sessions;
+        let kind = if sessions { "sessions" } else { "retained" };
+        self.metrics
+            .consumed
+            .get_or_create(&ClusterMetrics::topic(kind))
+            .inc();
+        let payload = m.payload();
+        if sessions {
+            let shared = match payload.map(super::wire::decode_session) {
+                None => None,
+                Some(Ok(s)) => Some(s),
+                Some(Err(e)) => {
+                    self.undecodable(&e);
+                    return None;
+                }
+            };
+            return Some(Inbound::Session {
+                client_id: Arc::from(key),
+                shared,
+            });
+        }
+        let message = match payload.map(super::wire::decode_retained) {
+            None => None,
+            Some(Ok(msg)) => Some(msg),
+            Some(Err(e)) => {
+                self.undecodable(&e);
+                return None;
+            }
+        };
+        Some(Inbound::Retained {
+            topic: key.to_owned(),
+            message,
+        })
+    }
+}
+
+/// Where to start reading each partition of `topic`: this node's committed
+/// offset, else the partition's end (a new node serves no session yet, so
+/// what was routed before it joined is not for it).
+fn start_offsets(consumer: &StreamConsumer, topic: &str) -> Result<TopicPartitionList, String> {
+    let meta = consumer
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .map_err(|e| format!("metadata: {e}"))?;
+    let mut list = TopicPartitionList::new();
+    for t in meta.topics() {
+        for p in t.partitions() {
+            list.add_partition(t.name(), p.id());
+        }
+    }
+    if list.count() == 0 {
+        return Err(format!("{topic} has no partitions"));
+    }
+    let committed = consumer
+        .committed_offsets(list, METADATA_TIMEOUT)
+        .map_err(|e| format!("committed offsets: {e}"))?;
+    let mut start = TopicPartitionList::new();
+    for e in committed.elements() {
+        let offset = match e.offset() {
+            Offset::Offset(o) => o,
+            _ => {
+                consumer
+                    .fetch_watermarks(topic, e.partition(), METADATA_TIMEOUT)
+                    .map_err(|e| format!("watermarks: {e}"))?
+                    .1
+            }
+        };
+        start
+            .add_partition_offset(topic, e.partition(), Offset::Offset(offset))
+            .map_err(|e| format!("start offset: {e}"))?;
+    }
+    Ok(start)
 }

@@ -23,7 +23,15 @@ pub enum Outgoing {
     /// A message for the other nodes' sessions, keyed by its publisher.
     Message { key: Arc<str>, value: Vec<u8> },
     /// A retained change (`None`: a tombstone, the topic is cleared).
-    Retained { topic: String, value: Option<Vec<u8>> },
+    Retained {
+        topic: String,
+        value: Option<Vec<u8>>,
+    },
+    /// A session's shared state (`None`: a tombstone, the session ended).
+    Session {
+        client_id: Arc<str>,
+        value: Option<Vec<u8>>,
+    },
     /// A heartbeat (see `members`); `None`: this node left.
     Heartbeat { value: Option<Vec<u8>> },
 }
@@ -75,7 +83,7 @@ impl Link {
         publisher: &Arc<str>,
         message: &Message,
         command: bool,
-        target: Option<&str>,
+        target: Option<(&str, bool)>,
     ) -> Option<Outgoing> {
         match super::wire::encode_routed(&self.node, message, command, target) {
             Ok(value) => Some(Outgoing::Message {
@@ -83,10 +91,35 @@ impl Link {
                 value,
             }),
             Err(e) => {
-                tracing::error!(error = &e as &dyn std::error::Error, "cluster record not encoded");
+                tracing::error!(
+                    error = &e as &dyn std::error::Error,
+                    "cluster record not encoded"
+                );
                 None
             }
         }
+    }
+
+    /// The record of a session's shared state (`None`: it ended).
+    pub fn session(
+        &self,
+        client_id: &Arc<str>,
+        shared: Option<&super::wire::SharedSession>,
+    ) -> Option<Outgoing> {
+        let value = match shared.map(super::wire::encode_session).transpose() {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(
+                    error = &e as &dyn std::error::Error,
+                    "cluster record not encoded"
+                );
+                return None;
+            }
+        };
+        Some(Outgoing::Session {
+            client_id: client_id.clone(),
+            value,
+        })
     }
 
     /// The record setting (or clearing, `None`) the retained message of `topic`.
@@ -94,7 +127,10 @@ impl Link {
         let value = match message.map(super::wire::encode_retained).transpose() {
             Ok(v) => v,
             Err(e) => {
-                tracing::error!(error = &e as &dyn std::error::Error, "cluster record not encoded");
+                tracing::error!(
+                    error = &e as &dyn std::error::Error,
+                    "cluster record not encoded"
+                );
                 return None;
             }
         };
@@ -113,9 +149,18 @@ impl Link {
                 Outgoing::Message { key, value } => {
                     (&self.topics.messages, "messages", &**key, Some(value))
                 }
-                Outgoing::Retained { topic, value } => {
-                    (&self.topics.retained, "retained", topic.as_str(), value.as_ref())
-                }
+                Outgoing::Retained { topic, value } => (
+                    &self.topics.retained,
+                    "retained",
+                    topic.as_str(),
+                    value.as_ref(),
+                ),
+                Outgoing::Session { client_id, value } => (
+                    &self.topics.sessions,
+                    "sessions",
+                    &**client_id,
+                    value.as_ref(),
+                ),
                 Outgoing::Heartbeat { value } => {
                     (&self.topics.nodes, "nodes", &*self.node, value.as_ref())
                 }
@@ -138,14 +183,20 @@ impl Link {
             for (kind, delivery) in pending {
                 match delivery.await {
                     Ok(Ok(_)) => {
-                        this.metrics.produced.get_or_create(&ClusterMetrics::topic(kind)).inc();
+                        this.metrics
+                            .produced
+                            .get_or_create(&ClusterMetrics::topic(kind))
+                            .inc();
                     }
                     Ok(Err((error, _))) => {
                         this.failed(kind, &error);
                         ok = false;
                     }
                     Err(_) => {
-                        this.metrics.produce_failures.get_or_create(&ClusterMetrics::topic(kind)).inc();
+                        this.metrics
+                            .produce_failures
+                            .get_or_create(&ClusterMetrics::topic(kind))
+                            .inc();
                         ok = false;
                     }
                 }

@@ -185,7 +185,11 @@ pub(super) fn start(
     Ok(())
 }
 
-async fn read(consumer: StreamConsumer, members: Members, cancel: tokio_util::sync::CancellationToken) {
+async fn read(
+    consumer: StreamConsumer,
+    members: Members,
+    cancel: tokio_util::sync::CancellationToken,
+) {
     let mut tick = tokio::time::interval(HEARTBEAT);
     loop {
         let m = tokio::select! {

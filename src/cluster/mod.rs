@@ -43,7 +43,17 @@ pub enum Inbound {
     /// was stored (the consumer commits its offset only then).
     Message {
         routed: wire::Routed,
+        /// The record's key: the publishing device (for No Local), or a
+        /// command's target or topic.
+        publisher: Option<Arc<str>>,
+        /// Where it is in the `messages` topic.
+        pos: crate::store::ClusterPos,
         reply: tokio::sync::oneshot::Sender<bool>,
+    },
+    /// A session's shared state changed (`None`: it ended).
+    Session {
+        client_id: Arc<str>,
+        shared: Option<wire::SharedSession>,
     },
     /// The retained message of `topic` is now `message` (`None`: cleared),
     /// in the log's order (this node's own changes included, so every node
@@ -64,6 +74,8 @@ pub enum ClusterError {
     Client(#[source] rdkafka::error::KafkaError),
     #[error("creating or checking the cluster topics")]
     Topics(#[source] rdkafka::error::KafkaError),
+    #[error("the cluster's state was not read within {0:?}")]
+    CatchUp(std::time::Duration),
     #[error("cluster topic {topic}: {reason}")]
     Topic { topic: String, reason: String },
 }
@@ -72,6 +84,8 @@ pub enum ClusterError {
 pub struct Cluster {
     pub link: Link,
     pub members: Members,
+    /// The consumers, started by [`Cluster::follow`] once the router runs.
+    follow: Option<follow::Follow>,
 }
 
 /// What starting the cluster needs from the gateway.
@@ -86,10 +100,10 @@ pub struct Wiring<'a> {
 }
 
 impl Cluster {
-    /// Creates the topics, starts the producer, the consumers and the
-    /// heartbeat. Fails when Kafka cannot be reached or a topic is unusable:
-    /// a node that cannot see the cluster must not take devices.
-    pub async fn start(w: Wiring<'_>) -> Result<Cluster, ClusterError> {
+    /// Creates the topics, the producer and the heartbeat. Fails when Kafka
+    /// cannot be reached or a topic is unusable: a node that cannot see the
+    /// cluster must not take devices.
+    pub async fn connect(w: Wiring<'_>) -> Result<Cluster, ClusterError> {
         let c = &w.cfg.cluster;
         let backend = w
             .cfg
@@ -103,19 +117,12 @@ impl Cluster {
             .ok_or(ClusterError::NoBackend)?;
         let base = base_config(backend)?;
         let topics = Topics::new(&c.topic_prefix);
-        topics.ensure(&base, c.partitions, backend.topic_replication).await?;
+        topics
+            .ensure(&base, c.partitions, backend.topic_replication)
+            .await?;
         let node: Arc<str> = Arc::from(w.node_id);
         let link = Link::new(&base, topics.clone(), node.clone(), w.metrics.clone())?;
         let members = Members::new(node.clone(), c.node_timeout(), w.metrics.clone());
-        let follow = follow::Follow {
-            base: base.clone(),
-            topics: topics.clone(),
-            node: node.clone(),
-            router: w.router.clone(),
-            metrics: w.metrics.clone(),
-            cancel: w.tasks.token().clone(),
-        };
-        follow.start(w.tasks, c.partitions).await?;
         members::start(
             &base,
             &topics,
@@ -124,8 +131,32 @@ impl Cluster {
             w.advertise,
             w.tasks,
         )?;
-        tracing::info!(node_id = %node, prefix = %c.topic_prefix, "cluster mode: joined");
-        Ok(Cluster { link, members })
+        let follow = follow::Follow {
+            base,
+            topics,
+            node,
+            router: w.router.clone(),
+            metrics: w.metrics.clone(),
+            cancel: w.tasks.token().clone(),
+        };
+        Ok(Cluster {
+            link,
+            members,
+            follow: Some(follow),
+        })
+    }
+
+    /// Starts the consumers (the router must be running: they feed it) and
+    /// returns once this node has caught up with the cluster's state.
+    pub async fn follow(&mut self, tasks: &Tasks) -> Result<(), ClusterError> {
+        let Some(follow) = self.follow.take() else {
+            return Ok(());
+        };
+        let node = follow.node.clone();
+        let prefix = follow.topics.prefix.clone();
+        follow.start(tasks).await?;
+        tracing::info!(node_id = %node, %prefix, "cluster mode: joined");
+        Ok(())
     }
 }
 

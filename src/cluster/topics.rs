@@ -22,6 +22,8 @@ pub struct Topics {
     pub messages: String,
     /// Retained messages, keyed by MQTT topic; compacted.
     pub retained: String,
+    /// Shared session state, keyed by client id; compacted.
+    pub sessions: String,
     /// Node heartbeats, keyed by node id; compacted.
     pub nodes: String,
 }
@@ -32,6 +34,7 @@ impl Topics {
             prefix: prefix.to_owned(),
             messages: format!("{prefix}messages"),
             retained: format!("{prefix}retained"),
+            sessions: format!("{prefix}sessions"),
             nodes: format!("{prefix}nodes"),
         }
     }
@@ -47,9 +50,23 @@ impl Topics {
             base.create().map_err(ClusterError::Client)?;
         let compact = [("cleanup.policy", "compact")];
         let new = [
-            NewTopic::new(&self.messages, partitions, TopicReplication::Fixed(replication)),
-            NewTopic::new(&self.retained, partitions, TopicReplication::Fixed(replication))
-                .set(compact[0].0, compact[0].1),
+            NewTopic::new(
+                &self.messages,
+                partitions,
+                TopicReplication::Fixed(replication),
+            ),
+            NewTopic::new(
+                &self.retained,
+                partitions,
+                TopicReplication::Fixed(replication),
+            )
+            .set(compact[0].0, compact[0].1),
+            NewTopic::new(
+                &self.sessions,
+                partitions,
+                TopicReplication::Fixed(replication),
+            )
+            .set(compact[0].0, compact[0].1),
             // One partition: every node reads every heartbeat anyway.
             NewTopic::new(&self.nodes, 1, TopicReplication::Fixed(replication))
                 .set(compact[0].0, compact[0].1),

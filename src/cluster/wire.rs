@@ -18,6 +18,8 @@ pub struct Routed {
     pub command: bool,
     /// A client-addressed command: only this client's session.
     pub target: Option<String>,
+    /// A client-addressed command may create a preset session.
+    pub create: bool,
 }
 
 impl crate::store::Versioned for Routed {}
@@ -26,17 +28,54 @@ pub fn encode_routed(
     origin: &str,
     message: &Message,
     command: bool,
-    target: Option<&str>,
+    target: Option<(&str, bool)>,
 ) -> Result<Vec<u8>, StoreError> {
     crate::store::encode_record(&Routed {
         origin: origin.to_owned(),
         message: message.clone(),
         command,
-        target: target.map(str::to_owned),
+        target: target.map(|(t, _)| t.to_owned()),
+        create: target.is_some_and(|(_, c)| c),
     })
 }
 
 pub fn decode_routed(bytes: &[u8]) -> Result<Routed, StoreError> {
+    crate::store::decode_record(bytes)
+}
+
+/// The value of a record in the `sessions` topic, keyed by client id (a
+/// tombstone: the session ended). Written by the node its client is
+/// connected to; every node applies it in the log's order.
+///
+/// Ownership: a `claim` (written at CONNECT) with a generation at least the
+/// current one makes its node the owner; any other record applies only if it
+/// comes from the current owner at the current generation, so a node that
+/// has not yet seen a takeover cannot undo it. Concurrent claims of one
+/// generation: the later one in the log wins, on every node alike.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedSession {
+    pub owner: String,
+    pub generation: u64,
+    pub claim: bool,
+    /// Its client is connected to `owner` now.
+    pub connected: bool,
+    /// Subscriptions, expiry (0: a clean session), protocol, identity,
+    /// when it went offline.
+    pub record: crate::store::SessionRecord,
+    /// Per `messages` partition, the offset up to which its client has
+    /// acknowledged everything: the other nodes drop those entries.
+    pub cursor: Vec<crate::store::ClusterPos>,
+    /// QoS 2 packet ids received from its client and not yet released.
+    pub incoming_qos2: Vec<u16>,
+}
+
+impl crate::store::Versioned for SharedSession {}
+
+pub fn encode_session(s: &SharedSession) -> Result<Vec<u8>, StoreError> {
+    crate::store::encode_record(s)
+}
+
+pub fn decode_session(bytes: &[u8]) -> Result<SharedSession, StoreError> {
     crate::store::decode_record(bytes)
 }
 
@@ -64,13 +103,17 @@ mod tests {
             expires_at_ms: Some(5),
             receipt: None,
         };
-        let bytes = encode_routed("n1", &m, true, Some("dev")).expect("encode");
+        let bytes = encode_routed("n1", &m, true, Some(("dev", true))).expect("encode");
         let back = decode_routed(&bytes).expect("decode");
         assert_eq!(back.origin, "n1");
         assert!(back.command);
         assert_eq!(back.target.as_deref(), Some("dev"));
+        assert!(back.create);
         assert_eq!(back.message, m);
-        assert_eq!(decode_retained(&encode_retained(&m).expect("e")).expect("d"), m);
+        assert_eq!(
+            decode_retained(&encode_retained(&m).expect("e")).expect("d"),
+            m
+        );
         assert!(decode_routed(&[99, 1, 2]).is_err());
     }
 }

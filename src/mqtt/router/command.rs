@@ -53,7 +53,17 @@ impl Router {
         create: bool,
         reply: oneshot::Sender<CommandResult>,
     ) {
-        self.share_command(&msg, client.as_ref());
+        if self.share_command(&msg, client.as_ref(), create) {
+            // Cluster mode: stored where it belongs when read back from the log.
+            self.after_commit(move |ok| {
+                let _ = reply.send(if ok {
+                    CommandResult::Stored { refused: 0 }
+                } else {
+                    CommandResult::StoreFailed
+                });
+            });
+            return;
+        }
         let msg = Arc::new(msg);
         self.disk_refused = 0;
         let mut result = match client {
@@ -107,7 +117,12 @@ impl Router {
     }
 
     /// Queues a client-addressed command in that client's session.
-    pub(super) fn command_to(&mut self, id: &Arc<str>, msg: &Arc<Message>, create: bool) -> CommandResult {
+    pub(super) fn command_to(
+        &mut self,
+        id: &Arc<str>,
+        msg: &Arc<Message>,
+        create: bool,
+    ) -> CommandResult {
         if !create && !self.sessions.contains_key(id) {
             return CommandResult::NoSession;
         }

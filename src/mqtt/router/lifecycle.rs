@@ -111,7 +111,7 @@ impl Router {
         }
     }
 
-    fn insert_sub(&mut self, client: &Arc<str>, filter: &str, opts: SubOpts) {
+    pub(super) fn insert_sub(&mut self, client: &Arc<str>, filter: &str, opts: SubOpts) {
         let (group, filter) = match parse_shared(filter) {
             Ok(Some((g, f))) => (Some(Arc::<str>::from(g)), f),
             _ => (None, filter),
@@ -247,6 +247,7 @@ impl Router {
         s.expiry_secs = req.expiry_secs;
         s.protocol = req.protocol;
         s.will = req.will;
+        s.owned_here = true;
         s.disconnected_at_ms = None;
         s.conn_gen = req.conn_id;
         s.conn = Some(Conn {
@@ -272,6 +273,7 @@ impl Router {
         self.set_owner(&client, owner);
         self.sync_storage(&client);
         self.save_session(&client);
+        self.share_session(&client, true);
         let (mut cx, sessions) = self.ctx();
         if let Some(s) = sessions.get_mut(&client) {
             pump(s, &mut cx);
@@ -349,6 +351,7 @@ impl Router {
         s.loading = false;
         pump(s, &mut cx);
         self.sync_storage(client);
+        self.drop_acknowledged(client);
     }
 
     /// Keeps the store in step with the session's persistence, which a
@@ -442,6 +445,11 @@ impl Router {
 
     /// Ends a session for good: its will (if pending), subscriptions and stored state.
     pub(super) fn end_session(&mut self, mut s: Box<Session>) {
+        if s.owned_here {
+            // Removed already: the shared state says it ended.
+            let id = s.client_id.clone();
+            self.share_session(&id, false);
+        }
         self.metrics.queued_messages.dec_by(s.queue.len() as i64);
         self.metrics.queued_bytes.dec_by(s.queued_bytes as i64);
         self.deadlines.cancel(&mut s.will_deadline);

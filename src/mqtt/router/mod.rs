@@ -356,6 +356,11 @@ pub struct Router {
     /// The `messages` position of the message being routed from the
     /// cluster log (set only while it is routed).
     routing_origin: Option<crate::store::ClusterPos>,
+    /// The owner and generation of every client id the `sessions` log named.
+    claims: HashMap<Arc<str>, cluster::Claim>,
+    /// Sessions owned here whose shared state changed in this batch (`true`:
+    /// a claim, the client connected here).
+    cluster_dirty: HashMap<Arc<str>, bool>,
 }
 
 impl Router {
@@ -396,6 +401,8 @@ impl Router {
             cluster: None,
             cluster_out: Vec::new(),
             routing_origin: None,
+            claims: HashMap::new(),
+            cluster_dirty: HashMap::new(),
         };
         router.restore(recovered);
         router

@@ -57,8 +57,15 @@ impl Router {
         if msg.retain {
             self.set_retained(&msg);
         }
+        if qos2_pkid.is_some() {
+            self.share_session(client_id, false);
+        }
+        let Some((msg, reply)) = self.share_publish(client_id, msg, reply) else {
+            // Cluster mode: routed when read back from the log.
+            self.update_gauges();
+            return;
+        };
         self.disk_refused = 0;
-        self.share_publish(client_id, &msg);
         let mut outcome = self.route(Arc::new(msg), Some(client_id));
         if std::mem::take(&mut self.disk_refused) > 0 {
             outcome = PublishOutcome::DiskLow;
@@ -241,13 +248,16 @@ impl Router {
         let Some(s) = sessions.get_mut(client_id) else {
             return;
         };
+        let mut origin = None;
         if let Some(idx) = s.find(seq) {
             let handed_here = s.conn.as_ref().is_some_and(|c| c.id == conn_id) && idx < s.handed;
             if handed_here || s.conn.is_none() || idx >= s.handed {
+                origin = s.queue[idx].origin;
                 remove_entry(s, &mut cx, idx);
             }
         }
         pump(s, &mut cx);
+        self.advance_cursor(client_id, origin);
     }
 
     /// A command that asked for a delivery receipt was acknowledged by the device.
@@ -318,6 +328,9 @@ impl Router {
                     pkid,
                 });
             }
+        }
+        if known {
+            self.share_session(client_id, false);
         }
         self.after_commit(move |_| {
             let _ = reply.send(known);
@@ -412,6 +425,7 @@ impl Router {
                 record: s.record(),
             });
         }
+        self.share_session(client_id, false);
     }
 }
 

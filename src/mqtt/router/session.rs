@@ -120,6 +120,12 @@ pub struct Session {
     /// (its will); holds the identity it was compiled for. Set by the router
     /// at restore, CONNECT and ACL reload.
     pub acl: Arc<ClientAcl>,
+    /// Cluster mode: this node writes the session's shared state (its client
+    /// connected here last); `false` for a shadow of a session owned elsewhere.
+    pub owned_here: bool,
+    /// Cluster mode: per `messages` partition, the offset up to which the
+    /// client acknowledged everything.
+    pub cursor: Vec<crate::store::ClusterPos>,
 }
 
 impl Session {
@@ -145,6 +151,8 @@ impl Session {
             owner: None,
             identity: None,
             acl: Arc::new(ClientAcl::open(&client_id)),
+            owned_here: false,
+            cursor: Vec::new(),
             client_id,
         }
     }
