@@ -103,6 +103,8 @@ pub struct Gateway {
     /// For fault injection in tests; weak so it never keeps the router alive.
     router_tx: mpsc::WeakSender<crate::mqtt::router::RouterMsg>,
     grace: Duration,
+    /// Cluster mode: this node's membership (draining on shutdown).
+    members: Option<crate::cluster::Members>,
     /// The live ACL rules (re-read by [`Gateway::reload_acl`]).
     acl: Arc<crate::acl::Acl>,
     /// Authentication (its files re-read by [`Gateway::reload`]).
@@ -373,6 +375,7 @@ impl Gateway {
             next_conn_id: std::sync::atomic::AtomicU64::new(1),
             acl: acl.clone(),
             auth: auth.clone(),
+            cluster: cluster.as_ref().and_then(crate::cluster::Cluster::gate),
         });
         let admission = Arc::new(crate::mqtt::listener::Admission::new(&cfg.mqtt));
         let mut listener_addrs = Vec::new();
@@ -404,6 +407,7 @@ impl Gateway {
             ready,
             router_tx: router_weak,
             grace: cfg.server.shutdown_grace(),
+            members: cluster.map(|c| c.members),
             acl,
             auth,
         })
@@ -532,6 +536,11 @@ impl Gateway {
     /// by name what did not finish in time.
     pub async fn shutdown(self) {
         self.ready.set_stopping();
+        if let Some(m) = &self.members {
+            // New clients are sent elsewhere; connected 5.0 clients are
+            // redirected as the router lets them go.
+            m.set_draining();
+        }
         let mut unfinished = self.tasks.shutdown(self.grace).await;
         unfinished.extend(self.admin_tasks.shutdown(ADMIN_GRACE).await);
         if unfinished.is_empty() {

@@ -15,7 +15,6 @@
 //! routes its own devices' messages when it reads them back, so that every
 //! node queues them in the same per-partition order and with their position.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +23,7 @@ use futures_util::stream::{FuturesOrdered, StreamExt};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message as _;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::ClusterMetrics;
@@ -56,9 +55,16 @@ impl Follow {
     /// Starts the consumers and returns once this node has read the state
     /// logs (sessions, retained) up to their ends as of now and its message
     /// consumer has its partitions: only then may it take devices.
-    pub async fn start(self, tasks: &Tasks) -> Result<(), ClusterError> {
-        let (consumer, ends) = self.state_consumer()?;
-        let (caught_up, state_ready) = oneshot::channel();
+    pub async fn start(self, tasks: &Tasks) -> Result<super::sync::Sync, ClusterError> {
+        let consumer = self.state_consumer()?;
+        let (progress_tx, progress) = watch::channel(super::sync::Progress::new());
+        let sync = super::sync::start(
+            &self.base,
+            vec![self.topics.retained.clone(), self.topics.sessions.clone()],
+            progress,
+            self.cancel.clone(),
+            tasks,
+        )?;
         let (assigned, messages_ready) = oneshot::channel();
         let this = self.clone();
         tasks.supervise(
@@ -66,16 +72,13 @@ impl Follow {
             async move { this.messages(assigned).await },
         );
         tasks.supervise("cluster state log", async move {
-            self.state_log(consumer, ends, caught_up).await
+            self.state_log(consumer, progress_tx).await
         });
-        let ready = async {
-            let _ = state_ready.await;
-            let _ = messages_ready.await;
-        };
-        if tokio::time::timeout(CATCH_UP, ready).await.is_err() {
-            return Err(ClusterError::CatchUp(CATCH_UP));
+        let ready = async { sync.wait().await && messages_ready.await.is_ok() };
+        match tokio::time::timeout(CATCH_UP, ready).await {
+            Ok(true) => Ok(sync),
+            _ => Err(ClusterError::CatchUp(CATCH_UP)),
         }
-        Ok(())
     }
 
     async fn messages(self, assigned: oneshot::Sender<()>) {
@@ -210,10 +213,8 @@ impl Follow {
     }
 
     /// A consumer of every partition of `retained` and `sessions` from the
-    /// beginning, and the end of each as of now.
-    fn state_consumer(
-        &self,
-    ) -> Result<(StreamConsumer, HashMap<(String, i32), i64>), ClusterError> {
+    /// beginning.
+    fn state_consumer(&self) -> Result<StreamConsumer, ClusterError> {
         let mut c = self.base.clone();
         // Never joins or commits: the group id only names the client.
         c.set(
@@ -223,52 +224,37 @@ impl Follow {
         .set("enable.auto.commit", "false");
         let consumer: StreamConsumer = c.create().map_err(ClusterError::Client)?;
         let mut list = TopicPartitionList::new();
-        let mut ends = HashMap::new();
         for topic in [&self.topics.retained, &self.topics.sessions] {
             let meta = consumer
                 .fetch_metadata(Some(topic), METADATA_TIMEOUT)
                 .map_err(ClusterError::Topics)?;
-            let partitions: Vec<i32> = meta
-                .topics()
-                .iter()
-                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                .collect();
-            if partitions.is_empty() {
+            let mut any = false;
+            for t in meta.topics() {
+                for p in t.partitions() {
+                    list.add_partition_offset(topic, p.id(), Offset::Beginning)
+                        .map_err(ClusterError::Topics)?;
+                    any = true;
+                }
+            }
+            if !any {
                 return Err(ClusterError::Topic {
                     topic: topic.clone(),
                     reason: "no partitions".into(),
                 });
             }
-            for p in partitions {
-                list.add_partition_offset(topic, p, Offset::Beginning)
-                    .map_err(ClusterError::Topics)?;
-                let (_, high) = consumer
-                    .fetch_watermarks(topic, p, METADATA_TIMEOUT)
-                    .map_err(ClusterError::Topics)?;
-                if high > 0 {
-                    ends.insert((topic.clone(), p), high);
-                }
-            }
         }
         consumer.assign(&list).map_err(ClusterError::Topics)?;
-        Ok((consumer, ends))
+        Ok(consumer)
     }
 
-    /// Applies every retained and session record in the log's order;
-    /// `caught_up` once the ends of `ends` are reached.
+    /// Applies every retained and session record in the log's order, and
+    /// reports how far it got (see `sync`).
     async fn state_log(
         self,
         consumer: StreamConsumer,
-        mut ends: HashMap<(String, i32), i64>,
-        caught_up: oneshot::Sender<()>,
+        progress: watch::Sender<super::sync::Progress>,
     ) {
-        let mut caught_up = Some(caught_up);
         loop {
-            if ends.is_empty() {
-                if let Some(tx) = caught_up.take() {
-                    let _ = tx.send(());
-                }
-            }
             let m = tokio::select! {
                 _ = self.cancel.cancelled() => return,
                 m = consumer.recv() => m,
@@ -282,15 +268,15 @@ impl Follow {
                 }
             };
             let key = (m.topic().to_owned(), m.partition());
-            if ends.get(&key).is_some_and(|end| m.offset() + 1 >= *end) {
-                ends.remove(&key);
+            let next = m.offset() + 1;
+            if let Some(inbound) = self.state_record(&m) {
+                if self.router.send(RouterMsg::Cluster(inbound)).await.is_err() {
+                    return;
+                }
             }
-            let Some(inbound) = self.state_record(&m) else {
-                continue;
-            };
-            if self.router.send(RouterMsg::Cluster(inbound)).await.is_err() {
-                return;
-            }
+            progress.send_modify(|p| {
+                p.insert(key, next);
+            });
         }
     }
 

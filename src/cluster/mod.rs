@@ -16,6 +16,7 @@ mod follow;
 mod link;
 pub mod members;
 mod metrics;
+pub mod sync;
 mod topics;
 pub mod wire;
 
@@ -84,8 +85,29 @@ pub enum ClusterError {
 pub struct Cluster {
     pub link: Link,
     pub members: Members,
+    /// What connections wait on before they attach (set by [`Cluster::follow`]).
+    pub sync: Option<sync::Sync>,
     /// The consumers, started by [`Cluster::follow`] once the router runs.
     follow: Option<follow::Follow>,
+}
+
+/// What connections ask the cluster: wait until this node has read the
+/// cluster's state (before a CONNECT is attached), and where to send clients
+/// while this node drains.
+#[derive(Clone)]
+pub struct Gate {
+    pub sync: sync::Sync,
+    pub members: Members,
+}
+
+impl Cluster {
+    /// The connections' view of the cluster (after [`Cluster::follow`]).
+    pub fn gate(&self) -> Option<Gate> {
+        Some(Gate {
+            sync: self.sync.clone()?,
+            members: self.members.clone(),
+        })
+    }
 }
 
 /// What starting the cluster needs from the gateway.
@@ -143,6 +165,7 @@ impl Cluster {
             link,
             members,
             follow: Some(follow),
+            sync: None,
         })
     }
 
@@ -154,7 +177,7 @@ impl Cluster {
         };
         let node = follow.node.clone();
         let prefix = follow.topics.prefix.clone();
-        follow.start(tasks).await?;
+        self.sync = Some(follow.start(tasks).await?);
         tracing::info!(node_id = %node, %prefix, "cluster mode: joined");
         Ok(())
     }

@@ -394,6 +394,20 @@ pub fn encode_disconnect(reason: u8, reason_string: Option<&str>, out: &mut Byte
     }
 }
 
+/// Encodes a 5.0 DISCONNECT that sends the client to another server:
+/// `reason` (0x9C Use another server / 0x9D Server moved) and its Server
+/// Reference (property 0x1C).
+pub fn encode_disconnect_redirect(reason: u8, server_reference: &str, out: &mut BytesMut) {
+    let reference = &server_reference[..server_reference.floor_char_boundary(256)];
+    let props_len = 3 + reference.len();
+    out.put_u8(0xe0);
+    put_varint(out, 1 + varint_len(props_len) + props_len);
+    out.put_u8(reason);
+    put_varint(out, props_len);
+    out.put_u8(0x1c);
+    put_str(out, reference.as_bytes());
+}
+
 /// Per-delivery fields of an outgoing PUBLISH.
 pub struct OutPublish<'a> {
     pub msg: &'a Message,

@@ -6,6 +6,7 @@
 mod common;
 
 mod acl_reload;
+mod cluster;
 mod config_cli;
 mod downlink_amqp_crash;
 mod downlink_kafka_crash;

@@ -222,6 +222,12 @@ pub async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
         peer_ip: Some(ctx.peer.ip()),
         listener: Some(ctx.listener.name.clone()),
     };
+    if let Some(gate) = &sh.cluster {
+        if let Err(code) = cluster_gate(gate, version, &mut out).await {
+            super::write_raw(stream, &out).await?;
+            return Err(ConnError::Refused(format!("cluster: {code:?}")));
+        }
+    }
     let (reply_tx, reply) = oneshot::channel();
     sh.router
         .send(RouterMsg::Connect {
@@ -366,6 +372,54 @@ async fn refuse_undecodable<T: AsyncWrite + Unpin>(
         }
     }
     e
+}
+
+/// Cluster mode, before attaching: a draining node sends the client to
+/// another node (5.0: 0x9C Use another server with a Server Reference; 3.1.1
+/// has no redirect: Server unavailable), and no node attaches a client
+/// before it has read the cluster's state as of now. `Err`: the refusing
+/// CONNACK is in `out`.
+async fn cluster_gate(
+    gate: &crate::cluster::Gate,
+    version: Version,
+    out: &mut BytesMut,
+) -> Result<(), Code> {
+    let (code, reference) = if gate.members.is_draining() {
+        match gate.members.redirect_target() {
+            Some(to) if version == Version::V5 => (Code::UseAnotherServer, Some(to)),
+            _ => (Code::ServerUnavailable, None),
+        }
+    } else if !gate.sync.wait().await {
+        (Code::ServerUnavailable, None)
+    } else {
+        return Ok(());
+    };
+    let properties = reference.map(|r| p5::ConnAckProperties {
+        session_expiry_interval: None,
+        receive_max: None,
+        max_qos: None,
+        retain_available: None,
+        max_packet_size: None,
+        assigned_client_identifier: None,
+        topic_alias_max: None,
+        reason_string: None,
+        user_properties: Vec::new(),
+        wildcard_subscription_available: None,
+        subscription_identifiers_available: None,
+        shared_subscription_available: None,
+        server_keep_alive: None,
+        response_information: None,
+        server_reference: Some(r),
+        authentication_method: None,
+        authentication_data: None,
+    });
+    let ack = p5::ConnAck {
+        session_present: false,
+        code,
+        properties,
+    };
+    let _ = codec::encode(&p5::Packet::ConnAck(ack), version, out);
+    Err(code)
 }
 
 /// Builds the will message; an invalid will topic is a refused CONNECT.

@@ -54,6 +54,9 @@ pub struct Shared {
     pub acl: Arc<crate::acl::Acl>,
     /// The authentication chain (`[auth]`).
     pub auth: Arc<crate::auth::Auth>,
+    /// Cluster mode: read the cluster's state before attaching, redirect
+    /// clients while draining.
+    pub cluster: Option<crate::cluster::Gate>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -445,7 +448,16 @@ impl Conn<'_> {
                         Ok(Kick::Administrative) => Reason::AdministrativeAction,
                         _ => Reason::ServerShuttingDown,
                     };
-                    self.send_disconnect(reason, None);
+                    // A cluster node stopping sends 5.0 clients to another node.
+                    let elsewhere = (reason == Reason::ServerShuttingDown)
+                        .then(|| self.sh.cluster.as_ref()?.members.redirect_target())
+                        .flatten();
+                    match elsewhere {
+                        Some(to) if self.version == Version::V5 => {
+                            codec::encode_disconnect_redirect(Reason::UseAnotherServer as u8, &to, &mut self.out);
+                        }
+                        _ => self.send_disconnect(reason, None),
+                    }
                     return Err(ConnError::ShuttingDown);
                 }
                 w = write_step(wr, &self.out, self.unflushed), if !self.out.is_empty() || self.unflushed => {

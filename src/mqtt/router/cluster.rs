@@ -366,12 +366,9 @@ impl Router {
         if s.cursor.is_empty() || s.conn.is_some() {
             return;
         }
-        let covered = |pos: Option<ClusterPos>| {
-            pos.is_some_and(|(p, o)| s.cursor.iter().any(|&(cp, co)| cp == p && o <= co))
-        };
         let idx: Vec<usize> = (0..s.queue.len())
             .rev()
-            .filter(|&i| covered(s.queue[i].origin))
+            .filter(|&i| s.acknowledged(s.queue[i].origin))
             .collect();
         for i in idx {
             super::queue::remove_entry(s, &mut cx, i);

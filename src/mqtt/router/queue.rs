@@ -44,6 +44,11 @@ pub fn enqueue(s: &mut Session, cx: &mut Ctx<'_>, d: Delivery<'_>) -> bool {
     if d.msg.is_expired_now() {
         return drop_one(cx, s, DropReason::Expired);
     }
+    // Cluster mode: its client already acknowledged this one on another node
+    // (the cursor can come in before the message does).
+    if s.conn.is_none() && s.acknowledged(d.origin) {
+        return true;
+    }
     if d.qos == 0 && !s.loading && s.handed == s.queue.len() {
         let max_queued = cx.cfg.session.max_queued_messages;
         if let Some(conn) = s.conn.as_mut() {

@@ -236,6 +236,11 @@ impl Session {
         }
     }
 
+    /// Cluster mode: whether the cursor covers the message at `pos`.
+    pub fn acknowledged(&self, pos: Option<crate::store::ClusterPos>) -> bool {
+        pos.is_some_and(|(p, o)| self.cursor.iter().any(|&(cp, co)| cp == p && o <= co))
+    }
+
     pub fn needs_load(&self) -> bool {
         self.queue.iter().any(|e| e.body.is_none())
     }

@@ -1,0 +1,111 @@
+//! A persistent session follows its device to any node, also when the node
+//! it was on is killed; a session is served by one node at a time.
+
+use std::time::Duration;
+
+use rumqttc::QoS;
+
+use super::Nodes;
+use crate::common::kafka as k;
+use crate::common::{b4, b5, opts_v4, opts_v5};
+
+/// A persistent device on node 0 subscribes and leaves; messages come in
+/// through nodes 1 and 2 and a command through Kafka; node 0 is killed;
+/// the device reconnects to node 2 and gets everything, each source in
+/// order, with Session Present; a later reconnect to node 1 gets nothing
+/// again (what it acknowledged on node 2 is dropped everywhere).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_follows_its_device_when_its_node_is_killed() {
+    let Some((kafka, _turn)) = k::broker().await else {
+        return;
+    };
+    let (commands, group) = (k::unique("cmd"), k::unique("group"));
+    k::create_topics(&kafka, &[&commands], 1).await;
+    let route = format!(
+        r#"
+[[bridge.downlink]]
+name = "commands"
+backend = "kafka"
+topics = ["{commands}"]
+group_id = "{group}"
+topic = "devices/{{key}}/commands"
+qos = 1
+"#
+    );
+    let mut nodes = Nodes::start(&kafka, &route).await;
+    let device = k::unique("dev");
+    let mut d = b4::connect(opts_v4(nodes.addr(0), &device, false)).await;
+    d.subscribe("tele/#", QoS::AtLeastOnce).await;
+    d.subscribe(&format!("devices/{device}/commands"), QoS::AtLeastOnce)
+        .await;
+    d.disconnect().await;
+
+    let from_b = b4::numbered("b-", 5);
+    let from_c = b4::numbered("c-", 5);
+    b4::publish_all(nodes.addr(1), "tele/b", QoS::AtLeastOnce, &from_b).await;
+    b4::publish_all(nodes.addr(2), "tele/c", QoS::AtLeastOnce, &from_c).await;
+    let p = k::producer(&kafka);
+    let cmds = b4::numbered("cmd-", 3);
+    k::produce_many(&p, &commands, &device, &cmds).await;
+    // The command is committed at its source once it is in the cluster's log.
+    k::wait_committed(&kafka, &group, &commands, 1, 3, Duration::from_secs(30)).await;
+
+    nodes.kill(0);
+    let mut d = b4::connect(opts_v4(nodes.addr(2), &device, false)).await;
+    assert!(d.session_present(), "{}", nodes.logs());
+    let got = d.expect_publishes(13).await;
+    let of = |prefix: &str| -> Vec<String> {
+        b4::payloads(&got)
+            .into_iter()
+            .filter(|p| p.starts_with(prefix))
+            .collect()
+    };
+    assert_eq!(of("b-"), from_b);
+    assert_eq!(of("c-"), from_c);
+    assert_eq!(of("cmd-"), cmds);
+    assert!(d.until_control().await.is_empty(), "duplicates");
+    d.disconnect().await;
+    // Acknowledged on node 2: node 1 dropped them from its copy.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut d = b4::connect(opts_v4(nodes.addr(1), &device, false)).await;
+    assert!(d.session_present());
+    assert!(d.until_control().await.is_empty(), "redelivered on node 1");
+    d.disconnect().await;
+}
+
+/// The same client id connecting to node 1 while connected to node 0: node
+/// 0 closes its connection with 0x8E (Session taken over), and a message
+/// published afterwards reaches the device once, on node 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_on_another_node_takes_the_session_over() {
+    let Some((kafka, _turn)) = k::broker().await else {
+        return;
+    };
+    let nodes = Nodes::start(&kafka, "").await;
+    let id = k::unique("dev");
+    let mut first = b5::connect(opts_v5(nodes.addr(0), &id, true, Some(600))).await;
+    first
+        .subscribe("t/x", rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+        .await;
+    let mut second = b5::connect(opts_v5(nodes.addr(1), &id, false, Some(600))).await;
+    assert!(
+        second.session_present(),
+        "the session moved with its subscription"
+    );
+    use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode;
+    use rumqttc::v5::{ConnectionError, StateError};
+    match first.closed().await {
+        ConnectionError::MqttState(StateError::ServerDisconnect { reason_code, .. }) => {
+            assert_eq!(reason_code, DisconnectReasonCode::SessionTakenOver)
+        }
+        other => panic!("expected DISCONNECT 0x8E, got {other:?}\n{}", nodes.logs()),
+    }
+    b4::publish_all(nodes.addr(2), "t/x", QoS::AtLeastOnce, &["once".into()]).await;
+    let got = second.expect_publishes(1).await;
+    assert_eq!(b5::payloads(&got), vec!["once"]);
+    assert!(second.until_control().await.is_empty());
+    assert!(
+        first.publishes.try_recv().is_err(),
+        "delivered to the old connection"
+    );
+}

@@ -1,0 +1,176 @@
+//! Cluster mode with three real gateway processes on one Kafka (tansu):
+//! sessions following their device across nodes (also when a node is
+//! killed), takeover across nodes, retained messages, device-to-device
+//! QoS 1/2 across a node restart, and draining on SIGTERM.
+
+mod drain;
+mod follow;
+mod retained;
+mod routing;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use crate::common::kafka as k;
+use crate::{free_port, wait_started};
+
+/// Three gateways of one cluster, each with its own port, store and node id,
+/// on cluster topics of their own (a unique prefix per test).
+pub struct Nodes {
+    pub dir: tempfile::TempDir,
+    pub ports: Vec<u16>,
+    children: Vec<Option<Child>>,
+    runs: Vec<usize>,
+}
+
+/// Extra TOML every node gets (e.g. a downlink route), after the cluster part.
+pub fn config(dir: &Path, i: usize, port: u16, kafka: &str, prefix: &str, extra: &str) -> PathBuf {
+    let toml = format!(
+        r#"
+[mqtt]
+listen = "127.0.0.1:{port}"
+[store]
+path = "{store}"
+[admin]
+listen = ""
+[session]
+expiry_check_interval_secs = 1
+[cluster]
+enabled = true
+node_id = "node-{i}"
+backend = "kafka"
+topic_prefix = "{prefix}"
+partitions = 3
+node_timeout_secs = 3
+advertise = "127.0.0.1:{port}"
+[bridge]
+uplink = []
+[[bridge.backends]]
+kind = "kafka"
+name = "kafka"
+bootstrap_servers = "{kafka}"
+{extra}
+"#,
+        store = dir.join(format!("store-{i}")).display(),
+    );
+    let path = dir.join(format!("node-{i}.toml"));
+    std::fs::write(&path, toml).expect("write config");
+    path
+}
+
+impl Nodes {
+    /// Starts three nodes (`extra`: more TOML for each).
+    pub async fn start(kafka: &str, extra: &str) -> Nodes {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let prefix = format!("{}.", k::unique("cluster"));
+        let mut ports = Vec::new();
+        for i in 0..3 {
+            let port = free_port();
+            config(dir.path(), i, port, kafka, &prefix, extra);
+            ports.push(port);
+        }
+        let mut nodes = Nodes {
+            dir,
+            ports,
+            children: vec![None, None, None],
+            runs: vec![0; 3],
+        };
+        for i in 0..3 {
+            nodes.spawn(i).await;
+        }
+        nodes
+    }
+
+    pub fn addr(&self, i: usize) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ports[i]))
+    }
+
+    fn log(&self, i: usize) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("node-{i}-{}.log", self.runs[i]))
+    }
+
+    /// Starts node `i` (again) and waits until it accepts connections.
+    pub async fn spawn(&mut self, i: usize) {
+        self.runs[i] += 1;
+        let log_path = self.log(i);
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mqbridge"));
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("MQBRIDGE__") {
+                cmd.env_remove(key);
+            }
+        }
+        let mut child = cmd
+            .arg("--config")
+            .arg(self.dir.path().join(format!("node-{i}.toml")))
+            .current_dir(self.dir.path())
+            .env(
+                "RUST_LOG",
+                std::env::var("GW_LOG").unwrap_or_else(|_| "mqbridge=info".into()),
+            )
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn mqbridge");
+        wait_started(&mut child, self.ports[i], &log_path).await;
+        self.children[i] = Some(child);
+    }
+
+    /// SIGKILL: the node dies without a word.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            c.kill().expect("SIGKILL");
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits (up to 30 s) for the node to exit cleanly.
+    pub async fn stop(&mut self, i: usize) {
+        let Some(mut c) = self.children[i].take() else {
+            return;
+        };
+        let pid = c.id();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Some(status) = c.try_wait().expect("wait") {
+                assert!(status.success(), "node {i} exited with {status}");
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {i} did not stop"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every node's log so far (for failure messages).
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for i in 0..3 {
+            for run in 1..=self.runs[i] {
+                let p = self.dir.path().join(format!("node-{i}-{run}.log"));
+                out.push_str(&format!("--- node {i} run {run}\n"));
+                out.push_str(&std::fs::read_to_string(p).unwrap_or_default());
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for i in 0..self.children.len() {
+            self.kill(i);
+        }
+    }
+}
