@@ -67,6 +67,10 @@ pub struct SharedSession {
     pub cursor: Vec<crate::store::ClusterPos>,
     /// QoS 2 packet ids received from its client and not yet released.
     pub incoming_qos2: Vec<u16>,
+    /// QoS 2 deliveries its client has received (PUBREC) but not completed:
+    /// another node resends their PUBREL, never the PUBLISH. Written before
+    /// the PUBREL is sent.
+    pub released: Vec<crate::store::ClusterPos>,
 }
 
 impl crate::store::Versioned for SharedSession {}

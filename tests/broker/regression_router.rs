@@ -229,7 +229,7 @@ fn describe(o: &Outbound) -> String {
             "PUBLISH seq={seq} qos={qos} dup={dup} {}",
             String::from_utf8_lossy(&msg.payload)
         ),
-        Outbound::PubRel { seq } => format!("PUBREL seq={seq}"),
+        Outbound::PubRel { seq, .. } => format!("PUBREL seq={seq}"),
         Outbound::Qos0Channel(_) => "QOS0 CHANNEL".to_string(),
     }
 }

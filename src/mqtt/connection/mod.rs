@@ -35,7 +35,7 @@ use crate::metrics::{Metrics, ProtocolErrorReason as Why};
 use crate::mqtt::admission::{LogLimiter, WARN_EVERY};
 use crate::mqtt::codec::{self, DecodeError, OutPublish, Version};
 use crate::mqtt::message::now_ms;
-use crate::mqtt::router::{pkid_of, Kick, Outbound, RouterMsg};
+use crate::mqtt::router::{Kick, Outbound, RouterMsg};
 use crate::mqtt::transport::{ConnCtx, ReadSide, Transport, WriteSide};
 use pending::{next_reply, Pending};
 use timers::Timers;
@@ -625,8 +625,7 @@ impl Conn<'_> {
         match o {
             // Taken by the loop before it gets here; nothing to write.
             Outbound::Qos0Channel(_) => {}
-            Outbound::PubRel { seq } => {
-                let pkid = pkid_of(seq);
+            Outbound::PubRel { seq, pkid } => {
                 self.inflight.insert(pkid, seq);
                 let rel = p5::PubRel {
                     pkid,
@@ -637,13 +636,14 @@ impl Conn<'_> {
             }
             Outbound::Publish {
                 seq,
+                pkid,
                 msg,
                 qos,
                 retain,
                 dup,
                 sub_ids,
             } => {
-                let pkid = if qos > 0 { pkid_of(seq) } else { 0 };
+                let pkid = if qos > 0 { pkid } else { 0 };
                 let alias = self.out_aliases.lookup(&msg.topic);
                 let topic_alias = match alias {
                     aliases::AliasUse::None => None,

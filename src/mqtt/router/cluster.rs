@@ -274,6 +274,7 @@ impl Router {
         s.identity = rec.identity.map(Arc::from);
         s.owned_here = false;
         s.cursor = sh.cursor;
+        s.released = sh.released;
         if sh.connected {
             s.disconnected_at_ms = None;
             self.deadlines.cancel(&mut s.expiry_deadline);
@@ -292,7 +293,32 @@ impl Router {
         self.set_incoming(client, sh.incoming_qos2);
         self.set_shadow_subs(client, rec.subscriptions);
         self.drop_acknowledged(client);
+        self.mark_released(client);
         self.save_session(client);
+    }
+
+    /// Sets a shadow's entries its client received on the owning node to
+    /// Released (a PUBREL is resent for them, not the PUBLISH).
+    fn mark_released(&mut self, client: &Arc<str>) {
+        let Some(s) = self.sessions.get_mut(client) else {
+            return;
+        };
+        if s.released.is_empty() || s.conn.is_some() {
+            return;
+        }
+        for e in s.queue.iter_mut() {
+            let released = e.origin.is_some_and(|o| s.released.contains(&o));
+            if released && e.state != crate::store::EntryState::Released {
+                e.state = crate::store::EntryState::Released;
+                if e.stored {
+                    self.ops.push(Op::SetState {
+                        client_id: client.to_string(),
+                        seq: e.seq,
+                        state: crate::store::EntryState::Released,
+                    });
+                }
+            }
+        }
     }
 
     fn set_incoming(&mut self, client: &Arc<str>, ids: Vec<u16>) {
@@ -413,12 +439,24 @@ impl Router {
                 owner: me.clone(),
             },
         );
-        let (record, connected, cursor, incoming) = match self.sessions.get(client) {
+        let (record, connected, cursor, incoming, released) = match self.sessions.get(client) {
             Some(s) if !s.owned_here => return None,
             Some(s) => {
                 let mut incoming: Vec<u16> = s.incoming_qos2.iter().copied().collect();
                 incoming.sort_unstable();
-                (s.record(), s.conn.is_some(), s.cursor.clone(), incoming)
+                let released = s
+                    .queue
+                    .iter()
+                    .filter(|e| e.state == crate::store::EntryState::Released)
+                    .filter_map(|e| e.origin)
+                    .collect();
+                (
+                    s.record(),
+                    s.conn.is_some(),
+                    s.cursor.clone(),
+                    incoming,
+                    released,
+                )
             }
             // Ended here: no session left (expiry 0, offline).
             None => (
@@ -432,6 +470,7 @@ impl Router {
                 false,
                 Vec::new(),
                 Vec::new(),
+                Vec::new(),
             ),
         };
         Some(SharedSession {
@@ -442,6 +481,7 @@ impl Router {
             record,
             cursor,
             incoming_qos2: incoming,
+            released,
         })
     }
 }

@@ -72,6 +72,8 @@ pub enum Outbound {
     /// Deliver a message; `seq` identifies it in the session (the packet id derives from it).
     Publish {
         seq: u64,
+        /// Its packet id (see `Entry::pkid`); unused for QoS 0.
+        pkid: u16,
         msg: Arc<Message>,
         qos: u8,
         retain: bool,
@@ -79,7 +81,7 @@ pub enum Outbound {
         sub_ids: Arc<[u32]>,
     },
     /// Resend PUBREL for a QoS 2 message whose PUBREC arrived before a reconnect.
-    PubRel { seq: u64 },
+    PubRel { seq: u64, pkid: u16 },
     /// The channel of QoS 0 deliveries to this online connection, made at
     /// its first one: a connection that never gets one (an idle device, a
     /// QoS 1 fleet) does not hold its 1.8 KB.

@@ -291,6 +291,8 @@ impl Router {
         };
         let Some(idx) = s.find(seq) else { return };
         s.queue[idx].state = EntryState::Released;
+        let pkid = s.queue[idx].pkid();
+        let shared = s.queue[idx].origin.is_some();
         if s.queue[idx].stored {
             self.ops.push(Op::SetState {
                 client_id: client_id.to_string(),
@@ -303,13 +305,18 @@ impl Router {
         let Some(tx) = s.conn.as_ref().map(|c| c.tx.clone()) else {
             return;
         };
+        if shared {
+            // Cluster mode: durable in the shared state too (another node
+            // would resend the PUBLISH otherwise).
+            self.share_session(client_id, false);
+        }
         let tasks = self.tasks.clone();
         self.after_commit(move |ok| {
             if !ok {
                 return;
             }
             if let Err(tokio::sync::mpsc::error::TrySendError::Full(out)) =
-                tx.try_send(super::Outbound::PubRel { seq })
+                tx.try_send(super::Outbound::PubRel { seq, pkid })
             {
                 tasks.spawn("router pubrel send", async move {
                     let _ = tx.send(out).await;

@@ -57,6 +57,7 @@ pub fn enqueue(s: &mut Session, cx: &mut Ctx<'_>, d: Delivery<'_>) -> bool {
             };
             let out = Outbound::Publish {
                 seq: 0,
+                pkid: 0,
                 msg: d.msg.clone(),
                 qos: 0,
                 retain: d.retain,
@@ -86,6 +87,12 @@ pub fn enqueue(s: &mut Session, cx: &mut Ctx<'_>, d: Delivery<'_>) -> bool {
     }
     let seq = s.next_seq;
     s.next_seq += 1;
+    // Cluster mode: received (PUBREC) on the node its client was on.
+    let state = if s.conn.is_none() && d.origin.is_some_and(|o| s.released.contains(&o)) {
+        EntryState::Released
+    } else {
+        EntryState::Queued
+    };
     if persistent {
         let mut message = (**d.msg).clone();
         message.qos = d.qos;
@@ -93,7 +100,7 @@ pub fn enqueue(s: &mut Session, cx: &mut Ctx<'_>, d: Delivery<'_>) -> bool {
         let entry = QueuedEntry {
             message,
             subscription_ids: d.sub_ids.to_vec(),
-            state: EntryState::Queued,
+            state,
             origin: d.origin,
         };
         cx.ops.push(Op::Enqueue {
@@ -112,7 +119,7 @@ pub fn enqueue(s: &mut Session, cx: &mut Ctx<'_>, d: Delivery<'_>) -> bool {
         size,
         qos: d.qos,
         retain: d.retain,
-        state: EntryState::Queued,
+        state,
         body,
         stored: persistent,
         origin: d.origin,
@@ -214,6 +221,11 @@ pub fn pump(s: &mut Session, cx: &mut Ctx<'_>) {
         if s.handed > 0 && s.queue[0].seq + 65535 <= e.seq {
             return;
         }
+        // Ids from cluster positions can meet: wait until the one in flight
+        // is acknowledged.
+        if e.origin.is_some() && s.queue.iter().take(s.handed).any(|h| h.pkid() == e.pkid()) {
+            return;
+        }
         let Some(body) = e.body.clone() else {
             // Not loaded yet: wait for the load to fill it in.
             return;
@@ -224,9 +236,13 @@ pub fn pump(s: &mut Session, cx: &mut Ctx<'_>) {
             continue;
         }
         let out = match e.state {
-            EntryState::Released => Outbound::PubRel { seq: e.seq },
+            EntryState::Released => Outbound::PubRel {
+                seq: e.seq,
+                pkid: e.pkid(),
+            },
             state => Outbound::Publish {
                 seq: e.seq,
+                pkid: e.pkid(),
                 msg: body.msg,
                 qos: e.qos,
                 retain: e.retain,

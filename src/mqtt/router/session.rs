@@ -26,6 +26,16 @@ pub fn pkid_of(seq: u64) -> u16 {
     ((seq.saturating_sub(1)) % 65535 + 1) as u16
 }
 
+/// Packet id of the message at a cluster position: every node derives the
+/// same one, so a device that moves to another node mid-flight sees its
+/// QoS 2 resend under the packet id it already has, and drops it as the
+/// duplicate it is (MQTT-4.3.3). Consecutive offsets of one partition
+/// never share an id within 65535.
+pub fn pkid_of_pos((partition, offset): crate::store::ClusterPos) -> u16 {
+    let n = (offset as u64).wrapping_add((partition as u64).wrapping_mul(7919));
+    (n % 65535 + 1) as u16
+}
+
 /// The message of a queue entry with the per-subscriber delivery values.
 #[derive(Debug, Clone)]
 pub struct Body {
@@ -126,6 +136,17 @@ pub struct Session {
     /// Cluster mode: per `messages` partition, the offset up to which the
     /// client acknowledged everything.
     pub cursor: Vec<crate::store::ClusterPos>,
+    /// Cluster mode, for a shadow: QoS 2 deliveries its client received on
+    /// the owning node and has not completed (see `SharedSession::released`).
+    pub released: Vec<crate::store::ClusterPos>,
+}
+
+impl Entry {
+    /// The packet id it is delivered with: from its cluster position when it
+    /// has one, else from its seq.
+    pub fn pkid(&self) -> u16 {
+        self.origin.map_or_else(|| pkid_of(self.seq), pkid_of_pos)
+    }
 }
 
 impl Session {
@@ -153,6 +174,7 @@ impl Session {
             acl: Arc::new(ClientAcl::open(&client_id)),
             owned_here: false,
             cursor: Vec::new(),
+            released: Vec::new(),
             client_id,
         }
     }
