@@ -345,12 +345,14 @@ fn start_offsets(consumer: &StreamConsumer, topic: &str) -> Result<TopicPartitio
     for e in committed.elements() {
         let offset = match e.offset() {
             Offset::Offset(o) => o,
-            _ => {
-                consumer
-                    .fetch_watermarks(topic, e.partition(), METADATA_TIMEOUT)
-                    .map_err(|e| format!("watermarks: {e}"))?
-                    .1
-            }
+            // Never below 0: a negative offset is a logical one to
+            // librdkafka (-1: "the end", resolved later, skipping what is
+            // produced meanwhile).
+            _ => consumer
+                .fetch_watermarks(topic, e.partition(), METADATA_TIMEOUT)
+                .map_err(|e| format!("watermarks: {e}"))?
+                .1
+                .max(0),
         };
         start
             .add_partition_offset(topic, e.partition(), Offset::Offset(offset))
