@@ -269,7 +269,7 @@ impl Gateway {
             })
             .await
             .map_err(AppError::Cluster)?;
-            router = router.with_cluster(cluster.link.clone());
+            router = router.with_cluster(cluster.link.clone(), cluster.members.clone());
             Some(cluster)
         } else {
             None

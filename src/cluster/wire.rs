@@ -71,6 +71,18 @@ pub struct SharedSession {
     /// another node resends their PUBREL, never the PUBLISH. Written before
     /// the PUBREL is sent.
     pub released: Vec<crate::store::ClusterPos>,
+    /// The will of its connection (or the one waiting for its delay after
+    /// an abnormal close): the cluster's leader publishes it if the owning
+    /// node dies.
+    pub will: Option<WillRecord>,
+}
+
+/// A will as shared between nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WillRecord {
+    pub message: Message,
+    pub delay_secs: u32,
+    pub expiry_secs: Option<u32>,
 }
 
 impl crate::store::Versioned for SharedSession {}

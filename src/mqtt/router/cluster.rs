@@ -40,10 +40,87 @@ pub(super) struct Claim {
 }
 
 impl Router {
-    /// Cluster mode: share this node's messages and sessions through `link`.
-    pub fn with_cluster(mut self, link: Link) -> Router {
+    /// Cluster mode: share this node's messages and sessions through `link`;
+    /// `members` tells which nodes are alive.
+    pub fn with_cluster(mut self, link: Link, members: crate::cluster::Members) -> Router {
         self.cluster = Some(link);
+        self.members = Some(members);
         self
+    }
+
+    /// Cluster mode: a will goes to the log like any PUBLISH (its retained
+    /// change too). Returns false when not in cluster mode.
+    pub(super) fn share_will(&mut self, msg: &Message) -> bool {
+        let Some(link) = &self.cluster else {
+            return false;
+        };
+        let key: Arc<str> = Arc::from(&*msg.topic);
+        self.cluster_out
+            .extend(link.message(&key, msg, false, None));
+        if msg.retain {
+            let now = self.retained.get(&msg.topic).map(|m| &**m);
+            self.cluster_out.extend(link.retained(&msg.topic, now));
+        }
+        true
+    }
+
+    /// The cluster's leader (the live node with the lowest id) adopts the
+    /// sessions of nodes that stopped beating without a word: it writes
+    /// them as offline (so they expire everywhere on time) and publishes
+    /// their wills, as their own node would have on an abnormal close.
+    pub(super) fn adopt_orphans(&mut self) {
+        let (Some(members), Some(me)) = (&self.members, self.me().cloned()) else {
+            return;
+        };
+        let live: HashSet<String> = members.live().into_iter().map(|n| n.node_id).collect();
+        if live.iter().min().is_none_or(|leader| **leader != *me) {
+            return;
+        }
+        let orphans: Vec<Arc<str>> = self
+            .claims
+            .iter()
+            .filter(|(_, c)| *c.owner != *me && !live.contains(&*c.owner))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for client in orphans {
+            self.adopt(&client);
+        }
+    }
+
+    fn adopt(&mut self, client: &Arc<str>) {
+        let owner = self.claims.get(client).map(|c| c.owner.clone());
+        tracing::info!(client_id = %client, owner = ?owner, "session of a node gone adopted by the cluster's leader");
+        let will = self.remote_wills.remove(client);
+        match self.sessions.get_mut(client) {
+            Some(s) => {
+                s.owned_here = true;
+                if s.disconnected_at_ms.is_none() {
+                    s.disconnected_at_ms = Some(now_ms());
+                    let expiry = Duration::from_secs(s.expiry_secs.into());
+                    self.deadlines.schedule(
+                        &mut s.expiry_deadline,
+                        client,
+                        Kind::SessionExpiry,
+                        expiry,
+                    );
+                }
+                if let Some(w) = will {
+                    if w.delay_secs > 0 {
+                        self.delay_will(client, w);
+                    } else {
+                        self.publish_will(w);
+                    }
+                }
+            }
+            // A clean session: it ended with its connection.
+            None => {
+                if let Some(w) = will {
+                    self.publish_will(w);
+                }
+            }
+        }
+        // Written as a claim: this node owns it (or its end) from now on.
+        self.share_session(client, true);
     }
 
     fn me(&self) -> Option<&Arc<str>> {
@@ -182,6 +259,7 @@ impl Router {
         let Some(sh) = shared else {
             // Ended outside any node (an operator's tombstone).
             self.claims.remove(&client);
+            self.remote_wills.remove(&client);
             if self.sessions.get(&client).is_some_and(|s| s.conn.is_none()) {
                 if let Some(s) = self.sessions.remove(&client) {
                     self.end_session(s);
@@ -208,6 +286,22 @@ impl Router {
         if *sh.owner == *me {
             self.own_record_read(&client, &sh);
             return;
+        }
+        match &sh.will {
+            Some(w) => {
+                let identity = sh.record.identity.clone().map(Arc::<str>::from);
+                let acl = Some(self.compile_acl(&client, identity.as_ref()));
+                let will = super::Will {
+                    message: w.message.clone(),
+                    delay_secs: w.delay_secs,
+                    expiry_secs: w.expiry_secs,
+                    acl,
+                };
+                self.remote_wills.insert(client.clone(), Box::new(will));
+            }
+            None => {
+                self.remote_wills.remove(&client);
+            }
         }
         self.taken_elsewhere(&client, &sh.owner);
         if sh.record.expiry_secs == 0 {
@@ -439,6 +533,14 @@ impl Router {
                 owner: me.clone(),
             },
         );
+        let will = self.sessions.get(client).and_then(|s| {
+            let w = s.will.as_ref().or(s.pending_will.as_ref())?;
+            Some(crate::cluster::wire::WillRecord {
+                message: w.message.clone(),
+                delay_secs: w.delay_secs,
+                expiry_secs: w.expiry_secs,
+            })
+        });
         let (record, connected, cursor, incoming, released) = match self.sessions.get(client) {
             Some(s) if !s.owned_here => return None,
             Some(s) => {
@@ -482,6 +584,7 @@ impl Router {
             cursor,
             incoming_qos2: incoming,
             released,
+            will,
         })
     }
 }

@@ -538,6 +538,7 @@ impl Router {
             self.publish_will(w);
         }
         self.purge_expired_retained();
+        self.adopt_orphans();
         // Kept current on every change; recounted here in case a path
         // that drops a queue was missed.
         let queued: usize = self.sessions.values().map(|s| s.queue.len()).sum();

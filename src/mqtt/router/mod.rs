@@ -363,6 +363,11 @@ pub struct Router {
     /// Sessions owned here whose shared state changed in this batch (`true`:
     /// a claim, the client connected here).
     cluster_dirty: HashMap<Arc<str>, bool>,
+    /// Cluster mode: the live nodes (to adopt the sessions of dead ones).
+    members: Option<crate::cluster::Members>,
+    /// Cluster mode: the wills of sessions owned by other nodes, published
+    /// here if this node adopts them (their node died).
+    remote_wills: HashMap<Arc<str>, Box<Will>>,
 }
 
 impl Router {
@@ -405,6 +410,8 @@ impl Router {
             routing_origin: None,
             claims: HashMap::new(),
             cluster_dirty: HashMap::new(),
+            members: None,
+            remote_wills: HashMap::new(),
         };
         router.restore(recovered);
         router

@@ -26,6 +26,9 @@ impl Router {
         if msg.retain {
             self.set_retained(&msg);
         }
+        if self.share_will(&msg) {
+            return;
+        }
         self.route(Arc::new(msg), None);
     }
 

@@ -109,3 +109,38 @@ async fn a_connection_on_another_node_takes_the_session_over() {
         "delivered to the old connection"
     );
 }
+
+/// Node 0 is killed with a device connected: the cluster's leader publishes
+/// the device's will (after the node timeout), and a 5.0 session with a
+/// short expiry ends everywhere on time instead of waiting for node 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_wills_and_expiries_are_taken_over() {
+    let Some((kafka, _turn)) = k::broker().await else {
+        return;
+    };
+    let mut nodes = Nodes::start(&kafka, "").await;
+    let will_topic = format!("wills/{}", k::unique("w"));
+    let mut watcher = b4::connect(opts_v4(nodes.addr(1), &k::unique("watch"), true)).await;
+    watcher.subscribe(&will_topic, QoS::AtLeastOnce).await;
+    let mut o = opts_v4(nodes.addr(0), &k::unique("dev"), true);
+    o.set_last_will(rumqttc::LastWill::new(
+        &will_topic,
+        "gone",
+        QoS::AtLeastOnce,
+        false,
+    ));
+    let dev = b4::connect(o).await;
+    let short = k::unique("short");
+    let s = b5::connect(opts_v5(nodes.addr(0), &short, true, Some(2))).await;
+    // Both connected on node 0 when it dies.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nodes.kill(0);
+    let got = watcher.expect_publishes(1).await;
+    assert_eq!(b4::payloads(&got), vec!["gone"], "{}", nodes.logs());
+    // The node timeout (3 s) and the session's expiry (2 s) have passed.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let again = b5::connect(opts_v5(nodes.addr(2), &short, false, Some(2))).await;
+    assert!(!again.session_present(), "expired session still present");
+    again.disconnect().await;
+    drop((dev, s));
+}
