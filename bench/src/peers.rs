@@ -21,6 +21,8 @@ use anyhow::{bail, Context, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum Side {
     Mqbridge,
+    /// Three mqbridge processes in cluster mode on the harness' Kafka.
+    MqbridgeCluster,
     Mosquitto,
     /// RabbitMQ's `rabbitmq_mqtt` plugin on a node of the harness' own.
     RabbitMqtt,
@@ -34,6 +36,7 @@ impl Side {
     pub fn name(self) -> &'static str {
         match self {
             Side::Mqbridge => "mqbridge",
+            Side::MqbridgeCluster => "mqbridge-cluster",
             Side::Mosquitto => "mosquitto",
             Side::RabbitMqtt => "rabbitmq-mqtt",
             Side::RawKafka => "rdkafka",
@@ -257,6 +260,30 @@ impl Broker {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// CPU time (user + system) the broker process has used, in seconds.
+    pub fn cpu_secs(&self) -> Result<f64> {
+        let pid = match &self.proc {
+            Proc::Child(child, _) => child.id(),
+            Proc::Rabbit(node) => node.pid,
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Fields after the command name (which may hold spaces) end with ')'.
+        let rest = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r)
+            .context("no /proc stat")?;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime: fields 14 and 15 of stat, 12 and 13 after ')'.
+        let ticks: f64 = f
+            .get(11)
+            .zip(f.get(12))
+            .and_then(|(u, s)| Some(u.parse::<f64>().ok()? + s.parse::<f64>().ok()?))
+            .context("no utime/stime")?;
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        Ok(ticks / hz.max(1.0))
     }
 
     /// Resident memory of the broker process, in KiB.

@@ -179,6 +179,7 @@ impl Link {
             }
         }
         let this = self.clone();
+        let started = std::time::Instant::now();
         Box::pin(async move {
             for (kind, delivery) in pending {
                 match delivery.await {
@@ -201,6 +202,9 @@ impl Link {
                     }
                 }
             }
+            this.metrics
+                .produce_duration
+                .observe(started.elapsed().as_secs_f64());
             ok
         })
     }

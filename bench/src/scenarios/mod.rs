@@ -4,6 +4,7 @@
 //! the sides round by round and reports medians and ratios.
 
 mod backends;
+mod cluster;
 pub mod common;
 mod downlink;
 mod fan_in;
@@ -90,6 +91,7 @@ pub const ALL: &[&str] = &[
     "fan-out",
     "offline-drain",
     "restart",
+    "cluster-p2p",
 ];
 
 /// The variants of scenario `name`, sized by `a`.
@@ -114,6 +116,7 @@ pub fn variants(name: &str, a: &Args) -> Result<Vec<Variant>> {
         "fan-out" => fan_out::variants(a),
         "offline-drain" => offline_drain::variants(a),
         "restart" => restart::variants(a),
+        "cluster-p2p" => cluster::variants(a),
         other => anyhow::bail!("unknown scenario {other} (built: {})", ALL.join(", ")),
     })
 }

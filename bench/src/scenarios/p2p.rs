@@ -74,6 +74,20 @@ async fn paced_with(
     rate: Option<f64>,
     persistent: bool,
 ) -> Result<Measured> {
+    across((b, b), pairs, messages, size, qos, rate, persistent).await
+}
+
+/// [`paced`] with the publishers on one broker and the subscribers on
+/// another (two nodes of a cluster).
+pub async fn across(
+    (publish_to, b): (&Broker, &Broker),
+    pairs: usize,
+    messages: usize,
+    size: usize,
+    qos: QoS,
+    rate: Option<f64>,
+    persistent: bool,
+) -> Result<Measured> {
     let origin = Instant::now();
     let hist: SharedHist = Arc::new(Mutex::new(flow::histogram()?));
     let run = format!(
@@ -90,7 +104,7 @@ async fn paced_with(
     let start = Instant::now();
     let mut senders = Vec::new();
     for i in 0..pairs {
-        let (publ, driver) = flow::publisher(b, &format!("bp-{run}-{i}")).await?;
+        let (publ, driver) = flow::publisher(publish_to, &format!("bp-{run}-{i}")).await?;
         let topic = format!("bench/{run}/{i}");
         senders.push(tokio::spawn(async move {
             flow::send(&publ, &topic, qos, (messages, size, rate), origin).await;

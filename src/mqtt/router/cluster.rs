@@ -180,7 +180,7 @@ impl Router {
     }
 
     /// What the cluster's logs say.
-    pub(super) fn from_cluster(&mut self, inbound: Inbound) {
+    pub(super) fn cluster_inbound(&mut self, inbound: Inbound) {
         match inbound {
             Inbound::Message {
                 routed,
@@ -245,6 +245,10 @@ impl Router {
         let (Some((partition, offset)), Some(s)) = (origin, self.sessions.get_mut(client)) else {
             return;
         };
+        // A clean session has no copies elsewhere to trim.
+        if !s.persistent() {
+            return;
+        }
         match s.cursor.iter_mut().find(|(p, _)| *p == partition) {
             Some((_, o)) => *o = (*o).max(offset),
             None => s.cursor.push((partition, offset)),

@@ -550,7 +550,7 @@ impl Router {
             } => self.loaded(&client_id, conn_id, entries),
             RouterMsg::AclReloaded => self.acl_reloaded(),
             RouterMsg::Admin(query) => self.admin(query),
-            RouterMsg::Cluster(inbound) => self.from_cluster(inbound),
+            RouterMsg::Cluster(inbound) => self.cluster_inbound(inbound),
             RouterMsg::InjectFault(Fault::RouterPanic) => panic!("injected router fault"),
             RouterMsg::InjectFault(Fault::StoreWriterPanic) => {
                 let store = self.store.clone();
