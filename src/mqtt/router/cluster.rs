@@ -142,8 +142,18 @@ impl Router {
         let Some(link) = &self.cluster else {
             return Some((msg, reply));
         };
-        self.cluster_out
-            .extend(link.message(publisher, &msg, false, None));
+        // Telemetry only a backend wants (the uplink routes have it already)
+        // is not written to the log.
+        let wanted = self.subscribed_anywhere(&msg.topic);
+        if wanted {
+            self.cluster_out
+                .extend(link.message(publisher, &msg, false, None));
+        }
+        let outcome = if wanted {
+            PublishOutcome::Delivered
+        } else {
+            PublishOutcome::NoSubscribers
+        };
         if msg.retain {
             let now = self.retained.get(&msg.topic).map(|m| &**m);
             self.cluster_out.extend(link.retained(&msg.topic, now));
@@ -151,13 +161,68 @@ impl Router {
         if let Some(r) = reply {
             self.after_commit(move |ok| {
                 let _ = r.send(if ok {
-                    PublishOutcome::Delivered
+                    outcome
                 } else {
                     PublishOutcome::StoreFailed
                 });
             });
         }
         None
+    }
+
+    /// Whether any session of the cluster subscribes to `topic`: a session
+    /// of this node or a shadow of a persistent one (`tree`), or a clean
+    /// session connected elsewhere (`remote_subs`). A subscription made
+    /// elsewhere an instant ago may not be known yet: as with any PUBLISH
+    /// racing a SUBSCRIBE of another client, it may miss that one.
+    fn subscribed_anywhere(&self, topic: &str) -> bool {
+        let mut found = Vec::new();
+        self.tree.matches(topic, &mut found);
+        if found.is_empty() {
+            self.remote_subs.matches(topic, &mut found);
+        }
+        !found.is_empty()
+    }
+
+    /// Keeps the subscriptions of a clean session connected to another
+    /// node (`subs`), or forgets them (`None`).
+    fn set_remote_subs(
+        &mut self,
+        client: &Arc<str>,
+        subs: Option<&[crate::store::SubscriptionRecord]>,
+    ) {
+        for f in self.remote_filters.remove(client).unwrap_or_default() {
+            let (group, filter) = match crate::mqtt::topic::parse_shared(&f) {
+                Ok(Some((g, f))) => (Some(g), f),
+                _ => (None, f.as_str()),
+            };
+            self.remote_subs.remove(filter, client, group);
+        }
+        let Some(subs) = subs.filter(|s| !s.is_empty()) else {
+            return;
+        };
+        let mut filters = Vec::with_capacity(subs.len());
+        for r in subs {
+            let (group, filter) = match crate::mqtt::topic::parse_shared(&r.filter) {
+                Ok(Some((g, f))) => (Some(Arc::<str>::from(g)), f),
+                _ => (None, r.filter.as_str()),
+            };
+            self.remote_subs.insert(crate::mqtt::topic::SubEntry {
+                client: client.clone(),
+                group,
+                filter: filter.into(),
+                opts: crate::mqtt::topic::SubOpts {
+                    qos: r.qos,
+                    no_local: r.no_local,
+                    retain_as_published: r.retain_as_published,
+                    retain_handling: r.retain_handling,
+                    subscription_id: r.subscription_id,
+                },
+                covered: true,
+            });
+            filters.push(r.filter.clone());
+        }
+        self.remote_filters.insert(client.clone(), filters);
     }
 
     /// Cluster mode: a downlink command goes to the log (keyed by its
@@ -264,6 +329,7 @@ impl Router {
             // Ended outside any node (an operator's tombstone).
             self.claims.remove(&client);
             self.remote_wills.remove(&client);
+            self.set_remote_subs(&client, None);
             if self.sessions.get(&client).is_some_and(|s| s.conn.is_none()) {
                 if let Some(s) = self.sessions.remove(&client) {
                     self.end_session(s);
@@ -288,6 +354,7 @@ impl Router {
             },
         );
         if *sh.owner == *me {
+            self.set_remote_subs(&client, None);
             self.own_record_read(&client, &sh);
             return;
         }
@@ -308,6 +375,11 @@ impl Router {
             }
         }
         self.taken_elsewhere(&client, &sh.owner);
+        let remote_clean = sh.record.expiry_secs == 0 && sh.connected;
+        self.set_remote_subs(
+            &client,
+            remote_clean.then_some(&sh.record.subscriptions[..]),
+        );
         if sh.record.expiry_secs == 0 {
             // A clean session (connected elsewhere, or gone): nothing to keep.
             if let Some(s) = self.sessions.remove(&client) {

@@ -368,6 +368,12 @@ pub struct Router {
     /// Cluster mode: the wills of sessions owned by other nodes, published
     /// here if this node adopts them (their node died).
     remote_wills: HashMap<Arc<str>, Box<Will>>,
+    /// Cluster mode: the subscriptions of clean sessions connected to other
+    /// nodes (persistent ones are in `tree`, through their shadows), and
+    /// each such client's filters. A PUBLISH no subscription in the cluster
+    /// matches is not written to the log.
+    remote_subs: SubTree,
+    remote_filters: HashMap<Arc<str>, Vec<String>>,
 }
 
 impl Router {
@@ -412,6 +418,8 @@ impl Router {
             cluster_dirty: HashMap::new(),
             members: None,
             remote_wills: HashMap::new(),
+            remote_subs: SubTree::default(),
+            remote_filters: HashMap::new(),
         };
         router.restore(recovered);
         router

@@ -19,6 +19,8 @@ use crate::{free_port, wait_started};
 /// on cluster topics of their own (a unique prefix per test).
 pub struct Nodes {
     pub dir: tempfile::TempDir,
+    /// The cluster's topic prefix (`<prefix>messages`, ...).
+    pub prefix: String,
     pub ports: Vec<u16>,
     children: Vec<Option<Child>>,
     runs: Vec<usize>,
@@ -72,6 +74,7 @@ impl Nodes {
         }
         let mut nodes = Nodes {
             dir,
+            prefix,
             ports,
             children: vec![None, None, None],
             runs: vec![0; 3],

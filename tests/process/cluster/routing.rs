@@ -195,3 +195,29 @@ async fn qos1_and_qos2_between_nodes_survive_killed_nodes() {
     assert!(got.len() >= want, "{got:?}");
     r.task.abort();
 }
+
+/// Only what some session of the cluster subscribes to goes through the
+/// log: a clean subscriber on node 1 gets what is published on node 0,
+/// and telemetry nobody subscribes to is acknowledged without a record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_subscribed_messages_go_through_the_log() {
+    let Some((kafka, _turn)) = k::broker().await else {
+        return;
+    };
+    let nodes = Nodes::start(&kafka, "").await;
+    let messages = format!("{}messages", nodes.prefix);
+    let mut s = b4::connect(opts_v4(nodes.addr(1), &k::unique("s"), true)).await;
+    s.subscribe("live/#", QoS::AtLeastOnce).await;
+    let live = b4::numbered("live-", 5);
+    b4::publish_all(nodes.addr(0), "live/x", QoS::AtLeastOnce, &live).await;
+    assert_eq!(b4::payloads(&s.expect_publishes(5).await), live);
+    let before: i64 = k::ends(&kafka, &messages, 3).iter().sum();
+    let telemetry = b4::numbered("tele-", 20);
+    b4::publish_all(nodes.addr(0), "telemetry/x", QoS::AtLeastOnce, &telemetry).await;
+    let after: i64 = k::ends(&kafka, &messages, 3).iter().sum();
+    assert_eq!(
+        after, before,
+        "telemetry nobody subscribes to was written to {messages}"
+    );
+    assert!(s.until_control().await.is_empty());
+}
