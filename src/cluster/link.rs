@@ -85,19 +85,13 @@ impl Link {
         command: bool,
         target: Option<(&str, bool)>,
     ) -> Option<Outgoing> {
-        match super::wire::encode_routed(&self.node, message, command, target) {
-            Ok(value) => Some(Outgoing::Message {
-                key: publisher.clone(),
-                value,
-            }),
-            Err(e) => {
-                tracing::error!(
-                    error = &e as &dyn std::error::Error,
-                    "cluster record not encoded"
-                );
-                None
-            }
-        }
+        let value = encoded(super::wire::encode_routed(
+            &self.node, message, command, target,
+        ))?;
+        Some(Outgoing::Message {
+            key: publisher.clone(),
+            value,
+        })
     }
 
     /// The record of a session's shared state (`None`: it ended).
@@ -106,16 +100,7 @@ impl Link {
         client_id: &Arc<str>,
         shared: Option<&super::wire::SharedSession>,
     ) -> Option<Outgoing> {
-        let value = match shared.map(super::wire::encode_session).transpose() {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::error!(
-                    error = &e as &dyn std::error::Error,
-                    "cluster record not encoded"
-                );
-                return None;
-            }
-        };
+        let value = encoded(shared.map(super::wire::encode_session).transpose())?;
         Some(Outgoing::Session {
             client_id: client_id.clone(),
             value,
@@ -124,16 +109,7 @@ impl Link {
 
     /// The record setting (or clearing, `None`) the retained message of `topic`.
     pub fn retained(&self, topic: &str, message: Option<&Message>) -> Option<Outgoing> {
-        let value = match message.map(super::wire::encode_retained).transpose() {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::error!(
-                    error = &e as &dyn std::error::Error,
-                    "cluster record not encoded"
-                );
-                return None;
-            }
-        };
+        let value = encoded(message.map(super::wire::encode_retained).transpose())?;
         Some(Outgoing::Retained {
             topic: topic.to_owned(),
             value,
@@ -223,4 +199,16 @@ impl Link {
             tracing::warn!(%error, "cluster producer not flushed at shutdown");
         }
     }
+}
+
+/// An encoded record value; `None`, logged, when encoding failed (a bug:
+/// every field is serialisable).
+fn encoded<T>(r: Result<T, crate::store::StoreError>) -> Option<T> {
+    r.map_err(|e| {
+        tracing::error!(
+            error = &e as &dyn std::error::Error,
+            "cluster record not encoded"
+        )
+    })
+    .ok()
 }

@@ -48,7 +48,7 @@ pub async fn p2p(
     qos: QoS,
     persistent: bool,
 ) -> Result<Measured> {
-    paced_with(b, pairs, messages, size, qos, None, persistent).await
+    across((b, b), pairs, messages, size, qos, None, persistent).await
 }
 
 /// [`p2p`], each publisher offering `rate` messages per second when given
@@ -62,19 +62,7 @@ pub async fn paced(
     qos: QoS,
     rate: Option<f64>,
 ) -> Result<Measured> {
-    paced_with(b, pairs, messages, size, qos, rate, false).await
-}
-
-async fn paced_with(
-    b: &Broker,
-    pairs: usize,
-    messages: usize,
-    size: usize,
-    qos: QoS,
-    rate: Option<f64>,
-    persistent: bool,
-) -> Result<Measured> {
-    across((b, b), pairs, messages, size, qos, rate, persistent).await
+    across((b, b), pairs, messages, size, qos, rate, false).await
 }
 
 /// [`paced`] with the publishers on one broker and the subscribers on
