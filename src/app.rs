@@ -221,6 +221,7 @@ impl Gateway {
             }
         }
         let (store, recovered) = open_store(&cfg, &metrics).await?;
+        let routed = recovered.cluster_positions.clone();
         let ready = Arc::new(crate::admin::Readiness::default());
         let disk_watch = DiskWatch {
             store: store.clone(),
@@ -266,6 +267,7 @@ impl Gateway {
                 metrics: crate::cluster::ClusterMetrics::new(&mut registry),
                 tasks: &tasks,
                 advertise: cfg.cluster.advertise.clone(),
+                routed,
             })
             .await
             .map_err(AppError::Cluster)?;

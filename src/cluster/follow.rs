@@ -43,6 +43,10 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub(super) struct Follow {
+    /// Read-your-writes for messages (see `consume`); set by `start`.
+    pub sync: Option<super::sync::Sync>,
+    /// Where routing got to, as stored (see `Op::Routed`).
+    pub routed: Vec<crate::store::ClusterPos>,
     pub base: ClientConfig,
     pub topics: Topics,
     pub node: Arc<str>,
@@ -55,7 +59,7 @@ impl Follow {
     /// Starts the consumers and returns once this node has read the state
     /// logs (sessions, retained) up to their ends as of now and its message
     /// consumer has its partitions: only then may it take devices.
-    pub async fn start(self, tasks: &Tasks) -> Result<super::sync::Sync, ClusterError> {
+    pub async fn start(mut self, tasks: &Tasks) -> Result<super::sync::Sync, ClusterError> {
         let consumer = self.state_consumer()?;
         let (progress_tx, progress) = watch::channel(super::sync::Progress::new());
         let sync = super::sync::start(
@@ -66,6 +70,7 @@ impl Follow {
             tasks,
         )?;
         let (assigned, messages_ready) = oneshot::channel();
+        self.sync = Some(sync.clone());
         let this = self.clone();
         tasks.supervise(
             "cluster messages",
@@ -119,9 +124,19 @@ impl Follow {
         );
         let start = {
             let (consumer, topic) = (consumer.clone(), self.topics.messages.clone());
-            tokio::task::spawn_blocking(move || start_offsets(&consumer, &topic))
-                .await
-                .map_err(|e| format!("finding start offsets: {e}"))??
+            let routed = self.routed.clone();
+            tokio::task::spawn_blocking(move || {
+                let start = start_offsets(&consumer, &topic, &routed)?;
+                // Committed at once: a node that starts at a partition's end
+                // (it never read it) and dies before its first commit must
+                // resume there, not at the end of then.
+                consumer
+                    .commit(&start, CommitMode::Sync)
+                    .map_err(|e| format!("committing the start offsets: {e}"))?;
+                Ok::<_, String>(start)
+            })
+            .await
+            .map_err(|e| format!("finding start offsets: {e}"))??
         };
         consumer
             .assign(&start)
@@ -153,18 +168,28 @@ impl Follow {
                         .store_offset(&self.topics.messages, partition, offset)
                         .map_err(|e| format!("storing the offset: {e}"))?;
                 }
-                m = consumer.recv(), if window.len() < WINDOW => {
-                    let m = m.map_err(|e| format!("consuming: {e}"))?;
-                    let (partition, offset) = (m.partition(), m.offset());
-                    let publisher = m.key().and_then(|k| std::str::from_utf8(k).ok()).map(Arc::from);
-                    let reply = self.route(m.payload(), publisher, (partition, offset)).await?;
-                    window.push_back(Box::pin(async move {
-                        let stored: bool = match reply {
-                            Some(rx) => rx.await.unwrap_or(false),
-                            None => true,
-                        };
-                        (partition, offset, stored)
-                    }));
+                batch = fetch(consumer), if window.len() < WINDOW => {
+                    let batch = batch?;
+                    // The state logs as of now, before routing: a subscription
+                    // (or a move) acknowledged before these messages were
+                    // produced is applied here before they are routed.
+                    let synced = match &self.sync {
+                        Some(s) => s.wait().await,
+                        None => true,
+                    };
+                    if !synced {
+                        return Err("the state logs were not read in time".into());
+                    }
+                    for (pos, publisher, payload) in batch {
+                        let reply = self.route(payload.as_deref(), publisher, pos).await?;
+                        window.push_back(Box::pin(async move {
+                            let stored: bool = match reply {
+                                Some(rx) => rx.await.unwrap_or(false),
+                                None => true,
+                            };
+                            (pos.0, pos.1, stored)
+                        }));
+                    }
                 }
             }
         }
@@ -322,10 +347,48 @@ impl Follow {
     }
 }
 
-/// Where to start reading each partition of `topic`: this node's committed
-/// offset, else the partition's end (a new node serves no session yet, so
-/// what was routed before it joined is not for it).
-fn start_offsets(consumer: &StreamConsumer, topic: &str) -> Result<TopicPartitionList, String> {
+/// A record of `messages`: its position, key (the publisher) and value.
+type Fetched = (crate::store::ClusterPos, Option<Arc<str>>, Option<Vec<u8>>);
+
+/// The next record, and every record already waiting behind it (up to 512).
+async fn fetch(consumer: &StreamConsumer) -> Result<Vec<Fetched>, String> {
+    use futures_util::FutureExt;
+    let take = |m: rdkafka::message::BorrowedMessage<'_>| -> Fetched {
+        let publisher = m
+            .key()
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .map(Arc::from);
+        (
+            (m.partition(), m.offset()),
+            publisher,
+            m.payload().map(<[u8]>::to_vec),
+        )
+    };
+    let first = consumer
+        .recv()
+        .await
+        .map_err(|e| format!("consuming: {e}"))?;
+    let mut batch = vec![take(first)];
+    while batch.len() < 512 {
+        match consumer.recv().now_or_never() {
+            Some(Ok(m)) => batch.push(take(m)),
+            Some(Err(e)) => return Err(format!("consuming: {e}")),
+            None => break,
+        }
+    }
+    Ok(batch)
+}
+
+/// Where to start reading each partition of `topic`: right after the last
+/// record whose routing the store holds (`routed`: nothing stored twice
+/// after a crash), or this node's committed offset if that is further,
+/// else the partition's end (a new node serves no session yet, so what was
+/// routed before it joined is not for it).
+fn start_offsets(
+    consumer: &StreamConsumer,
+    topic: &str,
+    routed: &[crate::store::ClusterPos],
+) -> Result<TopicPartitionList, String> {
     let meta = consumer
         .fetch_metadata(Some(topic), METADATA_TIMEOUT)
         .map_err(|e| format!("metadata: {e}"))?;
@@ -343,12 +406,18 @@ fn start_offsets(consumer: &StreamConsumer, topic: &str) -> Result<TopicPartitio
         .map_err(|e| format!("committed offsets: {e}"))?;
     let mut start = TopicPartitionList::new();
     for e in committed.elements() {
-        let offset = match e.offset() {
-            Offset::Offset(o) => o,
+        let stored = routed
+            .iter()
+            .find(|(p, _)| *p == e.partition())
+            .map(|(_, o)| o + 1);
+        let offset = match (e.offset(), stored) {
+            (Offset::Offset(c), Some(s)) => c.max(s),
+            (_, Some(s)) => s,
+            (Offset::Offset(c), None) => c,
             // Never below 0: a negative offset is a logical one to
             // librdkafka (-1: "the end", resolved later, skipping what is
             // produced meanwhile).
-            _ => consumer
+            (_, None) => consumer
                 .fetch_watermarks(topic, e.partition(), METADATA_TIMEOUT)
                 .map_err(|e| format!("watermarks: {e}"))?
                 .1

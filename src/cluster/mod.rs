@@ -119,6 +119,9 @@ pub struct Wiring<'a> {
     pub tasks: &'a Tasks,
     /// This node's MQTT address as others should name it (Server Reference).
     pub advertise: String,
+    /// Per `messages` partition, the last offset routed into this node's
+    /// store (from the store; see `Op::Routed`).
+    pub routed: Vec<crate::store::ClusterPos>,
 }
 
 impl Cluster {
@@ -154,6 +157,8 @@ impl Cluster {
             w.tasks,
         )?;
         let follow = follow::Follow {
+            sync: None,
+            routed: w.routed,
             base,
             topics,
             node,

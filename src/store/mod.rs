@@ -134,6 +134,12 @@ pub enum Op {
     DeleteRetained {
         topic: String,
     },
+    /// Cluster mode: every `messages` record up to `offset` of `partition`
+    /// has been routed (and what it put in sessions is in this batch).
+    Routed {
+        partition: i32,
+        offset: i64,
+    },
 }
 
 /// One queue entry as known at start-up: no message body, only what limits need.
@@ -161,6 +167,8 @@ pub struct Recovered {
     pub retained: Vec<Message>,
     /// Undecodable records moved to the quarantine table during start-up.
     pub quarantined: u64,
+    /// Cluster mode: per `messages` partition, the last offset routed here.
+    pub cluster_positions: Vec<ClusterPos>,
 }
 
 // Clone: one failed group commit reports the same error to every waiter

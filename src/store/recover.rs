@@ -61,10 +61,16 @@ pub(super) fn recover(txn: &WriteTransaction) -> Result<Recovered, StoreError> {
     }
 
     let retained = read_retained(&mut tables)?;
+    let mut cluster_positions = Vec::new();
+    for row in tables.positions.iter()? {
+        let (p, o) = row?;
+        cluster_positions.push((p.value(), o.value()));
+    }
     Ok(Recovered {
         sessions: sessions.into_values().collect(),
         retained,
         quarantined: tables.quarantined,
+        cluster_positions,
     })
 }
 

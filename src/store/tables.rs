@@ -27,6 +27,11 @@ pub(super) const INCOMING_QOS2: TableDefinition<(&str, u16), ()> =
     TableDefinition::new("incoming_qos2");
 /// topic -> postcard [`crate::mqtt::message::Message`].
 pub(super) const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
+/// Cluster mode: `messages` partition -> the offset of the last record
+/// this node routed into its sessions, written in the same transaction as
+/// what routing it stored, so a restart resumes exactly after it.
+pub(super) const CLUSTER_POSITIONS: TableDefinition<i32, i64> =
+    TableDefinition::new("cluster_positions");
 /// "format_version" -> the store format version ([`FORMAT_VERSION`]).
 pub(super) const META: TableDefinition<&str, u32> = TableDefinition::new("meta");
 /// (table, key, seq) -> the raw bytes of a record that could not be decoded,
@@ -177,6 +182,7 @@ pub(super) struct Tables<'txn> {
     pub index: Table<'txn, (&'static str, u64), (u32, u8)>,
     pub qos2: Table<'txn, (&'static str, u16), ()>,
     pub retained: Table<'txn, &'static str, &'static [u8]>,
+    pub positions: Table<'txn, i32, i64>,
     pub quarantine: Table<'txn, (&'static str, &'static str, u64), &'static [u8]>,
     /// Records moved to quarantine through these tables.
     pub quarantined: u64,
@@ -191,6 +197,7 @@ impl<'txn> Tables<'txn> {
             index: txn.open_table(QUEUE_INDEX)?,
             qos2: txn.open_table(INCOMING_QOS2)?,
             retained: txn.open_table(RETAINED)?,
+            positions: txn.open_table(CLUSTER_POSITIONS)?,
             quarantine: txn.open_table(QUARANTINE)?,
             quarantined: 0,
         })
@@ -238,6 +245,9 @@ impl<'txn> Tables<'txn> {
             }
             Op::DeleteRetained { topic } => {
                 self.retained.remove(topic.as_str())?;
+            }
+            Op::Routed { partition, offset } => {
+                self.positions.insert(*partition, *offset)?;
             }
         }
         Ok(())

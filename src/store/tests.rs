@@ -253,6 +253,25 @@ async fn loads_among_ops_see_exactly_the_ops_before_them() {
     store.close().await.unwrap();
 }
 
+/// Cluster mode: where routing got to is recovered, per partition, the
+/// last write winning.
+#[tokio::test]
+async fn routed_positions_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, recovered) = Store::open(&opts(dir.path())).unwrap();
+    assert!(recovered.cluster_positions.is_empty());
+    let routed = |partition, offset| Op::Routed { partition, offset };
+    commit(&store, vec![routed(0, 5), routed(2, 9)]).await;
+    commit(&store, vec![routed(0, 7)]).await;
+    store.close().await.unwrap();
+    drop(store);
+    let (store, recovered) = Store::open(&opts(dir.path())).unwrap();
+    let mut got = recovered.cluster_positions;
+    got.sort_unstable();
+    assert_eq!(got, vec![(0, 7), (2, 9)]);
+    store.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn delete_session_removes_only_that_client() {
     let dir = TempDir::new().unwrap();

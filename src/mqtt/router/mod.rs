@@ -374,6 +374,9 @@ pub struct Router {
     /// matches is not written to the log.
     remote_subs: SubTree,
     remote_filters: HashMap<Arc<str>, Vec<String>>,
+    /// Cluster mode: the last `messages` offset routed in this batch, per
+    /// partition; stored with the batch's ops (see `Op::Routed`).
+    routed: Vec<crate::store::ClusterPos>,
 }
 
 impl Router {
@@ -420,6 +423,7 @@ impl Router {
             remote_wills: HashMap::new(),
             remote_subs: SubTree::default(),
             remote_filters: HashMap::new(),
+            routed: Vec::new(),
         };
         router.restore(recovered);
         router
@@ -578,8 +582,17 @@ impl Router {
     /// replies when it commits (in a task, so the router moves on meanwhile).
     async fn flush(&mut self) {
         let waiters = std::mem::take(&mut self.waiters);
-        // Cluster mode: the batch's records go to Kafka alongside the commit.
+        // Cluster mode: the batch's records go to Kafka alongside the commit,
+        // and where routing got to is stored with what it stored.
         let shared = self.cluster_flush();
+        let routed = std::mem::take(&mut self.routed);
+        if !self.ops.is_empty() {
+            self.ops.extend(
+                routed
+                    .into_iter()
+                    .map(|(partition, offset)| Op::Routed { partition, offset }),
+            );
+        }
         if self.ops.is_empty() && shared.is_none() {
             waiters.into_iter().for_each(|w| w(true));
             self.send_loads();

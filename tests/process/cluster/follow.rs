@@ -7,13 +7,14 @@ use rumqttc::QoS;
 
 use super::Nodes;
 use crate::common::kafka as k;
-use crate::common::{b4, b5, opts_v4, opts_v5};
+use crate::common::{b4, b5, opts_v4, opts_v5, within};
 
 /// A persistent device on node 0 subscribes and leaves; messages come in
-/// through nodes 1 and 2 and a command through Kafka; node 0 is killed;
-/// the device reconnects to node 2 and gets everything, each source in
-/// order, with Session Present; a later reconnect to node 1 gets nothing
-/// again (what it acknowledged on node 2 is dropped everywhere).
+/// through nodes 1 and 2 and a command through Kafka; node 1 is killed
+/// right after its last PUBACK, and node 0 too; the device reconnects to
+/// node 2 and gets everything, each source in order, with Session Present;
+/// after node 1 is back, a reconnect there gets nothing again (what the
+/// device acknowledged on node 2 is dropped everywhere).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_follows_its_device_when_its_node_is_killed() {
     let Some((kafka, _turn)) = k::broker().await else {
@@ -42,8 +43,10 @@ qos = 1
 
     let from_b = b4::numbered("b-", 5);
     let from_c = b4::numbered("c-", 5);
-    b4::publish_all(nodes.addr(1), "tele/b", QoS::AtLeastOnce, &from_b).await;
     b4::publish_all(nodes.addr(2), "tele/c", QoS::AtLeastOnce, &from_c).await;
+    b4::publish_all(nodes.addr(1), "tele/b", QoS::AtLeastOnce, &from_b).await;
+    // The node that acknowledged b-* dies right after.
+    nodes.kill(1);
     let p = k::producer(&kafka);
     let cmds = b4::numbered("cmd-", 3);
     k::produce_many(&p, &commands, &device, &cmds).await;
@@ -65,7 +68,8 @@ qos = 1
     assert_eq!(of("cmd-"), cmds);
     assert!(d.until_control().await.is_empty(), "duplicates");
     d.disconnect().await;
-    // Acknowledged on node 2: node 1 dropped them from its copy.
+    // Acknowledged on node 2: node 1, back, drops them from its copy.
+    nodes.spawn(1).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut d = b4::connect(opts_v4(nodes.addr(1), &device, false)).await;
     assert!(d.session_present());
@@ -143,4 +147,50 @@ async fn a_dead_nodes_wills_and_expiries_are_taken_over() {
     assert!(!again.session_present(), "expired session still present");
     again.disconnect().await;
     drop((dev, s));
+}
+
+/// A node killed while it stores a stream into its copy of a session, and
+/// started again: it resumes right after what it stored (the position is
+/// stored with the entries), so the device, reconnecting there, gets every
+/// message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_stream_keeps_one_copy_of_each_message() {
+    let Some((kafka, _turn)) = k::broker().await else {
+        return;
+    };
+    let mut nodes = Nodes::start(&kafka, "").await;
+    let device = k::unique("dev");
+    let mut d = b4::connect(opts_v4(nodes.addr(2), &device, false)).await;
+    d.subscribe("stream/#", QoS::AtLeastOnce).await;
+    d.disconnect().await;
+    let sent = b4::numbered("m-", 60);
+    b4::publish_all(nodes.addr(0), "stream/x", QoS::AtLeastOnce, &sent).await;
+    // Killed as soon as node 1 has stored them all: within Kafka's
+    // auto-commit interval (200 ms) after, so Kafka's committed offsets lag
+    // behind what its store holds.
+    within(20, async {
+        while nodes.metric(1, "mqbridge_session_queued_messages").await < sent.len() as f64 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    nodes.kill(1);
+    nodes.spawn(1).await;
+    let mut d = b4::connect(opts_v4(nodes.addr(1), &device, false)).await;
+    assert!(d.session_present());
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while got.len() < sent.len() {
+            match d.publishes.recv().await {
+                Some(p) => got.push(p),
+                None => break,
+            }
+        }
+    })
+    .await;
+    assert_eq!(b4::payloads(&got), sent, "{}", nodes.logs());
+    assert!(
+        d.until_control().await.is_empty(),
+        "duplicates after the restart"
+    );
 }

@@ -22,12 +22,21 @@ pub struct Nodes {
     /// The cluster's topic prefix (`<prefix>messages`, ...).
     pub prefix: String,
     pub ports: Vec<u16>,
+    /// Each node's admin endpoint (metrics).
+    pub admins: Vec<u16>,
     children: Vec<Option<Child>>,
     runs: Vec<usize>,
 }
 
 /// Extra TOML every node gets (e.g. a downlink route), after the cluster part.
-pub fn config(dir: &Path, i: usize, port: u16, kafka: &str, prefix: &str, extra: &str) -> PathBuf {
+pub fn config(
+    dir: &Path,
+    i: usize,
+    (port, admin): (u16, u16),
+    kafka: &str,
+    prefix: &str,
+    extra: &str,
+) -> PathBuf {
     let toml = format!(
         r#"
 [mqtt]
@@ -35,7 +44,7 @@ listen = "127.0.0.1:{port}"
 [store]
 path = "{store}"
 [admin]
-listen = ""
+listen = "127.0.0.1:{admin}"
 [session]
 expiry_check_interval_secs = 1
 [cluster]
@@ -66,16 +75,18 @@ impl Nodes {
     pub async fn start(kafka: &str, extra: &str) -> Nodes {
         let dir = tempfile::tempdir().expect("tempdir");
         let prefix = format!("{}.", k::unique("cluster"));
-        let mut ports = Vec::new();
+        let (mut ports, mut admins) = (Vec::new(), Vec::new());
         for i in 0..3 {
-            let port = free_port();
-            config(dir.path(), i, port, kafka, &prefix, extra);
+            let (port, admin) = (free_port(), free_port());
+            config(dir.path(), i, (port, admin), kafka, &prefix, extra);
             ports.push(port);
+            admins.push(admin);
         }
         let mut nodes = Nodes {
             dir,
             prefix,
             ports,
+            admins,
             children: vec![None, None, None],
             runs: vec![0; 3],
         };
@@ -122,6 +133,22 @@ impl Nodes {
             .expect("spawn mqbridge");
         wait_started(&mut child, self.ports[i], &log_path).await;
         self.children[i] = Some(child);
+    }
+
+    /// A gauge or counter of node `i` (0 when absent or unreachable).
+    pub async fn metric(&self, i: usize, name: &str) -> f64 {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.admins[i]));
+        let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+            return 0.0;
+        };
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let req = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+        let _ = s.write_all(req).await;
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body).await;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0.0)
     }
 
     /// SIGKILL: the node dies without a word.

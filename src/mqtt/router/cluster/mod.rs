@@ -158,6 +158,10 @@ impl Router {
                 let msg = Arc::new(routed.message);
                 self.disk_refused = 0;
                 self.routing_origin = Some(pos);
+                match self.routed.iter_mut().find(|(p, _)| *p == pos.0) {
+                    Some((_, o)) => *o = (*o).max(pos.1),
+                    None => self.routed.push(pos),
+                }
                 match (routed.command, routed.target) {
                     (true, Some(target)) => {
                         self.command_to(&Arc::from(target), &msg, routed.create);
