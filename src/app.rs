@@ -259,12 +259,14 @@ impl Gateway {
         {
             router = router.with_receipts(receipt_tx);
         }
+        // Registered in single-node mode too: one metrics table for both.
+        let cluster_metrics = crate::cluster::ClusterMetrics::new(&mut registry);
         let mut cluster = if cfg.cluster.enabled {
             let cluster = crate::cluster::Cluster::connect(crate::cluster::Wiring {
                 cfg: &cfg,
                 node_id: cfg.cluster_node_id(&node_id),
                 router: &router_tx,
-                metrics: crate::cluster::ClusterMetrics::new(&mut registry),
+                metrics: cluster_metrics,
                 tasks: &tasks,
                 advertise: cfg.cluster.advertise.clone(),
                 routed,
