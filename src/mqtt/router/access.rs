@@ -22,7 +22,7 @@ pub(super) const NOT_AUTHORIZED: u8 = 0x87;
 
 impl Router {
     /// `client`'s ACL under the current rules.
-    pub(super) fn compile_acl(
+    pub(in crate::mqtt::router) fn compile_acl(
         &self,
         client: &Arc<str>,
         username: Option<&Arc<str>>,
@@ -32,7 +32,7 @@ impl Router {
 
     /// Gives a session its ACL: its wills take it, and each of its
     /// subscriptions is marked covered or not (then checked per delivery).
-    pub(super) fn set_acl(&mut self, client: &Arc<str>, acl: Arc<ClientAcl>) {
+    pub(in crate::mqtt::router) fn set_acl(&mut self, client: &Arc<str>, acl: Arc<ClientAcl>) {
         let Some(s) = self.sessions.get_mut(client) else {
             return;
         };

@@ -122,7 +122,8 @@ impl Router {
 
     /// Creates or updates the shadow of a persistent session owned elsewhere.
     fn upsert_shadow(&mut self, client: &Arc<str>, sh: SharedSession) {
-        if !self.sessions.contains_key(client) {
+        let fresh = !self.sessions.contains_key(client);
+        if fresh {
             let mut s = Session::new(client.clone());
             s.acl = self.compile_acl(client, None);
             self.sessions.insert(client.clone(), Box::new(s));
@@ -136,7 +137,9 @@ impl Router {
         let rec = sh.record;
         s.expiry_secs = rec.expiry_secs;
         s.protocol = rec.protocol;
-        s.identity = rec.identity.map(Arc::from);
+        let identity = rec.identity.map(Arc::<str>::from);
+        let recompile = fresh || s.identity != identity;
+        s.identity = identity;
         s.owned_here = false;
         s.cursor = sh.cursor;
         s.released = sh.released;
@@ -157,6 +160,15 @@ impl Router {
         }
         self.set_incoming(client, sh.incoming_qos2);
         self.set_shadow_subs(client, rec.subscriptions);
+        // What the shadow may receive is what its client may read: the
+        // rules compiled for its identity, as on the owning node (checked
+        // again for new subscriptions by `set_acl`).
+        let identity = self.sessions.get(client).and_then(|s| s.identity.clone());
+        let acl = match (recompile, self.sessions.get(client)) {
+            (false, Some(s)) => s.acl.clone(),
+            _ => self.compile_acl(client, identity.as_ref()),
+        };
+        self.set_acl(client, acl);
         self.drop_acknowledged(client);
         self.mark_released(client);
         self.save_session(client);
