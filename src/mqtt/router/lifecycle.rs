@@ -349,9 +349,14 @@ impl Router {
             super::queue::remove_entry(s, &mut cx, idx);
         }
         s.loading = false;
-        pump(s, &mut cx);
-        self.sync_storage(client);
+        // Cluster mode: what its client acknowledged on another node (known
+        // now that the restored entries' positions are read) is not resent.
         self.drop_acknowledged(client);
+        let (mut cx, sessions) = self.ctx();
+        if let Some(s) = sessions.get_mut(client) {
+            pump(s, &mut cx);
+        }
+        self.sync_storage(client);
     }
 
     /// Keeps the store in step with the session's persistence, which a

@@ -10,8 +10,9 @@ use crate::common::kafka as k;
 use crate::common::{b4, b5, opts_v4, opts_v5, within};
 
 /// A persistent device on node 0 subscribes and leaves; messages come in
-/// through nodes 1 and 2 and a command through Kafka; node 1 is killed
-/// right after its last PUBACK, and node 0 too; the device reconnects to
+/// through nodes 1 and 2 and commands through Kafka (consumed and
+/// committed by node 1); node 1 is killed right after its last PUBACK, and
+/// node 0 too; the device reconnects to
 /// node 2 and gets everything, each source in order, with Session Present;
 /// after node 1 is back, a reconnect there gets nothing again (what the
 /// device acknowledged on node 2 is dropped everywhere).
@@ -33,7 +34,9 @@ topic = "devices/{{key}}/commands"
 qos = 1
 "#
     );
-    let mut nodes = Nodes::start(&kafka, &route).await;
+    // The downlink runs on node 1 only: the node that consumed and
+    // committed the commands is killed afterwards.
+    let mut nodes = Nodes::start_each(&kafka, ["", &route, ""]).await;
     let device = k::unique("dev");
     let mut d = b4::connect(opts_v4(nodes.addr(0), &device, false)).await;
     d.subscribe("tele/#", QoS::AtLeastOnce).await;
@@ -41,18 +44,32 @@ qos = 1
         .await;
     d.disconnect().await;
 
+    let p = k::producer(&kafka);
+    let cmds = b4::numbered("cmd-", 3);
+    k::produce_many(&p, &commands, &device, &cmds).await;
+    // The command is committed at its source once it is in the cluster's log.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (a, g, t) = (kafka.clone(), group.clone(), commands.clone());
+        let got = tokio::task::spawn_blocking(move || k::committed(&a, &g, &t, 1))
+            .await
+            .expect("offsets");
+        if got == [3] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "commands not committed ({got:?})\n{}",
+            nodes.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let from_b = b4::numbered("b-", 5);
     let from_c = b4::numbered("c-", 5);
     b4::publish_all(nodes.addr(2), "tele/c", QoS::AtLeastOnce, &from_c).await;
     b4::publish_all(nodes.addr(1), "tele/b", QoS::AtLeastOnce, &from_b).await;
     // The node that acknowledged b-* dies right after.
     nodes.kill(1);
-    let p = k::producer(&kafka);
-    let cmds = b4::numbered("cmd-", 3);
-    k::produce_many(&p, &commands, &device, &cmds).await;
-    // The command is committed at its source once it is in the cluster's log.
-    k::wait_committed(&kafka, &group, &commands, 1, 3, Duration::from_secs(30)).await;
-
     nodes.kill(0);
     let mut d = b4::connect(opts_v4(nodes.addr(2), &device, false)).await;
     assert!(d.session_present(), "{}", nodes.logs());

@@ -73,12 +73,17 @@ bootstrap_servers = "{kafka}"
 impl Nodes {
     /// Starts three nodes (`extra`: more TOML for each).
     pub async fn start(kafka: &str, extra: &str) -> Nodes {
+        Nodes::start_each(kafka, [extra; 3]).await
+    }
+
+    /// Starts three nodes, node `i` with `extras[i]` as more TOML.
+    pub async fn start_each(kafka: &str, extras: [&str; 3]) -> Nodes {
         let dir = tempfile::tempdir().expect("tempdir");
         let prefix = format!("{}.", k::unique("cluster"));
         let (mut ports, mut admins) = (Vec::new(), Vec::new());
         for i in 0..3 {
             let (port, admin) = (free_port(), free_port());
-            config(dir.path(), i, (port, admin), kafka, &prefix, extra);
+            config(dir.path(), i, (port, admin), kafka, &prefix, extras[i]);
             ports.push(port);
             admins.push(admin);
         }

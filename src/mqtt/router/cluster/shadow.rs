@@ -266,7 +266,8 @@ impl Router {
         let Some(s) = sessions.get_mut(client) else {
             return;
         };
-        if s.cursor.is_empty() || s.conn.is_some() {
+        // Not what is in flight to a connection here (its acks move the cursor).
+        if s.cursor.is_empty() || s.handed > 0 {
             return;
         }
         let idx: Vec<usize> = (0..s.queue.len())
