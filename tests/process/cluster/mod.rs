@@ -81,9 +81,9 @@ impl Nodes {
         let dir = tempfile::tempdir().expect("tempdir");
         let prefix = format!("{}.", k::unique("cluster"));
         let (mut ports, mut admins) = (Vec::new(), Vec::new());
-        for i in 0..3 {
+        for (i, extra) in extras.iter().enumerate() {
             let (port, admin) = (free_port(), free_port());
-            config(dir.path(), i, (port, admin), kafka, &prefix, extras[i]);
+            config(dir.path(), i, (port, admin), kafka, &prefix, extra);
             ports.push(port);
             admins.push(admin);
         }
