@@ -34,6 +34,9 @@ use crate::tasks::Tasks;
 /// Messages handed to the router and not yet stored, at most: the
 /// consumer waits (Kafka keeps the rest) when this many are outstanding.
 const WINDOW: usize = 1024;
+/// Fetched batches (up to 512 records each) waiting for the state logs, at
+/// most: the consumer waits (Kafka keeps the rest) beyond.
+const WAITING_BATCHES: usize = 16;
 /// Pause before a new consumer after one ended on an error.
 const RESTART_PAUSE: Duration = Duration::from_secs(1);
 /// Longest a node waits at start to have read the state logs and to have
@@ -155,7 +158,12 @@ impl Follow {
     }
 
     async fn consume(&self, consumer: &StreamConsumer) -> Result<(), String> {
+        // Records handed to the router, waiting for their durable copies.
         let mut window: FuturesOrdered<BoxFuture<'static, (i32, i64, bool)>> =
+            FuturesOrdered::new();
+        // Fetched batches waiting until the state logs are read up to the
+        // moment they were fetched (pipelined: fetching goes on meanwhile).
+        let mut waiting: FuturesOrdered<BoxFuture<'static, (bool, Vec<Fetched>)>> =
             FuturesOrdered::new();
         loop {
             tokio::select! {
@@ -168,15 +176,7 @@ impl Follow {
                         .store_offset(&self.topics.messages, partition, offset)
                         .map_err(|e| format!("storing the offset: {e}"))?;
                 }
-                batch = fetch(consumer), if window.len() < WINDOW => {
-                    let batch = batch?;
-                    // The state logs as of now, before routing: a subscription
-                    // (or a move) acknowledged before these messages were
-                    // produced is applied here before they are routed.
-                    let synced = match &self.sync {
-                        Some(s) => s.wait().await,
-                        None => true,
-                    };
+                Some((synced, batch)) = waiting.next(), if !waiting.is_empty() => {
                     if !synced {
                         return Err("the state logs were not read in time".into());
                     }
@@ -190,6 +190,19 @@ impl Follow {
                             (pos.0, pos.1, stored)
                         }));
                     }
+                }
+                batch = fetch(consumer), if window.len() < WINDOW && waiting.len() < WAITING_BATCHES => {
+                    let batch = batch?;
+                    // A subscription (or a move) acknowledged before these
+                    // messages were produced is applied before they are routed.
+                    let sync = self.sync.clone();
+                    waiting.push_back(Box::pin(async move {
+                        let synced = match sync {
+                            Some(s) => s.wait().await,
+                            None => true,
+                        };
+                        (synced, batch)
+                    }));
                 }
             }
         }
