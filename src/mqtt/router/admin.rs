@@ -213,7 +213,12 @@ impl Router {
         if let Some(mut s) = self.sessions.remove(client_id) {
             // The connection's own DISCONNECT will find no session.
             s.detach();
+            // Cluster mode: this node claims the session to end it, so every
+            // node's copy ends too (a shadow here is not this node's to end).
+            s.owned_here = true;
+            let id = s.client_id.clone();
             self.end_session(s);
+            self.share_session(&id, true);
         }
         self.update_gauges();
         tracing::info!(client_id, "session deleted by the admin API");

@@ -28,6 +28,9 @@ pub struct Nodes {
     runs: Vec<usize>,
 }
 
+/// The admin API token of every node.
+pub const TOKEN: &str = "cluster-test-token";
+
 /// Extra TOML every node gets (e.g. a downlink route), after the cluster part.
 pub fn config(
     dir: &Path,
@@ -45,6 +48,7 @@ listen = "127.0.0.1:{port}"
 path = "{store}"
 [admin]
 listen = "127.0.0.1:{admin}"
+token = "{TOKEN}"
 [session]
 expiry_check_interval_secs = 1
 [cluster]
@@ -154,6 +158,24 @@ impl Nodes {
         body.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
             .unwrap_or(0.0)
+    }
+
+    /// `method path` on node `i`'s admin API (with the token); the status.
+    pub async fn admin(&self, i: usize, method: &str, path: &str) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.admins[i]));
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("admin");
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.expect("request");
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply).await;
+        reply
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
     }
 
     /// SIGKILL: the node dies without a word.
