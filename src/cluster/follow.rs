@@ -91,8 +91,12 @@ impl Follow {
 
     async fn messages(self, assigned: oneshot::Sender<()>) {
         let mut assigned = Some(assigned);
+        // Where routing got to: from the store at start, then as the router
+        // confirms each record; a consumer started again after an error
+        // resumes right after it (Kafka's commits may lag behind).
+        let mut done = self.routed.clone();
         while !self.cancel.is_cancelled() {
-            match self.messages_once(&mut assigned).await {
+            match self.messages_once(&mut assigned, &mut done).await {
                 Ok(()) => return,
                 Err(reason) => {
                     tracing::warn!(%reason, "cluster message consumer restarts from its last commit");
@@ -112,6 +116,7 @@ impl Follow {
     async fn messages_once(
         &self,
         assigned: &mut Option<oneshot::Sender<()>>,
+        done: &mut Vec<crate::store::ClusterPos>,
     ) -> Result<(), String> {
         let mut c = self.base.clone();
         c.set(
@@ -127,7 +132,7 @@ impl Follow {
         );
         let start = {
             let (consumer, topic) = (consumer.clone(), self.topics.messages.clone());
-            let routed = self.routed.clone();
+            let routed = done.clone();
             tokio::task::spawn_blocking(move || {
                 let start = start_offsets(&consumer, &topic, &routed)?;
                 // Committed at once: a node that starts at a partition's end
@@ -147,7 +152,7 @@ impl Follow {
         if let Some(tx) = assigned.take() {
             let _ = tx.send(());
         }
-        let result = self.consume(&consumer).await;
+        let result = self.consume(&consumer, done).await;
         // Commit what was stored, off the async threads (librdkafka blocks).
         let _ = tokio::task::spawn_blocking(move || {
             let _ = consumer.commit_consumer_state(CommitMode::Sync);
@@ -157,7 +162,11 @@ impl Follow {
         result
     }
 
-    async fn consume(&self, consumer: &StreamConsumer) -> Result<(), String> {
+    async fn consume(
+        &self,
+        consumer: &StreamConsumer,
+        done: &mut Vec<crate::store::ClusterPos>,
+    ) -> Result<(), String> {
         // Records handed to the router, waiting for their durable copies.
         let mut window: FuturesOrdered<BoxFuture<'static, (i32, i64, bool)>> =
             FuturesOrdered::new();
@@ -175,13 +184,17 @@ impl Follow {
                     consumer
                         .store_offset(&self.topics.messages, partition, offset)
                         .map_err(|e| format!("storing the offset: {e}"))?;
+                    match done.iter_mut().find(|(p, _)| *p == partition) {
+                        Some((_, o)) => *o = offset,
+                        None => done.push((partition, offset)),
+                    }
                 }
                 Some((synced, batch)) = waiting.next(), if !waiting.is_empty() => {
                     if !synced {
                         return Err("the state logs were not read in time".into());
                     }
-                    for (pos, publisher, payload) in batch {
-                        let reply = self.route(payload.as_deref(), publisher, pos).await?;
+                    for (pos, publisher, routed) in batch {
+                        let reply = self.route(routed, publisher, pos).await?;
                         window.push_back(Box::pin(async move {
                             let stored: bool = match reply {
                                 Some(rx) => rx.await.unwrap_or(false),
@@ -212,11 +225,11 @@ impl Follow {
     /// (undecodable, skipped and counted).
     async fn route(
         &self,
-        payload: Option<&[u8]>,
+        routed: Option<Result<super::wire::Routed, crate::store::StoreError>>,
         publisher: Option<Arc<str>>,
         pos: crate::store::ClusterPos,
     ) -> Result<Option<oneshot::Receiver<bool>>, String> {
-        let routed = match payload.map(super::wire::decode_routed) {
+        let routed = match routed {
             Some(Ok(r)) => r,
             Some(Err(e)) => {
                 self.undecodable(&e);
@@ -360,8 +373,13 @@ impl Follow {
     }
 }
 
-/// A record of `messages`: its position, key (the publisher) and value.
-type Fetched = (crate::store::ClusterPos, Option<Arc<str>>, Option<Vec<u8>>);
+/// A record of `messages`: its position, key (the publisher) and decoded
+/// value (`None`: no value).
+type Fetched = (
+    crate::store::ClusterPos,
+    Option<Arc<str>>,
+    Option<Result<super::wire::Routed, crate::store::StoreError>>,
+);
 
 /// The next record, and every record already waiting behind it (up to 512).
 async fn fetch(consumer: &StreamConsumer) -> Result<Vec<Fetched>, String> {
@@ -374,7 +392,7 @@ async fn fetch(consumer: &StreamConsumer) -> Result<Vec<Fetched>, String> {
         (
             (m.partition(), m.offset()),
             publisher,
-            m.payload().map(<[u8]>::to_vec),
+            m.payload().map(super::wire::decode_routed),
         )
     };
     let first = consumer

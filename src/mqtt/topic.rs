@@ -299,15 +299,36 @@ impl SubTree {
     /// Topics starting with `$` are not matched by a leading wildcard (MQTT-4.7.2-1).
     /// Iterative with an explicit stack: the topic depth is client-controlled.
     pub fn matches<'a>(&'a self, topic: &str, out: &mut Vec<&'a SubEntry>) {
+        self.visit(topic, |entries| {
+            out.extend(entries);
+            true
+        });
+    }
+
+    /// Whether any subscription matches `topic` (stops at the first).
+    pub fn matches_any(&self, topic: &str) -> bool {
+        let mut any = false;
+        self.visit(topic, |entries| {
+            any = !entries.is_empty();
+            !any
+        });
+        any
+    }
+
+    /// Hands each group of entries matching `topic` to `f` until it returns
+    /// false.
+    fn visit<'a>(&'a self, topic: &str, mut f: impl FnMut(&'a [SubEntry]) -> bool) {
         let levels: Vec<&str> = topic.split('/').collect();
         // (node, index of the next level, wildcards allowed at this node)
         let mut stack = vec![(&self.root, 0usize, !topic.starts_with('$'))];
         while let Some((node, i, wild)) = stack.pop() {
-            if wild {
-                out.extend(node.multi.iter());
+            if wild && !f(&node.multi) {
+                return;
             }
             let Some(level) = levels.get(i) else {
-                out.extend(node.exact.iter());
+                if !f(&node.exact) {
+                    return;
+                }
                 continue;
             };
             if let Some(child) = node.children.get(*level) {

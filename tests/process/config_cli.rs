@@ -13,12 +13,7 @@ const EXIT_CONFIG: i32 = 78;
 /// `RUST_LOG`, and a store path and admin setting that cannot touch anything
 /// outside `dir` should a check unexpectedly let it start.
 fn mqbridge(dir: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mqbridge"));
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("MQBRIDGE__") {
-            cmd.env_remove(key);
-        }
-    }
+    let mut cmd = crate::mqbridge_command();
     cmd.env_remove("RUST_LOG")
         .env("MQBRIDGE__STORE__PATH", dir.join("store"))
         .env("MQBRIDGE__ADMIN__LISTEN", "")

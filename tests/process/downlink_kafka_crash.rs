@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::b4;
@@ -50,12 +50,7 @@ qos = 1
 
 async fn spawn(dir: &Path, port: u16, run: usize) -> Child {
     let log = std::fs::File::create(dir.join(format!("gw-{run}.log"))).expect("log file");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mqbridge"));
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("MQBRIDGE__") {
-            cmd.env_remove(key);
-        }
-    }
+    let mut cmd = crate::mqbridge_command();
     let mut child = cmd
         .arg("--config")
         .arg(dir.join("gw.toml"))

@@ -21,6 +21,18 @@ use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
+/// The gateway binary as a command, without the `MQBRIDGE__*` variables of
+/// the test's own environment (each test configures its child itself).
+fn mqbridge_command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mqbridge"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("MQBRIDGE__") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
 /// A port nobody listens on right now (for a child gateway).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

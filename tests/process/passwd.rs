@@ -172,12 +172,7 @@ async fn log_of_a_start(listen_ip: &str) -> String {
     let port = crate::free_port();
     let log_path = dir.path().join("log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mqbridge"));
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("MQBRIDGE__") {
-            cmd.env_remove(key);
-        }
-    }
+    let mut cmd = crate::mqbridge_command();
     let mut child = cmd
         .env_remove("RUST_LOG")
         .env("MQBRIDGE__MQTT__LISTEN", format!("{listen_ip}:{port}"))
@@ -229,12 +224,7 @@ async fn sighup_reloads_the_password_file() {
     .unwrap();
     let log_path = dir.path().join("log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mqbridge"));
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("MQBRIDGE__") {
-            cmd.env_remove(key);
-        }
-    }
+    let mut cmd = crate::mqbridge_command();
     let mut child = cmd
         .arg("--config")
         .arg(&conf)

@@ -96,14 +96,9 @@ impl Node {
         self.runs += 1;
         let log_path = self.log_path(self.runs);
         let log = std::fs::File::create(&log_path).expect("log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mqbridge"));
+        let mut cmd = crate::mqbridge_command();
         // Relative default paths (the file backend's ./data/uplink) stay in the test directory.
         cmd.current_dir(self.dir.path());
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("MQBRIDGE__") {
-                cmd.env_remove(key);
-            }
-        }
         cmd.env("RUST_LOG", "mqbridge=debug")
             .env("NO_COLOR", "1")
             .env("MQBRIDGE__MQTT__LISTEN", format!("127.0.0.1:{}", self.port))

@@ -19,12 +19,7 @@ fn config(dir: &std::path::Path, plain: u16, tls: u16) -> String {
 }
 
 fn mqbridge(dir: &std::path::Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mqbridge"));
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("MQBRIDGE__") {
-            cmd.env_remove(key);
-        }
-    }
+    let mut cmd = crate::mqbridge_command();
     cmd.arg("--config")
         .arg(dir.join("gw.toml"))
         .current_dir(dir)

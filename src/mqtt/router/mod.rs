@@ -358,7 +358,8 @@ pub struct Router {
     /// The `messages` position of the message being routed from the
     /// cluster log (set only while it is routed).
     routing_origin: Option<crate::store::ClusterPos>,
-    /// The owner and generation of every client id the `sessions` log named.
+    /// The owner and generation of every client id the `sessions` log names
+    /// and that has not ended.
     claims: HashMap<Arc<str>, cluster::Claim>,
     /// Sessions owned here whose shared state changed in this batch (`true`:
     /// a claim, the client connected here).

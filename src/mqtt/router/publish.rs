@@ -72,6 +72,17 @@ impl Router {
             // Not taken: a resend of this QoS 2 id must be routed, not de-duplicated.
             self.forget_qos2(client_id, qos2_pkid);
         }
+        self.reply_after_commit(reply, outcome);
+        self.update_gauges();
+    }
+
+    /// Answers a PUBLISH with `outcome` once the batch is durable
+    /// (StoreFailed if it is not).
+    pub(super) fn reply_after_commit(
+        &mut self,
+        reply: Option<oneshot::Sender<PublishOutcome>>,
+        outcome: PublishOutcome,
+    ) {
         if let Some(r) = reply {
             self.after_commit(move |ok| {
                 let _ = r.send(if ok {
@@ -81,7 +92,6 @@ impl Router {
                 });
             });
         }
-        self.update_gauges();
     }
 
     /// Refuses a PUBLISH that needs a persistent write while the store cannot take one.

@@ -74,6 +74,25 @@ fn tree_matches_wildcards() {
     assert_eq!(matched(&t, "x/y"), ["4:#"]);
 }
 
+/// `matches_any` agrees with `matches` on whether anything matches.
+#[test]
+fn tree_matches_any_agrees_with_matches() {
+    let mut t = SubTree::default();
+    assert!(!t.matches_any("a/b"));
+    for (c, f) in [("1", "a/+/c"), ("2", "x/#"), ("3", "$SYS/x")] {
+        t.insert(entry(c, f, 1));
+    }
+    for topic in [
+        "a/b/c", "a/b", "x", "x/y/z", "y", "$SYS/x", "$SYS/y", "a/b/c/d",
+    ] {
+        assert_eq!(
+            t.matches_any(topic),
+            !matched(&t, topic).is_empty(),
+            "{topic}"
+        );
+    }
+}
+
 #[test]
 fn dollar_topics_skip_leading_wildcards() {
     let mut t = SubTree::default();

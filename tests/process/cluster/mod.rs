@@ -120,12 +120,7 @@ impl Nodes {
         self.runs[i] += 1;
         let log_path = self.log(i);
         let log = std::fs::File::create(&log_path).expect("log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mqbridge"));
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("MQBRIDGE__") {
-                cmd.env_remove(key);
-            }
-        }
+        let mut cmd = crate::mqbridge_command();
         let mut child = cmd
             .arg("--config")
             .arg(self.dir.path().join(format!("node-{i}.toml")))

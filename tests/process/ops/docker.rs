@@ -61,12 +61,7 @@ fn compose_file_is_valid_and_has_every_service() {
 #[test]
 fn container_config_is_valid_and_listens_where_the_image_exposes() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mqbridge"));
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("MQBRIDGE__") {
-            cmd.env_remove(key);
-        }
-    }
+    let mut cmd = crate::mqbridge_command();
     let out = cmd
         .args(["--check-config", "--config"])
         .arg(repo("docker/mqbridge.toml"))

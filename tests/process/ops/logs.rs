@@ -1,7 +1,7 @@
 //! `log.format = "json"`: the binary writes one JSON object per line, with
 //! the event's structured fields at the top level — also for a refusal.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -9,12 +9,7 @@ async fn json_log_lines_parse_with_their_fields() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = crate::free_port();
     let log = dir.path().join("stdout.log");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mqbridge"));
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("MQBRIDGE__") {
-            cmd.env_remove(key);
-        }
-    }
+    let mut cmd = crate::mqbridge_command();
     let mut child = cmd
         .env_remove("RUST_LOG")
         .env("MQBRIDGE__LOG__FORMAT", "json")

@@ -101,15 +101,7 @@ impl Router {
             let now = self.retained.get(&msg.topic).map(|m| &**m);
             self.cluster_out.extend(link.retained(&msg.topic, now));
         }
-        if let Some(r) = reply {
-            self.after_commit(move |ok| {
-                let _ = r.send(if ok {
-                    outcome
-                } else {
-                    PublishOutcome::StoreFailed
-                });
-            });
-        }
+        self.reply_after_commit(reply, outcome);
         None
     }
 
@@ -119,12 +111,7 @@ impl Router {
     /// elsewhere an instant ago may not be known yet: as with any PUBLISH
     /// racing a SUBSCRIBE of another client, it may miss that one.
     fn subscribed_anywhere(&self, topic: &str) -> bool {
-        let mut found = Vec::new();
-        self.tree.matches(topic, &mut found);
-        if found.is_empty() {
-            self.remote_subs.matches(topic, &mut found);
-        }
-        !found.is_empty()
+        self.tree.matches_any(topic) || self.remote_subs.matches_any(topic)
     }
 
     /// Cluster mode: a downlink command goes to the log (keyed by its
@@ -255,6 +242,11 @@ impl Router {
         me: &Arc<str>,
         claim: bool,
     ) -> Option<SharedSession> {
+        // Taken over elsewhere since it was marked (in this same batch): no
+        // longer this node's to write, and its claim stays the other node's.
+        if self.sessions.get(client).is_some_and(|s| !s.owned_here) {
+            return None;
+        }
         let current = self.claims.get(client);
         let generation = match current {
             Some(c) if claim => c.generation + 1,
@@ -278,7 +270,6 @@ impl Router {
             })
         });
         let (record, connected, cursor, incoming, released) = match self.sessions.get(client) {
-            Some(s) if !s.owned_here => return None,
             Some(s) => {
                 let mut incoming: Vec<u16> = s.incoming_qos2.iter().copied().collect();
                 incoming.sort_unstable();

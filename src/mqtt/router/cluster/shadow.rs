@@ -41,13 +41,21 @@ impl Router {
             tracing::debug!(client_id = %client, owner = %sh.owner, generation = sh.generation, "stale session record ignored");
             return;
         }
-        self.claims.insert(
-            client.clone(),
-            Claim {
-                generation: sh.generation,
-                owner: Arc::from(sh.owner.as_str()),
-            },
-        );
+        // A session that ended is forgotten, so the map holds only live
+        // client ids; the log's order per key keeps this safe (a later claim
+        // comes after the end on every node).
+        let ended = sh.record.expiry_secs == 0 && !sh.connected;
+        if ended {
+            self.claims.remove(&client);
+        } else {
+            self.claims.insert(
+                client.clone(),
+                Claim {
+                    generation: sh.generation,
+                    owner: Arc::from(sh.owner.as_str()),
+                },
+            );
+        }
         if *sh.owner == *me {
             self.set_remote_subs(&client, None);
             self.own_record_read(&client, &sh);
@@ -135,43 +143,54 @@ impl Router {
             self.persistent += 1;
         }
         let rec = sh.record;
-        s.expiry_secs = rec.expiry_secs;
-        s.protocol = rec.protocol;
         let identity = rec.identity.map(Arc::<str>::from);
         let recompile = fresh || s.identity != identity;
+        let disconnected_at = if sh.connected {
+            None
+        } else {
+            Some(rec.disconnected_at_ms.unwrap_or_else(now_ms))
+        };
+        // Most records only move the cursor: the stored record is rewritten
+        // only when something it holds changed.
+        let timing = s.expiry_secs != rec.expiry_secs || s.disconnected_at_ms != disconnected_at;
+        let mut changed = recompile || timing || s.protocol != rec.protocol;
+        s.expiry_secs = rec.expiry_secs;
+        s.protocol = rec.protocol;
         s.identity = identity;
         s.owned_here = false;
         s.cursor = sh.cursor;
         s.released = sh.released;
-        if sh.connected {
-            s.disconnected_at_ms = None;
-            self.deadlines.cancel(&mut s.expiry_deadline);
-        } else {
-            let since = rec.disconnected_at_ms.unwrap_or_else(now_ms);
-            s.disconnected_at_ms = Some(since);
-            let left =
-                (u64::from(s.expiry_secs) * 1000).saturating_sub(now_ms().saturating_sub(since));
-            self.deadlines.schedule(
-                &mut s.expiry_deadline,
-                client,
-                Kind::SessionExpiry,
-                Duration::from_millis(left),
-            );
+        s.disconnected_at_ms = disconnected_at;
+        match disconnected_at {
+            _ if !timing => {}
+            Some(since) => {
+                let left = (u64::from(s.expiry_secs) * 1000)
+                    .saturating_sub(now_ms().saturating_sub(since));
+                self.deadlines.schedule(
+                    &mut s.expiry_deadline,
+                    client,
+                    Kind::SessionExpiry,
+                    Duration::from_millis(left),
+                );
+            }
+            None => self.deadlines.cancel(&mut s.expiry_deadline),
         }
         self.set_incoming(client, sh.incoming_qos2);
-        self.set_shadow_subs(client, rec.subscriptions);
-        // What the shadow may receive is what its client may read: the
-        // rules compiled for its identity, as on the owning node (checked
-        // again for new subscriptions by `set_acl`).
-        let identity = self.sessions.get(client).and_then(|s| s.identity.clone());
-        let acl = match (recompile, self.sessions.get(client)) {
-            (false, Some(s)) => s.acl.clone(),
-            _ => self.compile_acl(client, identity.as_ref()),
-        };
-        self.set_acl(client, acl);
+        changed |= self.set_shadow_subs(client, rec.subscriptions);
+        if changed {
+            // What the shadow may receive is what its client may read: the
+            // rules compiled for its identity, as on the owning node
+            // (`set_acl` also checks new subscriptions against them).
+            let identity = self.sessions.get(client).and_then(|s| s.identity.clone());
+            let acl = match (recompile, self.sessions.get(client)) {
+                (false, Some(s)) => s.acl.clone(),
+                _ => self.compile_acl(client, identity.as_ref()),
+            };
+            self.set_acl(client, acl);
+            self.save_session(client);
+        }
         self.drop_acknowledged(client);
         self.mark_released(client);
-        self.save_session(client);
     }
 
     /// Sets a shadow's entries its client received on the owning node to
@@ -202,6 +221,9 @@ impl Router {
         let Some(s) = self.sessions.get_mut(client) else {
             return;
         };
+        if ids.len() == s.incoming_qos2.len() && ids.iter().all(|i| s.incoming_qos2.contains(i)) {
+            return;
+        }
         let new: HashSet<u16> = ids.into_iter().collect();
         for pkid in s.incoming_qos2.difference(&new) {
             self.ops.push(Op::RemoveIncomingQos2 {
@@ -219,11 +241,16 @@ impl Router {
     }
 
     /// Replaces a shadow's subscriptions (no retained messages are sent: the
-    /// owner sent them when its client subscribed).
-    fn set_shadow_subs(&mut self, client: &Arc<str>, subs: Vec<crate::store::SubscriptionRecord>) {
+    /// owner sent them when its client subscribed); whether any changed.
+    fn set_shadow_subs(
+        &mut self,
+        client: &Arc<str>,
+        subs: Vec<crate::store::SubscriptionRecord>,
+    ) -> bool {
         let Some(s) = self.sessions.get_mut(client) else {
-            return;
+            return false;
         };
+        let mut changed = false;
         let wanted: HashSet<&str> = subs.iter().map(|r| r.filter.as_str()).collect();
         let gone: Vec<String> = s
             .subs
@@ -232,6 +259,7 @@ impl Router {
             .cloned()
             .collect();
         for f in gone {
+            changed = true;
             if let Some(s) = self.sessions.get_mut(client) {
                 s.subs.remove(&f);
             }
@@ -246,16 +274,18 @@ impl Router {
                 subscription_id: r.subscription_id,
             };
             let Some(s) = self.sessions.get_mut(client) else {
-                return;
+                return changed;
             };
             if s.subs.get(&r.filter) == Some(&opts) {
                 continue;
             }
+            changed = true;
             if s.subs.insert(r.filter.clone(), opts).is_some() {
                 self.remove_sub(client, &r.filter);
             }
             self.insert_sub(client, &r.filter, opts);
         }
+        changed
     }
 
     /// Drops the queued entries the session's cursor covers (acknowledged
